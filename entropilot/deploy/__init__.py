@@ -1,0 +1,1 @@
+"""Deployment: ONNX export, onnxruntime policy, onboard autopilot with safety, vehicle links."""

@@ -1,0 +1,73 @@
+"""Gymnasium drone environments on PyBullet (Crazyflie 2.x physics) and the RLlib multi-agent swarm.
+
+Importing this package registers the single-drone ids with Gymnasium under the ``entropilot/``
+namespace. ``make_env`` builds any id, the multi-agent swarm included.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from entropilot.envs.airframe import CRAZYFLIE_2X, Airframe
+from entropilot.envs.observation import OBSERVATION_GROUPS, OBSERVATION_NAMES, OBSERVATION_SIZE
+from entropilot.envs.settings import ACTION_MODES, DroneSettings, HoverSettings, SwarmSettings, WaypointSettings
+
+HOVER_ID = "entropilot/Hover-v0"
+WAYPOINT_ID = "entropilot/Waypoint-v0"
+SWARM_ID = "entropilot/Swarm-v0"
+
+# id -> (entry point, settings class); the swarm is an RLlib MultiAgentEnv, so Gymnasium does not make it.
+ENVIRONMENTS: dict[str, tuple[str, type[DroneSettings]]] = {
+    HOVER_ID: ("entropilot.envs.single_drone:HoverEnv", HoverSettings),
+    WAYPOINT_ID: ("entropilot.envs.single_drone:WaypointEnv", WaypointSettings),
+    SWARM_ID: ("entropilot.envs.swarm:SwarmEnv", SwarmSettings),
+}
+SINGLE_AGENT_IDS = (HOVER_ID, WAYPOINT_ID)
+
+for _id in SINGLE_AGENT_IDS:
+    if _id not in gym.registry:
+        # No TimeLimit wrapper: the env truncates itself at episode_seconds (a wrapper would not know its rate).
+        gym.register(id=_id, entry_point=ENVIRONMENTS[_id][0])
+
+
+def _known(env_id: str) -> None:
+    if env_id not in ENVIRONMENTS:
+        raise ValueError(f"unknown env id {env_id!r}; known: {sorted(ENVIRONMENTS)}")
+
+
+def validate_env_kwargs(env_id: str, kwargs: dict) -> None:
+    """Raise ValueError naming the bad option if ``kwargs`` would not build ``env_id`` (no simulator started)."""
+    _known(env_id)
+    ENVIRONMENTS[env_id][1].from_kwargs({k: v for k, v in kwargs.items() if k != "render_mode"})
+
+
+def make_env(env_id: str, **kwargs):
+    """Build any entropilot env by id: a Gymnasium env, or for the swarm an RLlib MultiAgentEnv."""
+    _known(env_id)
+    if env_id in SINGLE_AGENT_IDS:
+        return gym.make(env_id, **kwargs)
+    module, name = ENVIRONMENTS[env_id][0].split(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+__all__ = [
+    "ACTION_MODES",
+    "CRAZYFLIE_2X",
+    "Airframe",
+    "DroneSettings",
+    "ENVIRONMENTS",
+    "HOVER_ID",
+    "HoverSettings",
+    "OBSERVATION_GROUPS",
+    "OBSERVATION_NAMES",
+    "OBSERVATION_SIZE",
+    "SINGLE_AGENT_IDS",
+    "SWARM_ID",
+    "SwarmSettings",
+    "WAYPOINT_ID",
+    "WaypointSettings",
+    "make_env",
+    "validate_env_kwargs",
+]

@@ -1,0 +1,248 @@
+"""Validated settings of the drone environments: what a YAML `env.kwargs` block may say, checked before any simulator starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, field, fields
+
+from entropilot.envs.airframe import Airframe, get_airframe
+
+ACTION_MODES = ("ctbr", "motors")
+
+
+def _check(condition: bool, name: str, value, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
+
+
+def _finite_nonneg(name: str, value) -> float:
+    _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+    return float(value)
+
+
+def _vec3(name: str, value) -> tuple[float, float, float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 3
+    ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+    _check(ok, name, value, "a list of 3 finite numbers")
+    return tuple(float(v) for v in value)
+
+
+def _build(cls, name: str, value):
+    """Accept an instance, a mapping (from YAML) or None (defaults) for a nested settings block."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}={value!r} is invalid: must be a mapping with keys {[f.name for f in fields(cls)]}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    return cls(**value)
+
+
+@dataclass(frozen=True)
+class SensorNoise:
+    """Standard deviations of the zero-mean Gaussian noise on what the policy observes."""
+
+    position: float = 0.0  # m
+    velocity: float = 0.0  # m/s
+    attitude: float = 0.0  # rad, a small random rotation applied to the attitude
+    angular_velocity: float = 0.0  # rad/s
+
+    def __post_init__(self):
+        for f in fields(self):
+            _finite_nonneg(f"sensor_noise.{f.name}", getattr(self, f.name))
+
+    @functools.cached_property  # read every step
+    def enabled(self) -> bool:
+        return any(getattr(self, f.name) > 0 for f in fields(self))
+
+    def scaled(self, factor: float) -> "SensorNoise":
+        return SensorNoise(**{f.name: getattr(self, f.name) * factor for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class DomainRandomization:
+    """Relative spreads: each episode draws a factor uniformly from [1 - x, 1 + x] per quantity."""
+
+    mass: float = 0.0
+    inertia: float = 0.0
+    kf: float = 0.0
+    km: float = 0.0
+    motor_time_constant: float = 0.0
+    noise: float = 0.0  # scales every sensor-noise standard deviation
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            _check(
+                isinstance(value, (int, float)) and 0.0 <= value < 1.0,
+                f"randomization.{f.name}",
+                value,
+                "a relative spread in [0, 1)",
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, f.name) > 0 for f in fields(self))
+
+
+@dataclass(frozen=True)
+class WindSettings:
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # m/s, world frame
+    gust_std: float = 0.0  # m/s
+    gust_time_constant: float = 1.0  # s
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", _vec3("wind.mean", self.mean))
+        _finite_nonneg("wind.gust_std", self.gust_std)
+        _check(self.gust_time_constant > 0, "wind.gust_time_constant", self.gust_time_constant, "> 0")
+
+
+@dataclass(frozen=True)
+class DroneSettings:
+    """Options every drone task shares."""
+
+    action_mode: str = "ctbr"
+    physics_hz: int = 240
+    control_hz: int = 48
+    episode_seconds: float = 6.0
+    airframe: str | Airframe = "cf2x"
+    motor_time_constant: float | None = None  # s; None = the airframe's
+    max_body_rate: float = 6.0  # rad/s at |action| = 1 in ctbr mode
+    drag: bool = True
+    ground_effect: bool = True
+    max_tilt_deg: float = 80.0  # beyond this the episode terminates as a crash
+    arena_half_size: float = 3.0  # m, |x|, |y| limit; z limit is 2 * arena_half_size
+    crash_speed: float = 1.0  # m/s: touching the ground faster than this is a crash
+    sensor_noise: SensorNoise = field(default_factory=SensorNoise)
+    randomization: DomainRandomization = field(default_factory=DomainRandomization)
+    wind: WindSettings = field(default_factory=WindSettings)
+
+    def __post_init__(self):
+        _check(self.action_mode in ACTION_MODES, "action_mode", self.action_mode, f"one of {ACTION_MODES}")
+        for name in ("physics_hz", "control_hz"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, value, "an integer > 0")
+        _check(
+            self.physics_hz % self.control_hz == 0,
+            "control_hz",
+            self.control_hz,
+            f"an integer divisor of physics_hz={self.physics_hz} (e.g. {self.physics_hz // 5})",
+        )
+        _check(self.episode_seconds > 0, "episode_seconds", self.episode_seconds, "> 0")
+        try:
+            object.__setattr__(self, "airframe", get_airframe(self.airframe))
+        except ValueError as err:
+            raise ValueError(f"airframe: {err}") from None
+        if self.motor_time_constant is not None:
+            _check(
+                isinstance(self.motor_time_constant, (int, float)) and 0 < self.motor_time_constant <= 1.0,
+                "motor_time_constant",
+                self.motor_time_constant,
+                "in (0, 1] seconds (Crazyflie: about 0.02-0.15)",
+            )
+            object.__setattr__(self, "airframe", self.airframe.replace(motor_time_constant=self.motor_time_constant))
+        _check(self.max_body_rate > 0, "max_body_rate", self.max_body_rate, "> 0")
+        _check(0 < self.max_tilt_deg <= 180, "max_tilt_deg", self.max_tilt_deg, "in (0, 180]")
+        _check(self.arena_half_size > 0, "arena_half_size", self.arena_half_size, "> 0")
+        _check(self.crash_speed > 0, "crash_speed", self.crash_speed, "> 0")
+        object.__setattr__(self, "sensor_noise", _build(SensorNoise, "sensor_noise", self.sensor_noise))
+        object.__setattr__(self, "randomization", _build(DomainRandomization, "randomization", self.randomization))
+        object.__setattr__(self, "wind", _build(WindSettings, "wind", self.wind))
+
+    @property
+    def substeps(self) -> int:
+        return self.physics_hz // self.control_hz
+
+    @property
+    def max_episode_steps(self) -> int:
+        return int(round(self.episode_seconds * self.control_hz))
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> "DroneSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown env option(s) {unknown} for {cls.__name__}; allowed: {sorted(known)}")
+        return cls(**kwargs)
+
+    def replace(self, **changes) -> "DroneSettings":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class HoverSettings(DroneSettings):
+    """Hover: start anywhere in a box, reach and hold one target point."""
+
+    target: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    start_low: tuple[float, float, float] = (-0.5, -0.5, 0.5)
+    start_high: tuple[float, float, float] = (0.5, 0.5, 1.5)
+    start_tilt_deg: float = 10.0  # random initial attitude, max roll/pitch
+    start_velocity: float = 0.2  # m/s, max per axis
+    success_radius: float = 0.1  # m
+    success_seconds: float = 2.0  # inside the radius for the last this-many seconds
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("target", "start_low", "start_high"):
+            object.__setattr__(self, name, _vec3(name, getattr(self, name)))
+        _check(
+            all(lo <= hi for lo, hi in zip(self.start_low, self.start_high)),
+            "start_low",
+            self.start_low,
+            f"<= start_high={self.start_high} on every axis",
+        )
+        _check(self.start_low[2] > 0.05, "start_low", self.start_low, "above the ground (z > 0.05)")
+        _finite_nonneg("start_tilt_deg", self.start_tilt_deg)
+        _finite_nonneg("start_velocity", self.start_velocity)
+        _check(self.success_radius > 0, "success_radius", self.success_radius, "> 0")
+        _check(
+            0 < self.success_seconds <= self.episode_seconds,
+            "success_seconds",
+            self.success_seconds,
+            f"in (0, episode_seconds={self.episode_seconds}]",
+        )
+
+
+@dataclass(frozen=True)
+class WaypointSettings(HoverSettings):
+    """Waypoints: visit targets in order (switch when within `switch_radius`), or track a smooth curve."""
+
+    waypoints: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 1.5), (0.0, 1.0, 1.0))
+    switch_radius: float = 0.2
+    trajectory: str = "waypoints"  # "waypoints" | "circle" (a smooth reference curve)
+    circle_radius: float = 0.5
+    circle_period: float = 8.0  # s
+    randomize_waypoints: float = 0.0  # m, uniform jitter added to each waypoint per episode
+    episode_seconds: float = 12.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(len(self.waypoints) >= 1, "waypoints", self.waypoints, "a non-empty list of [x, y, z]")
+        object.__setattr__(self, "waypoints", tuple(_vec3(f"waypoints[{i}]", w) for i, w in enumerate(self.waypoints)))
+        _check(self.trajectory in ("waypoints", "circle"), "trajectory", self.trajectory, "'waypoints' or 'circle'")
+        _check(self.switch_radius > 0, "switch_radius", self.switch_radius, "> 0")
+        _check(self.circle_radius > 0, "circle_radius", self.circle_radius, "> 0")
+        _check(self.circle_period > 0, "circle_period", self.circle_period, "> 0")
+        _finite_nonneg("randomize_waypoints", self.randomize_waypoints)
+
+
+@dataclass(frozen=True)
+class SwarmSettings(HoverSettings):
+    """N drones in one world, each with its own hover target; downwash on; drones that touch both crash."""
+
+    num_drones: int = 3
+    spacing: float = 0.6  # m between neighbouring targets (a line along x)
+    collision_distance: float = 0.12  # m between centres
+    downwash: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(isinstance(self.num_drones, int) and 1 <= self.num_drones <= 64, "num_drones", self.num_drones, "an integer in [1, 64]")
+        _check(self.spacing > self.collision_distance, "spacing", self.spacing, f"> collision_distance={self.collision_distance}")
+        _check(self.collision_distance > 0, "collision_distance", self.collision_distance, "> 0")

@@ -1,0 +1,148 @@
+"""Single-drone Gymnasium tasks: hover at a point, and waypoint / reference-curve tracking."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+
+from entropilot.envs.observation import OBSERVATION_NAMES, OBSERVATION_SIZE, observe
+from entropilot.envs.settings import HoverSettings, WaypointSettings
+from entropilot.envs.simulator import DroneSimulator, random_attitude
+from entropilot.envs.tasks import CRASH_PENALTY, SuccessTracker, crash_reasons, hover_reward
+
+
+class HoverEnv(gym.Env):
+    """Fly from a random start in a box to a target point and hold it.
+
+    Observation: ``OBSERVATION_NAMES`` (22 floats). Action: Box([-1, 1]^4): rotor thrusts over
+    [0, max] (``motors``) or collective thrust + body rates (``ctbr``). Reward: ``hover_reward``
+    in (0, 1] per step, minus ``CRASH_PENALTY`` on a crash. Terminates on a crash, truncates at
+    ``episode_seconds``. ``info["is_success"]`` at the episode's end: inside ``success_radius`` for
+    the last ``success_seconds``.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 48}
+    settings_class = HoverSettings
+
+    def __init__(self, render_mode: str | None = None, **kwargs):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'rgb_array'")
+        self.settings = self.settings_class.from_kwargs(kwargs)
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": self.settings.control_hz}
+        self.sim = DroneSimulator(self.settings, num_drones=1)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBSERVATION_SIZE,), dtype=np.float32)
+        self.observation_names = OBSERVATION_NAMES
+        self.success = SuccessTracker(self.settings, 1)
+        self.target = np.array([self.settings.target])
+        self.noise = self.settings.sensor_noise
+        self.steps = 0
+
+    # Task hooks: where the target is now (waypoint tracking overrides these).
+    def _reset_task(self) -> None:
+        self.target = np.array([self.settings.target])
+
+    def _advance_task(self, distance: float) -> None:
+        pass
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        s, rng = self.settings, self.np_random
+        self.sim.randomize(rng)
+        if s.randomization.noise > 0:
+            self.noise = s.sensor_noise.scaled(1.0 + rng.uniform(-1, 1) * s.randomization.noise)
+        start = rng.uniform(s.start_low, s.start_high)
+        attitude = random_attitude(rng, s.start_tilt_deg)
+        velocity = rng.uniform(-s.start_velocity, s.start_velocity, size=3)
+        self.sim.place(rng, [start], [attitude], [velocity], [np.zeros(3)])
+        self._reset_task()
+        self.success.reset()
+        self.steps = 0
+        obs = observe(self.sim, self.target, self.noise, rng)[0]
+        return obs, {"distance": float(np.linalg.norm(self.sim.position[0] - self.target[0]))}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (4,):
+            raise ValueError(f"action must have shape (4,) for action_mode={self.settings.action_mode!r}, got shape {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action must be finite, got {action.tolist()}")
+        prev_action = self.sim.last_action
+        self.sim.step(action[None, :], self.np_random)
+        self.steps += 1
+        sim = self.sim
+        pos_err = sim.position - self.target
+        distance = float(math.sqrt(pos_err[0] @ pos_err[0]))
+        self._advance_task(distance)
+        pos_err = sim.position - self.target
+        distance = float(math.sqrt(pos_err[0] @ pos_err[0]))
+        reward = float(
+            hover_reward(pos_err, sim.velocity, sim.body_rates, sim.tilt_cosine(), sim.last_action, prev_action)[0]
+        )
+        self.success.update(np.array([distance]))
+        crash = crash_reasons(sim, self.settings)[0]
+        terminated = crash is not None
+        truncated = not terminated and self.steps >= self.settings.max_episode_steps
+        info = {"distance": distance}
+        if terminated:
+            reward -= CRASH_PENALTY
+            info["crash"] = crash
+        if terminated or truncated:
+            info["is_success"] = bool(truncated and self.success.succeeded()[0])
+        obs = observe(sim, self.target, self.noise, self.np_random)[0]
+        return obs, reward, terminated, truncated, info
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        return self.sim.render(self.sim.position[0])
+
+    def close(self):
+        self.sim.close()
+
+
+class WaypointEnv(HoverEnv):
+    """Visit waypoints in order (the target advances within ``switch_radius``), or track a circle.
+
+    Same observation (position error to the current reference point), action and reward as hover;
+    success = inside ``success_radius`` of the reference for the last ``success_seconds``, with every
+    waypoint visited.
+    """
+
+    settings_class = WaypointSettings
+
+    def _reset_task(self) -> None:
+        s = self.settings
+        waypoints = np.array(s.waypoints)
+        if s.randomize_waypoints > 0:
+            waypoints = waypoints + self.np_random.uniform(-s.randomize_waypoints, s.randomize_waypoints, waypoints.shape)
+            waypoints[:, 2] = np.maximum(waypoints[:, 2], 0.3)
+        self.waypoints = waypoints
+        self.waypoint_index = 0
+        self.target = self._reference(0.0)
+
+    def _reference(self, t: float) -> np.ndarray:
+        s = self.settings
+        if s.trajectory == "circle":
+            centre = self.waypoints[0]
+            phase = 2.0 * math.pi * t / s.circle_period
+            return np.array([[centre[0] + s.circle_radius * math.cos(phase) - s.circle_radius,
+                              centre[1] + s.circle_radius * math.sin(phase), centre[2]]])
+        return self.waypoints[self.waypoint_index][None, :]
+
+    def _advance_task(self, distance: float) -> None:
+        s = self.settings
+        if s.trajectory == "waypoints" and distance <= s.switch_radius and self.waypoint_index < len(self.waypoints) - 1:
+            self.waypoint_index += 1
+            self.success.reset()
+        self.target = self._reference(self.steps / s.control_hz)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        info["waypoint_index"] = self.waypoint_index
+        if "is_success" in info and self.settings.trajectory == "waypoints":
+            info["is_success"] = info["is_success"] and self.waypoint_index == len(self.waypoints) - 1
+        return obs, reward, terminated, truncated, info

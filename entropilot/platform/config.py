@@ -1,0 +1,660 @@
+"""The experiment configuration: one validated schema (`ExperimentConfig`), YAML loading with dotted
+command-line overrides, and flattening for MLflow params.
+
+Everything here is light (pydantic + yaml): a bad value must fail, naming the field and the allowed
+range, before Ray or torch is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import annotated_types
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AlgorithmConfig",
+    "CheckpointConfig",
+    "CollapseConfig",
+    "ConfigError",
+    "ControlConfig",
+    "CovarianceConfig",
+    "EntropyConfig",
+    "EntropyInitConfig",
+    "EnvConfig",
+    "EvaluationConfig",
+    "ExperimentConfig",
+    "MlflowConfig",
+    "ModelConfig",
+    "ResourcesConfig",
+    "StopConfig",
+    "dump_config",
+    "from_flat_params",
+    "load_config",
+    "parse_config",
+]
+
+# MLflow rejects param values longer than this.
+MLFLOW_PARAM_MAX_CHARS = 6000
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+# Shortcuts accepted on the command line; the schema itself has one name per field.
+OVERRIDE_ALIASES = {"entropy.target": "entropy.control.target"}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used. The message lists one `field.path: message (got value)` per problem."""
+
+    def __init__(self, problems: list[tuple[str, str, Any]], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f" ({source})" if source else ""
+        lines = [f"invalid experiment config{where}:"]
+        for path, message, value in problems:
+            got = "" if value is _NO_VALUE else f" (got {_short_repr(value)})"
+            lines.append(f"  - {path or '<top>'}: {message}{got}")
+        super().__init__("\n".join(lines))
+
+
+_NO_VALUE = object()
+
+
+def _short_repr(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _FieldProblem(ValueError):
+    """Raised by cross-field validators so the error points at the offending field, not its section."""
+
+    def __init__(self, field: str, message: str, value: Any = _NO_VALUE):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.value = value
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo in a key fails instead of silently using the default.
+    # validate_assignment: programmatic edits (sweeps) get the same checks as YAML.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------- env
+
+
+class EnvConfig(_Section):
+    """Which environment, and the keyword arguments its constructor gets.
+
+    The number of drones of a multi-drone env is `kwargs.num_drones`, an env argument like any other,
+    so there is one place to set it.
+    """
+
+    id: str = Field("entropilot/Hover-v0", pattern=r"^(?:[\w.-]+/)?[\w.:-]+-v\d+$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _env_accepts_kwargs(cls, kwargs: dict[str, Any], info) -> dict[str, Any]:
+        env_id = info.data.get("id")
+        if env_id is None:  # the id itself failed; that error is reported already
+            return kwargs
+        # The envs room owns the meaning of its kwargs; imported at call time so this module stays light
+        # and works before (or without) that function existing.
+        try:
+            from entropilot.envs import validate_env_kwargs
+        except ImportError:
+            return kwargs
+        try:
+            validate_env_kwargs(env_id, dict(kwargs))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"rejected by {env_id}: {exc}") from exc
+        return kwargs
+
+
+# ---------------------------------------------------------------------------------------- algorithm
+
+
+class AlgorithmConfig(_Section):
+    """RLlib algorithm and its hyperparameters. Defaults: PPO sized for a 2-core laptop (~0.5-0.8 s/iteration)."""
+
+    name: Literal["PPO", "SAC"] = "PPO"
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    lr: float = Field(3e-4, gt=0.0, le=1.0)
+    train_batch_size: int = Field(2000, ge=1)
+    minibatch_size: int = Field(256, ge=1)
+    num_epochs: int = Field(10, ge=1)
+    clip_param: float = Field(0.2, gt=0.0, le=1.0)
+    lambda_: float = Field(0.95, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(0.5, gt=0.0)
+    vf_loss_coeff: float = Field(0.5, ge=0.0)
+    # SAC only (ignored by PPO).
+    tau: float = Field(0.005, gt=0.0, le=1.0)
+    initial_alpha: float = Field(1.0, gt=0.0)
+    target_entropy: Literal["auto"] | float = "auto"
+    replay_capacity: int = Field(100_000, ge=1)
+
+    @field_validator("target_entropy", mode="before")
+    @classmethod
+    def _auto_or_number(cls, value: Any) -> Any:
+        # Checked by hand so a bad value gives one clear message instead of one per union member.
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError('must be "auto" or a finite number of nats')
+        return float(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlgorithmConfig:
+        if self.name == "PPO" and self.minibatch_size > self.train_batch_size:
+            raise _FieldProblem(
+                "minibatch_size",
+                f"must be <= train_batch_size ({self.train_batch_size})",
+                self.minibatch_size,
+            )
+        if self.name == "SAC" and self.replay_capacity < self.train_batch_size:
+            raise _FieldProblem(
+                "replay_capacity",
+                f"must be >= train_batch_size ({self.train_batch_size}) to sample a batch",
+                self.replay_capacity,
+            )
+        return self
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+class ModelConfig(_Section):
+    """The policy/value MLP and its Gaussian's log standard deviation."""
+
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64, 64], min_length=1, max_length=16)
+    activation: Literal["tanh", "relu", "silu"] = "tanh"
+    # State-independent log std: the entropy is then a parameter the controllers can read and steer.
+    free_log_std: bool = True
+    initial_log_std: float = Field(0.0, ge=-10.0, le=5.0)
+
+
+# ------------------------------------------------------------------------------------------ entropy
+
+
+class EntropyInitConfig(_Section):
+    """Entropy-aware initialization: redraw the initial policy until its executed actions are diverse enough."""
+
+    enabled: bool = True
+    # Nats, measured on the executed (clipped/squashed) actions over a short rollout, summed over action dims.
+    threshold: float = Field(1.0, ge=-100.0, le=100.0)
+    max_draws: int = Field(10, ge=1, le=1000)
+    rollout_steps: int = Field(1000, ge=1)
+
+
+class ControlConfig(_Section):
+    """Closed-loop control of the entropy coefficient toward a target policy entropy (nats)."""
+
+    # None = on for PPO, off for SAC (SAC tunes its own alpha); resolved by ExperimentConfig.
+    enabled: bool | None = None
+    # A constant, or a piecewise-linear schedule [[env_steps, nats], ...] starting at step 0.
+    target: float | list[tuple[int, float]] = 1.0
+    coef_init: float = Field(0.0, ge=0.0)
+    coef_min: float = Field(0.0, ge=0.0)
+    coef_max: float = Field(0.1, ge=0.0)
+    gain: float = Field(0.005, gt=0.0)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _number_or_schedule(cls, value: Any) -> Any:
+        # Hand-checked for one clear message per problem (a plain union reports every member's error).
+        if _is_number(value):
+            return float(value)
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError("must be a number of nats or a non-empty schedule [[env_steps, nats], ...]")
+        pairs = []
+        for i, pair in enumerate(value):
+            ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_number(pair[1])
+            step = pair[0] if ok else None
+            if not ok or isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise _FieldProblem(f"{i}", "schedule entries must be [env_steps (int >= 0), nats]", pair)
+            pairs.append((step, float(pair[1])))
+        if pairs[0][0] != 0:
+            raise _FieldProblem("0", "schedule must start at env step 0", list(value[0]))
+        for i in range(1, len(pairs)):
+            if pairs[i][0] <= pairs[i - 1][0]:
+                raise _FieldProblem(f"{i}", "schedule env steps must be strictly increasing", list(value[i]))
+        return pairs
+
+    @model_validator(mode="after")
+    def _coef_bounds(self) -> ControlConfig:
+        if self.coef_min > self.coef_max:
+            raise _FieldProblem("coef_min", f"must be <= coef_max ({self.coef_max})", self.coef_min)
+        if not self.coef_min <= self.coef_init <= self.coef_max:
+            raise _FieldProblem(
+                "coef_init", f"must be within [coef_min, coef_max] = [{self.coef_min}, {self.coef_max}]", self.coef_init
+            )
+        return self
+
+    def target_at(self, env_steps: int) -> float:
+        """The target entropy (nats) after `env_steps`: linear between schedule points, held past the last."""
+        if isinstance(self.target, float):
+            return self.target
+        points = self.target
+        if env_steps >= points[-1][0]:
+            return points[-1][1]
+        for (s0, v0), (s1, v1) in zip(points, points[1:]):
+            if s0 <= env_steps < s1:
+                return v0 + (v1 - v0) * (env_steps - s0) / (s1 - s0)
+        return points[0][1]
+
+    def min_target(self) -> float:
+        return self.target if isinstance(self.target, float) else min(v for _, v in self.target)
+
+
+class CollapseConfig(_Section):
+    """Entropy-collapse detection (nats); None switches a check off."""
+
+    floor: float | None = -1.0
+    max_drop_per_iteration: float | None = Field(1.0, gt=0.0)
+
+
+class CovarianceConfig(_Section):
+    """Covariance-based entropy regularization (PPO): Clip-Cov or KL-Cov on the tokens with largest covariance."""
+
+    mode: Literal["off", "clip_cov", "kl_cov"] = "off"
+    # Share of samples with the largest logp/advantage covariance that get clipped or KL-penalized.
+    fraction: float = Field(0.002, gt=0.0, le=0.1)
+    kl_coef: float = Field(1.0, ge=0.0)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, value: Any) -> Any:
+        return _yaml_switch(value)
+
+
+class EntropyConfig(_Section):
+    init: EntropyInitConfig = Field(default_factory=EntropyInitConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    collapse: CollapseConfig = Field(default_factory=CollapseConfig)
+    covariance: CovarianceConfig = Field(default_factory=CovarianceConfig)
+
+
+# ----------------------------------------------------------------------------------------- resources
+
+
+class ResourcesConfig(_Section):
+    """How much of the machine or cluster to use. Defaults fit a 2-core laptop without a GPU."""
+
+    num_env_runners: int = Field(1, ge=0, le=4096)
+    envs_per_runner: int = Field(4, ge=1, le=1024)
+    num_cpus_per_env_runner: float = Field(1.0, gt=0.0)
+    num_learners: int = Field(0, ge=0, le=1024)
+    # auto: use one GPU if Ray's cluster resources show one.
+    gpu: Literal["auto", "on", "off"] = "auto"
+    # None: RAY_ADDRESS if set, else an in-process Ray.
+    ray_address: str | None = Field(None, min_length=1)
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _on_off_are_not_bools(cls, value: Any) -> Any:
+        return _yaml_switch(value)
+
+    def resolve_ray_address(self) -> str | None:
+        """The address to pass to `ray.init`: this field, else RAY_ADDRESS, else None (start Ray in-process)."""
+        return self.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
+# -------------------------------------------------------------------------------------------- mlflow
+
+
+class MlflowConfig(_Section):
+    # None: MLFLOW_TRACKING_URI if set, else a local sqlite store.
+    tracking_uri: str | None = Field(None, min_length=1)
+    experiment: str = Field("entropilot", min_length=1)
+    run_name: str | None = Field(None, min_length=1)  # None: the experiment's `name`
+    registered_model: str | None = Field(None, min_length=1)  # register the exported policy under this name
+    video: bool = False
+    system_metrics: bool = False
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _not_a_file_store(cls, uri: str | None) -> str | None:
+        # MLflow 3.17 refuses plain-directory stores ("filesystem tracking backend is in maintenance mode").
+        if uri is not None and (uri.startswith("file:") or "://" not in uri):
+            raise ValueError(f"file stores are refused by MLflow 3; use e.g. {DEFAULT_TRACKING_URI} or http://host:port")
+        return uri
+
+    def resolve_tracking_uri(self) -> str:
+        """This field, else MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` (in the working directory)."""
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+# --------------------------------------------------------------------------------- stop / eval / ckpt
+
+
+class StopConfig(_Section):
+    """Stop at whichever criterion is met first. When the section is given, unset criteria are off."""
+
+    iterations: int | None = Field(None, ge=1)
+    env_steps: int | None = Field(None, ge=1)
+    time_s: float | None = Field(None, gt=0.0)
+    success_rate: float | None = Field(None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _something_stops(self) -> StopConfig:
+        if all(v is None for v in (self.iterations, self.env_steps, self.time_s, self.success_rate)):
+            raise ValueError("set at least one of iterations, env_steps, time_s, success_rate, or training never ends")
+        return self
+
+
+class EvaluationConfig(_Section):
+    interval: int | None = Field(10, ge=1)  # iterations between evaluations; None = no evaluation
+    episodes: int = Field(10, ge=1)
+    # Held-out episodes use seeds seed, seed+1, ...: kept away from the training seeds.
+    seed: int = Field(1_000_000, ge=0, le=2**31 - 1)
+
+
+class CheckpointConfig(_Section):
+    interval: int | None = Field(10, ge=1)  # iterations between checkpoints; None = final checkpoint only
+    dir: str | None = Field(None, min_length=1)  # None: runs/<run name>
+
+
+# --------------------------------------------------------------------------------------- experiment
+
+
+class ExperimentConfig(_Section):
+    """One experiment: what to train on, how, when to stop, and where results go."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    entropy: EntropyConfig = Field(default_factory=EntropyConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    # Without a stop section a run is limited to 15 minutes, so a bare config still ends.
+    stop: StopConfig = Field(default_factory=lambda: StopConfig(time_s=900.0))
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> ExperimentConfig:
+        control = self.entropy.control
+        if control.enabled is None:
+            # Bypass validate_assignment: re-validating here would recurse into this validator.
+            control.__dict__["enabled"] = self.algorithm.name == "PPO"
+        if self.algorithm.name == "SAC":
+            if control.enabled:
+                raise _FieldProblem(
+                    "entropy.control.enabled",
+                    "SAC tunes its own entropy coefficient toward algorithm.target_entropy; set it to false",
+                    True,
+                )
+            if self.entropy.covariance.mode != "off":
+                raise _FieldProblem(
+                    "entropy.covariance.mode", "covariance control works with PPO only; set it to off for SAC",
+                    self.entropy.covariance.mode,
+                )
+        floor = self.entropy.collapse.floor
+        if control.enabled and floor is not None and floor >= control.min_target():
+            raise _FieldProblem(
+                "entropy.collapse.floor",
+                f"must be below the lowest entropy.control.target ({control.min_target()})",
+                floor,
+            )
+        # RLlib (2.60) seeds runner i's vector env with seed + i, its sub-env j with seed + i + j (runner 0 =
+        # the local one); held-out evaluation seeds must stay outside that range.
+        train_hi = self.seed + self.resources.num_env_runners + self.resources.envs_per_runner
+        eval_lo = self.evaluation.seed
+        eval_hi = eval_lo + self.evaluation.episodes
+        if eval_lo < train_hi and self.seed < eval_hi:
+            raise _FieldProblem(
+                "evaluation.seed",
+                f"held-out seeds [{eval_lo}, {eval_hi}) overlap training seeds [{self.seed}, {train_hi})",
+                eval_lo,
+            )
+        return self
+
+    # -- derived values the platform needs --------------------------------------------------------
+
+    @property
+    def run_name(self) -> str:
+        return self.mlflow.run_name or self.name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir or f"runs/{self.run_name}")
+
+    def to_flat_params(self) -> dict[str, str]:
+        """Dotted keys -> strings for MLflow params; `from_flat_params` reverses it (values of <= 6000 chars)."""
+        flat: dict[str, str] = {}
+        _flatten(self.model_dump(mode="json"), "", flat)
+        return flat
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML (None: all defaults), apply `a.b.c=value` overrides, validate.
+
+    Override values are parsed as YAML, so `1e-3`, `[128, 128]`, `true`, `null` mean what they look like.
+    Raises ConfigError for every problem found.
+    """
+    source = None
+    data: Any = {}
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError([("", f"cannot read config file: {exc.strerror or exc}", _NO_VALUE)], source) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([("", f"not valid YAML: {exc}", _NO_VALUE)], source) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError([("", "the file must hold a mapping of sections", data)], source)
+    return parse_config(data, overrides, source=source)
+
+
+def parse_config(
+    data: Mapping[str, Any], overrides: Iterable[str] = (), source: str | None = None
+) -> ExperimentConfig:
+    """Validate a nested dict (as read from YAML) after applying dotted overrides."""
+    data = _deep_copy(dict(data))
+    problems = []
+    for override in overrides:
+        try:
+            _apply_override(data, override)
+        except _FieldProblem as exc:
+            problems.append((exc.field, exc.message, exc.value))
+    if problems:
+        raise ConfigError(problems, source)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from(exc), source) from None
+
+
+def dump_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
+    """Write the full config (every field, defaults included) as YAML that `load_config` reads back equal."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def from_flat_params(params: Mapping[str, str]) -> ExperimentConfig:
+    """Rebuild a config from `to_flat_params` output (e.g. an MLflow run's params)."""
+    data: dict[str, Any] = {}
+    for key, text in params.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(text)
+    return parse_config(data, source="flat params")
+
+
+# ---------------------------------------------------------------------------------------- internals
+
+
+def _yaml_switch(value: Any) -> Any:
+    # YAML 1.1 (PyYAML) reads a bare on/off as true/false; give those words back to the Literal fields.
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _section_class(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    """The model class of field `key` if it is a sub-section, else None."""
+    annotation = model.model_fields[key].annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _is_free_mapping(model: type[BaseModel], key: str) -> bool:
+    """Fields like env.kwargs: a dict whose keys the schema does not list."""
+    annotation = model.model_fields[key].annotation
+    return getattr(annotation, "__origin__", annotation) is dict
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    dotted, sep, text = override.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted:
+        raise _FieldProblem(dotted or "<override>", "overrides look like section.field=value", override)
+    for alias, real in OVERRIDE_ALIASES.items():
+        if dotted == alias or dotted.startswith(alias + "."):
+            dotted = real + dotted[len(alias):]
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _FieldProblem(dotted, f"value is not valid YAML: {exc}", text) from None
+    parts = dotted.split(".")
+    model: type[BaseModel] | None = ExperimentConfig
+    node = data
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if model is not None:
+            if part not in model.model_fields:
+                valid = ", ".join(sorted(model.model_fields))
+                raise _FieldProblem(here, f"unknown key; valid keys here: {valid}", value)
+            child_model = _section_class(model, part)
+            free = _is_free_mapping(model, part)
+            if not last and child_model is None and not free:
+                raise _FieldProblem(here, "is a value, not a section: cannot set a key inside it", value)
+        else:
+            child_model, free = None, True  # inside a free mapping (env.kwargs...): any key goes
+        if last:
+            node[part] = value
+            return
+        if not isinstance(node.get(part), dict):
+            node[part] = {}  # absent or null section: start it empty
+        node = node[part]
+        model = child_model
+
+
+def _problems_from(exc: ValidationError) -> list[tuple[str, str, Any]]:
+    problems = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        message = err["msg"]
+        value = err.get("input", _NO_VALUE)
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _FieldProblem):
+            loc += cause.field.split(".")
+            message, value = cause.message, cause.value
+        elif err["type"] == "value_error" and message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+            if isinstance(value, (dict, BaseModel)):
+                value = _NO_VALUE  # a section-level rule: the section itself is no useful "got"
+        if err["type"] in _BOUND_ERRORS:
+            allowed = _allowed_range(loc)
+            if allowed:
+                message = f"{message}; allowed: {allowed}"
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            valid = ", ".join(sorted(parent.model_fields)) if parent else "?"
+            message = f"unknown key; valid keys here: {valid}"
+        problems.append((_format_loc(loc), message, value))
+    return problems
+
+
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _allowed_range(loc: list[Any]) -> str:
+    """'0 < value <= 1' from the field's Field(gt/ge/lt/le) constraints, so the message shows both ends."""
+    model = _model_at(loc[:-1])
+    if model is None or loc[-1] not in model.model_fields:
+        return ""
+    low = high = ""
+    for item in model.model_fields[loc[-1]].metadata:
+        if isinstance(item, annotated_types.Gt):
+            low = f"{item.gt} < "
+        elif isinstance(item, annotated_types.Ge):
+            low = f"{item.ge} <= "
+        elif isinstance(item, annotated_types.Lt):
+            high = f" < {item.lt}"
+        elif isinstance(item, annotated_types.Le):
+            high = f" <= {item.le}"
+    return f"{low}value{high}" if low or high else ""
+
+
+def _model_at(loc: list[Any]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = ExperimentConfig
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return None
+        model = _section_class(model, part)
+    return model
+
+
+def _format_loc(loc: list[Any]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int) or (isinstance(part, str) and part.isdigit()):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
+    if isinstance(value, dict) and value:
+        for key, child in value.items():
+            _flatten(child, f"{prefix}.{key}" if prefix else str(key), out)
+        return
+    out[prefix] = _param_text(value)
+
+
+def _param_text(value: Any) -> str:
+    # Plain strings stay readable in the MLflow UI; anything YAML would read back differently is JSON
+    # (which YAML reads back exactly), so from_flat_params restores the same types.
+    text = value if isinstance(value, str) and _reads_back_as_itself(value) else json.dumps(value)
+    if len(text) > MLFLOW_PARAM_MAX_CHARS:
+        marker = "...<truncated>"
+        text = text[: MLFLOW_PARAM_MAX_CHARS - len(marker)] + marker
+    return text
+
+
+def _reads_back_as_itself(text: str) -> bool:
+    try:
+        return yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        return False

@@ -1,0 +1,1 @@
+"""Policies: RLModules, entropy estimation, entropy-aware initialization, entropy-coefficient control."""

@@ -1,0 +1,244 @@
+"""Adaptive entropy control for PPO: a target-entropy schedule, a controller that sets the entropy
+coefficient to track it, and a detector that flags entropy collapse. Plain Python, no Ray."""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from numbers import Real
+
+_STEPS_PER_RATE_UNIT = 1_000_000
+
+
+def _finite_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    return float(value)
+
+
+def _env_steps(value: object) -> float:
+    steps = _finite_real("env_steps", value)
+    if steps < 0:
+        raise ValueError(f"env_steps must be >= 0; got {value!r}")
+    return steps
+
+
+class EntropySchedule:
+    """Target entropy (nats) over env steps: a constant, or piecewise-linear [[env_steps, value], ...].
+
+    Same format as RLlib's own schedules. Before the first point the first value holds, after the
+    last point the last value holds.
+    """
+
+    def __init__(self, target: float | Sequence[Sequence[float]]):
+        if isinstance(target, Real):
+            self._steps = [0.0]
+            self._values = [_finite_real("target entropy", target)]
+            return
+        if isinstance(target, (str, bytes)) or not isinstance(target, Sequence) or not target:
+            raise ValueError(
+                f"target entropy must be a number or a non-empty list of [env_steps, value] pairs; got {target!r}"
+            )
+        self._steps, self._values = [], []
+        for i, point in enumerate(target):
+            if isinstance(point, (str, bytes)) or not isinstance(point, Sequence) or len(point) != 2:
+                raise ValueError(f"schedule point {i} must be a pair [env_steps, value]; got {point!r}")
+            steps = _finite_real(f"schedule point {i} env_steps", point[0])
+            value = _finite_real(f"schedule point {i} value", point[1])
+            if steps < 0:
+                raise ValueError(f"schedule point {i} env_steps must be >= 0; got {point[0]!r}")
+            if self._steps and steps <= self._steps[-1]:
+                raise ValueError(
+                    f"schedule env_steps must be strictly increasing; point {i} has {point[0]!r} "
+                    f"after {self._steps[-1]:g}"
+                )
+            self._steps.append(steps)
+            self._values.append(value)
+
+    def __call__(self, env_steps: float) -> float:
+        steps = _env_steps(env_steps)
+        if steps <= self._steps[0]:
+            return self._values[0]
+        for (s0, v0), (s1, v1) in zip(zip(self._steps, self._values), zip(self._steps[1:], self._values[1:])):
+            if steps <= s1:
+                return v0 + (v1 - v0) * (steps - s0) / (s1 - s0)
+        return self._values[-1]
+
+
+class EntropyCoefficientController:
+    """Sets the PPO entropy coefficient so that measured policy entropy tracks a target.
+
+    Update, once per training iteration, with error e = target - measured (nats):
+        log_coef += gain * e_k + damping * (e_k - e_{k-1}),   step clamped to +-max_log_step,
+        log_coef clamped to [log coef_min, log coef_max].
+    Why log space: the useful coefficient spans decades (1e-5 .. 1e-1), and a multiplicative step
+    is the same relative push at every scale and can never cross zero.
+    Why this form: it is a PI controller written incrementally (the velocity form) — `gain` is
+    the integral action, `damping` the proportional one. The coefficient alone is the integrator
+    state, so clamping it is the anti-windup: at a bound nothing keeps accumulating, and the
+    coefficient leaves the bound on the first update whose error has the other sign. The damping
+    term matters because PPO's entropy integrates the coefficient (a coefficient above the
+    equilibrium keeps raising entropy); pure integral action on such a plant oscillates.
+    Tuning: if entropy responds at once with sensitivity b = dH / d log_coef, the loop is stable
+    while b * (gain + 2 * damping) < 2; the defaults allow b up to ~3 nats per e-fold.
+    Why the step clamp: early in training the error can be several nats, and one noisy batch
+    should not move the coefficient by more than a factor exp(max_log_step).
+    Measured and target entropy must be the same quantity (e.g. mean total entropy per action,
+    or executed entropy); the controller only sees numbers.
+    """
+
+    def __init__(
+        self,
+        target: EntropySchedule | float | Sequence[Sequence[float]],
+        initial_coef: float = 0.01,
+        coef_min: float = 1e-6,
+        coef_max: float = 1.0,
+        gain: float = 0.1,
+        damping: float = 0.25,
+        max_log_step: float = math.log(2.0),
+    ):
+        self._schedule = target if isinstance(target, EntropySchedule) else EntropySchedule(target)
+        coef_min, coef_max = _finite_real("coef_min", coef_min), _finite_real("coef_max", coef_max)
+        initial_coef = _finite_real("initial_coef", initial_coef)
+        if not 0 < coef_min <= coef_max:
+            raise ValueError(f"need 0 < coef_min <= coef_max; got coef_min={coef_min}, coef_max={coef_max}")
+        if not coef_min <= initial_coef <= coef_max:
+            raise ValueError(f"initial_coef must lie in [coef_min, coef_max] = [{coef_min}, {coef_max}]; got {initial_coef}")
+        if not _finite_real("gain", gain) > 0:
+            raise ValueError(f"gain must be > 0; got {gain}")
+        if not _finite_real("damping", damping) >= 0:
+            raise ValueError(f"damping must be >= 0; got {damping}")
+        if not _finite_real("max_log_step", max_log_step) > 0:
+            raise ValueError(f"max_log_step must be > 0; got {max_log_step}")
+        self._coef_min, self._coef_max = coef_min, coef_max
+        self._log_min, self._log_max = math.log(coef_min), math.log(coef_max)
+        self._gain, self._damping, self._max_log_step = float(gain), float(damping), float(max_log_step)
+        self._log_coef = math.log(initial_coef)
+        # Zero before the first update makes the first step the positional PI's proportional kick.
+        self._last_error = 0.0
+        self._num_updates = 0
+        self._num_ignored = 0
+
+    @property
+    def coefficient(self) -> float:
+        # exp(log(x)) can round past x; the bounds are a promise, so clamp the rounding away too.
+        return min(max(math.exp(self._log_coef), self._coef_min), self._coef_max)
+
+    @property
+    def num_ignored(self) -> int:
+        """How many non-finite measurements were ignored (a NaN entropy is a symptom, not a signal)."""
+        return self._num_ignored
+
+    def target(self, env_steps: float) -> float:
+        return self._schedule(env_steps)
+
+    def update(self, measured_entropy: float, env_steps: float) -> float:
+        """Take one measurement (nats) at `env_steps`; return the coefficient to use next."""
+        target = self.target(env_steps)
+        measured = float(measured_entropy)
+        if not math.isfinite(measured):
+            # Acting on NaN/inf would poison log_coef for good; keep the last coefficient instead.
+            self._num_ignored += 1
+            return self.coefficient
+        error = target - measured
+        step = self._gain * error + self._damping * (error - self._last_error)
+        step = min(max(step, -self._max_log_step), self._max_log_step)
+        self._log_coef = min(max(self._log_coef + step, self._log_min), self._log_max)
+        self._last_error = error
+        self._num_updates += 1
+        return self.coefficient
+
+    def state_dict(self) -> dict[str, float | int]:
+        """Plain Python numbers, so it fits an RLlib Learner state or a JSON checkpoint."""
+        return {
+            "log_coef": self._log_coef,
+            "last_error": self._last_error,
+            "num_updates": self._num_updates,
+            "num_ignored": self._num_ignored,
+        }
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        missing = {"log_coef", "last_error", "num_updates", "num_ignored"} - state.keys()
+        if missing:
+            raise ValueError(f"controller state is missing {sorted(missing)}")
+        log_coef = _finite_real("state log_coef", state["log_coef"])
+        # A resumed run may have tightened the bounds; the stored coefficient must obey the new ones.
+        self._log_coef = min(max(log_coef, self._log_min), self._log_max)
+        self._last_error = _finite_real("state last_error", state["last_error"])
+        self._num_updates = int(state["num_updates"])
+        self._num_ignored = int(state["num_ignored"])
+
+
+@dataclass(frozen=True)
+class CollapseCheck:
+    """Outcome of one `EntropyCollapseDetector.update`; `reasons` is empty when nothing is wrong."""
+
+    collapsed: bool
+    reasons: tuple[str, ...]
+    drop_per_million_steps: float | None
+
+
+class EntropyCollapseDetector:
+    """Flags entropy collapse: entropy below `floor`, or falling faster than `max_drop_per_million_steps`.
+
+    The rate is measured per 1M env steps, not per iteration, so one threshold means the same thing
+    whatever the batch size. It is the least-squares slope over the measurements of the last
+    `window_env_steps` (at least 3 of them), because the difference of two consecutive noisy batch
+    estimates would fire on noise. A non-finite entropy is always flagged: the policy has diverged.
+    """
+
+    def __init__(
+        self,
+        floor: float | None = None,
+        max_drop_per_million_steps: float | None = None,
+        window_env_steps: int = 500_000,
+    ):
+        if floor is None and max_drop_per_million_steps is None:
+            raise ValueError("set at least one of floor and max_drop_per_million_steps")
+        self._floor = None if floor is None else _finite_real("floor", floor)
+        self._max_drop = None
+        if max_drop_per_million_steps is not None:
+            self._max_drop = _finite_real("max_drop_per_million_steps", max_drop_per_million_steps)
+            if self._max_drop <= 0:
+                raise ValueError(f"max_drop_per_million_steps must be > 0; got {max_drop_per_million_steps}")
+        if not _finite_real("window_env_steps", window_env_steps) > 0:
+            raise ValueError(f"window_env_steps must be > 0; got {window_env_steps}")
+        self._window = float(window_env_steps)
+        self._history: list[tuple[float, float]] = []
+
+    def update(self, entropy: float, env_steps: float) -> CollapseCheck:
+        steps = _env_steps(env_steps)
+        entropy = float(entropy)
+        if not math.isfinite(entropy):
+            return CollapseCheck(True, (f"entropy is not finite ({entropy})",), None)
+        # Dropping points at or after `steps` also handles a run rewound to an earlier checkpoint.
+        self._history = [p for p in self._history if steps - self._window <= p[0] < steps]
+        self._history.append((steps, entropy))
+        reasons = []
+        if self._floor is not None and entropy < self._floor:
+            reasons.append(f"entropy {entropy:.4g} below floor {self._floor:.4g}")
+        drop = self._drop_per_million_steps()
+        if self._max_drop is not None and drop is not None and drop > self._max_drop:
+            reasons.append(
+                f"entropy falling {drop:.4g} nats per 1M env steps, faster than {self._max_drop:.4g}"
+            )
+        return CollapseCheck(bool(reasons), tuple(reasons), drop)
+
+    def _drop_per_million_steps(self) -> float | None:
+        if len(self._history) < 3:
+            return None
+        n = len(self._history)
+        mean_steps = sum(s for s, _ in self._history) / n
+        mean_entropy = sum(h for _, h in self._history) / n
+        covariance = sum((s - mean_steps) * (h - mean_entropy) for s, h in self._history)
+        variance = sum((s - mean_steps) ** 2 for s, _ in self._history)
+        return -covariance / variance * _STEPS_PER_RATE_UNIT
+
+    def state_dict(self) -> dict[str, list[list[float]]]:
+        return {"history": [[s, h] for s, h in self._history]}
+
+    def load_state_dict(self, state: dict[str, list[list[float]]]) -> None:
+        if "history" not in state:
+            raise ValueError("collapse detector state is missing 'history'")
+        self._history = [
+            (_finite_real("history env_steps", s), _finite_real("history entropy", h)) for s, h in state["history"]
+        ]
