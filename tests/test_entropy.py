@@ -111,7 +111,7 @@ def test_categorical_masked_actions_count_zero():
 
 
 def _quantized_entropy(mean: float, std: float, low: float, high: float, resolution: float) -> float:
-    """Exact discrete entropy of clip(x, low, high) binned at `resolution` (atoms apart), plus log resolution."""
+    """Exact entropy of clip(x, low, high) binned at `resolution`, atoms apart, plus log(resolution)."""
     edges = torch.linspace(low, high, round((high - low) / resolution) + 1, dtype=torch.float64)
     cdf = torch.special.ndtr((edges - mean) / std)
     probabilities = torch.cat([cdf.diff(), cdf[:1], 1 - cdf[-1:]])
@@ -119,11 +119,12 @@ def _quantized_entropy(mean: float, std: float, low: float, high: float, resolut
     return (-(probabilities * probabilities.log()).sum()).item() + math.log(resolution)
 
 
-@pytest.mark.parametrize("mean,std", [(0.0, 0.3), (0.8, 0.3), (1.0, 0.5), (2.0, 0.5), (0.0, 2.0), (-3.0, 1.0)])
+@pytest.mark.parametrize(
+    "mean,std", [(0.0, 0.3), (0.8, 0.3), (1.0, 0.5), (2.0, 0.5), (0.0, 2.0), (-3.0, 1.0)]
+)
 def test_clipped_gaussian_equals_its_definition_by_quantization(mean, std):
-    estimate = clipped_gaussian_entropy(
-        torch.tensor([mean], dtype=torch.float64), torch.tensor([math.log(std)], dtype=torch.float64), -1.0, 1.0
-    )
+    params = torch.tensor([mean, math.log(std)], dtype=torch.float64)
+    estimate = clipped_gaussian_entropy(params[:1], params[1:], -1.0, 1.0)
     assert estimate.total.item() == pytest.approx(_quantized_entropy(mean, std, -1.0, 1.0, 1e-3), abs=1e-4)
 
 
@@ -151,7 +152,7 @@ def test_executed_entropy_limits():
     pinned = clipped_gaussian_entropy(torch.tensor([1.2], dtype=torch.float64), tiny_log_std, -1.0, 1.0).total
     assert pinned.item() == pytest.approx(math.log(1e-3))
     # Mean exactly on a bound: half the mass is an atom.
-    on_bound = clipped_gaussian_entropy(torch.tensor([1.0], dtype=torch.float64), tiny_log_std, -1.0, 1.0, 1e-2)
+    on_bound = clipped_gaussian_entropy(torch.ones(1, dtype=torch.float64), tiny_log_std, -1.0, 1.0, 1e-2)
     half_gaussian = 0.5 * diag_gaussian_entropy(tiny_log_std).total
     expected = -0.5 * math.log(0.5 / 1e-2) + half_gaussian
     torch.testing.assert_close(on_bound.total, expected)
@@ -177,7 +178,8 @@ def test_executed_entropy_accepts_rllib_inputs():
     inputs = torch.zeros(10, 8)
     inputs[:, 4:] = math.log(0.2)
     total, per_dim = executed_entropy(*split_diag_gaussian_inputs(inputs), low=-1.0, high=1.0)
-    torch.testing.assert_close(per_dim, torch.full((4,), GAUSSIAN_ENTROPY_STD_1 + math.log(0.2)), atol=1e-5, rtol=0)
+    expected = torch.full((4,), GAUSSIAN_ENTROPY_STD_1 + math.log(0.2))
+    torch.testing.assert_close(per_dim, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(total, per_dim.sum())
 
 

@@ -130,12 +130,13 @@ def test_controller_state_round_trip_gives_identical_outputs():
 
 def test_controller_load_clamps_to_new_bounds_and_rejects_bad_state():
     controller = EntropyCoefficientController(target=0.0, initial_coef=0.01, coef_max=0.05)
-    controller.load_state_dict({"log_coef": math.log(0.5), "last_error": 0.0, "num_updates": 3, "num_ignored": 0})
+    state = {"log_coef": math.log(0.5), "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
+    controller.load_state_dict(state)
     assert controller.coefficient == pytest.approx(0.05)
     with pytest.raises(ValueError, match="missing"):
         controller.load_state_dict({"log_coef": 0.0})
     with pytest.raises(ValueError, match="log_coef must be a finite number"):
-        controller.load_state_dict({"log_coef": math.nan, "last_error": 0.0, "num_updates": 0, "num_ignored": 0})
+        controller.load_state_dict({**state, "log_coef": math.nan})
 
 
 @pytest.mark.parametrize(
@@ -177,8 +178,9 @@ def test_detector_flags_fast_drop_not_slow_noisy_decline():
 
     slow = EntropyCollapseDetector(max_drop_per_million_steps=5.0, window_env_steps=100_000)
     # Declines 1 nat per 1M steps, with batch noise that alone would read as 40 nats per 1M step-to-step.
-    noisy = [1.0 - 1e-6 * steps + (0.2 if i % 2 else -0.2) for i, steps in enumerate(range(0, 1_000_000, 10_000))]
-    assert not any(slow.update(entropy, steps).collapsed for entropy, steps in zip(noisy, range(0, 1_000_000, 10_000)))
+    for i, steps in enumerate(range(0, 1_000_000, 10_000)):
+        noise = 0.2 if i % 2 else -0.2
+        assert not slow.update(1.0 - 1e-6 * steps + noise, steps).collapsed
 
 
 def test_detector_flags_non_finite_entropy():

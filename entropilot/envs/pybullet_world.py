@@ -93,7 +93,7 @@ class PyBulletWorld:
             angular.append(ang)
         return positions, quaternions, velocities, angular
 
-    def render(self, target, width: int = 320, height: int = 240, distance: float = 1.2) -> np.ndarray:
+    def render(self, target, width: int = 320, height: int = 240, distance: float = 0.5) -> np.ndarray:
         """An RGB frame from a chase camera looking at ``target``; TinyRenderer works without a display."""
         c = self.client
         view = p.computeViewMatrixFromYawPitchRoll(

@@ -69,7 +69,7 @@ def squashed_gaussian_entropy(
 
 
 def categorical_entropy(logits: Tensor) -> Tensor:
-    """Entropy of a categorical distribution given unnormalized logits; -inf logits (masked actions) count 0."""
+    """Entropy of a categorical distribution from unnormalized logits; -inf logits (masked actions) add 0."""
     log_p = torch.log_softmax(logits, dim=-1).clamp_min(torch.finfo(logits.dtype).min)
     return -(log_p.exp() * log_p).sum(-1)
 
@@ -122,7 +122,9 @@ def clipped_gaussian_entropy(
     p_in = torch.special.ndtr(beta) - torch.special.ndtr(alpha)
     log_resolution = math.log(resolution)
     atoms = -p_low * (p_low.log() - log_resolution) - p_high * (p_high.log() - log_resolution)
-    interior = p_in * (_HALF_LOG_2PI_E + log_std) + 0.5 * (alpha * _std_normal_pdf(alpha) - beta * _std_normal_pdf(beta))
+    interior = p_in * (_HALF_LOG_2PI_E + log_std) + 0.5 * (
+        alpha * _std_normal_pdf(alpha) - beta * _std_normal_pdf(beta)
+    )
     per_dim = atoms + interior
     return EntropyEstimate(per_dim.sum(-1), per_dim)
 

@@ -36,7 +36,8 @@ class EntropySchedule:
             return
         if isinstance(target, (str, bytes)) or not isinstance(target, Sequence) or not target:
             raise ValueError(
-                f"target entropy must be a number or a non-empty list of [env_steps, value] pairs; got {target!r}"
+                "target entropy must be a number or a non-empty list of [env_steps, value] pairs; "
+                f"got {target!r}"
             )
         self._steps, self._values = [], []
         for i, point in enumerate(target):
@@ -102,7 +103,10 @@ class EntropyCoefficientController:
         if not 0 < coef_min <= coef_max:
             raise ValueError(f"need 0 < coef_min <= coef_max; got coef_min={coef_min}, coef_max={coef_max}")
         if not coef_min <= initial_coef <= coef_max:
-            raise ValueError(f"initial_coef must lie in [coef_min, coef_max] = [{coef_min}, {coef_max}]; got {initial_coef}")
+            raise ValueError(
+                f"initial_coef must lie in [coef_min, coef_max] = [{coef_min}, {coef_max}]; "
+                f"got {initial_coef}"
+            )
         if not _finite_real("gain", gain) > 0:
             raise ValueError(f"gain must be > 0; got {gain}")
         if not _finite_real("damping", damping) >= 0:
@@ -240,5 +244,6 @@ class EntropyCollapseDetector:
         if "history" not in state:
             raise ValueError("collapse detector state is missing 'history'")
         self._history = [
-            (_finite_real("history env_steps", s), _finite_real("history entropy", h)) for s, h in state["history"]
+            (_finite_real("history env_steps", s), _finite_real("history entropy", h))
+            for s, h in state["history"]
         ]
