@@ -67,6 +67,39 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
     sys.exit(0 if stats["success_rate"] > 0 else 1)
 
 
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Dotted override, e.g. --set entropy.control.target=1.2 (repeatable).")
+@click.option("--resume", default=None, metavar="CHECKPOINT|RUN_DIR|RUN_ID",
+              help="Continue a run from its last checkpoint, into the same MLflow run.")
+def train(config: str | None, overrides: tuple[str, ...], resume: str | None) -> None:
+    """Train a policy from an experiment YAML (validated before Ray starts)."""
+    from entropilot.platform.config import ConfigError, load_config
+    from entropilot.platform.train import train as run_training
+
+    if (config is None) == (resume is None):
+        raise click.UsageError("give a CONFIG file, or --resume (the config then comes from the checkpoint)")
+    cfg, stop = None, {}
+    if resume:
+        # A resumed run keeps its config (its MLflow params); only when to stop may change.
+        for item in overrides:
+            key, _, value = item.partition("=")
+            if not key.startswith("stop.") or not value:
+                raise click.BadParameter(f"{item!r}: with --resume only stop.* overrides are allowed", param_hint="--set")
+            import yaml
+
+            stop[key.removeprefix("stop.")] = yaml.safe_load(value)
+    else:
+        try:
+            cfg = load_config(config, list(overrides))
+        except ConfigError as err:
+            raise click.ClickException(str(err)) from None
+    result = run_training(cfg, resume=resume, echo=click.echo, stop=stop or None)
+    click.echo(f"run {result.run_id}: {result.iterations} iterations, {result.env_steps} env steps, "
+               f"evaluation success {result.success_rate}")
+
+
 import numpy as np  # noqa: E402  (used by the commands above; imported late so --help stays instant)
 
 if __name__ == "__main__":

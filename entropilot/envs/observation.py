@@ -22,29 +22,46 @@ OBSERVATION_NAMES: tuple[str, ...] = tuple(name for _, names, _ in OBSERVATION_G
 OBSERVATION_SIZE = len(OBSERVATION_NAMES)
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    """(N, 3) -> (N, 3, 3) cross-product matrices."""
-    zero = np.zeros(len(v))
-    return np.stack(
-        [
-            np.stack([zero, -v[:, 2], v[:, 1]], axis=1),
-            np.stack([v[:, 2], zero, -v[:, 0]], axis=1),
-            np.stack([-v[:, 1], v[:, 0], zero], axis=1),
-        ],
-        axis=1,
-    )
+# Where each group sits in the observation vector.
+OBSERVATION_COLUMNS: dict[str, slice] = {}
+_start = 0
+for _group, _names, _ in OBSERVATION_GROUPS:
+    OBSERVATION_COLUMNS[_group] = slice(_start, _start + len(_names))
+    _start += len(_names)
+del _start, _group, _names
+_POS_ERR, _ROTATION, _VELOCITY, _BODY_RATES = (OBSERVATION_COLUMNS[g] for g in ("pos_err", "rotation", "velocity", "body_rates"))
+
+
+def _perturbed_rotation(r, e) -> list[float]:
+    """Row-major R (I + [e]x): a small body-frame rotation by ``e`` (rad) applied to R's 9 entries ``r``."""
+    ex, ey, ez = e
+    out = []
+    for i in (0, 3, 6):
+        a, b, c = r[i], r[i + 1], r[i + 2]
+        out += (a + b * ez + c * -ey, a * -ez + b + c * ex, a * ey + b * -ex + c)
+    return out
 
 
 def observe(sim, targets: np.ndarray, noise: SensorNoise, rng: np.random.Generator) -> np.ndarray:
-    """(N, OBSERVATION_SIZE) float32 observations of every drone in ``sim`` (a DroneSimulator)."""
+    """(N, OBSERVATION_SIZE) float32 observations of every drone in ``sim`` (a DroneSimulator).
+
+    The simulator keeps its state in observation order (``sim.state``, position where the error goes),
+    so without noise this is a cast and the position error. With noise, one draw of (4, N, 3) standard
+    normals gives the position, velocity, body-rate and attitude noise: the same numbers as four
+    ``rng.normal`` draws in that order.
+    """
+    if not noise.enabled:
+        obs = sim.state[:, :OBSERVATION_SIZE].astype(np.float32)
+        obs[:, _POS_ERR] = sim.position - targets
+        return obs
     n = sim.num_drones
-    position, rotation, velocity, rates = sim.position, sim.rotation, sim.velocity, sim.body_rates
-    if noise.enabled:
-        position = position + rng.normal(0.0, noise.position, (n, 3))
-        velocity = velocity + rng.normal(0.0, noise.velocity, (n, 3))
-        rates = rates + rng.normal(0.0, noise.angular_velocity, (n, 3))
-        # A small random rotation keeps the matrix (nearly) orthonormal, unlike noise on each element.
-        rotation = rotation @ (np.eye(3) + _skew(rng.normal(0.0, noise.attitude, (n, 3))))
-    return np.concatenate(
-        [position - targets, rotation.reshape(n, 9), velocity, rates, sim.last_action], axis=1
-    ).astype(np.float32)
+    scale = np.array([noise.position, noise.velocity, noise.angular_velocity, noise.attitude])
+    draws = rng.standard_normal((4, n, 3)) * scale[:, None, None]
+    obs = sim.state[:, :OBSERVATION_SIZE].copy()
+    obs[:, _POS_ERR] = (sim.position + draws[0]) - targets
+    obs[:, _VELOCITY] += draws[1]
+    obs[:, _BODY_RATES] += draws[2]
+    # A small random rotation keeps the matrix (nearly) orthonormal, unlike noise on each element.
+    rotations = sim.rotation.reshape(n, 9).tolist()
+    obs[:, _ROTATION] = [_perturbed_rotation(r, e) for r, e in zip(rotations, draws[3].tolist())]
+    return obs.astype(np.float32)

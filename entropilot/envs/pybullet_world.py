@@ -69,29 +69,23 @@ class PyBulletWorld:
 
     def place(self, i: int, position, quaternion, velocity, angular_velocity_world) -> None:
         body, c = self.bodies[i], self.client
-        p.resetBasePositionAndOrientation(body, list(position), list(quaternion), physicsClientId=c)
-        p.resetBaseVelocity(body, list(velocity), list(angular_velocity_world), physicsClientId=c)
+        p.resetBasePositionAndOrientation(body, list(position), list(quaternion), c)
+        p.resetBaseVelocity(body, list(velocity), list(angular_velocity_world), c)
 
     def step(self, body_forces: list, body_torques: list) -> None:
         """Apply each drone's body-frame force and torque for one control period and integrate it."""
-        c, frame = self.client, p.LINK_FRAME
+        # Positional arguments: pybullet parses keywords noticeably slower, and these run every step.
+        c, frame, origin = self.client, p.LINK_FRAME, (0.0, 0.0, 0.0)
+        apply_force, apply_torque = p.applyExternalForce, p.applyExternalTorque
         for body, force, torque in zip(self.bodies, body_forces, body_torques):
-            p.applyExternalForce(body, -1, force, (0.0, 0.0, 0.0), frame, physicsClientId=c)
-            p.applyExternalTorque(body, -1, torque, frame, physicsClientId=c)
-        p.stepSimulation(physicsClientId=c)
+            apply_force(body, -1, force, origin, frame, c)
+            apply_torque(body, -1, torque, frame, c)
+        p.stepSimulation(c)
 
-    def read(self) -> tuple[list, list, list, list]:
-        """Positions, quaternions (x, y, z, w), world velocities, world angular velocities, as tuples."""
-        c = self.client
-        positions, quaternions, velocities, angular = [], [], [], []
-        for body in self.bodies:
-            pos, quat = p.getBasePositionAndOrientation(body, physicsClientId=c)
-            vel, ang = p.getBaseVelocity(body, physicsClientId=c)
-            positions.append(pos)
-            quaternions.append(quat)
-            velocities.append(vel)
-            angular.append(ang)
-        return positions, quaternions, velocities, angular
+    def read(self) -> list[tuple[tuple, tuple, tuple, tuple]]:
+        """Per body: (position, quaternion (x, y, z, w), world velocity, world angular velocity), each a tuple."""
+        c, pose, twist = self.client, p.getBasePositionAndOrientation, p.getBaseVelocity
+        return [pose(body, c) + twist(body, c) for body in self.bodies]
 
     def render(self, target, width: int = 320, height: int = 240, distance: float = 0.5) -> np.ndarray:
         """An RGB frame from a chase camera looking at ``target``; TinyRenderer works without a display."""

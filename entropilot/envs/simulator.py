@@ -1,7 +1,9 @@
 """N quadrotors in one PyBullet world: action mapping, rotor lag, aerodynamics, randomization, state.
 
 The Gymnasium env (one drone) and the RLlib multi-agent env (a swarm) both drive this class, so the
-physics and the action interface exist once.
+physics and the action interface exist once. Per-drone math runs in plain Python floats (see
+physics.py); the state is read back from Bullet into one (N, 26) array that the public state
+attributes are views of.
 """
 
 from __future__ import annotations
@@ -12,16 +14,35 @@ import numpy as np
 import pybullet as p
 
 from entropilot.envs.airframe import Airframe
-from entropilot.envs.physics import ROTOR_SPIN, Aerodynamics, Mixer, RateController, RotorModel, Wind, rotor_positions, to_body
+from entropilot.envs.observation import OBSERVATION_COLUMNS
+from entropilot.envs.physics import Aerodynamics, Mixer, RateController, RotorModel, Wind, Wrench, rotate_to_body
 from entropilot.envs.pybullet_world import PyBulletWorld
 from entropilot.envs.settings import DroneSettings
+
+# Columns of DroneSimulator.state; the first 22 are the observation's layout (observation.py), position in
+# the place of the position error.
+STATE_COLUMNS = {
+    "position": slice(0, 3),
+    "rotation": slice(3, 12),
+    "velocity": slice(12, 15),
+    "body_rates": slice(15, 18),
+    "last_action": slice(18, 22),
+    "quaternion": slice(22, 26),
+}
+STATE_SIZE = 26
+assert [STATE_COLUMNS[k] for k in ("position", "rotation", "velocity", "body_rates", "last_action")] == list(
+    OBSERVATION_COLUMNS.values()
+), "observe() reads the state in observation order"
+_POSITION, _ROTATION, _VELOCITY, _BODY_RATES, _LAST_ACTION, _QUATERNION = STATE_COLUMNS.values()
 
 
 class DroneSimulator:
     """Steps N drones with actions in [-1, 1]^4 (``motors`` or ``ctbr``) and exposes their state.
 
     State arrays (drone axis first): ``position`` (N, 3) m, ``rotation`` (N, 3, 3) body-to-world,
-    ``velocity`` (N, 3) world m/s, ``body_rates`` (N, 3) body rad/s, ``rpm`` (N, 4).
+    ``velocity`` (N, 3) world m/s, ``body_rates`` (N, 3) body rad/s, ``quaternion`` (N, 4) (x, y, z, w),
+    ``last_action`` (N, 4) the clipped actions of the last step, ``rpm`` (N, 4). They are read-only
+    views of ``state`` (N, 26; columns in ``STATE_COLUMNS``), rebuilt by every ``step`` and ``place``.
     """
 
     def __init__(self, settings: DroneSettings, num_drones: int = 1, downwash: bool = False):
@@ -34,15 +55,19 @@ class DroneSimulator:
         self.mixer = Mixer(self.airframe)
         self.rate_controller = RateController(self.airframe)
         self.aero = Aerodynamics(self.airframe, settings.drag, settings.ground_effect, downwash)
+        self.wrench = Wrench(self.airframe)
         w = settings.wind
         self.wind = Wind(num_drones, w.mean, w.gust_std, w.gust_time_constant)
-        xy = rotor_positions(self.airframe)
-        self._force_map = np.stack([np.ones(4), xy[:, 1], -xy[:, 0]], axis=1)  # rotor thrusts -> [T, tx, ty]
-        self._yaw_map = -ROTOR_SPIN
-        self.true_airframes = [self.airframe] * num_drones
-        self._set_true_parameters(self.true_airframes)
+        self._motors = settings.action_mode == "motors"
+        self._half_max_thrust = 0.5 * self.mixer.max_thrust
+        self._two_max_thrust = 2.0 * self.mixer.max_thrust
+        self._max_body_rate = float(settings.max_body_rate)
+        self._hover_action_row = self.hover_action().tolist()
+        self.true_airframes: list[Airframe] = []
+        self._set_true_parameters([self.airframe] * num_drones)
         self.air_velocity = np.zeros((num_drones, 3))
-        self.last_action = np.tile(self.hover_action(), (num_drones, 1))
+        self._air_rows = self.air_velocity.tolist()
+        self._read_state([self._hover_action_row] * num_drones)
 
     # ---- the action interface -------------------------------------------------------------
     def hover_action(self) -> np.ndarray:
@@ -54,14 +79,26 @@ class DroneSimulator:
 
     def rpm_command(self, actions: np.ndarray) -> np.ndarray:
         """(N, 4) actions in [-1, 1] -> (N, 4) rotor speed commands, through the nominal mixer."""
-        max_thrust = self.mixer.max_thrust
-        if self.settings.action_mode == "motors":
-            thrusts = (actions + 1.0) * (0.5 * max_thrust)
+        rows = self._action_rows(actions)
+        return np.array([self._drone_rpm_command(a, self._drones[i][3]) for i, a in enumerate(rows)])
+
+    def _drone_rpm_command(self, a, body_rates) -> list[float]:
+        """One drone's 4 normalized actions -> 4 rotor speed commands [RPM]."""
+        if self._motors:
+            h = self._half_max_thrust
+            thrusts = [(a[0] + 1.0) * h, (a[1] + 1.0) * h, (a[2] + 1.0) * h, (a[3] + 1.0) * h]
         else:
-            collective = (actions[:, 0] + 1.0) * (2.0 * max_thrust)
-            rates = actions[:, 1:] * self.settings.max_body_rate
-            thrusts = self.mixer.rotor_thrusts(collective, self.rate_controller.torque(rates, self.body_rates))
-        return self.mixer.rpm_from_thrust(thrusts)
+            collective = (a[0] + 1.0) * self._two_max_thrust
+            m = self._max_body_rate
+            torque = self.rate_controller.drone_torque((a[1] * m, a[2] * m, a[3] * m), body_rates)
+            thrusts = self.mixer.drone_rotor_thrusts(collective, torque)
+        return self.mixer.drone_rpm_from_thrust(thrusts)
+
+    def _action_rows(self, actions) -> list[list[float]]:
+        actions = np.asarray(actions, dtype=float)
+        if actions.shape != (self.num_drones, 4):
+            raise ValueError(f"actions must have shape ({self.num_drones}, 4), got shape {actions.shape}")
+        return actions.tolist()
 
     # ---- episodes ------------------------------------------------------------------------
     def randomize(self, rng: np.random.Generator) -> None:
@@ -88,49 +125,88 @@ class DroneSimulator:
         self._set_true_parameters(airframes)
 
     def _set_true_parameters(self, airframes: list[Airframe]) -> None:
+        if airframes == self.true_airframes:
+            return  # nothing changes: skip the Bullet calls (most resets without randomization)
         self.true_airframes = airframes
-        self._kf = np.array([[a.kf] for a in airframes])
-        self._km = np.array([a.km for a in airframes])
+        self._kf = [a.kf for a in airframes]
+        self._km = [a.km for a in airframes]
         self.rotors.set_time_constants(np.array([a.motor_time_constant for a in airframes]))
         self.world.set_inertial(airframes)
 
     def place(self, rng: np.random.Generator, positions, quaternions, velocities, body_rates) -> None:
         """Move every drone to its start state (no URDF reload), rotors spinning at hover speed."""
+        rates = np.asarray(body_rates, dtype=float).tolist()
         for i in range(self.num_drones):
-            rotation = np.array(p.getMatrixFromQuaternion(quaternions[i])).reshape(3, 3)
-            self.world.place(i, positions[i], quaternions[i], velocities[i], rotation @ np.asarray(body_rates[i]))
-        self.rotors.rpm = np.full((self.num_drones, 4), self.airframe.hover_rpm)
+            q = list(map(float, quaternions[i]))
+            r = p.getMatrixFromQuaternion(q)
+            b0, b1, b2 = rates[i]
+            angular_world = (  # R w_body
+                r[0] * b0 + r[1] * b1 + r[2] * b2,
+                r[3] * b0 + r[4] * b1 + r[5] * b2,
+                r[6] * b0 + r[7] * b1 + r[8] * b2,
+            )
+            self.world.place(i, positions[i], q, velocities[i], angular_world)
+        self.rotors.reset(self.airframe.hover_rpm)
         self.wind.reset(rng)
         self.air_velocity = self.wind.mean + self.wind.gust
-        self.last_action = np.tile(self.hover_action(), (self.num_drones, 1))
-        self._read_state()
+        self._air_rows = self.air_velocity.tolist()
+        self._read_state([self._hover_action_row] * self.num_drones)
 
     # ---- stepping ------------------------------------------------------------------------
     def step(self, actions: np.ndarray, rng: np.random.Generator) -> None:
         """Advance one control period with (N, 4) actions; they are clipped to [-1, 1] (what executes)."""
-        actions = np.clip(actions, -1.0, 1.0)
-        self.last_action = actions
-        mean_rpm_sq = self.rotors.advance(self.rpm_command(actions))
-        thrusts = self._kf * mean_rpm_sq * self.aero.ground_effect_gain(self.position, self.rotation)
-        thrust_and_torque = thrusts @ self._force_map
-        force = self.aero.body_force(self.rotation, self.velocity, self.air_velocity, self.rotors.rpm, self.position)
-        force[:, 2] += thrust_and_torque[:, 0]
-        torque = np.empty((self.num_drones, 3))
-        torque[:, :2] = thrust_and_torque[:, 1:]
-        torque[:, 2] = self._km * (mean_rpm_sq @ self._yaw_map)
-        self.world.step(force.tolist(), torque.tolist())
-        if self.settings.wind.gust_std > 0:
+        rows = self._action_rows(actions)
+        aero, rotors, wrench = self.aero, self.rotors, self.wrench
+        downwash = aero.downwash_forces(self.position).tolist() if aero.downwash and self.num_drones > 1 else None
+        executed, forces, torques = [], [], []
+        for i, (position, r, velocity, body_rates) in enumerate(self._drones):
+            a0, a1, a2, a3 = rows[i]
+            # np.clip(a, -1, 1), written out (NaN passes through as it does there)
+            a = [
+                -1.0 if a0 < -1.0 else 1.0 if a0 > 1.0 else a0,
+                -1.0 if a1 < -1.0 else 1.0 if a1 > 1.0 else a1,
+                -1.0 if a2 < -1.0 else 1.0 if a2 > 1.0 else a2,
+                -1.0 if a3 < -1.0 else 1.0 if a3 > 1.0 else a3,
+            ]
+            mean_rpm_sq = rotors.advance_drone(i, self._drone_rpm_command(a, body_rates))
+            gains = aero.drone_ground_effect_gain(position[2], r)
+            collective, tau_x, tau_y, tau_z = wrench.of(mean_rpm_sq, self._kf[i], self._km[i], gains)
+            force = aero.drone_body_force(r, velocity, self._air_rows[i], rotors.rpm_sum(i), downwash[i] if downwash else 0.0)
+            force[2] += collective
+            executed.append(a)
+            forces.append(force)
+            torques.append((tau_x, tau_y, tau_z))
+        self.world.step(forces, torques)
+        if self.wind.gust_std > 0:
             self.air_velocity = self.wind.step(self.control_dt, rng)
-        self._read_state()
+            self._air_rows = self.air_velocity.tolist()
+        self._read_state(executed)
 
-    def _read_state(self) -> None:
-        positions, quaternions, velocities, angular = self.world.read()
-        self.position = np.array(positions)
-        self.quaternion = np.array(quaternions)
-        self.rotation = np.array([p.getMatrixFromQuaternion(q) for q in quaternions]).reshape(-1, 3, 3)
-        self.velocity = np.array(velocities)
-        # body rates = R^T w_world (what a gyro measures)
-        self.body_rates = to_body(self.rotation, np.array(angular))
+    def _read_state(self, actions: list) -> None:
+        """Read every body from Bullet into ``state`` (and the per-drone tuples the next step uses)."""
+        flat: list[float] = []
+        drones = []
+        matrix = p.getMatrixFromQuaternion
+        for (position, q, velocity, w), action in zip(self.world.read(), actions):
+            r = matrix(q)
+            body_rates = rotate_to_body(r, w)  # what a gyro measures
+            flat += position  # in STATE_COLUMNS order
+            flat += r
+            flat += velocity
+            flat += body_rates
+            flat += action
+            flat += q
+            drones.append((position, r, velocity, body_rates))
+        self._drones = drones
+        n = self.num_drones
+        self.state = state = np.array(flat).reshape(n, STATE_SIZE)
+        state.flags.writeable = False
+        self.position = state[:, _POSITION]
+        self.rotation = state[:, _ROTATION].reshape(n, 3, 3)
+        self.velocity = state[:, _VELOCITY]
+        self.body_rates = state[:, _BODY_RATES]
+        self.last_action = state[:, _LAST_ACTION]
+        self.quaternion = state[:, _QUATERNION]
 
     @property
     def rpm(self) -> np.ndarray:
@@ -150,6 +226,10 @@ class DroneSimulator:
 def random_attitude(rng: np.random.Generator, max_tilt_deg: float) -> tuple[float, float, float, float]:
     """A quaternion with roll and pitch uniform in +-max_tilt and any yaw."""
     tilt = math.radians(max_tilt_deg)
-    roll, pitch = rng.uniform(-tilt, tilt, size=2)
-    yaw = rng.uniform(-math.pi, math.pi)
+    # One draw of 3 doubles; low + (high - low) * u is what rng.uniform computes, so the values (and the
+    # stream) are those of uniform(-tilt, tilt, size=2) followed by uniform(-pi, pi), at a third of the cost.
+    u_roll, u_pitch, u_yaw = rng.random(3).tolist()
+    span = tilt - -tilt
+    roll, pitch = -tilt + span * u_roll, -tilt + span * u_pitch
+    yaw = -math.pi + (math.pi - -math.pi) * u_yaw
     return p.getQuaternionFromEuler([roll, pitch, yaw])

@@ -19,15 +19,34 @@ def hover_reward(pos_err: np.ndarray, velocity: np.ndarray, body_rates: np.ndarr
     the policy settle instead of orbit the target. Bounded below by 0 so a far-away drone is never
     better off ending the episode.
     """
-    change = action - prev_action
-    cost = (
-        2.0 * norm(pos_err)
-        + 0.1 * norm(velocity)
-        + 0.05 * norm(body_rates)
-        + 0.2 * (1.0 - tilt_cos)
-        + 0.05 * np.einsum("ij,ij->i", change, change)
+    rows = zip(
+        np.asarray(pos_err).tolist(),
+        np.asarray(velocity).tolist(),
+        np.asarray(body_rates).tolist(),
+        np.asarray(tilt_cos).tolist(),
+        np.asarray(action).tolist(),
+        np.asarray(prev_action).tolist(),
     )
-    return np.exp(-cost)
+    return np.array([_drone_hover_reward(*row) for row in rows])
+
+
+def _drone_hover_reward(pos_err, velocity, body_rates, tilt_cos: float, action, prev_action) -> float:
+    change = 0.0
+    for a, b in zip(action, prev_action):
+        change += (a - b) * (a - b)
+    cost = (
+        2.0 * _norm(pos_err)
+        + 0.1 * _norm(velocity)
+        + 0.05 * _norm(body_rates)
+        + 0.2 * (1.0 - tilt_cos)
+        + 0.05 * change
+    )
+    return math.exp(-cost)
+
+
+def _norm(v) -> float:
+    x, y, z = v
+    return math.sqrt(x * x + y * y + z * z)
 
 
 def norm(v: np.ndarray) -> np.ndarray:
@@ -37,19 +56,17 @@ def norm(v: np.ndarray) -> np.ndarray:
 
 def crash_reasons(sim, settings: DroneSettings) -> list[str | None]:
     """Why each drone crashed this step (None = it did not): ground hit at speed, tilt past the limit, left the arena."""
-    position, velocity = sim.position, sim.velocity
-    on_ground = position[:, 2] <= sim.airframe.collision_half_extents[2] + 0.01
-    fast = norm(velocity) > settings.crash_speed
-    tilted = sim.tilt_cosine() < math.cos(math.radians(settings.max_tilt_deg))
+    floor = sim.airframe.collision_half_extents[2] + 0.01
+    min_tilt_cos = math.cos(math.radians(settings.max_tilt_deg))
+    crash_speed = settings.crash_speed
     half = settings.arena_half_size
-    outside = (np.abs(position[:, 0]) > half) | (np.abs(position[:, 1]) > half) | (position[:, 2] > 2 * half)
     reasons: list[str | None] = []
-    for i in range(sim.num_drones):
-        if on_ground[i] and fast[i]:
+    for (x, y, z), velocity, tilt_cos in zip(sim.position.tolist(), sim.velocity.tolist(), sim.tilt_cosine().tolist()):
+        if z <= floor and _norm(velocity) > crash_speed:
             reasons.append("ground_impact")
-        elif tilted[i]:
+        elif tilt_cos < min_tilt_cos:
             reasons.append("tilt")
-        elif outside[i]:
+        elif abs(x) > half or abs(y) > half or z > 2 * half:
             reasons.append("left_arena")
         else:
             reasons.append(None)
@@ -68,8 +85,8 @@ class SuccessTracker:
         self.inside_steps[:] = 0
 
     def update(self, distance: np.ndarray) -> None:
-        inside = distance <= self.radius
-        self.inside_steps = np.where(inside, self.inside_steps + 1, 0)
+        # Counts up inside, back to 0 outside (an int64 times a bool stays int64).
+        self.inside_steps = (self.inside_steps + 1) * (distance <= self.radius)
 
     def succeeded(self) -> np.ndarray:
         return self.inside_steps >= self.required_steps

@@ -187,8 +187,9 @@ class EntropyInitConfig(_Section):
     """Entropy-aware initialization: redraw the initial policy until its executed actions are diverse enough."""
 
     enabled: bool = True
-    # Nats, measured on the executed (clipped/squashed) actions over a short rollout, summed over action dims.
-    threshold: float = Field(1.0, ge=-100.0, le=100.0)
+    # Nats of the executed (clipped) actions over a short rollout, summed over action dims, at 1e-3 actuator
+    # resolution (policies/entropy.py): a centred std-1 policy scores about -3.6 on 4 dims, a saturated one far less.
+    threshold: float = Field(-4.0, ge=-100.0, le=100.0)
     max_draws: int = Field(10, ge=1, le=1000)
     rollout_steps: int = Field(1000, ge=1)
 
@@ -200,10 +201,11 @@ class ControlConfig(_Section):
     enabled: bool | None = None
     # A constant, or a piecewise-linear schedule [[env_steps, nats], ...] starting at step 0.
     target: float | list[tuple[int, float]] = 1.0
-    coef_init: float = Field(0.0, ge=0.0)
-    coef_min: float = Field(0.0, ge=0.0)
-    coef_max: float = Field(0.1, ge=0.0)
-    gain: float = Field(0.005, gt=0.0)
+    # The controller moves the coefficient in log space (multiplicative steps), so it must stay > 0.
+    coef_init: float = Field(0.001, gt=0.0)
+    coef_min: float = Field(1e-5, gt=0.0)
+    coef_max: float = Field(0.1, gt=0.0)
+    gain: float = Field(0.1, gt=0.0)  # log-coefficient change per nat of entropy error per iteration
 
     @field_validator("target", mode="before")
     @classmethod

@@ -51,8 +51,9 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
       (Cui et al. 2025, arXiv 2505.22617). Entropy collapses through samples whose log-probability
       and advantage covary strongly: the policy-gradient step on them sharpens the policy most.
       Per minibatch we take the centered product (logp - mean logp)(A - mean A) per sample and
-      select the top `fraction` (at least one sample). `clip_cov` removes their policy-gradient
-      term (the loss value is unchanged, their gradient is zero); `kl_cov` adds
+      select the top `fraction` (at least one sample; the paper's Clip-Cov draws them at random
+      from a covariance band, here both modes take the top, as KL-Cov does). `clip_cov` removes
+      their policy-gradient term (the loss value is unchanged, their gradient is zero); `kl_cov` adds
       `kl_coef * 0.5 * (logp - logp_old)^2` (the k2 KL estimate) on them, averaged like PPO's loss.
       For continuous actions logp is the diagonal Gaussian log-density summed over action dims.
 
@@ -69,8 +70,9 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
     them. So we all-reduce the entropy sums and sample counts inside `after_gradient_based_update`:
     every learner feeds its controller the same sample-weighted global mean and the controllers stay
     identical, which is also what makes the state saved from learner 0 correct for all of them.
-    Driver-side averaging (`on_train_result` + `learner_group.foreach_learner`) would work too, but
-    costs an extra round trip and applies the new coefficient one iteration later.
+    Driver-side averaging (read the reduced entropy in `on_train_result`, push one coefficient with
+    `learner_group.foreach_learner`) would also work, but costs a round trip per iteration and
+    moves the controller out of the learner state that checkpoints already carry.
 
     Metrics, per module and iteration: `entropy_gaussian`, `entropy_executed` and their
     `_dim{i}` parts, and with control on `entropy_target` and `curr_entropy_coeff`; with
@@ -94,13 +96,13 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
-        module = self.module[module_id].unwrapped()
-        if not isinstance(module.action_space, gym.spaces.Box):
+        if module_id not in self._gaussian_module_ids():
             return loss
+        module = self.module[module_id].unwrapped()
         mask = batch.get(Columns.LOSS_MASK)
         dist_inputs = fwd_out[Columns.ACTION_DIST_INPUTS]
         with torch.no_grad():
-            self._accumulate_entropy(module_id, module.action_space, dist_inputs.detach(), mask)
+            self._accumulate_entropy(module_id, module.action_space, dist_inputs, mask)
         if self._cov is not None:
             loss = loss + self._covariance_term(module_id, module, config, batch, dist_inputs, mask)
         return loss
@@ -135,6 +137,14 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             for module_id, controller_state in state.get(CONTROLLER_STATE, {}).items():
                 self.entropy_coeff_schedulers_per_module[module_id].controller.load_state_dict(controller_state)
 
+    def _gaussian_module_ids(self) -> list:
+        """Modules with Box actions, i.e. a diagonal-Gaussian policy: the ones we measure, sorted."""
+        return sorted(
+            module_id
+            for module_id in self.module.keys()
+            if isinstance(self.module[module_id].unwrapped().action_space, gym.spaces.Box)
+        )
+
     def _accumulate_entropy(self, module_id, action_space, dist_inputs, mask) -> None:
         mean, log_std = split_diag_gaussian_inputs(dist_inputs)
         gaussian = diag_gaussian_entropy(log_std).per_dim
@@ -151,7 +161,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         sums, self._entropy_sums = self._entropy_sums, {}
         if _num_learner_processes() > 1:
             # Every learner must call all_reduce the same number of times, in the same order.
-            for module_id in sorted(self.module.keys()):
+            for module_id in self._gaussian_module_ids():
                 act_dim = self.module[module_id].unwrapped().action_space.shape[0]
                 local = sums.get(module_id, torch.zeros(2 * act_dim + 1, device=self._device))
                 torch.distributed.all_reduce(local)

@@ -1,0 +1,198 @@
+"""Assemble an RLlib algorithm (PPO or SAC, new API stack) from explicit settings, and read the
+observation-normalization statistics back out of a running algorithm or a checkpoint."""
+
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.sac import SACConfig
+from ray.rllib.connectors.env_to_module import MeanStdFilter
+from ray.rllib.utils.filter import RunningStat
+from ray.rllib.utils.numpy import SMALL_NUMBER
+from ray.tune.registry import register_env
+
+from entropilot.policies.ppo_learner import COVARIANCE_CONTROL, ENTROPY_CONTROL, EntropyControlledPPOLearner
+from entropilot.policies.sac_learner import ResumableSACLearner
+
+ALGORITHMS = ("PPO", "SAC")
+GPU_MODES = ("auto", "on", "off")
+
+
+def build_algorithm(
+    *,
+    algorithm: str = "PPO",
+    env: str | Callable,
+    env_config: dict | None = None,
+    hidden_sizes: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+    lr: float = 3e-4,
+    gamma: float = 0.99,
+    train_batch_size: int = 4000,
+    minibatch_size: int = 256,
+    num_epochs: int = 10,
+    entropy_coeff: float = 0.0,
+    entropy_control: dict | None = None,
+    covariance_control: dict | None = None,
+    learning_starts: int = 1000,
+    num_env_runners: int = 1,
+    envs_per_runner: int = 1,
+    num_cpus_per_env_runner: float = 1,
+    num_learners: int = 0,
+    num_cpus_per_learner: float | str = "auto",
+    gpu: str = "auto",
+    normalize_observations: bool = True,
+    seed: int | None = None,
+    learner_class: type | None = None,
+):
+    """Build and return the RLlib `Algorithm`; starts Ray (honouring RAY_ADDRESS) if it isn't running.
+
+    `env` is an env id (Tune-registered or gymnasium), a gym.Env class, or a creator
+    `env_config -> gym.Env` (registered under its `__name__`).
+    PPO uses `EntropyControlledPPOLearner` (`entropy_control` / `covariance_control` go to it, see
+    there; `entropy_coeff` is PPO's fixed coefficient when no controller is set); `train_batch_size`,
+    `minibatch_size`, `num_epochs` are per learner. SAC uses `ResumableSACLearner`; `lr` sets the
+    actor, critic and temperature rates, `train_batch_size` the replay batch per learner,
+    `learning_starts` the env steps sampled before the first update. `gpu` and `num_learners` are
+    resolved by `resolve_learner_resources`; remote learners take `num_cpus_per_learner` CPUs each
+    ("auto": 1 without GPU, 0 with). Observations are normalized with RLlib's MeanStdFilter
+    unless `normalize_observations=False`. `learner_class` replaces our learner (e.g. RLlib's stock one).
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
+    if algorithm == "SAC" and (entropy_control or covariance_control):
+        raise ValueError("entropy_control and covariance_control are PPO settings; SAC tunes its temperature itself")
+    if not ray.is_initialized():
+        ray.init()
+    if callable(env) and not isinstance(env, type):
+        # RLlib takes only ids and classes; a creator must be registered (again in every new driver).
+        env_id = f"entropilot-{getattr(env, '__name__', type(env).__name__)}"
+        register_env(env_id, env)
+        env = env_id
+    learners = resolve_learner_resources(gpu, num_learners)
+    model_config = {"fcnet_hiddens": list(hidden_sizes), "fcnet_activation": activation}
+
+    if algorithm == "PPO":
+        config = PPOConfig().training(
+            lr=lr,
+            gamma=gamma,
+            train_batch_size_per_learner=train_batch_size,
+            minibatch_size=minibatch_size,
+            num_epochs=num_epochs,
+            entropy_coeff=entropy_coeff,
+        )
+        default_learner = EntropyControlledPPOLearner
+        learner_config = {ENTROPY_CONTROL: entropy_control, COVARIANCE_CONTROL: covariance_control}
+    else:
+        config = SACConfig().training(
+            actor_lr=lr,
+            critic_lr=lr,
+            alpha_lr=lr,
+            gamma=gamma,
+            train_batch_size_per_learner=train_batch_size,
+            num_steps_sampled_before_learning_starts=learning_starts,
+        )
+        default_learner = ResumableSACLearner
+        learner_config = {}
+
+    config = (
+        config.environment(env, env_config=env_config or {})
+        .env_runners(
+            num_env_runners=num_env_runners,
+            num_envs_per_env_runner=envs_per_runner,
+            num_cpus_per_env_runner=num_cpus_per_env_runner,
+            # Built without spaces: MeanStdFilter(input_observation_space=...) raises in Ray 2.60.
+            env_to_module_connector=(lambda env, spaces, device: MeanStdFilter()) if normalize_observations else None,
+        )
+        .learners(
+            **learners,
+            num_cpus_per_learner=num_cpus_per_learner,
+            learner_class=learner_class or default_learner,
+            learner_config_dict=learner_config,
+        )
+        .rl_module(model_config=model_config)
+        .debugging(seed=seed)
+    )
+    return config.build_algo()
+
+
+def resolve_learner_resources(gpu: str, num_learners: int, available_gpus: int | None = None) -> dict:
+    """`num_learners` and `num_gpus_per_learner` for `config.learners(...)`.
+
+    GPUs are counted in `ray.cluster_resources()` (or given as `available_gpus`); none is ever
+    requested where there is none ("auto" falls back to CPU, "on" raises). With k GPUs: k learners
+    (or `num_learners`, if positive and smaller) with one GPU each; a single GPU learner is the local
+    one (`num_learners=0, num_gpus_per_learner=1`), because one remote GPU learner hangs in Ray 2.60.
+    """
+    if gpu not in GPU_MODES:
+        raise ValueError(f"gpu must be one of {GPU_MODES}; got {gpu!r}")
+    if num_learners < 0:
+        raise ValueError(f"num_learners must be >= 0; got {num_learners}")
+    if gpu == "off":
+        return {"num_learners": num_learners, "num_gpus_per_learner": 0}
+    if available_gpus is None:
+        available_gpus = int(ray.cluster_resources().get("GPU", 0))
+    if available_gpus == 0:
+        if gpu == "on":
+            raise RuntimeError("gpu='on' but the Ray cluster has no GPU; use gpu='auto' or 'off'")
+        return {"num_learners": num_learners, "num_gpus_per_learner": 0}
+    gpu_learners = min(num_learners, available_gpus) if num_learners > 0 else available_gpus
+    return {"num_learners": 0 if gpu_learners == 1 else gpu_learners, "num_gpus_per_learner": 1}
+
+
+@dataclass(frozen=True)
+class ObservationFilterStats:
+    """RLlib's MeanStdFilter as numbers: obs -> clip((obs - mean) / (std + epsilon), -clip, clip)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    clip: float | None
+    count: int
+    epsilon: float = SMALL_NUMBER
+
+    def normalize(self, observation: np.ndarray) -> np.ndarray:
+        normalized = (np.asarray(observation) - self.mean) / (self.std + self.epsilon)
+        return normalized if self.clip is None else np.clip(normalized, -self.clip, self.clip)
+
+
+def observation_filter_stats(source) -> ObservationFilterStats | None:
+    """MeanStdFilter statistics of a running `Algorithm` or of a checkpoint directory; None without a filter.
+
+    Running algorithm: the driver's local EnvRunner (or, if the algorithm has none, the driver's
+    own env-to-module connector) holds the filter that RLlib merges from all runners each iteration.
+    Checkpoint: that filter's state is `env_runner/env_to_module_connector/MeanStdFilter/state.pkl`
+    (`env_to_module_connector/MeanStdFilter/...` when there is no local EnvRunner).
+    """
+    if isinstance(source, (str, Path)):
+        state = _filter_state_from_checkpoint(Path(source))
+    elif source.env_runner is not None:
+        state = source.env_runner.get_state(components="env_to_module_connector")["env_to_module_connector"]
+        state = state.get(MeanStdFilter.__name__)
+    else:
+        state = source.env_to_module_connector.get_state().get(MeanStdFilter.__name__)
+    if state is None:
+        return None
+    if list(state) != [None]:
+        raise ValueError(f"expected a single-agent MeanStdFilter; found agents {list(state)}")
+    agent = state[None]
+    (stats,) = [RunningStat.from_state(s) for s in agent["running_stats"]]
+    return ObservationFilterStats(
+        mean=np.asarray(stats.mean, dtype=np.float64),
+        std=np.asarray(stats.std, dtype=np.float64),
+        clip=agent["clip_by_value"],
+        count=int(stats.n),
+    )
+
+
+def _filter_state_from_checkpoint(path: Path) -> dict | None:
+    for folder in (path / "env_runner" / "env_to_module_connector", path / "env_to_module_connector"):
+        state_file = folder / MeanStdFilter.__name__ / "state.pkl"
+        if state_file.is_file():
+            with state_file.open("rb") as f:
+                return pickle.load(f)
+        if (folder / MeanStdFilter.__name__ / "state.msgpack").is_file():
+            raise ValueError(f"{folder}: msgpack checkpoints are not supported; save with use_msgpack=False")
+    return None

@@ -1,0 +1,121 @@
+"""Training-progress figures (PNG) from a metrics history: one dict of metrics per iteration.
+Keys a history lacks are left out of the figure, so any stage of a run can be plotted."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# Figure without pyplot renders with Agg and leaves the process's backend and pyplot state alone
+# (no display needed on cluster nodes, no figures kept alive, safe from any thread).
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, MaxNLocator
+
+__all__ = ["plot_entropy", "plot_learning"]
+
+_PER_DIM = re.compile(r"^entropy_per_dim/(\d+)$")
+
+
+def plot_entropy(history: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
+    """Measured policy entropy against its target over env steps, per-action-dim entropies as thin lines,
+    and the entropy coefficient on a second y axis."""
+    fig = Figure(figsize=(9, 5.2), layout="constrained")
+    ax = fig.subplots()
+    dims = sorted({int(m.group(1)) for row in history for k in row if (m := _PER_DIM.match(k))})
+    for d in dims:
+        x, y = _series(history, f"entropy_per_dim/{d}")
+        _plot(ax, x, y, linewidth=0.8, alpha=0.6, label=f"action dim {d}")
+    x, y = _series(history, "entropy")
+    if x:
+        _plot(ax, x, y, color="black", linewidth=2.0, label="entropy (measured)")
+    x, y = _series(history, "entropy_target")
+    if x:
+        _plot(ax, x, y, color="tab:red", linestyle="--", linewidth=1.6, label="target")
+    _label_x(ax, history)
+    ax.set_ylabel("policy entropy [nats]")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    x, y = _series(history, "entropy_coeff")
+    if x:
+        coeff_ax = ax.twinx()
+        _plot(coeff_ax, x, y, color="tab:purple", linewidth=1.2, linestyle="-.", label="entropy coefficient (right axis)")
+        coeff_ax.set_ylabel("entropy coefficient", color="tab:purple")
+        coeff_ax.tick_params(axis="y", colors="tab:purple")
+        coeff_ax.set_ylim(bottom=min(0.0, min(y)))
+        more_handles, more_labels = coeff_ax.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        # Below the plot: inside it would cover one of the two y axes' lines.
+        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=min(4, len(handles)))
+    else:
+        _no_data(ax, "entropy, entropy_target, entropy_coeff, entropy_per_dim/*")
+    ax.set_title(title or "policy entropy")
+    _save(fig, path)
+
+
+def plot_learning(history: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
+    """Mean episode return (top) and success rate (bottom) over env steps."""
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ret_ax, success_ax = fig.subplots(2, 1, sharex=True)
+    x, y = _series(history, "episode_return_mean")
+    if x:
+        _plot(ret_ax, x, y, color="tab:blue", linewidth=1.6)
+    else:
+        _no_data(ret_ax, "episode_return_mean")
+    ret_ax.set_ylabel("mean episode return")
+    ret_ax.grid(alpha=0.3)
+    x, y = _series(history, "success_rate")
+    if x:
+        _plot(success_ax, x, y, color="tab:green", linewidth=1.6)
+        success_ax.set_ylim(-0.03, 1.03)
+    else:
+        _no_data(success_ax, "success_rate")
+    success_ax.set_ylabel("success rate")
+    _label_x(success_ax, history)
+    success_ax.grid(alpha=0.3)
+    ret_ax.set_title(title or "learning progress")
+    _save(fig, path)
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(x, y) of the iterations that have a finite `key`; x is env steps, or the iteration index without them."""
+    xs, ys = [], []
+    for i, row in enumerate(history):
+        y = _finite(row.get(key))
+        x = _finite(row.get("env_steps", i))
+        if y is not None and x is not None:
+            xs.append(x)
+            ys.append(y)
+    return xs, ys
+
+
+def _plot(ax, x: list[float], y: list[float], **style) -> None:
+    # A one-point series draws no line: mark the point so it is not lost.
+    ax.plot(x, y, marker="o" if len(x) == 1 else None, **style)
+
+
+def _label_x(ax, history: Sequence[Mapping[str, Any]]) -> None:
+    if any("env_steps" in row for row in history):
+        ax.set_xlabel("env steps")
+        ax.xaxis.set_major_formatter(EngFormatter())  # 120 k, not 120000 or 1.2e5
+    else:
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _no_data(ax, keys: str) -> None:
+    ax.text(0.5, 0.5, f"no data ({keys})", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def _save(fig: Figure, path: str) -> None:
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,297 @@
+"""The training loop: config -> RLlib algorithm on Ray -> entropy-aware init -> iterations with evaluation,
+checkpoints and MLflow tracking; resumable into the same MLflow run."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from entropilot.platform.config import ExperimentConfig, dump_config, load_config
+
+STATE_FILE = "entropilot_state.json"
+CONFIG_FILE = "config.yaml"
+MODULE_ID = "default_policy"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    checkpoint: Path
+    iterations: int
+    env_steps: int
+    success_rate: float | None
+    stopped_because: str
+    history: list[dict] = field(default_factory=list)
+
+
+def make_env_creator(env_id: str) -> Callable[[dict], Any]:
+    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor)."""
+
+    def create(env_config: dict):
+        from entropilot.envs import make_env
+
+        return make_env(env_id, **dict(env_config))
+
+    create.__name__ = env_id.split("/")[-1]
+    return create
+
+
+def build_from_config(cfg: ExperimentConfig):
+    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured)."""
+    import ray
+
+    from entropilot.envs import SINGLE_AGENT_IDS
+    from entropilot.platform.algorithm import build_algorithm
+
+    if cfg.env.id not in SINGLE_AGENT_IDS:
+        raise NotImplementedError(f"training {cfg.env.id} (multi-agent) is not wired into `entropilot train` yet")
+    if not ray.is_initialized():
+        address = cfg.resources.resolve_ray_address()
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                 **({} if address else {"object_store_memory": 10**9}))
+    a, e = cfg.algorithm, cfg.entropy
+    control = None
+    if e.control.enabled:
+        control = {
+            "target": e.control.target,
+            "initial_coef": e.control.coef_init,
+            "coef_min": e.control.coef_min,
+            "coef_max": e.control.coef_max,
+            "gain": e.control.gain,
+        }
+    covariance = None if e.covariance.mode == "off" else {
+        "mode": e.covariance.mode, "fraction": e.covariance.fraction, "kl_coef": e.covariance.kl_coef}
+    return build_algorithm(
+        algorithm=a.name,
+        env=make_env_creator(cfg.env.id),
+        env_config=dict(cfg.env.kwargs),
+        hidden_sizes=cfg.model.hidden,
+        activation=cfg.model.activation,
+        lr=a.lr,
+        gamma=a.gamma,
+        train_batch_size=a.train_batch_size,
+        minibatch_size=a.minibatch_size,
+        num_epochs=a.num_epochs,
+        entropy_control=control,
+        covariance_control=covariance,
+        num_env_runners=cfg.resources.num_env_runners,
+        envs_per_runner=cfg.resources.envs_per_runner,
+        num_cpus_per_env_runner=cfg.resources.num_cpus_per_env_runner,
+        num_learners=cfg.resources.num_learners,
+        gpu=cfg.resources.gpu,
+        seed=cfg.seed,
+    )
+
+
+class GreedyPolicy:
+    """The trained policy as a plain obs -> action function: normalize, forward, Gaussian mean, clip.
+
+    The same computation the ONNX export puts in its graph; used here for evaluation and videos.
+    """
+
+    def __init__(self, algo):
+        import torch
+
+        from entropilot.platform.algorithm import observation_filter_stats
+
+        self._torch = torch
+        self.module = algo.get_module(MODULE_ID)
+        self.filter = observation_filter_stats(algo)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        x = self.filter.normalize(obs) if self.filter is not None else obs
+        with torch.no_grad():
+            out = self.module.forward_inference({"obs": torch.as_tensor(np.asarray(x, dtype=np.float32)[None])})
+        inputs = out["action_dist_inputs"][0].numpy()
+        return np.clip(inputs[: len(inputs) // 2], -1.0, 1.0)
+
+
+def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
+    """Greedy episodes on held-out seeds (``evaluation.seed`` onward) in a fresh local env."""
+    import gymnasium as gym
+
+    from entropilot.envs.evaluate import run_episodes
+
+    env = gym.make(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
+    try:
+        return run_episodes(env, GreedyPolicy(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
+    finally:
+        env.close()
+
+
+def iteration_metrics(result: dict) -> dict[str, float]:
+    """The per-iteration numbers a person reads, from RLlib's nested result dict."""
+    runners = result.get("env_runners", {})
+    learner = result.get("learners", {}).get(MODULE_ID, {})
+    metrics = {
+        "env_steps": runners.get("num_env_steps_sampled_lifetime"),
+        "episode_return_mean": runners.get("episode_return_mean"),
+        "episode_len_mean": runners.get("episode_len_mean"),
+        "entropy": learner.get("entropy_gaussian"),
+        "entropy_executed": learner.get("entropy_executed"),
+        "entropy_target": learner.get("entropy_target"),
+        "entropy_coeff": learner.get("curr_entropy_coeff"),
+        "kl": learner.get("mean_kl_loss"),
+        "policy_loss": learner.get("policy_loss"),
+        "vf_loss": learner.get("vf_loss"),
+        "time_this_iter_s": result.get("time_this_iter_s"),
+    }
+    for key, value in learner.items():
+        if key.startswith("entropy_gaussian_dim"):
+            metrics[f"entropy_per_dim/{key.removeprefix('entropy_gaussian_dim')}"] = value
+    sampled = runners.get("num_env_steps_sampled")
+    if sampled and result.get("time_this_iter_s"):
+        metrics["env_steps_per_s"] = sampled / result["time_this_iter_s"]
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def _latest_checkpoint(root: Path) -> Path | None:
+    checkpoints = sorted(root.glob("iter_*"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def resolve_resume(target: str) -> tuple[ExperimentConfig, Path]:
+    """A checkpoint folder, a run folder holding ``iter_*`` checkpoints, or an MLflow run id -> (cfg, checkpoint)."""
+    path = Path(target)
+    if path.is_dir():
+        checkpoint = path if (path / STATE_FILE).is_file() else _latest_checkpoint(path)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume {target}: no checkpoint (iter_*/{STATE_FILE}) in that folder")
+        return load_config(checkpoint / CONFIG_FILE), checkpoint
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(target)
+    folder = run.data.tags.get("entropilot.checkpoint_dir")
+    if not folder:
+        raise FileNotFoundError(f"--resume {target}: MLflow run has no entropilot.checkpoint_dir tag")
+    return resolve_resume(folder)
+
+
+def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callable[[str], None] = print,
+          stop: dict | None = None) -> TrainResult:
+    """Train until a stop criterion; every ``checkpoint.interval`` iterations save a checkpoint.
+
+    ``resume`` continues from a checkpoint with the config saved beside it, into the same MLflow run;
+    only the stop criteria may change then (``stop``: a partial ``stop`` section), because the run's
+    params must keep describing what trained it.
+    """
+    from entropilot.platform.plots import plot_entropy, plot_learning
+    from entropilot.platform.tracking import RunTracker
+
+    state: dict = {"iteration": 0, "history": [], "run_id": None}
+    checkpoint = None
+    if resume:
+        cfg, checkpoint = resolve_resume(resume)
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+    algo = build_from_config(cfg)
+    tracker = RunTracker.start(cfg, resume_run_id=state["run_id"])
+    if stop:
+        cfg = cfg.model_copy(update={"stop": cfg.stop.model_copy(update=stop)})
+        tracker.set_tag("entropilot.resumed_stop", json.dumps(stop))
+    status = "FAILED"
+    try:
+        root = cfg.checkpoint_dir
+        root.mkdir(parents=True, exist_ok=True)
+        tracker.set_tag("entropilot.checkpoint_dir", str(root.resolve()))
+        if checkpoint is not None:
+            algo.restore_from_path(str(checkpoint.resolve()))
+            echo(f"resumed {checkpoint} (iteration {state['iteration']}) into MLflow run {tracker.run_id}")
+        elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO":
+            from entropilot.policies.entropy_init import entropy_aware_init
+
+            init = entropy_aware_init(algo, threshold=cfg.entropy.init.threshold, max_draws=cfg.entropy.init.max_draws,
+                                      base_seed=cfg.seed * 1000, rollout_steps=cfg.entropy.init.rollout_steps)
+            tracker.log_entropy_init(init)
+            echo(f"entropy-aware init: {len(init.draws)} draw(s), chosen seed {init.chosen.seed} with "
+                 f"{init.chosen.entropy:.2f} nats (threshold {init.threshold:.2f}{'' if init.cleared else ', not cleared: kept the best'})")
+        state["run_id"] = tracker.run_id
+        history: list[dict] = state["history"]
+        start = time.perf_counter()
+        stopped = None
+        success = history[-1].get("success_rate") if history else None
+        while stopped is None:
+            result = algo.train()
+            state["iteration"] += 1
+            it = state["iteration"]
+            metrics = iteration_metrics(result)
+            if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
+                episodes = evaluate(algo, cfg)
+                success = float(np.mean([e.success for e in episodes]))
+                metrics["success_rate"] = success
+                metrics["eval_final_distance"] = float(np.mean([e.final_distance for e in episodes]))
+            history.append(metrics)
+            tracker.log_metrics(metrics, step=it)
+            elapsed = time.perf_counter() - start
+            echo(_progress_line(it, metrics, success, elapsed, cfg))
+            stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics.get("success_rate"))
+            if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
+                checkpoint = _save(algo, cfg, state, root)
+        plots = root / "plots"
+        plots.mkdir(exist_ok=True)
+        plot_entropy(history, str(plots / "entropy.png"), title=cfg.run_name)
+        plot_learning(history, str(plots / "learning.png"), title=cfg.run_name)
+        for png in plots.glob("*.png"):
+            tracker.log_artifact(png, "plots")
+        if cfg.mlflow.video:
+            _log_video(algo, cfg, tracker, root)
+        tracker.log_artifact(checkpoint, "checkpoint")
+        status = "FINISHED"
+        echo(f"stopped: {stopped}; checkpoint {checkpoint}; MLflow run {tracker.run_id}")
+        return TrainResult(tracker.run_id, checkpoint, state["iteration"], int(history[-1].get("env_steps", 0)),
+                           success, stopped, history)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close(status=status)
+        algo.stop()
+
+
+def _save(algo, cfg: ExperimentConfig, state: dict, root: Path) -> Path:
+    path = root / f"iter_{state['iteration']:06d}"
+    algo.save_to_path(str(path.resolve()))
+    dump_config(cfg, path / CONFIG_FILE)
+    (path / STATE_FILE).write_text(json.dumps(state))
+    return path
+
+
+def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
+    from entropilot.envs.plots import save_gif
+
+    episode = evaluate(algo, cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"episodes": 1})}),
+                       record_frames=True)[0]
+    path = root / "plots" / "evaluation.gif"
+    save_gif(episode.frames, str(path), fps=int(cfg.env.kwargs.get("control_hz", 48)))
+    tracker.log_artifact(path, "video")
+
+
+def _stop_reason(cfg: ExperimentConfig, iteration: int, env_steps: float, elapsed: float, success: float | None) -> str | None:
+    s = cfg.stop
+    if s.success_rate is not None and success is not None and success >= s.success_rate:
+        return f"evaluation success rate {success:.2f} >= {s.success_rate}"
+    if s.iterations is not None and iteration >= s.iterations:
+        return f"{iteration} iterations"
+    if s.env_steps is not None and env_steps >= s.env_steps:
+        return f"{int(env_steps)} env steps"
+    if s.time_s is not None and elapsed >= s.time_s:
+        return f"time limit {s.time_s:.0f} s"
+    return None
+
+
+def _progress_line(it: int, m: dict, success: float | None, elapsed: float, cfg: ExperimentConfig) -> str:
+    eta = ""
+    if cfg.stop.iterations:
+        eta = f" eta {elapsed / it * (cfg.stop.iterations - it):4.0f}s"
+    elif cfg.stop.time_s:
+        eta = f" left {max(0.0, cfg.stop.time_s - elapsed):4.0f}s"
+    fmt = lambda key, spec: format(m[key], spec) if key in m else "-"  # noqa: E731
+    return (f"iter {it:4d} | steps {int(m.get('env_steps', 0)):8d} | return {fmt('episode_return_mean', '7.1f')} | "
+            f"success {'-' if success is None else format(success, '.2f')} | entropy {fmt('entropy', '6.2f')} "
+            f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | {elapsed:5.0f}s{eta}")

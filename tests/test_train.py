@@ -1,0 +1,58 @@
+"""`entropilot train` end to end on a tiny budget: real Ray, real PyBullet, a real MLflow server; then resume."""
+
+import mlflow
+import pytest
+import ray
+
+from entropilot.platform.config import parse_config
+from entropilot.platform.train import STATE_FILE, train
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_config(tmp_path, uri, iterations):
+    return parse_config({
+        "name": "tiny-hover",
+        "env": {"id": "entropilot/Hover-v0", "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
+        "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+        "entropy": {"init": {"threshold": 100.0, "max_draws": 2, "rollout_steps": 100},
+                    "control": {"target": 1.0, "coef_init": 0.01}},
+        "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+        "mlflow": {"tracking_uri": uri, "experiment": "test-train", "video": True, "system_metrics": False},
+        "stop": {"iterations": iterations},
+        "evaluation": {"interval": 2, "episodes": 1},
+        "checkpoint": {"interval": 2, "dir": str(tmp_path / "runs")},
+    })
+
+
+def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
+    first = train(tiny_config(tmp_path, mlflow_server, iterations=2), echo=lambda line: None)
+    assert first.iterations == 2 and (first.checkpoint / STATE_FILE).is_file()
+
+    client = mlflow.MlflowClient(mlflow_server)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["algorithm.train_batch_size"] == "200"
+    steps = [m.step for m in client.get_metric_history(first.run_id, "entropy")]
+    assert steps == [1, 2]
+    coefficients = [m.value for m in client.get_metric_history(first.run_id, "entropy_coeff")]
+    assert len(coefficients) == 2 and coefficients[0] != coefficients[1]  # the controller acts every iteration
+    assert [m.step for m in client.get_metric_history(first.run_id, "success_rate")] == [2]
+    draws = client.get_metric_history(first.run_id, "entropy_init/draw_entropy")
+    assert len(draws) == 2  # an unreachable threshold: every draw is tried, the best kept
+    artifacts = {a.path for a in client.list_artifacts(first.run_id)}
+    assert {"plots", "checkpoint", "video"} <= artifacts
+
+    # Resume from the run folder with a later stop: same MLflow run, iterations continue at 3, nothing lost.
+    resumed = train(None, resume=str(first.checkpoint.parent), echo=lambda line: None, stop={"iterations": 4})
+    assert resumed.run_id == first.run_id
+    assert resumed.iterations == 4
+    steps = [m.step for m in client.get_metric_history(first.run_id, "entropy")]
+    assert steps == [1, 2, 3, 4]
+    env_steps = [m.value for m in client.get_metric_history(first.run_id, "env_steps")]
+    assert env_steps == sorted(env_steps) and env_steps[2] > env_steps[1]  # sampling continued, not restarted
