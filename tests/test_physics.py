@@ -92,7 +92,8 @@ def test_rotor_layout_is_x_forward_y_left():
     # 0 front-right, 1 back-right, 2 back-left, 3 front-left
     assert (np.sign(xy) == [[1, -1], [-1, -1], [-1, 1], [1, 1]]).all()
     np.testing.assert_allclose(np.hypot(xy[:, 0], xy[:, 1]), CRAZYFLIE_2X.arm)
-    assert list(CW) == [True, False, True, False]  # diagonal pairs share a spin direction
+    # CCW, CW, CCW, CW as on the Crazyflie 2.x (M1 front-right CCW); diagonal pairs share a spin direction
+    assert list(CW) == [False, True, False, True]
 
 
 def test_speeding_up_clockwise_rotors_yaws_counter_clockwise():

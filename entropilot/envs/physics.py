@@ -18,10 +18,9 @@ from entropilot.envs.airframe import Airframe
 # X layout, rotors numbered 0 front-right, 1 back-right, 2 back-left, 3 front-left (body x forward,
 # y left, z up). Spin +1 = counter-clockwise seen from above; reaction torque on the body is opposite.
 _ROTOR_DIRECTIONS = np.array([(1, -1), (-1, -1), (-1, 1), (1, 1)], dtype=float) / math.sqrt(2.0)
-ROTOR_SPIN = np.array([-1.0, 1.0, -1.0, 1.0])  # CW, CCW, CW, CCW
-# NOTE: the Crazyflie 2.x firmware's force/torque mixer (power_distribution_quadrotor.c) lowers M1 (front
-# right) for a positive yaw torque, i.e. M1 spins CCW; gym-pybullet-drones agrees. This table is its mirror
-# image: harmless in simulation, but a ``motors`` policy flown on a real Crazyflie would see yaw reversed.
+# CCW, CW, CCW, CW: as the Crazyflie 2.x firmware's mixer (power_distribution_quadrotor.c) lowers M1 (front
+# right) for a positive yaw torque, and as gym-pybullet-drones has it, so a ``motors`` policy sees real yaw.
+ROTOR_SPIN = np.array([1.0, -1.0, 1.0, -1.0])
 
 
 def to_body(rotation: np.ndarray, world: np.ndarray) -> np.ndarray:

@@ -68,17 +68,19 @@ class HoverEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (4,):
             raise ValueError(f"action must have shape (4,) for action_mode={self.settings.action_mode!r}, got shape {action.shape}")
-        if not np.all(np.isfinite(action)):
+        if not all(map(math.isfinite, action.tolist())):
             raise ValueError(f"action must be finite, got {action.tolist()}")
         prev_action = self.sim.last_action
         self.sim.step(action[None, :], self.np_random)
         self.steps += 1
         sim = self.sim
-        pos_err = sim.position - self.target
-        distance = float(math.sqrt(pos_err[0] @ pos_err[0]))
+        target = self.target
+        pos_err = sim.position - target
+        distance = math.sqrt(sum(e * e for e in pos_err[0].tolist()))
         self._advance_task(distance)
-        pos_err = sim.position - self.target
-        distance = float(math.sqrt(pos_err[0] @ pos_err[0]))
+        if self.target is not target:  # the task moved the reference point
+            pos_err = sim.position - self.target
+            distance = math.sqrt(sum(e * e for e in pos_err[0].tolist()))
         reward = float(
             hover_reward(pos_err, sim.velocity, sim.body_rates, sim.tilt_cosine(), sim.last_action, prev_action)[0]
         )

@@ -26,6 +26,8 @@ class InitDraw:
 
 @dataclass(frozen=True)
 class EntropyInitResult:
+    """Every draw in order, the one left in the policy, and whether it cleared the threshold."""
+
     draws: tuple[InitDraw, ...]
     chosen: InitDraw
     threshold: float
@@ -91,9 +93,18 @@ def reinitialize_policy(algo, seed: int) -> None:
             module.set_state(RLModuleSpec.from_module(module).build().get_state())
 
     algo.learner_group.foreach_learner(_reinit)
+    push_weights_to_env_runners(algo)
+
+
+def push_weights_to_env_runners(algo) -> None:
+    """Copy the learners' weights to every env runner (and the local one), whatever seq numbers they hold.
+
+    RLlib's own sync sends the learner's `weights_seq_no`, and a runner ignores weights whose seq
+    number is not above its own. That drops weights changed outside `train()`, e.g. after
+    `restore_from_path` of an older checkpoint into a running algorithm. Sent without a seq number,
+    the state is always taken and the runner keeps its own seq number, so later syncs work as usual.
+    """
     weights = algo.learner_group.get_state(components="learner/rl_module", inference_only=True)
-    # No `weights_seq_no` in this state: an EnvRunner then always takes the weights and keeps its own
-    # seq number. (With the learner's seq number, runners that already saw it would ignore them.)
     module_state = {"rl_module": weights["learner"]["rl_module"]}
     algo.env_runner_group.foreach_env_runner(lambda runner: runner.set_state(module_state))
 
