@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.connectors.env_to_module import MeanStdFilter
@@ -25,7 +26,7 @@ GPU_MODES = ("auto", "on", "off")
 def build_algorithm(
     *,
     algorithm: str = "PPO",
-    env: str | Callable,
+    env: str | type | Callable,
     env_config: dict | None = None,
     hidden_sizes: Sequence[int] = (64, 64),
     activation: str = "tanh",
@@ -34,6 +35,11 @@ def build_algorithm(
     train_batch_size: int = 4000,
     minibatch_size: int = 256,
     num_epochs: int = 10,
+    clip_param: float = 0.2,
+    lambda_: float = 0.95,
+    grad_clip: float | None = 0.5,
+    vf_loss_coeff: float = 0.5,
+    free_log_std: bool = False,
     entropy_coeff: float = 0.0,
     entropy_control: dict | None = None,
     covariance_control: dict | None = None,
@@ -47,11 +53,11 @@ def build_algorithm(
     normalize_observations: bool = True,
     seed: int | None = None,
     learner_class: type | None = None,
-):
+) -> Algorithm:
     """Build and return the RLlib `Algorithm`; starts Ray (honouring RAY_ADDRESS) if it isn't running.
 
     `env` is an env id (Tune-registered or gymnasium), a gym.Env class, or a creator
-    `env_config -> gym.Env` (registered under its `__name__`).
+    `env_config -> gym.Env` (registered under its `__name__`: give different creators different names).
     PPO uses `EntropyControlledPPOLearner` (`entropy_control` / `covariance_control` go to it, see
     there; `entropy_coeff` is PPO's fixed coefficient when no controller is set); `train_batch_size`,
     `minibatch_size`, `num_epochs` are per learner. SAC uses `ResumableSACLearner`; `lr` sets the
@@ -73,7 +79,7 @@ def build_algorithm(
         register_env(env_id, env)
         env = env_id
     learners = resolve_learner_resources(gpu, num_learners)
-    model_config = {"fcnet_hiddens": list(hidden_sizes), "fcnet_activation": activation}
+    model_config = {"fcnet_hiddens": list(hidden_sizes), "fcnet_activation": activation, "free_log_std": free_log_std}
 
     if algorithm == "PPO":
         config = PPOConfig().training(
@@ -82,6 +88,10 @@ def build_algorithm(
             train_batch_size_per_learner=train_batch_size,
             minibatch_size=minibatch_size,
             num_epochs=num_epochs,
+            clip_param=clip_param,
+            lambda_=lambda_,
+            grad_clip=grad_clip,
+            vf_loss_coeff=vf_loss_coeff,
             entropy_coeff=entropy_coeff,
         )
         default_learner = EntropyControlledPPOLearner
@@ -158,7 +168,7 @@ class ObservationFilterStats:
         return normalized if self.clip is None else np.clip(normalized, -self.clip, self.clip)
 
 
-def observation_filter_stats(source) -> ObservationFilterStats | None:
+def observation_filter_stats(source: Algorithm | str | Path) -> ObservationFilterStats | None:
     """MeanStdFilter statistics of a running `Algorithm` or of a checkpoint directory; None without a filter.
 
     Running algorithm: the driver's local EnvRunner (or, if the algorithm has none, the driver's

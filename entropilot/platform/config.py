@@ -177,7 +177,6 @@ class ModelConfig(_Section):
     activation: Literal["tanh", "relu", "silu"] = "tanh"
     # State-independent log std: the entropy is then a parameter the controllers can read and steer.
     free_log_std: bool = True
-    initial_log_std: float = Field(0.0, ge=-10.0, le=5.0)
 
 
 # ------------------------------------------------------------------------------------------ entropy

@@ -1,0 +1,329 @@
+"""Entropy machinery against real Ray/RLlib on Pendulum-v1: the controlled PPO entropy coefficient,
+entropy-aware initialization, and checkpoint round trips (controller, SAC temperature, obs filter)."""
+
+import math
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import ray
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
+from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.filter import MeanStdFilter, RunningStat
+
+from entropilot.platform.algorithm import build_algorithm, observation_filter_stats, resolve_learner_resources
+from entropilot.policies.entropy_init import entropy_aware_init, push_weights_to_env_runners, sample_action_dist_inputs
+from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
+
+MODULE = "default_policy"
+BATCH = 256
+PPO = dict(
+    env="Pendulum-v1",
+    hidden_sizes=(32, 32),
+    train_batch_size=BATCH,
+    minibatch_size=128,
+    num_epochs=1,
+    num_env_runners=1,
+    num_cpus_per_env_runner=0.5,
+    seed=0,
+)
+# A target far above Pendulum's ~1.4 nats: the controller must raise the coefficient every iteration.
+CONTROL = {"target": 10.0, "initial_coef": 0.1, "coef_max": 10.0, "gain": 0.5}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    # Remote learners can't import this test module: ship the functions we send them by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9)
+    yield
+    ray.shutdown()
+
+
+def on_learners(algo, fn):
+    return [result.get() for result in algo.learner_group.foreach_learner(fn)]
+
+
+def runner_policy_gap(algo):
+    """Largest difference between what the env runners' policy outputs and the learner module's."""
+    sample = sample_action_dist_inputs(algo, 50)
+    obs = torch.as_tensor(sample.observations)
+    forward = on_learners(algo, lambda l: l.module[MODULE].forward_inference({"obs": obs})["action_dist_inputs"].detach().numpy())
+    return np.abs(sample.action_dist_inputs - forward[0]).max()
+
+
+def controller_state(learner):
+    return learner.entropy_coeff_schedulers_per_module[MODULE].controller.state_dict()
+
+
+def coefficient_used(previous, current, vf_loss_coeff):
+    """Solve PPO's logged loss parts (last minibatch) for the entropy coefficient that loss used.
+
+    total = policy_loss + vf_coeff * vf_loss - coef * entropy + kl_coeff * mean_kl, where the KL
+    coefficient in force was the one logged after the previous update.
+    """
+    known = current["policy_loss"] + vf_loss_coeff * current["vf_loss"] + previous["curr_kl_coeff"] * current["mean_kl_loss"]
+    return (known - current["total_loss"]) / current["entropy"]
+
+
+@pytest.fixture(scope="module")
+def controlled_ppo():
+    algo = build_algorithm(**PPO, entropy_control=CONTROL)
+    results = [algo.train()["learners"][MODULE] for _ in range(3)]
+    yield algo, results
+    algo.stop()
+
+
+@pytest.fixture(scope="module")
+def restored_ppo(controlled_ppo, tmp_path_factory):
+    algo, _ = controlled_ppo
+    path = algo.save_to_path(tmp_path_factory.mktemp("ppo") / "checkpoint")
+    restored = Algorithm.from_checkpoint(path)
+    yield path, restored
+    restored.stop()
+
+
+def test_controller_sets_the_coefficient_ppo_uses(controlled_ppo):
+    algo, results = controlled_ppo
+    coefs = [r["curr_entropy_coeff"] for r in results]
+    assert CONTROL["initial_coef"] < coefs[0] < coefs[1] < coefs[2]
+    # The loss of each update used the coefficient the controller set after the previous one.
+    for previous, current in zip(results, results[1:]):
+        used = coefficient_used(previous, current, algo.config.vf_loss_coeff)
+        assert used == pytest.approx(previous["curr_entropy_coeff"], rel=1e-3)
+    live = on_learners(algo, lambda l: l.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
+    assert live == [pytest.approx(coefs[-1])]
+    # The controller was fed the logged (gaussian) entropy.
+    assert on_learners(algo, controller_state)[0]["last_error"] == pytest.approx(CONTROL["target"] - results[-1]["entropy_gaussian"])
+    for r in results:
+        assert r["entropy_target"] == CONTROL["target"]
+        assert r["entropy_gaussian_dim0"] == pytest.approx(r["entropy_gaussian"])
+        assert r["entropy_executed_dim0"] == pytest.approx(r["entropy_executed"])
+        # Ours averages every minibatch of the update, PPO's `entropy` is the last minibatch's.
+        assert r["entropy_gaussian"] == pytest.approx(r["entropy"], abs=0.05)
+
+
+def test_controller_state_survives_checkpoint(controlled_ppo, restored_ppo):
+    algo, results = controlled_ppo
+    _, restored = restored_ppo
+    before = on_learners(algo, controller_state)
+    assert before[0]["num_updates"] == len(results)
+    assert on_learners(restored, controller_state) == before
+    coefficient = on_learners(restored, lambda l: l.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
+    assert coefficient == [results[-1]["curr_entropy_coeff"]]
+
+
+def test_observation_filter_stats_after_training_and_restore(controlled_ppo, restored_ppo):
+    algo, _ = controlled_ppo
+    path, restored = restored_ppo
+    stats = observation_filter_stats(algo)
+    assert stats.count >= 3 * BATCH
+    assert stats.mean.shape == stats.std.shape == (3,) and np.all(stats.std > 0)
+    assert stats.clip == 10.0
+    for other in (observation_filter_stats(path), observation_filter_stats(restored)):
+        np.testing.assert_array_equal(other.mean, stats.mean)
+        np.testing.assert_array_equal(other.std, stats.std)
+        assert (other.count, other.clip) == (stats.count, stats.clip)
+    # `normalize` is RLlib's own filter arithmetic.
+    rllib_filter = MeanStdFilter((3,), clip=stats.clip)
+    state = algo.env_runner.get_state(components="env_to_module_connector")["env_to_module_connector"]
+    (rllib_filter.running_stats,) = [RunningStat.from_state(s) for s in state["MeanStdFilter"][None]["running_stats"]]
+    observations = np.random.default_rng(0).normal(0, 3, size=(16, 3))
+    expected = np.stack([rllib_filter(o, update=False) for o in observations])
+    np.testing.assert_allclose(stats.normalize(observations), expected, rtol=1e-6)
+
+
+def test_no_filter_no_stats():
+    algo = build_algorithm(**PPO, normalize_observations=False)
+    try:
+        assert observation_filter_stats(algo) is None
+    finally:
+        algo.stop()
+
+
+def test_learners_share_the_averaged_entropy():
+    """Two learners see different shards; all-reduced entropy keeps their controllers identical."""
+    control = {**CONTROL, "measure": "executed"}
+    # The module fixtures hold 1 of the 2 CPUs; a learner asking for a whole one would wait forever.
+    algo = build_algorithm(**PPO, num_learners=2, num_cpus_per_learner=0.25, entropy_control=control)
+    try:
+        entropy_aware_init(algo, threshold=1e9, max_draws=2, rollout_steps=100)
+        first, second = on_learners(algo, lambda l: l.module[MODULE].unwrapped().get_state())
+        assert all(torch.equal(torch.as_tensor(first[k]), torch.as_tensor(second[k])) for k in first)
+        for _ in range(2):
+            result = algo.train()["learners"][MODULE]
+        first, second = on_learners(algo, controller_state)
+        assert first == second and first["num_updates"] == 2
+        assert first["last_error"] == pytest.approx(control["target"] - result["entropy_executed"])
+    finally:
+        algo.stop()
+
+
+@pytest.fixture(scope="module")
+def fresh_ppo():
+    algo = build_algorithm(**PPO)
+    yield algo
+    algo.stop()
+
+
+def test_entropy_init_keeps_best_of_all_draws_and_runners_use_it(fresh_ppo):
+    algo = fresh_ppo
+    result = entropy_aware_init(algo, threshold=1e9, max_draws=3, base_seed=10, rollout_steps=200)
+    assert [d.seed for d in result.draws] == [10, 11, 12]
+    assert len({d.entropy for d in result.draws}) == 3
+    assert result.chosen == max(result.draws, key=lambda d: d.entropy) and not result.cleared
+    assert all(len(d.per_dim) == 1 and d.per_dim[0] == pytest.approx(d.entropy) for d in result.draws)
+
+    def expected_weights(learner):
+        torch.manual_seed(result.chosen.seed)
+        fresh = RLModuleSpec.from_module(learner.module[MODULE]).build().get_state()
+        return all(torch.equal(torch.as_tensor(v), torch.as_tensor(fresh[k])) for k, v in learner.module[MODULE].get_state().items())
+
+    assert on_learners(algo, expected_weights) == [True]
+    # The env runners act with exactly these weights.
+    assert runner_policy_gap(algo) < 1e-5
+
+    # Same seeds, same env resets and action noise: the search is reproducible, so a threshold
+    # between the best two draws stops exactly at the best one.
+    ranked = sorted(result.draws, key=lambda d: d.entropy)
+    threshold = (ranked[-1].entropy + ranked[-2].entropy) / 2
+    cleared = entropy_aware_init(algo, threshold=threshold, max_draws=3, base_seed=10, rollout_steps=200)
+    assert cleared.cleared and cleared.chosen == result.chosen
+    assert cleared.draws == result.draws[: result.draws.index(result.chosen) + 1]
+    first = entropy_aware_init(algo, threshold=-math.inf, max_draws=3, base_seed=10, rollout_steps=200)
+    assert first.draws == result.draws[:1] and first.chosen == result.draws[0]
+
+
+def test_entropy_init_leaves_no_trace_in_training(fresh_ppo):
+    algo = fresh_ppo
+    entropy_aware_init(algo, threshold=1e9, max_draws=2, rollout_steps=300)
+    assert observation_filter_stats(algo).count == 0
+    runners = algo.train()["env_runners"]
+    # Only the training batch was counted, and its first episode started at a fresh reset.
+    assert runners["num_env_steps_sampled_lifetime"] == BATCH
+    assert runners["num_episodes_lifetime"] == BATCH // 200
+    assert BATCH <= observation_filter_stats(algo).count <= BATCH + 2
+
+
+def test_restoring_an_older_checkpoint_into_a_running_algo(tmp_path):
+    """RLlib 2.60: the learner takes the old weights, the remote runner (higher seq no) ignores them."""
+    algo = build_algorithm(**PPO, lr=1e-2)
+    try:
+        algo.train()
+        older = algo.save_to_path(tmp_path / "older")
+        for _ in range(2):
+            algo.train()
+        algo.restore_from_path(older)
+        assert runner_policy_gap(algo) > 1e-3
+        push_weights_to_env_runners(algo)
+        assert runner_policy_gap(algo) < 1e-5
+    finally:
+        algo.stop()
+
+
+SAC = dict(
+    algorithm="SAC",
+    env="Pendulum-v1",
+    hidden_sizes=(32, 32),
+    lr=1e-2,
+    train_batch_size=32,
+    learning_starts=32,
+    num_env_runners=0,
+    seed=0,
+)
+
+
+@pytest.mark.parametrize("stock", [True, False], ids=["stock-rllib", "resumable"])
+def test_sac_temperature_after_restore(stock, tmp_path):
+    algo = build_algorithm(**SAC, learner_class=SACTorchLearner if stock else None)
+    restored = None
+    try:
+        algo.train()
+        alpha = on_learners(algo, lambda l: l.curr_log_alpha[MODULE].exp().item())[0]
+        assert abs(alpha - 1.0) > 1e-3  # the temperature has moved away from initial_alpha
+        restored = Algorithm.from_checkpoint(algo.save_to_path(tmp_path / "checkpoint"))
+        restored_alpha = on_learners(restored, lambda l: l.curr_log_alpha[MODULE].exp().item())[0]
+        if stock:
+            assert restored_alpha == pytest.approx(1.0)  # RLlib 2.60 restarts from initial_alpha
+        else:
+            assert restored_alpha == alpha
+    finally:
+        algo.stop()
+        if restored is not None:
+            restored.stop()
+
+
+def covariance_loss_gradients(covariance_control):
+    """Gradient of one PPO loss w.r.t. each sample's action_dist_inputs, on a Learner built without Ray."""
+    config = (
+        PPOConfig()
+        .environment("Pendulum-v1")
+        .training(use_kl_loss=False, entropy_coeff=0.0)
+        .learners(learner_class=EntropyControlledPPOLearner, learner_config_dict={"covariance_control": covariance_control})
+    )
+    learner = config.build_learner(env=gym.make("Pendulum-v1"))
+    module = learner.module[MODULE]
+    torch.manual_seed(0)
+    module.set_state(RLModuleSpec.from_module(module).build().get_state())
+    obs = torch.randn(16, 3)
+    with torch.no_grad():
+        # The behaviour policy differs a little from the current one, so logp != logp_old.
+        old_inputs = module.forward_train({"obs": obs})["action_dist_inputs"] + 0.1 * torch.randn(16, 2)
+        old_dist = TorchDiagGaussian.from_logits(old_inputs)
+        actions = old_dist.sample()
+    batch = {
+        "obs": obs,
+        "actions": actions,
+        "action_logp": old_dist.logp(actions),
+        "action_dist_inputs": old_inputs,
+        "advantages": torch.randn(16),
+        "value_targets": torch.randn(16),
+    }
+    fwd_out = module.forward_train(batch)
+    fwd_out["action_dist_inputs"].retain_grad()
+    module_config = learner.config.get_config_for_module(MODULE)
+    learner.compute_loss_for_module(module_id=MODULE, config=module_config, batch=batch, fwd_out=fwd_out).backward()
+    logp = TorchDiagGaussian.from_logits(fwd_out["action_dist_inputs"].detach()).logp(actions)
+    advantages = batch["advantages"]
+    covariance = (logp - logp.mean()) * (advantages - advantages.mean())
+    return fwd_out["action_dist_inputs"].grad, covariance
+
+
+@pytest.mark.parametrize("mode", ["clip_cov", "kl_cov"])
+def test_covariance_control_acts_on_the_top_covariance_samples(mode):
+    baseline, covariance = covariance_loss_gradients(None)
+    grad, _ = covariance_loss_gradients({"mode": mode, "fraction": 0.25, "kl_coef": 1.0})
+    top = torch.zeros(16, dtype=torch.bool)
+    top[torch.topk(covariance, 4).indices] = True
+    torch.testing.assert_close(grad[~top], baseline[~top])
+    if mode == "clip_cov":
+        assert torch.all(grad[top] == 0) and torch.all(baseline[top].abs().sum(-1) > 0)
+    else:
+        assert torch.all((grad[top] - baseline[top]).abs().sum(-1) > 1e-6)
+
+
+@pytest.mark.parametrize(
+    "gpu, num_learners, available, expected",
+    [
+        ("auto", 0, 0, (0, 0)),
+        ("auto", 2, 0, (2, 0)),
+        ("off", 0, 4, (0, 0)),
+        ("auto", 0, 1, (0, 1)),  # one GPU: the local learner (a single remote GPU learner hangs)
+        ("on", 0, 2, (2, 1)),
+        ("auto", 1, 2, (0, 1)),
+        ("auto", 3, 2, (2, 1)),
+    ],
+)
+def test_resolve_learner_resources(gpu, num_learners, available, expected):
+    resolved = resolve_learner_resources(gpu, num_learners, available_gpus=available)
+    assert (resolved["num_learners"], resolved["num_gpus_per_learner"]) == expected
+
+
+def test_gpu_on_without_gpu_fails():
+    with pytest.raises(RuntimeError, match="no GPU"):
+        resolve_learner_resources("on", 0, available_gpus=0)
