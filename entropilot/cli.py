@@ -36,7 +36,7 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
     import gymnasium as gym
 
     from entropilot.envs import SINGLE_AGENT_IDS
-    from entropilot.envs.evaluate import run_episodes, summarize
+    from entropilot.envs.evaluate import run_episodes
     from entropilot.envs.pid import CascadedPID
 
     if env_id not in SINGLE_AGENT_IDS:
@@ -46,6 +46,16 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
     click.echo(f"Flying {episodes} episode(s) of {env_id} ({action_mode}) with the cascaded PID baseline")
     start = time.perf_counter()
     results = run_episodes(env, pid, episodes, seed, record_frames=bool(video), reset_controller=pid.reset)
+    stats = _report_flights(results, start, env.unwrapped.settings.control_hz, plot, video,
+                            title=f"{env_id} ({action_mode}), PID baseline")
+    env.close()
+    sys.exit(0 if stats["success_rate"] > 0 else 1)
+
+
+def _report_flights(results, start: float, control_hz: int, plot: str | None, video: str | None, title: str) -> dict:
+    """Echo one line per flown episode and the summary; save the plot and the first episode's GIF if asked."""
+    from entropilot.envs.evaluate import summarize
+
     for r in results:
         outcome = "success" if r.success else (f"crash ({r.crash})" if r.crash else "no success")
         click.echo(f"  seed {r.seed}: {outcome:18s} {r.length} steps, return {r.episode_return:7.2f}, "
@@ -56,15 +66,14 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
     if plot:
         from entropilot.envs.plots import plot_trajectories
 
-        plot_trajectories(results, plot, title=f"{env_id} ({action_mode}), PID baseline")
+        plot_trajectories(results, plot, title=title)
         click.echo(f"trajectory plot: {plot}")
     if video:
         from entropilot.envs.plots import save_gif
 
-        save_gif(results[0].frames, video, fps=env.unwrapped.settings.control_hz)
+        save_gif(results[0].frames, video, fps=control_hz)
         click.echo(f"video: {video}")
-    env.close()
-    sys.exit(0 if stats["success_rate"] > 0 else 1)
+    return stats
 
 
 @main.command()
@@ -98,6 +107,73 @@ def train(config: str | None, overrides: tuple[str, ...], resume: str | None) ->
     result = run_training(cfg, resume=resume, echo=click.echo, stop=stop or None)
     click.echo(f"run {result.run_id}: {result.iterations} iterations, {result.env_steps} env steps, "
                f"evaluation success {result.success_rate}")
+
+
+
+@main.command()
+@click.argument("source", metavar="CHECKPOINT|RUN_DIR|RUN_ID")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
+@click.option("--parity-batch", default=256, show_default=True, type=click.IntRange(1),
+              help="Real observations (rolled out in the training env) on which onnxruntime must match torch.")
+@click.option("--register", "registered_model", default=None, metavar="NAME",
+              help="Also log the file to its training run in MLflow and register it under NAME.")
+@click.option("--alias", default=None, help="With --register: point this alias (e.g. production) at the new version.")
+def export(source: str, output: str, parity_batch: int, registered_model: str | None, alias: str | None) -> None:
+    """Export a trained policy to one self-contained ONNX file (normalization and action mapping inside)."""
+    from entropilot.deploy.export import ExportError, export_policy, log_to_mlflow
+
+    if alias and not registered_model:
+        raise click.UsageError("--alias needs --register NAME")
+    try:
+        result = export_policy(source, output, parity_batch=parity_batch)
+    except ExportError as err:
+        raise click.ClickException(str(err)) from None
+    m = result.metadata
+    click.echo(f"wrote {result.path} ({result.size_bytes} bytes) from {result.checkpoint}")
+    click.echo(f"  {m['env_id']}, action mode {m['action_mode']}, {m['control_hz']} Hz, training run {result.training_run_id}")
+    click.echo(f"  sha256 {result.sha256}")
+    click.echo(f"  parity: max |onnxruntime - torch| = {result.parity_error:.2e} over {result.parity_samples} observations")
+    if registered_model:
+        logged = log_to_mlflow(result, registered_model=registered_model, alias=alias)
+        click.echo(f"  MLflow: {logged['model_uri']} registered as {registered_model} v{logged['version']}"
+                   + (f" ({logged['alias_uri']})" if alias else ""))
+
+
+@main.command()
+@click.argument("policy_file", metavar="POLICY.onnx", type=click.Path(exists=True, dir_okay=False))
+@click.option("--link", type=click.Choice(["sim"]), default="sim", show_default=True,
+              help="The vehicle link: sim = the PyBullet env the policy's metadata names.")
+@click.option("--episodes", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--sha256", default=None, help="Refuse the file unless it has this SHA-256.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a trajectory plot (PNG).")
+@click.option("--video", type=click.Path(dir_okay=False), default=None, help="Save the first episode as a GIF.")
+def fly(policy_file: str, link: str, episodes: int, seed: int, sha256: str | None, plot: str | None, video: str | None) -> None:
+    """Fly an exported ONNX policy (onnxruntime, no torch) in the env its metadata names, and report each flight."""
+    from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy, PolicyContractError, expected_for_env
+    from entropilot.envs import make_env
+    from entropilot.envs.evaluate import run_episodes
+
+    try:
+        policy = OnnxPolicy(policy_file, expected={"sha256": sha256} if sha256 else None)
+    except PolicyContractError as err:
+        raise click.ClickException(str(err)) from None
+    m = policy.metadata
+    kwargs = {**m["env_kwargs"], "action_mode": m["action_mode"], "control_hz": m["control_hz"], "physics_hz": m["physics_hz"]}
+    env = make_env(m["env_id"], render_mode="rgb_array" if video else None, **kwargs)
+    try:
+        policy.check(expected_for_env(env))  # the env built from the metadata agrees with the file
+        click.echo(f"Flying {episodes} episode(s) of {m['env_id']} ({m['action_mode']}, {m['control_hz']} Hz, link {link}) "
+                   f"with {policy_file} (run {m['training_run_id']}, sha256 {policy.sha256[:12]})")
+        start = time.perf_counter()
+        results = run_episodes(env, policy, episodes, seed, record_frames=bool(video))
+        stats = _report_flights(results, start, m["control_hz"], plot, video,
+                                title=f"{m['env_id']} ({m['action_mode']}), {policy_file}")
+    except (PolicyContractError, NonFiniteError) as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        env.close()
+    sys.exit(0 if stats["success_rate"] > 0 else 1)
 
 
 import numpy as np  # noqa: E402  (used by the commands above; imported late so --help stays instant)

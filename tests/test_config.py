@@ -52,8 +52,8 @@ def test_ready_configs_load(name):
 def test_hover_is_small_and_fast():
     cfg = load_config(CONFIGS / "hover.yaml")
     assert cfg.algorithm.name == "PPO" and cfg.env.kwargs["action_mode"] == "ctbr"
-    assert (cfg.algorithm.train_batch_size, cfg.algorithm.minibatch_size, cfg.algorithm.num_epochs) == (2000, 256, 10)
-    assert (cfg.resources.num_env_runners, cfg.resources.envs_per_runner) == (1, 4)
+    assert (cfg.algorithm.train_batch_size, cfg.algorithm.minibatch_size, cfg.algorithm.num_epochs) == (4000, 512, 10)
+    assert (cfg.resources.num_env_runners, cfg.resources.envs_per_runner) == (1, 8)
     assert cfg.stop.success_rate == 0.95 and cfg.stop.time_s <= 900
 
 
@@ -154,6 +154,83 @@ def test_bad_cross_field_values_name_field_and_value(overrides, path, shown):
     message = _error(overrides=overrides)
     assert f"{path}:" in message
     assert shown in message
+
+
+# ------------------------------------------------------------------------- entropy.control
+
+
+def _controller_from(control):
+    """The controller as `entropy.control` configures it (the same mapping as platform/train.py)."""
+    from entropilot.policies.entropy_control import EntropyCoefficientController
+
+    return EntropyCoefficientController(
+        target=control.target,
+        initial_coef=control.coef_init,
+        coef_min=control.coef_min,
+        coef_max=control.coef_max,
+        gain=control.gain,
+        damping=control.damping,
+        max_step=control.max_step,
+    )
+
+
+def test_control_defaults_match_the_controller():
+    import inspect
+
+    from entropilot.policies.entropy_control import EntropyCoefficientController
+
+    defaults = {k: p.default for k, p in inspect.signature(EntropyCoefficientController).parameters.items()}
+    control = ExperimentConfig().entropy.control
+    assert control.coef_min < 0 < control.coef_max  # signed: a negative coefficient is an entropy penalty
+    assert (control.coef_init, control.coef_min, control.coef_max) == (
+        defaults["initial_coef"], defaults["coef_min"], defaults["coef_max"])
+    assert (control.gain, control.damping, control.max_step) == (defaults["gain"], defaults["damping"], defaults["max_step"])
+
+
+def test_control_accepts_negative_coefficients():
+    cfg = parse_config({}, ["entropy.control.coef_min=-0.2", "entropy.control.coef_init=-0.1",
+                            "entropy.control.coef_max=-0.01", "entropy.control.damping=0"])
+    control = cfg.entropy.control
+    assert (control.coef_min, control.coef_init, control.coef_max, control.damping) == (-0.2, -0.1, -0.01, 0.0)
+    assert _controller_from(control).coefficient == -0.1
+    assert from_flat_params(cfg.to_flat_params()) == cfg
+
+
+@pytest.mark.parametrize("name, start, end", [("hover", 4.0, 0.0), ("waypoint", 4.0, -1.0)])
+def test_ready_configs_control_builds_a_signed_controller(name, start, end):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    control = cfg.entropy.control
+    # Targets are total nats of the 4-dim Gaussian; the std-1 start (5.68 nats) is above them all, so following
+    # them takes an entropy penalty: the lower bound must be negative.
+    assert control.target_at(0) == start and control.min_target() == end
+    assert control.coef_min < 0 <= control.coef_init < control.coef_max
+    controller = _controller_from(control)
+    assert controller.update(5.68, env_steps=0) < 0
+
+
+@pytest.mark.parametrize(
+    "override, path, shown",
+    [
+        ("entropy.control.gain=0", "entropy.control.gain", "0"),
+        ("entropy.control.gain=nan", "entropy.control.gain", "nan"),
+        ("entropy.control.damping=-0.1", "entropy.control.damping", "-0.1"),
+        ("entropy.control.max_step=0", "entropy.control.max_step", "0"),
+        ("entropy.control.max_step=inf", "entropy.control.max_step", "inf"),
+        ("entropy.control.coef_min=-inf", "entropy.control.coef_min", "-inf"),
+        ("entropy.control.coef_max=nan", "entropy.control.coef_max", "nan"),
+        ("entropy.control.coef_min=-5", "entropy.control.coef_min", "-5"),
+        ("entropy.control.coef_init=-0.06", "entropy.control.coef_init", "-0.06"),  # below coef_min -0.05
+    ],
+)
+def test_bad_control_values_name_field_and_value(override, path, shown):
+    message = _error(overrides=[override])
+    assert f"{path}:" in message
+    assert shown in message
+
+
+def test_old_log_space_control_keys_are_rejected():
+    message = _error({"entropy": {"control": {"max_log_step": 0.7}}})
+    assert "entropy.control.max_log_step" in message
 
 
 def test_stop_needs_a_criterion():

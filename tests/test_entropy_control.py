@@ -12,11 +12,6 @@ from entropilot.policies.entropy_control import (
 )
 
 
-def static_plant(coefficient: float) -> float:
-    """Entropy as a monotone function of the coefficient, reached at once."""
-    return 1.0 + 0.8 * math.log(coefficient)
-
-
 def test_constant_schedule():
     schedule = EntropySchedule(-2.5)
     assert schedule(0) == schedule(10**9) == -2.5
@@ -55,50 +50,115 @@ def test_schedule_rejects_negative_env_steps():
         EntropySchedule(1.0)(-1)
 
 
-def test_controller_converges_on_static_plant():
-    controller = EntropyCoefficientController(target=-1.0, initial_coef=0.5)
-    for iteration in range(150):
-        controller.update(static_plant(controller.coefficient), env_steps=iteration * 4000)
-    assert static_plant(controller.coefficient) == pytest.approx(-1.0, abs=0.01)
+STEPS_PER_ITERATION = 2000  # env steps per training iteration, as in configs/hover.yaml
 
 
-def test_controller_converges_on_integrating_plant():
-    # PPO-like: a coefficient above the equilibrium (1e-3) keeps raising entropy, below keeps lowering it.
-    controller = EntropyCoefficientController(target=-1.0)
-    entropy = 1.0
-    for iteration in range(200):
-        controller.update(entropy, env_steps=iteration * 4000)
-        entropy += 0.3 * (math.log(controller.coefficient) - math.log(1e-3))
-    assert entropy == pytest.approx(-1.0, abs=0.01)
-    assert controller.coefficient == pytest.approx(1e-3, rel=0.01)
+def static_plant(coefficient: float) -> float:
+    """Entropy reached at once, rising with the coefficient: 1 nat at coefficient 0, 5 nats per unit."""
+    return 1.0 + 5.0 * coefficient
 
 
-def test_controller_tracks_a_schedule():
-    controller = EntropyCoefficientController(target=[[0, 0.5], [400_000, -1.5]], initial_coef=0.1)
-    for iteration in range(200):
-        steps = iteration * 4000
-        controller.update(static_plant(controller.coefficient), env_steps=steps)
-    assert controller.target(steps) == -1.5
-    assert static_plant(controller.coefficient) == pytest.approx(-1.5, abs=0.01)
+def run_integrating_plant(controller, iterations, entropy, *, b=1.0, drift=0.0, pull=0.0, natural=0.0, first=0):
+    """PPO-like plant: entropy integrates the coefficient. Per iteration
+        entropy += b * coef + drift + pull * (natural - entropy),
+    b ~ 1 nat per iteration per unit coefficient as measured on hover; drift < 0 is a policy that sharpens by
+    itself; pull > 0 relaxes it toward a natural level. The controller sees the mean over the iteration
+    (the learner averages entropy over the update's minibatches). Returns the final entropy and per
+    iteration (target, entropy, coefficient)."""
+    history = []
+    for k in range(first, first + iterations):
+        after = entropy + b * controller.coefficient + drift + pull * (natural - entropy)
+        measured, entropy = 0.5 * (entropy + after), after
+        steps = (k + 1) * STEPS_PER_ITERATION
+        coefficient = controller.update(measured, env_steps=steps)
+        history.append((controller.target(steps), entropy, coefficient))
+    return entropy, history
+
+
+def test_controller_defaults_are_signed_and_centred():
+    controller = EntropyCoefficientController(target=0.0)
+    assert controller.coefficient == 0.0
+    # Far above target: the coefficient goes negative (an entropy penalty), one max_step at a time.
+    assert controller.update(10.0, env_steps=0) == pytest.approx(-0.005)
+
+
+@pytest.mark.parametrize("target, coefficient", [(1.1, 0.02), (0.9, -0.02)], ids=["above", "below"])
+def test_controller_converges_on_static_plant(target, coefficient):
+    controller = EntropyCoefficientController(target=target)
+    for iteration in range(600):
+        controller.update(static_plant(controller.coefficient), env_steps=iteration * STEPS_PER_ITERATION)
+    assert static_plant(controller.coefficient) == pytest.approx(target, abs=0.001)
+    assert controller.coefficient == pytest.approx(coefficient, abs=2e-4)
+
+
+@pytest.mark.parametrize("target", [6.5, 3.0], ids=["above-start", "below-start"])
+def test_controller_converges_on_integrating_plant_with_drift(target):
+    # A policy that sharpens by itself (drift -0.01 nats per iteration) from a std-1 start (5.68 nats): at the
+    # target the coefficient must cancel the drift exactly, b * coef + drift = 0.
+    controller = EntropyCoefficientController(target=target)
+    entropy, history = run_integrating_plant(controller, 400, 5.68, b=1.0, drift=-0.01)
+    assert entropy == pytest.approx(target, abs=0.005)
+    assert controller.coefficient == pytest.approx(0.01, abs=5e-4)
+    # Well damped: after the transient it stays close, no ringing.
+    assert all(abs(h - target) < 0.05 for _, h, _ in history[-100:])
+
+
+@pytest.mark.parametrize("target", [6.0, 3.0], ids=["above-natural", "below-natural"])
+def test_target_below_the_natural_level_needs_a_penalty(target):
+    # The policy relaxes toward a natural entropy of 5 nats (as on hover, where it stayed at 4-5.5 nats).
+    # Holding 3 nats takes a steady entropy penalty: b * coef = pull * (target - natural) = -0.02.
+    plant = dict(b=1.0, pull=0.01, natural=5.0)
+    controller = EntropyCoefficientController(target=target)
+    entropy, _ = run_integrating_plant(controller, 500, 5.0, **plant)
+    assert entropy == pytest.approx(target, abs=0.005)
+    expected = 0.01 * (target - 5.0)
+    assert controller.coefficient == pytest.approx(expected, abs=5e-4)
+    assert (controller.coefficient < 0) == (target < 5.0)
+    if target < 5.0:
+        # A controller that can't go below zero (the old log-space one) leaves entropy at its natural level.
+        nonnegative = EntropyCoefficientController(target=target, coef_min=0.0)
+        stuck, _ = run_integrating_plant(nonnegative, 500, 5.0, **plant)
+        assert nonnegative.coefficient == 0.0 and stuck == pytest.approx(5.0, abs=0.01)
+
+
+def test_controller_tracks_a_falling_schedule():
+    # Hover's schedule: 4 -> 0 nats over 300k env steps (150 iterations), falling faster than the policy's own
+    # drift, so following it takes a penalty: b * coef = slope - drift = -4/150 + 0.01.
+    controller = EntropyCoefficientController(target=[[0, 4.0], [300_000, 0.0]])
+    _, ramp = run_integrating_plant(controller, 150, 5.68, b=1.0, drift=-0.01)
+    _, hold = run_integrating_plant(controller, 150, ramp[-1][1], b=1.0, drift=-0.01, first=150)
+    # The start (1.7 nats above target) takes the penalty to its bound, then entropy catches up and follows.
+    assert min(c for _, _, c in ramp) == -0.05
+    assert all(abs(t - h) < 0.06 for t, h, _ in ramp[75:])
+    assert all(abs(t - h) < 0.03 for t, h, _ in ramp[-20:])  # no steady lag behind the ramp
+    assert all(c == pytest.approx(-4 / 150 + 0.01, abs=0.002) for _, _, c in ramp[100:])
+    assert hold[-1][0] == 0.0 and all(abs(h) < 0.01 for _, h, _ in hold[-50:])
+    assert hold[-1][2] == pytest.approx(0.01, abs=5e-4)
 
 
 def test_controller_respects_bounds_without_windup():
-    controller = EntropyCoefficientController(target=5.0, initial_coef=0.01, coef_min=1e-4, coef_max=0.05)
-    for iteration in range(100):  # unreachable target: pinned at coef_max
-        assert controller.update(0.0, env_steps=iteration) <= 0.05
-    assert controller.coefficient == 0.05
+    controller = EntropyCoefficientController(target=5.0, initial_coef=0.01, coef_min=-0.03, coef_max=0.04)
+    for iteration in range(100):  # unreachable target above: pinned at coef_max
+        assert -0.03 <= controller.update(0.0, env_steps=iteration) <= 0.04
+    assert controller.coefficient == 0.04
     # The first measurement above target moves it off the bound at once: nothing wound up.
-    assert controller.update(6.0, env_steps=100) < 0.05
-    for iteration in range(101, 300):
-        controller.update(10.0, env_steps=iteration)
-    assert controller.coefficient >= 1e-4
-    assert controller.coefficient == pytest.approx(1e-4)
+    assert controller.update(6.0, env_steps=100) < 0.04
+    for iteration in range(101, 300):  # unreachable target below: pinned at the (negative) coef_min
+        assert -0.03 <= controller.update(10.0, env_steps=iteration) <= 0.04
+    assert controller.coefficient == -0.03
+    assert controller.update(4.0, env_steps=300) > -0.03
 
 
-def test_controller_step_is_limited():
-    controller = EntropyCoefficientController(target=0.0, initial_coef=0.01, max_log_step=math.log(2))
-    assert controller.update(-50.0, env_steps=0) == pytest.approx(0.02)
-    assert controller.update(50.0, env_steps=1) == pytest.approx(0.01)
+def test_controller_step_is_the_pi_increment_then_clamped():
+    controller = EntropyCoefficientController(target=0.0, gain=0.01, damping=0.1, max_step=0.03)
+    # First step: e = 0.2 with e_prev = 0 -> (gain + damping) * e, the positional PI's proportional kick.
+    assert controller.update(-0.2, env_steps=0) == pytest.approx(0.022)
+    # Then gain * e + damping * (e - e_prev) = 0.001 - 0.01.
+    assert controller.update(-0.1, env_steps=1) == pytest.approx(0.013)
+    # Large errors move the coefficient by max_step only, either way.
+    assert controller.update(-50.0, env_steps=2) == pytest.approx(0.043)
+    assert controller.update(50.0, env_steps=3) == pytest.approx(0.013)
+    assert controller.update(50.0, env_steps=4) == pytest.approx(-0.017)
 
 
 def test_controller_ignores_non_finite_measurements():
@@ -115,44 +175,83 @@ def test_controller_ignores_non_finite_measurements():
 
 
 def test_controller_state_round_trip_gives_identical_outputs():
-    config = dict(target=[[0, 1.0], [100_000, -1.0]], initial_coef=0.02, gain=0.2, damping=0.3)
+    config = dict(target=[[0, 1.0], [100_000, -1.0]], initial_coef=0.02, coef_min=-0.1, gain=0.01, damping=0.05)
     original = EntropyCoefficientController(**config)
-    for iteration in range(10):
-        original.update(static_plant(original.coefficient), env_steps=iteration * 4000)
+    entropy, _ = run_integrating_plant(original, 10, 3.0)
+    assert original.coefficient < 0
     state = json.loads(json.dumps(original.state_dict()))  # plain numbers only
+    assert set(state) == {"coef", "last_error", "num_updates", "num_ignored"}
     restored = EntropyCoefficientController(**config)
     restored.load_state_dict(state)
     assert restored.coefficient == original.coefficient
-    for iteration in range(10, 40):
-        measured = static_plant(original.coefficient)
-        assert restored.update(measured, iteration * 4000) == original.update(measured, iteration * 4000)
+    _, expected = run_integrating_plant(original, 30, entropy, first=10)
+    _, resumed = run_integrating_plant(restored, 30, entropy, first=10)
+    assert resumed == expected
 
 
-def test_controller_load_clamps_to_new_bounds_and_rejects_bad_state():
-    controller = EntropyCoefficientController(target=0.0, initial_coef=0.01, coef_max=0.05)
-    state = {"log_coef": math.log(0.5), "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
+def test_controller_load_clamps_to_new_bounds():
+    controller = EntropyCoefficientController(target=0.0, coef_min=-0.02, coef_max=0.05)
+    state = {"coef": 0.5, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
     controller.load_state_dict(state)
-    assert controller.coefficient == pytest.approx(0.05)
-    with pytest.raises(ValueError, match="missing"):
-        controller.load_state_dict({"log_coef": 0.0})
-    with pytest.raises(ValueError, match="log_coef must be a finite number"):
-        controller.load_state_dict({**state, "log_coef": math.nan})
+    assert controller.coefficient == 0.05
+    controller.load_state_dict({**state, "coef": -0.5})
+    assert controller.coefficient == -0.02
+    controller.load_state_dict({**state, "coef": -0.01})
+    assert controller.coefficient == -0.01
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # A checkpoint of the old log-space controller.
+        (dict(coef=None, log_coef=math.log(0.01)), "'log_coef' from the old log-space controller"),
+        (dict(coef=None), r"missing \['coef'\]"),
+        (dict(last_error=None, num_ignored=None), r"missing \['last_error', 'num_ignored'\]"),
+        (dict(coef=math.nan), "state coef must be a finite number"),
+        (dict(last_error="0.1"), "state last_error must be a finite number"),
+        (dict(num_updates=-1), "state num_updates must be an int >= 0; got -1"),
+        (dict(num_ignored=1.5), "state num_ignored must be an int >= 0; got 1.5"),
+    ],
+)
+def test_controller_load_rejects_bad_state(change, message):
+    controller = EntropyCoefficientController(target=0.0)
+    state = {"coef": 0.01, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
+    state = {k: v for k, v in {**state, **change}.items() if v is not None}
+    before = controller.state_dict()
+    with pytest.raises(ValueError, match=message):
+        controller.load_state_dict(state)
+    assert controller.state_dict() == before  # nothing half-loaded
 
 
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(coef_min=0.0), "0 < coef_min <= coef_max"),
-        (dict(coef_min=0.1, coef_max=0.01), "0 < coef_min <= coef_max"),
-        (dict(initial_coef=2.0), "initial_coef must lie in"),
-        (dict(gain=0.0), "gain must be > 0"),
-        (dict(damping=-1.0), "damping must be >= 0"),
-        (dict(max_log_step=math.nan), "max_log_step must be a finite number"),
+        (dict(coef_min=0.1, coef_max=0.01), "need coef_min <= coef_max; got coef_min=0.1, coef_max=0.01"),
+        (dict(initial_coef=-0.06), r"initial_coef must lie in \[coef_min, coef_max\] = \[-0.05, 0.05\]; got -0.06"),
+        (dict(initial_coef=0.2, coef_max=0.1), r"initial_coef must lie in .*; got 0.2"),
+        (dict(coef_min=math.nan), "coef_min must be a finite number; got nan"),
+        (dict(coef_max=math.inf), "coef_max must be a finite number; got inf"),
+        (dict(initial_coef=True), "initial_coef must be a finite number; got True"),
+        (dict(gain=0.0), "gain must be > 0; got 0.0"),
+        (dict(gain=-math.inf), "gain must be a finite number"),
+        (dict(damping=-1.0), "damping must be >= 0; got -1.0"),
+        (dict(max_step=0.0), "max_step must be > 0; got 0.0"),
+        (dict(max_step=math.nan), "max_step must be a finite number"),
     ],
 )
 def test_controller_rejects_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EntropyCoefficientController(target=0.0, **kwargs)
+
+
+def test_controller_rejects_old_log_space_keyword():
+    with pytest.raises(TypeError, match="max_log_step"):
+        EntropyCoefficientController(target=0.0, max_log_step=0.5)
+
+
+def test_controller_allows_a_fixed_coefficient():
+    controller = EntropyCoefficientController(target=0.0, initial_coef=-0.01, coef_min=-0.01, coef_max=-0.01)
+    assert controller.update(3.0, env_steps=0) == controller.update(-3.0, env_steps=1) == -0.01
 
 
 def test_controller_rejects_bad_env_steps():

@@ -20,8 +20,9 @@ def tiny_config(tmp_path, uri, iterations):
         "name": "tiny-hover",
         "env": {"id": "entropilot/Hover-v0", "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
         "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+        # Target above a fresh std-1 policy's 5.68 nats, floor just below it: the detector must flag a collapse.
         "entropy": {"init": {"threshold": 100.0, "max_draws": 2, "rollout_steps": 100},
-                    "control": {"target": 1.0, "coef_init": 0.01}},
+                    "control": {"target": 5.9, "coef_init": 0.01}, "collapse": {"floor": 5.75}},
         "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
         "mlflow": {"tracking_uri": uri, "experiment": "test-train", "video": True, "system_metrics": False},
         "stop": {"iterations": iterations},
@@ -42,6 +43,8 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_ser
     assert steps == [1, 2]
     coefficients = [m.value for m in client.get_metric_history(first.run_id, "entropy_coeff")]
     assert len(coefficients) == 2 and coefficients[0] != coefficients[1]  # the controller acts every iteration
+    assert "entropilot.entropy_collapse" in run.data.tags
+    assert [m.value for m in client.get_metric_history(first.run_id, "entropy_collapse")] == [1.0, 1.0]
     assert [m.step for m in client.get_metric_history(first.run_id, "success_rate")] == [2]
     draws = client.get_metric_history(first.run_id, "entropy_init/draw_entropy")
     assert len(draws) == 2  # an unreachable threshold: every draw is tried, the best kept

@@ -194,17 +194,32 @@ class EntropyInitConfig(_Section):
 
 
 class ControlConfig(_Section):
-    """Closed-loop control of the entropy coefficient toward a target policy entropy (nats)."""
+    """Closed-loop control of the entropy coefficient toward a target policy entropy (nats).
+
+    Mirrors `policies.entropy_control.EntropyCoefficientController` (see its docstring for the
+    stability reasoning behind the defaults): once per iteration, with e = target - measured,
+    coef += gain * e + damping * (e - e_previous), the step clamped to +-max_step and coef to
+    [coef_min, coef_max]. The coefficient is signed: negative is an entropy penalty, needed to bring
+    entropy *down* to a target below what the policy has by itself.
+    """
 
     # None = on for PPO, off for SAC (SAC tunes its own alpha); resolved by ExperimentConfig.
     enabled: bool | None = None
     # A constant, or a piecewise-linear schedule [[env_steps, nats], ...] starting at step 0.
     target: float | list[tuple[int, float]] = 1.0
-    # The controller moves the coefficient in log space (multiplicative steps), so it must stay > 0.
-    coef_init: float = Field(0.001, gt=0.0)
-    coef_min: float = Field(1e-5, gt=0.0)
-    coef_max: float = Field(0.1, gt=0.0)
-    gain: float = Field(0.1, gt=0.0)  # log-coefficient change per nat of entropy error per iteration
+    # PPO loss term -coef * entropy: coef < 0 penalizes entropy. |coef| ~ 1 would swamp PPO's policy
+    # gradient (advantages are standardized); useful values are of order +-0.01. coef_min bounds the
+    # penalty, i.e. how hard the controller may push toward collapse.
+    coef_init: float = Field(0.0, ge=-1.0, le=1.0, allow_inf_nan=False)
+    coef_min: float = Field(-0.05, ge=-1.0, le=1.0, allow_inf_nan=False)
+    coef_max: float = Field(0.05, ge=-1.0, le=1.0, allow_inf_nan=False)
+    # Integral action: coefficient change per nat of entropy error per iteration.
+    gain: float = Field(0.003, gt=0.0, le=1.0, allow_inf_nan=False)
+    # Proportional action on the error's change; > 0 is what keeps the loop from oscillating (the entropy
+    # integrates the coefficient). Stable while b * (gain + 2 * damping) < 4, b = plant gain, ~1 on hover.
+    damping: float = Field(0.08, ge=0.0, le=1.0, allow_inf_nan=False)
+    # Largest coefficient change per iteration.
+    max_step: float = Field(0.005, gt=0.0, le=1.0, allow_inf_nan=False)
 
     @field_validator("target", mode="before")
     @classmethod
@@ -258,7 +273,9 @@ class CollapseConfig(_Section):
     """Entropy-collapse detection (nats); None switches a check off."""
 
     floor: float | None = -1.0
-    max_drop_per_iteration: float | None = Field(1.0, gt=0.0)
+    # Per million env steps (a least-squares slope over the last 500k), so it means the same at any batch size.
+    # Hover's schedule lowers entropy ~13 nats per 1M steps on purpose; a collapse is much faster.
+    max_drop_per_million_steps: float | None = Field(30.0, gt=0.0)
 
 
 class CovarianceConfig(_Section):

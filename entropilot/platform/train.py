@@ -64,6 +64,8 @@ def build_from_config(cfg: ExperimentConfig):
             "coef_min": e.control.coef_min,
             "coef_max": e.control.coef_max,
             "gain": e.control.gain,
+            "damping": e.control.damping,
+            "max_step": e.control.max_step,
         }
     covariance = None if e.covariance.mode == "off" else {
         "mode": e.covariance.mode, "fraction": e.covariance.fraction, "kl_coef": e.covariance.kl_coef}
@@ -218,6 +220,7 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
                  f"{init.chosen.entropy:.2f} nats (threshold {init.threshold:.2f}{'' if init.cleared else ', not cleared: kept the best'})")
         state["run_id"] = tracker.run_id
         history: list[dict] = state["history"]
+        collapse = _collapse_detector(cfg, history)
         start = time.perf_counter()
         stopped = None
         success = history[-1].get("success_rate") if history else None
@@ -231,13 +234,21 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
                 success = float(np.mean([e.success for e in episodes]))
                 metrics["success_rate"] = success
                 metrics["eval_final_distance"] = float(np.mean([e.final_distance for e in episodes]))
+            if collapse is not None and "entropy" in metrics:
+                check = collapse.update(metrics["entropy"], metrics.get("env_steps", 0))
+                metrics["entropy_collapse"] = float(check.collapsed)
+                if check.collapsed:
+                    reasons = "; ".join(check.reasons)
+                    echo(f"WARNING: entropy collapse at iteration {it}: {reasons}")
+                    tracker.set_tag("entropilot.entropy_collapse", f"iteration {it}: {reasons}")
+            elapsed = time.perf_counter() - start
+            metrics["time_s"] = state.get("time_s", 0.0) + elapsed  # wall time across resumes
             history.append(metrics)
             tracker.log_metrics(metrics, step=it)
-            elapsed = time.perf_counter() - start
             echo(_progress_line(it, metrics, success, elapsed, cfg))
             stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics.get("success_rate"))
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
-                checkpoint = _save(algo, cfg, state, root)
+                checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
         plots = root / "plots"
         plots.mkdir(exist_ok=True)
         plot_entropy(history, str(plots / "entropy.png"), title=cfg.run_name)
@@ -257,6 +268,20 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
     finally:
         tracker.close(status=status)
         algo.stop()
+
+
+def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
+    """The entropy-collapse detector, replayed over the history of a resumed run so its window is whole."""
+    from entropilot.policies.entropy_control import EntropyCollapseDetector
+
+    c = cfg.entropy.collapse
+    if c.floor is None and c.max_drop_per_million_steps is None:
+        return None
+    detector = EntropyCollapseDetector(floor=c.floor, max_drop_per_million_steps=c.max_drop_per_million_steps)
+    for past in history:
+        if "entropy" in past:
+            detector.update(past["entropy"], past.get("env_steps", 0))
+    return detector
 
 
 def _save(algo, cfg: ExperimentConfig, state: dict, root: Path) -> Path:

@@ -66,23 +66,61 @@ class EntropySchedule:
 
 
 class EntropyCoefficientController:
-    """Sets the PPO entropy coefficient so that measured policy entropy tracks a target.
+    """Sets PPO's entropy coefficient, with either sign, so that measured policy entropy tracks a target.
 
     Update, once per training iteration, with error e = target - measured (nats):
-        log_coef += gain * e_k + damping * (e_k - e_{k-1}),   step clamped to +-max_log_step,
-        log_coef clamped to [log coef_min, log coef_max].
-    Why log space: the useful coefficient spans decades (1e-5 .. 1e-1), and a multiplicative step
-    is the same relative push at every scale and can never cross zero.
-    Why this form: it is a PI controller written incrementally (the velocity form) — `gain` is
-    the integral action, `damping` the proportional one. The coefficient alone is the integrator
+        coef += gain * e_k + damping * (e_k - e_{k-1}),   the step clamped to +-max_step,
+        coef clamped to [coef_min, coef_max].
+
+    Why signed: PPO's loss is `-coef * entropy`, so a positive coefficient can only push entropy
+    up. A target below the entropy the policy has by itself (a std-1 start: 5.68 nats for a 4-dim
+    Gaussian; a falling schedule) needs an entropy *penalty*, a negative coefficient. A controller
+    that cannot cross zero pins at its smallest coefficient and entropy ignores the target (seen
+    on hover: target 2 -> 1 nats, measured 4-5.5 nats, coefficient stuck at 1e-5). Because the sign matters and the useful
+    values are all of one order (about +-0.01), the controller acts on the coefficient itself
+    (linear), not on its logarithm.
+    Why bounds: a negative coefficient rewards the policy for being certain, i.e. it is an
+    entropy-collapse force; held too long or too strong it drives the std toward zero, after which
+    exploration, PPO's ratios and the log-probabilities degrade and nothing recovers. `coef_min`
+    caps that force (and `coef_max` the opposite one, a policy pushed to ever wider, useless noise);
+    keep |coef_min| at or below the size of the policy-gradient signal. Pair it with a collapse
+    floor (`EntropyCollapseDetector`) below every target.
+
+    Why this form: a PI controller written incrementally (the velocity form): `gain` is the
+    integral action, `damping` the proportional one. The coefficient alone is the integrator
     state, so clamping it is the anti-windup: at a bound nothing keeps accumulating, and the
-    coefficient leaves the bound on the first update whose error has the other sign. The damping
-    term matters because PPO's entropy integrates the coefficient (a coefficient above the
-    equilibrium keeps raising entropy); pure integral action on such a plant oscillates.
-    Tuning: if entropy responds at once with sensitivity b = dH / d log_coef, the loop is stable
-    while b * (gain + 2 * damping) < 2; the defaults allow b up to ~3 nats per e-fold.
-    Why the step clamp: early in training the error can be several nats, and one noisy batch
-    should not move the coefficient by more than a factor exp(max_log_step).
+    coefficient leaves the bound on the first update whose error has the other sign. Before the
+    first update e_{k-1} = 0, so the first step is the positional PI's proportional kick.
+
+    Plant and stability: PPO's entropy *integrates* the coefficient. The loss gradient on each log
+    std is -coef, and each of an iteration's Adam steps moves a log std by about
+    lr * coef / rms(its gradient), so per iteration
+        H_{k+1} = H_k + b * coef_k + d,
+    with plant gain b (nats per iteration per unit coefficient) and a drift d (most policies
+    sharpen by themselves, d < 0). Measured on hover's PPO (lr 3e-4, 10 epochs x 8 minibatches,
+    4 action dims, free log std; fixed coefficients +-0.05 and +-0.01 for 6 iterations each):
+    b = 0.8 .. 1.2 and d = -0.006 .. -0.016 nats per iteration, i.e. +-0.05 moves entropy by about
+    0.045 nats per iteration. b grows with lr, Adam steps per iteration and action dims (and a
+    state-dependent std, whose many weights all move), and shrinks once |coef| approaches the
+    log-std gradient rms (Adam's steps saturate at ~lr). With e = target - H the closed loop is
+        e_{k+1} = (2 - b*gain - b*damping) e_k - (1 - b*damping) e_{k-1},
+    stable (Jury) iff 0 < b*damping < 2 and b*(gain + 2*damping) < 4. Pure integral action
+    (damping = 0) is marginal on an integrating plant - it oscillates for ever - hence the damping
+    term. Near z = 1 the loop behaves like s^2 + b(gain + damping) s + b*gain: natural frequency
+    sqrt(b*gain) per iteration, damping ratio (gain + damping) * sqrt(b / gain) / 2.
+    Defaults: gain 0.003, damping 0.08. At hover's b = 1 (including the half-iteration lag of a
+    measurement averaged over the update) the error decays with a time constant of ~23 iterations
+    (~46k env steps of hover), damping ratio 0.75; the ratio is >= 0.5 for b >= 0.5 and 1 for
+    b in 2..20; the loop stays stable up to b ~ 24, a 20-fold faster plant than hover's. (A
+    smaller pair such as gain 0.002, damping 0.005 has, at b = 1, a time constant of ~500
+    iterations and a damping ratio 0.04: it rings for the whole run.) A ramp target (a falling
+    schedule) is followed with no steady lag, since the loop holds two integrators (coefficient
+    and entropy). The bounds +-0.05: enough to overcome the drift and to follow hover's
+    4 -> 0 nats over 300k env steps (needs about -0.02), short of Adam's saturation, and weak
+    enough that a penalty alone takes ~20 iterations per nat, so a collapse detector sees it
+    coming. `max_step` 0.005 keeps one outlier batch or a large early error (the start can be
+    several nats off) from slamming the coefficient from 0 to a bound: that takes >= 10
+    iterations, crossing the whole range >= 20.
     Measured and target entropy must be the same quantity (e.g. mean total entropy per action,
     or executed entropy); the controller only sees numbers.
     """
@@ -90,18 +128,18 @@ class EntropyCoefficientController:
     def __init__(
         self,
         target: EntropySchedule | float | Sequence[Sequence[float]],
-        initial_coef: float = 0.01,
-        coef_min: float = 1e-6,
-        coef_max: float = 1.0,
-        gain: float = 0.1,
-        damping: float = 0.25,
-        max_log_step: float = math.log(2.0),
+        initial_coef: float = 0.0,
+        coef_min: float = -0.05,
+        coef_max: float = 0.05,
+        gain: float = 0.003,
+        damping: float = 0.08,
+        max_step: float = 0.005,
     ):
         self._schedule = target if isinstance(target, EntropySchedule) else EntropySchedule(target)
         coef_min, coef_max = _finite_real("coef_min", coef_min), _finite_real("coef_max", coef_max)
         initial_coef = _finite_real("initial_coef", initial_coef)
-        if not 0 < coef_min <= coef_max:
-            raise ValueError(f"need 0 < coef_min <= coef_max; got coef_min={coef_min}, coef_max={coef_max}")
+        if not coef_min <= coef_max:
+            raise ValueError(f"need coef_min <= coef_max; got coef_min={coef_min}, coef_max={coef_max}")
         if not coef_min <= initial_coef <= coef_max:
             raise ValueError(
                 f"initial_coef must lie in [coef_min, coef_max] = [{coef_min}, {coef_max}]; "
@@ -111,12 +149,11 @@ class EntropyCoefficientController:
             raise ValueError(f"gain must be > 0; got {gain}")
         if not _finite_real("damping", damping) >= 0:
             raise ValueError(f"damping must be >= 0; got {damping}")
-        if not _finite_real("max_log_step", max_log_step) > 0:
-            raise ValueError(f"max_log_step must be > 0; got {max_log_step}")
+        if not _finite_real("max_step", max_step) > 0:
+            raise ValueError(f"max_step must be > 0; got {max_step}")
         self._coef_min, self._coef_max = coef_min, coef_max
-        self._log_min, self._log_max = math.log(coef_min), math.log(coef_max)
-        self._gain, self._damping, self._max_log_step = float(gain), float(damping), float(max_log_step)
-        self._log_coef = math.log(initial_coef)
+        self._gain, self._damping, self._max_step = float(gain), float(damping), float(max_step)
+        self._coef = initial_coef
         # Zero before the first update makes the first step the positional PI's proportional kick.
         self._last_error = 0.0
         self._num_updates = 0
@@ -124,8 +161,8 @@ class EntropyCoefficientController:
 
     @property
     def coefficient(self) -> float:
-        # exp(log(x)) can round past x; the bounds are a promise, so clamp the rounding away too.
-        return min(max(math.exp(self._log_coef), self._coef_min), self._coef_max)
+        """The entropy coefficient to use now; negative = an entropy penalty."""
+        return self._coef
 
     @property
     def num_ignored(self) -> int:
@@ -140,36 +177,48 @@ class EntropyCoefficientController:
         target = self.target(env_steps)
         measured = float(measured_entropy)
         if not math.isfinite(measured):
-            # Acting on NaN/inf would poison log_coef for good; keep the last coefficient instead.
+            # Acting on NaN/inf would poison the coefficient for good; keep the last one instead.
             self._num_ignored += 1
-            return self.coefficient
+            return self._coef
         error = target - measured
         step = self._gain * error + self._damping * (error - self._last_error)
-        step = min(max(step, -self._max_log_step), self._max_log_step)
-        self._log_coef = min(max(self._log_coef + step, self._log_min), self._log_max)
+        step = min(max(step, -self._max_step), self._max_step)
+        self._coef = min(max(self._coef + step, self._coef_min), self._coef_max)
         self._last_error = error
         self._num_updates += 1
-        return self.coefficient
+        return self._coef
 
     def state_dict(self) -> dict[str, float | int]:
         """Plain Python numbers, so it fits an RLlib Learner state or a JSON checkpoint."""
         return {
-            "log_coef": self._log_coef,
+            "coef": self._coef,
             "last_error": self._last_error,
             "num_updates": self._num_updates,
             "num_ignored": self._num_ignored,
         }
 
     def load_state_dict(self, state: dict[str, float | int]) -> None:
-        missing = {"log_coef", "last_error", "num_updates", "num_ignored"} - state.keys()
+        if "log_coef" in state and "coef" not in state:
+            raise ValueError(
+                "controller state holds 'log_coef' from the old log-space controller (positive coefficients "
+                "only); it can't be resumed by the signed controller: restart the controller (drop its state) "
+                "or start from a newer checkpoint"
+            )
+        missing = {"coef", "last_error", "num_updates", "num_ignored"} - state.keys()
         if missing:
             raise ValueError(f"controller state is missing {sorted(missing)}")
-        log_coef = _finite_real("state log_coef", state["log_coef"])
+        coef = _finite_real("state coef", state["coef"])
+        last_error = _finite_real("state last_error", state["last_error"])
+        counts = {}
+        for key in ("num_updates", "num_ignored"):
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"state {key} must be an int >= 0; got {value!r}")
+            counts[key] = value
         # A resumed run may have tightened the bounds; the stored coefficient must obey the new ones.
-        self._log_coef = min(max(log_coef, self._log_min), self._log_max)
-        self._last_error = _finite_real("state last_error", state["last_error"])
-        self._num_updates = int(state["num_updates"])
-        self._num_ignored = int(state["num_ignored"])
+        self._coef = min(max(coef, self._coef_min), self._coef_max)
+        self._last_error = last_error
+        self._num_updates, self._num_ignored = counts["num_updates"], counts["num_ignored"]
 
 
 @dataclass(frozen=True)

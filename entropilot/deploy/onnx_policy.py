@@ -1,0 +1,213 @@
+"""The exported policy at flight time: onnxruntime on one thread, the metadata contract checked on load,
+finite numbers checked on every call. Imports neither torch nor ray."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from entropilot.deploy.contract import (
+    ACTION_SIZE,
+    DETERMINISTIC_ACTION,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SCHEMA_VERSION,
+    PolicyContractError,
+    decode_metadata,
+    sha256_hex,
+    verify_seal,
+)
+
+__all__ = ["EXPECTABLE", "NonFiniteError", "OnnxPolicy", "PolicyContractError", "expected_for_env"]
+
+# What a caller may require of the file (OnnxPolicy's ``expected``), beyond the always-checked signature,
+# schema version and seal. ``observation_names`` defaults to the envs' layout.
+EXPECTABLE = ("sha256", "observation_names", "action_mode", "control_hz", "physics_hz", "env_id",
+              "action_low", "action_high")
+
+
+class NonFiniteError(ArithmeticError):
+    """A NaN or infinity in what the policy was given or what it returned: never send it to the motors."""
+
+
+class OnnxPolicy:
+    """``policy(obs[22]) -> action[4]`` from an ``entropilot export`` file.
+
+    On load: the file's bytes are checked against ``expected["sha256"]`` (if given) and against the
+    content seal export wrote into it (any changed or missing byte is refused); then the graph's
+    signature (``observation`` float32 [batch, n] -> ``action`` float32 [batch, 4]), the schema
+    version, the action convention, and the observation layout (``expected["observation_names"]``,
+    by default ``entropilot.envs.OBSERVATION_NAMES``), plus whatever else ``expected`` names (see
+    ``EXPECTABLE``: action mode, control rate, ...). Any mismatch raises ``PolicyContractError``
+    saying what differs. A non-finite observation or action raises ``NonFiniteError``.
+    """
+
+    def __init__(self, path: str | Path, expected: dict[str, Any] | None = None):
+        self.path = Path(path)
+        expected = dict(expected or {})
+        unknown = sorted(set(expected) - set(EXPECTABLE))
+        if unknown:
+            raise ValueError(f"expected: unknown key(s) {unknown}; allowed: {list(EXPECTABLE)}")
+        where = str(self.path)
+        data = self.path.read_bytes()
+        self.sha256 = sha256_hex(data)
+        if "sha256" in expected and self.sha256 != str(expected["sha256"]).lower():
+            raise PolicyContractError(f"{where}: SHA-256 is {self.sha256}, expected {expected['sha256']}: not the approved file")
+        self.seal = verify_seal(data, where)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+            raise PolicyContractError(f"{where}: onnxruntime cannot load it ({_first_line(err)})") from None
+
+        self.metadata: dict[str, Any] = decode_metadata(self._session.get_modelmeta().custom_metadata_map, where)
+        self._check_own_contract(where)
+        self.check(expected)
+        self.observation_names: tuple[str, ...] = tuple(self.metadata["observation_names"])
+        self.observation_size = len(self.observation_names)
+        self.action_mode: str = self.metadata["action_mode"]
+        self.control_hz: int = self.metadata["control_hz"]
+        self._input = np.zeros((1, self.observation_size), dtype=np.float32)
+        self._zeros_in = np.zeros(self.observation_size, dtype=np.float32)
+        self._zeros_out = np.zeros(ACTION_SIZE, dtype=np.float32)
+        self._run = self._session.run
+        self._outputs = [OUTPUT_NAME]
+
+    # ---- flight ---------------------------------------------------------------------------
+    def __call__(self, observation: np.ndarray) -> np.ndarray:
+        """One observation (``observation_size`` floats, in ``observation_names`` order) -> 4 actions in [-1, 1]."""
+        x = np.asarray(observation, dtype=np.float32)
+        if x.shape != (self.observation_size,):
+            raise ValueError(f"observation must have shape ({self.observation_size},); got {x.shape}")
+        # x . 0 is 0 for finite x and NaN if any entry is NaN or infinite (0 * inf = NaN); it cannot overflow,
+        # and costs a third of np.isfinite(x).all(). numpy may warn (or, if set to, raise) on the 0 * inf.
+        try:
+            finite = math.isfinite(x.dot(self._zeros_in))
+        except (RuntimeWarning, FloatingPointError):
+            finite = False
+        if not finite:
+            raise NonFiniteError(f"non-finite observation entries: {self._bad_entries(x[None])}")
+        self._input[0] = x
+        action = self._run(self._outputs, {INPUT_NAME: self._input})[0][0]
+        try:
+            finite = math.isfinite(action.dot(self._zeros_out))
+        except (RuntimeWarning, FloatingPointError):
+            finite = False
+        if not finite:
+            raise NonFiniteError(f"the policy returned a non-finite action {action.tolist()}")
+        return action
+
+    def batch(self, observations: np.ndarray) -> np.ndarray:
+        """(N, observation_size) -> (N, 4), with the same finiteness checks."""
+        x = np.ascontiguousarray(observations, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.observation_size:
+            raise ValueError(f"observations must have shape (N, {self.observation_size}); got {x.shape}")
+        if not np.isfinite(x).all():
+            raise NonFiniteError(f"non-finite observation entries: {self._bad_entries(x)}")
+        actions = self._run(self._outputs, {INPUT_NAME: x})[0]
+        if not np.isfinite(actions).all():
+            raise NonFiniteError("the policy returned non-finite actions")
+        return actions
+
+    def _bad_entries(self, x: np.ndarray) -> list[str]:
+        rows, cols = np.nonzero(~np.isfinite(x))
+        return [f"{self.observation_names[c]}={x[r, c]}" + (f" (row {r})" if len(x) > 1 else "") for r, c in zip(rows, cols)]
+
+    # ---- the contract ---------------------------------------------------------------------
+    def check(self, expected: dict[str, Any] | None = None) -> None:
+        """Raise PolicyContractError unless the file meets ``expected`` (keys from ``EXPECTABLE``; see the class)."""
+        expected = dict(expected or {})
+        unknown = sorted(set(expected) - set(EXPECTABLE))
+        if unknown:
+            raise ValueError(f"expected: unknown key(s) {unknown}; allowed: {list(EXPECTABLE)}")
+        where, meta = str(self.path), self.metadata
+        if "sha256" in expected and self.sha256 != str(expected["sha256"]).lower():
+            raise PolicyContractError(f"{where}: SHA-256 is {self.sha256}, expected {expected['sha256']}: not the approved file")
+        names = meta["observation_names"]
+        want_names = expected.get("observation_names")
+        if want_names is None:
+            from entropilot.envs.observation import OBSERVATION_NAMES as want_names
+        if list(names) != list(want_names):
+            raise PolicyContractError(f"{where}: observation layout differs from the vehicle's: {_layout_difference(names, want_names)}")
+        for key in ("action_mode", "control_hz", "physics_hz", "env_id", "action_low", "action_high"):
+            if key in expected and _normalized(meta[key]) != _normalized(expected[key]):
+                raise PolicyContractError(f"{where}: {key} is {meta[key]!r} in the policy, but {expected[key]!r} is expected")
+
+    def _check_own_contract(self, where: str) -> None:
+        """What this runtime needs of any file: schema version, graph signature, action convention."""
+        meta = self.metadata
+        if meta["schema_version"] != SCHEMA_VERSION:
+            raise PolicyContractError(
+                f"{where}: metadata schema version {meta['schema_version']!r}; this runtime reads version {SCHEMA_VERSION}")
+        names = meta["observation_names"]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise PolicyContractError(f"{where}: observation_names must be a non-empty list of strings; got {names!r}")
+        self._check_signature(len(names), where)
+        if meta["deterministic_action"] != DETERMINISTIC_ACTION:
+            raise PolicyContractError(
+                f"{where}: action convention {meta['deterministic_action']!r}; this runtime flies {DETERMINISTIC_ACTION!r}")
+        for key in ("action_low", "action_high"):
+            if not (isinstance(meta[key], list) and len(meta[key]) == ACTION_SIZE):
+                raise PolicyContractError(f"{where}: {key} must list {ACTION_SIZE} numbers; got {meta[key]!r}")
+
+    def _check_signature(self, observation_size: int, where: str) -> None:
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        want = {"inputs": [(INPUT_NAME, "tensor(float)", observation_size)], "outputs": [(OUTPUT_NAME, "tensor(float)", ACTION_SIZE)]}
+        for kind, args, wanted in (("inputs", inputs, want["inputs"]), ("outputs", outputs, want["outputs"])):
+            got = [(a.name, a.type, a.shape) for a in args]
+            ok = len(got) == len(wanted) and all(
+                name == w_name and dtype == w_type and len(shape) == 2 and shape[1] == w_size and not isinstance(shape[0], int)
+                for (name, dtype, shape), (w_name, w_type, w_size) in zip(got, wanted))
+            if not ok:
+                pretty = [f"{n} {t} [batch, {s}]" for n, t, s in wanted]
+                raise PolicyContractError(f"{where}: graph {kind} are {got}; expected {pretty} (batch a symbolic dimension)")
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"OnnxPolicy({str(self.path)!r}, env={m['env_id']}, action_mode={m['action_mode']}, "
+                f"control_hz={m['control_hz']}, run={m['training_run_id']}, sha256={self.sha256[:12]})")
+
+
+def expected_for_env(env) -> dict[str, Any]:
+    """What a single-drone env requires of a policy: its observation layout, action mode, rates and bounds."""
+    base = env.unwrapped
+    s = base.settings
+    return {
+        "observation_names": list(base.observation_names),
+        "action_mode": s.action_mode,
+        "control_hz": s.control_hz,
+        "physics_hz": s.physics_hz,
+        "action_low": [float(v) for v in base.action_space.low],
+        "action_high": [float(v) for v in base.action_space.high],
+    }
+
+
+def _normalized(value):
+    if isinstance(value, (list, tuple)):
+        return [_normalized(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _layout_difference(got: list[str], want) -> str:
+    want = list(want)
+    if len(got) != len(want):
+        return f"the policy takes {len(got)} observations, the vehicle gives {len(want)} ({want})"
+    first = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+    return f"entry {first} is {got[first]!r} in the policy but {want[first]!r} on the vehicle (policy layout {got})"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__
