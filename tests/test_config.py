@@ -196,7 +196,7 @@ def test_control_accepts_negative_coefficients():
     assert from_flat_params(cfg.to_flat_params()) == cfg
 
 
-@pytest.mark.parametrize("name, start, end", [("hover", 4.0, 0.0), ("waypoint", 4.0, -1.0)])
+@pytest.mark.parametrize("name, start, end", [("hover", 5.5, 1.5), ("waypoint", 4.0, -1.0)])
 def test_ready_configs_control_builds_a_signed_controller(name, start, end):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     control = cfg.entropy.control
