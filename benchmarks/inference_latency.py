@@ -117,14 +117,13 @@ def run(source: str, onnx_path: Path, calls: int, warmup: int, display_source: s
     from entropilot.deploy.onnx_policy import OnnxPolicy
     from entropilot.envs import make_env
     from entropilot.platform.algorithm import observation_filter_stats
-    from entropilot.platform.config import load_config
-    from entropilot.platform.train import CONFIG_FILE, MODULE_ID
+    from entropilot.platform.train import MODULE_ID
 
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     result = export_policy(source, onnx_path)
     checkpoint = result.checkpoint
-    cfg = load_config(checkpoint / CONFIG_FILE)
+    meta = result.metadata
     policy = OnnxPolicy(onnx_path, expected={"sha256": result.sha256})
 
     module = load_rl_module(checkpoint, MODULE_ID)
@@ -132,8 +131,8 @@ def run(source: str, onnx_path: Path, calls: int, warmup: int, display_source: s
     graph = PolicyGraph(module, stats).eval()
     greedy = _greedy_policy(module, stats)
 
-    env = make_env(cfg.env.id, **cfg.env.kwargs)
-    observations, _ = _rollout(env, policy, 2000, seed=cfg.evaluation.seed)
+    env = make_env(meta["env_id"], **meta["env_kwargs"])
+    observations, _ = _rollout(env, policy, 2000, seed=0)
     env.close()
     observations = observations[:2000]
 
@@ -172,9 +171,10 @@ def run(source: str, onnx_path: Path, calls: int, warmup: int, display_source: s
     timings = {name: latencies_us(fn, observations, calls, warmup) for name, fn in rows}
     baseline = float(np.median(timings["torch eager, same network (baseline)"]))
 
-    hidden = cfg.model.hidden
+    model_config = module.model_config
     print(f"\nSingle-sample policy latency, 1 thread, {calls} calls on real observations; policy MLP "
-          f"{observations.shape[1]} -> {' -> '.join(map(str, hidden))} -> 4 ({cfg.model.activation}); "
+          f"{observations.shape[1]} -> {' -> '.join(map(str, model_config['fcnet_hiddens']))} -> 4 "
+          f"({model_config['fcnet_activation']}); "
           f"{cpu_name()}, Python {platform.python_version()}, onnxruntime {ort.__version__}, torch {torch.__version__}; "
           f"parity {result.parity_error:.1e}; {result.size_bytes} byte file.\n")
     print("| path | median µs | p99 µs | torch eager / this (median) |")

@@ -242,9 +242,14 @@ def test_non_finite_numbers_never_pass(exported, tmp_path):
             policy(obs)
         with pytest.raises(NonFiniteError):
             policy.batch(np.stack([np.zeros(22, np.float32), obs]))
+    mixed = np.zeros(22, dtype=np.float32)
+    mixed[[0, 21]] = np.inf, -np.inf
+    with np.errstate(invalid="ignore"), pytest.raises(NonFiniteError, match=r"pos_err_x=inf', 'prev_action_3=-inf"):
+        policy(mixed)  # inf - inf inside the check: numpy would warn
     with pytest.raises(ValueError, match="shape"):
         policy(np.zeros(21, dtype=np.float32))
-    assert np.isfinite(policy(np.full(22, 3e38, dtype=np.float32))).all()  # huge but finite is flown (normalization clips it)
+    for huge in (3.4e38, -3.4e38):  # huge but finite is flown (the normalization clips it)
+        assert np.isfinite(policy(np.full(22, huge, dtype=np.float32))).all()
 
     def nan_bias(model):  # a graph that returns NaN: the last layer's bias
         last_gemm = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
@@ -258,13 +263,18 @@ def test_non_finite_numbers_never_pass(exported, tmp_path):
         broken(np.zeros(22, dtype=np.float32))
 
 
-def test_the_flight_runtime_imports_neither_torch_nor_ray(exported):
+def test_the_flight_runtime_and_fly_command_import_neither_torch_nor_ray(exported):
     code = (
         "import sys, numpy as np\n"
         "import entropilot.deploy, entropilot.deploy.contract\n"
         "from entropilot.deploy.onnx_policy import OnnxPolicy\n"
         f"policy = OnnxPolicy({str(exported.path)!r})\n"
         "assert policy(np.zeros(22, np.float32)).shape == (4,)\n"
+        "from entropilot.cli import main\n"
+        "try:\n"
+        f"    main(['fly', {str(exported.path)!r}, '--episodes', '1'])\n"
+        "except SystemExit as end:\n"
+        "    assert end.code in (0, 1), end.code\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'onnx'))\n"
         "print('HEAVY', heavy)\n"
     )
@@ -273,11 +283,30 @@ def test_the_flight_runtime_imports_neither_torch_nor_ray(exported):
     assert "HEAVY []" in out.stdout
 
 
-def test_export_refuses_what_is_not_a_checkpoint(tmp_path):
+def test_export_refuses_what_is_not_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ExportError, match="neither a checkpoint"):
         export_policy(tmp_path, tmp_path / "p.onnx")
-    with pytest.raises(ExportError, match="not a checkpoint folder"):
-        export_policy(tmp_path / "missing" / "iter_000001", tmp_path / "p.onnx")
+    for missing in (tmp_path / "missing" / "iter_000001", "runs-typo"):
+        with pytest.raises(ExportError, match="not a checkpoint folder, a run folder or an MLflow run id"):
+            export_policy(missing, tmp_path / "p.onnx")
+    assert list(tmp_path.iterdir()) == []  # a typo did not create an MLflow store (./mlflow.db) or a file
+
+
+def test_a_checkpoint_whose_config_schema_moved_on_still_exports(checkpoint, exported, tmp_path, caplog):
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "iter_000001"
+    shutil.copytree(checkpoint, old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    config["entropy"]["a_renamed_option"] = 1.0  # what a newer schema without that option reads
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    with caplog.at_level("WARNING", logger="entropilot.deploy.export"):
+        result = export_policy(old, tmp_path / "p.onnx", parity_batch=16)
+    assert "exporting with its env section" in caplog.text
+    assert result.sha256 == exported.sha256  # the same env, the same policy: the same file
 
 
 def test_a_failed_parity_check_leaves_no_file(checkpoint, tmp_path):

@@ -1,1 +1,10 @@
-"""Deployment: ONNX export, onnxruntime policy, onboard autopilot with safety, vehicle links."""
+"""Deployment: ONNX export, onnxruntime policy, onboard autopilot with safety, vehicle links.
+
+- ``export``: checkpoint (or MLflow run) -> one self-contained ONNX file with normalization and the
+  deterministic action in the graph, the contract in its metadata, parity with torch checked (needs torch, ray).
+- ``onnx_policy``: ``OnnxPolicy``, the file at flight time: onnxruntime on one thread, contract and seal
+  checked on load, finite numbers checked on every call (imports neither torch nor ray).
+- ``contract``: what the two agree on: graph signature, metadata keys, schema version, content seal.
+
+Importing this package imports nothing heavy; import the submodule you need.
+"""

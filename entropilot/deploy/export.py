@@ -2,9 +2,10 @@
 policy network and the deterministic action (Gaussian mean, clipped) in the graph; the contract in its
 metadata; parity against the training-side greedy policy checked on real observations before it is kept.
 
-The exporter is torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``): the TorchScript one
-(``dynamo=False``) bakes the example's batch size into RLlib's free-log-std head (``len(mean)`` becomes a
-constant), so its file fails on any other batch size even when the batch axis is declared dynamic.
+The exporter is torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``) on a strict
+``torch.export`` program: the TorchScript one (``dynamo=False``) bakes the example's batch size into
+RLlib's free-log-std head when it traces ``forward_inference`` (``len(mean)`` becomes a constant), so
+its file fails on any other batch size although the batch axis is declared dynamic.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -35,7 +37,8 @@ from entropilot.deploy.contract import (
     sha256_hex,
 )
 
-__all__ = ["ExportError", "ExportResult", "PARITY_TOLERANCE", "export_policy", "log_to_mlflow", "resolve_checkpoint"]
+__all__ = ["CheckpointInfo", "ExportError", "ExportResult", "PARITY_TOLERANCE", "PolicyGraph", "checkpoint_info", "export_policy",
+           "load_rl_module", "log_to_mlflow", "resolve_checkpoint"]
 
 PARITY_TOLERANCE = 1e-5
 RL_MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
@@ -96,8 +99,8 @@ def resolve_checkpoint(source: str | os.PathLike, stack: contextlib.ExitStack | 
         if not checkpoints:
             raise ExportError(f"{source}: neither a checkpoint (no {STATE_FILE}) nor a run folder with iter_* checkpoints")
         return checkpoints[-1].resolve()
-    if path.exists() or os.sep in str(source):
-        raise ExportError(f"{source}: not a checkpoint folder")
+    if path.exists() or not re.fullmatch(r"[0-9a-f]{32}", str(source)):
+        raise ExportError(f"{source}: not a checkpoint folder, a run folder or an MLflow run id")
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -129,23 +132,22 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
     import entropilot
     from entropilot.envs import OBSERVATION_GROUPS, OBSERVATION_NAMES, make_env
     from entropilot.platform.algorithm import observation_filter_stats
-    from entropilot.platform.config import load_config
-    from entropilot.platform.train import CONFIG_FILE, MODULE_ID, STATE_FILE
+    from entropilot.platform.train import MODULE_ID, STATE_FILE
 
-    cfg = load_config(checkpoint / CONFIG_FILE)
+    info = checkpoint_info(checkpoint)
     state = json.loads((checkpoint / STATE_FILE).read_text())
     module = load_rl_module(checkpoint, MODULE_ID)
     stats = observation_filter_stats(checkpoint)
     graph = PolicyGraph(module, stats).eval()
 
-    env = make_env(cfg.env.id, **cfg.env.kwargs)
+    env = make_env(info.env_id, **info.env_kwargs)
     try:
         settings = env.unwrapped.settings
         if tuple(env.unwrapped.observation_names) != OBSERVATION_NAMES or env.action_space.shape != (ACTION_SIZE,):
-            raise ExportError(f"{cfg.env.id}: observation/action layout differs from entropilot.envs'; cannot describe it")
+            raise ExportError(f"{info.env_id}: observation/action layout differs from entropilot.envs'; cannot describe it")
         # Parity's reference: the greedy policy training evaluates with, on the restored module and filter.
         reference = _greedy_policy(module, stats)
-        observations, reference_actions = _rollout(env, reference, parity_batch, seed=cfg.evaluation.seed)
+        observations, reference_actions = _rollout(env, reference, parity_batch, seed=info.evaluation_seed)
     finally:
         env.close()
 
@@ -165,11 +167,11 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "physics_hz": settings.physics_hz,
         "frame_convention": FRAME_CONVENTION,
         "deterministic_action": DETERMINISTIC_ACTION,
-        "env_id": cfg.env.id,
-        "env_kwargs": dict(cfg.env.kwargs),
+        "env_id": info.env_id,
+        "env_kwargs": info.env_kwargs,
         "training_run_id": state.get("run_id"),
         "training_iteration": state.get("iteration"),
-        "algorithm": cfg.algorithm.name,
+        "algorithm": info.algorithm,
         "entropilot_version": entropilot.__version__,
         "exporter": exporter,
     }
@@ -177,7 +179,7 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
     for key, value in encode_metadata(metadata).items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "entropilot", entropilot.__version__
-    model.doc_string = (f"entropilot policy for {cfg.env.id} ({settings.action_mode}, {settings.control_hz} Hz): "
+    model.doc_string = (f"entropilot policy for {info.env_id} ({settings.action_mode}, {settings.control_hz} Hz): "
                         f"{INPUT_NAME}[batch, {len(OBSERVATION_NAMES)}] -> {OUTPUT_NAME}[batch, {ACTION_SIZE}]")
     onnx.checker.check_model(model, full_check=True)
     data = seal(model.SerializeToString())
@@ -192,6 +194,46 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         staged.unlink(missing_ok=True)
     return ExportResult(output, sha256_hex(data), len(data), error, len(observations), checkpoint,
                         state.get("run_id"), exporter, metadata)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What export needs from a checkpoint's ``config.yaml``: the env it trained on, where held-out seeds start."""
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+    evaluation_seed: int
+    algorithm: str
+
+
+def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
+    """Read from the validated config; if the config schema has moved on since the checkpoint was written
+    (a renamed training option), from the raw YAML's env section, validated by the envs room."""
+    import yaml
+
+    from entropilot.envs import validate_env_kwargs
+    from entropilot.platform.config import ConfigError, EvaluationConfig, load_config
+    from entropilot.platform.train import CONFIG_FILE
+
+    path = checkpoint / CONFIG_FILE
+    try:
+        cfg = load_config(path)
+        return CheckpointInfo(cfg.env.id, dict(cfg.env.kwargs), cfg.evaluation.seed, cfg.algorithm.name)
+    except FileNotFoundError:
+        raise ExportError(f"{checkpoint}: no {CONFIG_FILE} beside the checkpoint") from None
+    except ConfigError as err:
+        raw = yaml.safe_load(path.read_text()) or {}
+        env = raw.get("env") or {}
+        try:
+            info = CheckpointInfo(env["id"], dict(env.get("kwargs") or {}),
+                                  int((raw.get("evaluation") or {}).get("seed", EvaluationConfig().seed)),
+                                  str((raw.get("algorithm") or {}).get("name", "PPO")))
+            validate_env_kwargs(info.env_id, info.env_kwargs)
+        except (KeyError, TypeError, ValueError) as env_err:
+            raise ExportError(f"{path}: cannot tell the env the policy trained on ({env_err}); config errors:\n{err}") from None
+        logging.getLogger(__name__).warning("%s no longer validates as a whole (%s); exporting with its env section",
+                                            path, str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err)
+        return info
 
 
 def load_rl_module(checkpoint: Path, module_id: str):
