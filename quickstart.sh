@@ -26,8 +26,14 @@ setup() {
 setup
 case "${1:-run}" in
   run)
+    # Physics check (PID baseline) -> train hover to 95 % success -> export ONNX -> fly it in simulation.
+    run="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
     mkdir -p out
-    "$VENV/bin/entropilot" demo --episodes 3 --plot out/demo_trajectories.png
+    "$VENV/bin/entropilot" demo --episodes 1
+    "$VENV/bin/entropilot" train configs/hover.yaml --set checkpoint.dir="$run"
+    "$VENV/bin/entropilot" export "$run" -o out/hover_policy.onnx
+    "$VENV/bin/entropilot" fly out/hover_policy.onnx --link sim --episodes 5 --seed 5000 \
+      --plot out/hover_flights.png --video out/hover_flight.gif
     ;;
   test)
     shift || true

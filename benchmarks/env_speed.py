@@ -176,16 +176,18 @@ def main() -> None:
         f"load {load:.1f}), Python {platform.python_version()}, pybullet {p.getAPIVersion()}, "
         f"physics {s.physics_hz} Hz / control {s.control_hz} Hz ({s.substeps} substeps)\n"
     )
-    print("| case | steps/s | ÷ ceiling A | ÷ ceiling B |")
-    print("|---|---:|---:|---:|")
+    print("| case | steps/s | ÷ ceiling A | ÷ ceiling B | ÷ ceiling A at rest |")
+    print("|---|---:|---:|---:|---:|")
     rows.append(("`DroneSimulator.step` alone (physics, no task)", sim_rate))
     for name, rate in rows:
-        print(f"| {name} | {rate:,.0f} | {rate / ceiling_calls:.0%} | {rate / ceiling_substeps:.0%} |")
+        print(f"| {name} | {rate:,.0f} | {rate / ceiling_calls:.0%} | {rate / ceiling_substeps:.0%} "
+              f"| {rate / ceiling_ground:.0%} |")
     a = f"{s.substeps}× `stepSimulation`"
     b = f"1× `stepSimulation` (numSubSteps={s.substeps})"
-    print(f"| ceiling A: PyBullet only, {a} + state read, in flight | {ceiling_calls:,.0f} | 100% | |")
-    print(f"| ceiling B: PyBullet only, {b} + state read, in flight | {ceiling_substeps:,.0f} | | 100% |")
-    print(f"| (reference) as A, body resting on the ground (contact solver) | {ceiling_ground:,.0f} | | |")
+    print(f"| ceiling A: PyBullet only, {a} + state read, in flight | {ceiling_calls:,.0f} | 100% | | |")
+    print(f"| ceiling B: PyBullet only, {b} + state read, in flight | {ceiling_substeps:,.0f} | | 100% | |")
+    # PITFALLS' "~115,000 stepSimulation calls/s" (the figure the 70 % target was set from) is this case.
+    print(f"| ceiling A at rest: as A, body resting on the ground (contact solver) | {ceiling_ground:,.0f} | | | 100% |")
     print(f"\n÷ ceiling: steps/s over the ceiling's steps/s. `env.reset()`: {reset_us:.0f} µs. "
           f"Took {time.perf_counter() - started:.0f} s.")
     sys.stdout.flush()

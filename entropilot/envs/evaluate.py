@@ -1,4 +1,9 @@
-"""Fly a controller (any obs -> action callable) for whole episodes and report what happened."""
+"""Fly a controller (any obs -> action callable) for whole episodes and report what happened.
+
+``run_episodes`` flies a single-drone Gymnasium env; ``run_swarm_episodes`` flies every drone of the
+multi-agent swarm with one shared controller. Both run the same loop (``_fly``) over a small adapter
+that presents either env as "agents -> observations", a single-drone env being a swarm of one.
+"""
 
 from __future__ import annotations
 
@@ -18,34 +23,101 @@ class EpisodeResult:
     crash: str | None
     positions: np.ndarray = field(repr=False)  # (T + 1, 3) world positions
     targets: np.ndarray = field(repr=False)  # (T + 1, 3) the reference point at each step
-    frames: list = field(default_factory=list, repr=False)
+    frames: list = field(default_factory=list, repr=False)  # in a swarm: one list shared by all drones' results
+    agent: str | None = None  # the swarm agent id ("drone_3"); None for a single-drone env
 
 
 def run_episodes(env, controller: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int,
                  record_frames: bool = False, reset_controller: Callable[[], None] | None = None) -> list[EpisodeResult]:
     """Run ``episodes`` episodes with seeds ``seed, seed + 1, ...`` on a single-drone env."""
-    sim = env.unwrapped.sim
+    return _fly(_SingleDrone(env), controller, episodes, seed, record_frames, reset_controller)
+
+
+def run_swarm_episodes(env, controller: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int,
+                       record_frames: bool = False, reset_controller: Callable[[], None] | None = None) -> list[EpisodeResult]:
+    """Run ``episodes`` episodes with seeds ``seed, seed + 1, ...`` on a ``SwarmEnv``, every drone flown by
+    ``controller`` (one shared, stateless policy: it is called once per live drone per step).
+
+    Returns one ``EpisodeResult`` per drone and episode (episode-major, drones in ``possible_agents``
+    order), so ``summarize`` and a mean over ``success`` give per-drone rates: the success rate is the
+    fraction of drones that succeeded. A drone's return, length and trajectory end where it crashed.
+    """
+    return _fly(_Swarm(env), controller, episodes, seed, record_frames, reset_controller)
+
+
+class _SingleDrone:
+    """A Gymnasium single-drone env as a swarm of one agent (id None)."""
+
+    def __init__(self, env):
+        self.env = env
+        self.sim = env.unwrapped.sim
+        self.agents: tuple = (None,)
+
+    def reset(self, seed: int) -> dict:
+        obs, _ = self.env.reset(seed=seed)
+        return {None: obs}
+
+    def step(self, actions: dict):
+        obs, reward, terminated, truncated, info = self.env.step(actions[None])
+        done = terminated or truncated
+        return {None: obs}, {None: reward}, {None: done}, {None: info}, done
+
+    def target(self, index: int) -> np.ndarray:
+        return self.env.unwrapped.target[0]
+
+
+class _Swarm:
+    """An RLlib ``MultiAgentEnv`` swarm: agents are ``possible_agents``, drone i is ``sim`` body i."""
+
+    def __init__(self, env):
+        self.env = env
+        self.sim = env.sim
+        self.agents = tuple(env.possible_agents)
+
+    def reset(self, seed: int) -> dict:
+        obs, _ = self.env.reset(seed=seed)
+        return obs
+
+    def step(self, actions: dict):
+        obs, rewards, terminateds, truncateds, infos = self.env.step(actions)
+        dones = {a: terminateds.get(a, False) or truncateds.get(a, False) for a in rewards}
+        return obs, rewards, dones, infos, terminateds["__all__"] or truncateds["__all__"]
+
+    def target(self, index: int) -> np.ndarray:
+        return self.env.targets[index]
+
+
+def _fly(world, controller, episodes: int, seed: int, record_frames: bool,
+         reset_controller: Callable[[], None] | None) -> list[EpisodeResult]:
+    sim, agents = world.sim, world.agents
+    index = {agent: i for i, agent in enumerate(agents)}
     results = []
     for k in range(episodes):
-        obs, info = env.reset(seed=seed + k)
+        obs = world.reset(seed + k)
         if reset_controller is not None:
             reset_controller()
-        positions, targets = [sim.position[0].copy()], [env.unwrapped.target[0].copy()]
-        frames = [env.render()] if record_frames else []
-        total, steps, done = 0.0, 0, False
+        positions = {a: [sim.position[index[a]].copy()] for a in agents}
+        targets = {a: [world.target(index[a]).copy()] for a in agents}
+        frames = [world.env.render()] if record_frames else []
+        totals, steps, last_info = dict.fromkeys(agents, 0.0), dict.fromkeys(agents, 0), {}
+        live, done = [a for a in agents if a in obs], False
         while not done:
-            obs, reward, terminated, truncated, info = env.step(controller(obs))
-            total += reward
-            steps += 1
-            positions.append(sim.position[0].copy())
-            targets.append(env.unwrapped.target[0].copy())
+            obs, rewards, dones, infos, done = world.step({a: controller(obs[a]) for a in live})
+            for a, reward in rewards.items():
+                totals[a] += reward
+                steps[a] += 1
+                positions[a].append(sim.position[index[a]].copy())
+                targets[a].append(world.target(index[a]).copy())
+                last_info[a] = infos[a]
             if record_frames:
-                frames.append(env.render())
-            done = terminated or truncated
-        results.append(
-            EpisodeResult(seed + k, bool(info.get("is_success", False)), total, steps, info["distance"],
-                          info.get("crash"), np.array(positions), np.array(targets), frames)
-        )
+                frames.append(world.env.render())
+            live = [a for a in live if not dones.get(a, False)]
+        for a in agents:
+            info = last_info[a]
+            results.append(
+                EpisodeResult(seed + k, bool(info.get("is_success", False)), totals[a], steps[a], info["distance"],
+                              info.get("crash"), np.array(positions[a]), np.array(targets[a]), frames, a)
+            )
     return results
 
 

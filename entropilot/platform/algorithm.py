@@ -1,5 +1,6 @@
-"""Assemble an RLlib algorithm (PPO or SAC, new API stack) from explicit settings, and read the
-observation-normalization statistics back out of a running algorithm or a checkpoint."""
+"""Assemble an RLlib algorithm (PPO or SAC, new API stack; single-agent, or multi-agent with one policy
+shared by all agents) from explicit settings, and read the observation-normalization statistics back
+out of a running algorithm or a checkpoint."""
 
 import pickle
 from collections.abc import Callable, Sequence
@@ -9,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import ray
 from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.connectors.env_to_module import MeanStdFilter
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.filter import RunningStat
 from ray.rllib.utils.numpy import SMALL_NUMBER
 from ray.tune.registry import register_env
@@ -21,6 +24,12 @@ from entropilot.policies.sac_learner import ResumableSACLearner
 
 ALGORITHMS = ("PPO", "SAC")
 GPU_MODES = ("auto", "on", "off")
+# The one RLModule that flies every agent of a multi-agent env (single-agent algorithms use DEFAULT_MODULE_ID).
+SHARED_POLICY_ID = "shared_policy"
+
+
+def _map_to_shared_policy(agent_id, episode, **kwargs) -> str:
+    return SHARED_POLICY_ID
 
 
 def build_algorithm(
@@ -53,6 +62,7 @@ def build_algorithm(
     normalize_observations: bool = True,
     seed: int | None = None,
     learner_class: type | None = None,
+    multi_agent: bool = False,
 ) -> Algorithm:
     """Build and return the RLlib `Algorithm`; starts Ray (honouring RAY_ADDRESS) if it isn't running.
 
@@ -66,6 +76,13 @@ def build_algorithm(
     resolved by `resolve_learner_resources`; remote learners take `num_cpus_per_learner` CPUs each
     ("auto": 1 without GPU, 0 with). Observations are normalized with RLlib's MeanStdFilter
     unless `normalize_observations=False`. `learner_class` replaces our learner (e.g. RLlib's stock one).
+
+    `multi_agent=True` is for an RLlib `MultiAgentEnv` whose agents all have the same observation and
+    action spaces: every agent maps to one RLModule, `SHARED_POLICY_ID`, trained on all agents' steps
+    (`policy_module_id(algo)` tells which id an algorithm uses). The MeanStdFilter then runs in RLlib's
+    multi-agent mode, which keeps one running mean/std per agent id (see `observation_filter_stats`).
+    In RLlib's new stack a multi-agent `train_batch_size` still counts env steps (each holding one
+    step of every live agent), so a batch of N env steps trains on up to N x agents samples.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
@@ -115,7 +132,9 @@ def build_algorithm(
             num_envs_per_env_runner=envs_per_runner,
             num_cpus_per_env_runner=num_cpus_per_env_runner,
             # Built without spaces: MeanStdFilter(input_observation_space=...) raises in Ray 2.60.
-            env_to_module_connector=(lambda env, spaces, device: MeanStdFilter()) if normalize_observations else None,
+            env_to_module_connector=(
+                (lambda env, spaces, device: MeanStdFilter(multi_agent=multi_agent)) if normalize_observations else None
+            ),
         )
         .learners(
             **learners,
@@ -126,7 +145,21 @@ def build_algorithm(
         .rl_module(model_config=model_config)
         .debugging(seed=seed)
     )
+    if multi_agent:
+        config = config.multi_agent(policies={SHARED_POLICY_ID}, policy_mapping_fn=_map_to_shared_policy)
     return config.build_algo()
+
+
+def policy_module_id(source: Algorithm | AlgorithmConfig) -> str:
+    """The id of the one RLModule an algorithm (or its config) trains: DEFAULT_MODULE_ID single-agent,
+    SHARED_POLICY_ID for a multi-agent env with a shared policy."""
+    config = source.config if isinstance(source, Algorithm) else source
+    if not config.is_multi_agent:
+        return DEFAULT_MODULE_ID
+    policies = list(config.policies)
+    if len(policies) != 1:
+        raise ValueError(f"expected one policy shared by all agents; the config has {policies}")
+    return policies[0]
 
 
 def resolve_learner_resources(gpu: str, num_learners: int, available_gpus: int | None = None) -> dict:
@@ -175,6 +208,15 @@ def observation_filter_stats(source: Algorithm | str | Path) -> ObservationFilte
     own env-to-module connector) holds the filter that RLlib merges from all runners each iteration.
     Checkpoint: that filter's state is `env_runner/env_to_module_connector/MeanStdFilter/state.pkl`
     (`env_to_module_connector/MeanStdFilter/...` when there is no local EnvRunner).
+
+    Multi-agent (shared policy): RLlib's MeanStdFilter(multi_agent=True) keeps one running mean/std
+    per agent id and normalizes each agent with its own, while all agents feed one shared module.
+    We return the pooled statistics of all agents (count-weighted mean, pooled sum of squared
+    deviations, see `pool_running_stats`): the mean/std of every observation the shared policy has
+    seen, which is agent-agnostic and so holds for any agent and any number of agents (the one
+    normalization an exported shared policy can carry). Our swarm's agents are exchangeable
+    (observations relative to each drone's own target, same dynamics), so the per-agent stats estimate
+    the same distribution and differ from the pooled ones only by sampling noise, shrinking as 1/sqrt(n).
     """
     if isinstance(source, (str, Path)):
         state = _filter_state_from_checkpoint(Path(source))
@@ -183,18 +225,41 @@ def observation_filter_stats(source: Algorithm | str | Path) -> ObservationFilte
         state = state.get(MeanStdFilter.__name__)
     else:
         state = source.env_to_module_connector.get_state().get(MeanStdFilter.__name__)
-    if state is None:
+    if not state:
         return None
-    if list(state) != [None]:
-        raise ValueError(f"expected a single-agent MeanStdFilter; found agents {list(state)}")
-    agent = state[None]
-    (stats,) = [RunningStat.from_state(s) for s in agent["running_stats"]]
-    return ObservationFilterStats(
-        mean=np.asarray(stats.mean, dtype=np.float64),
-        std=np.asarray(stats.std, dtype=np.float64),
-        clip=agent["clip_by_value"],
-        count=int(stats.n),
-    )
+    per_agent = []
+    for agent_id, agent in state.items():
+        stats = [RunningStat.from_state(s) for s in agent["running_stats"]]
+        if len(stats) != 1:
+            raise ValueError(f"expected one Box observation per agent; agent {agent_id!r} has {len(stats)} components")
+        per_agent.append(stats[0])
+    clips = {agent["clip_by_value"] for agent in state.values()}
+    if len(clips) != 1 or len({s.shape for s in per_agent}) != 1:
+        raise ValueError(f"MeanStdFilter agents {list(state)} differ in shape or clipping: no shared statistics")
+    count, mean, std = pool_running_stats(per_agent)
+    return ObservationFilterStats(mean=mean, std=std, clip=clips.pop(), count=count)
+
+
+def pool_running_stats(stats: Sequence[RunningStat]) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, std) of the union of the samples behind several RLlib `RunningStat`s.
+
+    Chan et al.'s parallel combination: n = sum n_i, mean = sum n_i m_i / n,
+    S = sum S_i + sum n_i (m_i - mean)^2, std = sqrt(S / (n - 1)) (RunningStat's unbiased std;
+    0 for n <= 1). One stat is returned as is.
+    """
+    if len(stats) == 1:
+        (s,) = stats
+        return int(s.n), np.asarray(s.mean, dtype=np.float64), np.asarray(s.std, dtype=np.float64)
+    counts = np.array([float(s.n) for s in stats])
+    n = counts.sum()
+    if n == 0:
+        return 0, np.zeros(stats[0].shape), np.zeros(stats[0].shape)
+    means = np.stack([np.asarray(s.mean, dtype=np.float64) for s in stats])
+    mean = (counts[:, None] * means).sum(0) / n
+    sum_sq = sum(np.asarray(s.sum_sq_diff_array, dtype=np.float64) for s in stats)
+    sum_sq = sum_sq + (counts[:, None] * (means - mean) ** 2).sum(0)
+    std = np.sqrt(np.maximum(sum_sq / (n - 1), 0.0)) if n > 1 else np.zeros_like(mean)
+    return int(n), mean, std
 
 
 def _filter_state_from_checkpoint(path: Path) -> dict | None:

@@ -16,6 +16,8 @@ from entropilot.platform.config import ExperimentConfig, dump_config, load_confi
 
 STATE_FILE = "entropilot_state.json"
 CONFIG_FILE = "config.yaml"
+# The module a single-drone run trains (what checkpoint readers such as the ONNX export load). A swarm run
+# trains one module shared by all drones, `algorithm.SHARED_POLICY_ID`: ask `module_id(algo)` for a live one.
 MODULE_ID = "default_policy"
 
 
@@ -42,15 +44,29 @@ def make_env_creator(env_id: str) -> Callable[[dict], Any]:
     return create
 
 
+def is_multi_agent(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg`` trains a multi-agent env (the swarm): one policy shared by all its agents."""
+    from entropilot.envs import SINGLE_AGENT_IDS
+
+    return cfg.env.id not in SINGLE_AGENT_IDS
+
+
+def module_id(algo) -> str:
+    """The id of the RLModule ``algo`` trains: "default_policy" single-agent, the shared policy's id multi-agent."""
+    from entropilot.platform.algorithm import policy_module_id
+
+    return policy_module_id(algo)
+
+
 def build_from_config(cfg: ExperimentConfig):
-    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured)."""
+    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured).
+
+    A multi-agent env (the swarm) gets one policy shared by all agents (`build_algorithm(multi_agent=True)`).
+    """
     import ray
 
-    from entropilot.envs import SINGLE_AGENT_IDS
     from entropilot.platform.algorithm import build_algorithm
 
-    if cfg.env.id not in SINGLE_AGENT_IDS:
-        raise NotImplementedError(f"training {cfg.env.id} (multi-agent) is not wired into `entropilot train` yet")
     if not ray.is_initialized():
         address = cfg.resources.resolve_ray_address()
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
@@ -93,13 +109,16 @@ def build_from_config(cfg: ExperimentConfig):
         num_learners=cfg.resources.num_learners,
         gpu=cfg.resources.gpu,
         seed=cfg.seed,
+        multi_agent=is_multi_agent(cfg),
     )
 
 
 class GreedyPolicy:
     """The trained policy as a plain obs -> action function: normalize, forward, Gaussian mean, clip.
 
-    The same computation the ONNX export puts in its graph; used here for evaluation and videos.
+    The same computation the ONNX export puts in its graph; used here for evaluation and videos. In a
+    swarm run it is the shared policy, normalizing with the filter statistics pooled over all drones
+    (see `algorithm.observation_filter_stats`), and flies every drone.
     """
 
     def __init__(self, algo):
@@ -108,7 +127,7 @@ class GreedyPolicy:
         from entropilot.platform.algorithm import observation_filter_stats
 
         self._torch = torch
-        self.module = algo.get_module(MODULE_ID)
+        self.module = algo.get_module(module_id(algo))
         self.filter = observation_filter_stats(algo)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
@@ -121,22 +140,26 @@ class GreedyPolicy:
 
 
 def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
-    """Greedy episodes on held-out seeds (``evaluation.seed`` onward) in a fresh local env."""
-    import gymnasium as gym
+    """Greedy episodes on held-out seeds (``evaluation.seed`` onward) in a fresh local env.
 
-    from entropilot.envs.evaluate import run_episodes
+    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared
+    policy), so the mean of ``success`` is the fraction of drones that succeeded.
+    """
+    from entropilot.envs import make_env
+    from entropilot.envs.evaluate import run_episodes, run_swarm_episodes
 
-    env = gym.make(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
+    run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
+    env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
     try:
-        return run_episodes(env, GreedyPolicy(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
+        return run(env, GreedyPolicy(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
     finally:
         env.close()
 
 
-def iteration_metrics(result: dict) -> dict[str, float]:
-    """The per-iteration numbers a person reads, from RLlib's nested result dict."""
+def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]:
+    """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``."""
     runners = result.get("env_runners", {})
-    learner = result.get("learners", {}).get(MODULE_ID, {})
+    learner = result.get("learners", {}).get(module, {})
     metrics = {
         "env_steps": runners.get("num_env_steps_sampled_lifetime"),
         "episode_return_mean": runners.get("episode_return_mean"),
@@ -197,6 +220,14 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
     if resume:
         cfg, checkpoint = resolve_resume(resume)
         state = json.loads((checkpoint / STATE_FILE).read_text())
+        root = checkpoint.parent
+    else:
+        root = cfg.checkpoint_dir
+        if _latest_checkpoint(root) is not None:
+            raise FileExistsError(
+                f"checkpoint.dir {root} already holds checkpoints of another run: continue it with "
+                f"`entropilot train --resume {root}`, or set a new checkpoint.dir (or name)"
+            )
     algo = build_from_config(cfg)
     tracker = RunTracker.start(cfg, resume_run_id=state["run_id"])
     if stop:
@@ -204,12 +235,15 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
         tracker.set_tag("entropilot.resumed_stop", json.dumps(stop))
     status = "FAILED"
     try:
-        root = cfg.checkpoint_dir
         root.mkdir(parents=True, exist_ok=True)
         tracker.set_tag("entropilot.checkpoint_dir", str(root.resolve()))
         if checkpoint is not None:
             algo.restore_from_path(str(checkpoint.resolve()))
             echo(f"resumed {checkpoint} (iteration {state['iteration']}) into MLflow run {tracker.run_id}")
+        elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO" and is_multi_agent(cfg):
+            echo("entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
+                 f"{cfg.env.id}); the shared policy starts from its default initialization")
+            tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
         elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO":
             from entropilot.policies.entropy_init import entropy_aware_init
 
@@ -220,6 +254,7 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
                  f"{init.chosen.entropy:.2f} nats (threshold {init.threshold:.2f}{'' if init.cleared else ', not cleared: kept the best'})")
         state["run_id"] = tracker.run_id
         history: list[dict] = state["history"]
+        policy = module_id(algo)
         collapse = _collapse_detector(cfg, history)
         start = time.perf_counter()
         stopped = None
@@ -228,7 +263,7 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
             result = algo.train()
             state["iteration"] += 1
             it = state["iteration"]
-            metrics = iteration_metrics(result)
+            metrics = iteration_metrics(result, policy)
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
                 episodes = evaluate(algo, cfg)
                 success = float(np.mean([e.success for e in episodes]))
