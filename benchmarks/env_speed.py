@@ -30,14 +30,9 @@ import platform
 import sys
 import time
 
-# One core, one thread: pin before numpy starts any thread pool.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-if hasattr(os, "sched_setaffinity"):
-    try:
-        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-    except OSError:
-        pass
+from _machine import cpu_name, pin_to_one_core  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+pin_to_one_core()
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
@@ -47,14 +42,6 @@ import entropilot.envs  # noqa: E402,F401  (registers the ids)
 from entropilot.envs import HOVER_ID, HoverSettings  # noqa: E402
 from entropilot.envs.pybullet_world import PyBulletWorld  # noqa: E402
 from entropilot.envs.simulator import DroneSimulator  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def best_rate(run, steps: int, repeats: int) -> float:

@@ -31,23 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-if hasattr(os, "sched_setaffinity"):
-    try:
-        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-    except OSError:
-        pass
+from _machine import cpu_name, pin_to_one_core  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+pin_to_one_core()
 
 import numpy as np  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def latencies_us(call, observations: np.ndarray, calls: int, warmup: int) -> np.ndarray:

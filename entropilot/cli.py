@@ -145,34 +145,46 @@ def export(source: str, output: str, parity_batch: int, registered_model: str | 
               help="The vehicle link: sim = the PyBullet env the policy's metadata names.")
 @click.option("--episodes", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds of policy control per flight, then land and disarm [default: the env's episode_seconds].")
+@click.option("--dry-run", is_flag=True, help="Shadow mode: run the policy and log its actions; the vehicle only holds.")
+@click.option("--max-action-rate", type=click.FloatRange(0), default=40.0, show_default=True,
+              help="Action rate limit in normalized units per second (0: off).")
 @click.option("--sha256", default=None, help="Refuse the file unless it has this SHA-256.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a trajectory plot (PNG).")
 @click.option("--video", type=click.Path(dir_okay=False), default=None, help="Save the first episode as a GIF.")
-def fly(policy_file: str, link: str, episodes: int, seed: int, sha256: str | None, plot: str | None, video: str | None) -> None:
-    """Fly an exported ONNX policy (onnxruntime, no torch) in the env its metadata names, and report each flight."""
-    from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy, PolicyContractError, expected_for_env
-    from entropilot.envs import make_env
-    from entropilot.envs.evaluate import run_episodes
+def fly(policy_file: str, link: str, episodes: int, seed: int, duration: float | None, dry_run: bool,
+        max_action_rate: float, sha256: str | None, plot: str | None, video: str | None) -> None:
+    """Fly an exported ONNX policy through the onboard autopilot (safety guards, failsafe ladder) and report each flight."""
+    from entropilot.deploy.autopilot import ArmingRefused, Autopilot
+    from entropilot.deploy.links.sim import SimLink
+    from entropilot.deploy.onnx_policy import OnnxPolicy, PolicyContractError
 
     try:
         policy = OnnxPolicy(policy_file, expected={"sha256": sha256} if sha256 else None)
     except PolicyContractError as err:
         raise click.ClickException(str(err)) from None
     m = policy.metadata
-    kwargs = {**m["env_kwargs"], "action_mode": m["action_mode"], "control_hz": m["control_hz"], "physics_hz": m["physics_hz"]}
-    env = make_env(m["env_id"], render_mode="rgb_array" if video else None, **kwargs)
+    vehicle = SimLink.from_policy_metadata(m, render_mode="rgb_array" if video else None)
     try:
-        policy.check(expected_for_env(env))  # the env built from the metadata agrees with the file
-        click.echo(f"Flying {episodes} episode(s) of {m['env_id']} ({m['action_mode']}, {m['control_hz']} Hz, link {link}) "
-                   f"with {policy_file} (run {m['training_run_id']}, sha256 {policy.sha256[:12]})")
-        start = time.perf_counter()
-        results = run_episodes(env, policy, episodes, seed, record_frames=bool(video))
+        click.echo(f"Flying {episodes} episode(s) of {m['env_id']} ({m['action_mode']}, {m['control_hz']} Hz, link {link}"
+                   f"{', dry run' if dry_run else ''}) with {policy_file} (run {m['training_run_id']}, sha256 {policy.sha256[:12]})")
+        start, results = time.perf_counter(), []
+        for k in range(episodes):
+            vehicle.seed, vehicle.record_frames = seed + k, bool(video) and k == 0
+            vehicle.connect()
+            log = Autopilot(policy, vehicle, vehicle.target, dry_run=dry_run, max_action_rate=max_action_rate or None
+                            ).run(duration_s=duration or vehicle.settings.episode_seconds)
+            click.echo(f"  seed {seed + k} autopilot: {log.summary()}")
+            for transition in log.transitions:
+                click.echo(f"    {transition}")
+            results.append(vehicle.flight_result(log))
         stats = _report_flights(results, start, m["control_hz"], plot, video,
                                 title=f"{m['env_id']} ({m['action_mode']}), {policy_file}")
-    except (PolicyContractError, NonFiniteError) as err:
+    except ArmingRefused as err:
         raise click.ClickException(str(err)) from None
     finally:
-        env.close()
+        vehicle.close()
     sys.exit(0 if stats["success_rate"] > 0 else 1)
 
 

@@ -105,8 +105,8 @@ def mlflow_server(mlflow_server_process) -> str:
     return mlflow_server_process.uri
 
 
-@pytest.fixture
-def isolated_mlflow_env():
+@contextmanager
+def restored_mlflow_env():
     """Undo what starting a RunTracker changes in the process: MLflow's global tracking URI (which it also
     exports as MLFLOW_TRACKING_URI) and the fail-fast HTTP settings, so tests don't leak into each other."""
     import mlflow
@@ -115,10 +115,18 @@ def isolated_mlflow_env():
 
     names = ["MLFLOW_TRACKING_URI", *FAIL_FAST_HTTP_ENV]
     saved = {name: os.environ.get(name) for name in names}
-    yield
-    mlflow.set_tracking_uri(None)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def isolated_mlflow_env():
+    with restored_mlflow_env():
+        yield

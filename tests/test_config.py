@@ -160,18 +160,10 @@ def test_bad_cross_field_values_name_field_and_value(overrides, path, shown):
 
 
 def _controller_from(control):
-    """The controller as `entropy.control` configures it (the same mapping as platform/train.py)."""
+    """The controller as `entropy.control` configures it (the mapping platform/train.py uses)."""
     from entropilot.policies.entropy_control import EntropyCoefficientController
 
-    return EntropyCoefficientController(
-        target=control.target,
-        initial_coef=control.coef_init,
-        coef_min=control.coef_min,
-        coef_max=control.coef_max,
-        gain=control.gain,
-        damping=control.damping,
-        max_step=control.max_step,
-    )
+    return EntropyCoefficientController(**control.controller_kwargs())
 
 
 def test_control_defaults_match_the_controller():

@@ -23,6 +23,7 @@ from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy, PolicyCont
 from entropilot.envs import HOVER_ID, OBSERVATION_NAMES, make_env
 from entropilot.envs.evaluate import run_episodes
 from entropilot.platform.train import STATE_FILE
+from conftest import restored_mlflow_env
 
 PARITY_BATCH = 256
 PROBES = 4  # out-of-range observations export adds to the real ones
@@ -34,36 +35,29 @@ def checkpoint(tmp_path_factory, mlflow_server) -> Path:
     import ray
 
     from entropilot.platform.config import parse_config
-    from entropilot.platform.tracking import FAIL_FAST_HTTP_ENV
     from entropilot.platform.train import train
 
     root = tmp_path_factory.mktemp("export")
-    saved = {name: os.environ.get(name) for name in ["MLFLOW_TRACKING_URI", *FAIL_FAST_HTTP_ENV]}
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
     try:
-        cfg = parse_config({
-            "name": "tiny-export",
-            "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
-            "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-            "entropy": {"init": {"enabled": False}},
-            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-            "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-export"},
-            "stop": {"iterations": 1},
-            "evaluation": {"interval": None},
-            "checkpoint": {"interval": None, "dir": str(root / "runs")},
-        })
-        yield train(cfg, echo=lambda line: None).checkpoint
+        with restored_mlflow_env():
+            cfg = parse_config({
+                "name": "tiny-export",
+                "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
+                "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+                "entropy": {"init": {"enabled": False}},
+                "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+                "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-export"},
+                "stop": {"iterations": 1},
+                "evaluation": {"interval": None},
+                "checkpoint": {"interval": None, "dir": str(root / "runs")},
+            })
+            yield train(cfg, echo=lambda line: None).checkpoint
     finally:
         if started_ray:
             ray.shutdown()
-        mlflow.set_tracking_uri(None)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

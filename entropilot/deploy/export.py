@@ -295,13 +295,11 @@ class PolicyGraph(torch.nn.Module):
 
 
 def _greedy_policy(module, stats):
-    """``GreedyPolicy`` (train.py) on a restored module and filter: its constructor wants a live Algorithm,
-    but its ``__call__`` is the computation training evaluates with, and the one the file must reproduce."""
+    """``GreedyPolicy`` (train.py) on a restored module and filter: the computation training evaluates with,
+    and the one the file must reproduce."""
     from entropilot.platform.train import GreedyPolicy
 
-    policy = GreedyPolicy.__new__(GreedyPolicy)
-    policy._torch, policy.module, policy.filter = torch, module, stats
-    return policy
+    return GreedyPolicy(module, stats)
 
 
 def _rollout(env, policy, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

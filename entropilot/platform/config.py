@@ -221,6 +221,18 @@ class ControlConfig(_Section):
     # Largest coefficient change per iteration.
     max_step: float = Field(0.005, gt=0.0, le=1.0, allow_inf_nan=False)
 
+    def controller_kwargs(self) -> dict:
+        """Keyword arguments of `policies.entropy_control.EntropyCoefficientController` for this section."""
+        return {
+            "target": self.target,
+            "initial_coef": self.coef_init,
+            "coef_min": self.coef_min,
+            "coef_max": self.coef_max,
+            "gain": self.gain,
+            "damping": self.damping,
+            "max_step": self.max_step,
+        }
+
     @field_validator("target", mode="before")
     @classmethod
     def _number_or_schedule(cls, value: Any) -> Any:

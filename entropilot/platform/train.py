@@ -72,17 +72,7 @@ def build_from_config(cfg: ExperimentConfig):
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                  **({} if address else {"object_store_memory": 10**9}))
     a, e = cfg.algorithm, cfg.entropy
-    control = None
-    if e.control.enabled:
-        control = {
-            "target": e.control.target,
-            "initial_coef": e.control.coef_init,
-            "coef_min": e.control.coef_min,
-            "coef_max": e.control.coef_max,
-            "gain": e.control.gain,
-            "damping": e.control.damping,
-            "max_step": e.control.max_step,
-        }
+    control = e.control.controller_kwargs() if e.control.enabled else None
     covariance = None if e.covariance.mode == "off" else {
         "mode": e.covariance.mode, "fraction": e.covariance.fraction, "kl_coef": e.covariance.kl_coef}
     return build_algorithm(
@@ -116,19 +106,29 @@ def build_from_config(cfg: ExperimentConfig):
 class GreedyPolicy:
     """The trained policy as a plain obs -> action function: normalize, forward, Gaussian mean, clip.
 
+    For SAC's tanh-squashed Gaussian the deterministic action is tanh(mean) (RLlib's own
+    ``to_deterministic`` returns the pre-tanh mean, ray-project/ray#51544), which for our [-1, 1]
+    action boxes is already the env action.
+
     The same computation the ONNX export puts in its graph; used here for evaluation and videos. In a
     swarm run it is the shared policy, normalizing with the filter statistics pooled over all drones
     (see `algorithm.observation_filter_stats`), and flies every drone.
     """
 
-    def __init__(self, algo):
+    def __init__(self, module, filter_stats):
         import torch
-
-        from entropilot.platform.algorithm import observation_filter_stats
+        from ray.rllib.models.torch.torch_distributions import TorchSquashedGaussian
 
         self._torch = torch
-        self.module = algo.get_module(module_id(algo))
-        self.filter = observation_filter_stats(algo)
+        self.module = module
+        self.filter = filter_stats
+        self.squashed = issubclass(module.get_inference_action_dist_cls(), TorchSquashedGaussian)
+
+    @classmethod
+    def from_algo(cls, algo) -> "GreedyPolicy":
+        from entropilot.platform.algorithm import observation_filter_stats
+
+        return cls(algo.get_module(module_id(algo)), observation_filter_stats(algo))
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -136,7 +136,8 @@ class GreedyPolicy:
         with torch.no_grad():
             out = self.module.forward_inference({"obs": torch.as_tensor(np.asarray(x, dtype=np.float32)[None])})
         inputs = out["action_dist_inputs"][0].numpy()
-        return np.clip(inputs[: len(inputs) // 2], -1.0, 1.0)
+        mean = inputs[: len(inputs) // 2]
+        return np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
 
 
 def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
@@ -151,7 +152,7 @@ def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
     run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
     env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
     try:
-        return run(env, GreedyPolicy(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
+        return run(env, GreedyPolicy.from_algo(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
     finally:
         env.close()
 
@@ -215,6 +216,7 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
     from entropilot.platform.plots import plot_entropy, plot_learning
     from entropilot.platform.tracking import RunTracker
 
+    start = time.perf_counter()  # wall time from `entropilot train` start: Ray, init and evaluations count
     state: dict = {"iteration": 0, "history": [], "run_id": None}
     checkpoint = None
     if resume:
@@ -256,7 +258,6 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
         history: list[dict] = state["history"]
         policy = module_id(algo)
         collapse = _collapse_detector(cfg, history)
-        start = time.perf_counter()
         stopped = None
         success = history[-1].get("success_rate") if history else None
         while stopped is None:
