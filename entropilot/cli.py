@@ -141,8 +141,15 @@ def export(source: str, output: str, parity_batch: int, registered_model: str | 
 
 @main.command()
 @click.argument("policy_file", metavar="POLICY.onnx", type=click.Path(exists=True, dir_okay=False))
-@click.option("--link", type=click.Choice(["sim"]), default="sim", show_default=True,
-              help="The vehicle link: sim = the PyBullet env the policy's metadata names.")
+@click.option("--link", type=click.Choice(["sim", "mavlink"]), default="sim", show_default=True,
+              help="The vehicle link: sim = the PyBullet env the policy's metadata names; mavlink = a PX4-style "
+                   "autopilot in offboard mode (see --connect; one flight; --episodes, --seed, --plot and --video "
+                   "are the sim's).")
+@click.option("--connect", "connection", default="udpout:127.0.0.1:14540", show_default=True,
+              help="With --link mavlink: the pymavlink connection (udpout:HOST:PORT to a vehicle or `entropilot sitl` "
+                   "listening there, udpin:HOST:PORT to listen).")
+@click.option("--target", default=None, metavar="X,Y,Z",
+              help="With --link mavlink: the point to fly to, in metres (world z up) [default: the env's target].")
 @click.option("--episodes", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
@@ -153,8 +160,9 @@ def export(source: str, output: str, parity_batch: int, registered_model: str | 
 @click.option("--sha256", default=None, help="Refuse the file unless it has this SHA-256.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a trajectory plot (PNG).")
 @click.option("--video", type=click.Path(dir_okay=False), default=None, help="Save the first episode as a GIF.")
-def fly(policy_file: str, link: str, episodes: int, seed: int, duration: float | None, dry_run: bool,
-        max_action_rate: float, sha256: str | None, plot: str | None, video: str | None) -> None:
+def fly(policy_file: str, link: str, connection: str, target: str | None, episodes: int, seed: int,
+        duration: float | None, dry_run: bool, max_action_rate: float, sha256: str | None, plot: str | None,
+        video: str | None) -> None:
     """Fly an exported ONNX policy through the onboard autopilot (safety guards, failsafe ladder) and report each flight."""
     from entropilot.deploy.autopilot import ArmingRefused, Autopilot
     from entropilot.deploy.links.sim import SimLink
@@ -165,6 +173,9 @@ def fly(policy_file: str, link: str, episodes: int, seed: int, duration: float |
     except PolicyContractError as err:
         raise click.ClickException(str(err)) from None
     m = policy.metadata
+    if link == "mavlink":
+        _fly_mavlink(policy, policy_file, connection, target, duration, dry_run, max_action_rate)
+        return
     vehicle = SimLink.from_policy_metadata(m, render_mode="rgb_array" if video else None)
     try:
         click.echo(f"Flying {episodes} episode(s) of {m['env_id']} ({m['action_mode']}, {m['control_hz']} Hz, link {link}"
@@ -186,6 +197,73 @@ def fly(policy_file: str, link: str, episodes: int, seed: int, duration: float |
     finally:
         vehicle.close()
     sys.exit(0 if stats["success_rate"] > 0 else 1)
+
+
+def _fly_mavlink(policy, policy_file: str, connection: str, target: str | None, duration: float | None, dry_run: bool,
+                 max_action_rate: float) -> None:
+    """One flight of ``policy`` on a MAVLink vehicle (offboard), then land and disarm on the ground."""
+    from entropilot.deploy.autopilot import ArmingRefused, Autopilot
+    from entropilot.deploy.links.base import LinkError
+    from entropilot.deploy.links.mavlink import MavlinkLink
+    from entropilot.envs import ENVIRONMENTS
+
+    m = policy.metadata
+    settings = ENVIRONMENTS[m["env_id"]][1].from_kwargs({**m["env_kwargs"], "action_mode": m["action_mode"],
+                                                          "control_hz": m["control_hz"], "physics_hz": m["physics_hz"]})
+    if target is None:
+        point = np.array(settings.target, dtype=float)
+    else:
+        try:
+            point = np.array([float(v) for v in target.split(",")])
+        except ValueError:
+            point = np.zeros(0)
+        if point.shape != (3,):
+            raise click.BadParameter(f"{target!r}: give X,Y,Z in metres", param_hint="--target")
+    try:
+        vehicle = MavlinkLink.from_policy_metadata(m, connection)
+        vehicle.connect()
+    except LinkError as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        click.echo(f"Flying {policy_file} ({m['action_mode']}, {m['control_hz']} Hz) on {vehicle!r} to "
+                   f"{point.tolist()}{', dry run' if dry_run else ''}")
+        log = Autopilot(policy, vehicle, point, dry_run=dry_run, max_action_rate=max_action_rate or None
+                        ).run(duration_s=duration or settings.episode_seconds)
+    except ArmingRefused as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        vehicle.close()
+    click.echo(f"  autopilot: {log.summary()}")
+    for transition in log.transitions:
+        click.echo(f"    {transition}")
+    sys.exit(0 if not log.failsafes and log.final_state.value == "disarmed" else 1)
+
+
+@main.command()
+@click.option("--port", default=14540, show_default=True, type=click.IntRange(1, 65535),
+              help="The UDP port the vehicle listens on (udpin).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--env", "env_id", default="entropilot/Hover-v0", show_default=True, help="Single-drone env id (its physics).")
+@click.option("--rate", "rate_hz", default=60, show_default=True, type=click.IntRange(1),
+              help="The vehicle's loop and telemetry rate (Hz; must divide the 240 Hz physics).")
+@click.option("--seed", default=0, show_default=True, type=int, help="The env's start state.")
+@click.option("--start", default=None, metavar="X,Y,Z", help="Start here, level and at rest, instead of the env's random start.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, help="Stop after this many seconds.")
+def sitl(port: int, host: str, env_id: str, rate_hz: int, seed: int, start: str | None, duration: float | None) -> None:
+    """Run the PyBullet drone behind a PX4-like MAVLink endpoint (offboard, hold, land) on UDP, in real time."""
+    from entropilot.deploy.sitl import serve
+
+    env_kwargs = {}
+    if start is not None:
+        try:
+            point = tuple(float(v) for v in start.split(","))
+        except ValueError:
+            point = ()
+        if len(point) != 3:
+            raise click.BadParameter(f"{start!r}: give X,Y,Z in metres", param_hint="--start")
+        env_kwargs = {"start_low": point, "start_high": point, "start_tilt_deg": 0.0, "start_velocity": 0.0}
+    serve(port, host, duration_s=duration, echo=click.echo, env_id=env_id, env_kwargs=env_kwargs, rate_hz=rate_hz,
+          seed=seed)
 
 
 import numpy as np  # noqa: E402  (used by the commands above; imported late so --help stays instant)

@@ -46,6 +46,8 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_ser
     assert "entropilot.entropy_collapse" in run.data.tags
     assert [m.value for m in client.get_metric_history(first.run_id, "entropy_collapse")] == [1.0, 1.0]
     assert [m.step for m in client.get_metric_history(first.run_id, "success_rate")] == [2]
+    for timing in ("learner_time_s", "sampling_time_s", "env_steps_per_s"):
+        assert [m.step for m in client.get_metric_history(first.run_id, timing)] == [1, 2]
     draws = client.get_metric_history(first.run_id, "entropy_init/draw_entropy")
     assert len(draws) == 2  # an unreachable threshold: every draw is tried, the best kept
     artifacts = {a.path for a in client.list_artifacts(first.run_id)}

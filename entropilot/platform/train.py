@@ -173,6 +173,8 @@ def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]
         "policy_loss": learner.get("policy_loss"),
         "vf_loss": learner.get("vf_loss"),
         "time_this_iter_s": result.get("time_this_iter_s"),
+        "sampling_time_s": result.get("timers", {}).get("env_runner_sampling_timer"),
+        "learner_time_s": result.get("timers", {}).get("learner_update_timer"),
     }
     for key, value in learner.items():
         if key.startswith("entropy_gaussian_dim"):

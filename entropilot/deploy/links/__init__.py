@@ -1,7 +1,7 @@
-"""Vehicle links behind one small interface (``base.VehicleLink``): ``sim`` (the PyBullet envs); MAVLink and
-Crazyflie links implement the same class.
+"""Vehicle links behind one small interface (``base.VehicleLink``): ``sim`` (the PyBullet envs) and ``mavlink``
+(PX4 offboard over pymavlink); a Crazyflie link will implement the same class.
 
-Importing this package imports only ``base`` (no simulator); import ``entropilot.deploy.links.sim`` for SimLink.
+Importing this package imports only ``base``: import ``links.sim`` for SimLink, ``links.mavlink`` for MavlinkLink.
 """
 
 from entropilot.deploy.links.base import (

@@ -1,0 +1,456 @@
+"""A PX4-style autopilot as a vehicle: ``MavlinkLink`` flies the policy's ctbr actions as MAVLink offboard
+SET_ATTITUDE_TARGET (thrust + body rates) and reads the autopilot's state estimate back, converted to our frames.
+
+Frames. Ours: world z up, body x forward / y left / z up. PX4: world NED (x north, y east, z down), body FRD
+(x forward, y right, z down). The conversion is the rotation by 180 degrees about x, ``FLIP = diag(1, -1, -1)``,
+for both the world and the body: our world axes are read as x = north, y = west, z = up (so a yaw of 0 faces
+north in both, and yaw angles change sign); our body axes are x forward, y left, z up.
+
+    position / velocity      p_ned = FLIP p,          p = FLIP p_ned
+    body rates               w_frd = FLIP w,          w = FLIP w_frd
+    rotation (body->world)   R_ned = FLIP R FLIP,     R = FLIP R_ned FLIP
+    quaternion (w, x, y, z)  q_ned = (w, x, -y, -z)   (conjugation by the 180-degree turn about x)
+
+Actions (ctbr, normalized [-1, 1]): thrust = (a0 + 1) / 2 in [0, 1] (the fraction of all rotors at maximum, as
+the simulator defines it); body rates = FLIP (a1, a2, a3) * max_body_rate rad/s (FRD), attitude ignored.
+
+Imports neither torch, ray nor pybullet (pymavlink only).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from entropilot.deploy.links.base import Clock, LinkError, Telemetry, VehicleLink, WallClock
+from entropilot.envs.airframe import get_airframe
+
+__all__ = [
+    "FLIP",
+    "MavlinkLink",
+    "PX4_MODES",
+    "action_from_attitude_target",
+    "attitude_target_from_action",
+    "ned_from_world",
+    "px4_custom_mode",
+    "px4_mode_name",
+    "quaternion_from_rotation",
+    "rotation_from_quaternion",
+    "rotation_ned_from_world",
+    "rotation_world_from_ned",
+    "world_from_ned",
+]
+
+FLIP = np.diag([1.0, -1.0, -1.0])  # ours <-> NED (world) and FLU <-> FRD (body); its own inverse
+
+# PX4 custom modes (main mode, sub mode) by our names; custom_mode = main << 16 | sub << 24.
+PX4_MODES: dict[str, tuple[int, int]] = {
+    "manual": (1, 0),
+    "altctl": (2, 0),
+    "posctl": (3, 0),
+    "takeoff": (4, 2),
+    "hold": (4, 3),  # AUTO_LOITER
+    "mission": (4, 4),
+    "rtl": (4, 5),
+    "land": (4, 6),  # AUTO_LAND
+    "offboard": (6, 0),
+}
+_MODE_BY_NUMBER = {v: k for k, v in PX4_MODES.items()}
+FORCE_DISARM_MAGIC = 21196  # param2 of MAV_CMD_COMPONENT_ARM_DISARM that PX4 reads as "force"
+
+
+def px4_custom_mode(name: str) -> int:
+    main, sub = PX4_MODES[name]
+    return (main << 16) | (sub << 24)
+
+
+def px4_mode_name(custom_mode: int) -> str:
+    main, sub = (int(custom_mode) >> 16) & 0xFF, (int(custom_mode) >> 24) & 0xFF
+    return _MODE_BY_NUMBER.get((main, sub)) or _MODE_BY_NUMBER.get((main, 0)) or f"px4_{main}_{sub}"
+
+
+# ---- frames ---------------------------------------------------------------------------------
+def ned_from_world(v) -> np.ndarray:
+    """A world vector (position, velocity) of ours in NED; also a body vector FLU -> FRD. (FLIP is an involution.)"""
+    return FLIP @ np.asarray(v, dtype=np.float64)
+
+
+world_from_ned = ned_from_world  # the same flip back
+
+
+def rotation_ned_from_world(rotation) -> np.ndarray:
+    """Our body(FLU)-to-world rotation as PX4's body(FRD)-to-NED rotation."""
+    return FLIP @ np.asarray(rotation, dtype=np.float64) @ FLIP
+
+
+rotation_world_from_ned = rotation_ned_from_world
+
+
+def rotation_from_quaternion(q) -> np.ndarray:
+    """(w, x, y, z) (normalized here) -> 3x3 rotation matrix."""
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def quaternion_from_rotation(rotation) -> np.ndarray:
+    """3x3 rotation matrix -> (w, x, y, z) with w >= 0 (Shepperd's method)."""
+    m = np.asarray(rotation, dtype=np.float64)
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+    else:
+        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
+    q = np.array(q)
+    q /= np.linalg.norm(q)
+    return -q if q[0] < 0 else q
+
+
+def attitude_target_from_action(action, max_body_rate: float) -> tuple[float, np.ndarray]:
+    """Normalized ctbr action -> (thrust in [0, 1], FRD body rates rad/s) for SET_ATTITUDE_TARGET."""
+    a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+    return float((a[0] + 1.0) / 2.0), FLIP @ (a[1:4] * float(max_body_rate))
+
+
+def action_from_attitude_target(thrust: float, rates_frd, max_body_rate: float) -> np.ndarray:
+    """The inverse of ``attitude_target_from_action`` (what the vehicle side executes), clipped to [-1, 1]."""
+    rates = FLIP @ np.asarray(rates_frd, dtype=np.float64) / float(max_body_rate)
+    return np.clip(np.concatenate([[2.0 * float(thrust) - 1.0], rates]), -1.0, 1.0)
+
+
+# ---- the link -------------------------------------------------------------------------------
+def _mavutil():
+    try:
+        from pymavlink import mavutil
+    except ImportError as err:  # pragma: no cover - an optional extra
+        raise LinkError("the MAVLink link needs pymavlink: pip install 'entropilot[mavlink]'") from err
+    return mavutil
+
+
+class MavlinkLink(VehicleLink):
+    """A PX4-style autopilot over MAVLink (``connection`` in pymavlink's syntax: ``udpout:127.0.0.1:14540`` sends to
+    a vehicle/SITL listening there, ``udpin:127.0.0.1:14540`` listens for one that sends to us).
+
+    ``connect`` opens the connection, starts a receiver thread and a 1 Hz companion HEARTBEAT
+    (MAV_TYPE_ONBOARD_CONTROLLER), and waits ``connect_timeout_s`` for the vehicle's HEARTBEAT and a position
+    estimate. Telemetry: LOCAL_POSITION_NED + ATTITUDE_QUATERNION (rates from it, or from ATTITUDE), HEARTBEAT
+    (armed, PX4 mode), EXTENDED_SYS_STATE (landed = MAV_LANDED_STATE_ON_GROUND); stamped with the ``clock`` time
+    the position message arrived (the vehicle's boot time is not trusted across clocks, so the autopilot's staleness
+    check measures transport delay plus the vehicle's publishing gaps); none for ``telemetry_timeout_s`` -> ``read_telemetry`` returns None (link loss).
+    ``arm`` streams hover setpoints for ``offboard_warmup_s`` (PX4 wants a stream before OFFBOARD), arms, and
+    switches to OFFBOARD, streaming all the while; ``send_action`` sends one SET_ATTITUDE_TARGET (thrust + body
+    rates, attitude ignored) and raises LinkError if the vehicle has left OFFBOARD on its own (its failsafe);
+    ``hold`` asks for AUTO_LOITER, ``land`` sends MAV_CMD_NAV_LAND (both re-sent every ``resend_s`` until the
+    vehicle reports the mode); ``disarm`` refuses unless the vehicle reports itself on the ground.
+    """
+
+    action_mode = "ctbr"
+
+    def __init__(self, connection: str = "udpout:127.0.0.1:14540", *, control_hz: int = 48,
+                 max_body_rate: float = 6.0, hover_action=None, target_system: int = 1, target_component: int = 1,
+                 source_system: int = 1, source_component: int = 191, telemetry_timeout_s: float = 0.5,
+                 connect_timeout_s: float = 5.0, command_timeout_s: float = 2.0, offboard_warmup_s: float = 1.2,
+                 resend_s: float = 0.5, clock: Clock | None = None):
+        self.connection_string = connection
+        self.control_hz = int(control_hz)
+        self.max_body_rate = float(max_body_rate)
+        if hover_action is None:  # the Crazyflie's: thrust balancing the weight, no rotation
+            hover_action = [2.0 / get_airframe("cf2x").thrust_to_weight - 1.0, 0.0, 0.0, 0.0]
+        self.hover_action = np.asarray(hover_action, dtype=np.float32)
+        self.target_system, self.target_component = int(target_system), int(target_component)
+        self.source_system, self.source_component = int(source_system), int(source_component)
+        self.telemetry_timeout_s = float(telemetry_timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self.command_timeout_s = float(command_timeout_s)
+        self.offboard_warmup_s = float(offboard_warmup_s)
+        self.resend_s = float(resend_s)
+        self.clock: Clock = clock if clock is not None else WallClock()
+        self.setpoints_sent = 0
+        self._conn = None
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._reset_state()
+
+    @classmethod
+    def from_policy_metadata(cls, metadata: dict[str, Any], connection: str, **kwargs) -> "MavlinkLink":
+        """The link an exported ctbr policy needs: its control rate, body-rate scale and airframe's hover thrust."""
+        if metadata["action_mode"] != "ctbr":
+            raise LinkError(f"the MAVLink link flies ctbr policies (thrust + body rates), not {metadata['action_mode']!r}")
+        env_kwargs = metadata.get("env_kwargs") or {}
+        airframe = get_airframe(env_kwargs.get("airframe", "cf2x"))
+        hover = [2.0 / airframe.thrust_to_weight - 1.0, 0.0, 0.0, 0.0]
+        return cls(connection, control_hz=metadata["control_hz"], max_body_rate=env_kwargs.get("max_body_rate", 6.0),
+                   hover_action=hover, **kwargs)
+
+    def _reset_state(self) -> None:
+        self._position = self._velocity = self._quaternion = None
+        self._rates: np.ndarray | None = None
+        self._position_rx: float | None = None
+        self._heartbeat_rx: float | None = None
+        self._armed = False
+        self._mode = "unknown"
+        self._landed = False
+        self._acks: dict[int, tuple[int, float]] = {}
+        self._last_request: dict[str, float] = {}
+        self._offboard_since: float | None = None
+
+    # ---- VehicleLink --------------------------------------------------------------------
+    def connect(self) -> None:
+        mavutil = _mavutil()
+        self.close()
+        self._reset_state()
+        self._stop.clear()
+        try:
+            self._conn = mavutil.mavlink_connection(self.connection_string, source_system=self.source_system,
+                                                    source_component=self.source_component)
+        except OSError as err:
+            raise LinkError(f"cannot open {self.connection_string}: {err}") from err
+        self._threads = [threading.Thread(target=self._receive_loop, name="mavlink-rx", daemon=True),
+                         threading.Thread(target=self._heartbeat_loop, name="mavlink-heartbeat", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        deadline = time.monotonic() + self.connect_timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._heartbeat_rx is not None and self._position_rx is not None and self._quaternion is not None:
+                    return
+            time.sleep(0.02)
+        self.close()
+        raise LinkError(f"no HEARTBEAT and state estimate from the vehicle on {self.connection_string} "
+                        f"within {self.connect_timeout_s:g} s")
+
+    def read_telemetry(self) -> Telemetry | None:
+        with self._lock:
+            if self._conn is None or self._position_rx is None or self._quaternion is None:
+                return None
+            if self.clock.now() - self._position_rx > self.telemetry_timeout_s:
+                return None
+            rates = self._rates if self._rates is not None else np.zeros(3)
+            return Telemetry(self._position_rx, world_from_ned(self._position), world_from_ned(self._velocity),
+                             rotation_world_from_ned(rotation_from_quaternion(self._quaternion)), FLIP @ rates,
+                             self._armed, self._mode, self._landed)
+
+    def send_action(self, action) -> None:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (4,) or not np.isfinite(action).all():
+            raise LinkError(f"refusing action {action.tolist()}: need 4 finite numbers")
+        with self._lock:
+            mode, since, heard = self._mode, self._offboard_since, self._heartbeat_rx
+        if since is not None and mode != "offboard" and heard > since:
+            raise LinkError(f"the vehicle left offboard on its own (now in {mode}): its failsafe has control")
+        self._send_setpoint(action)
+
+    def arm(self) -> None:
+        self._require_connection()
+        with self._lock:
+            if self._armed and self._mode == "offboard":
+                return
+        self.stream_hover(self.offboard_warmup_s)  # PX4 switches to OFFBOARD only onto an existing setpoint stream
+        mavutil = _mavutil()
+        self._command(mavutil.mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 1, stream=True)
+        self._wait(lambda: self._armed, "the vehicle to report itself armed")
+        main, sub = PX4_MODES["offboard"]
+        self._command(mavutil.mavlink.MAV_CMD_DO_SET_MODE, mavutil.mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED,
+                      main, sub, stream=True)
+        self._wait(lambda: self._mode == "offboard", "the vehicle to report OFFBOARD")
+
+    def hold(self) -> None:
+        self._request_mode("hold")
+
+    def land(self) -> None:
+        self._require_connection()
+        with self._lock:
+            if self._mode == "land" or not self._due("land"):
+                return
+        mavutil = _mavutil()
+        self._send_command(mavutil.mavlink.MAV_CMD_NAV_LAND, 0, 0, 0, float("nan"), float("nan"), float("nan"),
+                           float("nan"))
+
+    def disarm(self) -> None:
+        self._require_connection()
+        telemetry = self.read_telemetry()
+        if telemetry is None or not telemetry.landed:
+            raise LinkError("refusing to disarm: the vehicle does not report itself on the ground")
+        mavutil = _mavutil()
+        self._command(mavutil.mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=1.0)
+        self._threads = []
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+            self._conn = None
+
+    # ---- commands ------------------------------------------------------------------------
+    def request_mode(self, name: str, *, wait: bool = True) -> int | None:
+        """Ask for a PX4 mode by our name (``PX4_MODES``); with ``wait`` the COMMAND_ACK result (MAV_RESULT)."""
+        mavutil = _mavutil()
+        main, sub = PX4_MODES[name]
+        args = (mavutil.mavlink.MAV_CMD_DO_SET_MODE, mavutil.mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, main, sub)
+        if not wait:
+            self._send_command(*args)
+            return None
+        return self._command(*args, check=False)
+
+    def stream_hover(self, seconds: float) -> None:
+        """Send the hover setpoint at ``control_hz`` for ``seconds`` (what ``arm`` streams before OFFBOARD)."""
+        end = self.clock.now() + float(seconds)
+        while self.clock.now() < end:
+            self._stream_hover_tick()
+
+    def command(self, command: int, *params: float) -> int:
+        """Send a COMMAND_LONG and return its COMMAND_ACK result (LinkError if none arrives in time)."""
+        return self._command(command, *params, check=False)
+
+    @property
+    def mode(self) -> str:
+        with self._lock:
+            return self._mode
+
+    def _request_mode(self, name: str) -> None:
+        self._require_connection()
+        with self._lock:
+            if self._mode == name or not self._due(name):
+                return
+        self.request_mode(name, wait=False)
+
+    def _due(self, key: str) -> bool:
+        """Called under the lock: whether a mode request is due again (idempotent per tick, re-sent every resend_s)."""
+        now = self.clock.now()
+        if now - self._last_request.get(key, -math.inf) < self.resend_s:
+            return False
+        self._last_request[key] = now
+        return True
+
+    def _command(self, command: int, *params: float, stream: bool = False, check: bool = True) -> int:
+        mavutil = _mavutil()
+        with self._lock:
+            self._acks.pop(command, None)
+        self._send_command(command, *params)
+        deadline = self.clock.now() + self.command_timeout_s
+        while self.clock.now() < deadline:
+            with self._lock:
+                ack = self._acks.get(command)
+            if ack is not None:
+                result = ack[0]
+                if check and result != mavutil.mavlink.MAV_RESULT_ACCEPTED:
+                    raise LinkError(f"the vehicle refused command {command}: MAV_RESULT {result}")
+                return result
+            if stream:
+                self._stream_hover_tick()
+            else:
+                self.clock.sleep(0.01)
+        raise LinkError(f"no COMMAND_ACK for command {command} within {self.command_timeout_s:g} s")
+
+    def _wait(self, condition, what: str) -> None:
+        deadline = self.clock.now() + self.command_timeout_s
+        while self.clock.now() < deadline:
+            with self._lock:
+                if condition():
+                    return
+            self._stream_hover_tick()
+        raise LinkError(f"timed out waiting for {what}")
+
+    def _stream_hover_tick(self) -> None:
+        self._send_setpoint(self.hover_action)
+        self.clock.sleep(1.0 / self.control_hz)
+
+    def _send_command(self, command: int, *params: float) -> None:
+        p = list(params) + [0.0] * (7 - len(params))
+        self._send(lambda mav: mav.command_long_send(self.target_system, self.target_component, command, 0, *p))
+
+    def _send_setpoint(self, action) -> None:
+        mavutil = _mavutil()
+        thrust, rates = attitude_target_from_action(action, self.max_body_rate)
+        mask = mavutil.mavlink.ATTITUDE_TARGET_TYPEMASK_ATTITUDE_IGNORE
+        boot_ms = int(time.monotonic() * 1000) & 0xFFFFFFFF
+        self._send(lambda mav: mav.set_attitude_target_send(
+            boot_ms, self.target_system, self.target_component, mask, [1.0, 0.0, 0.0, 0.0],
+            float(rates[0]), float(rates[1]), float(rates[2]), thrust))
+        self.setpoints_sent += 1
+
+    def _send(self, write) -> None:
+        self._require_connection()
+        with self._send_lock:
+            try:
+                write(self._conn.mav)
+            except OSError as err:
+                raise LinkError(f"sending on {self.connection_string} failed: {err}") from err
+
+    def _require_connection(self) -> None:
+        if self._conn is None:
+            raise LinkError("not connected")
+
+    # ---- threads -------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        mavutil = _mavutil()
+        while not self._stop.is_set():
+            try:
+                self._send(lambda mav: mav.heartbeat_send(mavutil.mavlink.MAV_TYPE_ONBOARD_CONTROLLER,
+                                                          mavutil.mavlink.MAV_AUTOPILOT_INVALID, 0, 0,
+                                                          mavutil.mavlink.MAV_STATE_ACTIVE))
+            except LinkError:
+                pass
+            self._stop.wait(1.0)
+
+    def _receive_loop(self) -> None:
+        mavutil = _mavutil()
+        mav = mavutil.mavlink
+        conn = self._conn
+        while not self._stop.is_set():
+            try:
+                msg = conn.recv_match(blocking=True, timeout=0.05)
+            except (OSError, ValueError):
+                if self._stop.is_set():
+                    return
+                time.sleep(0.01)
+                continue
+            if msg is None or msg.get_srcSystem() != self.target_system:
+                continue
+            kind, now = msg.get_type(), self.clock.now()
+            with self._lock:
+                if kind == "LOCAL_POSITION_NED":
+                    self._position = np.array([msg.x, msg.y, msg.z])
+                    self._velocity = np.array([msg.vx, msg.vy, msg.vz])
+                    self._position_rx = now
+                elif kind == "ATTITUDE_QUATERNION":
+                    self._quaternion = np.array([msg.q1, msg.q2, msg.q3, msg.q4])
+                    self._rates = np.array([msg.rollspeed, msg.pitchspeed, msg.yawspeed])
+                elif kind == "ATTITUDE" and self._rates is None:
+                    self._rates = np.array([msg.rollspeed, msg.pitchspeed, msg.yawspeed])
+                elif kind == "HEARTBEAT" and msg.get_srcComponent() == self.target_component:
+                    self._armed = bool(msg.base_mode & mav.MAV_MODE_FLAG_SAFETY_ARMED)
+                    self._mode = px4_mode_name(msg.custom_mode)
+                    self._heartbeat_rx = now
+                    if self._mode == "offboard" and self._offboard_since is None:
+                        self._offboard_since = now  # from now on, leaving offboard is the vehicle's failsafe
+                elif kind == "EXTENDED_SYS_STATE":
+                    self._landed = msg.landed_state == mav.MAV_LANDED_STATE_ON_GROUND
+                elif kind == "COMMAND_ACK":
+                    self._acks[msg.command] = (msg.result, now)
+
+    def __repr__(self) -> str:
+        return f"MavlinkLink({self.connection_string!r}, control_hz={self.control_hz}, max_body_rate={self.max_body_rate:g})"
