@@ -46,7 +46,7 @@ class HoverEnv(gym.Env):
         self.target = np.array([self.settings.target])
 
     def _advance_task(self, distance: float) -> None:
-        pass
+        """Move the reference after a step; hover's target stays where it is."""
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

@@ -413,6 +413,8 @@ class MavlinkLink(VehicleLink):
                                                           mavutil.mavlink.MAV_AUTOPILOT_INVALID, 0, 0,
                                                           mavutil.mavlink.MAV_STATE_ACTIVE))
             except LinkError:
+                # A lost link shows up as stale telemetry, which the autopilot's failsafe handles; the
+                # heartbeat simply keeps trying in case the link comes back.
                 pass
             self._stop.wait(1.0)
 
