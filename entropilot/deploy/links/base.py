@@ -16,6 +16,7 @@ import numpy as np
 
 # The layout is defined once, by the envs (a light module: numpy and the envs' settings, no simulator);
 # the builder below fills it from telemetry instead of from the simulator.
+from entropilot.envs.airframe import get_airframe
 from entropilot.envs.observation import OBSERVATION_COLUMNS, OBSERVATION_NAMES, OBSERVATION_SIZE
 
 __all__ = [
@@ -187,3 +188,21 @@ class VehicleLink(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def ctbr_hover_action(airframe: str = "cf2x") -> list[float]:
+    """The normalized ctbr action that balances the airframe's weight with no rotation."""
+    return [2.0 / get_airframe(airframe).thrust_to_weight - 1.0, 0.0, 0.0, 0.0]
+
+
+def ctbr_link_settings(metadata: dict[str, Any], link_name: str) -> dict[str, Any]:
+    """What a thrust + body-rate vehicle link needs from an exported policy's metadata: its control rate,
+    body-rate scale and the airframe's hover action. Raises LinkError for a policy of another action mode."""
+    if metadata["action_mode"] != "ctbr":
+        raise LinkError(f"the {link_name} link flies ctbr policies (thrust + body rates), not {metadata['action_mode']!r}")
+    env_kwargs = metadata.get("env_kwargs") or {}
+    return {
+        "control_hz": metadata["control_hz"],
+        "max_body_rate": env_kwargs.get("max_body_rate", 6.0),
+        "hover_action": ctbr_hover_action(env_kwargs.get("airframe", "cf2x")),
+    }

@@ -42,14 +42,14 @@ Imports neither torch, ray nor pybullet; cflib is imported lazily (``pip install
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from typing import Any
 
 import numpy as np
 
-from entropilot.deploy.links.base import Clock, LinkError, Telemetry, VehicleLink, WallClock
-from entropilot.envs.airframe import get_airframe
+from entropilot.deploy.links.base import Clock, LinkError, Telemetry, VehicleLink, WallClock, ctbr_hover_action, ctbr_link_settings
 
 __all__ = [
     "CrazyflieLink",
@@ -138,7 +138,7 @@ class CrazyflieLink(VehicleLink):
         self.control_hz = int(control_hz)
         self.max_body_rate = float(max_body_rate)
         if hover_action is None:  # the Crazyflie's: thrust balancing the weight, no rotation
-            hover_action = [2.0 / get_airframe("cf2x").thrust_to_weight - 1.0, 0.0, 0.0, 0.0]
+            hover_action = ctbr_hover_action()
         self.hover_action = np.asarray(hover_action, dtype=np.float32)
         self.clock: Clock = clock if clock is not None else WallClock()
         self.use_high_level = bool(use_high_level)
@@ -161,14 +161,7 @@ class CrazyflieLink(VehicleLink):
     @classmethod
     def from_policy_metadata(cls, metadata: dict[str, Any], uri: str, **kwargs) -> "CrazyflieLink":
         """The link an exported ctbr policy needs: its control rate, body-rate scale and airframe's hover thrust."""
-        if metadata["action_mode"] != "ctbr":
-            raise LinkError(f"the Crazyflie link flies ctbr policies (thrust + body rates), not "
-                            f"{metadata['action_mode']!r}")
-        env_kwargs = metadata.get("env_kwargs") or {}
-        airframe = get_airframe(env_kwargs.get("airframe", "cf2x"))
-        hover = [2.0 / airframe.thrust_to_weight - 1.0, 0.0, 0.0, 0.0]
-        return cls(uri, control_hz=metadata["control_hz"], max_body_rate=env_kwargs.get("max_body_rate", 6.0),
-                   hover_action=hover, **kwargs)
+        return cls(uri, **ctbr_link_settings(metadata, "Crazyflie"), **kwargs)
 
     def _reset_state(self) -> None:
         self._values: dict[str, float] = {}
@@ -269,31 +262,24 @@ class CrazyflieLink(VehicleLink):
             self._mode, self._streaming = "stopped", False
 
     def close(self) -> None:
+        # Closing a lost link must not raise: each step is best effort.
         cf = self.cf
         if cf is not None and self._connected and self._streaming:
-            try:
+            with contextlib.suppress(Exception):
                 cf.commander.send_notify_setpoint_stop()  # hand back: low-level setpoints no longer take priority
-            except Exception:  # noqa: BLE001 - closing a lost link must not raise
-                pass
             self._streaming = False
         if cf is not None and self._connected:
-            try:  # a gamepad flying after us expects angle mode again
+            with contextlib.suppress(Exception):  # a gamepad flying after us expects angle mode again
                 for name in ("flightmode.stabModeRoll", "flightmode.stabModePitch"):
                     cf.param.set_value_raw(name, PARAM_UINT8, ANGLE_MODE)
-            except Exception:  # noqa: BLE001
-                pass
         for config in self._log_configs:
-            try:
+            with contextlib.suppress(Exception):
                 config.stop()
                 config.delete()
-            except Exception:  # noqa: BLE001
-                pass
         self._log_configs = []
         if cf is not None and self._owns_cf:
-            try:
+            with contextlib.suppress(Exception):
                 cf.close_link()
-            except Exception:  # noqa: BLE001
-                pass
             self.cf = None
         self._connected = False
 

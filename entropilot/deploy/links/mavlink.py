@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from entropilot.deploy.links.base import Clock, LinkError, Telemetry, VehicleLink, WallClock
-from entropilot.envs.airframe import get_airframe
+from entropilot.deploy.links.base import Clock, LinkError, Telemetry, VehicleLink, WallClock, ctbr_hover_action, ctbr_link_settings
 
 __all__ = [
     "FLIP",
@@ -170,7 +169,7 @@ class MavlinkLink(VehicleLink):
         self.control_hz = int(control_hz)
         self.max_body_rate = float(max_body_rate)
         if hover_action is None:  # the Crazyflie's: thrust balancing the weight, no rotation
-            hover_action = [2.0 / get_airframe("cf2x").thrust_to_weight - 1.0, 0.0, 0.0, 0.0]
+            hover_action = ctbr_hover_action()
         self.hover_action = np.asarray(hover_action, dtype=np.float32)
         self.target_system, self.target_component = int(target_system), int(target_component)
         self.source_system, self.source_component = int(source_system), int(source_component)
@@ -191,13 +190,7 @@ class MavlinkLink(VehicleLink):
     @classmethod
     def from_policy_metadata(cls, metadata: dict[str, Any], connection: str, **kwargs) -> "MavlinkLink":
         """The link an exported ctbr policy needs: its control rate, body-rate scale and airframe's hover thrust."""
-        if metadata["action_mode"] != "ctbr":
-            raise LinkError(f"the MAVLink link flies ctbr policies (thrust + body rates), not {metadata['action_mode']!r}")
-        env_kwargs = metadata.get("env_kwargs") or {}
-        airframe = get_airframe(env_kwargs.get("airframe", "cf2x"))
-        hover = [2.0 / airframe.thrust_to_weight - 1.0, 0.0, 0.0, 0.0]
-        return cls(connection, control_hz=metadata["control_hz"], max_body_rate=env_kwargs.get("max_body_rate", 6.0),
-                   hover_action=hover, **kwargs)
+        return cls(connection, **ctbr_link_settings(metadata, "MAVLink"), **kwargs)
 
     def _reset_state(self) -> None:
         self._position = self._velocity = self._quaternion = None
