@@ -42,18 +42,28 @@ def _perturbed_rotation(r, e) -> list[float]:
     return out
 
 
+def drone_observation(drone, target) -> list[float]:
+    """One drone's noise-free observation as floats, in OBSERVATION_NAMES order.
+
+    ``drone``: a simulator ``DroneState``, whose fields are the observation's groups (position where
+    the error goes); ``target``: the (x, y, z) reference point.
+    """
+    px, py, pz = drone.position
+    tx, ty, tz = target
+    return [px - tx, py - ty, pz - tz, *drone.rotation, *drone.velocity, *drone.body_rates, *drone.action]
+
+
 def observe(sim, targets: np.ndarray, noise: SensorNoise, rng: np.random.Generator) -> np.ndarray:
     """(N, OBSERVATION_SIZE) float32 observations of every drone in ``sim`` (a DroneSimulator).
 
-    The simulator keeps its state in observation order (``sim.state``, position where the error goes),
-    so without noise this is a cast and the position error. With noise, one draw of (4, N, 3) standard
-    normals gives the position, velocity, body-rate and attitude noise: the same numbers as four
-    ``rng.normal`` draws in that order.
+    The simulator keeps its state in observation order (``sim.drones`` and ``sim.state``, position where
+    the error goes), so without noise this is the position error and a cast. With noise, one draw of
+    (4, N, 3) standard normals gives the position, velocity, body-rate and attitude noise: the same
+    numbers as four ``rng.normal`` draws in that order.
     """
     if not noise.enabled:
-        obs = sim.state[:, :OBSERVATION_SIZE].astype(np.float32)
-        obs[:, _POS_ERR] = sim.position - targets
-        return obs
+        rows = zip(sim.drones, np.asarray(targets, dtype=float).tolist())
+        return np.array([drone_observation(drone, target) for drone, target in rows], dtype=np.float32)
     n = sim.num_drones
     scale = np.array([noise.position, noise.velocity, noise.angular_velocity, noise.attitude])
     draws = rng.standard_normal((4, n, 3)) * scale[:, None, None]

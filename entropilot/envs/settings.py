@@ -86,7 +86,7 @@ class DomainRandomization:
                 "a relative spread in [0, 1)",
             )
 
-    @property
+    @functools.cached_property  # read every reset
     def enabled(self) -> bool:
         return any(getattr(self, f.name) > 0 for f in fields(self))
 
@@ -159,7 +159,7 @@ class DroneSettings:
     def substeps(self) -> int:
         return self.physics_hz // self.control_hz
 
-    @property
+    @functools.cached_property  # read every step
     def max_episode_steps(self) -> int:
         return int(round(self.episode_seconds * self.control_hz))
 

@@ -2,13 +2,15 @@
 
 The Gymnasium env (one drone) and the RLlib multi-agent env (a swarm) both drive this class, so the
 physics and the action interface exist once. Per-drone math runs in plain Python floats (see
-physics.py); the state is read back from Bullet into one (N, 26) array that the public state
-attributes are views of.
+physics.py); the state read back from Bullet stays in per-drone tuples of floats (``drones``), and the
+(N, 26) array the public state attributes are views of is built only when one of them is read (a
+noise-free single-drone env step never reads them).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pybullet as p
@@ -36,13 +38,25 @@ assert [STATE_COLUMNS[k] for k in ("position", "rotation", "velocity", "body_rat
 _POSITION, _ROTATION, _VELOCITY, _BODY_RATES, _LAST_ACTION, _QUATERNION = STATE_COLUMNS.values()
 
 
+class DroneState(NamedTuple):
+    """One drone's state after a step or placement, as plain floats (what the per-drone task code reads)."""
+
+    position: tuple[float, float, float]  # m, world
+    rotation: tuple[float, ...]  # the 9 entries of body-to-world R, row-major
+    velocity: tuple[float, float, float]  # m/s, world
+    body_rates: tuple[float, float, float]  # rad/s, body
+    action: list[float]  # the clipped action of the last step
+    quaternion: tuple[float, float, float, float]  # (x, y, z, w)
+
+
 class DroneSimulator:
     """Steps N drones with actions in [-1, 1]^4 (``motors`` or ``ctbr``) and exposes their state.
 
     State arrays (drone axis first): ``position`` (N, 3) m, ``rotation`` (N, 3, 3) body-to-world,
     ``velocity`` (N, 3) world m/s, ``body_rates`` (N, 3) body rad/s, ``quaternion`` (N, 4) (x, y, z, w),
     ``last_action`` (N, 4) the clipped actions of the last step, ``rpm`` (N, 4). They are read-only
-    views of ``state`` (N, 26; columns in ``STATE_COLUMNS``), rebuilt by every ``step`` and ``place``.
+    views of ``state`` (N, 26; columns in ``STATE_COLUMNS``), new arrays after every ``step`` and
+    ``place``. ``drones`` holds the same numbers as one ``DroneState`` of floats per drone.
     """
 
     def __init__(self, settings: DroneSettings, num_drones: int = 1, downwash: bool = False):
@@ -80,7 +94,7 @@ class DroneSimulator:
     def rpm_command(self, actions: np.ndarray) -> np.ndarray:
         """(N, 4) actions in [-1, 1] -> (N, 4) rotor speed commands, through the nominal mixer."""
         rows = self._action_rows(actions)
-        return np.array([self._drone_rpm_command(a, self._drones[i][3]) for i, a in enumerate(rows)])
+        return np.array([self._drone_rpm_command(a, self.drones[i].body_rates) for i, a in enumerate(rows)])
 
     def _drone_rpm_command(self, a, body_rates) -> list[float]:
         """One drone's 4 normalized actions -> 4 rotor speed commands [RPM]."""
@@ -135,11 +149,10 @@ class DroneSimulator:
 
     def place(self, rng: np.random.Generator, positions, quaternions, velocities, body_rates) -> None:
         """Move every drone to its start state (no URDF reload), rotors spinning at hover speed."""
-        rates = np.asarray(body_rates, dtype=float).tolist()
         for i in range(self.num_drones):
             q = list(map(float, quaternions[i]))
             r = p.getMatrixFromQuaternion(q)
-            b0, b1, b2 = rates[i]
+            b0, b1, b2 = map(float, body_rates[i])
             angular_world = (  # R w_body
                 r[0] * b0 + r[1] * b1 + r[2] * b2,
                 r[3] * b0 + r[4] * b1 + r[5] * b2,
@@ -155,11 +168,14 @@ class DroneSimulator:
     # ---- stepping ------------------------------------------------------------------------
     def step(self, actions: np.ndarray, rng: np.random.Generator) -> None:
         """Advance one control period with (N, 4) actions; they are clipped to [-1, 1] (what executes)."""
-        rows = self._action_rows(actions)
+        self.step_rows(self._action_rows(actions), rng)
+
+    def step_rows(self, rows: list[list[float]], rng: np.random.Generator) -> None:
+        """``step`` with the actions as N lists of 4 floats, checked by the caller (an env checks them anyway)."""
         aero, rotors, wrench = self.aero, self.rotors, self.wrench
         downwash = aero.downwash_forces(self.position).tolist() if aero.downwash and self.num_drones > 1 else None
         executed, forces, torques = [], [], []
-        for i, (position, r, velocity, body_rates) in enumerate(self._drones):
+        for i, (position, r, velocity, body_rates, _, _) in enumerate(self.drones):
             a0, a1, a2, a3 = rows[i]
             # np.clip(a, -1, 1), written out (NaN passes through as it does there)
             a = [
@@ -183,30 +199,67 @@ class DroneSimulator:
         self._read_state(executed)
 
     def _read_state(self, actions: list) -> None:
-        """Read every body from Bullet into ``state`` (and the per-drone tuples the next step uses)."""
-        flat: list[float] = []
-        drones = []
+        """Read every body from Bullet into ``drones``; the state arrays follow when first read."""
         matrix = p.getMatrixFromQuaternion
+        drones = []
         for (position, q, velocity, w), action in zip(self.world.read(), actions):
             r = matrix(q)
-            body_rates = rotate_to_body(r, w)  # what a gyro measures
-            flat += position  # in STATE_COLUMNS order
-            flat += r
-            flat += velocity
-            flat += body_rates
-            flat += action
-            flat += q
-            drones.append((position, r, velocity, body_rates))
-        self._drones = drones
-        n = self.num_drones
-        self.state = state = np.array(flat).reshape(n, STATE_SIZE)
-        state.flags.writeable = False
-        self.position = state[:, _POSITION]
-        self.rotation = state[:, _ROTATION].reshape(n, 3, 3)
-        self.velocity = state[:, _VELOCITY]
-        self.body_rates = state[:, _BODY_RATES]
-        self.last_action = state[:, _LAST_ACTION]
-        self.quaternion = state[:, _QUATERNION]
+            drones.append(DroneState(position, r, velocity, rotate_to_body(r, w), action, q))  # gyro: body-frame w
+        self.drones = drones
+        self._arrays = None
+
+    def _state_arrays(self) -> tuple[np.ndarray, ...]:
+        """(state, position, rotation, velocity, body_rates, last_action, quaternion), built once per step."""
+        if self._arrays is None:
+            flat: list[float] = []
+            for position, r, velocity, body_rates, action, q in self.drones:
+                flat += position  # in STATE_COLUMNS order
+                flat += r
+                flat += velocity
+                flat += body_rates
+                flat += action
+                flat += q
+            n = self.num_drones
+            state = np.array(flat).reshape(n, STATE_SIZE)
+            state.flags.writeable = False
+            self._arrays = (
+                state,
+                state[:, _POSITION],
+                state[:, _ROTATION].reshape(n, 3, 3),
+                state[:, _VELOCITY],
+                state[:, _BODY_RATES],
+                state[:, _LAST_ACTION],
+                state[:, _QUATERNION],
+            )
+        return self._arrays
+
+    @property
+    def state(self) -> np.ndarray:
+        return self._state_arrays()[0]
+
+    @property
+    def position(self) -> np.ndarray:
+        return self._state_arrays()[1]
+
+    @property
+    def rotation(self) -> np.ndarray:
+        return self._state_arrays()[2]
+
+    @property
+    def velocity(self) -> np.ndarray:
+        return self._state_arrays()[3]
+
+    @property
+    def body_rates(self) -> np.ndarray:
+        return self._state_arrays()[4]
+
+    @property
+    def last_action(self) -> np.ndarray:
+        return self._state_arrays()[5]
+
+    @property
+    def quaternion(self) -> np.ndarray:
+        return self._state_arrays()[6]
 
     @property
     def rpm(self) -> np.ndarray:
@@ -223,13 +276,15 @@ class DroneSimulator:
         self.world.close()
 
 
+def uniform(rng: np.random.Generator, low, high) -> list[float]:
+    """``rng.uniform(low, high)`` for two sequences of floats, as a list: the same numbers and the same stream
+    (numpy draws one double u per value and computes low + (high - low) * u) without numpy's ~10 us of
+    argument handling, which made up a third of a reset."""
+    return [lo + (hi - lo) * u for lo, hi, u in zip(low, high, rng.random(len(low)).tolist())]
+
+
 def random_attitude(rng: np.random.Generator, max_tilt_deg: float) -> tuple[float, float, float, float]:
     """A quaternion with roll and pitch uniform in +-max_tilt and any yaw."""
     tilt = math.radians(max_tilt_deg)
-    # One draw of 3 doubles; low + (high - low) * u is what rng.uniform computes, so the values (and the
-    # stream) are those of uniform(-tilt, tilt, size=2) followed by uniform(-pi, pi), at a third of the cost.
-    u_roll, u_pitch, u_yaw = rng.random(3).tolist()
-    span = tilt - -tilt
-    roll, pitch = -tilt + span * u_roll, -tilt + span * u_pitch
-    yaw = -math.pi + (math.pi - -math.pi) * u_yaw
-    return p.getQuaternionFromEuler([roll, pitch, yaw])
+    # The values and stream of uniform(-tilt, tilt, size=2) followed by uniform(-pi, pi).
+    return p.getQuaternionFromEuler(uniform(rng, (-tilt, -tilt, -math.pi), (tilt, tilt, math.pi)))

@@ -7,10 +7,10 @@ import math
 import gymnasium as gym
 import numpy as np
 
-from entropilot.envs.observation import OBSERVATION_NAMES, OBSERVATION_SIZE, observe
+from entropilot.envs.observation import OBSERVATION_NAMES, OBSERVATION_SIZE, drone_observation, observe
 from entropilot.envs.settings import HoverSettings, WaypointSettings
-from entropilot.envs.simulator import DroneSimulator, random_attitude
-from entropilot.envs.tasks import CRASH_PENALTY, SuccessTracker, crash_reasons, hover_reward
+from entropilot.envs.simulator import DroneSimulator, random_attitude, uniform
+from entropilot.envs.tasks import CRASH_PENALTY, CrashRules, SuccessTracker, drone_hover_reward, norm3
 
 
 class HoverEnv(gym.Env):
@@ -37,13 +37,19 @@ class HoverEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBSERVATION_SIZE,), dtype=np.float32)
         self.observation_names = OBSERVATION_NAMES
         self.success = SuccessTracker(self.settings, 1)
-        self.target = np.array([self.settings.target])
+        self.crash_rules = CrashRules.of(self.sim, self.settings)
+        self._target = self.settings.target  # (x, y, z) floats: the step reads it every time
         self.noise = self.settings.sensor_noise
         self.steps = 0
 
+    @property
+    def target(self) -> np.ndarray:
+        """(1, 3) the current reference point."""
+        return np.array([self._target])
+
     # Task hooks: where the target is now (waypoint tracking overrides these).
     def _reset_task(self) -> None:
-        self.target = np.array([self.settings.target])
+        self._target = self.settings.target
 
     def _advance_task(self, distance: float) -> None:
         """Move the reference after a step; hover's target stays where it is."""
@@ -54,38 +60,51 @@ class HoverEnv(gym.Env):
         self.sim.randomize(rng)
         if s.randomization.noise > 0:
             self.noise = s.sensor_noise.scaled(1.0 + rng.uniform(-1, 1) * s.randomization.noise)
-        start = rng.uniform(s.start_low, s.start_high)
+        start = uniform(rng, s.start_low, s.start_high)
         attitude = random_attitude(rng, s.start_tilt_deg)
-        velocity = rng.uniform(-s.start_velocity, s.start_velocity, size=3)
-        self.sim.place(rng, [start], [attitude], [velocity], [np.zeros(3)])
+        velocity = uniform(rng, (-s.start_velocity,) * 3, (s.start_velocity,) * 3)
+        self.sim.place(rng, [start], [attitude], [velocity], [(0.0, 0.0, 0.0)])
         self._reset_task()
         self.success.reset()
         self.steps = 0
-        obs = observe(self.sim, self.target, self.noise, rng)[0]
-        return obs, {"distance": float(np.linalg.norm(self.sim.position[0] - self.target[0]))}
+        error = np.array(_error(self.sim.drones[0].position, self._target))
+        # sqrt(x . x) as np.linalg.norm computes it: its dot product may round the last bit unlike the step's
+        # sum of squares, and the first distance of an episode keeps the value it always had
+        return self._observe(), {"distance": math.sqrt(error.dot(error))}
+
+    def _action_row(self, action) -> list[float]:
+        """The action as 4 finite floats, or a ValueError naming what is wrong with it."""
+        if type(action) is np.ndarray and action.dtype.char in "fd" and action.shape == (4,):
+            row = action.tolist()  # what policies and action_space.sample() give: skip np.asarray's copy
+        else:
+            array = np.asarray(action, dtype=np.float64)
+            if array.shape != (4,):
+                raise ValueError(
+                    f"action must have shape (4,) for action_mode={self.settings.action_mode!r}, got shape {array.shape}"
+                )
+            row = array.tolist()
+        if not all(map(math.isfinite, row)):
+            raise ValueError(f"action must be finite, got {row}")
+        return row
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (4,):
-            raise ValueError(f"action must have shape (4,) for action_mode={self.settings.action_mode!r}, got shape {action.shape}")
-        if not all(map(math.isfinite, action.tolist())):
-            raise ValueError(f"action must be finite, got {action.tolist()}")
-        prev_action = self.sim.last_action
-        self.sim.step(action[None, :], self.np_random)
-        self.steps += 1
+        row = self._action_row(action)
         sim = self.sim
-        target = self.target
-        pos_err = sim.position - target
-        distance = math.sqrt(sum(e * e for e in pos_err[0].tolist()))
+        prev_action = sim.drones[0].action
+        sim.step_rows([row], self.np_random)
+        self.steps += 1
+        drone = sim.drones[0]
+        target = self._target
+        pos_err = _error(drone.position, target)
+        distance = norm3(pos_err)
         self._advance_task(distance)
-        if self.target is not target:  # the task moved the reference point
-            pos_err = sim.position - self.target
-            distance = math.sqrt(sum(e * e for e in pos_err[0].tolist()))
-        reward = float(
-            hover_reward(pos_err, sim.velocity, sim.body_rates, sim.tilt_cosine(), sim.last_action, prev_action)[0]
-        )
-        self.success.update(np.array([distance]))
-        crash = crash_reasons(sim, self.settings)[0]
+        if self._target is not target:  # the task moved the reference point
+            pos_err = _error(drone.position, self._target)
+            distance = norm3(pos_err)
+        tilt_cos = drone.rotation[8]
+        reward = drone_hover_reward(pos_err, drone.velocity, drone.body_rates, tilt_cos, drone.action, prev_action)
+        self.success.update((distance,))
+        crash = self.crash_rules.reason(drone.position, drone.velocity, tilt_cos)
         terminated = crash is not None
         truncated = not terminated and self.steps >= self.settings.max_episode_steps
         info = {"distance": distance}
@@ -94,8 +113,12 @@ class HoverEnv(gym.Env):
             info["crash"] = crash
         if terminated or truncated:
             info["is_success"] = bool(truncated and self.success.succeeded()[0])
-        obs = observe(sim, self.target, self.noise, self.np_random)[0]
-        return obs, reward, terminated, truncated, info
+        return self._observe(), reward, terminated, truncated, info
+
+    def _observe(self) -> np.ndarray:
+        if self.noise.enabled:
+            return observe(self.sim, self.target, self.noise, self.np_random)[0]
+        return np.array(drone_observation(self.sim.drones[0], self._target), dtype=np.float32)
 
     def render(self):
         if self.render_mode != "rgb_array":
@@ -123,24 +146,25 @@ class WaypointEnv(HoverEnv):
             waypoints = waypoints + self.np_random.uniform(-s.randomize_waypoints, s.randomize_waypoints, waypoints.shape)
             waypoints[:, 2] = np.maximum(waypoints[:, 2], 0.3)
         self.waypoints = waypoints
+        self._waypoint_rows = [tuple(w) for w in waypoints.tolist()]
         self.waypoint_index = 0
-        self.target = self._reference(0.0)
+        self._target = self._reference(0.0)
 
-    def _reference(self, t: float) -> np.ndarray:
+    def _reference(self, t: float) -> tuple[float, float, float]:
         s = self.settings
         if s.trajectory == "circle":
-            centre = self.waypoints[0]
+            centre = self._waypoint_rows[0]
             phase = 2.0 * math.pi * t / s.circle_period
-            return np.array([[centre[0] + s.circle_radius * math.cos(phase) - s.circle_radius,
-                              centre[1] + s.circle_radius * math.sin(phase), centre[2]]])
-        return self.waypoints[self.waypoint_index][None, :]
+            return (centre[0] + s.circle_radius * math.cos(phase) - s.circle_radius,
+                    centre[1] + s.circle_radius * math.sin(phase), centre[2])
+        return self._waypoint_rows[self.waypoint_index]
 
     def _advance_task(self, distance: float) -> None:
         s = self.settings
         if s.trajectory == "waypoints" and distance <= s.switch_radius and self.waypoint_index < len(self.waypoints) - 1:
             self.waypoint_index += 1
             self.success.reset()
-        self.target = self._reference(self.steps / s.control_hz)
+        self._target = self._reference(self.steps / s.control_hz)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
@@ -148,3 +172,9 @@ class WaypointEnv(HoverEnv):
         if "is_success" in info and self.settings.trajectory == "waypoints":
             info["is_success"] = info["is_success"] and self.waypoint_index == len(self.waypoints) - 1
         return obs, reward, terminated, truncated, info
+
+
+def _error(position, target) -> tuple[float, float, float]:
+    px, py, pz = position
+    tx, ty, tz = target
+    return (px - tx, py - ty, pz - tz)
