@@ -109,21 +109,202 @@ def train(config: str | None, overrides: tuple[str, ...], resume: str | None) ->
                f"evaluation success {result.success_rate}")
 
 
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--grid", multiple=True, metavar="KEY=V1,V2,...",
+              help="Try each value (repeatable: all combinations), e.g. --grid entropy.init.threshold=-5,-4,-3; "
+                   "KEY=[[64,64],[128,128]] for values holding commas.")
+@click.option("--random", "random_", multiple=True, metavar="KEY=DIST:ARGS",
+              help="Sample KEY from uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH or choice:A,B,... "
+                   "(repeatable; with --search random or optuna).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override of the base config.")
+@click.option("--search", type=click.Choice(["grid", "random", "optuna"]), default=None,
+              help="[default: grid, or random when --random is given]")
+@click.option("--samples", type=click.IntRange(1), default=None,
+              help="Random/Optuna trials (x the --grid combinations for random) [default: 10].")
+@click.option("--max-concurrent", type=click.IntRange(1), default=None,
+              help="Trials at once [default: as many as the Ray cluster holds].")
+@click.option("--metric", default="success_rate", show_default=True, help="What the best trial has most (or least) of.")
+@click.option("--mode", type=click.Choice(["max", "min"]), default="max", show_default=True)
+@click.option("--asha/--no-asha", default=True, show_default=True, help="Stop hopeless trials early (ASHA).")
+@click.option("--grace-period", type=click.IntRange(1), default=None,
+              help="Iterations before ASHA first judges a trial [default: evaluation.interval].")
+@click.option("--sweep-dir", type=click.Path(file_okay=False), default=None,
+              help="Trials' checkpoints, summary and best config [default: runs/<name>-sweep-<time>].")
+def sweep(config: str, grid: tuple[str, ...], random_: tuple[str, ...], overrides: tuple[str, ...], search: str | None,
+          samples: int | None, max_concurrent: int | None, metric: str, mode: str, asha: bool, grace_period: int | None,
+          sweep_dir: str | None) -> None:
+    """Tune config values (entropy thresholds...) with Ray Tune: one training run per trial, all as child runs
+    of one MLflow run; prints a summary and writes the best config as YAML for `entropilot train`."""
+    from entropilot.platform.config import ConfigError, load_config
+    from entropilot.platform.sweep import SweepError, plan_sweep, run_sweep
+
+    try:
+        plan = plan_sweep(load_config(config, list(overrides)), grid, random_, search=search, samples=samples,
+                          metric=metric, mode=mode, asha=asha, grace_period=grace_period,
+                          max_concurrent=max_concurrent, sweep_dir=sweep_dir)
+        result = run_sweep(plan, echo=click.echo)
+    except (ConfigError, SweepError) as err:
+        raise click.ClickException(str(err)) from None
+    if result.best is None:
+        sys.exit(1)
+
+
+_ADDRESS_OPTION = click.option(
+    "--address", envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"], default=None, metavar="http://HEAD:8265",
+    help="The Ray cluster's dashboard [default: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS].")
+
+
+def _cluster(address: str | None):
+    import logging
+
+    from entropilot.platform.jobs import Cluster, ClusterError
+
+    logging.getLogger("ray").setLevel(logging.WARNING)  # Ray's client logs each upload step and socket close at INFO
+    if not address:
+        raise click.UsageError("no Ray cluster given: pass --address http://HEAD:8265 (the head's dashboard) "
+                               "or set RAY_API_SERVER_ADDRESS")
+    try:
+        return Cluster(address)
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _follow_job(cluster, job_id: str) -> None:
+    """Echo the job's logs until it ends; exit 0 only if it succeeded."""
+    from entropilot.platform.jobs import ClusterError
+
+    try:
+        status = cluster.follow(job_id, echo=click.echo)
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following; the job runs on. `entropilot jobs logs {job_id} --follow` follows it again, "
+                   f"`entropilot jobs stop {job_id}` stops it")
+        sys.exit(130)
+    click.echo(f"job {job_id}: {status}")
+    sys.exit(0 if status == "SUCCEEDED" else 1)
+
 
 @main.command()
-@click.argument("source", metavar="CHECKPOINT|RUN_DIR|RUN_ID")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@_ADDRESS_OPTION
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override (repeatable), as for train.")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="Follow the job's logs until it ends (exit status = the job's success).")
+def submit(config: str, address: str | None, overrides: tuple[str, ...], follow: bool) -> None:
+    """Train on a Ray cluster: submit `entropilot train CONFIG` as a Ray job (this project as its working dir)."""
+    from entropilot.platform.config import ConfigError, load_config
+    from entropilot.platform.jobs import ClusterError, tracking_uri_for_cluster
+
+    try:
+        cfg = load_config(config, list(overrides))
+        tracking_uri = tracking_uri_for_cluster(cfg, address) if address else None
+    except (ConfigError, ClusterError) as err:
+        raise click.ClickException(str(err)) from None
+    cluster = _cluster(address)
+    try:
+        job = cluster.submit_training(config, overrides, cfg, tracking_uri, echo=click.echo)
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"submitted job {job.job_id}: {job.entrypoint}")
+    click.echo(f"  dashboard {job.dashboard_url}\n  MLflow {job.tracking_uri}")
+    if follow:
+        _follow_job(cluster, job.job_id)
+    else:
+        click.echo(f"  follow it with `entropilot jobs logs {job.job_id} --follow`")
+
+
+@main.group()
+def jobs() -> None:
+    """List, follow and stop training jobs on a Ray cluster."""
+
+
+@jobs.command("list")
+@_ADDRESS_OPTION
+def jobs_list(address: str | None) -> None:
+    """The cluster's jobs, oldest first."""
+    from entropilot.platform.jobs import ClusterError
+
+    try:
+        found = _cluster(address).list_jobs()
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from None
+    for job in found:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else "-"
+        click.echo(f"{job.submission_id or job.job_id:32s} {str(job.status):10s} {started}  {job.entrypoint}")
+    if not found:
+        click.echo("no jobs")
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@_ADDRESS_OPTION
+@click.option("--follow", is_flag=True, help="Keep following until the job ends (exit status = its success).")
+def jobs_logs(job_id: str, address: str | None, follow: bool) -> None:
+    """A job's logs so far (or followed to its end)."""
+    from entropilot.platform.jobs import ClusterError
+
+    cluster = _cluster(address)
+    if follow:
+        _follow_job(cluster, job_id)
+    else:
+        try:
+            click.echo(cluster.logs(job_id), nl=False)
+        except ClusterError as err:
+            raise click.ClickException(str(err)) from None
+
+
+@jobs.command("stop")
+@click.argument("job_id")
+@_ADDRESS_OPTION
+def jobs_stop(job_id: str, address: str | None) -> None:
+    """Stop a running job."""
+    from entropilot.platform.jobs import ClusterError
+
+    try:
+        stopped = _cluster(address).stop(job_id)
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"job {job_id}: {'stop requested' if stopped else 'had already ended'}")
+
+
+
+@main.command()
+@click.argument("source", metavar="CHECKPOINT|RUN_DIR|RUN_ID|models:/NAME@ALIAS")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
 @click.option("--parity-batch", default=256, show_default=True, type=click.IntRange(1),
               help="Real observations (rolled out in the training env) on which onnxruntime must match torch.")
 @click.option("--register", "registered_model", default=None, metavar="NAME",
               help="Also log the file to its training run in MLflow and register it under NAME.")
 @click.option("--alias", default=None, help="With --register: point this alias (e.g. production) at the new version.")
-def export(source: str, output: str, parity_batch: int, registered_model: str | None, alias: str | None) -> None:
-    """Export a trained policy to one self-contained ONNX file (normalization and action mapping inside)."""
-    from entropilot.deploy.export import ExportError, export_policy, log_to_mlflow
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="The MLflow server (or store) for a run id, a models:/ source and --register "
+                   "[default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+def export(source: str, output: str, parity_batch: int, registered_model: str | None, alias: str | None,
+           tracking_uri: str | None) -> None:
+    """Export a trained policy to one self-contained ONNX file (normalization and action mapping inside).
+
+    A registered model (models:/NAME@ALIAS or models:/NAME/VERSION) is not exported again: its registered file is
+    downloaded, checked against the SHA-256 recorded when it was registered and against its seal, and written to
+    OUTPUT. Those bytes are the ones that were approved; a fresh export would differ from them as soon as entropilot
+    or torch changed (both are named inside the file), and would need the checkpoint, torch and ray.
+    """
+    from entropilot.deploy.registry import is_model_uri
 
     if alias and not registered_model:
         raise click.UsageError("--alias needs --register NAME")
+    if is_model_uri(source):
+        if registered_model:
+            raise click.UsageError(f"{source} is registered already; --register applies to a checkpoint or run")
+        _export_registered(source, output, tracking_uri)
+        return
+    if tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+    from entropilot.deploy.export import ExportError, export_policy, log_to_mlflow
+
     try:
         result = export_policy(source, output, parity_batch=parity_batch)
     except ExportError as err:
@@ -139,43 +320,101 @@ def export(source: str, output: str, parity_batch: int, registered_model: str | 
                    + (f" ({logged['alias_uri']})" if alias else ""))
 
 
+def _export_registered(source: str, output: str, tracking_uri: str | None) -> None:
+    """``export models:/...``: the registered file itself, verified, copied to ``output``."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="entropilot-export-") as tmp:
+        pulled = _pull_registered(source, tracking_uri, cache_dir=tmp)
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pulled.path, output)
+    click.echo(f"wrote {output} ({Path(output).stat().st_size} bytes): the registered file of {source}")
+    click.echo(f"  sha256 {pulled.sha256}")
+
+
+def _pull_registered(source: str, tracking_uri: str | None, cache_dir: str | None):
+    """A registered policy's verified local copy (``registry.pull_policy``); a clean error if it cannot be had."""
+    from entropilot.deploy.contract import PolicyContractError
+    from entropilot.deploy.registry import RegistryError, pull_policy
+
+    try:
+        pulled = pull_policy(source, tracking_uri=tracking_uri, cache_dir=cache_dir)
+    except (RegistryError, PolicyContractError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{source}: {pulled.name} version {pulled.version} (run {pulled.run_id}), "
+               f"{'downloaded' if pulled.downloaded else 'cached copy'} {pulled.path}, "
+               f"SHA-256 as registered, seal intact")
+    return pulled
+
+
 @main.command()
-@click.argument("policy_file", metavar="POLICY.onnx", type=click.Path(exists=True, dir_okay=False))
-@click.option("--link", type=click.Choice(["sim", "mavlink"]), default="sim", show_default=True,
+@click.argument("policy_file", metavar="POLICY.onnx|models:/NAME@ALIAS")
+@click.option("--link", type=click.Choice(["sim", "mavlink", "crazyflie"]), default="sim", show_default=True,
               help="The vehicle link: sim = the PyBullet env the policy's metadata names; mavlink = a PX4-style "
-                   "autopilot in offboard mode (see --connect; one flight; --episodes, --seed, --plot and --video "
-                   "are the sim's).")
-@click.option("--connect", "connection", default="udpout:127.0.0.1:14540", show_default=True,
-              help="With --link mavlink: the pymavlink connection (udpout:HOST:PORT to a vehicle or `entropilot sitl` "
-                   "listening there, udpin:HOST:PORT to listen).")
+                   "autopilot in offboard mode; crazyflie = a Crazyflie over cflib in rate mode. mavlink and crazyflie "
+                   "fly one flight (--episodes, --seed and --video are the sim's).")
+@click.option("--connect", "--uri", "connection", default=None,
+              help="The vehicle's address. mavlink: a pymavlink connection [default: udpout:127.0.0.1:14540, to a "
+                   "vehicle or `entropilot sitl` listening there; udpin:HOST:PORT listens; a serial port runs at "
+                   "115200 baud: route faster ones to UDP with mavlink-router]. crazyflie: a cflib URI "
+                   "[default: radio://0/80/2M/E7E7E7E7E7].")
 @click.option("--target", default=None, metavar="X,Y,Z",
-              help="With --link mavlink: the point to fly to, in metres (world z up) [default: the env's target].")
+              help="With mavlink or crazyflie: the point to fly to, in metres (world z up) [default: the env's target].")
 @click.option("--episodes", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds of policy control per flight, then land and disarm [default: the env's episode_seconds].")
-@click.option("--dry-run", is_flag=True, help="Shadow mode: run the policy and log its actions; the vehicle only holds.")
+@click.option("--dry-run", is_flag=True, help="Shadow mode: run the policy and its guards on the vehicle's telemetry and log what would be sent; nothing is sent (no arming, no mode change). In simulation the drone holds on its own controller.")
 @click.option("--max-action-rate", type=click.FloatRange(0), default=40.0, show_default=True,
               help="Action rate limit in normalized units per second (0: off).")
 @click.option("--sha256", default=None, help="Refuse the file unless it has this SHA-256.")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="For a models:/ policy: the MLflow registry [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="For a models:/ policy: where verified copies are kept "
+                   "[default: $ENTROPILOT_MODEL_CACHE, else ~/.cache/entropilot/models].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a trajectory plot (PNG).")
 @click.option("--video", type=click.Path(dir_okay=False), default=None, help="Save the first episode as a GIF.")
-def fly(policy_file: str, link: str, connection: str, target: str | None, episodes: int, seed: int,
-        duration: float | None, dry_run: bool, max_action_rate: float, sha256: str | None, plot: str | None,
-        video: str | None) -> None:
-    """Fly an exported ONNX policy through the onboard autopilot (safety guards, failsafe ladder) and report each flight."""
-    from entropilot.deploy.autopilot import ArmingRefused, Autopilot
-    from entropilot.deploy.links.sim import SimLink
-    from entropilot.deploy.onnx_policy import OnnxPolicy, PolicyContractError
+def fly(policy_file: str, link: str, connection: str | None, target: str | None, episodes: int, seed: int,
+        duration: float | None, dry_run: bool, max_action_rate: float, sha256: str | None, tracking_uri: str | None,
+        cache_dir: str | None, plot: str | None, video: str | None) -> None:
+    """Fly an exported ONNX policy through the onboard autopilot (safety guards, failsafe ladder) and report each flight.
 
+    POLICY is a file from `entropilot export`, or a registered model (models:/NAME@ALIAS, models:/NAME/VERSION): that
+    one is pulled from the MLflow registry, checked against the SHA-256 recorded at registration and its seal, and
+    kept in a local cache."""
+    from pathlib import Path
+
+    from entropilot.deploy.autopilot import ArmingRefused, Autopilot
+    from entropilot.deploy.onnx_policy import OnnxPolicy, PolicyContractError
+    from entropilot.deploy.registry import is_model_uri
+
+    if plot:  # found out before the flight, not after it (an onboard install may have no matplotlib)
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise click.UsageError("--plot needs matplotlib: pip install matplotlib")
+    path = policy_file
+    if is_model_uri(policy_file):
+        pulled = _pull_registered(policy_file, tracking_uri, cache_dir)
+        path, sha256 = pulled.path, sha256 or pulled.sha256
+    elif not Path(policy_file).is_file():
+        raise click.BadParameter(f"{policy_file!r}: no such file (give an exported .onnx or models:/NAME@ALIAS)",
+                                 param_hint="POLICY")
     try:
-        policy = OnnxPolicy(policy_file, expected={"sha256": sha256} if sha256 else None)
+        policy = OnnxPolicy(path, expected={"sha256": sha256} if sha256 else None)
     except PolicyContractError as err:
         raise click.ClickException(str(err)) from None
     m = policy.metadata
-    if link == "mavlink":
-        _fly_mavlink(policy, policy_file, connection, target, duration, dry_run, max_action_rate)
+    if link != "sim":
+        vehicle = _real_time_link(link, m, connection)
+        _fly_on_link(policy, policy_file, vehicle, _flight_target(m, target), duration or _env_settings(m).episode_seconds,
+                     dry_run, max_action_rate, plot)
         return
+    from entropilot.deploy.links.sim import SimLink
+
     vehicle = SimLink.from_policy_metadata(m, render_mode="rgb_array" if video else None)
     try:
         click.echo(f"Flying {episodes} episode(s) of {m['env_id']} ({m['action_mode']}, {m['control_hz']} Hz, link {link}"
@@ -199,36 +438,64 @@ def fly(policy_file: str, link: str, connection: str, target: str | None, episod
     sys.exit(0 if stats["success_rate"] > 0 else 1)
 
 
-def _fly_mavlink(policy, policy_file: str, connection: str, target: str | None, duration: float | None, dry_run: bool,
-                 max_action_rate: float) -> None:
-    """One flight of ``policy`` on a MAVLink vehicle (offboard), then land and disarm on the ground."""
-    from entropilot.deploy.autopilot import ArmingRefused, Autopilot
-    from entropilot.deploy.links.base import LinkError
-    from entropilot.deploy.links.mavlink import MavlinkLink
+def _env_settings(metadata):
+    """The settings of the env an exported policy names (its episode length, its target)."""
     from entropilot.envs import ENVIRONMENTS
 
-    m = policy.metadata
-    settings = ENVIRONMENTS[m["env_id"]][1].from_kwargs({**m["env_kwargs"], "action_mode": m["action_mode"],
-                                                          "control_hz": m["control_hz"], "physics_hz": m["physics_hz"]})
+    m = metadata
+    return ENVIRONMENTS[m["env_id"]][1].from_kwargs({**m["env_kwargs"], "action_mode": m["action_mode"],
+                                                     "control_hz": m["control_hz"], "physics_hz": m["physics_hz"]})
+
+
+def _flight_target(metadata, target: str | None) -> np.ndarray:
     if target is None:
-        point = np.array(settings.target, dtype=float)
-    else:
-        try:
-            point = np.array([float(v) for v in target.split(",")])
-        except ValueError:
-            point = np.zeros(0)
-        if point.shape != (3,):
-            raise click.BadParameter(f"{target!r}: give X,Y,Z in metres", param_hint="--target")
+        return np.array(_env_settings(metadata).target, dtype=float)
     try:
-        vehicle = MavlinkLink.from_policy_metadata(m, connection)
+        point = np.array([float(v) for v in target.split(",")])
+    except ValueError:
+        point = np.zeros(0)
+    if point.shape != (3,):
+        raise click.BadParameter(f"{target!r}: give X,Y,Z in metres", param_hint="--target")
+    return point
+
+
+def _real_time_link(link: str, metadata, connection: str | None):
+    """The MAVLink or Crazyflie link an exported ctbr policy needs, not yet connected."""
+    from entropilot.deploy.links.base import LinkError
+
+    try:
+        if link == "mavlink":
+            from entropilot.deploy.links.mavlink import MavlinkLink
+
+            return MavlinkLink.from_policy_metadata(metadata, connection or "udpout:127.0.0.1:14540")
+        import logging
+
+        from entropilot.deploy.links.crazyflie import CrazyflieLink
+
+        # cflib logs a failed connection with a whole traceback; the LinkError says it in one line.
+        logging.getLogger("cflib").addHandler(logging.NullHandler())
+        return CrazyflieLink.from_policy_metadata(metadata, connection or "radio://0/80/2M/E7E7E7E7E7")
+    except LinkError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _fly_on_link(policy, label: str, vehicle, target: np.ndarray, duration_s: float, dry_run: bool,
+                 max_action_rate: float, plot: str | None) -> None:
+    """One flight of ``policy`` on a real-time vehicle link: connect, arm, fly ``duration_s``, land and disarm on the
+    ground; echo the summary and every transition; exit 0 only if it ended disarmed without a failsafe."""
+    from entropilot.deploy.autopilot import ArmingRefused, Autopilot
+    from entropilot.deploy.links.base import LinkError
+
+    m = policy.metadata
+    try:
         vehicle.connect()
     except LinkError as err:
         raise click.ClickException(str(err)) from None
     try:
-        click.echo(f"Flying {policy_file} ({m['action_mode']}, {m['control_hz']} Hz) on {vehicle!r} to "
-                   f"{point.tolist()}{', dry run' if dry_run else ''}")
-        log = Autopilot(policy, vehicle, point, dry_run=dry_run, max_action_rate=max_action_rate or None
-                        ).run(duration_s=duration or settings.episode_seconds)
+        click.echo(f"Flying {label} ({m['action_mode']}, {m['control_hz']} Hz) on {vehicle!r} to "
+                   f"{target.tolist()}{', dry run' if dry_run else ''}")
+        log = Autopilot(policy, vehicle, target, dry_run=dry_run, max_action_rate=max_action_rate or None
+                        ).run(duration_s=duration_s)
     except ArmingRefused as err:
         raise click.ClickException(str(err)) from None
     finally:
@@ -236,7 +503,24 @@ def _fly_mavlink(policy, policy_file: str, connection: str, target: str | None, 
     click.echo(f"  autopilot: {log.summary()}")
     for transition in log.transitions:
         click.echo(f"    {transition}")
+    if plot:
+        _plot_flight_log(log, plot, title=f"{label} on {vehicle!r}")
     sys.exit(0 if not log.failsafes and log.final_state.value == "disarmed" else 1)
+
+
+def _plot_flight_log(log, plot: str, title: str) -> None:
+    """The flight's telemetry positions (policy, hold and land alike) as a trajectory plot, like the sim's."""
+    from entropilot.envs.evaluate import EpisodeResult
+    from entropilot.envs.plots import plot_trajectories
+
+    positions = log.positions[np.isfinite(log.positions).all(axis=1)]
+    if not len(positions):
+        click.echo("no telemetry positions to plot")
+        return
+    result = EpisodeResult(0, not log.failsafes, float("nan"), len(positions), log.handover_distance, None, positions,
+                           np.repeat(log.target[None, :], len(positions), axis=0))
+    plot_trajectories([result], plot, title=title)
+    click.echo(f"trajectory plot: {plot}")
 
 
 @main.command()

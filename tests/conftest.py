@@ -1,4 +1,5 @@
-"""Shared test fixtures: a real MLflow tracking server on 127.0.0.1 (sqlite store, proxied artifacts)."""
+"""Shared test fixtures: a real MLflow tracking server on 127.0.0.1 (sqlite store, proxied artifacts), and a tiny
+trained hover checkpoint with its exported ONNX policy."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{port}"
         self._process: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 120.0) -> None:  # ~10 s alone; a machine shared by many runs has taken 50
         mlflow_cli = Path(sys.executable).parent / "mlflow"
         command = [
             str(mlflow_cli), "server",
@@ -130,3 +131,48 @@ def restored_mlflow_env():
 def isolated_mlflow_env():
     with restored_mlflow_env():
         yield
+
+
+EXPORT_PARITY_BATCH = 256
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, mlflow_server) -> Path:
+    """One PPO iteration on a short hover task, tracked in the session's MLflow server (~10 s); shared by the export,
+    registry and link tests. Ray is shut down again before the tests use it (they need only the files)."""
+    import ray
+
+    from entropilot.envs import HOVER_ID
+    from entropilot.platform.config import parse_config
+    from entropilot.platform.train import train
+
+    root = tmp_path_factory.mktemp("export")
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
+    try:
+        with restored_mlflow_env():
+            cfg = parse_config({
+                "name": "tiny-export",
+                "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
+                "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+                "entropy": {"init": {"enabled": False}},
+                "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+                "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-export"},
+                "stop": {"iterations": 1},
+                "evaluation": {"interval": None},
+                "checkpoint": {"interval": None, "dir": str(root / "runs")},
+            })
+            path = train(cfg, echo=lambda line: None).checkpoint
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoint, tmp_path_factory):
+    """``checkpoint`` exported to a policy.onnx alone in its folder (an ``ExportResult``)."""
+    from entropilot.deploy.export import export_policy
+
+    return export_policy(checkpoint, tmp_path_factory.mktemp("onnx") / "policy.onnx", parity_batch=EXPORT_PARITY_BATCH)

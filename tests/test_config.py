@@ -316,7 +316,7 @@ def test_addresses_follow_the_ecosystem_variables(monkeypatch):
     cfg = ExperimentConfig()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert cfg.resources.resolve_ray_address() is None
+    assert cfg.resources.resolve_ray_address() == "local"  # never None: that would attach to a `ray start` cluster
     assert cfg.mlflow.resolve_tracking_uri() == "sqlite:///mlflow.db"
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")

@@ -7,6 +7,9 @@ from __future__ import annotations
 import math
 import queue
 import struct
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -98,13 +101,19 @@ def _log_toc_element(ident: int, complete_name: str) -> LogTocElement:
     return LogTocElement(ident, bytes([0x07]) + group.encode() + b"\0" + name.encode() + b"\0")  # 0x07: float
 
 
-@pytest.fixture
-def vehicle():
+def _loopback_crazyflie() -> tuple[LoopbackDriver, Crazyflie]:
+    """cflib's real Crazyflie on the in-memory driver, with the log TOC a connection would have downloaded."""
     driver = LoopbackDriver()
     cf = Crazyflie(link=driver)
     cf.log.toc = Toc()  # what a connection would have downloaded: the log variables the link asks for
     for ident, name in enumerate(LOG_POSITION + LOG_ATTITUDE):
         cf.log.toc.add_element(_log_toc_element(ident, name))
+    return driver, cf
+
+
+@pytest.fixture
+def vehicle():
+    driver, cf = _loopback_crazyflie()
     link = CrazyflieLink("radio://0/80/2M/E7E7E7E7E7", control_hz=50, max_body_rate=MAX_RATE,
                          hover_action=[-0.3, 0, 0, 0], cf=cf, clock=SimClock(), wait_for_telemetry=False)
     link.connect()
@@ -174,12 +183,13 @@ def test_telemetry_from_log_units():
 
 
 # ---- the link over the loopback driver --------------------------------------------------------
-def test_connect_sets_rate_mode_and_log_blocks(vehicle):
+def test_connect_only_listens_and_arm_sets_rate_mode(vehicle):
     link, driver = vehicle
+    assert len(driver.log_block_ids) == 2
+    assert driver.of(CRTPPort.PARAM, 3) == [] and _commander(driver) == []  # a dry run changes nothing
+    link.arm()
     params = [d for _, _, d in driver.of(CRTPPort.PARAM, 3)]  # MISC channel: raw writes by name
     assert params == [b"\0flightmode\0stabModeRoll\0\x08\x00", b"\0flightmode\0stabModePitch\0\x08\x00"]
-    assert len(driver.log_block_ids) == 2
-    assert _commander(driver) == []  # nothing commanded before arm
 
 
 def test_unlock_then_stream_then_hand_back(vehicle):
@@ -217,6 +227,7 @@ def test_first_action_without_arm_is_preceded_by_unlock(vehicle):
     link.send_action([0.2, 0, 0, 0])
     sent = _commander(driver)
     assert sent[0] == (0.0, 0.0, 0.0, 0) and sent[1][3] == round(0.6 * 65535) and len(sent) == 2
+    assert len(driver.of(CRTPPort.PARAM, 3)) == 2  # rate mode went out with the unlock
 
 
 def test_telemetry_from_log_packets(vehicle):
@@ -330,3 +341,68 @@ def test_hold_on_the_ground_sends_nothing(vehicle):
     link.hold()
     assert driver.of(CRTPPort.SETPOINT_HL) == [] and driver.of(CRTPPort.COMMANDER_GENERIC) == []
     assert _commander(driver) == []
+
+
+# ---- the fly command ------------------------------------------------------------------------
+HL_LAND_COMMANDS = (3, 8)  # cflib's high-level COMMAND_LAND, COMMAND_LAND_2
+
+
+def test_the_fly_command_flies_a_crazyflie_link(exported, capsys):
+    """``fly --link crazyflie`` after it has made its link: the CLI's flight function over cflib on the in-memory driver,
+    a real exported policy and the wall clock; a stand-in firmware streams the estimate and lands when told to."""
+    from entropilot.cli import _fly_on_link
+    from entropilot.deploy.onnx_policy import OnnxPolicy
+
+    policy = OnnxPolicy(exported.path)
+    driver, cf = _loopback_crazyflie()
+    link = CrazyflieLink.from_policy_metadata(policy.metadata, "radio://0/80/2M/E7E7E7E7E7", cf=cf)
+    stop = threading.Event()
+
+    def firmware():  # at the target, 1 m up, until a high-level land arrives; then on the ground
+        while not stop.is_set():
+            if len(driver.log_block_ids) == 2:
+                landing = any(d[0] in HL_LAND_COMMANDS for _, _, d in driver.of(CRTPPort.SETPOINT_HL))
+                _send_log(driver, driver.log_block_ids[0], [0.0, 0.0, 0.0 if landing else 1.0, 0.0, 0.0, 0.0])
+                _send_log(driver, driver.log_block_ids[1], [0.0] * 6)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=firmware, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SystemExit):
+            _fly_on_link(policy, "policy.onnx", link, np.array([0.0, 0.0, 1.0]), 0.5, False, 40.0, None)
+    finally:
+        stop.set()
+        thread.join()
+        cf.link = None
+    out = capsys.readouterr().out
+    assert "Flying policy.onnx (ctbr, 48 Hz) on CrazyflieLink('radio://0/80/2M/E7E7E7E7E7'" in out
+    assert "final state disarmed" in out and "-> disarmed (disarmed on the ground)" in out, out
+    sent = _commander(driver)
+    assert sent[0] == (0.0, 0.0, 0.0, 0) and len(sent) > 1  # unlock, then the policy's setpoints
+    assert any(d[0] in HL_LAND_COMMANDS for _, _, d in driver.of(CRTPPort.SETPOINT_HL))
+    assert (CRTPPort.COMMANDER_GENERIC, 1, struct.pack("<BI", 0, 0)) in driver.of(CRTPPort.COMMANDER_GENERIC)
+
+
+def test_fly_without_a_crazyradio_says_so(exported, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from entropilot.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)  # cflib keeps its TOC cache in ./cache
+    result = CliRunner().invoke(cli, ["fly", str(exported.path), "--link", "crazyflie", "--uri",
+                                      "radio://0/80/2M/E7E7E7E7E7", "--dry-run"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "cannot connect to the Crazyflie at radio://0/80/2M/E7E7E7E7E7: Couldn't load link driver" in result.output
+
+
+def test_fly_without_cflib_names_the_extra(exported):
+    code = (
+        "import sys\n"
+        "sys.modules['cflib'] = None  # as if the extra were not installed: importing it fails\n"
+        "from entropilot.cli import main\n"
+        f"main(['fly', {str(exported.path)!r}, '--link', 'crazyflie'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "the Crazyflie link needs cflib: pip install 'entropilot[crazyflie]'" in out.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,46 +22,9 @@ from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy, PolicyCont
 from entropilot.envs import HOVER_ID, OBSERVATION_NAMES, make_env
 from entropilot.envs.evaluate import run_episodes
 from entropilot.platform.train import STATE_FILE
-from conftest import restored_mlflow_env
+from conftest import EXPORT_PARITY_BATCH as PARITY_BATCH
 
-PARITY_BATCH = 256
 PROBES = 4  # out-of-range observations export adds to the real ones
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, mlflow_server) -> Path:
-    """One PPO iteration on a short hover task, tracked in the session's MLflow server (~10 s)."""
-    import ray
-
-    from entropilot.platform.config import parse_config
-    from entropilot.platform.train import train
-
-    root = tmp_path_factory.mktemp("export")
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
-    try:
-        with restored_mlflow_env():
-            cfg = parse_config({
-                "name": "tiny-export",
-                "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
-                "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-                "entropy": {"init": {"enabled": False}},
-                "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-                "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-export"},
-                "stop": {"iterations": 1},
-                "evaluation": {"interval": None},
-                "checkpoint": {"interval": None, "dir": str(root / "runs")},
-            })
-            yield train(cfg, echo=lambda line: None).checkpoint
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory):
-    return export_policy(checkpoint, tmp_path_factory.mktemp("onnx") / "policy.onnx", parity_batch=PARITY_BATCH)
 
 
 def test_export_writes_one_self_contained_file_with_its_contract(exported, checkpoint):

@@ -160,6 +160,19 @@ def test_a_policy_hovers_through_mavlink_then_lands_and_disarms(sitl, tmp_path, 
                                     if e.kind == "mode"]
 
 
+def test_a_dry_run_never_arms_or_switches_the_vehicle(sitl):
+    link = link_to(sitl)
+    mode = sitl.mode
+    try:
+        log = Autopilot(pid_policy(), link, TARGET, dry_run=True, max_telemetry_age_s=0.2).run(duration_s=1.0)
+    finally:
+        link.close()
+    assert not sitl.armed and sitl.mode == mode and sitl.setpoints_received == 0
+    assert [e for e in sitl.events if e.kind in ("mode", "armed", "rejected")] == [], [str(e) for e in sitl.events]
+    shadowed = [s for s in log.steps if s.state is FlightState.FLYING]
+    assert len(shadowed) >= 0.9 * HZ and all(s.command == "none" and np.isfinite(s.action).all() for s in shadowed)
+
+
 def test_when_the_policy_side_dies_the_vehicle_holds_then_lands_and_disarms_only_on_the_ground(sitl):
     link = link_to(sitl)
     pid = CascadedPID("cf2x", "ctbr", HZ)

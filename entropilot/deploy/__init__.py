@@ -5,6 +5,9 @@
 - ``onnx_policy``: ``OnnxPolicy``, the file at flight time: onnxruntime on one thread, contract and seal
   checked on load, finite numbers checked on every call (imports neither torch nor ray).
 - ``contract``: what the two agree on: graph signature, metadata keys, schema version, content seal.
+- ``registry``: a registered model (``models:/name@alias``) pulled from MLflow, checked against the SHA-256 recorded
+  at registration and its seal, and cached (imports mlflow only when it pulls).
+- ``autopilot``, ``safety``, ``links``: the onboard loop, its guards and failsafe ladder, the vehicle links.
 
 Importing this package imports nothing heavy; import the submodule you need.
 """

@@ -197,8 +197,11 @@ class Autopilot:
     (HOLD then LAND after ``hold_s``; a geofence breach lands at once); the policy never gets control back;
     the vehicle is disarmed only after reporting itself landed for ``landed_confirm_s``.
 
-    ``dry_run``: the policy is run and its guarded actions logged, but the vehicle is told to hold instead (the
-    safety ladder still commands hold and land). ``clock`` defaults to the link's (simulated time for SimLink:
+    ``dry_run`` (shadow mode): the vehicle is never commanded — not armed, no mode change, no setpoint, no land —
+    while it flies on whatever controls it (a pilot, its own position hold; `VehicleLink.observe`). The
+    preflight checks, the policy and every guard run on its telemetry, and the log records the actions the
+    policy would have sent and the failsafe steps the autopilot would have taken. It ends after the flight
+    time, leaving the vehicle as it was. ``clock`` defaults to the link's (simulated time for SimLink:
     as fast as the CPU goes, deterministic) or the wall clock. In simulated time the policy's own compute takes
     no time, so the deadline judges only what the clock is told (a test's slow policy); ``FlightLog`` keeps the
     real compute times too.
@@ -253,7 +256,7 @@ class Autopilot:
                 problems.append(f"telemetry is {age:.3f} s old (max {self.max_telemetry_age_s:.3f} s)")
             elif (where := self.geofence.violation(telemetry.position)) is not None:
                 problems.append(f"the vehicle is outside the geofence: {where}")
-        if not problems:
+        if not problems and not self.dry_run:
             try:
                 self.link.arm()
             except LinkError as err:
@@ -266,7 +269,7 @@ class Autopilot:
         if callable(reset):
             reset()
         self.previous_action = np.array(self.link.hover_action, dtype=np.float64)
-        self.ladder.engage(t, "preflight checks passed; " + ("dry run: policy shadowed, vehicle holds" if self.dry_run
+        self.ladder.engage(t, "preflight checks passed; " + ("dry run: policy shadowed, the vehicle is not commanded" if self.dry_run
                                                              else "policy in control"))
 
     # ---- flying --------------------------------------------------------------------------
@@ -297,7 +300,7 @@ class Autopilot:
         while k < flight_ticks + extra:
             self._tick(complete=k >= flight_ticks, then=then)
             state = self.ladder.state
-            if state is FlightState.DISARMED:
+            if state is FlightState.DISARMED or (self.dry_run and k + 1 >= flight_ticks):
                 break
             if end == "hold" and k >= flight_ticks and state is FlightState.HOLD and not self.ladder.in_failsafe:
                 break  # handed over: the vehicle holds on its own controller
@@ -310,7 +313,10 @@ class Autopilot:
                 k += skipped
                 due = t0 + k * self.period
             self.clock.sleep_until(due)
-        if self.ladder.armed and not (end == "hold" and self.ladder.state is FlightState.HOLD):
+        if self.dry_run:
+            self._event(self.clock.now(), "shadow_ended", f"dry run over in {self.ladder.state.value}; the vehicle "
+                        "was never commanded")
+        elif self.ladder.armed and not (end == "hold" and self.ladder.state is FlightState.HOLD):
             self._event(self.clock.now(), "run_ended",
                         f"still armed in {self.ladder.state.value}: the vehicle keeps its {self.ladder.state.value} mode")
         return self.log
@@ -320,6 +326,8 @@ class Autopilot:
         self._event(t, "aborted", reason)
         if self.ladder.state is FlightState.FLYING:
             self.ladder.complete(t, reason + ": holding", FlightState.HOLD)
+            if self.dry_run:
+                return
             try:
                 self.link.hold()
             except Exception as err:  # the original error matters more; record this one
@@ -355,15 +363,15 @@ class Autopilot:
             policy_action, action, inference_s, compute_s = self._infer(t, telemetry, raised)
         state = self.ladder.state
         try:
-            if state is FlightState.FLYING:
+            if self.dry_run:
+                if state is FlightState.FLYING and action is not None:
+                    self.previous_action = action
+                self.link.observe()
+            elif state is FlightState.FLYING:
                 if action is None:  # a tolerated deadline miss: the vehicle keeps the last setpoint
                     action = self.previous_action
-                if self.dry_run:
-                    self.link.hold()
-                    command = "hold"
-                else:
-                    self.link.send_action(action)
-                    command = "action"
+                self.link.send_action(action)
+                command = "action"
                 self.previous_action = action
             elif state is FlightState.HOLD:
                 self.link.hold()

@@ -21,6 +21,8 @@ FRAME_CONVENTION = {
 
 # Every value is stored as JSON text under PREFIX + key in the model's metadata_props.
 PREFIX = "entropilot."
+# Where export records the whole file's SHA-256 in MLflow: a tag on the run and on the registered model version.
+SHA256_TAG = PREFIX + "onnx_sha256"
 REQUIRED_KEYS = (
     "schema_version",
     "observation_names",

@@ -32,6 +32,7 @@ from entropilot.deploy.contract import (
     INPUT_NAME,
     OUTPUT_NAME,
     SCHEMA_VERSION,
+    SHA256_TAG,
     encode_metadata,
     seal,
     sha256_hex,
@@ -43,7 +44,6 @@ __all__ = ["CheckpointInfo", "ExportError", "ExportResult", "PARITY_TOLERANCE", 
 PARITY_TOLERANCE = 1e-5
 RL_MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
 CHECKPOINT_TAG = "entropilot.checkpoint_dir"  # set by the training loop on its MLflow run
-SHA256_TAG = "entropilot.onnx_sha256"
 # Out-of-range probes added to the real observations: they drive the normalization into its clip.
 _PROBE_SCALES = (-1e3, -30.0, 30.0, 1e3)
 
@@ -460,7 +460,7 @@ def log_to_mlflow(result: ExportResult, run_id: str | None = None, *, name: str 
         info = mlflow.onnx.log_model(
             model, name=name, registered_model_name=registered_model, save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],
-            metadata={"entropilot.onnx_sha256": result.sha256},
+            metadata={SHA256_TAG: result.sha256},
             tags={SHA256_TAG: result.sha256},
         )
         mlflow.set_tag(SHA256_TAG, result.sha256)

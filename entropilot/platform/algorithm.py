@@ -11,8 +11,8 @@ import numpy as np
 import ray
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-from ray.rllib.algorithms.ppo import PPOConfig
-from ray.rllib.algorithms.sac import SACConfig
+from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.algorithms.sac import SAC, SACConfig
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.filter import RunningStat
@@ -30,6 +30,53 @@ SHARED_POLICY_ID = "shared_policy"
 
 def _map_to_shared_policy(agent_id, episode, **kwargs) -> str:
     return SHARED_POLICY_ID
+
+
+# Env-runner fault tolerance. A runner actor that dies (SIGKILL, OOM, lost node, an exception in sample())
+# is restarted by Ray Core (`max_restarts` = RLlib's max_num_env_runner_restarts, 1000); meanwhile RLlib
+# samples from the healthy runners and, once the restarted one answers its health ping, syncs it the current
+# weights and filter state before it samples again.
+FAULT_TOLERANCE = {
+    "restart_failed_env_runners": True,
+    # A runner whose sample() raised sleeps this long before exiting (for its traceback to reach the log) and
+    # the driver's synchronous sampling waits on it: RLlib's 60 s default stalls every such iteration a minute.
+    "delay_between_env_runner_restarts_s": 2.0,
+    # Off: our envs are deterministic code, so an exception in step() is a bug; recreating the env in place
+    # would repeat it silently, while a runner crash shows in the driver's log and in `env_runner_restarts`.
+    "restart_failed_sub_environments": False,
+}
+
+
+def _restarted_before_sync(runner) -> tuple[int, bool]:
+    """(runner index, whether Ray Core restarted this actor and it still holds its freshly built weights)."""
+    unsynced = runner._weights_seq_no == 0
+    return runner.worker_index, unsynced and bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+class _RestoresSilentlyRestartedEnvRunners:
+    """RLlib restores a runner's state only if a call to it failed. Ray Core restarts a killed runner by itself,
+    though, and when the restart completes between two calls (e.g. while the driver evaluates or checkpoints),
+    no call fails: the runner would sample a batch with its freshly built policy and an empty observation
+    filter. Before each training step, such runners are taken out of service, which makes RLlib's own
+    restore path sync them (it pings them and pushes the current state)."""
+
+    def restore_env_runners(self, env_runner_group):
+        if env_runner_group.num_healthy_remote_env_runners():
+            # Bounded like RLlib's health probe: a hung runner must not hang training (it answers nothing here).
+            answers = env_runner_group.foreach_env_runner(_restarted_before_sync, local_env_runner=False,
+                                                          timeout_seconds=self.config.env_runner_health_probe_timeout_s)
+            for index, restarted in answers:
+                if restarted:
+                    env_runner_group._worker_manager.set_actor_state(index, healthy=False)
+        return super().restore_env_runners(env_runner_group)
+
+
+class FaultTolerantPPO(_RestoresSilentlyRestartedEnvRunners, PPO):
+    """RLlib's PPO whose restarted env runners always sample with the current policy."""
+
+
+class FaultTolerantSAC(_RestoresSilentlyRestartedEnvRunners, SAC):
+    """RLlib's SAC whose restarted env runners always sample with the current policy."""
 
 
 def build_algorithm(
@@ -76,6 +123,7 @@ def build_algorithm(
     resolved by `resolve_learner_resources`; remote learners take `num_cpus_per_learner` CPUs each
     ("auto": 1 without GPU, 0 with). Observations are normalized with RLlib's MeanStdFilter
     unless `normalize_observations=False`. `learner_class` replaces our learner (e.g. RLlib's stock one).
+    A crashed env runner is restarted and gets the current policy before it samples again (`FAULT_TOLERANCE`).
 
     `multi_agent=True` is for an RLlib `MultiAgentEnv` whose agents all have the same observation and
     action spaces: every agent maps to one RLModule, `SHARED_POLICY_ID`, trained on all agents' steps
@@ -99,7 +147,7 @@ def build_algorithm(
     model_config = {"fcnet_hiddens": list(hidden_sizes), "fcnet_activation": activation, "free_log_std": free_log_std}
 
     if algorithm == "PPO":
-        config = PPOConfig().training(
+        config = PPOConfig(algo_class=FaultTolerantPPO).training(
             lr=lr,
             gamma=gamma,
             train_batch_size_per_learner=train_batch_size,
@@ -114,7 +162,7 @@ def build_algorithm(
         default_learner = EntropyControlledPPOLearner
         learner_config = {ENTROPY_CONTROL: entropy_control, COVARIANCE_CONTROL: covariance_control}
     else:
-        config = SACConfig().training(
+        config = SACConfig(algo_class=FaultTolerantSAC).training(
             actor_lr=lr,
             critic_lr=lr,
             alpha_lr=lr,
@@ -143,6 +191,7 @@ def build_algorithm(
             learner_config_dict=learner_config,
         )
         .rl_module(model_config=model_config)
+        .fault_tolerance(**FAULT_TOLERANCE)
         .debugging(seed=seed)
     )
     if multi_agent:

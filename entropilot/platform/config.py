@@ -323,7 +323,7 @@ class ResourcesConfig(_Section):
     num_learners: int = Field(0, ge=0, le=1024)
     # auto: use one GPU if Ray's cluster resources show one.
     gpu: Literal["auto", "on", "off"] = "auto"
-    # None: RAY_ADDRESS if set, else an in-process Ray.
+    # None: RAY_ADDRESS if set (a submitted job has it), else a new in-process Ray.
     ray_address: str | None = Field(None, min_length=1)
 
     @field_validator("gpu", mode="before")
@@ -331,9 +331,13 @@ class ResourcesConfig(_Section):
     def _on_off_are_not_bools(cls, value: Any) -> Any:
         return _yaml_switch(value)
 
-    def resolve_ray_address(self) -> str | None:
-        """The address to pass to `ray.init`: this field, else RAY_ADDRESS, else None (start Ray in-process)."""
-        return self.ray_address or os.environ.get("RAY_ADDRESS") or None
+    def resolve_ray_address(self) -> str:
+        """The address to pass to `ray.init`: this field, else RAY_ADDRESS, else "local" (start Ray in-process).
+
+        Never None: `ray.init(address=None)` would attach to any cluster `ray start` left on this machine. Ray
+        sets RAY_ADDRESS for a submitted job's entrypoint, which is how `entropilot submit` lands on the cluster.
+        """
+        return self.ray_address or os.environ.get("RAY_ADDRESS") or "local"
 
 
 # -------------------------------------------------------------------------------------------- mlflow

@@ -91,23 +91,26 @@ class RunTracker:
 
     @classmethod
     def start(
-        cls, cfg: ExperimentConfig, resume_run_id: str | None = None, *, max_buffered_points: int = MAX_BUFFERED_POINTS
+        cls, cfg: ExperimentConfig, resume_run_id: str | None = None, *, max_buffered_points: int = MAX_BUFFERED_POINTS,
+        parent_run_id: str | None = None, extra_params: Mapping[str, str] | None = None,
     ) -> RunTracker:
         """Start a new run logging `cfg` as params, or re-open `resume_run_id` after checking its params equal
         `cfg.to_flat_params()` (raises ConfigMismatchError naming the keys). Raises TrackingError if the
-        tracking store cannot be reached: better to fail before training than to train untracked."""
+        tracking store cannot be reached: better to fail before training than to train untracked.
+
+        `parent_run_id` makes the new run a child of that run (the MLflow UI nests it there, as a sweep's
+        trials under the sweep); `extra_params` are logged beside the config's (a sweep's search space)."""
         for name, value in FAIL_FAST_HTTP_ENV.items():
             os.environ.setdefault(name, value)
         uri = cfg.mlflow.resolve_tracking_uri()
         mlflow.set_tracking_uri(uri)  # so other MLflow calls of this process (model logging) go to the same store
         client = MlflowClient(uri)
-        params = cfg.to_flat_params()
+        params = {**cfg.to_flat_params(), **(extra_params or {})}
         run = None
         try:
             if resume_run_id is None:
-                run = client.create_run(
-                    _experiment_id(client, cfg.mlflow.experiment), run_name=cfg.run_name, tags=_run_tags(cfg)
-                )
+                tags = {**_run_tags(cfg), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+                run = client.create_run(_experiment_id(client, cfg.mlflow.experiment), run_name=cfg.run_name, tags=tags)
                 _log_params(client, run.info.run_id, params)
             else:
                 run = client.get_run(resume_run_id)

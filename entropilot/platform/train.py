@@ -58,19 +58,33 @@ def module_id(algo) -> str:
     return policy_module_id(algo)
 
 
-def build_from_config(cfg: ExperimentConfig):
-    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured).
-
-    A multi-agent env (the swarm) gets one policy shared by all agents (`build_algorithm(multi_agent=True)`).
-    """
+def env_runner_nodes(algo) -> list[str]:
+    """The Ray node id of each remote env runner, in runner order: where sampling runs on a cluster."""
     import ray
 
-    from entropilot.platform.algorithm import build_algorithm
+    return algo.env_runner_group.foreach_env_runner(lambda _: ray.get_runtime_context().get_node_id(),
+                                                    local_env_runner=False)
+
+
+def init_ray(cfg: ExperimentConfig) -> None:
+    """Connect to ``cfg``'s Ray cluster (resources.ray_address or RAY_ADDRESS), else start Ray in-process;
+    nothing if Ray is up already (in a sweep's trial, a test)."""
+    import ray
 
     if not ray.is_initialized():
         address = cfg.resources.resolve_ray_address()
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                 **({} if address else {"object_store_memory": 10**9}))
+                 **({"object_store_memory": 10**9} if address == "local" else {}))
+
+
+def build_from_config(cfg: ExperimentConfig):
+    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
+
+    A multi-agent env (the swarm) gets one policy shared by all agents (`build_algorithm(multi_agent=True)`).
+    """
+    from entropilot.platform.algorithm import build_algorithm
+
+    init_ray(cfg)
     a, e = cfg.algorithm, cfg.entropy
     control = e.control.controller_kwargs() if e.control.enabled else None
     covariance = None if e.covariance.mode == "off" else {
@@ -175,6 +189,9 @@ def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]
         "time_this_iter_s": result.get("time_this_iter_s"),
         "sampling_time_s": result.get("timers", {}).get("env_runner_sampling_timer"),
         "learner_time_s": result.get("timers", {}).get("learner_update_timer"),
+        # Remote env runners sampling now, and how many times one was restarted after a crash (lifetime).
+        "env_runners_healthy": result.get("fault_tolerance", {}).get("num_healthy_workers"),
+        "env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
     }
     for key, value in learner.items():
         if key.startswith("entropy_gaussian_dim"):
@@ -208,13 +225,19 @@ def resolve_resume(target: str) -> tuple[ExperimentConfig, Path]:
 
 
 def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callable[[str], None] = print,
-          stop: dict | None = None) -> TrainResult:
+          stop: dict | None = None, *, parent_run_id: str | None = None,
+          on_iteration: Callable[[int, dict, str | None], None] | None = None) -> TrainResult:
     """Train until a stop criterion; every ``checkpoint.interval`` iterations save a checkpoint.
 
     ``resume`` continues from a checkpoint with the config saved beside it, into the same MLflow run;
     only the stop criteria may change then (``stop``: a partial ``stop`` section), because the run's
     params must keep describing what trained it.
+
+    ``parent_run_id`` starts the MLflow run as a child of that run (a sweep's trial). ``on_iteration(iteration,
+    metrics, stopped_because)`` is called after each iteration's checkpoint, ``stopped_because`` None until the
+    last one (a sweep's trial reports to Ray Tune there).
     """
+    from entropilot.platform.live_tuning import LiveTuner
     from entropilot.platform.plots import plot_entropy, plot_learning
     from entropilot.platform.tracking import RunTracker
 
@@ -233,7 +256,7 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
                 f"`entropilot train --resume {root}`, or set a new checkpoint.dir (or name)"
             )
     algo = build_from_config(cfg)
-    tracker = RunTracker.start(cfg, resume_run_id=state["run_id"])
+    tracker = RunTracker.start(cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id)
     if stop:
         cfg = cfg.model_copy(update={"stop": cfg.stop.model_copy(update=stop)})
         tracker.set_tag("entropilot.resumed_stop", json.dumps(stop))
@@ -257,12 +280,19 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
             echo(f"entropy-aware init: {len(init.draws)} draw(s), chosen seed {init.chosen.seed} with "
                  f"{init.chosen.entropy:.2f} nats (threshold {init.threshold:.2f}{'' if init.cleared else ', not cleared: kept the best'})")
         state["run_id"] = tracker.run_id
+        nodes = env_runner_nodes(algo)
+        if nodes:
+            tracker.set_tag("entropilot.env_runner_nodes", ",".join(nodes))
+            echo(f"env runners on {len(set(nodes))} node(s): {', '.join(nodes)}")
         history: list[dict] = state["history"]
         policy = module_id(algo)
         collapse = _collapse_detector(cfg, history)
         stopped = None
         success = history[-1].get("success_rate") if history else None
+        live = LiveTuner(cfg, echo, state.get("live_tags"))  # entropy settings from the run's tags (MLflow UI)
         while stopped is None:
+            live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
+            state["live_tags"] = live.applied_tags
             result = algo.train()
             state["iteration"] += 1
             it = state["iteration"]
@@ -287,6 +317,8 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
             stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics.get("success_rate"))
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
                 checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
+            if on_iteration is not None:
+                on_iteration(it, metrics, stopped)
         plots = root / "plots"
         plots.mkdir(exist_ok=True)
         plot_entropy(history, str(plots / "entropy.png"), title=cfg.run_name)
@@ -300,7 +332,7 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
         echo(f"stopped: {stopped}; checkpoint {checkpoint}; MLflow run {tracker.run_id}")
         return TrainResult(tracker.run_id, checkpoint, state["iteration"], int(history[-1].get("env_steps", 0)),
                            success, stopped, history)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: also how Ray Tune ends a trial it stops early
         status = "KILLED"
         raise
     finally:

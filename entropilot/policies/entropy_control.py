@@ -136,23 +136,15 @@ class EntropyCoefficientController:
         max_step: float = 0.005,
     ):
         self._schedule = target if isinstance(target, EntropySchedule) else EntropySchedule(target)
-        coef_min, coef_max = _finite_real("coef_min", coef_min), _finite_real("coef_max", coef_max)
+        coef_min, coef_max, gain, damping, max_step = _checked_settings(coef_min, coef_max, gain, damping, max_step)
         initial_coef = _finite_real("initial_coef", initial_coef)
-        if not coef_min <= coef_max:
-            raise ValueError(f"need coef_min <= coef_max; got coef_min={coef_min}, coef_max={coef_max}")
         if not coef_min <= initial_coef <= coef_max:
             raise ValueError(
                 f"initial_coef must lie in [coef_min, coef_max] = [{coef_min}, {coef_max}]; "
                 f"got {initial_coef}"
             )
-        if not _finite_real("gain", gain) > 0:
-            raise ValueError(f"gain must be > 0; got {gain}")
-        if not _finite_real("damping", damping) >= 0:
-            raise ValueError(f"damping must be >= 0; got {damping}")
-        if not _finite_real("max_step", max_step) > 0:
-            raise ValueError(f"max_step must be > 0; got {max_step}")
         self._coef_min, self._coef_max = coef_min, coef_max
-        self._gain, self._damping, self._max_step = float(gain), float(damping), float(max_step)
+        self._gain, self._damping, self._max_step = gain, damping, max_step
         self._coef = initial_coef
         # Zero before the first update makes the first step the positional PI's proportional kick.
         self._last_error = 0.0
@@ -171,6 +163,35 @@ class EntropyCoefficientController:
 
     def target(self, env_steps: float) -> float:
         return self._schedule(env_steps)
+
+    def retune(
+        self,
+        *,
+        target: EntropySchedule | float | Sequence[Sequence[float]] | None = None,
+        coef_min: float | None = None,
+        coef_max: float | None = None,
+        gain: float | None = None,
+        damping: float | None = None,
+        max_step: float | None = None,
+    ) -> None:
+        """Change settings of a running controller (live tuning); None keeps a setting.
+
+        The integrator state (coefficient, last error, counters) stays, so the loop goes on from
+        where it is instead of restarting at `initial_coef`. A coefficient outside new bounds is
+        clamped into them, as a bound does during updates. All checks run before anything changes:
+        a rejected call leaves the controller as it was.
+        """
+        schedule = self._schedule if target is None else (
+            target if isinstance(target, EntropySchedule) else EntropySchedule(target)
+        )
+        keep = lambda value, current: current if value is None else value  # noqa: E731
+        settings = _checked_settings(
+            keep(coef_min, self._coef_min), keep(coef_max, self._coef_max), keep(gain, self._gain),
+            keep(damping, self._damping), keep(max_step, self._max_step),
+        )
+        self._schedule = schedule
+        self._coef_min, self._coef_max, self._gain, self._damping, self._max_step = settings
+        self._coef = min(max(self._coef, self._coef_min), self._coef_max)
 
     def update(self, measured_entropy: float, env_steps: float) -> float:
         """Take one measurement (nats) at `env_steps`; return the coefficient to use next."""
@@ -219,6 +240,20 @@ class EntropyCoefficientController:
         self._coef = min(max(coef, self._coef_min), self._coef_max)
         self._last_error = last_error
         self._num_updates, self._num_ignored = counts["num_updates"], counts["num_ignored"]
+
+
+def _checked_settings(coef_min, coef_max, gain, damping, max_step) -> tuple[float, float, float, float, float]:
+    """The controller's bounds and gains as floats, or a ValueError naming the first bad one."""
+    coef_min, coef_max = _finite_real("coef_min", coef_min), _finite_real("coef_max", coef_max)
+    if not coef_min <= coef_max:
+        raise ValueError(f"need coef_min <= coef_max; got coef_min={coef_min}, coef_max={coef_max}")
+    if not _finite_real("gain", gain) > 0:
+        raise ValueError(f"gain must be > 0; got {gain}")
+    if not _finite_real("damping", damping) >= 0:
+        raise ValueError(f"damping must be >= 0; got {damping}")
+    if not _finite_real("max_step", max_step) > 0:
+        raise ValueError(f"max_step must be > 0; got {max_step}")
+    return coef_min, coef_max, float(gain), float(damping), float(max_step)
 
 
 @dataclass(frozen=True)

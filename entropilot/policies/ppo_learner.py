@@ -16,8 +16,9 @@ from entropilot.policies.entropy_init import gaussian_in_env_units
 # Keys of `config.learners(learner_config_dict=...)` this learner reads.
 ENTROPY_CONTROL = "entropy_control"
 COVARIANCE_CONTROL = "covariance_control"
-# Key of the controllers' state inside `Learner.get_state()`.
+# Keys of the controllers' state and of their live-tuned settings inside `Learner.get_state()`.
 CONTROLLER_STATE = "entropy_controllers"
+LIVE_SETTINGS_STATE = "entropy_control_live_settings"
 MEASURES = ("gaussian", "executed")
 
 
@@ -74,6 +75,10 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
     `learner_group.foreach_learner`) would also work, but costs a round trip per iteration and
     moves the controller out of the learner state that checkpoints already carry.
 
+    Live tuning: `retune_entropy_control(settings)` changes every controller's target and
+    bounds/gains in place (see `EntropyCoefficientController.retune`), also for modules whose
+    controller is created later; the settings are part of `get_state`, so a checkpoint keeps them.
+
     Metrics, per module and iteration: `entropy_gaussian`, `entropy_executed` and their
     `_dim{i}` parts, and with control on `entropy_target` and `curr_entropy_coeff`; with
     covariance control `cov_num_selected` and `cov_threshold`.
@@ -86,10 +91,11 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         if self._measure not in MEASURES:
             raise ValueError(f"entropy_control.measure must be one of {MEASURES}; got {self._measure!r}")
         self._controlled = bool(control)
+        self._live_settings = {}
         if self._controlled:
             # Replaces PPOLearner's per-module Scheduler dict; the loss and the PPO hook use it as-is.
             self.entropy_coeff_schedulers_per_module = LambdaDefaultDict(
-                lambda module_id: ControlledEntropyCoefficient(EntropyCoefficientController(**control))
+                lambda module_id: ControlledEntropyCoefficient(self._new_controller(control))
             )
         self._cov = _covariance_settings(self.config.learner_config_dict.get(COVARIANCE_CONTROL))
         self._entropy_sums = {}
@@ -122,6 +128,17 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         # PPO's hook now reads the new coefficient via `ControlledEntropyCoefficient.update()`.
         super().after_gradient_based_update(timesteps=timesteps)
 
+    def retune_entropy_control(self, settings: dict) -> None:
+        """Give every module's controller new settings (`EntropyCoefficientController.retune` keywords),
+        keeping its integrator state. Settings given earlier and not named again stay."""
+        if not self._controlled:
+            raise ValueError("entropy control is off on this learner: there is no controller to retune")
+        # Touching each module creates its controller, so none misses the change; the first retune
+        # checks the settings before any controller changes (they all get the same ones).
+        for module_id in sorted(self.module.keys()):
+            self.entropy_coeff_schedulers_per_module[module_id].controller.retune(**settings)
+        self._live_settings = {**self._live_settings, **settings}
+
     def get_state(self, components=None, *, not_components=None, **kwargs):
         state = super().get_state(components, not_components=not_components, **kwargs)
         if self._controlled and self._check_component(CONTROLLER_STATE, components, not_components):
@@ -129,13 +146,23 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
                 module_id: scheduler.controller.state_dict()
                 for module_id, scheduler in self.entropy_coeff_schedulers_per_module.items()
             }
+            state[LIVE_SETTINGS_STATE] = dict(self._live_settings)
         return state
 
     def set_state(self, state) -> None:
         super().set_state(state)
-        if self._controlled:
-            for module_id, controller_state in state.get(CONTROLLER_STATE, {}).items():
+        if self._controlled and CONTROLLER_STATE in state:
+            # Fresh controllers with the saved live settings (none in older checkpoints) replace the ones
+            # running now, so nothing retuned since the checkpoint survives; then the integrator states.
+            self.entropy_coeff_schedulers_per_module.clear()
+            self._live_settings = dict(state.get(LIVE_SETTINGS_STATE, {}))
+            for module_id, controller_state in state[CONTROLLER_STATE].items():
                 self.entropy_coeff_schedulers_per_module[module_id].controller.load_state_dict(controller_state)
+
+    def _new_controller(self, control: dict) -> EntropyCoefficientController:
+        controller = EntropyCoefficientController(**control)
+        controller.retune(**self._live_settings)
+        return controller
 
     def _gaussian_module_ids(self) -> list:
         """Modules with Box actions, i.e. a diagonal-Gaussian policy: the ones we measure, sorted."""

@@ -1,7 +1,8 @@
-"""Vehicle links behind one small interface (``base.VehicleLink``): ``sim`` (the PyBullet envs) and ``mavlink``
-(PX4 offboard over pymavlink); a Crazyflie link will implement the same class.
+"""Vehicle links behind one small interface (``base.VehicleLink``): ``sim`` (the PyBullet envs), ``mavlink``
+(PX4 offboard over pymavlink) and ``crazyflie`` (rate-mode setpoints over cflib).
 
-Importing this package imports only ``base``: import ``links.sim`` for SimLink, ``links.mavlink`` for MavlinkLink.
+Importing this package imports only ``base``: import ``links.sim`` for SimLink, ``links.mavlink`` for MavlinkLink,
+``links.crazyflie`` for CrazyflieLink.
 """
 
 from entropilot.deploy.links.base import (

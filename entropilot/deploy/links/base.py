@@ -173,6 +173,11 @@ class VehicleLink(ABC):
     def disarm(self) -> None:
         """Stop the motors. A link must refuse (LinkError) unless the vehicle reports itself landed."""
 
+    def observe(self) -> None:
+        """A dry-run tick: the autopilot commands nothing and the vehicle flies on whatever controls it (a pilot,
+        its own position hold). A real vehicle moves on its own, so there is nothing to do; a simulator, whose
+        world moves only when told, overrides this to let its own hold controller fly the tick."""
+
     @abstractmethod
     def close(self) -> None:
         """Release the link; the vehicle keeps whatever mode it was last told."""

@@ -169,6 +169,7 @@ class CrazyflieLink(VehicleLink):
         self._attitude_rx: float | None = None
         self._connected = False
         self._unlocked = False  # the zero-thrust setpoint has gone out (the firmware's thrust lock is open)
+        self._rate_mode = False  # roll/pitch were switched to rate mode (restored on close)
         self._streaming = False  # low-level setpoints have control (hand back with notify_setpoint_stop)
         self._mode = "idle"  # idle | rate | hold | land | stopped
         self._mode_target: np.ndarray | None = None
@@ -191,11 +192,11 @@ class CrazyflieLink(VehicleLink):
             self.cf.open_link(self.uri)
             if not ready.wait(self.connect_timeout_s) or failed:
                 self.close()
-                why = failed[0] if failed else f"not connected within {self.connect_timeout_s:g} s"
+                # cflib's message carries a whole traceback: its first line says what failed.
+                why = failed[0].strip().splitlines()[0] if failed else f"not connected within {self.connect_timeout_s:g} s"
                 raise LinkError(f"cannot connect to the Crazyflie at {self.uri}: {why}")
         self._connected = True
         try:
-            self._set_rate_mode()
             self._start_logging(LogConfig)
         except Exception as err:  # cflib raises KeyError / AttributeError / plain Exception
             self.close()
@@ -231,7 +232,7 @@ class CrazyflieLink(VehicleLink):
             self._mode = "rate"
 
     def arm(self) -> None:
-        """Open the firmware's thrust lock with one zero-thrust setpoint (the first setpoint this link sends)."""
+        """Roll and pitch to rate mode and open the firmware's thrust lock (`_unlock`)."""
         self._require_connection()
         try:
             self._unlock()
@@ -268,7 +269,8 @@ class CrazyflieLink(VehicleLink):
             with contextlib.suppress(Exception):
                 cf.commander.send_notify_setpoint_stop()  # hand back: low-level setpoints no longer take priority
             self._streaming = False
-        if cf is not None and self._connected:
+        if cf is not None and self._connected and self._rate_mode:
+            self._rate_mode = False
             with contextlib.suppress(Exception):  # a gamepad flying after us expects angle mode again
                 for name in ("flightmode.stabModeRoll", "flightmode.stabModePitch"):
                     cf.param.set_value_raw(name, PARAM_UINT8, ANGLE_MODE)
@@ -288,6 +290,7 @@ class CrazyflieLink(VehicleLink):
         """Roll and pitch of the RPYT setpoint as rates (deg/s). Raw parameter writes: no TOC round trip needed."""
         for name in ("flightmode.stabModeRoll", "flightmode.stabModePitch"):
             self.cf.param.set_value_raw(name, PARAM_UINT8, RATE_MODE)
+        self._rate_mode = True
 
     def _start_logging(self, LogConfig) -> None:
         for name, variables, handler in (("entropilot_position", LOG_POSITION, self._on_position),
@@ -311,8 +314,10 @@ class CrazyflieLink(VehicleLink):
             self._attitude_rx = self.clock.now()
 
     def _unlock(self) -> None:
-        """The firmware ignores thrust until it has seen a zero-thrust setpoint: send one, once, before any other."""
+        """Before the first setpoint: roll and pitch to rate mode, then one zero-thrust setpoint (the firmware ignores
+        thrust until it has seen one). Not on connect, so that a dry run, which sends nothing, changes nothing."""
         if not self._unlocked:
+            self._set_rate_mode()
             self.cf.commander.send_setpoint(0.0, 0.0, 0.0, 0)
             self._unlocked = True
             self._streaming = True

@@ -35,10 +35,14 @@ class SimLink(VehicleLink):
     lists (time, reason) the env reported, ``trajectory`` the true positions, ``frames`` the rendered images
     (``record_frames``, with an env made with render_mode="rgb_array"). ``close`` closes the env only if
     ``close_env`` (``from_policy_metadata`` built it).
+
+    ``realtime`` (with a wall clock): the world also follows the clock. A command first flies the world on, with the
+    last command, through the control periods that passed without one (a loop that skipped ticks; a real vehicle
+    keeps flying its last setpoint meanwhile), so telemetry does not fall behind the clock.
     """
 
     def __init__(self, env, *, seed: int | None = 0, clock: Clock | None = None, descent_rate: float = 0.5,
-                 record_frames: bool = False, close_env: bool = False):
+                 record_frames: bool = False, close_env: bool = False, realtime: bool = False):
         base = env.unwrapped
         if not hasattr(base, "sim") or base.sim.num_drones != 1:
             raise ValueError("SimLink flies a single-drone entropilot env (entropilot/Hover-v0, entropilot/Waypoint-v0)")
@@ -62,6 +66,7 @@ class SimLink(VehicleLink):
         self._land_pid = CascadedPID.for_env(env)
         self.record_frames = record_frames
         self.close_env = close_env
+        self.realtime = bool(realtime)
         self.commands: Counter = Counter()
         self.crashes: list[tuple[float, str]] = []
         self.trajectory: list[np.ndarray] = []
@@ -125,6 +130,16 @@ class SimLink(VehicleLink):
     def hold(self) -> None:
         self._command("hold", "hold")
         if self._switched:
+            self._hold_point = self.env.unwrapped.sim.position[0].copy()
+            self._hold_pid.reset()
+        self._step(self._hold_pid(self._own_observation(self._hold_point)))
+
+    def observe(self) -> None:
+        """Dry run: nobody commands the simulated drone, so it holds where it was, as a pilot would hold it."""
+        if not self.connected:
+            raise LinkError("not connected")
+        if self.mode != "shadow":
+            self.mode = "shadow"
             self._hold_point = self.env.unwrapped.sim.position[0].copy()
             self._hold_pid.reset()
         self._step(self._hold_pid(self._own_observation(self._hold_point)))
@@ -197,6 +212,14 @@ class SimLink(VehicleLink):
         self.commands[kind] += 1
 
     def _step(self, action) -> float:
+        reward = 0.0
+        if self.realtime:
+            for _ in range(int((self.clock.now() - self._start_time) / self.dt) - self._steps):
+                reward += self._advance(self.env.unwrapped.sim.last_action[0])
+        return reward + self._advance(action)
+
+    def _advance(self, action) -> float:
+        """One control period of physics on ``action``."""
         _, reward, _, _, info = self.env.step(np.asarray(action, dtype=np.float32))
         self._steps += 1
         self.trajectory.append(self.env.unwrapped.sim.position[0].copy())

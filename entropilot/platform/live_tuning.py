@@ -1,0 +1,152 @@
+"""Live tuning: a running training takes entropy-control settings from its MLflow run's tags, checked by the
+config's own schema, so a user can change them from the MLflow UI while it trains."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import yaml
+
+from entropilot.platform.config import ConfigError, ControlConfig, ExperimentConfig, parse_config
+
+LIVE_TAG_PREFIX = "entropilot.live."
+# The `entropy.control` fields a running controller can take (`EntropyCoefficientController.retune`);
+# `enabled` and `coef_init` only mean something when a run starts.
+LIVE_FIELDS = ("target", "coef_min", "coef_max", "gain", "damping", "max_step")
+
+
+def live_tag(field: str) -> str:
+    """The tag of a live field: the prefix + the field's dotted config path, as in a `--set` override."""
+    return f"{LIVE_TAG_PREFIX}entropy.control.{field}"
+
+
+LIVE_TAGS = {live_tag(field): field for field in LIVE_FIELDS}
+# Outside the prefix, so it is never read back as a setting.
+ERROR_TAG = "entropilot.live_error"
+SOURCE = "MLflow live tags"
+
+
+def live_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The tags that ask for a live setting (every tag under `entropilot.live.`, allowed or not)."""
+    return {key: value for key, value in tags.items() if key.startswith(LIVE_TAG_PREFIX)}
+
+
+def live_control(cfg: ExperimentConfig, tags: Mapping[str, str]) -> ControlConfig:
+    """`cfg`'s `entropy.control` with the values of the live tags among `tags`.
+
+    A tag's text is read as YAML, like a `--set` override (so JSON works: `2.5`, `[[0, 3], [200000, 1]]`),
+    and the result is validated by the config schema together with the rest of `cfg`, so a live value
+    obeys the same rules as one in the YAML file (e.g. coef_min <= coef_max, the collapse floor below
+    every target). Raises ConfigError with one problem per bad tag, naming the tag, why, and its value.
+    """
+    tags = live_tags(tags)
+    problems = []
+    values = {}
+    for tag, text in sorted(tags.items()):
+        field = LIVE_TAGS.get(tag)
+        if field is None:
+            problems.append((tag, f"not a live setting; allowed: {', '.join(LIVE_TAGS)}", text))
+        elif not cfg.entropy.control.enabled:
+            problems.append((tag, "entropy control is off in this run (entropy.control.enabled: false)", text))
+        else:
+            try:
+                values[field] = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                problems.append((tag, f"not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}", text))
+    if problems:
+        raise ConfigError(problems, SOURCE)
+    data = cfg.model_dump(mode="json")
+    control = data["entropy"]["control"]
+    control.update(values)
+    # coef_init only sets where a run starts; a running coefficient outside new bounds is clamped into
+    # them by the controller. So new bounds may exclude coef_init: check them against a clamped one.
+    try:
+        low, high = float(control["coef_min"]), float(control["coef_max"])
+    except (TypeError, ValueError):
+        pass  # the schema names the bad bound
+    else:
+        if low <= high:
+            control["coef_init"] = min(max(control["coef_init"], low), high)
+    try:
+        return parse_config(data, source=SOURCE).entropy.control
+    except ConfigError as exc:
+        raise ConfigError([(_tag_of(path), message, value) for path, message, value in exc.problems], SOURCE) from None
+
+
+def retune_learners(algo, control: ControlConfig) -> None:
+    """Give every learner's entropy controllers the live fields of `control`, keeping their integrator state."""
+    settings = {field: getattr(control, field) for field in LIVE_FIELDS}
+    for result in algo.learner_group.foreach_learner(lambda learner: learner.retune_entropy_control(settings)):
+        result.get()  # a learner's error surfaces here
+
+
+class LiveTuner:
+    """Once per iteration `poll` reads the run's live tags. When they differ from the ones in force, it
+    validates them all together (`live_control`) and then either applies them to every learner, logs each
+    changed field as metric `live/<field>` at that iteration and echoes it, or applies nothing and reports
+    why: a console warning and the `entropilot.live_error` tag, once per distinct set of tags.
+
+    A removed tag puts its field back to the config's value. `applied_tags` goes into the training state,
+    so a resumed run knows which tags are already in force (the learners' checkpoint holds the settings).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, echo: Callable[[str], None],
+                 applied_tags: Mapping[str, str] | None = None):
+        self._cfg = cfg
+        self._echo = echo
+        self.applied_tags = dict(applied_tags or {})
+        self._control = live_control(cfg, self.applied_tags)  # valid when applied, with this same config
+        self._rejected: dict[str, str] | None = None
+
+    def poll(self, tracker, algo, iteration: int, env_steps: float) -> None:
+        """Before training iteration `iteration` (at `env_steps` lifetime env steps): apply changed live tags.
+
+        One MLflow call (none while the server is away: the tracker then answers from its last read)."""
+        all_tags = tracker.get_tags()
+        tags = live_tags(all_tags)
+        # An error shown for tags no longer there (fixed, removed, or from before a resume) must be cleared.
+        stale_error = not all_tags.get(ERROR_TAG, "none").startswith("none")
+        if tags == self._rejected or (tags == self.applied_tags and not stale_error):
+            return
+        try:
+            control = live_control(self._cfg, tags)
+        except ConfigError as exc:
+            self._rejected = tags
+            # ConfigError's message: a header line, then one "  - where: why (got value)" per problem.
+            reasons = "; ".join(line.strip().removeprefix("- ") for line in str(exc).splitlines()[1:])
+            self._echo(f"WARNING: live settings not applied at iteration {iteration}, "
+                       f"the ones in force stay: {reasons}")
+            tracker.set_tag(ERROR_TAG, f"iteration {iteration}: {reasons}")
+            return
+        changed = [field for field in LIVE_FIELDS if getattr(control, field) != getattr(self._control, field)]
+        if changed:
+            retune_learners(algo, control)
+            for field in changed:
+                tag = live_tag(field)
+                source = f"from MLflow tag {tag}" if tag in tags else f"tag {tag} removed: the config's value"
+                self._echo(f"live: entropy.control.{field} {_text(getattr(self._control, field))} → "
+                           f"{_text(getattr(control, field))} ({source}) at iteration {iteration}")
+            # A schedule is logged as its value now.
+            tracker.log_metrics({f"live/{field}": control.target_at(int(env_steps)) if field == "target"
+                                 else getattr(control, field) for field in changed}, step=iteration)
+        if stale_error:
+            tracker.set_tag(ERROR_TAG, f"none since iteration {iteration}")
+        self._rejected = None
+        self._control, self.applied_tags = control, tags
+
+
+def _tag_of(path: str) -> str:
+    """The live tag a config error path points at (`entropy.control.target[1]` too), else the path itself."""
+    for tag, field in LIVE_TAGS.items():
+        dotted = f"entropy.control.{field}"
+        if path == dotted or path.startswith(dotted + "["):
+            return tag
+    return path
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    return json.dumps([list(point) for point in value])
