@@ -16,7 +16,12 @@ from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussi
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.filter import MeanStdFilter, RunningStat
 
-from entropilot.platform.algorithm import build_algorithm, observation_filter_stats, resolve_learner_resources
+from entropilot.platform.algorithm import (
+    build_algorithm,
+    local_gpu_learner_or_cpu,
+    observation_filter_stats,
+    resolve_learner_resources,
+)
 from entropilot.policies.entropy_init import entropy_aware_init, push_weights_to_env_runners, sample_action_dist_inputs
 from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
 
@@ -327,3 +332,16 @@ def test_resolve_learner_resources(gpu, num_learners, available, expected):
 def test_gpu_on_without_gpu_fails():
     with pytest.raises(RuntimeError, match="no GPU"):
         resolve_learner_resources("on", 0, available_gpus=0)
+
+
+def test_a_single_gpu_learner_needs_the_gpu_in_this_process(caplog):
+    one_local = resolve_learner_resources("auto", 0, available_gpus=1)
+    assert local_gpu_learner_or_cpu(one_local, "auto", visible_gpus=1) == one_local
+    with caplog.at_level("WARNING"):
+        assert local_gpu_learner_or_cpu(one_local, "auto", visible_gpus=0) == {"num_learners": 0,
+                                                                               "num_gpus_per_learner": 0}
+    assert "not on this node" in caplog.text
+    with pytest.raises(RuntimeError, match="entrypointNumGpus"):
+        local_gpu_learner_or_cpu(resolve_learner_resources("on", 0, available_gpus=1), "on", visible_gpus=0)
+    remote = resolve_learner_resources("on", 0, available_gpus=2)  # remote learners get their GPUs from Ray
+    assert local_gpu_learner_or_cpu(remote, "on", visible_gpus=0) == remote

@@ -2,6 +2,7 @@
 shared by all agents) from explicit settings, and read the observation-normalization statistics back
 out of a running algorithm or a checkpoint."""
 
+import logging
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from ray.tune.registry import register_env
 
 from entropilot.policies.ppo_learner import COVARIANCE_CONTROL, ENTROPY_CONTROL, EntropyControlledPPOLearner
 from entropilot.policies.sac_learner import ResumableSACLearner
+
+logger = logging.getLogger(__name__)
 
 ALGORITHMS = ("PPO", "SAC")
 GPU_MODES = ("auto", "on", "off")
@@ -143,7 +146,7 @@ def build_algorithm(
         env_id = f"entropilot-{getattr(env, '__name__', type(env).__name__)}"
         register_env(env_id, env)
         env = env_id
-    learners = resolve_learner_resources(gpu, num_learners)
+    learners = local_gpu_learner_or_cpu(resolve_learner_resources(gpu, num_learners), gpu)
     model_config = {"fcnet_hiddens": list(hidden_sizes), "fcnet_activation": activation, "free_log_std": free_log_std}
 
     if algorithm == "PPO":
@@ -233,6 +236,30 @@ def resolve_learner_resources(gpu: str, num_learners: int, available_gpus: int |
         return {"num_learners": num_learners, "num_gpus_per_learner": 0}
     gpu_learners = min(num_learners, available_gpus) if num_learners > 0 else available_gpus
     return {"num_learners": 0 if gpu_learners == 1 else gpu_learners, "num_gpus_per_learner": 1}
+
+
+def local_gpu_learner_or_cpu(learners: dict, gpu: str, visible_gpus: int | None = None) -> dict:
+    """`learners` (from `resolve_learner_resources`), unless they put one GPU learner in this process and this
+    process sees no GPU: the cluster's GPU is on another node (a job's driver on a CPU head). Then "auto" trains on
+    the CPU, with a warning, and "on" raises, saying how to run the driver on the GPU node.
+
+    ``visible_gpus``: the CUDA devices this process can use (default: torch's count; Ray sets CUDA_VISIBLE_DEVICES
+    for a job whose entrypoint asked for a GPU, and for a Tune trial's GPU bundle)."""
+    if learners["num_learners"] != 0 or not learners["num_gpus_per_learner"]:
+        return learners
+    if visible_gpus is None:
+        import torch
+
+        visible_gpus = torch.cuda.device_count()
+    if visible_gpus:
+        return learners
+    where = ("the Ray cluster has a GPU, but not on this node; one GPU learner runs in this process (one remote GPU "
+             "learner hangs in Ray 2.60)")
+    if gpu == "on":
+        raise RuntimeError(f"gpu='on': {where}. Run the driver on the GPU node (`entropilot submit` does so for "
+                           "gpu: on; a RayJob sets entrypointNumGpus: 1), or use gpu='auto' or 'off'")
+    logger.warning("gpu='auto': %s: training on the CPU. Submit with resources.gpu=on to train on the GPU", where)
+    return {**learners, "num_gpus_per_learner": 0}
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,10 @@ class Cluster:
         runtime_env = {"working_dir": str(root), "excludes": UPLOAD_EXCLUDES + big,
                        "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
         with self._errors():
+            # gpu: on with one learner: that learner lives in the driver, so the driver goes to a GPU node.
+            driver_gpus = 1 if cfg.resources.gpu == "on" and cfg.resources.num_learners <= 1 else 0
             job_id = self.client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                            entrypoint_num_gpus=driver_gpus or None,
                                             metadata={"entropilot_config": relative})
         return Submission(job_id, f"{self.address}/#/jobs/{job_id}", entrypoint, tracking_uri)
 
