@@ -16,6 +16,21 @@ from pathlib import Path
 import pytest
 
 
+# One in-process Ray for a test module. address="local": a fresh instance, never a cluster that a `ray start`
+# elsewhere on the machine left running (a plain ray.init() would attach to it).
+RAY_TEST_INIT = {"address": "local", "num_cpus": 2, "include_dashboard": False, "object_store_memory": 10**9,
+                 "logging_level": "ERROR", "log_to_driver": False}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(**RAY_TEST_INIT)
+    yield
+    ray.shutdown()
+
+
 class MlflowServer:
     """`mlflow server` as a subprocess; `stop` and `start` keep the port and the store, so a test can take
     the server away and bring the same one back."""
@@ -149,7 +164,7 @@ def checkpoint(tmp_path_factory, mlflow_server) -> Path:
     root = tmp_path_factory.mktemp("export")
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
+        ray.init(**RAY_TEST_INIT)
     try:
         with restored_mlflow_env():
             cfg = parse_config({

@@ -19,6 +19,7 @@ from ray.rllib.utils.numpy import convert_to_numpy
 from entropilot.platform.algorithm import build_algorithm
 from entropilot.platform.config import parse_config
 from entropilot.platform.train import make_env_creator, train
+from conftest import RAY_TEST_INIT
 
 RUNNERS = 2
 TINY = {"episode_seconds": 2.0, "success_seconds": 1.0}
@@ -32,9 +33,7 @@ MAX_ITERATIONS_TO_RECOVER = 60
 def ray_session():
     # The runner-side functions below travel by value: tests/ is not importable inside the runner actors.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    # address="local": a fresh in-process cluster, never one a `ray start` elsewhere on the machine left running.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=10**9,
-             logging_level="ERROR", log_to_driver=False)
+    ray.init(**RAY_TEST_INIT)
     yield
     ray.shutdown()
 

@@ -130,13 +130,6 @@ def test_learner_keeps_live_settings_in_its_state():
 # -- a real training tuned from outside ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def tiny_config(tmp_path, uri, iterations):
     return parse_config({
         "name": "live-tuning",

@@ -24,6 +24,7 @@ from entropilot.platform.algorithm import (
 )
 from entropilot.policies.entropy_init import entropy_aware_init, push_weights_to_env_runners, sample_action_dist_inputs
 from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
+from conftest import RAY_TEST_INIT
 
 MODULE = "default_policy"
 BATCH = 256
@@ -45,7 +46,7 @@ CONTROL = {"target": 10.0, "initial_coef": 0.1, "coef_max": 10.0, "gain": 0.5}
 def ray_cluster():
     # Remote learners can't import this test module: ship the functions we send them by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9)
+    ray.init(**RAY_TEST_INIT)
     yield
     ray.shutdown()
 

@@ -16,13 +16,6 @@ from entropilot.platform.train import STATE_FILE, train
 SWARM_KWARGS = {"num_drones": 3, "episode_seconds": 2.0, "success_seconds": 1.0}
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def tiny_swarm_config(tmp_path, uri):
     return parse_config({
         "name": "tiny-swarm",

@@ -146,13 +146,6 @@ def test_asha_judges_trials_on_the_metric_from_the_first_evaluation(tmp_path):
     assert type(make_scheduler(no_asha)).__name__ == "FIFOScheduler"
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_grid_sweep_runs_trials_as_child_runs_and_writes_the_best_config(tmp_path, mlflow_server, isolated_mlflow_env,
                                                                          ray_session):
     plan = plan_sweep(tiny_config(mlflow_server), ["entropy.init.threshold=-5,-3", "entropy.target=4.5"],

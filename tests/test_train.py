@@ -2,17 +2,9 @@
 
 import mlflow
 import pytest
-import ray
 
 from entropilot.platform.config import parse_config
 from entropilot.platform.train import STATE_FILE, train
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def tiny_config(tmp_path, uri, iterations):
