@@ -68,6 +68,7 @@ def test_overrides_scalars_lists_nested_and_shortcut():
             "mlflow.video=true",
             "stop.iterations=3",
             "entropy.target=1.2",
+            "entropy.init_threshold=-3.5",
             "checkpoint.dir=null",
         ],
     )
@@ -77,7 +78,7 @@ def test_overrides_scalars_lists_nested_and_shortcut():
     assert cfg.env.kwargs["wind"] == {"mean": [0.0, 0.0, 0.0], "gust_std": 0.5}
     assert cfg.mlflow.video is True
     assert cfg.stop.iterations == 3 and cfg.stop.success_rate == 0.95
-    assert cfg.entropy.control.target == 1.2
+    assert cfg.entropy.control.target == 1.2 and cfg.entropy.init.threshold == -3.5
     assert cfg.checkpoint.dir is None
 
 

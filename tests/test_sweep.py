@@ -46,6 +46,7 @@ def test_grid_and_random_options_parse_into_tune_domains():
     assert threshold.to_tune("grid") == tune.grid_search([-5, -4.5, -3])
     target = parse_grid("entropy.target=[1.0, [[0, 5.5], [400000, 1.5]]]")  # the --set alias; a YAML list of values
     assert target.key == "entropy.control.target" and target.values == (1.0, [[0, 5.5], [400000, 1.5]])
+    assert parse_grid("entropy.init_threshold=0.5,1.0").key == "entropy.init.threshold"  # the spelling
     assert parse_grid("algorithm.lr=1e-4,3e-4").values == (1e-4, 3e-4)  # YAML 1.1 would read 1e-4 as a string
 
     lr = parse_random("algorithm.lr=loguniform:1e-4:1e-2")

@@ -45,7 +45,7 @@ MLFLOW_PARAM_MAX_CHARS = 6000
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 # Shortcuts accepted on the command line; the schema itself has one name per field.
-OVERRIDE_ALIASES = {"entropy.target": "entropy.control.target"}
+OVERRIDE_ALIASES = {"entropy.target": "entropy.control.target", "entropy.init_threshold": "entropy.init.threshold"}
 
 
 class ConfigError(ValueError):
