@@ -49,7 +49,7 @@ def pacing_alone(rate_hz: int, seconds: float, spin_s: float = 0.0) -> np.ndarra
         due = t0 + k * period
         if spin_s:
             clock.sleep_until(due - spin_s)
-            while clock.now() < due:
+            while clock.now() < due:  # busy-wait the last spin_s: what this variant measures
                 pass
         else:
             clock.sleep_until(due)

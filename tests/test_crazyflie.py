@@ -51,7 +51,7 @@ class LoopbackDriver(CRTPDriver):
         self.log_block_ids: list[int] = []
 
     def connect(self, uri, radio_link_statistics_callback, link_error_callback):
-        pass
+        """Nothing to open: packets stay in this object (CRTPDriver's interface requires the method)."""
 
     def send_packet(self, pk):
         data = bytes(pk.data)
@@ -90,7 +90,7 @@ class LoopbackDriver(CRTPDriver):
         return None
 
     def close(self):
-        pass
+        """Nothing to release (CRTPDriver's interface)."""
 
     def of(self, port, channel=None):
         return [(p, c, d) for p, c, d in self.sent if p == port and (channel is None or c == channel)]

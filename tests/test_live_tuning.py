@@ -8,7 +8,6 @@ import re
 import gymnasium as gym
 import mlflow
 import pytest
-import ray
 from ray.rllib.algorithms.ppo import PPOConfig
 
 from entropilot.platform.config import ConfigError, parse_config

@@ -3,8 +3,6 @@ a real MLflow server; plus the pieces it rests on (pooled filter statistics, swa
 
 import mlflow
 import numpy as np
-import pytest
-import ray
 from ray.rllib.utils.filter import RunningStat
 
 from entropilot.envs import SWARM_ID, make_env

@@ -1,7 +1,6 @@
 """`entropilot train` end to end on a tiny budget: real Ray, real PyBullet, a real MLflow server; then resume."""
 
 import mlflow
-import pytest
 
 from entropilot.platform.config import parse_config
 from entropilot.platform.train import STATE_FILE, train

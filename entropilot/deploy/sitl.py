@@ -17,6 +17,7 @@ Telemetry and acks go to every peer that has sent us a packet (pymavlink's ``udp
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -315,9 +316,8 @@ def serve(port: int, host: str = "127.0.0.1", *, duration_s: float | None = None
     sitl.open()
     echo(f"SITL on {sitl.address}: {sitl.vehicle!r} at {sitl.rate_hz} Hz, start {np.round(sitl.position, 3).tolist()}")
     try:
-        sitl._loop(None if duration_s is None else time.monotonic() + duration_s, after_tick=report)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user ends an open-ended SITL
+            sitl._loop(None if duration_s is None else time.monotonic() + duration_s, after_tick=report)
     finally:
         report()
         sitl.stop()

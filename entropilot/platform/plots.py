@@ -13,7 +13,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-__all__ = ["plot_entropy", "plot_learning"]
+__all__ = ["finite_or_none", "plot_entropy", "plot_learning"]
 
 _PER_DIM = re.compile(r"^entropy_per_dim/(\d+)$")
 
@@ -83,8 +83,8 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
     """(x, y) of the iterations that have a finite `key`; x is env steps, or the iteration index without them."""
     xs, ys = [], []
     for i, row in enumerate(history):
-        y = _finite(row.get(key))
-        x = _finite(row.get("env_steps", i))
+        y = finite_or_none(row.get(key))
+        x = finite_or_none(row.get("env_steps", i))
         if y is not None and x is not None:
             xs.append(x)
             ys.append(y)
@@ -105,7 +105,8 @@ def _label_x(ax, history: Sequence[Mapping[str, Any]]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _finite(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
+    """A metric value as a float, or None if it is missing, not a number, NaN or infinite (a gap in a history)."""
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -138,10 +138,8 @@ def _yaml_value(text: str, whole: str, option: str) -> Any:
     except yaml.YAMLError as exc:
         raise SweepError(f"{option} {whole!r}: {text!r} is not a valid YAML value: {exc}") from None
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):  # a real string stays one
             return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-        except ValueError:
-            pass
     return value
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from mlflow import MlflowClient
 from ray.tune import Callback
 
 from entropilot.platform.config import dump_config
+from entropilot.platform.plots import finite_or_none
 from entropilot.platform.sweep import SweepPlan, SweepResult, config_with
 
 __all__ = ["TrialEcho", "TrialSummary", "best_trial", "collect", "finish", "format_table"]
@@ -55,7 +55,7 @@ class TrialEcho(Callback):
         return f"{trial.trial_id} [{_values_text({k: trial.config.get(k) for k in self.keys})}]"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metric, entropy, time_s = (_number(result.get(k)) for k in (self.metric, "entropy", "time_s"))
+        metric, entropy, time_s = (finite_or_none(result.get(k)) for k in (self.metric, "entropy", "time_s"))
         self.echo(f"  {self._label(trial)} iter {result.get('iteration', 0):3d} | {self.metric} {_cell(metric, '.3g')} "
                   f"| entropy {_cell(entropy, '.2f')} | {_cell(time_s, '.0f')} s")
 
@@ -94,8 +94,9 @@ def collect(results, plan: SweepPlan, tracking_uri: str, parent_run_id: str) -> 
                 client.set_terminated(run.info.run_id, "KILLED" if outcome == STOPPED_EARLY else "FAILED")
         trials.append(TrialSummary(
             trial_id=trial_id, values={k: (result.config or {}).get(k) for k in plan.keys},
-            metric=_number(m.get(plan.metric)), success_rate=_number(m.get("success_rate")),
-            time_s=_number(m.get("time_s")), entropy=_number(m.get("entropy")), iterations=int(m.get("iteration", 0)),
+            metric=finite_or_none(m.get(plan.metric)), success_rate=finite_or_none(m.get("success_rate")),
+            time_s=finite_or_none(m.get("time_s")), entropy=finite_or_none(m.get("entropy")),
+            iterations=int(m.get("iteration", 0)),
             outcome=outcome, detail=detail, run_id=run.info.run_id if run else None,
         ))
     return trials
@@ -178,14 +179,6 @@ def _cells(trials: Sequence[TrialSummary], keys: Sequence[str], metric: str,
             "yes" if t.stopped_early else ("FAILED" if t.outcome == FAILED else "no"),
         ])
     return header, rows
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _cell(value: float | None, spec: str) -> str:

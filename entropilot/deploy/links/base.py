@@ -21,6 +21,7 @@ from entropilot.envs.observation import OBSERVATION_COLUMNS, OBSERVATION_NAMES, 
 
 __all__ = [
     "Clock",
+    "CtbrVehicleLink",
     "LinkError",
     "OBSERVATION_NAMES",
     "SimClock",
@@ -200,14 +201,28 @@ def ctbr_hover_action(airframe: str = "cf2x") -> list[float]:
     return [2.0 / get_airframe(airframe).thrust_to_weight - 1.0, 0.0, 0.0, 0.0]
 
 
-def ctbr_link_settings(metadata: dict[str, Any], link_name: str) -> dict[str, Any]:
-    """What a thrust + body-rate vehicle link needs from an exported policy's metadata: its control rate,
-    body-rate scale and the airframe's hover action. Raises LinkError for a policy of another action mode."""
-    if metadata["action_mode"] != "ctbr":
-        raise LinkError(f"the {link_name} link flies ctbr policies (thrust + body rates), not {metadata['action_mode']!r}")
-    env_kwargs = metadata.get("env_kwargs") or {}
-    return {
-        "control_hz": metadata["control_hz"],
-        "max_body_rate": env_kwargs.get("max_body_rate", 6.0),
-        "hover_action": ctbr_hover_action(env_kwargs.get("airframe", "cf2x")),
-    }
+class CtbrVehicleLink(VehicleLink):
+    """A real vehicle flown by collective thrust + body rates (MAVLink, Crazyflie): the settings an exported ctbr
+    policy fixes (control rate, body-rate scale, the airframe's hover action) and the wall clock by default."""
+
+    action_mode = "ctbr"
+    link_name = "ctbr"  # as error messages name the link
+
+    def __init__(self, *, control_hz: int, max_body_rate: float, hover_action, clock: Clock | None):
+        self.control_hz = int(control_hz)
+        self.max_body_rate = float(max_body_rate)
+        if hover_action is None:  # the Crazyflie's: thrust balancing the weight, no rotation
+            hover_action = ctbr_hover_action()
+        self.hover_action = np.asarray(hover_action, dtype=np.float32)
+        self.clock: Clock = clock if clock is not None else WallClock()
+
+    @classmethod
+    def from_policy_metadata(cls, metadata: dict[str, Any], address: str, **kwargs):
+        """The link at ``address`` that an exported policy needs: its control rate, body-rate scale and airframe's
+        hover thrust. Raises LinkError for a policy of another action mode."""
+        if metadata["action_mode"] != "ctbr":
+            raise LinkError(f"the {cls.link_name} link flies ctbr policies (thrust + body rates), not "
+                            f"{metadata['action_mode']!r}")
+        env_kwargs = metadata.get("env_kwargs") or {}
+        return cls(address, control_hz=metadata["control_hz"], max_body_rate=env_kwargs.get("max_body_rate", 6.0),
+                   hover_action=ctbr_hover_action(env_kwargs.get("airframe", "cf2x")), **kwargs)

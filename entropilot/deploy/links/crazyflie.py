@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from entropilot.deploy.links.base import Clock, LinkError, Telemetry, VehicleLink, WallClock, ctbr_hover_action, ctbr_link_settings
+from entropilot.deploy.links.base import Clock, CtbrVehicleLink, LinkError, Telemetry
 
 __all__ = [
     "CrazyflieLink",
@@ -118,29 +118,25 @@ def telemetry_from_log(values: dict[str, float], timestamp: float, *, armed: boo
 
 
 # ---- the link -------------------------------------------------------------------------------
-class CrazyflieLink(VehicleLink):
+class CrazyflieLink(CtbrVehicleLink):
     """A Crazyflie over cflib (``uri`` in cflib's syntax, e.g. ``radio://0/80/2M/E7E7E7E7E7``).
 
     ``cf``: an existing ``cflib.crazyflie.Crazyflie`` to use instead of opening ``uri`` (already connected, or bound
     to a link driver; ``connect`` then neither opens nor, on ``close``, closes it). ``connect`` opens the link
-    (waiting ``connect_timeout_s`` for the TOCs), sets rate mode, starts the two log blocks and waits for a state
-    estimate; ``read_telemetry`` returns None when the position block is older than ``telemetry_timeout_s``.
+    (waiting ``connect_timeout_s`` for the TOCs), starts the two log blocks and waits for a state
+    estimate (rate mode is set just before the first setpoint); ``read_telemetry`` returns None when the position
+    block is older than ``telemetry_timeout_s``.
     """
 
-    action_mode = "ctbr"
+    link_name = "Crazyflie"
 
     def __init__(self, uri: str = "radio://0/80/2M/E7E7E7E7E7", *, control_hz: int = 48, max_body_rate: float = 6.0,
                  hover_action=None, cf=None, clock: Clock | None = None, use_high_level: bool = True,
                  log_period_ms: int = 10, telemetry_timeout_s: float = 0.5, connect_timeout_s: float = 10.0,
                  hold_duration_s: float = 1.0, land_speed: float = 0.3, landed_height_m: float = 0.05,
                  resend_s: float = 1.0, wait_for_telemetry: bool = True):
+        super().__init__(control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock)
         self.uri = uri
-        self.control_hz = int(control_hz)
-        self.max_body_rate = float(max_body_rate)
-        if hover_action is None:  # the Crazyflie's: thrust balancing the weight, no rotation
-            hover_action = ctbr_hover_action()
-        self.hover_action = np.asarray(hover_action, dtype=np.float32)
-        self.clock: Clock = clock if clock is not None else WallClock()
         self.use_high_level = bool(use_high_level)
         self.log_period_ms = int(log_period_ms)
         self.telemetry_timeout_s = float(telemetry_timeout_s)
@@ -157,11 +153,6 @@ class CrazyflieLink(VehicleLink):
         self._lock = threading.Lock()
         self._log_configs: list[Any] = []
         self._reset_state()
-
-    @classmethod
-    def from_policy_metadata(cls, metadata: dict[str, Any], uri: str, **kwargs) -> "CrazyflieLink":
-        """The link an exported ctbr policy needs: its control rate, body-rate scale and airframe's hover thrust."""
-        return cls(uri, **ctbr_link_settings(metadata, "Crazyflie"), **kwargs)
 
     def _reset_state(self) -> None:
         self._values: dict[str, float] = {}

@@ -19,14 +19,14 @@ Imports neither torch, ray nor pybullet (pymavlink only).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from typing import Any
 
 import numpy as np
 
-from entropilot.deploy.links.base import Clock, LinkError, Telemetry, VehicleLink, WallClock, ctbr_hover_action, ctbr_link_settings
+from entropilot.deploy.links.base import Clock, CtbrVehicleLink, LinkError, Telemetry
 
 __all__ = [
     "FLIP",
@@ -141,7 +141,7 @@ def _mavutil():
     return mavutil
 
 
-class MavlinkLink(VehicleLink):
+class MavlinkLink(CtbrVehicleLink):
     """A PX4-style autopilot over MAVLink (``connection`` in pymavlink's syntax: ``udpout:127.0.0.1:14540`` sends to
     a vehicle/SITL listening there, ``udpin:127.0.0.1:14540`` listens for one that sends to us).
 
@@ -158,19 +158,15 @@ class MavlinkLink(VehicleLink):
     vehicle reports the mode); ``disarm`` refuses unless the vehicle reports itself on the ground.
     """
 
-    action_mode = "ctbr"
+    link_name = "MAVLink"
 
     def __init__(self, connection: str = "udpout:127.0.0.1:14540", *, control_hz: int = 48,
                  max_body_rate: float = 6.0, hover_action=None, target_system: int = 1, target_component: int = 1,
                  source_system: int = 1, source_component: int = 191, telemetry_timeout_s: float = 0.5,
                  connect_timeout_s: float = 5.0, command_timeout_s: float = 2.0, offboard_warmup_s: float = 1.2,
                  resend_s: float = 0.5, clock: Clock | None = None):
+        super().__init__(control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock)
         self.connection_string = connection
-        self.control_hz = int(control_hz)
-        self.max_body_rate = float(max_body_rate)
-        if hover_action is None:  # the Crazyflie's: thrust balancing the weight, no rotation
-            hover_action = ctbr_hover_action()
-        self.hover_action = np.asarray(hover_action, dtype=np.float32)
         self.target_system, self.target_component = int(target_system), int(target_component)
         self.source_system, self.source_component = int(source_system), int(source_component)
         self.telemetry_timeout_s = float(telemetry_timeout_s)
@@ -178,7 +174,6 @@ class MavlinkLink(VehicleLink):
         self.command_timeout_s = float(command_timeout_s)
         self.offboard_warmup_s = float(offboard_warmup_s)
         self.resend_s = float(resend_s)
-        self.clock: Clock = clock if clock is not None else WallClock()
         self.setpoints_sent = 0
         self._conn = None
         self._lock = threading.Lock()
@@ -186,11 +181,6 @@ class MavlinkLink(VehicleLink):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._reset_state()
-
-    @classmethod
-    def from_policy_metadata(cls, metadata: dict[str, Any], connection: str, **kwargs) -> "MavlinkLink":
-        """The link an exported ctbr policy needs: its control rate, body-rate scale and airframe's hover thrust."""
-        return cls(connection, **ctbr_link_settings(metadata, "MAVLink"), **kwargs)
 
     def _reset_state(self) -> None:
         self._position = self._velocity = self._quaternion = None
@@ -291,10 +281,8 @@ class MavlinkLink(VehicleLink):
                 thread.join(timeout=1.0)
         self._threads = []
         if self._conn is not None:
-            try:
+            with contextlib.suppress(OSError):  # a socket the OS already closed: nothing left to release
                 self._conn.close()
-            except OSError:
-                pass
             self._conn = None
 
     # ---- commands ------------------------------------------------------------------------
