@@ -32,9 +32,14 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 RUN pip install "ray[default,rllib,tune]==${RAY_VERSION}"
 
 WORKDIR /home/ray/entropilot
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY entropilot/ entropilot/
-RUN pip install . && rm -rf build entropilot.egg-info
+# setup.py compiles the simulator's hot path with Cython: a C compiler for the build only.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install . && rm -rf build entropilot.egg-info \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 # The experiment files, for `entropilot train /home/ray/entropilot/configs/<name>.yaml` (k8s/rayjob.yaml).
 COPY configs/ configs/
 

@@ -3,14 +3,15 @@
 #   bash quickstart.sh         set up .venv and run the main job
 #   bash quickstart.sh test    set up .venv and run the test suite
 # The set-up installs the CPU build of torch first (a loose pin would pull a multi-GB CUDA build),
-# then entropilot with its test extras; it is skipped when .venv is already up to date.
+# then entropilot with its test extras (compiling the simulator's hot path with Cython: see setup.py);
+# it is skipped when .venv is already up to date.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${ENTROPILOT_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
 setup() {
-  if [ -x "$VENV/bin/entropilot" ] && [ "$VENV/.installed" -nt pyproject.toml ]; then
+  if [ -x "$VENV/bin/entropilot" ] && [ "$VENV/.installed" -nt pyproject.toml ] && [ "$VENV/.installed" -nt setup.py ]; then
     return
   fi
   echo "==> creating $VENV (Python: $("$PYTHON" --version))"

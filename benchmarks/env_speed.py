@@ -22,10 +22,13 @@ not counting the time other processes hold the core (on a quiet machine the two 
    last ceiling row is A with the body resting on the ground, where Bullet's contact solver costs 3-4x
    more (PITFALLS' "~115,000 stepSimulation calls/s" was this case).
 3. Where an env step's time goes (``ctbr``, hover action, body in flight), from the differences of:
-   the PyBullet calls an env step makes (force, torque, ``stepSimulation``, the state read, rotation
-   matrix), ``DroneSimulator.step_rows`` (adds the physics model: rate loop, mixer, rotor lag, ground effect,
-   drag), the unwrapped env's ``step`` (adds the action check, reward, crash and success rules,
+   the PyBullet calls an env step makes (force, torque, ``stepSimulation``, the state read),
+   ``DroneSimulator.step_rows`` (adds the physics model: rate loop, mixer, rotor lag, ground effect, drag,
+   rotation matrix), the unwrapped env's ``step`` (adds the action check, reward, crash and success rules,
    observation) and ``gymnasium.make``'s env (adds the wrappers).
+
+The header says whether the simulator's modules ran compiled (``setup.py``); ``ENTROPILOT_PURE_PYTHON=1``
+runs them as plain Python for comparison.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import numpy as np  # noqa: E402
 import pybullet as p  # noqa: E402
 
 import entropilot.envs  # noqa: E402,F401  (registers the ids)
-from entropilot.envs import HOVER_ID, HoverSettings  # noqa: E402
+from entropilot.envs import HOVER_ID, HoverSettings, compiled  # noqa: E402
 from entropilot.envs.pybullet_world import PyBulletWorld  # noqa: E402
 from entropilot.envs.simulator import DroneSimulator  # noqa: E402
 
@@ -130,10 +133,8 @@ class BulletCase:
                 p.applyExternalTorque(body, -1, (0.0, 0.0, 0.0), frame, c)
             for _ in range(calls):
                 step(c)
-            _, q = pose(body, c)
+            pose(body, c)
             twist(body, c)
-            if env_calls:
-                p.getMatrixFromQuaternion(q)
 
     def close(self) -> None:
         self.world.close()
@@ -201,11 +202,13 @@ def main() -> None:
         return statistics.median(c / e for e, c in zip(seconds[name], seconds[ceiling]))
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    status = compiled.status()
+    ran = "compiled" if all(status.values()) else f"compiled: {', '.join(n for n, c in status.items() if c) or 'none'}"
     print(
         f"\nHover env speed, one core ({cpu_name()}, {os.cpu_count()} CPUs, load {load:.1f}), "
         f"Python {platform.python_version()}, pybullet {p.getAPIVersion()}, "
         f"physics {s.physics_hz} Hz / control {s.control_hz} Hz ({s.substeps} substeps); "
-        f"median of {rounds} alternating rounds of {steps} steps, CPU time\n"
+        f"median of {rounds} alternating rounds of {steps} steps, CPU time; simulator modules {ran}\n"
     )
     print("| case | steps/s | µs/step | ÷ ceiling A | ÷ ceiling B |")
     print("|---|---:|---:|---:|---:|")
@@ -224,8 +227,8 @@ def main() -> None:
 
     # Where the time of an env step goes: differences of medians, so roughly (each is ± the noise).
     parts = {
-        "PyBullet calls (force, torque, stepSimulation, state read, rotation matrix)": median("env calls"),
-        "physics model and state bookkeeping (`DroneSimulator.step_rows` minus the PyBullet calls)":
+        "PyBullet calls (force, torque, stepSimulation, state read)": median("env calls"),
+        "physics model, rotation matrix and state bookkeeping (`DroneSimulator.step_rows` minus the PyBullet calls)":
             median("simulator") - median("env calls"),
         "task: action check, reward, crash and success rules, observation (unwrapped `step` minus the simulator)":
             median("unwrapped") - median("simulator"),

@@ -224,11 +224,11 @@ def test_array_interfaces_match_the_per_drone_math():
     setpoint, measured = rng.uniform(-6, 6, (5, 3)), rng.uniform(-6, 6, (5, 3))
     torque = rates.torque(setpoint, measured)
     assert torque.shape == (5, 3)
-    np.testing.assert_array_equal(torque[2], rates.drone_torque(setpoint[2], measured[2]))
+    np.testing.assert_array_equal(torque[2], rates.drone_torque(*setpoint[2], *measured[2]))
     collective = rng.uniform(0, 1.0, 5)
     thrusts = mixer.rotor_thrusts(collective, torque * 1e-3)
     assert thrusts.shape == (5, 4) and thrusts.min() >= 0 and thrusts.max() <= mixer.max_thrust
-    np.testing.assert_array_equal(thrusts[4], mixer.drone_rotor_thrusts(collective[4], torque[4] * 1e-3))
+    np.testing.assert_array_equal(thrusts[4], mixer.drone_rotor_thrusts(collective[4], *torque[4] * 1e-3))
     # unsaturated, the mixer inverts the allocation: thrusts give back the commanded collective and torque
     small = mixer.rotor_thrusts(np.array([0.26]), np.array([[1e-5, -2e-5, 1e-6]]))[0]
     xy = rotor_positions(CRAZYFLIE_2X)

@@ -1,7 +1,12 @@
-"""The observation layout every drone task emits (named, ordered: deploy writes it into the ONNX file) and its builder."""
+"""The observation layout every drone task emits (named, ordered: deploy writes it into the ONNX file) and its builder.
+
+Compiled by Cython in pure-Python mode like ``physics`` (see there): ``write_observation`` fills the float32
+vector from C, which costs a quarter of ``np.array(list_of_floats, dtype=np.float32)``.
+"""
 
 from __future__ import annotations
 
+import cython
 import numpy as np
 
 from entropilot.envs.settings import SensorNoise
@@ -42,15 +47,54 @@ def _perturbed_rotation(r, e) -> list[float]:
     return out
 
 
-def drone_observation(drone, target) -> list[float]:
-    """One drone's noise-free observation as floats, in OBSERVATION_NAMES order.
+@cython.cclass
+class ObservationWriter:
+    """Builds one drone's noise-free observation: OBSERVATION_SIZE float32 in OBSERVATION_NAMES order.
 
-    ``drone``: a simulator ``DroneState``, whose fields are the observation's groups (position where
-    the error goes); ``target``: the (x, y, z) reference point.
+    It writes into a float32 buffer whose memoryview it keeps and hands out a copy: acquiring a view of a new
+    array each step would cost more than filling it.
     """
-    px, py, pz = drone.position
-    tx, ty, tz = target
-    return [px - tx, py - ty, pz - tz, *drone.rotation, *drone.velocity, *drone.body_rates, *drone.action]
+
+    buffer = cython.declare(object, visibility="readonly")
+    _view = cython.declare(cython.float[:])
+
+    def __init__(self):
+        self.buffer = np.zeros(OBSERVATION_SIZE, dtype=np.float32)
+        self._view = self.buffer
+
+    @cython.ccall
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def write(self, drone, target) -> cython.void:
+        """Fill ``buffer``. ``drone``: a simulator ``DroneState``, whose fields are the observation's groups
+        (position where the error goes); ``target``: the (x, y, z) reference point."""
+        out = self._view
+        i: cython.Py_ssize_t
+        value: cython.double
+        reference: cython.double
+        position, rotation, velocity, body_rates, action = (
+            drone.position, drone.rotation, drone.velocity, drone.body_rates, drone.action
+        )
+        for i in range(3):
+            value, reference = position[i], target[i]
+            out[i] = value - reference
+        for i in range(9):
+            value = rotation[i]
+            out[3 + i] = value
+        for i in range(3):
+            value = velocity[i]
+            out[12 + i] = value
+            value = body_rates[i]
+            out[15 + i] = value
+        for i in range(4):
+            value = action[i]
+            out[18 + i] = value
+
+    @cython.ccall
+    def observe(self, drone, target):
+        """The observation as a new array."""
+        self.write(drone, target)
+        return self.buffer.copy()
 
 
 def observe(sim, targets: np.ndarray, noise: SensorNoise, rng: np.random.Generator) -> np.ndarray:
@@ -62,8 +106,9 @@ def observe(sim, targets: np.ndarray, noise: SensorNoise, rng: np.random.Generat
     numbers as four ``rng.normal`` draws in that order.
     """
     if not noise.enabled:
+        writer = ObservationWriter()
         rows = zip(sim.drones, np.asarray(targets, dtype=float).tolist())
-        return np.array([drone_observation(drone, target) for drone, target in rows], dtype=np.float32)
+        return np.array([writer.observe(drone, target) for drone, target in rows])
     n = sim.num_drones
     scale = np.array([noise.position, noise.velocity, noise.angular_velocity, noise.attitude])
     draws = rng.standard_normal((4, n, 3)) * scale[:, None, None]

@@ -1,23 +1,38 @@
 """N quadrotors in one PyBullet world: action mapping, rotor lag, aerodynamics, randomization, state.
 
 The Gymnasium env (one drone) and the RLlib multi-agent env (a swarm) both drive this class, so the
-physics and the action interface exist once. Per-drone math runs in plain Python floats (see
-physics.py); the state read back from Bullet stays in per-drone tuples of floats (``drones``), and the
-(N, 26) array the public state attributes are views of is built only when one of them is read (a
-noise-free single-drone env step never reads them).
+physics and the action interface exist once. A step runs each drone's ``DronePhysics`` (physics.py), hands
+the wrenches to the backend, and keeps what it reads back as one ``DroneState`` of floats per drone
+(``drones``); the (N, 26) array the public state attributes are views of is built only when one of them is
+read (a noise-free single-drone env step never reads them). Compiled by Cython in pure-Python mode like
+``physics`` (see there): ``DroneSimulator`` is a C class, so a step's bookkeeping costs little next to Bullet.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
+import cython
 import numpy as np
 import pybullet as p
 
+if cython.compiled:  # C's libm, not a Python call; the same function either way
+    from cython.cimports.libc.math import isfinite
+else:
+    from math import isfinite
+
 from entropilot.envs.airframe import Airframe
 from entropilot.envs.observation import OBSERVATION_COLUMNS
-from entropilot.envs.physics import Aerodynamics, Mixer, RateController, RotorModel, Wind, Wrench, rotate_to_body
+from entropilot.envs.physics import (
+    Aerodynamics,
+    DronePhysics,
+    Mixer,
+    RateController,
+    RotorModel,
+    Wind,
+    Wrench,
+    drone_state,
+)
 from entropilot.envs.pybullet_world import PyBulletWorld
 from entropilot.envs.settings import DroneSettings
 
@@ -38,17 +53,7 @@ assert [STATE_COLUMNS[k] for k in ("position", "rotation", "velocity", "body_rat
 _POSITION, _ROTATION, _VELOCITY, _BODY_RATES, _LAST_ACTION, _QUATERNION = STATE_COLUMNS.values()
 
 
-class DroneState(NamedTuple):
-    """One drone's state after a step or placement, as plain floats (what the per-drone task code reads)."""
-
-    position: tuple[float, float, float]  # m, world
-    rotation: tuple[float, ...]  # the 9 entries of body-to-world R, row-major
-    velocity: tuple[float, float, float]  # m/s, world
-    body_rates: tuple[float, float, float]  # rad/s, body
-    action: list[float]  # the clipped action of the last step
-    quaternion: tuple[float, float, float, float]  # (x, y, z, w)
-
-
+@cython.cclass
 class DroneSimulator:
     """Steps N drones with actions in [-1, 1]^4 (``motors`` or ``ctbr``) and exposes their state.
 
@@ -59,29 +64,48 @@ class DroneSimulator:
     ``place``. ``drones`` holds the same numbers as one ``DroneState`` of floats per drone.
     """
 
+    settings = cython.declare(object, visibility="readonly")
+    num_drones = cython.declare(cython.Py_ssize_t, visibility="readonly")
+    airframe = cython.declare(object, visibility="readonly")
+    control_dt = cython.declare(cython.double, visibility="readonly")
+    world = cython.declare(object, visibility="readonly")
+    rotors = cython.declare(object, visibility="readonly")
+    aero = cython.declare(object, visibility="readonly")
+    wind = cython.declare(object, visibility="readonly")
+    physics = cython.declare(list, visibility="readonly")  # one DronePhysics per drone
+    drones = cython.declare(list, visibility="readonly")  # one DroneState per drone
+    true_airframes = cython.declare(list, visibility="readonly")
+    air_velocity = cython.declare(object, visibility="readonly")  # (N, 3) wind at each drone, world m/s
+    _downwash = cython.declare(cython.bint)
+    _no_downwash = cython.declare(list)
+    _hover_action_row = cython.declare(list)
+    _air_rows = cython.declare(list)
+    _arrays = cython.declare(object)
+
     def __init__(self, settings: DroneSettings, num_drones: int = 1, downwash: bool = False):
         self.settings = settings
         self.num_drones = num_drones
-        self.airframe: Airframe = settings.airframe
+        self.airframe = settings.airframe
         self.control_dt = 1.0 / settings.control_hz
         self.world = PyBulletWorld(self.airframe, num_drones, settings.physics_hz, settings.control_hz)
         self.rotors = RotorModel(num_drones, settings.substeps, 1.0 / settings.physics_hz)
-        self.mixer = Mixer(self.airframe)
-        self.rate_controller = RateController(self.airframe)
         self.aero = Aerodynamics(self.airframe, settings.drag, settings.ground_effect, downwash)
-        self.wrench = Wrench(self.airframe)
+        self._downwash = downwash and num_drones > 1
+        self._no_downwash = [0.0] * num_drones
         w = settings.wind
         self.wind = Wind(num_drones, w.mean, w.gust_std, w.gust_time_constant)
-        self._motors = settings.action_mode == "motors"
-        self._half_max_thrust = 0.5 * self.mixer.max_thrust
-        self._two_max_thrust = 2.0 * self.mixer.max_thrust
-        self._max_body_rate = float(settings.max_body_rate)
+        mixer, rates, wrench = Mixer(self.airframe), RateController(self.airframe), Wrench(self.airframe)
+        motors = settings.action_mode == "motors"
+        self.physics = [
+            DronePhysics(motors, float(settings.max_body_rate), mixer, rates, self.aero, wrench, rotors, self.airframe)
+            for rotors in self.rotors.drones
+        ]
         self._hover_action_row = self.hover_action().tolist()
-        self.true_airframes: list[Airframe] = []
+        self.true_airframes = []
         self._set_true_parameters([self.airframe] * num_drones)
-        self.air_velocity = np.zeros((num_drones, 3))
+        self.air_velocity = self.wind.mean + self.wind.gust
         self._air_rows = self.air_velocity.tolist()
-        self._read_state([self._hover_action_row] * num_drones)
+        self._set_state(self.world.read(), [self._hover_action_row] * num_drones)
 
     # ---- the action interface -------------------------------------------------------------
     def hover_action(self) -> np.ndarray:
@@ -93,20 +117,31 @@ class DroneSimulator:
 
     def rpm_command(self, actions: np.ndarray) -> np.ndarray:
         """(N, 4) actions in [-1, 1] -> (N, 4) rotor speed commands, through the nominal mixer."""
-        rows = self._action_rows(actions)
-        return np.array([self._drone_rpm_command(a, self.drones[i].body_rates) for i, a in enumerate(rows)])
+        rows = zip(self.physics, self._action_rows(actions), self.drones)
+        return np.array([physics.rpm_command(*a, *drone.body_rates) for physics, a, drone in rows])
 
-    def _drone_rpm_command(self, a, body_rates) -> list[float]:
-        """One drone's 4 normalized actions -> 4 rotor speed commands [RPM]."""
-        if self._motors:
-            h = self._half_max_thrust
-            thrusts = [(a[0] + 1.0) * h, (a[1] + 1.0) * h, (a[2] + 1.0) * h, (a[3] + 1.0) * h]
+    @cython.ccall
+    def action_row(self, action, name: str = "action") -> list:
+        """One drone's action -> a list of 4 finite floats, or a ValueError naming ``name`` and what is wrong."""
+        if type(action) is np.ndarray and action.dtype.char in "fd":
+            row = action.tolist()  # what policies and action_space.sample() give: skip np.asarray's copy
         else:
-            collective = (a[0] + 1.0) * self._two_max_thrust
-            m = self._max_body_rate
-            torque = self.rate_controller.drone_torque((a[1] * m, a[2] * m, a[3] * m), body_rates)
-            thrusts = self.mixer.drone_rotor_thrusts(collective, torque)
-        return self.mixer.drone_rpm_from_thrust(thrusts)
+            row = np.asarray(action, dtype=np.float64).tolist()
+        # A float array's tolist() is a list of 4 floats exactly when its shape is (4,).
+        wrong_shape = type(row) is not list or len(row) != 4
+        i: cython.Py_ssize_t
+        for i in range(0 if wrong_shape else 4):
+            wrong_shape = type(row[i]) is not float
+            if wrong_shape:
+                break
+        if wrong_shape:
+            raise ValueError(
+                f"{name} must have shape (4,) for action_mode={self.settings.action_mode!r}, got shape {np.shape(action)}"
+            )
+        for i in range(4):
+            if not isfinite(row[i]):
+                raise ValueError(f"{name} must be finite, got {row}")
+        return row
 
     def _action_rows(self, actions) -> list[list[float]]:
         actions = np.asarray(actions, dtype=float)
@@ -142,8 +177,8 @@ class DroneSimulator:
         if airframes == self.true_airframes:
             return  # nothing changes: skip the Bullet calls (most resets without randomization)
         self.true_airframes = airframes
-        self._kf = [a.kf for a in airframes]
-        self._km = [a.km for a in airframes]
+        for physics, airframe in zip(self.physics, airframes):
+            physics.set_true_airframe(airframe)
         self.rotors.set_time_constants(np.array([a.motor_time_constant for a in airframes]))
         self.world.set_inertial(airframes)
 
@@ -160,51 +195,41 @@ class DroneSimulator:
             )
             self.world.place(i, positions[i], q, velocities[i], angular_world)
         self.rotors.reset(self.airframe.hover_rpm)
-        self.wind.reset(rng)
-        self.air_velocity = self.wind.mean + self.wind.gust
-        self._air_rows = self.air_velocity.tolist()
-        self._read_state([self._hover_action_row] * self.num_drones)
+        if self.wind.gust_std > 0:  # without gusts the air moves at the mean wind, set once in __init__
+            self.wind.reset(rng)
+            self.air_velocity = self.wind.mean + self.wind.gust
+            self._air_rows = self.air_velocity.tolist()
+        self._set_state(self.world.read(), [self._hover_action_row] * self.num_drones)
 
     # ---- stepping ------------------------------------------------------------------------
     def step(self, actions: np.ndarray, rng: np.random.Generator) -> None:
         """Advance one control period with (N, 4) actions; they are clipped to [-1, 1] (what executes)."""
         self.step_rows(self._action_rows(actions), rng)
 
-    def step_rows(self, rows: list[list[float]], rng: np.random.Generator) -> None:
+    @cython.ccall
+    def step_rows(self, rows: list, rng) -> cython.void:
         """``step`` with the actions as N lists of 4 floats, checked by the caller (an env checks them anyway)."""
-        aero, rotors, wrench = self.aero, self.rotors, self.wrench
-        downwash = aero.downwash_forces(self.position).tolist() if aero.downwash and self.num_drones > 1 else None
-        executed, forces, torques = [], [], []
-        for i, (position, r, velocity, body_rates, _, _) in enumerate(self.drones):
-            a0, a1, a2, a3 = rows[i]
-            # np.clip(a, -1, 1), written out (NaN passes through as it does there)
-            a = [
-                -1.0 if a0 < -1.0 else 1.0 if a0 > 1.0 else a0,
-                -1.0 if a1 < -1.0 else 1.0 if a1 > 1.0 else a1,
-                -1.0 if a2 < -1.0 else 1.0 if a2 > 1.0 else a2,
-                -1.0 if a3 < -1.0 else 1.0 if a3 > 1.0 else a3,
-            ]
-            mean_rpm_sq = rotors.advance_drone(i, self._drone_rpm_command(a, body_rates))
-            gains = aero.drone_ground_effect_gain(position[2], r)
-            collective, tau_x, tau_y, tau_z = wrench.of(mean_rpm_sq, self._kf[i], self._km[i], gains)
-            force = aero.drone_body_force(r, velocity, self._air_rows[i], rotors.rpm_sum(i), downwash[i] if downwash else 0.0)
-            force[2] += collective
-            executed.append(a)
-            forces.append(force)
-            torques.append((tau_x, tau_y, tau_z))
-        self.world.step(forces, torques)
+        downwash = self.aero.downwash_forces(self.position).tolist() if self._downwash else self._no_downwash
+        n: cython.Py_ssize_t = self.num_drones
+        executed, forces, torques = [None] * n, [None] * n, [None] * n
+        i: cython.Py_ssize_t
+        for i in range(n):
+            physics, drone, air = self.physics[i], self.drones[i], self._air_rows[i]
+            executed[i], forces[i], torques[i] = physics.control(rows[i], drone, air, downwash[i])
+        self._set_state(self.world.step(forces, torques), executed)
         if self.wind.gust_std > 0:
             self.air_velocity = self.wind.step(self.control_dt, rng)
             self._air_rows = self.air_velocity.tolist()
-        self._read_state(executed)
 
-    def _read_state(self, actions: list) -> None:
-        """Read every body from Bullet into ``drones``; the state arrays follow when first read."""
-        matrix = p.getMatrixFromQuaternion
-        drones = []
-        for (position, q, velocity, w), action in zip(self.world.read(), actions):
-            r = matrix(q)
-            drones.append(DroneState(position, r, velocity, rotate_to_body(r, w), action, q))  # gyro: body-frame w
+    @cython.cfunc
+    def _set_state(self, bodies: list, actions: list) -> cython.void:
+        """``drones`` from the backend's (position, quaternion, velocity, angular velocity) of every body; the state
+        arrays follow when first read."""
+        i: cython.Py_ssize_t
+        drones = [None] * self.num_drones
+        for i in range(self.num_drones):
+            position, quaternion, velocity, angular_velocity = bodies[i]
+            drones[i] = drone_state(position, quaternion, velocity, angular_velocity, actions[i])
         self.drones = drones
         self._arrays = None
 
@@ -212,13 +237,13 @@ class DroneSimulator:
         """(state, position, rotation, velocity, body_rates, last_action, quaternion), built once per step."""
         if self._arrays is None:
             flat: list[float] = []
-            for position, r, velocity, body_rates, action, q in self.drones:
-                flat += position  # in STATE_COLUMNS order
-                flat += r
-                flat += velocity
-                flat += body_rates
-                flat += action
-                flat += q
+            for drone in self.drones:
+                flat += drone.position  # in STATE_COLUMNS order
+                flat += drone.rotation
+                flat += drone.velocity
+                flat += drone.body_rates
+                flat += drone.action
+                flat += drone.quaternion
             n = self.num_drones
             state = np.array(flat).reshape(n, STATE_SIZE)
             state.flags.writeable = False
@@ -283,8 +308,13 @@ def uniform(rng: np.random.Generator, low, high) -> list[float]:
     return [lo + (hi - lo) * u for lo, hi, u in zip(low, high, rng.random(len(low)).tolist())]
 
 
+def attitude_bounds(max_tilt_deg: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Low and high (roll, pitch, yaw) of a random start attitude: roll and pitch within +-max_tilt, any yaw."""
+    tilt = math.radians(max_tilt_deg)
+    return (-tilt, -tilt, -math.pi), (tilt, tilt, math.pi)
+
+
 def random_attitude(rng: np.random.Generator, max_tilt_deg: float) -> tuple[float, float, float, float]:
     """A quaternion with roll and pitch uniform in +-max_tilt and any yaw."""
-    tilt = math.radians(max_tilt_deg)
     # The values and stream of uniform(-tilt, tilt, size=2) followed by uniform(-pi, pi).
-    return p.getQuaternionFromEuler(uniform(rng, (-tilt, -tilt, -math.pi), (tilt, tilt, math.pi)))
+    return p.getQuaternionFromEuler(uniform(rng, *attitude_bounds(max_tilt_deg)))

@@ -7,10 +7,12 @@ import math
 import gymnasium as gym
 import numpy as np
 
-from entropilot.envs.observation import OBSERVATION_NAMES, OBSERVATION_SIZE, drone_observation, observe
+from entropilot.envs.observation import OBSERVATION_NAMES, OBSERVATION_SIZE, ObservationWriter, observe
 from entropilot.envs.settings import HoverSettings, WaypointSettings
-from entropilot.envs.simulator import DroneSimulator, random_attitude, uniform
-from entropilot.envs.tasks import CRASH_PENALTY, CrashRules, SuccessTracker, drone_hover_reward, norm3
+import pybullet as p
+
+from entropilot.envs.simulator import DroneSimulator, attitude_bounds, uniform
+from entropilot.envs.tasks import CRASH_PENALTY, HoverRules, norm3, position_error
 
 
 class HoverEnv(gym.Env):
@@ -36,10 +38,16 @@ class HoverEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBSERVATION_SIZE,), dtype=np.float32)
         self.observation_names = OBSERVATION_NAMES
-        self.success = SuccessTracker(self.settings, 1)
-        self.crash_rules = CrashRules.of(self.sim, self.settings)
+        self.rules = HoverRules(self.sim, self.settings)
         self._target = self.settings.target  # (x, y, z) floats: the step reads it every time
         self.noise = self.settings.sensor_noise
+        self.observation = ObservationWriter()
+        # A start's position, attitude (roll, pitch, yaw) and velocity come from one draw of 9 uniforms: the
+        # numbers and stream of three draws of 3, at a third of the calls into numpy.
+        s = self.settings
+        attitude_low, attitude_high = attitude_bounds(s.start_tilt_deg)
+        self._start_low = (*s.start_low, *attitude_low, *(-s.start_velocity,) * 3)
+        self._start_high = (*s.start_high, *attitude_high, *(s.start_velocity,) * 3)
         self.steps = 0
 
     @property
@@ -48,11 +56,13 @@ class HoverEnv(gym.Env):
         return np.array([self._target])
 
     # Task hooks: where the target is now (waypoint tracking overrides these).
+    moving_target = False  # whether _advance_task moves the target (a hover step skips the call)
+
     def _reset_task(self) -> None:
         self._target = self.settings.target
 
-    def _advance_task(self, distance: float) -> None:
-        """Move the reference after a step; hover's target stays where it is."""
+    def _advance_task(self, position) -> None:
+        """Move the reference after a step that ended at ``position``; hover's target stays where it is."""
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -60,51 +70,23 @@ class HoverEnv(gym.Env):
         self.sim.randomize(rng)
         if s.randomization.noise > 0:
             self.noise = s.sensor_noise.scaled(1.0 + rng.uniform(-1, 1) * s.randomization.noise)
-        start = uniform(rng, s.start_low, s.start_high)
-        attitude = random_attitude(rng, s.start_tilt_deg)
-        velocity = uniform(rng, (-s.start_velocity,) * 3, (s.start_velocity,) * 3)
-        self.sim.place(rng, [start], [attitude], [velocity], [(0.0, 0.0, 0.0)])
+        start = uniform(rng, self._start_low, self._start_high)
+        attitude = p.getQuaternionFromEuler(start[3:6])
+        self.sim.place(rng, [start[:3]], [attitude], [start[6:]], [(0.0, 0.0, 0.0)])
         self._reset_task()
-        self.success.reset()
+        self.rules.reset()
         self.steps = 0
-        error = np.array(_error(self.sim.drones[0].position, self._target))
-        # sqrt(x . x) as np.linalg.norm computes it: its dot product may round the last bit unlike the step's
-        # sum of squares, and the first distance of an episode keeps the value it always had
-        return self._observe(), {"distance": math.sqrt(error.dot(error))}
-
-    def _action_row(self, action) -> list[float]:
-        """The action as 4 finite floats, or a ValueError naming what is wrong with it."""
-        if type(action) is np.ndarray and action.dtype.char in "fd" and action.shape == (4,):
-            row = action.tolist()  # what policies and action_space.sample() give: skip np.asarray's copy
-        else:
-            array = np.asarray(action, dtype=np.float64)
-            if array.shape != (4,):
-                raise ValueError(
-                    f"action must have shape (4,) for action_mode={self.settings.action_mode!r}, got shape {array.shape}"
-                )
-            row = array.tolist()
-        if not all(map(math.isfinite, row)):
-            raise ValueError(f"action must be finite, got {row}")
-        return row
+        return self._observe(), {"distance": norm3(position_error(self.sim.drones[0].position, self._target))}
 
     def step(self, action):
-        row = self._action_row(action)
         sim = self.sim
         prev_action = sim.drones[0].action
-        sim.step_rows([row], self.np_random)
+        sim.step_rows([sim.action_row(action)], self.np_random)
         self.steps += 1
         drone = sim.drones[0]
-        target = self._target
-        pos_err = _error(drone.position, target)
-        distance = norm3(pos_err)
-        self._advance_task(distance)
-        if self._target is not target:  # the task moved the reference point
-            pos_err = _error(drone.position, self._target)
-            distance = norm3(pos_err)
-        tilt_cos = drone.rotation[8]
-        reward = drone_hover_reward(pos_err, drone.velocity, drone.body_rates, tilt_cos, drone.action, prev_action)
-        self.success.update((distance,))
-        crash = self.crash_rules.reason(drone.position, drone.velocity, tilt_cos)
+        if self.moving_target:
+            self._advance_task(drone.position)
+        reward, distance, crash = self.rules.evaluate(0, drone, self._target, prev_action)
         terminated = crash is not None
         truncated = not terminated and self.steps >= self.settings.max_episode_steps
         info = {"distance": distance}
@@ -112,13 +94,15 @@ class HoverEnv(gym.Env):
             reward -= CRASH_PENALTY
             info["crash"] = crash
         if terminated or truncated:
-            info["is_success"] = bool(truncated and self.success.succeeded()[0])
-        return self._observe(), reward, terminated, truncated, info
+            info["is_success"] = truncated and self.rules.succeeded(0)
+        if self.noise.enabled:
+            return self._observe(), reward, terminated, truncated, info
+        return self.observation.observe(drone, self._target), reward, terminated, truncated, info
 
     def _observe(self) -> np.ndarray:
         if self.noise.enabled:
             return observe(self.sim, self.target, self.noise, self.np_random)[0]
-        return np.array(drone_observation(self.sim.drones[0], self._target), dtype=np.float32)
+        return self.observation.observe(self.sim.drones[0], self._target)
 
     def render(self):
         if self.render_mode != "rgb_array":
@@ -138,6 +122,7 @@ class WaypointEnv(HoverEnv):
     """
 
     settings_class = WaypointSettings
+    moving_target = True
 
     def _reset_task(self) -> None:
         s = self.settings
@@ -159,11 +144,12 @@ class WaypointEnv(HoverEnv):
                     centre[1] + s.circle_radius * math.sin(phase), centre[2])
         return self._waypoint_rows[self.waypoint_index]
 
-    def _advance_task(self, distance: float) -> None:
+    def _advance_task(self, position) -> None:
         s = self.settings
-        if s.trajectory == "waypoints" and distance <= s.switch_radius and self.waypoint_index < len(self.waypoints) - 1:
+        reached = norm3(position_error(position, self._target)) <= s.switch_radius
+        if s.trajectory == "waypoints" and reached and self.waypoint_index < len(self.waypoints) - 1:
             self.waypoint_index += 1
-            self.success.reset()
+            self.rules.reset()
         self._target = self._reference(self.steps / s.control_hz)
 
     def step(self, action):
@@ -172,9 +158,3 @@ class WaypointEnv(HoverEnv):
         if "is_success" in info and self.settings.trajectory == "waypoints":
             info["is_success"] = info["is_success"] and self.waypoint_index == len(self.waypoints) - 1
         return obs, reward, terminated, truncated, info
-
-
-def _error(position, target) -> tuple[float, float, float]:
-    px, py, pz = position
-    tx, ty, tz = target
-    return (px - tx, py - ty, pz - tz)

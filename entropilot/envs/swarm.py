@@ -14,7 +14,7 @@ from ray.rllib.env.multi_agent_env import MultiAgentEnv
 from entropilot.envs.observation import OBSERVATION_SIZE, observe
 from entropilot.envs.settings import SwarmSettings
 from entropilot.envs.simulator import DroneSimulator, random_attitude
-from entropilot.envs.tasks import CRASH_PENALTY, SuccessTracker, crash_reasons, hover_reward, norm
+from entropilot.envs.tasks import CRASH_PENALTY, HoverRules
 
 
 class SwarmEnv(MultiAgentEnv):
@@ -38,7 +38,7 @@ class SwarmEnv(MultiAgentEnv):
         self.action_spaces = {a: act_space for a in self.possible_agents}
         offsets = (np.arange(s.num_drones) - (s.num_drones - 1) / 2.0) * s.spacing
         self.targets = np.array(s.target) + np.stack([offsets, np.zeros_like(offsets), np.zeros_like(offsets)], axis=1)
-        self.success = SuccessTracker(s, s.num_drones)
+        self.rules = HoverRules(self.sim, s)
         self.rng = np.random.default_rng()
         self.alive = np.ones(s.num_drones, dtype=bool)
         self.steps = 0
@@ -54,7 +54,7 @@ class SwarmEnv(MultiAgentEnv):
         attitudes = [random_attitude(rng, s.start_tilt_deg) for _ in range(s.num_drones)]
         velocities = rng.uniform(-s.start_velocity, s.start_velocity, size=(s.num_drones, 3))
         self.sim.place(rng, starts, attitudes, velocities, np.zeros((s.num_drones, 3)))
-        self.success.reset()
+        self.rules.reset()
         self.alive[:] = True
         self.agents = list(self.possible_agents)
         self.steps = 0
@@ -77,21 +77,17 @@ class SwarmEnv(MultiAgentEnv):
         for agent, action in action_dict.items():
             if agent not in self.agents:
                 raise ValueError(f"action for {agent!r}, which is not an active agent (active: {self.agents})")
-            action = np.asarray(action, dtype=np.float64)
-            if action.shape != (4,) or not np.all(np.isfinite(action)):
-                raise ValueError(f"action for {agent!r} must be 4 finite numbers, got {action!r}")
-            actions[int(agent.split("_")[1])] = action
+            actions[int(agent.split("_")[1])] = self.sim.action_row(action, f"action for {agent!r}")
         # Crashed drones idle with rotors off, so the live ones keep flying around them.
         actions[~self.alive] = -1.0 if s.action_mode == "motors" else [-1.0, 0.0, 0.0, 0.0]
-        prev_action = self.sim.last_action
+        prev_actions = [drone.action for drone in self.sim.drones]
         self.sim.step(actions, self.rng)
         self.steps += 1
         sim = self.sim
-        pos_err = sim.position - self.targets
-        distance = norm(pos_err)
-        rewards = hover_reward(pos_err, sim.velocity, sim.body_rates, sim.tilt_cosine(), sim.last_action, prev_action)
-        self.success.update(distance)
-        reasons = crash_reasons(sim, s)
+        outcomes = [
+            self.rules.evaluate(i, drone, target, prev)
+            for i, (drone, target, prev) in enumerate(zip(sim.drones, self.targets.tolist(), prev_actions))
+        ]
         gaps = np.linalg.norm(sim.position[:, None] - sim.position[None, :], axis=-1)
         gaps[~self.alive, :] = np.inf
         gaps[:, ~self.alive] = np.inf
@@ -103,15 +99,15 @@ class SwarmEnv(MultiAgentEnv):
         for i, agent in enumerate(self.possible_agents):
             if not self.alive[i]:
                 continue
-            crash = "collision" if collided[i] else reasons[i]
-            info = {"distance": float(distance[i])}
-            reward = float(rewards[i])
+            reward, distance, crash = outcomes[i]
+            crash = "collision" if collided[i] else crash
+            info = {"distance": distance}
             if crash is not None:
                 reward -= CRASH_PENALTY
                 info["crash"] = crash
                 self.alive[i] = False
             if crash is not None or truncated_all:
-                info["is_success"] = bool(crash is None and self.success.succeeded()[i])
+                info["is_success"] = crash is None and self.rules.succeeded(i)
             out_obs[agent], out_rew[agent], infos[agent] = obs[i], reward, info
             terminateds[agent], truncateds[agent] = crash is not None, truncated_all and crash is None
         self.agents = [a for i, a in enumerate(self.possible_agents) if self.alive[i]] if not truncated_all else []

@@ -1,81 +1,110 @@
-"""Reward, crash and success rules of the drone tasks: written per drone in plain floats (a single-drone
-step calls them directly), with loops over drones for the swarm, so both envs share one rule each."""
+"""Reward, crash and success rules of the drone tasks, per drone: a single-drone env applies them to its drone,
+the swarm to each of its drones, so both envs share one rule each.
+
+Compiled by Cython in pure-Python mode like ``physics`` (see there): the ``cython.*`` annotations make the
+per-drone rules C arithmetic; uncompiled they run as plain Python with the same numbers.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import numpy as np
+import cython
 
-from entropilot.envs.settings import DroneSettings, HoverSettings
+if cython.compiled:  # C's libm, not a Python call; the same functions either way
+    from cython.cimports.libc.math import exp, sqrt
+else:
+    from math import exp, sqrt
+
+from entropilot.envs.settings import HoverSettings
 
 CRASH_PENALTY = 2.0
 
 
-def hover_reward(pos_err: np.ndarray, velocity: np.ndarray, body_rates: np.ndarray, tilt_cos: np.ndarray,
-                 action: np.ndarray, prev_action: np.ndarray) -> np.ndarray:
-    """(N,) ``drone_hover_reward`` of every drone, from (N, k) arrays."""
-    rows = zip(
-        np.asarray(pos_err).tolist(),
-        np.asarray(velocity).tolist(),
-        np.asarray(body_rates).tolist(),
-        np.asarray(tilt_cos).tolist(),
-        np.asarray(action).tolist(),
-        np.asarray(prev_action).tolist(),
-    )
-    return np.array([drone_hover_reward(*row) for row in rows])
-
-
-def drone_hover_reward(pos_err, velocity, body_rates, tilt_cos: float, action, prev_action) -> float:
+@cython.ccall
+def drone_hover_reward(pos_err, velocity, body_rates, tilt_cos: cython.double, action, prev_action) -> cython.double:
     """Dense reward in (0, 1]: exp(-cost), so staying alive always beats crashing.
 
     The distance term dominates; velocity, spin, tilt and action changes are small costs that make
     the policy settle instead of orbit the target. Bounded below by 0 so a far-away drone is never
     better off ending the episode.
     """
-    a0, a1, a2, a3 = action
-    b0, b1, b2, b3 = prev_action
-    d0, d1, d2, d3 = a0 - b0, a1 - b1, a2 - b2, a3 - b3
-    cost = (
+    d0: cython.double = action[0] - prev_action[0]
+    d1: cython.double = action[1] - prev_action[1]
+    d2: cython.double = action[2] - prev_action[2]
+    d3: cython.double = action[3] - prev_action[3]
+    cost: cython.double = (
         2.0 * norm3(pos_err)
         + 0.1 * norm3(velocity)
         + 0.05 * norm3(body_rates)
         + 0.2 * (1.0 - tilt_cos)
         + 0.05 * (d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3)
     )
-    return math.exp(-cost)
+    return exp(-cost)
 
 
-def norm3(v) -> float:
+@cython.ccall
+def norm3(v) -> cython.double:
     """Euclidean norm of one 3-vector of floats."""
-    x, y, z = v
-    return math.sqrt(x * x + y * y + z * z)
+    x: cython.double = v[0]
+    y: cython.double = v[1]
+    z: cython.double = v[2]
+    return sqrt(x * x + y * y + z * z)
 
 
-def norm(v: np.ndarray) -> np.ndarray:
-    """(N, k) -> (N,) Euclidean norms (einsum: a third of the cost of np.linalg.norm on tiny arrays)."""
-    return np.sqrt(np.einsum("ij,ij->i", v, v))
+@cython.ccall
+def position_error(position, target) -> tuple:
+    """``position - target`` for two 3-vectors of floats."""
+    return (position[0] - target[0], position[1] - target[1], position[2] - target[2])
 
 
-@dataclass(frozen=True)
-class CrashRules:
-    """Ground hit at speed, tilt past the limit, left the arena: the limits, worked out once per env."""
+@cython.cclass
+class HoverRules:
+    """What a step means for each drone of a hover-style task: its reward, whether it crashed (ground hit at
+    speed, tilt past the limit, left the arena) and how long it has stayed inside the success radius
+    (success = inside for the last ``success_seconds`` of the episode)."""
 
-    floor: float  # m: body centre this low touches the ground
-    crash_speed: float  # m/s
-    min_tilt_cos: float
-    arena_half_size: float  # m
+    floor = cython.declare(cython.double, visibility="readonly")  # m: body centre this low touches the ground
+    crash_speed = cython.declare(cython.double, visibility="readonly")  # m/s
+    min_tilt_cos = cython.declare(cython.double, visibility="readonly")
+    arena_half_size = cython.declare(cython.double, visibility="readonly")  # m
+    success_radius = cython.declare(cython.double, visibility="readonly")  # m
+    required_steps = cython.declare(cython.Py_ssize_t, visibility="readonly")
+    inside_steps = cython.declare(list, visibility="readonly")  # per drone: consecutive steps inside the radius
 
-    @classmethod
-    def of(cls, sim, settings: DroneSettings) -> "CrashRules":
-        floor = sim.airframe.collision_half_extents[2] + 0.01
-        return cls(floor, settings.crash_speed, math.cos(math.radians(settings.max_tilt_deg)), settings.arena_half_size)
+    def __init__(self, sim, settings: HoverSettings):
+        self.floor = sim.airframe.collision_half_extents[2] + 0.01
+        self.crash_speed = settings.crash_speed
+        self.min_tilt_cos = math.cos(math.radians(settings.max_tilt_deg))
+        self.arena_half_size = settings.arena_half_size
+        self.success_radius = settings.success_radius
+        self.required_steps = int(round(settings.success_seconds * settings.control_hz))
+        self.inside_steps = [0] * sim.num_drones
 
-    def reason(self, position, velocity, tilt_cos: float) -> str | None:
-        """Why a drone at ``position`` with ``velocity`` crashed (None = it did not)."""
-        x, y, z = position
-        half = self.arena_half_size
+    def reset(self) -> None:
+        """A new episode: no drone has been inside the success radius yet."""
+        self.inside_steps = [0] * len(self.inside_steps)
+
+    @cython.ccall
+    def evaluate(self, i: cython.Py_ssize_t, drone, target, prev_action) -> tuple:
+        """Drone ``i`` after a step (a simulator ``DroneState``), its reference point ``target`` and the action
+        before this step's -> (reward, distance to the target, crash reason or None). Counts its success steps."""
+        position, velocity = drone.position, drone.velocity
+        pos_err = position_error(position, target)
+        distance: cython.double = norm3(pos_err)
+        tilt_cos: cython.double = drone.rotation[8]
+        reward = drone_hover_reward(pos_err, velocity, drone.body_rates, tilt_cos, drone.action, prev_action)
+        # NaN counts as outside
+        self.inside_steps[i] = self.inside_steps[i] + 1 if distance <= self.success_radius else 0
+        return reward, distance, self.crash_reason(position, velocity, tilt_cos)
+
+    @cython.ccall
+    def crash_reason(self, position, velocity, tilt_cos: cython.double):
+        """Why a drone at ``position`` with ``velocity`` and tilt cosine ``tilt_cos`` crashed (None = it did not)."""
+        x: cython.double = position[0]
+        y: cython.double = position[1]
+        z: cython.double = position[2]
+        half: cython.double = self.arena_half_size
         if z <= self.floor and norm3(velocity) > self.crash_speed:
             return "ground_impact"
         if tilt_cos < self.min_tilt_cos:
@@ -84,30 +113,6 @@ class CrashRules:
             return "left_arena"
         return None
 
-
-def crash_reasons(sim, settings: DroneSettings) -> list[str | None]:
-    """Why each drone crashed this step (None = it did not): ground hit at speed, tilt past the limit, left the arena."""
-    rules = CrashRules.of(sim, settings)
-    return [rules.reason(d.position, d.velocity, d.rotation[8]) for d in sim.drones]
-
-
-class SuccessTracker:
-    """Counts consecutive steps inside the success radius; success = the last `success_seconds` all inside."""
-
-    def __init__(self, settings: HoverSettings, num_drones: int):
-        self.radius = settings.success_radius
-        self.required_steps = int(round(settings.success_seconds * settings.control_hz))
-        self.num_drones = num_drones
-        self.reset()
-
-    def reset(self) -> None:
-        self.inside_steps = [0] * self.num_drones
-
-    def update(self, distances) -> None:
-        """``distances``: one per drone. Counts up inside, back to 0 outside (NaN counts as outside)."""
-        radius = self.radius
-        self.inside_steps = [k + 1 if d <= radius else 0 for k, d in zip(self.inside_steps, distances)]
-
-    def succeeded(self) -> list[bool]:
-        required = self.required_steps
-        return [k >= required for k in self.inside_steps]
+    def succeeded(self, i: int) -> bool:
+        """Whether drone ``i`` has been inside the success radius for the last ``success_seconds``."""
+        return self.inside_steps[i] >= self.required_steps

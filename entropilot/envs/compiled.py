@@ -1,0 +1,81 @@
+"""Which simulator modules run compiled, and running them from their Python sources when asked or when stale.
+
+The modules in ``COMPILED`` are plain Python whose ``cython.*`` annotations Cython turns into C when the
+package is built (``setup.py``; an editable install puts each ``.so`` beside its ``.py``). Python imports a
+module's ``.so`` before its ``.py``, so in a source checkout an edit to the ``.py`` would silently not run
+until the next build. ``prefer_current_sources`` (called first thing by ``entropilot.envs``) therefore
+imports from the ``.py`` every module whose source is newer than its build, with a warning that says how to
+rebuild, and every module when ``ENTROPILOT_PURE_PYTHON=1`` (for a debugger or a profiler, or to check that
+both give the same numbers). This file imports only the standard library: ``setup.py`` reads ``COMPILED``.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+PACKAGE = "entropilot.envs"
+COMPILED = ("physics", "pybullet_world", "simulator", "tasks", "observation")
+PURE_PYTHON_VARIABLE = "ENTROPILOT_PURE_PYTHON"
+_HERE = Path(__file__).parent
+
+
+def built_module(name: str) -> Path | None:
+    """The compiled file of ``name`` in this package directory, if there is one."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = _HERE / f"{name}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+def stale_modules() -> list[str]:
+    """Compiled modules whose ``.py`` changed after they were built."""
+    stale = []
+    for name in COMPILED:
+        built = built_module(name)
+        if built is not None and (_HERE / f"{name}.py").stat().st_mtime > built.stat().st_mtime:
+            stale.append(name)
+    return stale
+
+
+class _SourceFinder(importlib.abc.MetaPathFinder):
+    """Finds the listed modules of this package as their ``.py`` source, ahead of any compiled file."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package != PACKAGE or name not in self.names:
+            return None
+        return importlib.util.spec_from_file_location(fullname, _HERE / f"{name}.py")
+
+
+def prefer_current_sources() -> None:
+    """Import stale modules (all of them with ``ENTROPILOT_PURE_PYTHON=1``) from their ``.py``."""
+    if any(isinstance(finder, _SourceFinder) for finder in sys.meta_path):
+        return
+    if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
+        names = set(COMPILED)
+    else:
+        names = set(stale_modules())
+        if names:
+            warnings.warn(
+                f"entropilot.envs: the source of {', '.join(sorted(names))} is newer than its compiled build, so it "
+                "runs as plain Python (same numbers, the env steps ~1.7x slower); rebuild with `pip install -e .`",
+                stacklevel=3,
+            )
+    if names:
+        sys.meta_path.insert(0, _SourceFinder(names))
+
+
+def status() -> dict[str, bool]:
+    """Whether each module in ``COMPILED`` runs compiled in this process (imports them)."""
+    modules = [importlib.import_module(f"{PACKAGE}.{name}") for name in COMPILED]
+    return {module.__name__.rpartition(".")[2]: not module.__file__.endswith(".py") for module in modules}

@@ -1,0 +1,105 @@
+"""The simulator's compiled hot path (setup.py, entropilot/envs/compiled.py): it is what runs after an install
+with a C compiler, it gives the interpreted sources' numbers to the bit, and a stale build is not used."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from entropilot.envs import HOVER_ID, SWARM_ID, WAYPOINT_ID, compiled, make_env
+
+HAS_COMPILER = bool(shutil.which("cc") or shutil.which("gcc"))
+ENVS_DIR = Path(compiled.__file__).parent
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k != compiled.PURE_PYTHON_VARIABLE}
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], env={**clean, **env}, capture_output=True, text=True, timeout=300
+    )
+
+
+def rollouts() -> dict[str, np.ndarray]:
+    """Observations, rewards and episode ends of every task and action mode, with noise, randomization and
+    gusty wind on: every compiled formula is on the path. Random actions, resets included."""
+    hard = dict(
+        sensor_noise=dict(position=0.01, velocity=0.02, attitude=0.01, angular_velocity=0.05),
+        randomization=dict(mass=0.1, inertia=0.1, kf=0.1, km=0.1, motor_time_constant=0.2, noise=0.3),
+        wind=dict(mean=(0.3, -0.2, 0.0), gust_std=0.4),
+        start_tilt_deg=20.0,
+    )
+    out = {}
+    for env_id in (HOVER_ID, WAYPOINT_ID):
+        for mode in ("ctbr", "motors"):
+            for name, options in (("plain", {}), ("hard", hard)):
+                env = gym.make(env_id, action_mode=mode, **options)
+                rng = np.random.default_rng(1)
+                obs, _ = env.reset(seed=3)
+                rows = [np.concatenate([obs, [0.0, 0.0, 0.0]])]
+                for _ in range(150):
+                    obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+                    rows.append(np.concatenate([obs, [reward, info["distance"], terminated or truncated]]))
+                    if terminated or truncated:
+                        obs, _ = env.reset()
+                out[f"{env_id} {mode} {name}"] = np.array(rows)
+                env.close()
+    env = make_env(SWARM_ID, num_drones=3, action_mode="motors", downwash=True)
+    rng = np.random.default_rng(2)
+    env.reset(seed=4)
+    rows = []
+    for _ in range(100):
+        obs, rewards, terminated, truncated, _ = env.step({a: rng.uniform(-0.2, 0.6, 4) for a in env.agents})
+        rows += [np.concatenate([obs[a], [rewards[a]]]) for a in sorted(obs)]
+        if terminated["__all__"] or truncated["__all__"]:
+            env.reset()
+    out["swarm"] = np.array(rows)
+    env.close()
+    return out
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: the install runs the modules as plain Python")
+def test_an_install_with_a_c_compiler_runs_the_hot_path_compiled():
+    result = run_python("import json, entropilot.envs.compiled as c; print(json.dumps(c.status()))")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {name: True for name in compiled.COMPILED}, (
+        "rebuild with `pip install -e .`: " + result.stderr
+    )
+
+
+@pytest.mark.skipif(compiled.built_module("physics") is None, reason="no compiled build in this checkout")
+def test_compiled_and_interpreted_modules_give_the_same_numbers(tmp_path):
+    saved = tmp_path / "interpreted.npz"
+    code = f"import numpy as np, runpy; np.savez({str(saved)!r}, **runpy.run_path({__file__!r})['rollouts']())"
+    result = run_python(code, **{compiled.PURE_PYTHON_VARIABLE: "1"})
+    assert result.returncode == 0, result.stderr
+    interpreted, this_process = np.load(saved), rollouts()
+    assert sorted(interpreted.files) == sorted(this_process)
+    for key, values in this_process.items():
+        np.testing.assert_array_equal(values, interpreted[key], err_msg=key)
+    # what was compared crosses episode ends and moves
+    assert this_process[f"{HOVER_ID} motors hard"][:, -1].sum() >= 2 and np.ptp(this_process["swarm"][:, 0]) > 0.01
+
+
+@pytest.mark.skipif(compiled.built_module("tasks") is None, reason="no compiled build in this checkout")
+def test_a_module_edited_after_the_build_runs_from_its_source_with_a_warning():
+    source = ENVS_DIR / "tasks.py"
+    before = source.stat()
+    try:
+        os.utime(source, (before.st_atime, time.time() + 60))  # as if just edited
+        result = run_python("import json, entropilot.envs.compiled as c; print(json.dumps(c.status()))")
+    finally:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert result.returncode == 0, result.stderr
+    assert "the source of tasks is newer than its compiled build" in result.stderr and "pip install -e ." in result.stderr
+    status = json.loads(result.stdout.splitlines()[-1])
+    assert status.pop("tasks") is False and all(status.values()), status
+    assert compiled.stale_modules() == []
