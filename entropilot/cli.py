@@ -16,12 +16,20 @@ def main() -> None:
 
 @main.command()
 def envs() -> None:
-    """List the environment ids with their spaces and rewards."""
-    from entropilot.envs import ENVIRONMENTS, OBSERVATION_SIZE
+    """List the environment ids with their spaces and rewards, and whether the simulator runs compiled."""
+    from entropilot.envs import ENVIRONMENTS, OBSERVATION_SIZE, compiled
 
     for env_id, (entry, settings_cls) in ENVIRONMENTS.items():
         doc = (settings_cls.__doc__ or "").strip().splitlines()[0]
         click.echo(f"{env_id:26s} obs Box({OBSERVATION_SIZE},)  action Box(4,) in [-1, 1]  {doc}")
+    interpreted = [name for name, is_compiled in compiled.status().items() if not is_compiled]
+    if interpreted:
+        click.echo(
+            f"simulator: {', '.join(interpreted)} run as plain Python (~1.7x slower steps): no C compiler at install, "
+            f"{compiled.PURE_PYTHON_VARIABLE} set, or edited since the build (`pip install -e .` rebuilds)"
+        )
+    else:
+        click.echo("simulator: compiled (Cython)")
 
 
 @main.command()

@@ -103,3 +103,15 @@ def test_a_module_edited_after_the_build_runs_from_its_source_with_a_warning():
     status = json.loads(result.stdout.splitlines()[-1])
     assert status.pop("tasks") is False and all(status.values()), status
     assert compiled.stale_modules() == []
+
+
+@pytest.mark.parametrize("pure_python", ["0", "1"])
+def test_entropilot_envs_says_how_the_simulator_runs(pure_python):
+    code = "from click.testing import CliRunner; from entropilot.cli import main; print(CliRunner().invoke(main, ['envs']).output)"
+    result = run_python(code, **{compiled.PURE_PYTHON_VARIABLE: pure_python})
+    assert result.returncode == 0, result.stderr
+    assert "entropilot/Hover-v0" in result.stdout
+    if pure_python == "1":
+        assert "physics, pybullet_world, simulator, tasks, observation run as plain Python" in result.stdout
+    elif HAS_COMPILER:
+        assert "simulator: compiled (Cython)" in result.stdout
