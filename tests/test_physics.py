@@ -8,11 +8,20 @@ import math
 
 import gymnasium as gym
 import numpy as np
+import pybullet as p
 import pytest
 
 from entropilot.envs import HOVER_ID
 from entropilot.envs.airframe import CRAZYFLIE_2X, GRAVITY
-from entropilot.envs.physics import ROTOR_SPIN, Aerodynamics, Mixer, RateController, RotorModel, rotor_positions
+from entropilot.envs.physics import (
+    ROTOR_SPIN,
+    Aerodynamics,
+    Mixer,
+    RateController,
+    RotorModel,
+    drone_state,
+    rotor_positions,
+)
 from entropilot.envs.settings import DroneSettings, HoverSettings
 from entropilot.envs.simulator import DroneSimulator
 
@@ -143,6 +152,16 @@ def test_ctbr_body_rate_commands_turn_the_body_the_commanded_way(axis):
         rates = sim.body_rates[0]
         assert rates[axis] > 1.5
         assert np.abs(np.delete(rates, axis)).max() < 0.05 * rates[axis]
+
+
+def test_drone_state_rotation_is_pybullets_to_the_bit_and_body_rates_are_r_transpose_w():
+    rng = np.random.default_rng(7)
+    for q, w in zip(rng.normal(size=(20000, 4)).tolist(), rng.normal(size=(20000, 3)).tolist()):
+        state = drone_state((0.0, 0.0, 1.0), tuple(q), (0.0, 0.0, 0.0), tuple(w), [0.0] * 4)
+        assert state.rotation == p.getMatrixFromQuaternion(q)
+    rotation = np.array(state.rotation).reshape(3, 3)
+    np.testing.assert_allclose(state.body_rates, rotation.T @ w, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
 
 
 # ---- rotors and thrust -------------------------------------------------------------------------------
