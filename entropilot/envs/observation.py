@@ -1,7 +1,7 @@
 """The observation layout every drone task emits (named, ordered: deploy writes it into the ONNX file) and its builder.
 
-Compiled by Cython in pure-Python mode like ``physics`` (see there): ``write_observation`` fills the float32
-vector from C, which costs a quarter of ``np.array(list_of_floats, dtype=np.float32)``.
+Compiled by Cython in pure-Python mode like ``physics`` (see there): ``ObservationWriter`` fills the float32
+vector from C, at about half the cost of ``np.array(list_of_floats, dtype=np.float32)``.
 """
 
 from __future__ import annotations

@@ -6,11 +6,10 @@ import math
 
 import gymnasium as gym
 import numpy as np
+import pybullet as p
 
 from entropilot.envs.observation import OBSERVATION_NAMES, OBSERVATION_SIZE, ObservationWriter, observe
 from entropilot.envs.settings import HoverSettings, WaypointSettings
-import pybullet as p
-
 from entropilot.envs.simulator import DroneSimulator, attitude_bounds, uniform
 from entropilot.envs.tasks import CRASH_PENALTY, HoverRules, norm3, position_error
 
@@ -76,7 +75,8 @@ class HoverEnv(gym.Env):
         self._reset_task()
         self.rules.reset()
         self.steps = 0
-        return self._observe(), {"distance": norm3(position_error(self.sim.drones[0].position, self._target))}
+        drone = self.sim.drones[0]
+        return self._observe(drone), {"distance": norm3(position_error(drone.position, self._target))}
 
     def step(self, action):
         sim = self.sim
@@ -95,14 +95,12 @@ class HoverEnv(gym.Env):
             info["crash"] = crash
         if terminated or truncated:
             info["is_success"] = truncated and self.rules.succeeded(0)
-        if self.noise.enabled:
-            return self._observe(), reward, terminated, truncated, info
-        return self.observation.observe(drone, self._target), reward, terminated, truncated, info
+        return self._observe(drone), reward, terminated, truncated, info
 
-    def _observe(self) -> np.ndarray:
+    def _observe(self, drone) -> np.ndarray:
         if self.noise.enabled:
             return observe(self.sim, self.target, self.noise, self.np_random)[0]
-        return self.observation.observe(self.sim.drones[0], self._target)
+        return self.observation.observe(drone, self._target)
 
     def render(self):
         if self.render_mode != "rgb_array":
