@@ -34,10 +34,11 @@ RUN pip install "ray[default,rllib,tune]==${RAY_VERSION}"
 WORKDIR /home/ray/entropilot
 COPY pyproject.toml setup.py README.md ./
 COPY entropilot/ entropilot/
-# setup.py compiles the simulator's hot path with Cython: a C compiler for the build only.
+# setup.py compiles the simulator's hot path with Cython: a C compiler for the build only. The sources go
+# after the install: a copy in the working directory would shadow the installed, compiled package.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install . && rm -rf build entropilot.egg-info \
+    && pip install . && rm -rf build entropilot.egg-info entropilot \
     && apt-get purge -y --auto-remove gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 # The experiment files, for `entropilot train /home/ray/entropilot/configs/<name>.yaml` (k8s/rayjob.yaml).
