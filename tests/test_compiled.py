@@ -3,6 +3,7 @@ with a C compiler, it gives the interpreted sources' numbers to the bit, and a s
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import shutil
@@ -18,13 +19,15 @@ import pytest
 from entropilot.envs import HOVER_ID, SWARM_ID, WAYPOINT_ID, compiled, make_env
 
 HAS_COMPILER = bool(shutil.which("cc") or shutil.which("gcc"))
+EXTENSION_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 ENVS_DIR = Path(compiled.__file__).parent
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+def run_python(code: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k != compiled.PURE_PYTHON_VARIABLE}
     return subprocess.run(
-        [sys.executable, "-W", "always", "-c", code], env={**clean, **env}, capture_output=True, text=True, timeout=300
+        [sys.executable, "-W", "always", "-c", code],
+        env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=300,
     )
 
 
@@ -115,3 +118,46 @@ def test_entropilot_envs_says_how_the_simulator_runs(pure_python):
         assert "physics, pybullet_world, simulator, tasks, observation run as plain Python" in result.stdout
     elif HAS_COMPILER:
         assert "simulator: compiled (Cython)" in result.stdout
+
+
+def test_only_a_source_checkout_judges_builds_by_file_times(tmp_path):
+    package = tmp_path / "entropilot" / "envs"
+    package.mkdir(parents=True)
+    built = package / f"physics{EXTENSION_SUFFIX}"
+    built.write_bytes(b"")
+    (package / "physics.py").write_text("")
+    os.utime(built, (1_000_000, 1_000_000))  # built before the source was last written
+    assert compiled.stale_modules(package) == []  # installed: a wheel's installer writes files in any order
+    (tmp_path / "setup.py").write_text("")
+    assert compiled.stale_modules(package) == ["physics"]  # a checkout: the .py was edited after the build
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler to build the wheel with")
+def test_an_installed_wheel_runs_the_hot_path_compiled(tmp_path):
+    """What `pip install .` (the Docker image) gets: the wheel's files land in any order, and still nothing is
+    taken for stale."""
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(repo / name, source / name)
+    shutil.copytree(repo / "entropilot", source / "entropilot", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "wheel").glob("entropilot-*.whl")
+    install = subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    result = run_python(
+        "import json, entropilot.envs.compiled as c; print(c.__file__); print(json.dumps(c.status()))",
+        cwd=tmp_path,  # not the checkout, whose entropilot/ would come first on sys.path
+        PYTHONPATH=str(tmp_path / "site"),
+    )
+    assert result.returncode == 0, result.stderr
+    where, status = result.stdout.splitlines()[-2:]
+    assert where.startswith(str(tmp_path / "site")), where
+    assert json.loads(status) == {name: True for name in compiled.COMPILED}, result.stderr

@@ -25,21 +25,25 @@ PURE_PYTHON_VARIABLE = "ENTROPILOT_PURE_PYTHON"
 _HERE = Path(__file__).parent
 
 
-def built_module(name: str) -> Path | None:
-    """The compiled file of ``name`` in this package directory, if there is one."""
+def built_module(name: str, package_dir: Path = _HERE) -> Path | None:
+    """The compiled file of ``name`` in the package directory, if there is one."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = _HERE / f"{name}{suffix}"
+        path = package_dir / f"{name}{suffix}"
         if path.exists():
             return path
     return None
 
 
-def stale_modules() -> list[str]:
-    """Compiled modules whose ``.py`` changed after they were built."""
+def stale_modules(package_dir: Path = _HERE) -> list[str]:
+    """Compiled modules whose ``.py`` changed after they were built, in a source checkout (``setup.py`` two
+    levels up, where an editable install builds in place). An installed package's files all come from one
+    build, and a wheel's installer may well write a ``.py`` after its ``.so``: there the times mean nothing."""
+    if not (package_dir.parents[1] / "setup.py").exists():
+        return []
     stale = []
     for name in COMPILED:
-        built = built_module(name)
-        if built is not None and (_HERE / f"{name}.py").stat().st_mtime > built.stat().st_mtime:
+        built = built_module(name, package_dir)
+        if built is not None and (package_dir / f"{name}.py").stat().st_mtime > built.stat().st_mtime:
             stale.append(name)
     return stale
 
