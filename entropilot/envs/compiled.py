@@ -22,6 +22,7 @@ from pathlib import Path
 PACKAGE = "entropilot.envs"
 COMPILED = ("physics", "pybullet_world", "simulator", "tasks", "observation")
 PURE_PYTHON_VARIABLE = "ENTROPILOT_PURE_PYTHON"
+UNPACKING_S = 2.0  # s: files written this close together came out of one archive
 _HERE = Path(__file__).parent
 
 
@@ -35,15 +36,17 @@ def built_module(name: str, package_dir: Path = _HERE) -> Path | None:
 
 
 def stale_modules(package_dir: Path = _HERE) -> list[str]:
-    """Compiled modules whose ``.py`` changed after they were built, in a source checkout (``setup.py`` two
+    """Compiled modules whose ``.py`` was edited after they were built, in a source checkout (``setup.py`` two
     levels up, where an editable install builds in place). An installed package's files all come from one
-    build, and a wheel's installer may well write a ``.py`` after its ``.so``: there the times mean nothing."""
+    build, and a wheel's installer may well write a ``.py`` after its ``.so``: there the times mean nothing.
+    A checkout can be unpacked too (a Ray job's working_dir), so a ``.py`` written within ``UNPACKING_S`` of
+    its build counts as the same unpacking, not an edit."""
     if not (package_dir.parents[1] / "setup.py").exists():
         return []
     stale = []
     for name in COMPILED:
         built = built_module(name, package_dir)
-        if built is not None and (package_dir / f"{name}.py").stat().st_mtime > built.stat().st_mtime:
+        if built is not None and (package_dir / f"{name}.py").stat().st_mtime > built.stat().st_mtime + UNPACKING_S:
             stale.append(name)
     return stale
 
