@@ -38,18 +38,10 @@ Floats3 = cython.typedef(tuple[cython.double, cython.double, cython.double])
 Floats4 = cython.typedef(tuple[cython.double, cython.double, cython.double, cython.double])
 
 
-@cython.ccall
-def rotate_to_body(r, v) -> tuple:
-    """R^T v for one drone: ``r`` the 9 row-major entries of body-to-world R, ``v`` a world vector."""
-    v0: cython.double = v[0]
-    v1: cython.double = v[1]
-    v2: cython.double = v[2]
-    return _rotate_to_body(r, v0, v1, v2)
-
-
 @cython.cfunc
 @cython.inline
 def _rotate_to_body(r, v0: cython.double, v1: cython.double, v2: cython.double) -> Floats3:
+    """R^T v for one drone: ``r`` the 9 row-major entries of body-to-world R, (v0, v1, v2) a world vector."""
     r0: cython.double = r[0]
     r1: cython.double = r[1]
     r2: cython.double = r[2]
@@ -80,15 +72,15 @@ class DroneState:
 
 
 @cython.ccall
-def drone_state(position, quaternion, velocity, angular_velocity, action) -> DroneState:
-    """A ``DroneState`` from a backend's pose and twist (world frame) and the action that led there: adds the
-    rotation matrix of the quaternion and the body-frame angular velocity (what a gyro measures)."""
+def rotation_matrix(quaternion) -> tuple:
+    """The 9 row-major entries of the body-to-world rotation of ``quaternion`` (x, y, z, w).
+
+    Bullet's btMatrix3x3::setRotation, as pybullet's getMatrixFromQuaternion writes it: the same numbers,
+    without a call into pybullet and its argument parsing."""
     x: cython.double = quaternion[0]
     y: cython.double = quaternion[1]
     z: cython.double = quaternion[2]
     w: cython.double = quaternion[3]
-    # Bullet's btMatrix3x3::setRotation, as pybullet's getMatrixFromQuaternion writes it (same numbers,
-    # without a call into pybullet and its argument parsing)
     s: cython.double = 2.0 / (x * x + y * y + z * z + w * w)
     xs: cython.double = x * s
     ys: cython.double = y * s
@@ -102,10 +94,20 @@ def drone_state(position, quaternion, velocity, angular_velocity, action) -> Dro
     yy: cython.double = y * ys
     yz: cython.double = y * zs
     zz: cython.double = z * zs
-    r = (1.0 - (yy + zz), xy - wz, xz + wy, xy + wz, 1.0 - (xx + zz), yz - wx, xz - wy, yz + wx, 1.0 - (xx + yy))
+    return (1.0 - (yy + zz), xy - wz, xz + wy, xy + wz, 1.0 - (xx + zz), yz - wx, xz - wy, yz + wx, 1.0 - (xx + yy))
+
+
+@cython.ccall
+def drone_state(position, quaternion, velocity, angular_velocity, action) -> DroneState:
+    """A ``DroneState`` from a backend's pose and twist (world frame) and the action that led there: adds the
+    rotation matrix of the quaternion and the body-frame angular velocity (what a gyro measures)."""
+    r = rotation_matrix(quaternion)
+    w0: cython.double = angular_velocity[0]
+    w1: cython.double = angular_velocity[1]
+    w2: cython.double = angular_velocity[2]
     state: DroneState = DroneState.__new__(DroneState)  # a compiled class's fast path: no __init__ call
     state.position, state.rotation, state.velocity = position, r, velocity
-    state.body_rates, state.action, state.quaternion = rotate_to_body(r, angular_velocity), action, quaternion
+    state.body_rates, state.action, state.quaternion = _rotate_to_body(r, w0, w1, w2), action, quaternion
     return state
 
 

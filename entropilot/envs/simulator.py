@@ -32,6 +32,7 @@ from entropilot.envs.physics import (
     Wind,
     Wrench,
     drone_state,
+    rotation_matrix,
 )
 from entropilot.envs.pybullet_world import PyBulletWorld
 from entropilot.envs.settings import DroneSettings
@@ -123,21 +124,16 @@ class DroneSimulator:
     @cython.ccall
     def action_row(self, action, name: str = "action") -> list:
         """One drone's action -> a list of 4 finite floats, or a ValueError naming ``name`` and what is wrong."""
-        if type(action) is np.ndarray and action.dtype.char in "fd":
+        if type(action) is np.ndarray and action.dtype.char in "fd" and action.shape == (4,):
             row = action.tolist()  # what policies and action_space.sample() give: skip np.asarray's copy
         else:
-            row = np.asarray(action, dtype=np.float64).tolist()
-        # A float array's tolist() is a list of 4 floats exactly when its shape is (4,).
-        wrong_shape = type(row) is not list or len(row) != 4
+            array = np.asarray(action, dtype=np.float64)
+            if array.shape != (4,):
+                raise ValueError(
+                    f"{name} must have shape (4,) for action_mode={self.settings.action_mode!r}, got shape {array.shape}"
+                )
+            row = array.tolist()
         i: cython.Py_ssize_t
-        for i in range(0 if wrong_shape else 4):
-            wrong_shape = type(row[i]) is not float
-            if wrong_shape:
-                break
-        if wrong_shape:
-            raise ValueError(
-                f"{name} must have shape (4,) for action_mode={self.settings.action_mode!r}, got shape {np.shape(action)}"
-            )
         for i in range(4):
             if not isfinite(row[i]):
                 raise ValueError(f"{name} must be finite, got {row}")
@@ -186,7 +182,7 @@ class DroneSimulator:
         """Move every drone to its start state (no URDF reload), rotors spinning at hover speed."""
         for i in range(self.num_drones):
             q = list(map(float, quaternions[i]))
-            r = p.getMatrixFromQuaternion(q)
+            r = rotation_matrix(q)
             b0, b1, b2 = map(float, body_rates[i])
             angular_world = (  # R w_body
                 r[0] * b0 + r[1] * b1 + r[2] * b2,
