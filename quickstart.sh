@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # entropilot's two commands on a fresh machine:
 #   bash quickstart.sh         set up .venv and run the main job
-#   bash quickstart.sh test    set up .venv and run the test suite
+#   bash quickstart.sh test    set up .venv and run the test suite (both tiers)
+#   bash quickstart.sh unit    the unit tier only: no Ray, no MLflow server, about a minute
+#   bash quickstart.sh lint    ruff's lint and format checks (CI runs them before the tests)
 # The set-up installs the CPU build of torch first (a loose pin would pull a multi-GB CUDA build),
 # then entropilot with its test extras (compiling the simulator's hot path with Cython: see setup.py);
 # it is skipped when .venv is already up to date.
@@ -40,8 +42,16 @@ case "${1:-run}" in
     shift || true
     "$VENV/bin/python" -m pytest -q "$@"
     ;;
+  unit)
+    shift || true
+    "$VENV/bin/python" -m pytest -q -m "not integration" "$@"
+    ;;
+  lint)
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    ;;
   *)
-    echo "usage: bash quickstart.sh [run|test [pytest args...]]" >&2
+    echo "usage: bash quickstart.sh [run|test|unit [pytest args...]|lint]" >&2
     exit 2
     ;;
 esac

@@ -7,7 +7,8 @@ Re-run (about 1 minute at the default 20 s per row):
     .venv/bin/python benchmarks/control_loop.py out/hover_policy.onnx      # the quickstart's policy, or any export
     .venv/bin/python benchmarks/control_loop.py out/hover_policy.onnx --seconds 60
 
-Rows, each `--seconds` long in all, taking turns in `--block`-second blocks in one process. Not pinned to a core (unlike the throughput
+Rows, each `--seconds` long in all, taking turns in `--block`-second blocks in one process. Not pinned to a core
+(unlike the throughput
 benchmarks): on a shared machine a pinned loop waits for its one core while another is free, which is not what a
 control loop on a companion computer meets.
 
@@ -85,9 +86,11 @@ def timing(blocks: list[np.ndarray], rate_hz: int) -> dict[str, float]:
     return {
         "ticks": ticks,
         "hz": ticks / elapsed,
-        "late_p50": float(np.percentile(lateness, 50)), "late_p99": float(np.percentile(lateness, 99)),
+        "late_p50": float(np.percentile(lateness, 50)),
+        "late_p99": float(np.percentile(lateness, 99)),
         "late_max": float(lateness.max()),
-        "dev_p50": float(np.percentile(deviation, 50)), "dev_p99": float(np.percentile(deviation, 99)),
+        "dev_p50": float(np.percentile(deviation, 50)),
+        "dev_p99": float(np.percentile(deviation, 99)),
         "dev_max": float(deviation.max()),
         "missed": missed,
     }
@@ -100,7 +103,9 @@ def main() -> None:
     parser.add_argument("--block", type=float, default=2.0, help="the rows take turns in blocks this long (default 2)")
     args = parser.parse_args()
     if not Path(args.policy).is_file():
-        sys.exit(f"{args.policy}: no such file; export one (`entropilot export RUN -o policy.onnx`) or run quickstart.sh")
+        sys.exit(
+            f"{args.policy}: no such file; export one (`entropilot export RUN -o policy.onnx`) or run quickstart.sh"
+        )
 
     import onnxruntime as ort
 
@@ -108,8 +113,11 @@ def main() -> None:
 
     policy = OnnxPolicy(args.policy)
     rate = policy.control_hz
-    names = ("sleep pacing alone (baseline)", f"sleep + {SPIN_S * 1e3:g} ms spin pacing alone",
-             "`Autopilot` + `OnnxPolicy` + `SimLink` (sleep pacing)")
+    names = (
+        "sleep pacing alone (baseline)",
+        f"sleep + {SPIN_S * 1e3:g} ms spin pacing alone",
+        "`Autopilot` + `OnnxPolicy` + `SimLink` (sleep pacing)",
+    )
     blocks: dict[str, list[np.ndarray]] = {name: [] for name in names}
     logs, compute = [], []
     # The rows take turns in blocks, so that a shared machine's load changes fall on all of them alike.
@@ -123,21 +131,35 @@ def main() -> None:
     rows = {name: timing(b, rate) for name, b in blocks.items()}
     failsafes = [str(t) for log in logs for t in log.failsafes]
 
-    print(f"\nControl loop timing at {rate} Hz (nominal period {1e3 / rate:.2f} ms), wall clock, {args.seconds:g} s per row; "
-          f"{cpu_name()}, Python {platform.python_version()}, onnxruntime {ort.__version__}, {Path(args.policy).name}.\n")
-    print("| loop | ticks | achieved Hz | lateness p50 / p99 / max µs | period deviation p50 / p99 / max µs "
-          "| missed ticks | p99 lateness ÷ baseline |")
+    print(
+        f"\nControl loop timing at {rate} Hz (nominal period {1e3 / rate:.2f} ms), wall clock, "
+        f"{args.seconds:g} s per row; "
+        f"{cpu_name()}, Python {platform.python_version()}, onnxruntime {ort.__version__}, {Path(args.policy).name}.\n"
+    )
+    print(
+        "| loop | ticks | achieved Hz | lateness p50 / p99 / max µs | period deviation p50 / p99 / max µs "
+        "| missed ticks | p99 lateness ÷ baseline |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     base = rows[names[0]]["late_p99"]
     for name, r in rows.items():
-        print(f"| {name} | {r['ticks']} | {r['hz']:.2f} | {r['late_p50'] * 1e6:.0f} / {r['late_p99'] * 1e6:.0f} / "
-              f"{r['late_max'] * 1e6:.0f} | {r['dev_p50'] * 1e6:.0f} / {r['dev_p99'] * 1e6:.0f} / {r['dev_max'] * 1e6:.0f} "
-              f"| {r['missed']} | {r['late_p99'] / base:.2f}x |")
-    print(f"\nAutopilot: {len(logs)} flights of {args.block:g} s, failsafes: {'; '.join(failsafes) or 'none'}; last: "
-          f"{logs[-1].summary()}")
-    print(f"policy inference inside the loop (perf_counter around the call): median {np.median(compute):.1f} µs, "
-          f"p99 {np.percentile(compute, 99):.1f} µs ({len(compute)} calls)")
-    print(f"\nRe-run: python benchmarks/control_loop.py {args.policy} --seconds {args.seconds:g} --block {args.block:g}")
+        print(
+            f"| {name} | {r['ticks']} | {r['hz']:.2f} | {r['late_p50'] * 1e6:.0f} / {r['late_p99'] * 1e6:.0f} / "
+            f"{r['late_max'] * 1e6:.0f} | {r['dev_p50'] * 1e6:.0f} / {r['dev_p99'] * 1e6:.0f} / "
+            f"{r['dev_max'] * 1e6:.0f} "
+            f"| {r['missed']} | {r['late_p99'] / base:.2f}x |"
+        )
+    print(
+        f"\nAutopilot: {len(logs)} flights of {args.block:g} s, failsafes: {'; '.join(failsafes) or 'none'}; last: "
+        f"{logs[-1].summary()}"
+    )
+    print(
+        f"policy inference inside the loop (perf_counter around the call): median {np.median(compute):.1f} µs, "
+        f"p99 {np.percentile(compute, 99):.1f} µs ({len(compute)} calls)"
+    )
+    print(
+        f"\nRe-run: python benchmarks/control_loop.py {args.policy} --seconds {args.seconds:g} --block {args.block:g}"
+    )
 
 
 if __name__ == "__main__":

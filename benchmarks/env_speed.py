@@ -40,7 +40,7 @@ import statistics
 import sys
 import time
 
-from _machine import cpu_name, pin_to_one_core  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _machine import cpu_name, pin_to_one_core
 
 pin_to_one_core()
 
@@ -214,8 +214,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name, case in env_rows.items():
         resets = 1000.0 * case.resets / case.steps
-        print(f"| {name} ({resets:.0f} resets / 1000 steps) | {1 / median(name):,.0f} | {1e6 * median(name):.1f} "
-              f"| {ratio(name, 'A'):.0%} | {ratio(name, 'B'):.0%} |")
+        print(
+            f"| {name} ({resets:.0f} resets / 1000 steps) | {1 / median(name):,.0f} | {1e6 * median(name):.1f} "
+            f"| {ratio(name, 'A'):.0%} | {ratio(name, 'B'):.0%} |"
+        )
     ceilings = {
         "A": f"ceiling A: PyBullet only, {s.substeps} × `stepSimulation` + state read, body in flight",
         "B": f"ceiling B: PyBullet only, 1 × `stepSimulation` (numSubSteps={s.substeps}) + state read, in flight",
@@ -228,10 +230,12 @@ def main() -> None:
     # Where the time of an env step goes: differences of medians, so roughly (each is ± the noise).
     parts = {
         "PyBullet calls (force, torque, stepSimulation, state read)": median("env calls"),
-        "physics model, rotation matrix and state bookkeeping (`DroneSimulator.step_rows` minus the PyBullet calls)":
-            median("simulator") - median("env calls"),
-        "task: action check, reward, crash and success rules, observation (unwrapped `step` minus the simulator)":
-            median("unwrapped") - median("simulator"),
+        "physics model, rotation matrix and state bookkeeping (`DroneSimulator.step_rows` minus the PyBullet calls)": (
+            median("simulator") - median("env calls")
+        ),
+        "task: action check, reward, crash and success rules, observation (unwrapped `step` minus the simulator)": (
+            median("unwrapped") - median("simulator")
+        ),
         "Gymnasium wrappers (`gymnasium.make` minus unwrapped)": median("`Hover-v0` ctbr, hover actions")
         - median("unwrapped"),
     }

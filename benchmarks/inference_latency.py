@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import cpu_name, pin_to_one_core  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _machine import cpu_name, pin_to_one_core
 
 pin_to_one_core()
 
@@ -64,17 +64,19 @@ def tiny_checkpoint(root: Path) -> Path:
     cwd = os.getcwd()
     os.chdir(root)  # MLflow's sqlite store puts artifacts under the working directory
     try:
-        cfg = parse_config({
-            "name": "latency-benchmark",
-            "env": {"id": "entropilot/Hover-v0"},
-            "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-            "entropy": {"init": {"enabled": False}},
-            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-            "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "experiment": "latency-benchmark"},
-            "stop": {"iterations": 1},
-            "evaluation": {"interval": None},
-            "checkpoint": {"interval": None, "dir": str(root / "runs")},
-        })
+        cfg = parse_config(
+            {
+                "name": "latency-benchmark",
+                "env": {"id": "entropilot/Hover-v0"},
+                "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+                "entropy": {"init": {"enabled": False}},
+                "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+                "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "experiment": "latency-benchmark"},
+                "stop": {"iterations": 1},
+                "evaluation": {"interval": None},
+                "checkpoint": {"interval": None, "dir": str(root / "runs")},
+            }
+        )
         return train(cfg, echo=lambda line: None).checkpoint
     finally:
         os.chdir(cwd)
@@ -83,7 +85,9 @@ def tiny_checkpoint(root: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", nargs="?", help="checkpoint folder, run folder or MLflow run id (default: train a tiny one)")
+    parser.add_argument(
+        "source", nargs="?", help="checkpoint folder, run folder or MLflow run id (default: train a tiny one)"
+    )
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--warmup", type=int, default=2000)
     args = parser.parse_args()
@@ -160,11 +164,13 @@ def run(source: str, onnx_path: Path, calls: int, warmup: int, display_source: s
     baseline = float(np.median(timings["torch eager, same network (baseline)"]))
 
     model_config = module.model_config
-    print(f"\nSingle-sample policy latency, 1 thread, {calls} calls on real observations; policy MLP "
-          f"{observations.shape[1]} -> {' -> '.join(map(str, model_config['fcnet_hiddens']))} -> 4 "
-          f"({model_config['fcnet_activation']}); "
-          f"{cpu_name()}, Python {platform.python_version()}, onnxruntime {ort.__version__}, torch {torch.__version__}; "
-          f"parity {result.parity_error:.1e}; {result.size_bytes} byte file.\n")
+    print(
+        f"\nSingle-sample policy latency, 1 thread, {calls} calls on real observations; policy MLP "
+        f"{observations.shape[1]} -> {' -> '.join(map(str, model_config['fcnet_hiddens']))} -> 4 "
+        f"({model_config['fcnet_activation']}); "
+        f"{cpu_name()}, Python {platform.python_version()}, onnxruntime {ort.__version__}, torch {torch.__version__}; "
+        f"parity {result.parity_error:.1e}; {result.size_bytes} byte file.\n"
+    )
     print("| path | median µs | p99 µs | torch eager / this (median) |")
     print("|---|---:|---:|---:|")
     for name, _ in rows:

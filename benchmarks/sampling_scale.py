@@ -55,9 +55,15 @@ class SamplingCase:
     """One algorithm with `runners` env runners of `envs_per_runner` envs each, built from hover.yaml."""
 
     def __init__(self, runners: int, envs_per_runner: int, steps: int):
-        cfg = load_config(CONFIG, [f"resources.num_env_runners={runners}",
-                                   f"resources.envs_per_runner={envs_per_runner}",
-                                   "resources.num_cpus_per_env_runner=1", "resources.gpu=off"])
+        cfg = load_config(
+            CONFIG,
+            [
+                f"resources.num_env_runners={runners}",
+                f"resources.envs_per_runner={envs_per_runner}",
+                "resources.num_cpus_per_env_runner=1",
+                "resources.gpu=off",
+            ],
+        )
         self.runners, self.envs_per_runner, self.steps = runners, envs_per_runner, steps
         self.algo = build_from_config(cfg)
         self.rates: list[float] = []  # env steps/s of each round
@@ -103,8 +109,9 @@ class SamplingCase:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runners", type=int, nargs="+", default=[1, 2],
-                        help="runner counts; the first is the baseline")
+    parser.add_argument(
+        "--runners", type=int, nargs="+", default=[1, 2], help="runner counts; the first is the baseline"
+    )
     parser.add_argument("--envs-per-runner", type=int, default=8, help="vectorized envs in each runner")
     parser.add_argument("--steps", type=int, default=4000, help="env steps per runner per round")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median)")
@@ -121,8 +128,14 @@ def main() -> None:
     shapes = list(dict.fromkeys((n, per_runner) for _, n, per_runner in groups))  # each case measured once
     # address="local": our own Ray, never a cluster some `ray start` left running. Every case's runners exist at
     # once (idle ones cost no CPU) and each asks for one CPU, so Ray must count that many logical CPUs.
-    ray.init(address="local", num_cpus=max(sum(n for n, _ in shapes), cores), include_dashboard=False,
-             object_store_memory=10**9, logging_level="ERROR", log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=max(sum(n for n, _ in shapes), cores),
+        include_dashboard=False,
+        object_store_memory=10**9,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
     try:
         cases = {shape: SamplingCase(*shape, steps) for shape in shapes}
         threads = {t for case in cases.values() for t in case.threads()}
@@ -138,11 +151,15 @@ def main() -> None:
         ray.shutdown()
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\nHover sampling throughput vs env runners ({cpu_name()}, {cores} cores, load {load:.1f}), "
-          f"Python {platform.python_version()}, Ray {ray.__version__}; {steps} env steps per runner per round, "
-          f"median of {repeats} rounds; runner threads (torch, OMP_NUM_THREADS): {sorted(threads)}\n")
-    print("| scaling | runners | envs / runner | env steps/s | × baseline | runner CPU share | steps / runner CPU-s "
-          "| runner idle in round |")
+    print(
+        f"\nHover sampling throughput vs env runners ({cpu_name()}, {cores} cores, load {load:.1f}), "
+        f"Python {platform.python_version()}, Ray {ray.__version__}; {steps} env steps per runner per round, "
+        f"median of {repeats} rounds; runner threads (torch, OMP_NUM_THREADS): {sorted(threads)}\n"
+    )
+    print(
+        "| scaling | runners | envs / runner | env steps/s | × baseline | runner CPU share | steps / runner CPU-s "
+        "| runner idle in round |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     baseline = {}
     for label, n, per_runner in groups:
@@ -150,16 +167,20 @@ def main() -> None:
         rate = statistics.median(case.rates)
         baseline.setdefault(label, rate)
         oversubscribed = " (more runners than cores)" if n > cores else ""
-        print(f"| {label} | {n}{oversubscribed} | {per_runner} | {rate:,.0f} | {rate / baseline[label]:.2f}× "
-              f"| {statistics.median(case.cpu_shares):.0%} | {statistics.median(case.steps_per_cpu_s):,.0f} "
-              f"| {statistics.median(case.idle_shares):.0%} |")
-    print(f"\n× baseline: env steps/s over the {args.runners[0]}-runner case of the same row group. Runner CPU share: "
-          "CPU time / wall time of sample() inside each runner (under 100 %: the runner waited for a core, taken by "
-          "the driver, Ray or other load). Steps / runner CPU-s: how fast a core was while it ran a runner (lower "
-          "with more runners: cores slowed by each other, e.g. SMT siblings or a shared host). Runner idle in round: "
-          "share of a round a runner spent not sampling, mostly done and waiting for the slowest one (sampling is "
-          "synchronous) plus the call and the episodes' trip back. "
-          f"Took {time.perf_counter() - started:.0f} s.")
+        print(
+            f"| {label} | {n}{oversubscribed} | {per_runner} | {rate:,.0f} | {rate / baseline[label]:.2f}× "
+            f"| {statistics.median(case.cpu_shares):.0%} | {statistics.median(case.steps_per_cpu_s):,.0f} "
+            f"| {statistics.median(case.idle_shares):.0%} |"
+        )
+    print(
+        f"\n× baseline: env steps/s over the {args.runners[0]}-runner case of the same row group. Runner CPU share: "
+        "CPU time / wall time of sample() inside each runner (under 100 %: the runner waited for a core, taken by "
+        "the driver, Ray or other load). Steps / runner CPU-s: how fast a core was while it ran a runner (lower "
+        "with more runners: cores slowed by each other, e.g. SMT siblings or a shared host). Runner idle in round: "
+        "share of a round a runner spent not sampling, mostly done and waiting for the slowest one (sampling is "
+        "synchronous) plus the call and the episodes' trip back. "
+        f"Took {time.perf_counter() - started:.0f} s."
+    )
 
 
 if __name__ == "__main__":

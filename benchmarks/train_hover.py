@@ -29,11 +29,20 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
 
 
 def run(label: str, seed: int, budget: float, overrides: list[str], workdir: Path) -> dict:
-    cfg = load_config(CONFIG, [
-        f"seed={seed}", f"stop.time_s={budget}", "stop.success_rate=0.95", "mlflow.video=false",
-        "mlflow.system_metrics=false", f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
-        f"checkpoint.dir={workdir}/{label}-{seed}", "evaluation.interval=5", *overrides,
-    ])
+    cfg = load_config(
+        CONFIG,
+        [
+            f"seed={seed}",
+            f"stop.time_s={budget}",
+            "stop.success_rate=0.95",
+            "mlflow.video=false",
+            "mlflow.system_metrics=false",
+            f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
+            f"checkpoint.dir={workdir}/{label}-{seed}",
+            "evaluation.interval=5",
+            *overrides,
+        ],
+    )
     result = train(cfg, echo=lambda line: None)
     ray.shutdown()  # each arm starts from a fresh Ray, as a user's `entropilot train` does
     history = result.history
@@ -41,12 +50,19 @@ def run(label: str, seed: int, budget: float, overrides: list[str], workdir: Pat
     iteration_s = [h["time_this_iter_s"] for h in history[1:] if "time_this_iter_s" in h]
     steps_per_s = [h["env_steps_per_s"] for h in history[1:] if "env_steps_per_s" in h]
     row = {
-        "label": label, "seed": seed, "time_to_095_s": reached, "env_steps": result.env_steps,
-        "success": result.success_rate, "s_per_iteration": statistics.median(iteration_s),
+        "label": label,
+        "seed": seed,
+        "time_to_095_s": reached,
+        "env_steps": result.env_steps,
+        "success": result.success_rate,
+        "s_per_iteration": statistics.median(iteration_s),
         "env_steps_per_s": statistics.median(steps_per_s),
     }
-    print(f"  {label:10s} seed {seed}: time to 0.95 {_fmt(reached)} s, {row['s_per_iteration']:.2f} s/iteration, "
-          f"{row['env_steps_per_s']:.0f} env steps/s, final success {result.success_rate}", flush=True)
+    print(
+        f"  {label:10s} seed {seed}: time to 0.95 {_fmt(reached)} s, {row['s_per_iteration']:.2f} s/iteration, "
+        f"{row['env_steps_per_s']:.0f} env steps/s, final success {result.success_rate}",
+        flush=True,
+    )
     return row
 
 
@@ -75,9 +91,11 @@ def main() -> None:
         mine = [r for r in rows if r["label"] == label]
         reached = [r["time_to_095_s"] for r in mine if r["time_to_095_s"] is not None]
         summary[label] = statistics.median(reached) if reached else None
-        print(f"| {label} | {len(reached)}/{len(mine)} | {_fmt(summary[label])} | "
-              f"{statistics.median(r['s_per_iteration'] for r in mine):.2f} | "
-              f"{statistics.median(r['env_steps_per_s'] for r in mine):.0f} |")
+        print(
+            f"| {label} | {len(reached)}/{len(mine)} | {_fmt(summary[label])} | "
+            f"{statistics.median(r['s_per_iteration'] for r in mine):.2f} | "
+            f"{statistics.median(r['env_steps_per_s'] for r in mine):.0f} |"
+        )
     ours, base = summary["entropilot"], summary["plain PPO"]
     if ours and base:
         print(f"\ntime-to-0.95 ratio (plain PPO / entropilot): {base / ours:.2f}x")

@@ -19,7 +19,7 @@ def envs() -> None:
     """List the environment ids with their spaces and rewards, and whether the simulator runs compiled."""
     from entropilot.envs import ENVIRONMENTS, OBSERVATION_SIZE, compiled
 
-    for env_id, (entry, settings_cls) in ENVIRONMENTS.items():
+    for env_id, (_, settings_cls) in ENVIRONMENTS.items():
         doc = (settings_cls.__doc__ or "").strip().splitlines()[0]
         click.echo(f"{env_id:26s} obs Box({OBSERVATION_SIZE},)  action Box(4,) in [-1, 1]  {doc}")
     interpreted = [name for name, is_compiled in compiled.status().items() if not is_compiled]
@@ -48,14 +48,17 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
     from entropilot.envs.pid import CascadedPID
 
     if env_id not in SINGLE_AGENT_IDS:
-        raise click.BadParameter(f"{env_id!r} is not a single-drone env; choose one of {list(SINGLE_AGENT_IDS)}", param_hint="--env")
+        raise click.BadParameter(
+            f"{env_id!r} is not a single-drone env; choose one of {list(SINGLE_AGENT_IDS)}", param_hint="--env"
+        )
     env = gym.make(env_id, action_mode=action_mode, render_mode="rgb_array" if video else None)
     pid = CascadedPID.for_env(env)
     click.echo(f"Flying {episodes} episode(s) of {env_id} ({action_mode}) with the cascaded PID baseline")
     start = time.perf_counter()
     results = run_episodes(env, pid, episodes, seed, record_frames=bool(video), reset_controller=pid.reset)
-    stats = _report_flights(results, start, env.unwrapped.settings.control_hz, plot, video,
-                            title=f"{env_id} ({action_mode}), PID baseline")
+    stats = _report_flights(
+        results, start, env.unwrapped.settings.control_hz, plot, video, title=f"{env_id} ({action_mode}), PID baseline"
+    )
     env.close()
     sys.exit(0 if stats["success_rate"] > 0 else 1)
 
@@ -66,11 +69,15 @@ def _report_flights(results, start: float, control_hz: int, plot: str | None, vi
 
     for r in results:
         outcome = "success" if r.success else (f"crash ({r.crash})" if r.crash else "no success")
-        click.echo(f"  seed {r.seed}: {outcome:18s} {r.length} steps, return {r.episode_return:7.2f}, "
-                   f"start {np.linalg.norm(r.positions[0] - r.targets[0]):.2f} m -> final {r.final_distance:.3f} m from target")
+        click.echo(
+            f"  seed {r.seed}: {outcome:18s} {r.length} steps, return {r.episode_return:7.2f}, "
+            f"start {np.linalg.norm(r.positions[0] - r.targets[0]):.2f} m -> final {r.final_distance:.3f} m from target"
+        )
     stats = summarize(results)
-    click.echo(f"success rate {stats['success_rate']:.2f}, mean final distance {stats['mean_final_distance']:.3f} m, "
-               f"{sum(r.length for r in results) / (time.perf_counter() - start):.0f} steps/s")
+    click.echo(
+        f"success rate {stats['success_rate']:.2f}, mean final distance {stats['mean_final_distance']:.3f} m, "
+        f"{sum(r.length for r in results) / (time.perf_counter() - start):.0f} steps/s"
+    )
     if plot:
         from entropilot.envs.plots import plot_trajectories
 
@@ -86,10 +93,19 @@ def _report_flights(results, start: float, control_hz: int, plot: str | None, vi
 
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Dotted override, e.g. --set entropy.control.target=1.2 (repeatable).")
-@click.option("--resume", default=None, metavar="CHECKPOINT|RUN_DIR|RUN_ID",
-              help="Continue a run from its last checkpoint, into the same MLflow run.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted override, e.g. --set entropy.control.target=1.2 (repeatable).",
+)
+@click.option(
+    "--resume",
+    default=None,
+    metavar="CHECKPOINT|RUN_DIR|RUN_ID",
+    help="Continue a run from its last checkpoint, into the same MLflow run.",
+)
 def train(config: str | None, overrides: tuple[str, ...], resume: str | None) -> None:
     """Train a policy from an experiment YAML (validated before Ray starts)."""
     from entropilot.platform.config import ConfigError, load_config
@@ -103,7 +119,9 @@ def train(config: str | None, overrides: tuple[str, ...], resume: str | None) ->
         for item in overrides:
             key, _, value = item.partition("=")
             if not key.startswith("stop.") or not value:
-                raise click.BadParameter(f"{item!r}: with --resume only stop.* overrides are allowed", param_hint="--set")
+                raise click.BadParameter(
+                    f"{item!r}: with --resume only stop.* overrides are allowed", param_hint="--set"
+                )
             import yaml
 
             stop[key.removeprefix("stop.")] = yaml.safe_load(value)
@@ -113,44 +131,96 @@ def train(config: str | None, overrides: tuple[str, ...], resume: str | None) ->
         except ConfigError as err:
             raise click.ClickException(str(err)) from None
     result = run_training(cfg, resume=resume, echo=click.echo, stop=stop or None)
-    click.echo(f"run {result.run_id}: {result.iterations} iterations, {result.env_steps} env steps, "
-               f"evaluation success {result.success_rate}")
+    click.echo(
+        f"run {result.run_id}: {result.iterations} iterations, {result.env_steps} env steps, "
+        f"evaluation success {result.success_rate}"
+    )
 
 
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--grid", multiple=True, metavar="KEY=V1,V2,...",
-              help="Try each value (repeatable: all combinations), e.g. --grid entropy.init.threshold=-5,-4,-3; "
-                   "KEY=[[64,64],[128,128]] for values holding commas.")
-@click.option("--random", "random_", multiple=True, metavar="KEY=DIST:ARGS",
-              help="Sample KEY from uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH or choice:A,B,... "
-                   "(repeatable; with --search random or optuna).")
+@click.option(
+    "--grid",
+    multiple=True,
+    metavar="KEY=V1,V2,...",
+    help="Try each value (repeatable: all combinations), e.g. --grid entropy.init.threshold=-5,-4,-3; "
+    "KEY=[[64,64],[128,128]] for values holding commas.",
+)
+@click.option(
+    "--random",
+    "random_",
+    multiple=True,
+    metavar="KEY=DIST:ARGS",
+    help="Sample KEY from uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH or choice:A,B,... "
+    "(repeatable; with --search random or optuna).",
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override of the base config.")
-@click.option("--search", type=click.Choice(["grid", "random", "optuna"]), default=None,
-              help="[default: grid, or random when --random is given]")
-@click.option("--samples", type=click.IntRange(1), default=None,
-              help="Random/Optuna trials (x the --grid combinations for random) [default: 10].")
-@click.option("--max-concurrent", type=click.IntRange(1), default=None,
-              help="Trials at once [default: as many as the Ray cluster holds].")
+@click.option(
+    "--search",
+    type=click.Choice(["grid", "random", "optuna"]),
+    default=None,
+    help="[default: grid, or random when --random is given]",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(1),
+    default=None,
+    help="Random/Optuna trials (x the --grid combinations for random) [default: 10].",
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1),
+    default=None,
+    help="Trials at once [default: as many as the Ray cluster holds].",
+)
 @click.option("--metric", default="success_rate", show_default=True, help="What the best trial has most (or least) of.")
 @click.option("--mode", type=click.Choice(["max", "min"]), default="max", show_default=True)
 @click.option("--asha/--no-asha", default=True, show_default=True, help="Stop hopeless trials early (ASHA).")
-@click.option("--grace-period", type=click.IntRange(1), default=None,
-              help="Iterations before ASHA first judges a trial [default: evaluation.interval].")
-@click.option("--sweep-dir", type=click.Path(file_okay=False), default=None,
-              help="Trials' checkpoints, summary and best config [default: runs/<name>-sweep-<time>].")
-def sweep(config: str, grid: tuple[str, ...], random_: tuple[str, ...], overrides: tuple[str, ...], search: str | None,
-          samples: int | None, max_concurrent: int | None, metric: str, mode: str, asha: bool, grace_period: int | None,
-          sweep_dir: str | None) -> None:
+@click.option(
+    "--grace-period",
+    type=click.IntRange(1),
+    default=None,
+    help="Iterations before ASHA first judges a trial [default: evaluation.interval].",
+)
+@click.option(
+    "--sweep-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Trials' checkpoints, summary and best config [default: runs/<name>-sweep-<time>].",
+)
+def sweep(
+    config: str,
+    grid: tuple[str, ...],
+    random_: tuple[str, ...],
+    overrides: tuple[str, ...],
+    search: str | None,
+    samples: int | None,
+    max_concurrent: int | None,
+    metric: str,
+    mode: str,
+    asha: bool,
+    grace_period: int | None,
+    sweep_dir: str | None,
+) -> None:
     """Tune config values (entropy thresholds...) with Ray Tune: one training run per trial, all as child runs
     of one MLflow run; prints a summary and writes the best config as YAML for `entropilot train`."""
     from entropilot.platform.config import ConfigError, load_config
     from entropilot.platform.sweep import SweepError, plan_sweep, run_sweep
 
     try:
-        plan = plan_sweep(load_config(config, list(overrides)), grid, random_, search=search, samples=samples,
-                          metric=metric, mode=mode, asha=asha, grace_period=grace_period,
-                          max_concurrent=max_concurrent, sweep_dir=sweep_dir)
+        plan = plan_sweep(
+            load_config(config, list(overrides)),
+            grid,
+            random_,
+            search=search,
+            samples=samples,
+            metric=metric,
+            mode=mode,
+            asha=asha,
+            grace_period=grace_period,
+            max_concurrent=max_concurrent,
+            sweep_dir=sweep_dir,
+        )
         result = run_sweep(plan, echo=click.echo)
     except (ConfigError, SweepError) as err:
         raise click.ClickException(str(err)) from None
@@ -159,8 +229,12 @@ def sweep(config: str, grid: tuple[str, ...], random_: tuple[str, ...], override
 
 
 _ADDRESS_OPTION = click.option(
-    "--address", envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"], default=None, metavar="http://HEAD:8265",
-    help="The Ray cluster's dashboard [default: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS].")
+    "--address",
+    envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"],
+    default=None,
+    metavar="http://HEAD:8265",
+    help="The Ray cluster's dashboard [default: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS].",
+)
 
 
 def _cluster(address: str | None):
@@ -170,8 +244,9 @@ def _cluster(address: str | None):
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # Ray's client logs each upload step and socket close at INFO
     if not address:
-        raise click.UsageError("no Ray cluster given: pass --address http://HEAD:8265 (the head's dashboard) "
-                               "or set RAY_API_SERVER_ADDRESS")
+        raise click.UsageError(
+            "no Ray cluster given: pass --address http://HEAD:8265 (the head's dashboard) or set RAY_API_SERVER_ADDRESS"
+        )
     try:
         return Cluster(address)
     except ClusterError as err:
@@ -187,8 +262,10 @@ def _follow_job(cluster, job_id: str) -> None:
     except ClusterError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:
-        click.echo(f"\nstopped following; the job runs on. `entropilot jobs logs {job_id} --follow` follows it again, "
-                   f"`entropilot jobs stop {job_id}` stops it")
+        click.echo(
+            f"\nstopped following; the job runs on. `entropilot jobs logs {job_id} --follow` follows it again, "
+            f"`entropilot jobs stop {job_id}` stops it"
+        )
         sys.exit(130)
     click.echo(f"job {job_id}: {status}")
     sys.exit(0 if status == "SUCCEEDED" else 1)
@@ -197,9 +274,15 @@ def _follow_job(cluster, job_id: str) -> None:
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @_ADDRESS_OPTION
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override (repeatable), as for train.")
-@click.option("--follow/--no-follow", default=True, show_default=True,
-              help="Follow the job's logs until it ends (exit status = the job's success).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted override (repeatable), as for train."
+)
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    show_default=True,
+    help="Follow the job's logs until it ends (exit status = the job's success).",
+)
 def submit(config: str, address: str | None, overrides: tuple[str, ...], follow: bool) -> None:
     """Train on a Ray cluster: submit `entropilot train CONFIG` as a Ray job (this project as its working dir)."""
     from entropilot.platform.config import ConfigError, load_config
@@ -277,20 +360,39 @@ def jobs_stop(job_id: str, address: str | None) -> None:
     click.echo(f"job {job_id}: {'stop requested' if stopped else 'had already ended'}")
 
 
-
 @main.command()
 @click.argument("source", metavar="CHECKPOINT|RUN_DIR|RUN_ID|models:/NAME@ALIAS")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
-@click.option("--parity-batch", default=256, show_default=True, type=click.IntRange(1),
-              help="Real observations (rolled out in the training env) on which onnxruntime must match torch.")
-@click.option("--register", "registered_model", default=None, metavar="NAME",
-              help="Also log the file to its training run in MLflow and register it under NAME.")
+@click.option(
+    "--parity-batch",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Real observations (rolled out in the training env) on which onnxruntime must match torch.",
+)
+@click.option(
+    "--register",
+    "registered_model",
+    default=None,
+    metavar="NAME",
+    help="Also log the file to its training run in MLflow and register it under NAME.",
+)
 @click.option("--alias", default=None, help="With --register: point this alias (e.g. production) at the new version.")
-@click.option("--tracking-uri", default=None, metavar="URI",
-              help="The MLflow server (or store) for a run id, a models:/ source and --register "
-                   "[default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
-def export(source: str, output: str, parity_batch: int, registered_model: str | None, alias: str | None,
-           tracking_uri: str | None) -> None:
+@click.option(
+    "--tracking-uri",
+    default=None,
+    metavar="URI",
+    help="The MLflow server (or store) for a run id, a models:/ source and --register "
+    "[default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].",
+)
+def export(
+    source: str,
+    output: str,
+    parity_batch: int,
+    registered_model: str | None,
+    alias: str | None,
+    tracking_uri: str | None,
+) -> None:
     """Export a trained policy to one self-contained ONNX file (normalization and action mapping inside).
 
     A registered model (models:/NAME@ALIAS or models:/NAME/VERSION) is not exported again: its registered file is
@@ -319,13 +421,19 @@ def export(source: str, output: str, parity_batch: int, registered_model: str | 
         raise click.ClickException(str(err)) from None
     m = result.metadata
     click.echo(f"wrote {result.path} ({result.size_bytes} bytes) from {result.checkpoint}")
-    click.echo(f"  {m['env_id']}, action mode {m['action_mode']}, {m['control_hz']} Hz, training run {result.training_run_id}")
+    click.echo(
+        f"  {m['env_id']}, action mode {m['action_mode']}, {m['control_hz']} Hz, training run {result.training_run_id}"
+    )
     click.echo(f"  sha256 {result.sha256}")
-    click.echo(f"  parity: max |onnxruntime - torch| = {result.parity_error:.2e} over {result.parity_samples} observations")
+    click.echo(
+        f"  parity: max |onnxruntime - torch| = {result.parity_error:.2e} over {result.parity_samples} observations"
+    )
     if registered_model:
         logged = log_to_mlflow(result, registered_model=registered_model, alias=alias)
-        click.echo(f"  MLflow: {logged['model_uri']} registered as {registered_model} v{logged['version']}"
-                   + (f" ({logged['alias_uri']})" if alias else ""))
+        click.echo(
+            f"  MLflow: {logged['model_uri']} registered as {registered_model} v{logged['version']}"
+            + (f" ({logged['alias_uri']})" if alias else "")
+        )
 
 
 def _export_registered(source: str, output: str, tracking_uri: str | None) -> None:
@@ -351,44 +459,95 @@ def _pull_registered(source: str, tracking_uri: str | None, cache_dir: str | Non
         pulled = pull_policy(source, tracking_uri=tracking_uri, cache_dir=cache_dir)
     except (RegistryError, PolicyContractError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"{source}: {pulled.name} version {pulled.version} (run {pulled.run_id}), "
-               f"{'downloaded' if pulled.downloaded else 'cached copy'} {pulled.path}, "
-               f"SHA-256 as registered, seal intact")
+    click.echo(
+        f"{source}: {pulled.name} version {pulled.version} (run {pulled.run_id}), "
+        f"{'downloaded' if pulled.downloaded else 'cached copy'} {pulled.path}, "
+        f"SHA-256 as registered, seal intact"
+    )
     return pulled
 
 
 @main.command()
 @click.argument("policy_file", metavar="POLICY.onnx|models:/NAME@ALIAS")
-@click.option("--link", type=click.Choice(["sim", "mavlink", "crazyflie"]), default="sim", show_default=True,
-              help="The vehicle link: sim = the PyBullet env the policy's metadata names; mavlink = a PX4-style "
-                   "autopilot in offboard mode; crazyflie = a Crazyflie over cflib in rate mode. mavlink and crazyflie "
-                   "fly one flight (--episodes, --seed and --video are the sim's).")
-@click.option("--connect", "--uri", "connection", default=None,
-              help="The vehicle's address. mavlink: a pymavlink connection [default: udpout:127.0.0.1:14540, to a "
-                   "vehicle or `entropilot sitl` listening there; udpin:HOST:PORT listens; a serial port runs at "
-                   "115200 baud: route faster ones to UDP with mavlink-router]. crazyflie: a cflib URI "
-                   "[default: radio://0/80/2M/E7E7E7E7E7].")
-@click.option("--target", default=None, metavar="X,Y,Z",
-              help="With mavlink or crazyflie: the point to fly to, in metres (world z up) [default: the env's target].")
+@click.option(
+    "--link",
+    type=click.Choice(["sim", "mavlink", "crazyflie"]),
+    default="sim",
+    show_default=True,
+    help="The vehicle link: sim = the PyBullet env the policy's metadata names; mavlink = a PX4-style "
+    "autopilot in offboard mode; crazyflie = a Crazyflie over cflib in rate mode. mavlink and crazyflie "
+    "fly one flight (--episodes, --seed and --video are the sim's).",
+)
+@click.option(
+    "--connect",
+    "--uri",
+    "connection",
+    default=None,
+    help="The vehicle's address. mavlink: a pymavlink connection [default: udpout:127.0.0.1:14540, to a "
+    "vehicle or `entropilot sitl` listening there; udpin:HOST:PORT listens; a serial port runs at "
+    "115200 baud: route faster ones to UDP with mavlink-router]. crazyflie: a cflib URI "
+    "[default: radio://0/80/2M/E7E7E7E7E7].",
+)
+@click.option(
+    "--target",
+    default=None,
+    metavar="X,Y,Z",
+    help="With mavlink or crazyflie: the point to fly to, in metres (world z up) [default: the env's target].",
+)
 @click.option("--episodes", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
-              help="Seconds of policy control per flight, then land and disarm [default: the env's episode_seconds].")
-@click.option("--dry-run", is_flag=True, help="Shadow mode: run the policy and its guards on the vehicle's telemetry and log what would be sent; nothing is sent (no arming, no mode change). In simulation the drone holds on its own controller.")
-@click.option("--max-action-rate", type=click.FloatRange(0), default=40.0, show_default=True,
-              help="Action rate limit in normalized units per second (0: off).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Seconds of policy control per flight, then land and disarm [default: the env's episode_seconds].",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Shadow mode: run the policy and its guards on the vehicle's telemetry and log what would be sent; nothing "
+    "is sent (no arming, no mode change). In simulation the drone holds on its own controller.",
+)
+@click.option(
+    "--max-action-rate",
+    type=click.FloatRange(0),
+    default=40.0,
+    show_default=True,
+    help="Action rate limit in normalized units per second (0: off).",
+)
 @click.option("--sha256", default=None, help="Refuse the file unless it has this SHA-256.")
-@click.option("--tracking-uri", default=None, metavar="URI",
-              help="For a models:/ policy: the MLflow registry [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="For a models:/ policy: where verified copies are kept "
-                   "[default: $ENTROPILOT_MODEL_CACHE, else ~/.cache/entropilot/models].")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    metavar="URI",
+    help="For a models:/ policy: the MLflow registry [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="For a models:/ policy: where verified copies are kept "
+    "[default: $ENTROPILOT_MODEL_CACHE, else ~/.cache/entropilot/models].",
+)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a trajectory plot (PNG).")
 @click.option("--video", type=click.Path(dir_okay=False), default=None, help="Save the first episode as a GIF.")
-def fly(policy_file: str, link: str, connection: str | None, target: str | None, episodes: int, seed: int,
-        duration: float | None, dry_run: bool, max_action_rate: float, sha256: str | None, tracking_uri: str | None,
-        cache_dir: str | None, plot: str | None, video: str | None) -> None:
-    """Fly an exported ONNX policy through the onboard autopilot (safety guards, failsafe ladder) and report each flight.
+def fly(
+    policy_file: str,
+    link: str,
+    connection: str | None,
+    target: str | None,
+    episodes: int,
+    seed: int,
+    duration: float | None,
+    dry_run: bool,
+    max_action_rate: float,
+    sha256: str | None,
+    tracking_uri: str | None,
+    cache_dir: str | None,
+    plot: str | None,
+    video: str | None,
+) -> None:
+    """Fly an exported ONNX policy through the onboard autopilot (safety guards, failsafe ladder); report each flight.
 
     POLICY is a file from `entropilot export`, or a registered model (models:/NAME@ALIAS, models:/NAME/VERSION): that
     one is pulled from the MLflow registry, checked against the SHA-256 recorded at registration and its seal, and
@@ -409,8 +568,9 @@ def fly(policy_file: str, link: str, connection: str | None, target: str | None,
         pulled = _pull_registered(policy_file, tracking_uri, cache_dir)
         path, sha256 = pulled.path, sha256 or pulled.sha256
     elif not Path(policy_file).is_file():
-        raise click.BadParameter(f"{policy_file!r}: no such file (give an exported .onnx or models:/NAME@ALIAS)",
-                                 param_hint="POLICY")
+        raise click.BadParameter(
+            f"{policy_file!r}: no such file (give an exported .onnx or models:/NAME@ALIAS)", param_hint="POLICY"
+        )
     try:
         policy = OnnxPolicy(path, expected={"sha256": sha256} if sha256 else None)
     except PolicyContractError as err:
@@ -418,27 +578,40 @@ def fly(policy_file: str, link: str, connection: str | None, target: str | None,
     m = policy.metadata
     if link != "sim":
         vehicle = _real_time_link(link, m, connection)
-        _fly_on_link(policy, policy_file, vehicle, _flight_target(m, target), duration or _env_settings(m).episode_seconds,
-                     dry_run, max_action_rate, plot)
+        _fly_on_link(
+            policy,
+            policy_file,
+            vehicle,
+            _flight_target(m, target),
+            duration or _env_settings(m).episode_seconds,
+            dry_run,
+            max_action_rate,
+            plot,
+        )
         return
     from entropilot.deploy.links.sim import SimLink
 
     vehicle = SimLink.from_policy_metadata(m, render_mode="rgb_array" if video else None)
     try:
-        click.echo(f"Flying {episodes} episode(s) of {m['env_id']} ({m['action_mode']}, {m['control_hz']} Hz, link {link}"
-                   f"{', dry run' if dry_run else ''}) with {policy_file} (run {m['training_run_id']}, sha256 {policy.sha256[:12]})")
+        click.echo(
+            f"Flying {episodes} episode(s) of {m['env_id']} ({m['action_mode']}, {m['control_hz']} Hz, link {link}"
+            f"{', dry run' if dry_run else ''}) with {policy_file} (run {m['training_run_id']}, "
+            f"sha256 {policy.sha256[:12]})"
+        )
         start, results = time.perf_counter(), []
         for k in range(episodes):
             vehicle.seed, vehicle.record_frames = seed + k, bool(video) and k == 0
             vehicle.connect()
-            log = Autopilot(policy, vehicle, vehicle.target, dry_run=dry_run, max_action_rate=max_action_rate or None
-                            ).run(duration_s=duration or vehicle.settings.episode_seconds)
+            log = Autopilot(
+                policy, vehicle, vehicle.target, dry_run=dry_run, max_action_rate=max_action_rate or None
+            ).run(duration_s=duration or vehicle.settings.episode_seconds)
             click.echo(f"  seed {seed + k} autopilot: {log.summary()}")
             for transition in log.transitions:
                 click.echo(f"    {transition}")
             results.append(vehicle.flight_result(log))
-        stats = _report_flights(results, start, m["control_hz"], plot, video,
-                                title=f"{m['env_id']} ({m['action_mode']}), {policy_file}")
+        stats = _report_flights(
+            results, start, m["control_hz"], plot, video, title=f"{m['env_id']} ({m['action_mode']}), {policy_file}"
+        )
     except ArmingRefused as err:
         raise click.ClickException(str(err)) from None
     finally:
@@ -451,8 +624,14 @@ def _env_settings(metadata):
     from entropilot.envs import ENVIRONMENTS
 
     m = metadata
-    return ENVIRONMENTS[m["env_id"]][1].from_kwargs({**m["env_kwargs"], "action_mode": m["action_mode"],
-                                                     "control_hz": m["control_hz"], "physics_hz": m["physics_hz"]})
+    return ENVIRONMENTS[m["env_id"]][1].from_kwargs(
+        {
+            **m["env_kwargs"],
+            "action_mode": m["action_mode"],
+            "control_hz": m["control_hz"],
+            "physics_hz": m["physics_hz"],
+        }
+    )
 
 
 def _flight_target(metadata, target: str | None) -> np.ndarray:
@@ -487,8 +666,16 @@ def _real_time_link(link: str, metadata, connection: str | None):
         raise click.ClickException(str(err)) from None
 
 
-def _fly_on_link(policy, label: str, vehicle, target: np.ndarray, duration_s: float, dry_run: bool,
-                 max_action_rate: float, plot: str | None) -> None:
+def _fly_on_link(
+    policy,
+    label: str,
+    vehicle,
+    target: np.ndarray,
+    duration_s: float,
+    dry_run: bool,
+    max_action_rate: float,
+    plot: str | None,
+) -> None:
     """One flight of ``policy`` on a real-time vehicle link: connect, arm, fly ``duration_s``, land and disarm on the
     ground; echo the summary and every transition; exit 0 only if it ended disarmed without a failsafe."""
     from entropilot.deploy.autopilot import ArmingRefused, Autopilot
@@ -500,10 +687,13 @@ def _fly_on_link(policy, label: str, vehicle, target: np.ndarray, duration_s: fl
     except LinkError as err:
         raise click.ClickException(str(err)) from None
     try:
-        click.echo(f"Flying {label} ({m['action_mode']}, {m['control_hz']} Hz) on {vehicle!r} to "
-                   f"{target.tolist()}{', dry run' if dry_run else ''}")
-        log = Autopilot(policy, vehicle, target, dry_run=dry_run, max_action_rate=max_action_rate or None
-                        ).run(duration_s=duration_s)
+        click.echo(
+            f"Flying {label} ({m['action_mode']}, {m['control_hz']} Hz) on {vehicle!r} to "
+            f"{target.tolist()}{', dry run' if dry_run else ''}"
+        )
+        log = Autopilot(policy, vehicle, target, dry_run=dry_run, max_action_rate=max_action_rate or None).run(
+            duration_s=duration_s
+        )
     except ArmingRefused as err:
         raise click.ClickException(str(err)) from None
     finally:
@@ -525,21 +715,44 @@ def _plot_flight_log(log, plot: str, title: str) -> None:
     if not len(positions):
         click.echo("no telemetry positions to plot")
         return
-    result = EpisodeResult(0, not log.failsafes, float("nan"), len(positions), log.handover_distance, None, positions,
-                           np.repeat(log.target[None, :], len(positions), axis=0))
+    result = EpisodeResult(
+        0,
+        not log.failsafes,
+        float("nan"),
+        len(positions),
+        log.handover_distance,
+        None,
+        positions,
+        np.repeat(log.target[None, :], len(positions), axis=0),
+    )
     plot_trajectories([result], plot, title=title)
     click.echo(f"trajectory plot: {plot}")
 
 
 @main.command()
-@click.option("--port", default=14540, show_default=True, type=click.IntRange(1, 65535),
-              help="The UDP port the vehicle listens on (udpin).")
+@click.option(
+    "--port",
+    default=14540,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The UDP port the vehicle listens on (udpin).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--env", "env_id", default="entropilot/Hover-v0", show_default=True, help="Single-drone env id (its physics).")
-@click.option("--rate", "rate_hz", default=60, show_default=True, type=click.IntRange(1),
-              help="The vehicle's loop and telemetry rate (Hz; must divide the 240 Hz physics).")
+@click.option(
+    "--env", "env_id", default="entropilot/Hover-v0", show_default=True, help="Single-drone env id (its physics)."
+)
+@click.option(
+    "--rate",
+    "rate_hz",
+    default=60,
+    show_default=True,
+    type=click.IntRange(1),
+    help="The vehicle's loop and telemetry rate (Hz; must divide the 240 Hz physics).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="The env's start state.")
-@click.option("--start", default=None, metavar="X,Y,Z", help="Start here, level and at rest, instead of the env's random start.")
+@click.option(
+    "--start", default=None, metavar="X,Y,Z", help="Start here, level and at rest, instead of the env's random start."
+)
 @click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, help="Stop after this many seconds.")
 def sitl(port: int, host: str, env_id: str, rate_hz: int, seed: int, start: str | None, duration: float | None) -> None:
     """Run the PyBullet drone behind a PX4-like MAVLink endpoint (offboard, hold, land) on UDP, in real time."""
@@ -554,8 +767,16 @@ def sitl(port: int, host: str, env_id: str, rate_hz: int, seed: int, start: str 
         if len(point) != 3:
             raise click.BadParameter(f"{start!r}: give X,Y,Z in metres", param_hint="--start")
         env_kwargs = {"start_low": point, "start_high": point, "start_tilt_deg": 0.0, "start_velocity": 0.0}
-    serve(port, host, duration_s=duration, echo=click.echo, env_id=env_id, env_kwargs=env_kwargs, rate_hz=rate_hz,
-          seed=seed)
+    serve(
+        port,
+        host,
+        duration_s=duration,
+        echo=click.echo,
+        env_id=env_id,
+        env_kwargs=env_kwargs,
+        rate_hz=rate_hz,
+        seed=seed,
+    )
 
 
 import numpy as np  # noqa: E402  (used by the commands above; imported late so --help stays instant)

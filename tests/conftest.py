@@ -15,11 +15,29 @@ from pathlib import Path
 
 import pytest
 
+# The two test tiers. The unit tier (`-m "not integration"`) runs in about a minute without Ray or an MLflow server;
+# the integration tier is everything that starts one (or several processes, or a wheel build). A test joins the
+# integration tier by asking for one of these fixtures, or by the marker on itself or its module.
+# (`sitl`: a real-time software vehicle on UDP, a few seconds of wall clock per flight.)
+INTEGRATION_FIXTURES = {"ray_session", "mlflow_server", "mlflow_server_process", "checkpoint", "exported", "sitl"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
 
 # One in-process Ray for a test module. address="local": a fresh instance, never a cluster that a `ray start`
 # elsewhere on the machine left running (a plain ray.init() would attach to it).
-RAY_TEST_INIT = {"address": "local", "num_cpus": 2, "include_dashboard": False, "object_store_memory": 10**9,
-                 "logging_level": "ERROR", "log_to_driver": False}
+RAY_TEST_INIT = {
+    "address": "local",
+    "num_cpus": 2,
+    "include_dashboard": False,
+    "object_store_memory": 10**9,
+    "logging_level": "ERROR",
+    "log_to_driver": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +62,18 @@ class MlflowServer:
     def start(self, timeout_s: float = 120.0) -> None:  # ~10 s alone; a machine shared by many runs has taken 50
         mlflow_cli = Path(sys.executable).parent / "mlflow"
         command = [
-            str(mlflow_cli), "server",
-            "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-            "--artifacts-destination", str(self.root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            str(mlflow_cli),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root}/mlflow.db",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
         ]
         log = open(self.root / "server.log", "ab")
         # Own session: the server forks uvicorn and a job runner; stop() ends the whole group.
@@ -167,17 +193,19 @@ def checkpoint(tmp_path_factory, mlflow_server) -> Path:
         ray.init(**RAY_TEST_INIT)
     try:
         with restored_mlflow_env():
-            cfg = parse_config({
-                "name": "tiny-export",
-                "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
-                "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-                "entropy": {"init": {"enabled": False}},
-                "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-                "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-export"},
-                "stop": {"iterations": 1},
-                "evaluation": {"interval": None},
-                "checkpoint": {"interval": None, "dir": str(root / "runs")},
-            })
+            cfg = parse_config(
+                {
+                    "name": "tiny-export",
+                    "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
+                    "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+                    "entropy": {"init": {"enabled": False}},
+                    "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+                    "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-export"},
+                    "stop": {"iterations": 1},
+                    "evaluation": {"interval": None},
+                    "checkpoint": {"interval": None, "dir": str(root / "runs")},
+                }
+            )
             path = train(cfg, echo=lambda line: None).checkpoint
     finally:
         if started_ray:

@@ -77,12 +77,14 @@ def env():
 
 
 def pid_policy(env, **overrides) -> CallablePolicy:
-    return CallablePolicy(CascadedPID.for_env(env), overrides.pop("action_mode", "ctbr"), overrides.pop("control_hz", HZ),
-                          **overrides)
+    return CallablePolicy(
+        CascadedPID.for_env(env), overrides.pop("action_mode", "ctbr"), overrides.pop("control_hz", HZ), **overrides
+    )
 
 
-def fly(env, policy=None, *, link_cls=SimLink, link_kwargs=None, duration_s=3.0, target=None, end="land",
-        **autopilot_kwargs):
+def fly(
+    env, policy=None, *, link_cls=SimLink, link_kwargs=None, duration_s=3.0, target=None, end="land", **autopilot_kwargs
+):
     link = link_cls(env, **(link_kwargs or {}))
     link.connect()
     policy = policy if policy is not None else pid_policy(env)
@@ -139,8 +141,10 @@ def test_observation_from_telemetry_is_the_env_observation(env):
 
 
 def test_the_flight_runtime_imports_neither_torch_ray_nor_pybullet():
-    code = ("import sys, entropilot.deploy.autopilot, entropilot.deploy.safety, entropilot.deploy.links;"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'pybullet'}))")
+    code = (
+        "import sys, entropilot.deploy.autopilot, entropilot.deploy.safety, entropilot.deploy.links;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'pybullet'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -174,12 +178,19 @@ def test_nan_telemetry_holds_then_lands_never_disarming_in_the_air(env, caplog):
     assert "flying -> hold (nonfinite_telemetry" in caplog.text
 
 
-@pytest.mark.parametrize("failure, fault", [
-    (lambda obs: np.full(4, np.nan, dtype=np.float32), Fault.NONFINITE_ACTION),
-    (lambda obs: (_ for _ in ()).throw(NonFiniteError("the policy returned a non-finite action")), Fault.NONFINITE_ACTION),
-    (lambda obs: (_ for _ in ()).throw(RuntimeError("onnxruntime blew up")), Fault.POLICY_ERROR),
-    (lambda obs: np.zeros(3), Fault.POLICY_ERROR),
-], ids=["nan", "nonfinite_error", "exception", "bad_shape"])
+@pytest.mark.parametrize(
+    "failure, fault",
+    [
+        (lambda obs: np.full(4, np.nan, dtype=np.float32), Fault.NONFINITE_ACTION),
+        (
+            lambda obs: (_ for _ in ()).throw(NonFiniteError("the policy returned a non-finite action")),
+            Fault.NONFINITE_ACTION,
+        ),
+        (lambda obs: (_ for _ in ()).throw(RuntimeError("onnxruntime blew up")), Fault.POLICY_ERROR),
+        (lambda obs: np.zeros(3), Fault.POLICY_ERROR),
+    ],
+    ids=["nan", "nonfinite_error", "exception", "bad_shape"],
+)
 def test_a_failing_policy_triggers_the_failsafe(env, failure, fault):
     pid, ticks = CascadedPID.for_env(env), [0]
 
@@ -222,8 +233,9 @@ def test_deadline_misses_below_the_limit_keep_the_last_setpoint(env):
             clock.sleep(0.9 / HZ)
         return pid(obs)
 
-    log, link, _ = fly(env, CallablePolicy(policy, "ctbr", HZ), link_kwargs={"clock": clock}, duration_s=2.0,
-                       max_deadline_misses=2)
+    log, link, _ = fly(
+        env, CallablePolicy(policy, "ctbr", HZ), link_kwargs={"clock": clock}, duration_s=2.0, max_deadline_misses=2
+    )
     assert log.failsafes == []
     assert [e.kind for e in log.events] == ["deadline_miss", "deadline_miss_cleared"] * 2
     late = log.steps[HZ - 1]
@@ -237,7 +249,9 @@ def test_stale_or_lost_telemetry_holds_then_lands_and_never_disarms_blind(env, f
     assert visited(log) == [S.FLYING, S.HOLD, S.LAND]
     assert log.transitions[1].fault is fault
     if fault is Fault.STALE_TELEMETRY:  # noticed once older than the limit
-        assert 1.0 + autopilot.max_telemetry_age_s < log.transitions[1].time < 1.0 + autopilot.max_telemetry_age_s + 2 / HZ
+        assert (
+            1.0 + autopilot.max_telemetry_age_s < log.transitions[1].time < 1.0 + autopilot.max_telemetry_age_s + 2 / HZ
+        )
     # The vehicle did land (its own land mode), but with no fresh telemetry the autopilot cannot know: no disarm.
     assert link.env.unwrapped.sim.position[0][2] <= link.touchdown_height
     assert link.armed and log.final_state is S.LAND
@@ -245,17 +259,23 @@ def test_stale_or_lost_telemetry_holds_then_lands_and_never_disarms_blind(env, f
     assert_safe_record(log, link)
 
 
-@pytest.mark.parametrize("target, geofence, words", [
-    ((1.0, 0.0, 1.0), Geofence((-1.0, -1.0, -0.5), (0.6, 1.0, 3.0)), "x="),
-    ((0.0, 0.0, 2.5), Geofence((-2.0, -2.0, -0.5), (2.0, 2.0, 4.0), ceiling=1.6), "ceiling"),
-], ids=["box", "ceiling"])
+@pytest.mark.parametrize(
+    "target, geofence, words",
+    [
+        ((1.0, 0.0, 1.0), Geofence((-1.0, -1.0, -0.5), (0.6, 1.0, 3.0)), "x="),
+        ((0.0, 0.0, 2.5), Geofence((-2.0, -2.0, -0.5), (2.0, 2.0, 4.0), ceiling=1.6), "ceiling"),
+    ],
+    ids=["box", "ceiling"],
+)
 def test_leaving_the_geofence_lands_at_once(env, target, geofence, words):
     log, link, _ = fly(env, target=target, geofence=geofence, duration_s=4.0)
     assert visited(log) == [S.FLYING, S.LAND, S.LANDED, S.DISARMED]
     breach = log.transitions[1]
     assert breach.fault is Fault.GEOFENCE and words in breach.reason
     at_breach = next(s.position for s in log.steps if s.time >= breach.time)
-    assert np.linalg.norm(log.steps[-1].position[:2] - at_breach[:2]) < 0.3  # landed where it was, not back at the target
+    assert (
+        np.linalg.norm(log.steps[-1].position[:2] - at_breach[:2]) < 0.3
+    )  # landed where it was, not back at the target
     assert_safe_record(log, link)
 
 
@@ -279,11 +299,15 @@ def test_end_hold_hands_the_vehicle_over_holding(env):
 
 
 # ---- arming --------------------------------------------------------------------------------
-@pytest.mark.parametrize("policy_kwargs, words", [
-    ({"action_mode": "motors"}, "action_mode"),
-    ({"control_hz": 24}, "control_hz"),
-    ({"observation_names": tuple(reversed(OBSERVATION_NAMES))}, "observation layout"),
-], ids=["action_mode", "control_hz", "layout"])
+@pytest.mark.parametrize(
+    "policy_kwargs, words",
+    [
+        ({"action_mode": "motors"}, "action_mode"),
+        ({"control_hz": 24}, "control_hz"),
+        ({"observation_names": tuple(reversed(OBSERVATION_NAMES))}, "observation layout"),
+    ],
+    ids=["action_mode", "control_hz", "layout"],
+)
 def test_refuses_to_arm_on_a_contract_mismatch(env, policy_kwargs, words):
     link = SimLink(env)
     link.connect()
@@ -315,25 +339,43 @@ def _tiny_onnx(path, *, action_mode="ctbr", control_hz=HZ, physics_hz=240, k_z=0
     weights[OBSERVATION_NAMES.index("vel_z"), 0] = -k_z
     bias = np.array([hover, 0.0, 0.0, 0.0], dtype=np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", [INPUT_NAME, "W"], ["wx"]), helper.make_node("Add", ["wx", "b"], ["y"]),
-         helper.make_node("Clip", ["y", "lo", "hi"], [OUTPUT_NAME])],
+        [
+            helper.make_node("MatMul", [INPUT_NAME, "W"], ["wx"]),
+            helper.make_node("Add", ["wx", "b"], ["y"]),
+            helper.make_node("Clip", ["y", "lo", "hi"], [OUTPUT_NAME]),
+        ],
         "tiny",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", len(OBSERVATION_NAMES)])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.ravel()),
-         helper.make_tensor("b", TensorProto.FLOAT, [4], bias),
-         helper.make_tensor("lo", TensorProto.FLOAT, [], [-1.0]), helper.make_tensor("hi", TensorProto.FLOAT, [], [1.0])],
+        [
+            helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.ravel()),
+            helper.make_tensor("b", TensorProto.FLOAT, [4], bias),
+            helper.make_tensor("lo", TensorProto.FLOAT, [], [-1.0]),
+            helper.make_tensor("hi", TensorProto.FLOAT, [], [1.0]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     metadata = {
-        "schema_version": SCHEMA_VERSION, "observation_names": list(OBSERVATION_NAMES),
+        "schema_version": SCHEMA_VERSION,
+        "observation_names": list(OBSERVATION_NAMES),
         "observation_groups": [{"group": g, "names": list(n), "meaning": m} for g, n, m in OBSERVATION_GROUPS],
-        "normalization": None, "action_mode": action_mode, "action_meaning": "test", "action_low": [-1.0] * 4,
-        "action_high": [1.0] * 4, "control_hz": control_hz, "physics_hz": physics_hz,
-        "frame_convention": FRAME_CONVENTION, "deterministic_action": DETERMINISTIC_ACTION, "env_id": HOVER_ID,
-        "env_kwargs": {}, "training_run_id": None, "training_iteration": 0, "algorithm": "none",
-        "entropilot_version": "test", "exporter": "tests/test_autopilot.py",
+        "normalization": None,
+        "action_mode": action_mode,
+        "action_meaning": "test",
+        "action_low": [-1.0] * 4,
+        "action_high": [1.0] * 4,
+        "control_hz": control_hz,
+        "physics_hz": physics_hz,
+        "frame_convention": FRAME_CONVENTION,
+        "deterministic_action": DETERMINISTIC_ACTION,
+        "env_id": HOVER_ID,
+        "env_kwargs": {},
+        "training_run_id": None,
+        "training_iteration": 0,
+        "algorithm": "none",
+        "entropilot_version": "test",
+        "exporter": "tests/test_autopilot.py",
     }
     for key, value in encode_metadata(metadata).items():
         model.metadata_props.add(key=key, value=value)
@@ -439,7 +481,8 @@ def test_an_interrupted_run_leaves_the_vehicle_holding_and_an_autopilot_flies_on
     def policy(obs):
         ticks[0] += 1
         if ticks[0] > 10:
-            raise KeyboardInterrupt  # not an Exception: the loop must not swallow it, but must not leave the policy flying
+            # Not an Exception: the loop must not swallow it, but must not leave the policy flying.
+            raise KeyboardInterrupt
         return link.hover_action
 
     autopilot = Autopilot(CallablePolicy(policy, "ctbr", HZ), link, link.target)

@@ -23,6 +23,8 @@ import pytest
 from entropilot.platform.config import parse_config
 from entropilot.platform.jobs import ClusterError, project_root, tracking_uri_for_cluster
 
+pytestmark = pytest.mark.integration  # real Ray clusters of one and two nodes
+
 VENV_BIN = str(Path(sys.executable).parent)
 RAY = str(Path(VENV_BIN) / "ray")
 HOVER = "configs/hover.yaml"
@@ -69,21 +71,41 @@ class LocalCluster:
         self.token = secrets.token_hex(32)
         # What the cluster's processes (and so the submitted job) see: token auth on, our venv first on PATH.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "MLFLOW_TRACKING_URI"}
-        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, PATH=VENV_BIN + os.pathsep + os.environ["PATH"])
+        self.env.update(
+            RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, PATH=VENV_BIN + os.pathsep + os.environ["PATH"]
+        )
         self.gcs_port, self.dashboard_port, client_port = free_ports(3)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.processes: list[subprocess.Popen] = []
         try:
-            self._start(["--head", "--port", str(self.gcs_port), "--dashboard-port", str(self.dashboard_port),
-                         "--dashboard-host", "127.0.0.1", "--ray-client-server-port", str(client_port),
-                         "--include-dashboard", "true"], cpus_per_node, "head")
+            self._start(
+                [
+                    "--head",
+                    "--port",
+                    str(self.gcs_port),
+                    "--dashboard-port",
+                    str(self.dashboard_port),
+                    "--dashboard-host",
+                    "127.0.0.1",
+                    "--ray-client-server-port",
+                    str(client_port),
+                    "--include-dashboard",
+                    "true",
+                ],
+                cpus_per_node,
+                "head",
+            )
             head = self.processes[0]
             self._wait_for_nodes(1, watch=[head])  # a worker started alongside a busy head times out registering
             for attempt in range(3):
                 # Its own temp dir inside ours: nodes sharing one would share the runtime-env folder, and one
                 # node's cleanup of the job's working dir pulls it from under the other's processes.
-                worker = self._start(["--address", f"127.0.0.1:{self.gcs_port}"], cpus_per_node, f"worker{attempt}",
-                                     temp_dir=f"{self.temp_dir}/w{attempt}")
+                worker = self._start(
+                    ["--address", f"127.0.0.1:{self.gcs_port}"],
+                    cpus_per_node,
+                    f"worker{attempt}",
+                    temp_dir=f"{self.temp_dir}/w{attempt}",
+                )
                 try:
                     self._wait_for_nodes(2, watch=[head, worker])
                     break
@@ -101,13 +123,39 @@ class LocalCluster:
     def _start(self, role_args: list[str], cpus: int, name: str, temp_dir: str | None = None) -> subprocess.Popen:
         node_ports = free_ports(6)
         workers = free_port_range(40)
-        command = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir or self.temp_dir,
-                   "--num-cpus", str(cpus), "--num-gpus", "0", "--object-store-memory", str(200 * 2**20),
-                   "--disable-usage-stats", *role_args,
-                   "--node-manager-port", str(node_ports[0]), "--object-manager-port", str(node_ports[1]),
-                   "--dashboard-agent-listen-port", str(node_ports[2]), "--dashboard-agent-grpc-port", str(node_ports[3]),
-                   "--runtime-env-agent-port", str(node_ports[4]), "--metrics-export-port", str(node_ports[5]),
-                   "--min-worker-port", str(workers), "--max-worker-port", str(workers + 39)]
+        command = [
+            RAY,
+            "start",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--temp-dir",
+            temp_dir or self.temp_dir,
+            "--num-cpus",
+            str(cpus),
+            "--num-gpus",
+            "0",
+            "--object-store-memory",
+            str(200 * 2**20),
+            "--disable-usage-stats",
+            *role_args,
+            "--node-manager-port",
+            str(node_ports[0]),
+            "--object-manager-port",
+            str(node_ports[1]),
+            "--dashboard-agent-listen-port",
+            str(node_ports[2]),
+            "--dashboard-agent-grpc-port",
+            str(node_ports[3]),
+            "--runtime-env-agent-port",
+            str(node_ports[4]),
+            "--metrics-export-port",
+            str(node_ports[5]),
+            "--min-worker-port",
+            str(workers),
+            "--max-worker-port",
+            str(workers + 39),
+        ]
         log = open(Path(self.temp_dir) / f"{name}.log", "wb")
         process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -116,8 +164,13 @@ class LocalCluster:
 
     def nodes(self) -> list[dict]:
         """The alive nodes, from Ray's state API (`ray list nodes`)."""
-        out = subprocess.run([RAY, "list", "nodes", "--address", self.address, "--format", "json", "--filter",
-                              "state=ALIVE"], env=self.env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [RAY, "list", "nodes", "--address", self.address, "--format", "json", "--filter", "state=ALIVE"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         try:
             return json.loads(out.stdout) if out.returncode == 0 else []
         except json.JSONDecodeError:  # the dashboard is still starting
@@ -138,7 +191,8 @@ class LocalCluster:
         return "\n".join(path.read_text(errors="replace")[-3000:] for path in Path(self.temp_dir).glob("*.log"))
 
     def own_processes(self) -> list[psutil.Process]:
-        """Every live process of this cluster: in the session of one of its `ray start` calls, or naming its temp dir."""
+        """Every live process of this cluster: in the session of one of its `ray start` calls, or naming its temp
+        dir."""
         sessions = {process.pid for process in self.processes}
         found = []
         for proc in psutil.process_iter(["cmdline"]):
@@ -175,8 +229,14 @@ def cluster():
 
 
 def entropilot(*args: str, env: dict, timeout_s: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "entropilot", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout_s, cwd=project_root())
+    return subprocess.run(
+        [sys.executable, "-m", "entropilot", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=project_root(),
+    )
 
 
 def client_env(cluster: LocalCluster, home: Path, token: str | None) -> dict:
@@ -191,16 +251,27 @@ def client_env(cluster: LocalCluster, home: Path, token: str | None) -> dict:
 def test_submitted_training_runs_on_both_nodes_and_logs_to_mlflow(mlflow_server, cluster, tmp_path):
     name = f"cluster-{secrets.token_hex(4)}"
     overrides = [
-        f"name={name}", "seed=0",
+        f"name={name}",
+        "seed=0",
         "env.kwargs.episode_seconds=2.0",
-        "algorithm.train_batch_size=200", "algorithm.minibatch_size=100", "algorithm.num_epochs=1",
+        "algorithm.train_batch_size=200",
+        "algorithm.minibatch_size=100",
+        "algorithm.num_epochs=1",
         "entropy.init.enabled=false",
         # One CPU per runner, one CPU per node: the two runners can only be placed one on each node.
-        "resources.num_env_runners=2", "resources.envs_per_runner=1", "resources.num_cpus_per_env_runner=1",
-        f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment=test-cluster", "mlflow.registered_model=null",
-        "mlflow.video=false", "mlflow.system_metrics=false",
-        "stop.iterations=2", "stop.success_rate=null", "stop.time_s=null",
-        "evaluation.interval=null", "checkpoint.interval=null",
+        "resources.num_env_runners=2",
+        "resources.envs_per_runner=1",
+        "resources.num_cpus_per_env_runner=1",
+        f"mlflow.tracking_uri={mlflow_server}",
+        "mlflow.experiment=test-cluster",
+        "mlflow.registered_model=null",
+        "mlflow.video=false",
+        "mlflow.system_metrics=false",
+        "stop.iterations=2",
+        "stop.success_rate=null",
+        "stop.time_s=null",
+        "evaluation.interval=null",
+        "checkpoint.interval=null",
     ]
     args = ["submit", HOVER, "--address", cluster.address, *(a for o in overrides for a in ("--set", o))]
     started = time.perf_counter()
@@ -215,7 +286,8 @@ def test_submitted_training_runs_on_both_nodes_and_logs_to_mlflow(mlflow_server,
     # The runners' nodes, as training recorded them, are the cluster's two nodes.
     runs = mlflow.MlflowClient(mlflow_server).search_runs(
         [mlflow.MlflowClient(mlflow_server).get_experiment_by_name("test-cluster").experiment_id],
-        filter_string=f"attributes.run_name = '{name}'")
+        filter_string=f"attributes.run_name = '{name}'",
+    )
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -228,8 +300,12 @@ def test_submitted_training_runs_on_both_nodes_and_logs_to_mlflow(mlflow_server,
 
     listed = entropilot("jobs", "list", "--address", cluster.address, env=client_env(cluster, tmp_path, cluster.token))
     assert listed.returncode == 0 and any(job_id in line and "SUCCEEDED" in line for line in listed.stdout.splitlines())
-    logs = entropilot("jobs", "logs", job_id, env={**client_env(cluster, tmp_path, cluster.token),
-                                                     "RAY_API_SERVER_ADDRESS": cluster.address})
+    logs = entropilot(
+        "jobs",
+        "logs",
+        job_id,
+        env={**client_env(cluster, tmp_path, cluster.token), "RAY_API_SERVER_ADDRESS": cluster.address},
+    )
     assert logs.returncode == 0 and f"MLflow run {run.info.run_id}" in logs.stdout
 
 
@@ -238,19 +314,35 @@ def test_submit_without_or_with_a_wrong_token_says_what_to_do(cluster, tmp_path)
     assert missing.returncode == 1
     assert "requires an auth token and none was found" in missing.stderr
     assert "RAY_AUTH_TOKEN" in missing.stderr and "ray get-auth-token" in missing.stderr
-    wrong = entropilot("submit", HOVER, "--address", cluster.address,
-                       env=client_env(cluster, tmp_path, secrets.token_hex(32)))
+    wrong = entropilot(
+        "submit", HOVER, "--address", cluster.address, env=client_env(cluster, tmp_path, secrets.token_hex(32))
+    )
     assert wrong.returncode == 1 and "rejected the auth token from RAY_AUTH_TOKEN" in wrong.stderr
-    unreadable = entropilot("jobs", "list", "--address", cluster.address,
-                            env={**client_env(cluster, tmp_path, None), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})
+    unreadable = entropilot(
+        "jobs",
+        "list",
+        "--address",
+        cluster.address,
+        env={**client_env(cluster, tmp_path, None), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")},
+    )
     assert unreadable.returncode == 1
-    assert f"RAY_AUTH_TOKEN_PATH is set but file cannot be opened or is empty: {tmp_path / 'none'};" in unreadable.stderr
+    assert (
+        f"RAY_AUTH_TOKEN_PATH is set but file cannot be opened or is empty: {tmp_path / 'none'};" in unreadable.stderr
+    )
 
 
 def test_a_submitted_job_can_be_stopped(cluster, tmp_path):
     env = {**client_env(cluster, tmp_path, cluster.token), "RAY_API_SERVER_ADDRESS": cluster.address}
-    submitted = entropilot("submit", HOVER, "--no-follow", "--set", "stop.iterations=1000",
-                           "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", env=env)
+    submitted = entropilot(
+        "submit",
+        HOVER,
+        "--no-follow",
+        "--set",
+        "stop.iterations=1000",
+        "--set",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        env=env,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.split("submitted job ", 1)[1].split(":", 1)[0]
     assert f"entropilot jobs logs {job_id} --follow" in submitted.stdout
@@ -278,12 +370,17 @@ def test_a_store_on_this_machine_is_refused_for_a_remote_cluster(tmp_path, monke
     with pytest.raises(ClusterError, match="can't write to.*mlflow.tracking_uri"):
         tracking_uri_for_cluster(local, "http://10.0.0.7:8265")
     with pytest.raises(ClusterError, match="http://127.0.0.1:5000 is on this machine"):
-        tracking_uri_for_cluster(parse_config({"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}}),
-                                 "http://head.example:8265")
+        tracking_uri_for_cluster(
+            parse_config({"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}}), "http://head.example:8265"
+        )
     # A cluster on this machine writes the same file, found by its absolute path from the job's working dir.
     assert tracking_uri_for_cluster(local, "http://127.0.0.1:8265") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert tracking_uri_for_cluster(parse_config({"mlflow": {"tracking_uri": "http://mlflow:5000"}}),
-                                    "http://head.example:8265") == "http://mlflow:5000"
+    assert (
+        tracking_uri_for_cluster(
+            parse_config({"mlflow": {"tracking_uri": "http://mlflow:5000"}}), "http://head.example:8265"
+        )
+        == "http://mlflow:5000"
+    )
 
 
 def test_the_cluster_stops_without_leftovers(cluster):
@@ -295,11 +392,18 @@ def test_the_cluster_stops_without_leftovers(cluster):
             assert sock.connect_ex(("127.0.0.1", port)) != 0
     # A later plain ray.init() with the cluster's temp dir does not attach to it: it starts a fresh instance.
     fresh = subprocess.run(
-        [sys.executable, "-c", "import ray; ray.init(num_cpus=1, include_dashboard=False, "
-         f"object_store_memory=10**8, _temp_dir={cluster.temp_dir!r}); "
-         "print(ray.get_runtime_context().gcs_address, len(ray.nodes())); ray.shutdown()"],
-        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            "-c",
+            "import ray; ray.init(num_cpus=1, include_dashboard=False, "
+            f"object_store_memory=10**8, _temp_dir={cluster.temp_dir!r}); "
+            "print(ray.get_runtime_context().gcs_address, len(ray.nodes())); ray.shutdown()",
+        ],
+        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fresh.returncode == 0, fresh.stderr
     address, nodes = fresh.stdout.split()[-2:]
     assert address != f"127.0.0.1:{cluster.gcs_port}" and nodes == "1"

@@ -27,7 +27,11 @@ def run_python(code: str, cwd: Path | None = None, **env: str) -> subprocess.Com
     clean = {k: v for k, v in os.environ.items() if k != compiled.PURE_PYTHON_VARIABLE}
     return subprocess.run(
         [sys.executable, "-W", "always", "-c", code],
-        env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -139,6 +143,7 @@ def test_only_a_source_checkout_judges_builds_by_file_times(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler to build the wheel with")
+@pytest.mark.integration
 def test_an_installed_wheel_runs_the_hot_path_compiled(tmp_path):
     """What `pip install .` (the Docker image) gets: the wheel's files land in any order, and still nothing is
     taken for stale."""
@@ -151,12 +156,18 @@ def test_an_installed_wheel_runs_the_hot_path_compiled(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     build = subprocess.run(
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(source)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert build.returncode == 0, build.stderr
     (wheel,) = (tmp_path / "wheel").glob("entropilot-*.whl")
-    install = subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
-                             capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr
     result = run_python(
         "import json, entropilot.envs.compiled as c; print(c.__file__); print(json.dumps(c.status()))",

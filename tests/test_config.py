@@ -83,7 +83,9 @@ def test_overrides_scalars_lists_nested_and_shortcut():
 
 
 def test_override_schedule_and_on_off_words():
-    cfg = parse_config({}, ["entropy.control.target=[[0, 3], [1000, 1]]", "resources.gpu=off", "entropy.covariance.mode=off"])
+    cfg = parse_config(
+        {}, ["entropy.control.target=[[0, 3], [1000, 1]]", "resources.gpu=off", "entropy.covariance.mode=off"]
+    )
     assert cfg.entropy.control.target == [(0, 3.0), (1000, 1.0)]
     assert cfg.entropy.control.target_at(500) == pytest.approx(2.0)
     assert cfg.entropy.control.target_at(10**6) == 1.0
@@ -176,13 +178,27 @@ def test_control_defaults_match_the_controller():
     control = ExperimentConfig().entropy.control
     assert control.coef_min < 0 < control.coef_max  # signed: a negative coefficient is an entropy penalty
     assert (control.coef_init, control.coef_min, control.coef_max) == (
-        defaults["initial_coef"], defaults["coef_min"], defaults["coef_max"])
-    assert (control.gain, control.damping, control.max_step) == (defaults["gain"], defaults["damping"], defaults["max_step"])
+        defaults["initial_coef"],
+        defaults["coef_min"],
+        defaults["coef_max"],
+    )
+    assert (control.gain, control.damping, control.max_step) == (
+        defaults["gain"],
+        defaults["damping"],
+        defaults["max_step"],
+    )
 
 
 def test_control_accepts_negative_coefficients():
-    cfg = parse_config({}, ["entropy.control.coef_min=-0.2", "entropy.control.coef_init=-0.1",
-                            "entropy.control.coef_max=-0.01", "entropy.control.damping=0"])
+    cfg = parse_config(
+        {},
+        [
+            "entropy.control.coef_min=-0.2",
+            "entropy.control.coef_init=-0.1",
+            "entropy.control.coef_max=-0.01",
+            "entropy.control.damping=0",
+        ],
+    )
     control = cfg.entropy.control
     assert (control.coef_min, control.coef_init, control.coef_max, control.damping) == (-0.2, -0.1, -0.01, 0.0)
     assert _controller_from(control).coefficient == -0.1

@@ -114,8 +114,15 @@ def _loopback_crazyflie() -> tuple[LoopbackDriver, Crazyflie]:
 @pytest.fixture
 def vehicle():
     driver, cf = _loopback_crazyflie()
-    link = CrazyflieLink("radio://0/80/2M/E7E7E7E7E7", control_hz=50, max_body_rate=MAX_RATE,
-                         hover_action=[-0.3, 0, 0, 0], cf=cf, clock=SimClock(), wait_for_telemetry=False)
+    link = CrazyflieLink(
+        "radio://0/80/2M/E7E7E7E7E7",
+        control_hz=50,
+        max_body_rate=MAX_RATE,
+        hover_action=[-0.3, 0, 0, 0],
+        cf=cf,
+        clock=SimClock(),
+        wait_for_telemetry=False,
+    )
     link.connect()
     yield link, driver
     link.close()
@@ -132,8 +139,9 @@ def _commander(driver):
 
 
 def _send_log(driver, block: int, values) -> None:
-    driver.inject(CRTPPort.LOGGING, LOG_CHAN_DATA, bytes([block]) + (1234).to_bytes(3, "little")
-                  + struct.pack("<6f", *values))
+    driver.inject(
+        CRTPPort.LOGGING, LOG_CHAN_DATA, bytes([block]) + (1234).to_bytes(3, "little") + struct.pack("<6f", *values)
+    )
 
 
 def _wait(predicate, timeout=2.0):
@@ -173,7 +181,9 @@ def test_rotation_from_stabilizer_frames():
 
 
 def test_telemetry_from_log_units():
-    values = dict(zip(LOG_POSITION + LOG_ATTITUDE, [1.0, -2.0, 0.5, 0.1, 0.2, -0.3, 0.0, 0.0, 90.0, 180.0, -90.0, 45.0]))
+    values = dict(
+        zip(LOG_POSITION + LOG_ATTITUDE, [1.0, -2.0, 0.5, 0.1, 0.2, -0.3, 0.0, 0.0, 90.0, 180.0, -90.0, 45.0])
+    )
     t = telemetry_from_log(values, 3.0, armed=True, mode="rate")
     np.testing.assert_allclose(t.position, [1, -2, 0.5])
     np.testing.assert_allclose(t.velocity, [0.1, 0.2, -0.3])
@@ -348,7 +358,8 @@ HL_LAND_COMMANDS = (3, 8)  # cflib's high-level COMMAND_LAND, COMMAND_LAND_2
 
 
 def test_the_fly_command_flies_a_crazyflie_link(exported, capsys):
-    """``fly --link crazyflie`` after it has made its link: the CLI's flight function over cflib on the in-memory driver,
+    """``fly --link crazyflie`` after it has made its link: the CLI's flight function over cflib on the in-memory
+    driver,
     a real exported policy and the wall clock; a stand-in firmware streams the estimate and lands when told to."""
     from entropilot.cli import _fly_on_link
     from entropilot.deploy.onnx_policy import OnnxPolicy
@@ -390,8 +401,9 @@ def test_fly_without_a_crazyradio_says_so(exported, tmp_path, monkeypatch):
     from entropilot.cli import main as cli
 
     monkeypatch.chdir(tmp_path)  # cflib keeps its TOC cache in ./cache
-    result = CliRunner().invoke(cli, ["fly", str(exported.path), "--link", "crazyflie", "--uri",
-                                      "radio://0/80/2M/E7E7E7E7E7", "--dry-run"])
+    result = CliRunner().invoke(
+        cli, ["fly", str(exported.path), "--link", "crazyflie", "--uri", "radio://0/80/2M/E7E7E7E7E7", "--dry-run"]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "cannot connect to the Crazyflie at radio://0/80/2M/E7E7E7E7E7: Couldn't load link driver" in result.output
 

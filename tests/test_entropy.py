@@ -119,9 +119,7 @@ def _quantized_entropy(mean: float, std: float, low: float, high: float, resolut
     return (-(probabilities * probabilities.log()).sum()).item() + math.log(resolution)
 
 
-@pytest.mark.parametrize(
-    "mean,std", [(0.0, 0.3), (0.8, 0.3), (1.0, 0.5), (2.0, 0.5), (0.0, 2.0), (-3.0, 1.0)]
-)
+@pytest.mark.parametrize("mean,std", [(0.0, 0.3), (0.8, 0.3), (1.0, 0.5), (2.0, 0.5), (0.0, 2.0), (-3.0, 1.0)])
 def test_clipped_gaussian_equals_its_definition_by_quantization(mean, std):
     params = torch.tensor([mean, math.log(std)], dtype=torch.float64)
     estimate = clipped_gaussian_entropy(params[:1], params[1:], -1.0, 1.0)

@@ -210,8 +210,13 @@ def test_swarm_collision_terminates_both_drones():
     env = make_env(SWARM_ID, num_drones=3, spacing=0.3)
     env.reset(seed=0)
     # drone_0 and drone_1 fly at each other at 1 m/s; drone_2 hovers well away
-    env.sim.place(env.rng, [[-0.2, 0, 1], [0.2, 0, 1], [1.0, 0, 1]], [[0, 0, 0, 1]] * 3,
-                  [[1.0, 0, 0], [-1.0, 0, 0], [0, 0, 0]], np.zeros((3, 3)))
+    env.sim.place(
+        env.rng,
+        [[-0.2, 0, 1], [0.2, 0, 1], [1.0, 0, 1]],
+        [[0, 0, 0, 1]] * 3,
+        [[1.0, 0, 0], [-1.0, 0, 0], [0, 0, 0]],
+        np.zeros((3, 3)),
+    )
     hover = env.sim.hover_action()
     for _ in range(20):
         obs, rewards, terminateds, truncateds, infos = env.step({a: hover for a in env.agents})

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import EXPORT_PARITY_BATCH as PARITY_BATCH
 
 from entropilot.cli import main as cli
 from entropilot.deploy.contract import PREFIX, SCHEMA_VERSION, SEAL_KEY, SEAL_PLACEHOLDER, seal
@@ -22,7 +23,6 @@ from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy, PolicyCont
 from entropilot.envs import HOVER_ID, OBSERVATION_NAMES, make_env
 from entropilot.envs.evaluate import run_episodes
 from entropilot.platform.train import STATE_FILE
-from conftest import EXPORT_PARITY_BATCH as PARITY_BATCH
 
 PROBES = 4  # out-of-range observations export adds to the real ones
 
@@ -36,20 +36,34 @@ def test_export_writes_one_self_contained_file_with_its_contract(exported, check
     model = onnx.load(str(path), load_external_data=False)
     onnx.checker.check_model(model, full_check=True)
     assert not any(t.external_data or t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*model.graph.input, *model.graph.output)}
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*model.graph.input, *model.graph.output)
+    }
     assert shapes == {"observation": ["batch", 22], "action": ["batch", 4]}
 
-    meta = {p.key.removeprefix(PREFIX): p.value for p in model.metadata_props if p.key.startswith(PREFIX) and p.key != SEAL_KEY}
+    meta = {
+        p.key.removeprefix(PREFIX): p.value
+        for p in model.metadata_props
+        if p.key.startswith(PREFIX) and p.key != SEAL_KEY
+    }
     meta = {k: json.loads(v) for k, v in meta.items()}
     state = json.loads((checkpoint / STATE_FILE).read_text())
     assert meta["schema_version"] == SCHEMA_VERSION
     assert meta["observation_names"] == list(OBSERVATION_NAMES)
-    assert meta["action_mode"] == "ctbr" and len(meta["action_meaning"]) == 4 and "collective thrust" in meta["action_meaning"][0]
+    assert (
+        meta["action_mode"] == "ctbr"
+        and len(meta["action_meaning"]) == 4
+        and "collective thrust" in meta["action_meaning"][0]
+    )
     assert meta["action_low"] == [-1.0] * 4 and meta["action_high"] == [1.0] * 4
     assert meta["control_hz"] == 48 and meta["physics_hz"] == 240
     assert meta["env_id"] == HOVER_ID and meta["env_kwargs"] == {"episode_seconds": 2.0, "success_seconds": 1.0}
     assert meta["training_run_id"] == state["run_id"] == exported.training_run_id and meta["training_iteration"] == 1
-    assert set(meta["frame_convention"]) == {"world", "body", "rotation"} and "row-major" in meta["frame_convention"]["rotation"]
+    assert (
+        set(meta["frame_convention"]) == {"world", "body", "rotation"}
+        and "row-major" in meta["frame_convention"]["rotation"]
+    )
     assert meta["deterministic_action"].startswith("Gaussian mean, clipped")
     assert meta["entropilot_version"] and "dynamo=True" in meta["exporter"]
     assert meta["normalization"]["clip"] == 10.0 and len(meta["normalization"]["mean"]) == 22
@@ -106,17 +120,21 @@ def _flip(offset_fraction: float):
     def change(data: bytearray) -> bytes:
         data[int(len(data) * offset_fraction)] ^= 0x01
         return bytes(data)
+
     return change
 
 
-@pytest.mark.parametrize("change", [
-    pytest.param(_flip(0.3), id="flip-a-weight-bit"),
-    pytest.param(_flip(0.95), id="flip-a-metadata-bit"),
-    pytest.param(lambda d: bytes(d[: len(d) // 2]), id="truncate-half"),
-    pytest.param(lambda d: bytes(d[:-1]), id="truncate-last-byte"),
-    pytest.param(lambda d: bytes(d) + b"\x00", id="append-a-byte"),
-    pytest.param(lambda d: b"", id="empty"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(_flip(0.3), id="flip-a-weight-bit"),
+        pytest.param(_flip(0.95), id="flip-a-metadata-bit"),
+        pytest.param(lambda d: bytes(d[: len(d) // 2]), id="truncate-half"),
+        pytest.param(lambda d: bytes(d[:-1]), id="truncate-last-byte"),
+        pytest.param(lambda d: bytes(d) + b"\x00", id="append-a-byte"),
+        pytest.param(lambda d: b"", id="empty"),
+    ],
+)
 def test_altered_or_truncated_files_are_refused(exported, tmp_path, change):
     with pytest.raises(PolicyContractError, match="altered|truncated|seal"):
         OnnxPolicy(_tampered(exported.path, tmp_path, change))
@@ -128,13 +146,16 @@ def test_the_expected_sha256_is_enforced(exported):
         OnnxPolicy(exported.path, expected={"sha256": "0" * 64})
 
 
-@pytest.mark.parametrize("expected, message", [
-    ({"observation_names": list(reversed(OBSERVATION_NAMES))}, "observation layout differs"),
-    ({"observation_names": list(OBSERVATION_NAMES[:-1])}, "takes 22 observations, the vehicle gives 21"),
-    ({"action_mode": "motors"}, "action_mode is 'ctbr' in the policy, but 'motors'"),
-    ({"control_hz": 100}, "control_hz is 48"),
-    ({"physics_hz": 500}, "physics_hz is 240"),
-])
+@pytest.mark.parametrize(
+    "expected, message",
+    [
+        ({"observation_names": list(reversed(OBSERVATION_NAMES))}, "observation layout differs"),
+        ({"observation_names": list(OBSERVATION_NAMES[:-1])}, "takes 22 observations, the vehicle gives 21"),
+        ({"action_mode": "motors"}, "action_mode is 'ctbr' in the policy, but 'motors'"),
+        ({"control_hz": 100}, "control_hz is 48"),
+        ({"physics_hz": 500}, "physics_hz is 240"),
+    ],
+)
 def test_a_policy_made_for_another_setup_is_refused(exported, expected, message):
     with pytest.raises(PolicyContractError, match=message):
         OnnxPolicy(exported.path, expected=expected)
@@ -161,6 +182,7 @@ def _set_meta(key, value):
     def edit(model):
         (prop,) = [p for p in model.metadata_props if p.key == PREFIX + key]
         prop.value = json.dumps(value)
+
     return edit
 
 
@@ -177,13 +199,16 @@ def _drop_metadata(model):
     model.metadata_props.extend(keep)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_set_meta("schema_version", SCHEMA_VERSION + 1), "schema version"),
-    (_set_meta("observation_names", ["x"] * 22), "observation layout differs"),
-    (_set_meta("deterministic_action", "tanh(mean)"), "action convention"),
-    (_rename_input, r"graph inputs are \[\('obs'"),
-    (_drop_metadata, "not an entropilot policy export"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set_meta("schema_version", SCHEMA_VERSION + 1), "schema version"),
+        (_set_meta("observation_names", ["x"] * 22), "observation layout differs"),
+        (_set_meta("deterministic_action", "tanh(mean)"), "action convention"),
+        (_rename_input, r"graph inputs are \[\('obs'"),
+        (_drop_metadata, "not an entropilot policy export"),
+    ],
+)
 def test_well_formed_files_with_a_wrong_contract_are_refused(exported, tmp_path, edit, message):
     with pytest.raises(PolicyContractError, match=message):
         OnnxPolicy(_resealed(exported, tmp_path, edit))
@@ -281,9 +306,28 @@ def test_cli_export_then_fly(checkpoint, tmp_path):
     assert f"sha256 {sha}" in result.output and "parity: max |onnxruntime - torch|" in result.output
 
     plot, video = tmp_path / "fly.png", tmp_path / "fly.gif"
-    result = runner.invoke(cli, ["fly", str(onnx_path), "--link", "sim", "--episodes", "2", "--seed", "5",
-                                 "--sha256", sha, "--plot", str(plot), "--video", str(video)])
-    assert result.exit_code in (0, 1), result.output  # 1: no episode succeeded (a 1-iteration policy), as `demo` reports it
+    result = runner.invoke(
+        cli,
+        [
+            "fly",
+            str(onnx_path),
+            "--link",
+            "sim",
+            "--episodes",
+            "2",
+            "--seed",
+            "5",
+            "--sha256",
+            sha,
+            "--plot",
+            str(plot),
+            "--video",
+            str(video),
+        ],
+    )
+    assert result.exit_code in (0, 1), (
+        result.output
+    )  # 1: no episode succeeded (a 1-iteration policy), as `demo` reports it
     assert isinstance(result.exception, (SystemExit, type(None)))
     assert "Flying 2 episode(s) of entropilot/Hover-v0 (ctbr, 48 Hz, link sim)" in result.output
     assert "seed 5:" in result.output and "seed 6:" in result.output and "success rate" in result.output
@@ -301,7 +345,9 @@ def test_export_from_an_mlflow_run_and_register_it(checkpoint, exported, tmp_pat
 
     logged = log_to_mlflow(result, registered_model="test-export-policy", alias="production")
     assert logged["run_id"] == run_id and logged["alias_uri"] == "models:/test-export-policy@production"
-    local = Path(mlflow.artifacts.download_artifacts("models:/test-export-policy@production", dst_path=str(tmp_path / "dl")))
+    local = Path(
+        mlflow.artifacts.download_artifacts("models:/test-export-policy@production", dst_path=str(tmp_path / "dl"))
+    )
     assert sorted(p.name for p in local.iterdir() if p.suffix in (".onnx", ".data")) == ["model.onnx"]
     OnnxPolicy(local / "model.onnx", expected={"sha256": result.sha256})  # the registry serves the very file
 

@@ -11,6 +11,7 @@ import numpy as np
 import psutil
 import pytest
 import ray
+from conftest import RAY_TEST_INIT
 from ray.exceptions import ActorUnavailableError
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
@@ -19,7 +20,6 @@ from ray.rllib.utils.numpy import convert_to_numpy
 from entropilot.platform.algorithm import build_algorithm
 from entropilot.platform.config import parse_config
 from entropilot.platform.train import make_env_creator, train
-from conftest import RAY_TEST_INIT
 
 RUNNERS = 2
 TINY = {"episode_seconds": 2.0, "success_seconds": 1.0}
@@ -40,9 +40,17 @@ def ray_session():
 
 @pytest.fixture
 def algo(ray_session):
-    algo = build_algorithm(env=make_env_creator("entropilot/Hover-v0"), env_config=TINY, train_batch_size=200,
-                           minibatch_size=100, num_epochs=1, num_env_runners=RUNNERS, envs_per_runner=1,
-                           num_cpus_per_env_runner=0.5, seed=0)
+    algo = build_algorithm(
+        env=make_env_creator("entropilot/Hover-v0"),
+        env_config=TINY,
+        train_batch_size=200,
+        minibatch_size=100,
+        num_epochs=1,
+        num_env_runners=RUNNERS,
+        envs_per_runner=1,
+        num_cpus_per_env_runner=0.5,
+        seed=0,
+    )
     yield algo
     algo.stop()
 
@@ -64,8 +72,9 @@ def runners(algo) -> dict[int, dict]:
 
 
 def learner_weights(algo) -> tuple[int, dict]:
-    state = algo.learner_group.get_state(components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}",
-                                         inference_only=True)[COMPONENT_LEARNER]
+    state = algo.learner_group.get_state(components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}", inference_only=True)[
+        COMPONENT_LEARNER
+    ]
     weights = state[COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
     return state[WEIGHTS_SEQ_NO], convert_to_numpy(weights)
 
@@ -150,18 +159,25 @@ def _my_env_runner_pids() -> list[int]:
 
 def test_entropilot_train_survives_a_killed_runner(tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
     iterations = 6
-    cfg = parse_config({
-        "name": "fault-tolerance",
-        "env": {"id": "entropilot/Hover-v0", "kwargs": TINY},
-        "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-        "entropy": {"init": {"enabled": False}},
-        "resources": {"num_env_runners": RUNNERS, "envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-        "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-fault-tolerance", "registered_model": None,
-                   "video": False, "system_metrics": False},
-        "stop": {"iterations": iterations},
-        "evaluation": {"interval": None},
-        "checkpoint": {"interval": None, "dir": str(tmp_path / "runs")},
-    })
+    cfg = parse_config(
+        {
+            "name": "fault-tolerance",
+            "env": {"id": "entropilot/Hover-v0", "kwargs": TINY},
+            "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+            "entropy": {"init": {"enabled": False}},
+            "resources": {"num_env_runners": RUNNERS, "envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+            "mlflow": {
+                "tracking_uri": mlflow_server,
+                "experiment": "test-fault-tolerance",
+                "registered_model": None,
+                "video": False,
+                "system_metrics": False,
+            },
+            "stop": {"iterations": iterations},
+            "evaluation": {"interval": None},
+            "checkpoint": {"interval": None, "dir": str(tmp_path / "runs")},
+        }
+    )
     killed = []
     earlier = set(_my_env_runner_pids())  # a process of an earlier test's runners may still be exiting
 

@@ -1,4 +1,5 @@
-"""GreedyPolicy, the deterministic policy training evaluates (and export reproduces): mean for PPO, tanh(mean) for SAC."""
+"""GreedyPolicy, the deterministic policy training evaluates (and export reproduces): mean for PPO, tanh(mean) for
+SAC."""
 
 import gymnasium as gym
 import numpy as np

@@ -100,7 +100,8 @@ def ray_groups(cluster: dict) -> list[dict]:
 
 
 def validate_standard(doc: dict) -> None:
-    """Raises kubernetes_validate.ValidationError: the first violation of the Kubernetes schema, unknown fields included."""
+    """Raises kubernetes_validate.ValidationError: the first violation of the Kubernetes schema, unknown fields
+    included."""
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
@@ -156,11 +157,18 @@ def test_standard_kinds_validate_strictly(item):
     validate_standard(item[1])
 
 
-@pytest.mark.parametrize("breakage, field", [
-    (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(imagePullPolice="Always"), "imagePullPolice"),
-    (lambda d: d["spec"].update(replicas="one"), "replicas"),
-    (lambda d: d["spec"]["template"]["spec"]["containers"][0]["ports"][0].update(containerPort="http"), "containerPort"),
-], ids=["unknown-field", "wrong-type", "wrong-type-deep"])
+@pytest.mark.parametrize(
+    "breakage, field",
+    [
+        (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(imagePullPolice="Always"), "imagePullPolice"),
+        (lambda d: d["spec"].update(replicas="one"), "replicas"),
+        (
+            lambda d: d["spec"]["template"]["spec"]["containers"][0]["ports"][0].update(containerPort="http"),
+            "containerPort",
+        ),
+    ],
+    ids=["unknown-field", "wrong-type", "wrong-type-deep"],
+)
 def test_strict_validation_rejects_a_broken_deployment(breakage, field):
     broken = copy.deepcopy(the("Deployment", "mlflow"))
     breakage(broken)
@@ -178,19 +186,37 @@ def _worker(doc: dict, group: str) -> dict:
     return next(g for g in doc["spec"]["workerGroupSpecs"] if g["groupName"] == group)
 
 
-@pytest.mark.parametrize("kind, breakage, field", [
-    ("RayCluster", lambda d: d["spec"].update(enableInTreeAutoscaler=True), "enableInTreeAutoscaler"),
-    ("RayCluster", lambda d: _worker(d, "cpu").update(maxReplica=4), "maxReplica"),
-    ("RayCluster", lambda d: _worker(d, "cpu").update(maxReplicas="4"), "maxReplicas"),
-    ("RayCluster", lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(
-        imagePullPolice="Always"), "imagePullPolice"),
-    ("RayCluster", lambda d: _worker(d, "cpu")["template"]["spec"]["containers"][0]["resources"]["limits"].update(
-        cpu="four"), "limits.cpu"),
-    ("RayCluster", lambda d: d["spec"]["authOptions"].update(mode="password"), "authOptions.mode"),
-    ("RayJob", lambda d: d["spec"].update(entrypointNumGpu=1), "entrypointNumGpu"),
-    ("RayJob", lambda d: d["spec"].update(entrypoint=["entropilot", "train"]), "entrypoint"),
-], ids=["unknown-spec-field", "unknown-group-field", "wrong-type", "unknown-container-field",
-        "bad-quantity", "bad-enum", "unknown-job-field", "wrong-job-type"])
+@pytest.mark.parametrize(
+    "kind, breakage, field",
+    [
+        ("RayCluster", lambda d: d["spec"].update(enableInTreeAutoscaler=True), "enableInTreeAutoscaler"),
+        ("RayCluster", lambda d: _worker(d, "cpu").update(maxReplica=4), "maxReplica"),
+        ("RayCluster", lambda d: _worker(d, "cpu").update(maxReplicas="4"), "maxReplicas"),
+        (
+            "RayCluster",
+            lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(imagePullPolice="Always"),
+            "imagePullPolice",
+        ),
+        (
+            "RayCluster",
+            lambda d: _worker(d, "cpu")["template"]["spec"]["containers"][0]["resources"]["limits"].update(cpu="four"),
+            "limits.cpu",
+        ),
+        ("RayCluster", lambda d: d["spec"]["authOptions"].update(mode="password"), "authOptions.mode"),
+        ("RayJob", lambda d: d["spec"].update(entrypointNumGpu=1), "entrypointNumGpu"),
+        ("RayJob", lambda d: d["spec"].update(entrypoint=["entropilot", "train"]), "entrypoint"),
+    ],
+    ids=[
+        "unknown-spec-field",
+        "unknown-group-field",
+        "wrong-type",
+        "unknown-container-field",
+        "bad-quantity",
+        "bad-enum",
+        "unknown-job-field",
+        "wrong-job-type",
+    ],
+)
 def test_crd_validation_rejects_broken_ray_documents(kind, breakage, field):
     broken = copy.deepcopy(the(kind))
     breakage(broken)
@@ -227,8 +253,10 @@ def test_every_pod_template_uses_a_kustomization_image():
     for name, doc in manifests():
         for container in containers(doc):
             image = container["image"]
-            assert image in images, (f"{name}: container {container['name']} uses image {image!r}; pod templates "
-                                     f"name one of kustomization.yaml's images {sorted(images)} (tag set there)")
+            assert image in images, (
+                f"{name}: container {container['name']} uses image {image!r}; pod templates "
+                f"name one of kustomization.yaml's images {sorted(images)} (tag set there)"
+            )
             used.add(image)
     assert used == set(images), f"kustomization.yaml names images no pod uses: {sorted(set(images) - used)}"
 
@@ -237,7 +265,9 @@ def test_ray_version_agrees_between_dockerfile_pyproject_and_manifests():
     ray_version = dockerfile_args()["RAY_VERSION"]
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     ray_pin = next(Requirement(dep) for dep in pyproject["project"]["dependencies"] if Requirement(dep).name == "ray")
-    assert ray_pin.specifier.contains(ray_version), f"Dockerfile RAY_VERSION {ray_version} outside pyproject's {ray_pin}"
+    assert ray_pin.specifier.contains(ray_version), (
+        f"Dockerfile RAY_VERSION {ray_version} outside pyproject's {ray_pin}"
+    )
     versions = {doc_id((name, doc)): doc["spec"]["rayVersion"] for name, doc in RAY_DOCS if doc["kind"] == "RayCluster"}
     assert versions and set(versions.values()) == {ray_version}, versions
 
@@ -258,7 +288,9 @@ def test_dockerfile_builds_the_runtime_from_this_checkout():
     pod_specs.append(the("Deployment", "mlflow")["spec"]["template"]["spec"])
     for spec in pod_specs:
         # The pods' fsGroup makes the volumes writable for exactly this user.
-        assert str(spec["securityContext"]["runAsUser"]) == user, f"pods run as {spec['securityContext']}, image as {user}"
+        assert str(spec["securityContext"]["runAsUser"]) == user, (
+            f"pods run as {spec['securityContext']}, image as {user}"
+        )
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".git", ".venv", "runs", "out", "mlruns"} <= ignored
 
@@ -292,10 +324,16 @@ def test_rayjob_fits_the_cluster():
     cluster["metadata"]["namespace"] = kustomization()["namespace"]
     node_types = _derive_autoscaling_config_from_ray_cr(cluster)["available_node_types"]
 
-    driver = {"CPU": job["spec"].get("entrypointNumCpus", 0), "GPU": job["spec"].get("entrypointNumGpus", 0),
-              **json.loads(job["spec"].get("entrypointResources", "{}"))}
-    hosts = [name for name, node in node_types.items()
-             if all(node["resources"].get(key, 0) >= amount for key, amount in driver.items())]
+    driver = {
+        "CPU": job["spec"].get("entrypointNumCpus", 0),
+        "GPU": job["spec"].get("entrypointNumGpus", 0),
+        **json.loads(job["spec"].get("entrypointResources", "{}")),
+    }
+    hosts = [
+        name
+        for name, node in node_types.items()
+        if all(node["resources"].get(key, 0) >= amount for key, amount in driver.items())
+    ]
     # The learner trains inside the driver: Ray hands the driver a GPU (CUDA_VISIBLE_DEVICES) only if it asks for one.
     assert driver["GPU"] >= 1, "the RayJob must ask for a GPU (entrypointNumGpus) for its driver's learner"
     assert hosts, f"no group offers the RayJob's entrypoint resources {driver}"
@@ -321,9 +359,13 @@ def test_ray_pods_reach_the_mlflow_service_and_the_server_accepts_their_host_nam
         uris.add(the("ConfigMap", source["configMapRef"]["name"])["data"]["MLFLOW_TRACKING_URI"])
     (uri,) = uris
     parts = urlsplit(uri)
-    service_names = [service["metadata"]["name"] + suffix
-                     for suffix in ("", f".{namespace}", f".{namespace}.svc", f".{namespace}.svc.cluster.local")]
-    assert parts.hostname in service_names and parts.port == port["port"], f"{uri} is not the Service {service_names[0]}"
+    service_names = [
+        service["metadata"]["name"] + suffix
+        for suffix in ("", f".{namespace}", f".{namespace}.svc", f".{namespace}.svc.cluster.local")
+    ]
+    assert parts.hostname in service_names and parts.port == port["port"], (
+        f"{uri} is not the Service {service_names[0]}"
+    )
 
     # Service -> container port -> the server's --port, and probes on /health there.
     (server,) = deployment["spec"]["template"]["spec"]["containers"]

@@ -28,8 +28,10 @@ def config(**control):
 
 
 def test_live_tags_become_config_values():
-    control = live_control(config(), {TARGET: "[[0, 3], [200000, 1.5]]", COEF_MIN: "-0.01", live_tag("gain"): "0.004",
-                                      "mlflow.user": "someone"})
+    control = live_control(
+        config(),
+        {TARGET: "[[0, 3], [200000, 1.5]]", COEF_MIN: "-0.01", live_tag("gain"): "0.004", "mlflow.user": "someone"},
+    )
     assert control.target == [(0, 3.0), (200_000, 1.5)]
     assert (control.coef_min, control.gain) == (-0.01, 0.004)
     assert (control.coef_max, control.damping, control.max_step) == (0.05, 0.08, 0.005)  # the config's
@@ -50,15 +52,21 @@ def test_live_bounds_may_exclude_coef_init():
         ({COEF_MIN: "0.5"}, COEF_MIN, r"must be <= coef_max \(0.05\) \(got 0.5\)"),
         ({COEF_MIN: "0.01", live_tag("coef_max"): "0.005"}, COEF_MIN, r"must be <= coef_max \(0.005\) \(got 0.01\)"),
         ({live_tag("gain"): "abc"}, live_tag("gain"), r"Input should be a valid number.*\(got 'abc'\)"),
-        ({live_tag("gain"): "2"}, live_tag("gain"),
-         r"Input should be less than or equal to 1; allowed: 0.0 < value <= 1.0 \(got 2\)"),
+        (
+            {live_tag("gain"): "2"},
+            live_tag("gain"),
+            r"Input should be less than or equal to 1; allowed: 0.0 < value <= 1.0 \(got 2\)",
+        ),
         ({live_tag("damping"): "[1"}, live_tag("damping"), r"not valid YAML/JSON: expected ',' or ']'.* \(got '\[1'\)"),
         ({TARGET: "[[5, 3]]"}, TARGET, r"schedule must start at env step 0 \(got \[5, 3\]\)"),
         ({TARGET: "[[0, 3], [0, 2]]"}, TARGET, r"schedule env steps must be strictly increasing \(got \[0, 2\]\)"),
         # A target under the collapse floor would make every iteration a "collapse".
         ({TARGET: "-2"}, "entropy.collapse.floor", r"must be below the lowest entropy.control.target \(-2.0\)"),
-        ({"entropilot.live.entropy.target": "2"}, "entropilot.live.entropy.target",
-         rf"not a live setting; allowed: {TARGET}, .* \(got '2'\)"),
+        (
+            {"entropilot.live.entropy.target": "2"},
+            "entropilot.live.entropy.target",
+            rf"not a live setting; allowed: {TARGET}, .* \(got '2'\)",
+        ),
         ({live_tag("coef_init"): "0.01"}, live_tag("coef_init"), "not a live setting"),
     ],
 )
@@ -104,8 +112,11 @@ def test_retune_clamps_the_coefficient_and_rejects_bad_settings_whole():
 
 def test_learner_keeps_live_settings_in_its_state():
     env = gym.make("Pendulum-v1")
-    ppo = PPOConfig().environment("Pendulum-v1").learners(
-        learner_class=EntropyControlledPPOLearner, learner_config_dict={"entropy_control": {"target": 1.0}})
+    ppo = (
+        PPOConfig()
+        .environment("Pendulum-v1")
+        .learners(learner_class=EntropyControlledPPOLearner, learner_config_dict={"entropy_control": {"target": 1.0}})
+    )
 
     def controller(learner):
         return learner.entropy_coeff_schedulers_per_module["default_policy"].controller
@@ -130,18 +141,21 @@ def test_learner_keeps_live_settings_in_its_state():
 
 
 def tiny_config(tmp_path, uri, iterations):
-    return parse_config({
-        "name": "live-tuning",
-        "env": {"id": "entropilot/Hover-v0", "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
-        "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-        # Far below a fresh policy's ~5.7 nats: the controller steps the coefficient down at max_step each iteration.
-        "entropy": {"init": {"enabled": False}, "control": {"target": 3.0}},
-        "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-        "mlflow": {"tracking_uri": uri, "experiment": "test-live-tuning", "video": False, "system_metrics": False},
-        "stop": {"iterations": iterations},
-        "evaluation": {"interval": None},
-        "checkpoint": {"interval": None, "dir": str(tmp_path / "runs")},
-    })
+    return parse_config(
+        {
+            "name": "live-tuning",
+            "env": {"id": "entropilot/Hover-v0", "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
+            "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+            # Far below a fresh policy's ~5.7 nats: the controller steps the coefficient down at max_step each
+            # iteration.
+            "entropy": {"init": {"enabled": False}, "control": {"target": 3.0}},
+            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+            "mlflow": {"tracking_uri": uri, "experiment": "test-live-tuning", "video": False, "system_metrics": False},
+            "stop": {"iterations": iterations},
+            "evaluation": {"interval": None},
+            "checkpoint": {"interval": None, "dir": str(tmp_path / "runs")},
+        }
+    )
 
 
 class User:
@@ -163,16 +177,21 @@ def after(iteration):
     return f"iter {iteration:4d} "
 
 
-def test_tags_set_during_training_retune_it_and_survive_resume(tmp_path, mlflow_server_process, isolated_mlflow_env,
-                                                               ray_session):
+def test_tags_set_during_training_retune_it_and_survive_resume(
+    tmp_path, mlflow_server_process, isolated_mlflow_env, ray_session
+):
     client = mlflow.MlflowClient(mlflow_server_process.uri)
 
     def run_id():  # the running training, as the UI lists it (its experiment exists once training started)
         experiment = client.get_experiment_by_name("test-live-tuning")
         return client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")[0].info.run_id
 
-    user = User({after(1): lambda: client.set_tag(run_id(), TARGET, "2.0"),
-                 after(2): lambda: client.set_tag(run_id(), COEF_MIN, "0.5")})  # above coef_max 0.05: rejected
+    user = User(
+        {
+            after(1): lambda: client.set_tag(run_id(), TARGET, "2.0"),
+            after(2): lambda: client.set_tag(run_id(), COEF_MIN, "0.5"),
+        }
+    )  # above coef_max 0.05: rejected
     first = train(tiny_config(tmp_path, mlflow_server_process.uri, iterations=3), echo=user.echo)
 
     history = lambda key: [(m.step, m.value) for m in client.get_metric_history(first.run_id, key)]  # noqa: E731
@@ -192,8 +211,13 @@ def test_tags_set_during_training_retune_it_and_survive_resume(tmp_path, mlflow_
     # The user fixes the bad value, then the run resumes; then removes the tag again; then the tracking server
     # goes away until training ends.
     client.set_tag(first.run_id, COEF_MIN, "-0.005")
-    user = User({after(4): lambda: client.delete_tag(first.run_id, COEF_MIN),
-                 after(5): mlflow_server_process.stop, "stopped:": mlflow_server_process.start})
+    user = User(
+        {
+            after(4): lambda: client.delete_tag(first.run_id, COEF_MIN),
+            after(5): mlflow_server_process.stop,
+            "stopped:": mlflow_server_process.start,
+        }
+    )
     resumed = train(None, resume=str(first.checkpoint.parent), echo=user.echo, stop={"iterations": 6})
     assert resumed.run_id == first.run_id and resumed.iterations == 6
 

@@ -156,8 +156,9 @@ def test_a_policy_hovers_through_mavlink_then_lands_and_disarms(sitl, tmp_path, 
     assert sitl.setpoints_received >= 3.0 * HZ
     assert not sitl.armed and sitl.position[2] <= sitl.vehicle.touchdown_height
     assert [e for e in sitl.events if e.kind == "crash"] == []
-    assert ("mode", "offboard") in [(e.kind, e.detail.split(" -> ")[1].split()[0]) for e in sitl.events
-                                    if e.kind == "mode"]
+    assert ("mode", "offboard") in [
+        (e.kind, e.detail.split(" -> ")[1].split()[0]) for e in sitl.events if e.kind == "mode"
+    ]
 
 
 def test_a_dry_run_never_arms_or_switches_the_vehicle(sitl):
@@ -209,12 +210,14 @@ def test_when_the_policy_side_dies_the_vehicle_holds_then_lands_and_disarms_only
 
 
 # ---- the commands, as separate processes: kill the policy's process mid-flight ------------------------------
+@pytest.mark.integration
 def test_the_sitl_command_fails_safe_when_the_fly_command_is_killed(tmp_path):
     import os
     import signal
     import subprocess
     import sys
     import threading
+
     from test_autopilot import _tiny_onnx
 
     policy = tmp_path / "tiny.onnx"
@@ -222,8 +225,13 @@ def test_the_sitl_command_fails_safe_when_the_fly_command_is_killed(tmp_path):
     port = free_udp_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "entropilot.cli"]
-    vehicle = subprocess.Popen([*cli, "sitl", "--port", str(port), "--start", "0,0,0.8", "--duration", "30"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    vehicle = subprocess.Popen(
+        [*cli, "sitl", "--port", str(port), "--start", "0,0,0.8", "--duration", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(vehicle.stdout.readline, "")), daemon=True)
     reader.start()
@@ -240,9 +248,25 @@ def test_the_sitl_command_fails_safe_when_the_fly_command_is_killed(tmp_path):
 
     try:
         wait_for("SITL on udpin:", 20)
-        flyer = subprocess.Popen([*cli, "fly", str(policy), "--link", "mavlink", "--connect",
-                                  f"udpout:127.0.0.1:{port}", "--target", "0,0,1", "--duration", "20"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        flyer = subprocess.Popen(
+            [
+                *cli,
+                "fly",
+                str(policy),
+                "--link",
+                "mavlink",
+                "--connect",
+                f"udpout:127.0.0.1:{port}",
+                "--target",
+                "0,0,1",
+                "--duration",
+                "20",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         wait_for("-> offboard", 20)
         time.sleep(1.5)
         flyer.send_signal(signal.SIGKILL)  # the policy's process dies mid-flight, without a word
@@ -257,7 +281,7 @@ def test_the_sitl_command_fails_safe_when_the_fly_command_is_killed(tmp_path):
                 except subprocess.TimeoutExpired:
                     process.kill()
     text = "".join(lines)
-    after = text[text.index("-> offboard"):]
+    after = text[text.index("-> offboard") :]
     order = [after.index(words) for words in ("failsafe", "offboard -> hold", "hold -> land", "disarmed")]
     assert order == sorted(order), text
     assert "refused" not in after and "crash" not in text, text

@@ -66,6 +66,7 @@ def motors_action(sim, delta_per_rotor) -> np.ndarray:
 
 # ---- equilibrium and free fall ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("action_mode", ["motors", "ctbr"])
 def test_hover_action_holds_altitude_for_two_seconds(action_mode):
     with simulator(action_mode=action_mode) as sim:
@@ -95,6 +96,7 @@ def test_free_fall_at_g_with_rotors_off():
 
 
 # ---- torque signs ------------------------------------------------------------------------------------
+
 
 def test_rotor_layout_is_x_forward_y_left():
     xy = rotor_positions(CRAZYFLIE_2X)
@@ -166,6 +168,7 @@ def test_drone_state_rotation_is_pybullets_to_the_bit_and_body_rates_are_r_trans
 
 # ---- rotors and thrust -------------------------------------------------------------------------------
 
+
 def test_rotor_lag_reaches_63_percent_at_one_time_constant():
     tau, control_hz, substeps = 0.05, 100, 10  # tau = 5 control periods; 1 kHz physics
     rotors = RotorModel(1, substeps, 1.0 / (control_hz * substeps))
@@ -174,7 +177,9 @@ def test_rotor_lag_reaches_63_percent_at_one_time_constant():
     command = np.array([[20000.0, 10000.0, 0.0, 5000.0]])
     for _ in range(int(round(tau * control_hz))):
         rotors.advance(command)
-    np.testing.assert_allclose(rotors.rpm / np.where(command > 0, command, 1.0), np.where(command > 0, 1 - math.exp(-1), 0.0))
+    np.testing.assert_allclose(
+        rotors.rpm / np.where(command > 0, command, 1.0), np.where(command > 0, 1 - math.exp(-1), 0.0)
+    )
 
 
 def test_rotor_lag_mean_rpm_squared_equals_the_substep_average():
@@ -258,6 +263,7 @@ def test_array_interfaces_match_the_per_drone_math():
 
 # ---- aerodynamics -------------------------------------------------------------------------------------
 
+
 def test_ground_effect_raises_thrust_near_the_ground_and_vanishes_high_up():
     aero = Aerodynamics(CRAZYFLIE_2X, drag=True, ground_effect=True, downwash=False)
     level = np.eye(3)[None]
@@ -292,7 +298,9 @@ def test_drag_opposes_motion_relative_to_the_air():
         force_world = rotation @ aero.body_force(rotation[None], velocity, np.zeros((1, 3)), rpm, np.zeros((1, 3)))[0]
         assert force_world @ velocity[0] < 0
         # moving with the wind: no drag
-        np.testing.assert_allclose(aero.body_force(rotation[None], velocity, velocity, rpm, np.zeros((1, 3))), 0.0, atol=1e-18)
+        np.testing.assert_allclose(
+            aero.body_force(rotation[None], velocity, velocity, rpm, np.zeros((1, 3))), 0.0, atol=1e-18
+        )
 
     # end to end: a drone coasting at 2 m/s slows down only with drag on
     speeds = {}
@@ -326,7 +334,11 @@ def test_n_drones_fly_exactly_as_n_single_drones():
     rng = np.random.default_rng(1)
     actions = rng.uniform(-0.3, 0.3, (30, 2, 4)) + [-0.1, 0, 0, 0]
     starts, velocities = np.array([[0.0, 0.0, 1.0], [2.0, 1.0, 1.2]]), np.array([[0.1, 0.0, 0.0], [0.0, -0.2, 0.1]])
-    with simulator(2, action_mode="ctbr") as pair, simulator(action_mode="ctbr") as a, simulator(action_mode="ctbr") as b:
+    with (
+        simulator(2, action_mode="ctbr") as pair,
+        simulator(action_mode="ctbr") as a,
+        simulator(action_mode="ctbr") as b,
+    ):
         place(pair, starts, velocities)
         place(a, starts[:1], velocities[:1])
         place(b, starts[1:], velocities[1:])
@@ -339,11 +351,14 @@ def test_n_drones_fly_exactly_as_n_single_drones():
 
 # ---- randomization and errors -------------------------------------------------------------------------
 
+
 def test_same_seed_same_randomized_parameters_and_trajectory():
     spreads = {"mass": 0.2, "inertia": 0.2, "kf": 0.1, "km": 0.1, "motor_time_constant": 0.3}
 
     def run(seed):
-        with simulator(2, action_mode="ctbr", randomization=spreads, wind={"mean": [0.3, 0, 0], "gust_std": 0.2}) as sim:
+        with simulator(
+            2, action_mode="ctbr", randomization=spreads, wind={"mean": [0.3, 0, 0], "gust_std": 0.2}
+        ) as sim:
             rng = np.random.default_rng(seed)
             sim.randomize(rng)
             place(sim, [[0.0, 0.0, 1.0], [1.0, 0.0, 1.0]])

@@ -12,12 +12,12 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
+from conftest import restored_mlflow_env
 
 from entropilot.cli import main as cli
 from entropilot.deploy.contract import SHA256_TAG, PolicyContractError
 from entropilot.deploy.export import log_to_mlflow
 from entropilot.deploy.registry import RegistryError, parse_model_uri, pull_policy
-from conftest import restored_mlflow_env
 
 MODEL = "test-registry-hover"
 
@@ -51,13 +51,27 @@ def test_model_uris_parse():
 def test_fly_a_registered_alias_in_sim_through_the_cli(registered, exported, mlflow_server, tmp_path):
     cache = tmp_path / "cache"
     runner = CliRunner()
-    args = ["fly", f"models:/{MODEL}@champion", "--link", "sim", "--episodes", "1", "--seed", "3",
-            "--tracking-uri", mlflow_server, "--cache-dir", str(cache)]
+    args = [
+        "fly",
+        f"models:/{MODEL}@champion",
+        "--link",
+        "sim",
+        "--episodes",
+        "1",
+        "--seed",
+        "3",
+        "--tracking-uri",
+        mlflow_server,
+        "--cache-dir",
+        str(cache),
+    ]
     result = runner.invoke(cli, args)
     assert isinstance(result.exception, (SystemExit, type(None))), result.output
     assert result.exit_code in (0, 1), result.output  # 1: the 1-iteration policy did not succeed, as `demo` reports it
-    assert f"models:/{MODEL}@champion: {MODEL} version {registered['version']} (run {exported.training_run_id}), downloaded" \
-        in result.output
+    assert (
+        f"models:/{MODEL}@champion: {MODEL} version {registered['version']} "
+        f"(run {exported.training_run_id}), downloaded" in result.output
+    )
     assert "Flying 1 episode(s) of entropilot/Hover-v0 (ctbr, 48 Hz, link sim)" in result.output
     assert f"sha256 {exported.sha256[:12]}" in result.output and "success rate" in result.output
     assert sorted(p.name for p in cache.iterdir()) == [f"{exported.sha256}.onnx"]
@@ -90,8 +104,9 @@ def test_fly_from_the_registry_imports_neither_torch_nor_ray(registered, mlflow_
 
 def test_export_of_a_registered_model_writes_the_registered_file(registered, exported, mlflow_server, tmp_path):
     output = tmp_path / "sub" / "policy.onnx"
-    result = CliRunner().invoke(cli, ["export", f"models:/{MODEL}@champion", "-o", str(output),
-                                      "--tracking-uri", mlflow_server])
+    result = CliRunner().invoke(
+        cli, ["export", f"models:/{MODEL}@champion", "-o", str(output), "--tracking-uri", mlflow_server]
+    )
     assert result.exit_code == 0, result.output
     assert output.read_bytes() == exported.path.read_bytes()
     assert f"sha256 {exported.sha256}" in result.output
@@ -111,8 +126,11 @@ def test_a_tampered_registry_artifact_is_refused(exported, mlflow_server, mlflow
 
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert f"the stored file's SHA-256 is {hashlib.sha256(data).hexdigest()}, but {exported.sha256} was recorded" \
-        in result.output and "refusing it" in result.output
+    assert (
+        f"the stored file's SHA-256 is {hashlib.sha256(data).hexdigest()}, but {exported.sha256} was recorded"
+        in result.output
+        and "refusing it" in result.output
+    )
     assert not cache.exists() or list(cache.iterdir()) == []  # nothing cached, nothing flown
     assert "Flying" not in result.output
 
@@ -135,12 +153,15 @@ def test_a_corrupted_cache_copy_is_downloaded_again(registered, exported, mlflow
     assert again.downloaded and again.path.read_bytes() == exported.path.read_bytes()
 
 
-@pytest.mark.parametrize("uri, message", [
-    (f"models:/{MODEL}@nope", f"registered model '{MODEL}' has no alias 'nope'"),
-    (f"models:/{MODEL}/99", f"registered model '{MODEL}' has no version 99"),
-    ("models:/no-such-model@champion", "no registered model named 'no-such-model'"),
-    ("models:/hover", "models:/NAME@ALIAS or models:/NAME/VERSION"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        (f"models:/{MODEL}@nope", f"registered model '{MODEL}' has no alias 'nope'"),
+        (f"models:/{MODEL}/99", f"registered model '{MODEL}' has no version 99"),
+        ("models:/no-such-model@champion", "no registered model named 'no-such-model'"),
+        ("models:/hover", "models:/NAME@ALIAS or models:/NAME/VERSION"),
+    ],
+)
 def test_unknown_models_and_aliases_give_a_clear_error(registered, mlflow_server, tmp_path, uri, message):
     for command in (["fly", uri], ["export", uri, "-o", str(tmp_path / "p.onnx")]):
         result = CliRunner().invoke(cli, [*command, "--tracking-uri", mlflow_server])

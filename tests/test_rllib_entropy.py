@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import ray
 import torch
+from conftest import RAY_TEST_INIT
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
@@ -24,7 +25,8 @@ from entropilot.platform.algorithm import (
 )
 from entropilot.policies.entropy_init import entropy_aware_init, push_weights_to_env_runners, sample_action_dist_inputs
 from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
-from conftest import RAY_TEST_INIT
+
+pytestmark = pytest.mark.integration  # every test here runs under the module's Ray
 
 MODULE = "default_policy"
 BATCH = 256
@@ -59,7 +61,9 @@ def runner_policy_gap(algo):
     """Largest difference between what the env runners' policy outputs and the learner module's."""
     sample = sample_action_dist_inputs(algo, 50)
     obs = torch.as_tensor(sample.observations)
-    forward = on_learners(algo, lambda l: l.module[MODULE].forward_inference({"obs": obs})["action_dist_inputs"].detach().numpy())
+    forward = on_learners(
+        algo, lambda lrn: lrn.module[MODULE].forward_inference({"obs": obs})["action_dist_inputs"].detach().numpy()
+    )
     return np.abs(sample.action_dist_inputs - forward[0]).max()
 
 
@@ -73,7 +77,11 @@ def coefficient_used(previous, current, vf_loss_coeff):
     total = policy_loss + vf_coeff * vf_loss - coef * entropy + kl_coeff * mean_kl, where the KL
     coefficient in force was the one logged after the previous update.
     """
-    known = current["policy_loss"] + vf_loss_coeff * current["vf_loss"] + previous["curr_kl_coeff"] * current["mean_kl_loss"]
+    known = (
+        current["policy_loss"]
+        + vf_loss_coeff * current["vf_loss"]
+        + previous["curr_kl_coeff"] * current["mean_kl_loss"]
+    )
     return (known - current["total_loss"]) / current["entropy"]
 
 
@@ -102,10 +110,12 @@ def test_controller_sets_the_coefficient_ppo_uses(controlled_ppo):
     for previous, current in zip(results, results[1:]):
         used = coefficient_used(previous, current, algo.config.vf_loss_coeff)
         assert used == pytest.approx(previous["curr_entropy_coeff"], rel=1e-3)
-    live = on_learners(algo, lambda l: l.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
+    live = on_learners(algo, lambda lrn: lrn.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
     assert live == [pytest.approx(coefs[-1])]
     # The controller was fed the logged (gaussian) entropy.
-    assert on_learners(algo, controller_state)[0]["last_error"] == pytest.approx(CONTROL["target"] - results[-1]["entropy_gaussian"])
+    assert on_learners(algo, controller_state)[0]["last_error"] == pytest.approx(
+        CONTROL["target"] - results[-1]["entropy_gaussian"]
+    )
     for r in results:
         assert r["entropy_target"] == CONTROL["target"]
         assert r["entropy_gaussian_dim0"] == pytest.approx(r["entropy_gaussian"])
@@ -120,7 +130,7 @@ def test_controller_state_survives_checkpoint(controlled_ppo, restored_ppo):
     before = on_learners(algo, controller_state)
     assert before[0]["num_updates"] == len(results)
     assert on_learners(restored, controller_state) == before
-    coefficient = on_learners(restored, lambda l: l.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
+    coefficient = on_learners(restored, lambda lrn: lrn.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
     assert coefficient == [results[-1]["curr_entropy_coeff"]]
 
 
@@ -159,7 +169,7 @@ def test_learners_share_the_averaged_entropy():
     algo = build_algorithm(**PPO, num_learners=2, num_cpus_per_learner=0.25, entropy_control=control)
     try:
         entropy_aware_init(algo, threshold=1e9, max_draws=2, rollout_steps=100)
-        first, second = on_learners(algo, lambda l: l.module[MODULE].unwrapped().get_state())
+        first, second = on_learners(algo, lambda lrn: lrn.module[MODULE].unwrapped().get_state())
         assert all(torch.equal(torch.as_tensor(first[k]), torch.as_tensor(second[k])) for k in first)
         for _ in range(2):
             result = algo.train()["learners"][MODULE]
@@ -188,7 +198,10 @@ def test_entropy_init_keeps_best_of_all_draws_and_runners_use_it(fresh_ppo):
     def expected_weights(learner):
         torch.manual_seed(result.chosen.seed)
         fresh = RLModuleSpec.from_module(learner.module[MODULE]).build().get_state()
-        return all(torch.equal(torch.as_tensor(v), torch.as_tensor(fresh[k])) for k, v in learner.module[MODULE].get_state().items())
+        return all(
+            torch.equal(torch.as_tensor(v), torch.as_tensor(fresh[k]))
+            for k, v in learner.module[MODULE].get_state().items()
+        )
 
     assert on_learners(algo, expected_weights) == [True]
     # The env runners act with exactly these weights.
@@ -250,10 +263,10 @@ def test_sac_temperature_after_restore(stock, tmp_path):
     restored = None
     try:
         algo.train()
-        alpha = on_learners(algo, lambda l: l.curr_log_alpha[MODULE].exp().item())[0]
+        alpha = on_learners(algo, lambda lrn: lrn.curr_log_alpha[MODULE].exp().item())[0]
         assert abs(alpha - 1.0) > 1e-3  # the temperature has moved away from initial_alpha
         restored = Algorithm.from_checkpoint(algo.save_to_path(tmp_path / "checkpoint"))
-        restored_alpha = on_learners(restored, lambda l: l.curr_log_alpha[MODULE].exp().item())[0]
+        restored_alpha = on_learners(restored, lambda lrn: lrn.curr_log_alpha[MODULE].exp().item())[0]
         if stock:
             assert restored_alpha == pytest.approx(1.0)  # RLlib 2.60 restarts from initial_alpha
         else:
@@ -270,7 +283,9 @@ def covariance_loss_gradients(covariance_control):
         PPOConfig()
         .environment("Pendulum-v1")
         .training(use_kl_loss=False, entropy_coeff=0.0)
-        .learners(learner_class=EntropyControlledPPOLearner, learner_config_dict={"covariance_control": covariance_control})
+        .learners(
+            learner_class=EntropyControlledPPOLearner, learner_config_dict={"covariance_control": covariance_control}
+        )
     )
     learner = config.build_learner(env=gym.make("Pendulum-v1"))
     module = learner.module[MODULE]
@@ -339,8 +354,10 @@ def test_a_single_gpu_learner_needs_the_gpu_in_this_process(caplog):
     one_local = resolve_learner_resources("auto", 0, available_gpus=1)
     assert local_gpu_learner_or_cpu(one_local, "auto", visible_gpus=1) == one_local
     with caplog.at_level("WARNING"):
-        assert local_gpu_learner_or_cpu(one_local, "auto", visible_gpus=0) == {"num_learners": 0,
-                                                                               "num_gpus_per_learner": 0}
+        assert local_gpu_learner_or_cpu(one_local, "auto", visible_gpus=0) == {
+            "num_learners": 0,
+            "num_gpus_per_learner": 0,
+        }
     assert "not on this node" in caplog.text
     with pytest.raises(RuntimeError, match="entrypointNumGpus"):
         local_gpu_learner_or_cpu(resolve_learner_resources("on", 0, available_gpus=1), "on", visible_gpus=0)

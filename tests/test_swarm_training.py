@@ -15,19 +15,21 @@ SWARM_KWARGS = {"num_drones": 3, "episode_seconds": 2.0, "success_seconds": 1.0}
 
 
 def tiny_swarm_config(tmp_path, uri):
-    return parse_config({
-        "name": "tiny-swarm",
-        "env": {"id": SWARM_ID, "kwargs": SWARM_KWARGS},
-        "algorithm": {"train_batch_size": 150, "minibatch_size": 150, "num_epochs": 1},
-        "model": {"hidden": [32, 32]},
-        # init on: train must skip it for the multi-agent env (and say so), not fail.
-        "entropy": {"init": {"enabled": True}, "control": {"target": 5.9, "coef_init": 0.01}},
-        "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-        "mlflow": {"tracking_uri": uri, "experiment": "test-swarm", "video": True, "system_metrics": False},
-        "stop": {"iterations": 2},
-        "evaluation": {"interval": 2, "episodes": 1},
-        "checkpoint": {"interval": 2, "dir": str(tmp_path / "runs")},
-    })
+    return parse_config(
+        {
+            "name": "tiny-swarm",
+            "env": {"id": SWARM_ID, "kwargs": SWARM_KWARGS},
+            "algorithm": {"train_batch_size": 150, "minibatch_size": 150, "num_epochs": 1},
+            "model": {"hidden": [32, 32]},
+            # init on: train must skip it for the multi-agent env (and say so), not fail.
+            "entropy": {"init": {"enabled": True}, "control": {"target": 5.9, "coef_init": 0.01}},
+            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+            "mlflow": {"tracking_uri": uri, "experiment": "test-swarm", "video": True, "system_metrics": False},
+            "stop": {"iterations": 2},
+            "evaluation": {"interval": 2, "episodes": 1},
+            "checkpoint": {"interval": 2, "dir": str(tmp_path / "runs")},
+        }
+    )
 
 
 def test_swarm_trains_one_shared_policy_into_mlflow(tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
@@ -74,7 +76,9 @@ def test_run_swarm_episodes_reports_every_drone():
 
 def test_pooled_filter_statistics_equal_those_of_all_samples():
     rng = np.random.default_rng(0)
-    samples = [rng.normal(loc, scale, size=(n, 3)) for loc, scale, n in ((0.0, 1.0, 50), (1.0, 2.0, 80), (-0.5, 0.3, 7))]
+    samples = [
+        rng.normal(loc, scale, size=(n, 3)) for loc, scale, n in ((0.0, 1.0, 50), (1.0, 2.0, 80), (-0.5, 0.3, 7))
+    ]
     stats = []
     for agent_samples in samples:
         stat = RunningStat(shape=(3,))

@@ -74,8 +74,9 @@ def test_grid_and_random_options_parse_into_tune_domains():
 
 
 def test_random_search_plan_counts_samples_per_grid_combination(tmp_path):
-    plan = plan_sweep(tiny_config(), ["seed=0,1"], ["entropy.init.threshold=uniform:-6:-3"], samples=3,
-                      sweep_dir=tmp_path)
+    plan = plan_sweep(
+        tiny_config(), ["seed=0,1"], ["entropy.init.threshold=uniform:-6:-3"], samples=3, sweep_dir=tmp_path
+    )
     assert (plan.search, plan.samples, plan.keys) == ("random", 3, ["seed", "entropy.init.threshold"])
     assert plan.search_params()["sweep.space.entropy.init.threshold"] == "uniform(-6.0, -3.0)"
     assert plan.search_params()["sweep.space.seed"] == "grid [0, 1]"
@@ -98,8 +99,10 @@ def test_bad_sweeps_fail_naming_key_and_value_before_ray_starts(tmp_path):
             plan_sweep(base, grid, random, search="random" if random else None, sweep_dir=tmp_path)
     # Each value alone fits the base (batch 400, minibatch 100); batch 200 with minibatch 300 does not.
     with pytest.raises(SweepError, match=r"train_batch_size=200, algorithm.minibatch_size=300 give an invalid config"):
-        plan_sweep(tiny_config(algorithm={"train_batch_size": 400, "minibatch_size": 100, "num_epochs": 1}),
-                   ["algorithm.train_batch_size=200,400", "algorithm.minibatch_size=100,300"])
+        plan_sweep(
+            tiny_config(algorithm={"train_batch_size": 400, "minibatch_size": 100, "num_epochs": 1}),
+            ["algorithm.train_batch_size=200,400", "algorithm.minibatch_size=100,300"],
+        )
     with pytest.raises(SweepError, match="--random needs --search random or optuna"):
         plan_sweep(base, [], ["algorithm.lr=uniform:1e-4:1e-3"], search="grid")
     with pytest.raises(SweepError, match="evaluation.interval is null"):
@@ -114,8 +117,14 @@ def test_bad_sweeps_fail_naming_key_and_value_before_ray_starts(tmp_path):
 
 
 def test_optuna_search_suggests_values_inside_the_ranges(tmp_path):
-    plan = plan_sweep(tiny_config(), ["seed=0,1"], ["algorithm.lr=loguniform:1e-4:1e-2"], search="optuna",
-                      samples=4, sweep_dir=tmp_path)
+    plan = plan_sweep(
+        tiny_config(),
+        ["seed=0,1"],
+        ["algorithm.lr=loguniform:1e-4:1e-2"],
+        search="optuna",
+        samples=4,
+        sweep_dir=tmp_path,
+    )
     searcher = tune_search_algorithm(plan)
     assert searcher.set_search_properties("success_rate", "max", plan.tune_space())
     for i in range(4):
@@ -136,8 +145,11 @@ def test_trial_resources_fit_the_cluster_or_fail_before_any_trial_runs():
 
 
 def test_asha_judges_trials_on_the_metric_from_the_first_evaluation(tmp_path):
-    plan = plan_sweep(tiny_config(stop={"iterations": 40}, evaluation={"interval": 5, "episodes": 1}), ["seed=0,1"],
-                      sweep_dir=tmp_path)
+    plan = plan_sweep(
+        tiny_config(stop={"iterations": 40}, evaluation={"interval": 5, "episodes": 1}),
+        ["seed=0,1"],
+        sweep_dir=tmp_path,
+    )
     scheduler = make_scheduler(plan)
     assert type(scheduler).__name__ == "AsyncHyperBandScheduler"
     assert scheduler._time_attr == "training_iteration" and scheduler._max_t == 40
@@ -147,10 +159,12 @@ def test_asha_judges_trials_on_the_metric_from_the_first_evaluation(tmp_path):
     assert type(make_scheduler(no_asha)).__name__ == "FIFOScheduler"
 
 
-def test_grid_sweep_runs_trials_as_child_runs_and_writes_the_best_config(tmp_path, mlflow_server, isolated_mlflow_env,
-                                                                         ray_session):
-    plan = plan_sweep(tiny_config(mlflow_server), ["entropy.init.threshold=-5,-3", "entropy.target=4.5"],
-                      sweep_dir=tmp_path / "sweep")
+def test_grid_sweep_runs_trials_as_child_runs_and_writes_the_best_config(
+    tmp_path, mlflow_server, isolated_mlflow_env, ray_session
+):
+    plan = plan_sweep(
+        tiny_config(mlflow_server), ["entropy.init.threshold=-5,-3", "entropy.target=4.5"], sweep_dir=tmp_path / "sweep"
+    )
     lines = []
     result = run_sweep(plan, echo=lines.append)
 
@@ -173,8 +187,9 @@ def test_grid_sweep_runs_trials_as_child_runs_and_writes_the_best_config(tmp_pat
     assert parent.data.tags["entropilot.sweep.best_run_id"] == result.best.run_id
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert artifacts == {"best_config.yaml", "summary.csv", "summary.md"}
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert sorted(c.info.run_id for c in children) == sorted(t.run_id for t in result.trials)
     assert sorted(c.data.params["entropy.init.threshold"] for c in children) == ["-3.0", "-5.0"]
     for child in children:

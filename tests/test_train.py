@@ -7,19 +7,24 @@ from entropilot.platform.train import STATE_FILE, train
 
 
 def tiny_config(tmp_path, uri, iterations):
-    return parse_config({
-        "name": "tiny-hover",
-        "env": {"id": "entropilot/Hover-v0", "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
-        "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-        # Target above a fresh std-1 policy's 5.68 nats, floor just below it: the detector must flag a collapse.
-        "entropy": {"init": {"threshold": 100.0, "max_draws": 2, "rollout_steps": 100},
-                    "control": {"target": 5.9, "coef_init": 0.01}, "collapse": {"floor": 5.75}},
-        "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-        "mlflow": {"tracking_uri": uri, "experiment": "test-train", "video": True, "system_metrics": False},
-        "stop": {"iterations": iterations},
-        "evaluation": {"interval": 2, "episodes": 1},
-        "checkpoint": {"interval": 2, "dir": str(tmp_path / "runs")},
-    })
+    return parse_config(
+        {
+            "name": "tiny-hover",
+            "env": {"id": "entropilot/Hover-v0", "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
+            "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+            # Target above a fresh std-1 policy's 5.68 nats, floor just below it: the detector must flag a collapse.
+            "entropy": {
+                "init": {"threshold": 100.0, "max_draws": 2, "rollout_steps": 100},
+                "control": {"target": 5.9, "coef_init": 0.01},
+                "collapse": {"floor": 5.75},
+            },
+            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+            "mlflow": {"tracking_uri": uri, "experiment": "test-train", "video": True, "system_metrics": False},
+            "stop": {"iterations": iterations},
+            "evaluation": {"interval": 2, "episodes": 1},
+            "checkpoint": {"interval": 2, "dir": str(tmp_path / "runs")},
+        }
+    )
 
 
 def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_server, isolated_mlflow_env, ray_session):

@@ -11,8 +11,9 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,8 +86,10 @@ def contract_problems(policy, link: VehicleLink) -> list[str]:
     if names is None:
         problems.append("the policy does not declare its observation_names")
     elif list(names) != list(OBSERVATION_NAMES):
-        problems.append(f"the policy's observation layout {list(names)} is not the one built from telemetry "
-                        f"{list(OBSERVATION_NAMES)}")
+        problems.append(
+            f"the policy's observation layout {list(names)} is not the one built from telemetry "
+            f"{list(OBSERVATION_NAMES)}"
+        )
     check = getattr(policy, "check", None)
     if callable(check) and not problems:
         try:
@@ -153,7 +156,9 @@ class FlightLog:
     @property
     def positions(self) -> np.ndarray:
         """(T, 3) telemetry positions; NaN rows where none arrived."""
-        return np.array([s.position if s.position is not None else np.full(3, np.nan) for s in self.steps]).reshape(-1, 3)
+        return np.array([s.position if s.position is not None else np.full(3, np.nan) for s in self.steps]).reshape(
+            -1, 3
+        )
 
     @property
     def actions(self) -> np.ndarray:
@@ -172,17 +177,20 @@ class FlightLog:
     @property
     def handover_distance(self) -> float:
         """Distance to the target at the last tick the policy was in control (NaN if it never was)."""
-        last = next((s.position for s in reversed(self.steps) if s.state is FlightState.FLYING and s.position is not None),
-                    None)
+        last = next(
+            (s.position for s in reversed(self.steps) if s.state is FlightState.FLYING and s.position is not None), None
+        )
         return float(np.linalg.norm(last - self.target)) if last is not None and all_finite(last) else float("nan")
 
     def summary(self) -> str:
         failsafe = "; ".join(str(t) for t in self.failsafes) or "none"
         c = self.commands
-        return (f"{len(self.steps)} ticks at {self.control_hz} Hz{' (dry run)' if self.dry_run else ''}, "
-                f"final state {self.final_state.value}, {self.handover_distance:.3f} m from target at hand-over, "
-                f"commands: {c['action']} action / {c['hold']} hold / {c['land']} land, "
-                f"max inference {self.max_inference_s * 1e3:.2f} ms, failsafes: {failsafe}")
+        return (
+            f"{len(self.steps)} ticks at {self.control_hz} Hz{' (dry run)' if self.dry_run else ''}, "
+            f"final state {self.final_state.value}, {self.handover_distance:.3f} m from target at hand-over, "
+            f"commands: {c['action']} action / {c['hold']} hold / {c['land']} land, "
+            f"max inference {self.max_inference_s * 1e3:.2f} ms, failsafes: {failsafe}"
+        )
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -207,11 +215,23 @@ class Autopilot:
     real compute times too.
     """
 
-    def __init__(self, policy, link: VehicleLink, target, *, dry_run: bool = False, deadline_s: float | None = None,
-                 max_deadline_misses: int = 1, max_telemetry_age_s: float | None = None,
-                 geofence: Geofence | None = None, max_action_rate: float | None = DEFAULT_MAX_ACTION_RATE,
-                 hold_s: float = 2.0, landed_confirm_s: float = 0.5, max_landing_s: float = 20.0,
-                 clock: Clock | None = None):
+    def __init__(
+        self,
+        policy,
+        link: VehicleLink,
+        target,
+        *,
+        dry_run: bool = False,
+        deadline_s: float | None = None,
+        max_deadline_misses: int = 1,
+        max_telemetry_age_s: float | None = None,
+        geofence: Geofence | None = None,
+        max_action_rate: float | None = DEFAULT_MAX_ACTION_RATE,
+        hold_s: float = 2.0,
+        landed_confirm_s: float = 0.5,
+        max_landing_s: float = 20.0,
+        clock: Clock | None = None,
+    ):
         self.policy = policy
         self.link = link
         self.target = np.array(target, dtype=np.float64).reshape(3)
@@ -222,13 +242,20 @@ class Autopilot:
         self.period = 1.0 / self.control_hz
         self.clock: Clock = clock or getattr(link, "clock", None) or WallClock()
         self.watchdog = DeadlineWatchdog(0.5 * self.period if deadline_s is None else deadline_s, max_deadline_misses)
-        self.max_telemetry_age_s = float(max(0.1, 2.5 * self.period) if max_telemetry_age_s is None else max_telemetry_age_s)
+        self.max_telemetry_age_s = float(
+            max(0.1, 2.5 * self.period) if max_telemetry_age_s is None else max_telemetry_age_s
+        )
         self.geofence = geofence if geofence is not None else Geofence.around(self.target)
         self.rate_limiter = RateLimiter(max_action_rate, self.control_hz)
         self.max_landing_s = float(max_landing_s)
         self.ladder = FailsafeLadder(hold_s, landed_confirm_s)
-        self.log = FlightLog(self.target.copy(), self.control_hz, self.dry_run, transitions=self.ladder.transitions,
-                             faults=self.ladder.faults)
+        self.log = FlightLog(
+            self.target.copy(),
+            self.control_hz,
+            self.dry_run,
+            transitions=self.ladder.transitions,
+            faults=self.ladder.faults,
+        )
         self.previous_action = np.array(link.hover_action, dtype=np.float64)
         self._active: set[Fault] = set()
 
@@ -269,8 +296,11 @@ class Autopilot:
         if callable(reset):
             reset()
         self.previous_action = np.array(self.link.hover_action, dtype=np.float64)
-        self.ladder.engage(t, "preflight checks passed; " + ("dry run: policy shadowed, the vehicle is not commanded" if self.dry_run
-                                                             else "policy in control"))
+        self.ladder.engage(
+            t,
+            "preflight checks passed; "
+            + ("dry run: policy shadowed, the vehicle is not commanded" if self.dry_run else "policy in control"),
+        )
 
     # ---- flying --------------------------------------------------------------------------
     def run(self, duration_s: float | None = None, *, steps: int | None = None, end: str = "land") -> FlightLog:
@@ -314,11 +344,17 @@ class Autopilot:
                 due = t0 + k * self.period
             self.clock.sleep_until(due)
         if self.dry_run:
-            self._event(self.clock.now(), "shadow_ended", f"dry run over in {self.ladder.state.value}; the vehicle "
-                        "was never commanded")
+            self._event(
+                self.clock.now(),
+                "shadow_ended",
+                f"dry run over in {self.ladder.state.value}; the vehicle was never commanded",
+            )
         elif self.ladder.armed and not (end == "hold" and self.ladder.state is FlightState.HOLD):
-            self._event(self.clock.now(), "run_ended",
-                        f"still armed in {self.ladder.state.value}: the vehicle keeps its {self.ladder.state.value} mode")
+            self._event(
+                self.clock.now(),
+                "run_ended",
+                f"still armed in {self.ladder.state.value}: the vehicle keeps its {self.ladder.state.value} mode",
+            )
         return self.log
 
     def _abort(self, reason: str) -> None:
@@ -330,7 +366,7 @@ class Autopilot:
                 return
             try:
                 self.link.hold()
-            except Exception as err:  # the original error matters more; record this one
+            except Exception as err:  # noqa: BLE001 - the original error matters more; record this one
                 self._event(t, "link_loss", f"hold after abort failed: {err}")
 
     def _tick(self, complete: bool, then: FlightState) -> None:
@@ -352,8 +388,9 @@ class Autopilot:
         for fault, detail in raised.items():
             self.ladder.fault(t, fault, detail)
         if complete and self.ladder.state is FlightState.FLYING:
-            self.ladder.complete(t, "flight time complete" + (": landing" if then is FlightState.LAND else ": holding"),
-                                 then)
+            self.ladder.complete(
+                t, "flight time complete" + (": landing" if then is FlightState.LAND else ": holding"), then
+            )
         landed = telemetry.landed if usable else None
         self.ladder.update(t, landed)
 
@@ -391,8 +428,9 @@ class Autopilot:
             self.ladder.fault(t, Fault.LINK_LOSS, raised[Fault.LINK_LOSS])
         self._edges(t, raised)
         position = telemetry.position if telemetry is not None else None
-        self.log.steps.append(FlightStep(t, self.ladder.state, position, policy_action, command, action,
-                                         inference_s, compute_s))
+        self.log.steps.append(
+            FlightStep(t, self.ladder.state, position, policy_action, command, action, inference_s, compute_s)
+        )
 
     def _infer(self, t: float, telemetry: Telemetry, raised: dict[Fault, str]):
         """The policy's action for this tick, guarded; (raw, guarded or None, inference_s, compute_s)."""
@@ -404,7 +442,7 @@ class Autopilot:
             raised[Fault.NONFINITE_ACTION] = str(err)
             self.ladder.fault(t, Fault.NONFINITE_ACTION, str(err))
             return None, None, None, None
-        except Exception as err:  # whatever the policy raises, the vehicle must not see it
+        except Exception as err:  # noqa: BLE001 - whatever the policy raises, the vehicle must not see it
             raised[Fault.POLICY_ERROR] = f"the policy raised {type(err).__name__}: {err}"
             self.ladder.fault(t, Fault.POLICY_ERROR, raised[Fault.POLICY_ERROR])
             return None, None, None, None
@@ -420,8 +458,10 @@ class Autopilot:
             self.ladder.fault(t, Fault.NONFINITE_ACTION, raised[Fault.NONFINITE_ACTION])
             return raw, None, inference_s, compute_s
         if self.watchdog.missed(inference_s):
-            detail = (f"inference took {inference_s * 1e3:.1f} ms, deadline {self.watchdog.deadline_s * 1e3:.1f} ms "
-                      f"({self.watchdog.consecutive}/{self.watchdog.max_misses} consecutive)")
+            detail = (
+                f"inference took {inference_s * 1e3:.1f} ms, deadline {self.watchdog.deadline_s * 1e3:.1f} ms "
+                f"({self.watchdog.consecutive}/{self.watchdog.max_misses} consecutive)"
+            )
             raised[Fault.DEADLINE_MISS] = detail
             if self.watchdog.tripped:
                 self.ladder.fault(t, Fault.DEADLINE_MISS, detail)

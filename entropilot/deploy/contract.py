@@ -69,7 +69,8 @@ def encode_metadata(values: dict[str, Any]) -> dict[str, str]:
 
 
 def decode_metadata(props: dict[str, str], where: str = "policy") -> dict[str, Any]:
-    """The model's metadata_props -> {key: value} for our keys; PolicyContractError if a required one is absent or unreadable."""
+    """The model's metadata_props -> {key: value} for our keys; PolicyContractError if a required one is absent or
+    unreadable."""
     values = {}
     for full_key, text in props.items():
         if not full_key.startswith(PREFIX) or full_key == SEAL_KEY:
@@ -81,17 +82,18 @@ def decode_metadata(props: dict[str, str], where: str = "policy") -> dict[str, A
     missing = [k for k in REQUIRED_KEYS if k not in values]
     if missing:
         raise PolicyContractError(
-            f"{where}: not an entropilot policy export (metadata lacks {missing}); export it with `entropilot export`")
+            f"{where}: not an entropilot policy export (metadata lacks {missing}); export it with `entropilot export`"
+        )
     return values
 
 
 def seal(data: bytes) -> bytes:
     """The serialized model (with SEAL_PLACEHOLDER as the seal's value) -> the same bytes with the seal filled in."""
     start = _seal_value_offset(data)
-    if data[start:start + 64] != SEAL_PLACEHOLDER.encode():
+    if data[start : start + 64] != SEAL_PLACEHOLDER.encode():
         raise ValueError("the model's seal entry does not hold the placeholder")
     digest = hashlib.sha256(data).hexdigest().encode()
-    return data[:start] + digest + data[start + 64:]
+    return data[:start] + digest + data[start + 64 :]
 
 
 def verify_seal(data: bytes, where: str = "policy") -> str:
@@ -100,13 +102,15 @@ def verify_seal(data: bytes, where: str = "policy") -> str:
         start = _seal_value_offset(data)
     except ValueError:
         raise PolicyContractError(
-            f"{where}: no entropilot content seal found: truncated, altered, or not written by `entropilot export`") from None
-    stored = data[start:start + 64].decode("ascii", errors="replace")
-    actual = hashlib.sha256(data[:start] + SEAL_PLACEHOLDER.encode() + data[start + 64:]).hexdigest()
+            f"{where}: no entropilot content seal found: truncated, altered, or not written by `entropilot export`"
+        ) from None
+    stored = data[start : start + 64].decode("ascii", errors="replace")
+    actual = hashlib.sha256(data[:start] + SEAL_PLACEHOLDER.encode() + data[start + 64 :]).hexdigest()
     if stored != actual:
         raise PolicyContractError(
             f"{where}: content does not match its seal (stored {stored[:16]}..., computed {actual[:16]}...): "
-            "the file was altered or truncated after export; re-export or copy it again")
+            "the file was altered or truncated after export; re-export or copy it again"
+        )
     return stored
 
 

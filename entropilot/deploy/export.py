@@ -38,8 +38,18 @@ from entropilot.deploy.contract import (
     sha256_hex,
 )
 
-__all__ = ["CheckpointInfo", "ExportError", "ExportResult", "PARITY_TOLERANCE", "PolicyGraph", "checkpoint_info", "export_policy",
-           "load_rl_module", "log_to_mlflow", "resolve_checkpoint"]
+__all__ = [
+    "CheckpointInfo",
+    "ExportError",
+    "ExportResult",
+    "PARITY_TOLERANCE",
+    "PolicyGraph",
+    "checkpoint_info",
+    "export_policy",
+    "load_rl_module",
+    "log_to_mlflow",
+    "resolve_checkpoint",
+]
 
 PARITY_TOLERANCE = 1e-5
 RL_MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
@@ -65,8 +75,13 @@ class ExportResult:
     metadata: dict[str, Any] = field(repr=False)
 
 
-def export_policy(source: str | os.PathLike, output_path: str | os.PathLike, *, parity_batch: int = 256,
-                  tolerance: float = PARITY_TOLERANCE) -> ExportResult:
+def export_policy(
+    source: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    parity_batch: int = 256,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportResult:
     """Export ``source`` (a checkpoint folder, a run folder holding ``iter_*`` checkpoints, or an MLflow run id
     whose ``entropilot.checkpoint_dir`` tag names one) to ``output_path``.
 
@@ -97,7 +112,9 @@ def resolve_checkpoint(source: str | os.PathLike, stack: contextlib.ExitStack | 
             return path.resolve()
         checkpoints = sorted(p for p in path.glob("iter_*") if (p / STATE_FILE).is_file())
         if not checkpoints:
-            raise ExportError(f"{source}: neither a checkpoint (no {STATE_FILE}) nor a run folder with iter_* checkpoints")
+            raise ExportError(
+                f"{source}: neither a checkpoint (no {STATE_FILE}) nor a run folder with iter_* checkpoints"
+            )
         return checkpoints[-1].resolve()
     if path.exists() or not re.fullmatch(r"[0-9a-f]{32}", str(source)):
         raise ExportError(f"{source}: not a checkpoint folder, a run folder or an MLflow run id")
@@ -108,8 +125,10 @@ def resolve_checkpoint(source: str | os.PathLike, stack: contextlib.ExitStack | 
     try:
         run = client.get_run(str(source))
     except MlflowException as err:
-        raise ExportError(f"{source}: no such checkpoint folder, and not an MLflow run at {mlflow.get_tracking_uri()} "
-                          f"({str(err).splitlines()[0]})") from None
+        raise ExportError(
+            f"{source}: no such checkpoint folder, and not an MLflow run at {mlflow.get_tracking_uri()} "
+            f"({str(err).splitlines()[0]})"
+        ) from None
     folder = run.data.tags.get(CHECKPOINT_TAG)
     if folder and Path(folder).is_dir():
         return resolve_checkpoint(folder)
@@ -119,7 +138,9 @@ def resolve_checkpoint(source: str | os.PathLike, stack: contextlib.ExitStack | 
     try:
         local = client.download_artifacts(run.info.run_id, "checkpoint", target)
     except MlflowException as err:
-        raise ExportError(f"MLflow run {source}: no local checkpoint ({folder!r}) and no 'checkpoint' artifact ({err})") from None
+        raise ExportError(
+            f"MLflow run {source}: no local checkpoint ({folder!r}) and no 'checkpoint' artifact ({err})"
+        ) from None
     return resolve_checkpoint(local)
 
 
@@ -144,7 +165,9 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
     try:
         settings = env.unwrapped.settings
         if tuple(env.unwrapped.observation_names) != OBSERVATION_NAMES or env.action_space.shape != (ACTION_SIZE,):
-            raise ExportError(f"{info.env_id}: observation/action layout differs from entropilot.envs'; cannot describe it")
+            raise ExportError(
+                f"{info.env_id}: observation/action layout differs from entropilot.envs'; cannot describe it"
+            )
         # Parity's reference: the greedy policy training evaluates with, on the restored module and filter.
         reference = _greedy_policy(module, stats)
         observations, reference_actions = _rollout(env, reference, parity_batch, seed=info.evaluation_seed)
@@ -179,8 +202,10 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
     for key, value in encode_metadata(metadata).items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "entropilot", entropilot.__version__
-    model.doc_string = (f"entropilot policy for {info.env_id} ({settings.action_mode}, {settings.control_hz} Hz): "
-                        f"{INPUT_NAME}[batch, {len(OBSERVATION_NAMES)}] -> {OUTPUT_NAME}[batch, {ACTION_SIZE}]")
+    model.doc_string = (
+        f"entropilot policy for {info.env_id} ({settings.action_mode}, {settings.control_hz} Hz): "
+        f"{INPUT_NAME}[batch, {len(OBSERVATION_NAMES)}] -> {OUTPUT_NAME}[batch, {ACTION_SIZE}]"
+    )
     onnx.checker.check_model(model, full_check=True)
     data = seal(model.SerializeToString())
 
@@ -192,8 +217,17 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         os.replace(staged, output)
     finally:
         staged.unlink(missing_ok=True)
-    return ExportResult(output, sha256_hex(data), len(data), error, len(observations), checkpoint,
-                        state.get("run_id"), exporter, metadata)
+    return ExportResult(
+        output,
+        sha256_hex(data),
+        len(data),
+        error,
+        len(observations),
+        checkpoint,
+        state.get("run_id"),
+        exporter,
+        metadata,
+    )
 
 
 @dataclass(frozen=True)
@@ -225,32 +259,45 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
         raw = yaml.safe_load(path.read_text()) or {}
         env = raw.get("env") or {}
         try:
-            info = CheckpointInfo(env["id"], dict(env.get("kwargs") or {}),
-                                  int((raw.get("evaluation") or {}).get("seed", EvaluationConfig().seed)),
-                                  str((raw.get("algorithm") or {}).get("name", "PPO")))
+            info = CheckpointInfo(
+                env["id"],
+                dict(env.get("kwargs") or {}),
+                int((raw.get("evaluation") or {}).get("seed", EvaluationConfig().seed)),
+                str((raw.get("algorithm") or {}).get("name", "PPO")),
+            )
             validate_env_kwargs(info.env_id, info.env_kwargs)
         except (KeyError, TypeError, ValueError) as env_err:
-            raise ExportError(f"{path}: cannot tell the env the policy trained on ({env_err}); config errors:\n{err}") from None
-        logging.getLogger(__name__).warning("%s no longer validates as a whole (%s); exporting with its env section",
-                                            path, str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err)
+            raise ExportError(
+                f"{path}: cannot tell the env the policy trained on ({env_err}); config errors:\n{err}"
+            ) from None
+        logging.getLogger(__name__).warning(
+            "%s no longer validates as a whole (%s); exporting with its env section",
+            path,
+            str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err,
+        )
         return info
 
 
 def load_rl_module(checkpoint: Path, module_id: str):
-    """The trained RLModule from an Algorithm checkpoint, without Ray running (the learner's copy: the newest weights)."""
+    """The trained RLModule from an Algorithm checkpoint, without Ray running (the learner's copy: the newest
+    weights)."""
     from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     path = checkpoint / RL_MODULE_SUBDIR / module_id
     if not path.is_dir():
-        raise ExportError(f"{checkpoint}: no RLModule at {path.relative_to(checkpoint)} (is it an RLlib Algorithm checkpoint?)")
+        raise ExportError(
+            f"{checkpoint}: no RLModule at {path.relative_to(checkpoint)} (is it an RLlib Algorithm checkpoint?)"
+        )
     # pyarrow's filesystem lookup needs an absolute path.
     module = RLModule.from_checkpoint(str(path.resolve()))
     module.eval()
     dist = module.get_inference_action_dist_cls()
     if not (isinstance(dist, type) and issubclass(dist, TorchDiagGaussian)):
-        raise ExportError(f"{checkpoint}: the policy's action distribution is {getattr(dist, '__name__', dist)}; "
-                          f"export supports the diagonal Gaussian (PPO) only, flown as its mean")
+        raise ExportError(
+            f"{checkpoint}: the policy's action distribution is {getattr(dist, '__name__', dist)}; "
+            f"export supports the diagonal Gaussian (PPO) only, flown as its mean"
+        )
     return module
 
 
@@ -275,8 +322,10 @@ class PolicyGraph(torch.nn.Module):
             self.register_buffer("obs_scale", torch.as_tensor(np.asarray(stats.std + stats.epsilon, dtype=np.float32)))
             self.clip = None if stats.clip is None else float(stats.clip)
         encoder = getattr(module, "encoder", None)
-        self.actor_path = (isinstance(getattr(module, "pi", None), TorchFreeLogStdMLPHead)
-                           and getattr(encoder, "actor_encoder", None) is not None)
+        self.actor_path = (
+            isinstance(getattr(module, "pi", None), TorchFreeLogStdMLPHead)
+            and getattr(encoder, "actor_encoder", None) is not None
+        )
 
     def forward(self, obs):
         from ray.rllib.core.columns import Columns
@@ -336,7 +385,8 @@ def _parity(path: Path, observations: np.ndarray, reference: np.ndarray, graph, 
         raise ExportError(
             f"parity check failed: onnxruntime and the torch greedy policy differ by {error:.3g} > {tolerance:g} "
             f"(worst observation #{worst}; the torch export wrapper differs from the greedy policy by "
-            f"{float(np.abs(graph_actions - reference).max()):.3g}); the file was not written")
+            f"{float(np.abs(graph_actions - reference).max()):.3g}); the file was not written"
+        )
     return error
 
 
@@ -350,16 +400,33 @@ def _to_onnx(graph: torch.nn.Module, example: torch.Tensor):
     """
     with torch.no_grad():
         try:
-            program = torch.export.export(graph, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True)
+            program = torch.export.export(
+                graph, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
+            )
         except Exception as err:
             raise ExportError(f"torch.export could not capture the policy with a dynamic batch axis: {err}") from err
-        onnx_program = torch.onnx.export(program, (example,), None, dynamo=True, external_data=False, optimize=True,
-                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
+        onnx_program = torch.onnx.export(
+            program,
+            (example,),
+            None,
+            dynamo=True,
+            external_data=False,
+            optimize=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            verbose=False,
+        )
     model = onnx_program.model_proto
     # The exporter annotates nodes with stack traces and source paths: drop them, so the file (and its
     # SHA-256) depends on the policy alone, not on where or from which source line it was exported.
     graph_proto = model.graph
-    for item in (*graph_proto.node, *graph_proto.input, *graph_proto.output, *graph_proto.value_info, *graph_proto.initializer):
+    for item in (
+        *graph_proto.node,
+        *graph_proto.input,
+        *graph_proto.output,
+        *graph_proto.value_info,
+        *graph_proto.initializer,
+    ):
         del item.metadata_props[:]
     for node in graph_proto.node:
         node.ClearField("doc_string")
@@ -377,12 +444,23 @@ def _to_onnx(graph: torch.nn.Module, example: torch.Tensor):
 def _check_graph(model) -> None:
     for tensor in model.graph.initializer:
         if tensor.data_location == tensor.EXTERNAL or tensor.external_data:
-            raise ExportError(f"exporter left initializer {tensor.name!r} in external data; expected one self-contained file")
-    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*model.graph.input, *model.graph.output)]
-    if [v.name for v in model.graph.input] != [INPUT_NAME] or [v.name for v in model.graph.output] != [OUTPUT_NAME] \
-            or dims[0][0] != BATCH_DIM or dims[1][0] != BATCH_DIM:
-        raise ExportError(f"exported graph signature is {[v.name for v in model.graph.input]} -> "
-                          f"{[v.name for v in model.graph.output]} with dims {dims}; expected a symbolic '{BATCH_DIM}' axis")
+            raise ExportError(
+                f"exporter left initializer {tensor.name!r} in external data; expected one self-contained file"
+            )
+    dims = [
+        [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*model.graph.input, *model.graph.output)
+    ]
+    if (
+        [v.name for v in model.graph.input] != [INPUT_NAME]
+        or [v.name for v in model.graph.output] != [OUTPUT_NAME]
+        or dims[0][0] != BATCH_DIM
+        or dims[1][0] != BATCH_DIM
+    ):
+        raise ExportError(
+            f"exported graph signature is {[v.name for v in model.graph.input]} -> "
+            f"{[v.name for v in model.graph.output]} with dims {dims}; expected a symbolic '{BATCH_DIM}' axis"
+        )
 
 
 def _opset(model) -> int:
@@ -421,7 +499,17 @@ def _quiet():
     """Keep the exporter's and RLlib's chatter (deprecations, 'torchvision is not installed') off the console."""
     import ray.rllib  # noqa: F401  (it sets its loggers' levels on import: import it first)
 
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._dynamo", "torch.export", "ray.rllib", "ray._common.deprecation", "onnxscript")]
+    loggers = [
+        logging.getLogger(name)
+        for name in (
+            "torch.onnx",
+            "torch._dynamo",
+            "torch.export",
+            "ray.rllib",
+            "ray._common.deprecation",
+            "onnxscript",
+        )
+    ]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
@@ -437,8 +525,14 @@ def _quiet():
 # ---------------------------------------------------------------------------------------------- MLflow
 
 
-def log_to_mlflow(result: ExportResult, run_id: str | None = None, *, name: str = "policy",
-                  registered_model: str | None = None, alias: str | None = None) -> dict[str, Any]:
+def log_to_mlflow(
+    result: ExportResult,
+    run_id: str | None = None,
+    *,
+    name: str = "policy",
+    registered_model: str | None = None,
+    alias: str | None = None,
+) -> dict[str, Any]:
     """Log the exported file to an MLflow run (default: its training run) as an ONNX model named ``name``;
     optionally register it as ``registered_model`` and point ``alias`` (e.g. ``production``) at that version.
 
@@ -458,7 +552,10 @@ def log_to_mlflow(result: ExportResult, run_id: str | None = None, *, name: str 
     model = onnx.load(str(result.path))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(
-            model, name=name, registered_model_name=registered_model, save_as_external_data=False,
+            model,
+            name=name,
+            registered_model_name=registered_model,
+            save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],
             metadata={SHA256_TAG: result.sha256},
             tags={SHA256_TAG: result.sha256},

@@ -26,8 +26,16 @@ __all__ = ["EXPECTABLE", "NonFiniteError", "OnnxPolicy", "PolicyContractError", 
 
 # What a caller may require of the file (OnnxPolicy's ``expected``), beyond the always-checked signature,
 # schema version and seal. ``observation_names`` defaults to the envs' layout.
-EXPECTABLE = ("sha256", "observation_names", "action_mode", "control_hz", "physics_hz", "env_id",
-              "action_low", "action_high")
+EXPECTABLE = (
+    "sha256",
+    "observation_names",
+    "action_mode",
+    "control_hz",
+    "physics_hz",
+    "env_id",
+    "action_low",
+    "action_high",
+)
 
 
 class NonFiniteError(ArithmeticError):
@@ -56,7 +64,9 @@ class OnnxPolicy:
         data = self.path.read_bytes()
         self.sha256 = sha256_hex(data)
         if "sha256" in expected and self.sha256 != str(expected["sha256"]).lower():
-            raise PolicyContractError(f"{where}: SHA-256 is {self.sha256}, expected {expected['sha256']}: not the approved file")
+            raise PolicyContractError(
+                f"{where}: SHA-256 is {self.sha256}, expected {expected['sha256']}: not the approved file"
+            )
         self.seal = verify_seal(data, where)
 
         options = ort.SessionOptions()
@@ -67,7 +77,7 @@ class OnnxPolicy:
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidProtobuf/... types
             raise PolicyContractError(f"{where}: onnxruntime cannot load it ({_first_line(err)})") from None
 
         self.metadata: dict[str, Any] = decode_metadata(self._session.get_modelmeta().custom_metadata_map, where)
@@ -134,7 +144,9 @@ class OnnxPolicy:
 
     def _bad_entries(self, x: np.ndarray) -> list[str]:
         rows, cols = np.nonzero(~np.isfinite(x))
-        return [f"{self.observation_names[c]}={x[r, c]}" + (f" (row {r})" if len(x) > 1 else "") for r, c in zip(rows, cols)]
+        return [
+            f"{self.observation_names[c]}={x[r, c]}" + (f" (row {r})" if len(x) > 1 else "") for r, c in zip(rows, cols)
+        ]
 
     # ---- the contract ---------------------------------------------------------------------
     def check(self, expected: dict[str, Any] | None = None) -> None:
@@ -145,50 +157,72 @@ class OnnxPolicy:
             raise ValueError(f"expected: unknown key(s) {unknown}; allowed: {list(EXPECTABLE)}")
         where, meta = str(self.path), self.metadata
         if "sha256" in expected and self.sha256 != str(expected["sha256"]).lower():
-            raise PolicyContractError(f"{where}: SHA-256 is {self.sha256}, expected {expected['sha256']}: not the approved file")
+            raise PolicyContractError(
+                f"{where}: SHA-256 is {self.sha256}, expected {expected['sha256']}: not the approved file"
+            )
         names = meta["observation_names"]
         want_names = expected.get("observation_names")
         if want_names is None:
             from entropilot.envs.observation import OBSERVATION_NAMES as want_names
         if list(names) != list(want_names):
-            raise PolicyContractError(f"{where}: observation layout differs from the vehicle's: {_layout_difference(names, want_names)}")
+            raise PolicyContractError(
+                f"{where}: observation layout differs from the vehicle's: {_layout_difference(names, want_names)}"
+            )
         for key in ("action_mode", "control_hz", "physics_hz", "env_id", "action_low", "action_high"):
             if key in expected and _normalized(meta[key]) != _normalized(expected[key]):
-                raise PolicyContractError(f"{where}: {key} is {meta[key]!r} in the policy, but {expected[key]!r} is expected")
+                raise PolicyContractError(
+                    f"{where}: {key} is {meta[key]!r} in the policy, but {expected[key]!r} is expected"
+                )
 
     def _check_own_contract(self, where: str) -> None:
         """What this runtime needs of any file: schema version, graph signature, action convention."""
         meta = self.metadata
         if meta["schema_version"] != SCHEMA_VERSION:
             raise PolicyContractError(
-                f"{where}: metadata schema version {meta['schema_version']!r}; this runtime reads version {SCHEMA_VERSION}")
+                f"{where}: metadata schema version {meta['schema_version']!r}; "
+                f"this runtime reads version {SCHEMA_VERSION}"
+            )
         names = meta["observation_names"]
         if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
             raise PolicyContractError(f"{where}: observation_names must be a non-empty list of strings; got {names!r}")
         self._check_signature(len(names), where)
         if meta["deterministic_action"] != DETERMINISTIC_ACTION:
             raise PolicyContractError(
-                f"{where}: action convention {meta['deterministic_action']!r}; this runtime flies {DETERMINISTIC_ACTION!r}")
+                f"{where}: action convention {meta['deterministic_action']!r}; "
+                f"this runtime flies {DETERMINISTIC_ACTION!r}"
+            )
         for key in ("action_low", "action_high"):
             if not (isinstance(meta[key], list) and len(meta[key]) == ACTION_SIZE):
                 raise PolicyContractError(f"{where}: {key} must list {ACTION_SIZE} numbers; got {meta[key]!r}")
 
     def _check_signature(self, observation_size: int, where: str) -> None:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        want = {"inputs": [(INPUT_NAME, "tensor(float)", observation_size)], "outputs": [(OUTPUT_NAME, "tensor(float)", ACTION_SIZE)]}
+        want = {
+            "inputs": [(INPUT_NAME, "tensor(float)", observation_size)],
+            "outputs": [(OUTPUT_NAME, "tensor(float)", ACTION_SIZE)],
+        }
         for kind, args, wanted in (("inputs", inputs, want["inputs"]), ("outputs", outputs, want["outputs"])):
             got = [(a.name, a.type, a.shape) for a in args]
             ok = len(got) == len(wanted) and all(
-                name == w_name and dtype == w_type and len(shape) == 2 and shape[1] == w_size and not isinstance(shape[0], int)
-                for (name, dtype, shape), (w_name, w_type, w_size) in zip(got, wanted))
+                name == w_name
+                and dtype == w_type
+                and len(shape) == 2
+                and shape[1] == w_size
+                and not isinstance(shape[0], int)
+                for (name, dtype, shape), (w_name, w_type, w_size) in zip(got, wanted)
+            )
             if not ok:
                 pretty = [f"{n} {t} [batch, {s}]" for n, t, s in wanted]
-                raise PolicyContractError(f"{where}: graph {kind} are {got}; expected {pretty} (batch a symbolic dimension)")
+                raise PolicyContractError(
+                    f"{where}: graph {kind} are {got}; expected {pretty} (batch a symbolic dimension)"
+                )
 
     def __repr__(self) -> str:
         m = self.metadata
-        return (f"OnnxPolicy({str(self.path)!r}, env={m['env_id']}, action_mode={m['action_mode']}, "
-                f"control_hz={m['control_hz']}, run={m['training_run_id']}, sha256={self.sha256[:12]})")
+        return (
+            f"OnnxPolicy({str(self.path)!r}, env={m['env_id']}, action_mode={m['action_mode']}, "
+            f"control_hz={m['control_hz']}, run={m['training_run_id']}, sha256={self.sha256[:12]})"
+        )
 
 
 def expected_for_env(env) -> dict[str, Any]:

@@ -60,7 +60,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "entropilot" / "models"
 
 
-def pull_policy(uri: str, *, tracking_uri: str | None = None, cache_dir: str | os.PathLike | None = None) -> RegisteredPolicy:
+def pull_policy(
+    uri: str, *, tracking_uri: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> RegisteredPolicy:
     """Resolve ``uri`` in the registry at ``tracking_uri`` (default: MLFLOW_TRACKING_URI, else MLflow's default
     ``sqlite:///mlflow.db``), and return a local copy of its ONNX file that has the SHA-256 recorded at export and an
     intact seal. The copy lives in ``cache_dir`` (default: $ENTROPILOT_MODEL_CACHE or ~/.cache/entropilot/models) as
@@ -75,20 +77,27 @@ def pull_policy(uri: str, *, tracking_uri: str | None = None, cache_dir: str | o
         return _pull(uri, name, alias, version, tracking_uri, cache_dir)
 
 
-def _pull(uri: str, name: str, alias: str | None, version: int | None, tracking_uri: str, cache_dir) -> RegisteredPolicy:
+def _pull(
+    uri: str, name: str, alias: str | None, version: int | None, tracking_uri: str, cache_dir
+) -> RegisteredPolicy:
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        model_version = (client.get_model_version_by_alias(name, alias) if alias is not None
-                         else client.get_model_version(name, str(version)))
+        model_version = (
+            client.get_model_version_by_alias(name, alias)
+            if alias is not None
+            else client.get_model_version(name, str(version))
+        )
     except MlflowException as err:
         raise RegistryError(_not_found(client, uri, name, alias, version, tracking_uri, err)) from None
     sha256 = (model_version.tags or {}).get(SHA256_TAG)
     if not sha256:
-        raise RegistryError(f"{uri}: version {model_version.version} of {name!r} carries no {SHA256_TAG} tag, so nothing "
-                            f"says which file was registered; register it with `entropilot export ... --register {name}`")
+        raise RegistryError(
+            f"{uri}: version {model_version.version} of {name!r} carries no {SHA256_TAG} tag, so nothing "
+            f"says which file was registered; register it with `entropilot export ... --register {name}`"
+        )
     sha256 = sha256.lower()
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):  # it names the cache file, too
         raise RegistryError(f"{uri}: its {SHA256_TAG} tag {sha256[:80]!r} is not a SHA-256 (64 hex digits)")
@@ -114,8 +123,10 @@ def _pull(uri: str, name: str, alias: str | None, version: int | None, tracking_
         data = path.read_bytes()
     got = sha256_hex(data)
     if got != sha256:
-        raise RegistryError(f"{where}: the stored file's SHA-256 is {got}, but {sha256} was recorded when it was "
-                            f"registered: the file was altered or replaced; refusing it")
+        raise RegistryError(
+            f"{where}: the stored file's SHA-256 is {got}, but {sha256} was recorded when it was "
+            f"registered: the file was altered or replaced; refusing it"
+        )
     verify_seal(data, where)  # PolicyContractError: the bytes were changed and the tag rewritten to match
     cache.mkdir(parents=True, exist_ok=True)
     staged = cache / f".{sha256}.{os.getpid()}.tmp"
@@ -147,8 +158,10 @@ def _require_store(tracking_uri: str) -> None:
     if tracking_uri.startswith("sqlite:///"):
         path = Path(tracking_uri.removeprefix("sqlite:///"))
         if not path.is_file():
-            raise RegistryError(f"no MLflow store at {tracking_uri} ({path.resolve()} does not exist): set "
-                                f"MLFLOW_TRACKING_URI or pass --tracking-uri to point at the registry")
+            raise RegistryError(
+                f"no MLflow store at {tracking_uri} ({path.resolve()} does not exist): set "
+                f"MLFLOW_TRACKING_URI or pass --tracking-uri to point at the registry"
+            )
 
 
 def _not_found(client, uri: str, name: str, alias: str | None, version: int | None, tracking_uri: str, err) -> str:
@@ -169,4 +182,3 @@ def _not_found(client, uri: str, name: str, alias: str | None, version: int | No
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0][:300] if lines else type(err).__name__
-

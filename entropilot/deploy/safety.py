@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
 
 import numpy as np
 
@@ -82,12 +82,14 @@ class Geofence:
             object.__setattr__(self, "ceiling", float(self.ceiling))
 
     @classmethod
-    def around(cls, point, half_width: float = 2.0, below: float = 1.5, ceiling_above: float = 2.0) -> "Geofence":
+    def around(cls, point, half_width: float = 2.0, below: float = 1.5, ceiling_above: float = 2.0) -> Geofence:
         """A box ``half_width`` either side of ``point`` horizontally, from ``below`` under it, capped
         ``ceiling_above`` over it."""
         x, y, z = (float(v) for v in point)
         top = z + ceiling_above
-        return cls((x - half_width, y - half_width, z - below), (x + half_width, y + half_width, top + 1.0), ceiling=top)
+        return cls(
+            (x - half_width, y - half_width, z - below), (x + half_width, y + half_width, top + 1.0), ceiling=top
+        )
 
     def violation(self, position) -> str | None:
         x = [float(v) for v in position]
@@ -187,8 +189,12 @@ class FailsafeLadder:
     LANDED and only while landed. ``transitions`` keeps every change with its reason; ``faults`` counts them all.
     """
 
-    def __init__(self, hold_s: float = 2.0, landed_confirm_s: float = 0.5,
-                 on_transition: Callable[[Transition], None] | None = None):
+    def __init__(
+        self,
+        hold_s: float = 2.0,
+        landed_confirm_s: float = 0.5,
+        on_transition: Callable[[Transition], None] | None = None,
+    ):
         if not (hold_s >= 0 and landed_confirm_s >= 0):
             raise ValueError("hold_s and landed_confirm_s must be >= 0")
         self.hold_s = float(hold_s)
@@ -234,15 +240,22 @@ class FailsafeLadder:
     def update(self, t: float, landed: bool | None) -> FlightState:
         """Time-driven rungs. ``landed`` is the vehicle's on-ground report (None: unknown, e.g. no telemetry)."""
         if self.state is FlightState.HOLD and t - self._entered >= self.hold_s - 1e-9:
-            self._go(t, FlightState.LAND, f"held {t - self._entered:.2f} s (hold_s={self.hold_s:g}): landing",
-                     self._last_fault())
+            self._go(
+                t,
+                FlightState.LAND,
+                f"held {t - self._entered:.2f} s (hold_s={self.hold_s:g}): landing",
+                self._last_fault(),
+            )
         if landed:
             if self._landed_since is None:
                 self._landed_since = t
         else:
             self._landed_since = None
-        if (self.state is FlightState.LAND and self._landed_since is not None
-                and t - self._landed_since >= self.landed_confirm_s - 1e-9):
+        if (
+            self.state is FlightState.LAND
+            and self._landed_since is not None
+            and t - self._landed_since >= self.landed_confirm_s - 1e-9
+        ):
             self._go(t, FlightState.LANDED, f"on the ground for {t - self._landed_since:.2f} s")
         elif self.state is FlightState.LANDED and landed is False:
             self._go(t, FlightState.LAND, "no longer reported on the ground")
@@ -250,7 +263,9 @@ class FailsafeLadder:
 
     def disarm(self, t: float, landed: bool) -> None:
         if self.state is not FlightState.LANDED or not landed:
-            raise UnsafeDisarm(f"refusing to disarm in state {self.state.value} (landed={landed}): never disarm in the air")
+            raise UnsafeDisarm(
+                f"refusing to disarm in state {self.state.value} (landed={landed}): never disarm in the air"
+            )
         self._go(t, FlightState.DISARMED, "disarmed on the ground")
 
     def _last_fault(self) -> Fault | None:

@@ -56,10 +56,22 @@ class MavlinkSitl:
     (``serve`` in the calling thread, for the command); ``events`` records every mode change, arming, failsafe and
     rejected command with the true position, ``trajectory`` the true positions (seconds, xyz) of every tick."""
 
-    def __init__(self, port: int = 14540, host: str = "127.0.0.1", *, env_id: str = "entropilot/Hover-v0",
-                 env_kwargs: dict | None = None, rate_hz: int = 60, seed: int | None = 0, system_id: int = 1,
-                 component_id: int = 1, offboard_warmup_s: float = 1.0, setpoint_timeout_s: float = 0.5,
-                 failsafe_hold_s: float = 1.0, auto_disarm_s: float = 1.0):
+    def __init__(
+        self,
+        port: int = 14540,
+        host: str = "127.0.0.1",
+        *,
+        env_id: str = "entropilot/Hover-v0",
+        env_kwargs: dict | None = None,
+        rate_hz: int = 60,
+        seed: int | None = 0,
+        system_id: int = 1,
+        component_id: int = 1,
+        offboard_warmup_s: float = 1.0,
+        setpoint_timeout_s: float = 0.5,
+        failsafe_hold_s: float = 1.0,
+        auto_disarm_s: float = 1.0,
+    ):
         from entropilot.deploy.links.sim import SimLink
         from entropilot.envs import make_env
 
@@ -94,11 +106,12 @@ class MavlinkSitl:
         from pymavlink import mavutil
 
         self.vehicle.connect()  # the env at its start state
-        self._conn = mavutil.mavlink_connection(self.address, source_system=self.system_id,
-                                                source_component=self.component_id)
+        self._conn = mavutil.mavlink_connection(
+            self.address, source_system=self.system_id, source_component=self.component_id
+        )
         self._t0 = time.monotonic()
 
-    def start(self) -> "MavlinkSitl":
+    def start(self) -> MavlinkSitl:
         """Open the endpoint and run the loop in a daemon thread; returns self."""
         self.open()
         self._stop.clear()
@@ -116,7 +129,7 @@ class MavlinkSitl:
             self._conn = None
         self.vehicle.close()
 
-    def __enter__(self) -> "MavlinkSitl":
+    def __enter__(self) -> MavlinkSitl:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -171,8 +184,9 @@ class MavlinkSitl:
                 self._stream_since = now  # a new stream begins
             self._last_setpoint = now
             self.setpoints_received += 1
-            self._setpoint = action_from_attitude_target(msg.thrust, (msg.body_roll_rate, msg.body_pitch_rate,
-                                                                      msg.body_yaw_rate), self.max_body_rate)
+            self._setpoint = action_from_attitude_target(
+                msg.thrust, (msg.body_roll_rate, msg.body_pitch_rate, msg.body_yaw_rate), self.max_body_rate
+            )
         elif kind == "COMMAND_LONG":
             if msg.target_system not in (0, self.system_id):
                 return
@@ -221,8 +235,11 @@ class MavlinkSitl:
             streaming = self._last_setpoint is not None and now - self._last_setpoint <= self.setpoint_timeout_s
             if not streaming or now - self._stream_since < self.offboard_warmup_s - 1e-3:
                 have = 0.0 if not streaming else now - self._stream_since
-                self._event(now, "rejected", f"OFFBOARD refused: {have:.2f} s of setpoint stream "
-                                             f"(need {self.offboard_warmup_s:g} s)")
+                self._event(
+                    now,
+                    "rejected",
+                    f"OFFBOARD refused: {have:.2f} s of setpoint stream (need {self.offboard_warmup_s:g} s)",
+                )
                 return mav.MAV_RESULT_TEMPORARILY_REJECTED
         self._go(now, "hold" if name == "posctl" else name, "mode command")
         return mav.MAV_RESULT_ACCEPTED
@@ -235,12 +252,18 @@ class MavlinkSitl:
             self._failsafe_since = None
 
     def _supervise(self, now: float) -> None:
-        if self.mode == "offboard" and (self._last_setpoint is None or now - self._last_setpoint > self.setpoint_timeout_s):
+        if self.mode == "offboard" and (
+            self._last_setpoint is None or now - self._last_setpoint > self.setpoint_timeout_s
+        ):
             gap = math.inf if self._last_setpoint is None else now - self._last_setpoint
             self._event(now, "failsafe", f"offboard setpoints lost for {gap:.2f} s: hold, then land")
             self._go(now, "hold", "failsafe")
             self._failsafe_since = now
-        if self._failsafe_since is not None and self.mode == "hold" and now - self._failsafe_since >= self.failsafe_hold_s:
+        if (
+            self._failsafe_since is not None
+            and self.mode == "hold"
+            and now - self._failsafe_since >= self.failsafe_hold_s
+        ):
             self._go(now, "land", "failsafe")
         if self.armed and self.mode == "land":
             if self.landed:
@@ -282,8 +305,13 @@ class MavlinkSitl:
         if not getattr(self._conn, "clients", None) and self._conn.last_address is None:
             return  # nobody has spoken to us yet: nowhere to send
         try:
-            out.heartbeat_send(mav.MAV_TYPE_QUADROTOR, mav.MAV_AUTOPILOT_PX4, base, px4_custom_mode(self.mode),
-                               mav.MAV_STATE_ACTIVE if self.armed else mav.MAV_STATE_STANDBY)
+            out.heartbeat_send(
+                mav.MAV_TYPE_QUADROTOR,
+                mav.MAV_AUTOPILOT_PX4,
+                base,
+                px4_custom_mode(self.mode),
+                mav.MAV_STATE_ACTIVE if self.armed else mav.MAV_STATE_STANDBY,
+            )
             p, v = ned_from_world(t.position), ned_from_world(t.velocity)
             out.local_position_ned_send(boot_ms, *map(float, p), *map(float, v))
             r = rotation_ned_from_world(t.rotation)
@@ -292,8 +320,13 @@ class MavlinkSitl:
             roll, yaw = math.atan2(r[2, 1], r[2, 2]), math.atan2(r[1, 0], r[0, 0])  # PX4's ZYX Euler angles
             pitch = -math.asin(max(-1.0, min(1.0, r[2, 0])))
             out.attitude_send(boot_ms, roll, pitch, yaw, *map(float, w))
-            landed_state = (mav.MAV_LANDED_STATE_ON_GROUND if t.landed else
-                            mav.MAV_LANDED_STATE_LANDING if self.mode == "land" else mav.MAV_LANDED_STATE_IN_AIR)
+            landed_state = (
+                mav.MAV_LANDED_STATE_ON_GROUND
+                if t.landed
+                else mav.MAV_LANDED_STATE_LANDING
+                if self.mode == "land"
+                else mav.MAV_LANDED_STATE_IN_AIR
+            )
             out.extended_sys_state_send(mav.MAV_VTOL_STATE_UNDEFINED, landed_state)
         except OSError:
             pass  # the peer went away; keep flying on our own

@@ -68,7 +68,7 @@ class Airframe:
     def inertia(self) -> tuple[float, float, float]:
         return (self.ixx, self.iyy, self.izz)
 
-    def replace(self, **changes: float) -> "Airframe":
+    def replace(self, **changes: float) -> Airframe:
         """A copy with some constants changed (domain randomization uses this)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         unknown = set(changes) - set(values)

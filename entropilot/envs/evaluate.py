@@ -7,8 +7,8 @@ that presents either env as "agents -> observations", a single-drone env being a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -27,14 +27,26 @@ class EpisodeResult:
     agent: str | None = None  # the swarm agent id ("drone_3"); None for a single-drone env
 
 
-def run_episodes(env, controller: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int,
-                 record_frames: bool = False, reset_controller: Callable[[], None] | None = None) -> list[EpisodeResult]:
+def run_episodes(
+    env,
+    controller: Callable[[np.ndarray], np.ndarray],
+    episodes: int,
+    seed: int,
+    record_frames: bool = False,
+    reset_controller: Callable[[], None] | None = None,
+) -> list[EpisodeResult]:
     """Run ``episodes`` episodes with seeds ``seed, seed + 1, ...`` on a single-drone env."""
     return _fly(_SingleDrone(env), controller, episodes, seed, record_frames, reset_controller)
 
 
-def run_swarm_episodes(env, controller: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int,
-                       record_frames: bool = False, reset_controller: Callable[[], None] | None = None) -> list[EpisodeResult]:
+def run_swarm_episodes(
+    env,
+    controller: Callable[[np.ndarray], np.ndarray],
+    episodes: int,
+    seed: int,
+    record_frames: bool = False,
+    reset_controller: Callable[[], None] | None = None,
+) -> list[EpisodeResult]:
     """Run ``episodes`` episodes with seeds ``seed, seed + 1, ...`` on a ``SwarmEnv``, every drone flown by
     ``controller`` (one shared, stateless policy: it is called once per live drone per step).
 
@@ -87,8 +99,9 @@ class _Swarm:
         return self.env.targets[index]
 
 
-def _fly(world, controller, episodes: int, seed: int, record_frames: bool,
-         reset_controller: Callable[[], None] | None) -> list[EpisodeResult]:
+def _fly(
+    world, controller, episodes: int, seed: int, record_frames: bool, reset_controller: Callable[[], None] | None
+) -> list[EpisodeResult]:
     sim, agents = world.sim, world.agents
     index = {agent: i for i, agent in enumerate(agents)}
     results = []
@@ -115,8 +128,18 @@ def _fly(world, controller, episodes: int, seed: int, record_frames: bool,
         for a in agents:
             info = last_info[a]
             results.append(
-                EpisodeResult(seed + k, bool(info.get("is_success", False)), totals[a], steps[a], info["distance"],
-                              info.get("crash"), np.array(positions[a]), np.array(targets[a]), frames, a)
+                EpisodeResult(
+                    seed + k,
+                    bool(info.get("is_success", False)),
+                    totals[a],
+                    steps[a],
+                    info["distance"],
+                    info.get("crash"),
+                    np.array(positions[a]),
+                    np.array(targets[a]),
+                    frames,
+                    a,
+                )
             )
     return results
 

@@ -34,7 +34,9 @@ for _group, _names, _ in OBSERVATION_GROUPS:
     OBSERVATION_COLUMNS[_group] = slice(_start, _start + len(_names))
     _start += len(_names)
 del _start, _group, _names
-_POS_ERR, _ROTATION, _VELOCITY, _BODY_RATES = (OBSERVATION_COLUMNS[g] for g in ("pos_err", "rotation", "velocity", "body_rates"))
+_POS_ERR, _ROTATION, _VELOCITY, _BODY_RATES = (
+    OBSERVATION_COLUMNS[g] for g in ("pos_err", "rotation", "velocity", "body_rates")
+)
 
 
 def _perturbed_rotation(r, e) -> list[float]:
@@ -73,7 +75,11 @@ class ObservationWriter:
         value: cython.double
         reference: cython.double
         position, rotation, velocity, body_rates, action = (
-            drone.position, drone.rotation, drone.velocity, drone.body_rates, drone.action
+            drone.position,
+            drone.rotation,
+            drone.velocity,
+            drone.body_rates,
+            drone.action,
         )
         for i in range(3):
             value, reference = position[i], target[i]

@@ -142,8 +142,19 @@ class Wrench:
         self._yaw = (-ROTOR_SPIN).tolist()
 
     @cython.ccall
-    def of(self, m0: cython.double, m1: cython.double, m2: cython.double, m3: cython.double, kf: cython.double,
-           km: cython.double, g0: cython.double, g1: cython.double, g2: cython.double, g3: cython.double) -> Floats4:
+    def of(
+        self,
+        m0: cython.double,
+        m1: cython.double,
+        m2: cython.double,
+        m3: cython.double,
+        kf: cython.double,
+        km: cython.double,
+        g0: cython.double,
+        g1: cython.double,
+        g2: cython.double,
+        g3: cython.double,
+    ) -> Floats4:
         """Mean rpm^2 of the 4 rotors, kf, km and the 4 thrust gains -> (collective, tau_x, tau_y, tau_z)."""
         t0: cython.double = kf * m0 * g0
         t1: cython.double = kf * m1 * g1
@@ -270,8 +281,9 @@ class Mixer:
         self._kf = airframe.kf
 
     @cython.ccall
-    def drone_rotor_thrusts(self, collective: cython.double, tx: cython.double, ty: cython.double,
-                            tz: cython.double) -> Floats4:
+    def drone_rotor_thrusts(
+        self, collective: cython.double, tx: cython.double, ty: cython.double, tz: cython.double
+    ) -> Floats4:
         """One drone: thrust [N] and torque (tau_x, tau_y, tau_z) [N m] -> 4 rotor thrusts clipped to [0, max]."""
         c, w = self._from_collective, self._from_torque
         t0: cython.double = collective * c[0] + (tx * w[0] + ty * w[1] + tz * w[2])
@@ -293,8 +305,9 @@ class Mixer:
         return np.array([self.drone_rotor_thrusts(c, *t) for c, t in rows])
 
     @cython.ccall
-    def drone_rpm_from_thrust(self, t0: cython.double, t1: cython.double, t2: cython.double,
-                              t3: cython.double) -> Floats4:
+    def drone_rpm_from_thrust(
+        self, t0: cython.double, t1: cython.double, t2: cython.double, t3: cython.double
+    ) -> Floats4:
         """One drone's 4 rotor thrusts [N] -> rotor speeds [RPM] (nominal kf)."""
         kf: cython.double = self._kf
         return sqrt(t0 / kf), sqrt(t1 / kf), sqrt(t2 / kf), sqrt(t3 / kf)
@@ -322,8 +335,15 @@ class RateController:
         self._gyro = [izz - iyy, ixx - izz, iyy - ixx]
 
     @cython.ccall
-    def drone_torque(self, r0: cython.double, r1: cython.double, r2: cython.double, w0: cython.double,
-                     w1: cython.double, w2: cython.double) -> Floats3:
+    def drone_torque(
+        self,
+        r0: cython.double,
+        r1: cython.double,
+        r2: cython.double,
+        w0: cython.double,
+        w1: cython.double,
+        w2: cython.double,
+    ) -> Floats3:
         """One drone: desired (r0, r1, r2) and measured (w0, w1, w2) body rates [rad/s] -> body torque [N m]."""
         k, g = self._inertia_gain, self._gyro
         return (
@@ -366,8 +386,12 @@ class Aerodynamics:
         self._ground_effect_k = airframe.ground_effect_coeff * (airframe.prop_radius / 4.0) ** 2
         # Below this height the ground-effect fit diverges; clip it there (gain 1 + 1/15). gym-pybullet-drones'
         # formula divides by the total max thrust (4x this), which gives half this height and a gain of 1 + 4/15.
-        self.ground_effect_min_height = 0.25 * airframe.prop_radius * math.sqrt(
-            15 * airframe.max_rpm**2 * airframe.kf * airframe.ground_effect_coeff / airframe.max_thrust_per_motor
+        self.ground_effect_min_height = (
+            0.25
+            * airframe.prop_radius
+            * math.sqrt(
+                15 * airframe.max_rpm**2 * airframe.kf * airframe.ground_effect_coeff / airframe.max_thrust_per_motor
+            )
         )
 
     @cython.ccall
@@ -397,8 +421,7 @@ class Aerodynamics:
         return np.array([self.drone_ground_effect_gain(z, r) for z, r in rows])
 
     @cython.ccall
-    def drone_body_force(self, r, velocity, air_velocity, rpm_sum: cython.double,
-                         downwash: cython.double) -> Floats3:
+    def drone_body_force(self, r, velocity, air_velocity, rpm_sum: cython.double, downwash: cython.double) -> Floats3:
         """One drone: body-frame force [N] from drag (against the air-relative velocity) and a downwash
         force ``downwash`` along world z. ``r``: rotation entries, row-major; ``rpm_sum``: sum of rotor RPMs."""
         fx: cython.double = 0.0
@@ -422,7 +445,12 @@ class Aerodynamics:
         return fx, fy, fz
 
     def body_force(
-        self, rotation: np.ndarray, velocity: np.ndarray, air_velocity: np.ndarray, rpm: np.ndarray, position: np.ndarray
+        self,
+        rotation: np.ndarray,
+        velocity: np.ndarray,
+        air_velocity: np.ndarray,
+        rpm: np.ndarray,
+        position: np.ndarray,
     ) -> np.ndarray:
         """(N, 3) body-frame force from drag and downwash."""
         n = len(position)
@@ -470,8 +498,17 @@ class DronePhysics:
     _kf = cython.declare(cython.double)
     _km = cython.declare(cython.double)
 
-    def __init__(self, motors: bool, max_body_rate: float, mixer: Mixer, rates: RateController, aero: Aerodynamics,
-                 wrench: Wrench, rotors: RotorLag, airframe: Airframe):
+    def __init__(
+        self,
+        motors: bool,
+        max_body_rate: float,
+        mixer: Mixer,
+        rates: RateController,
+        aero: Aerodynamics,
+        wrench: Wrench,
+        rotors: RotorLag,
+        airframe: Airframe,
+    ):
         self._motors = motors
         self._max_body_rate = max_body_rate
         self._mixer, self._rates, self._aero, self._wrench, self.rotors = mixer, rates, aero, wrench, rotors
@@ -484,8 +521,16 @@ class DronePhysics:
         self._kf, self._km = airframe.kf, airframe.km
 
     @cython.ccall
-    def rpm_command(self, a0: cython.double, a1: cython.double, a2: cython.double, a3: cython.double,
-                    w0: cython.double, w1: cython.double, w2: cython.double) -> Floats4:
+    def rpm_command(
+        self,
+        a0: cython.double,
+        a1: cython.double,
+        a2: cython.double,
+        a3: cython.double,
+        w0: cython.double,
+        w1: cython.double,
+        w2: cython.double,
+    ) -> Floats4:
         """A clipped action and the measured body rates (w0, w1, w2) -> the 4 rotor speed commands [RPM]."""
         t0: cython.double
         t1: cython.double
@@ -567,5 +612,7 @@ class Wind:
     def step(self, dt: float, rng: np.random.Generator) -> np.ndarray:
         if self.gust_std > 0:
             decay = math.exp(-dt / self.gust_time_constant)
-            self.gust = decay * self.gust + self.gust_std * math.sqrt(1 - decay * decay) * rng.normal(size=self.gust.shape)
+            self.gust = decay * self.gust + self.gust_std * math.sqrt(1 - decay * decay) * rng.normal(
+                size=self.gust.shape
+            )
         return self.mean + self.gust

@@ -50,7 +50,7 @@ class CascadedPID:
         self.integral = np.zeros(3)
 
     @classmethod
-    def for_env(cls, env, **gains) -> "CascadedPID":
+    def for_env(cls, env, **gains) -> CascadedPID:
         s = env.unwrapped.settings
         return cls(s.airframe, s.action_mode, s.control_hz, s.max_body_rate, **gains)
 

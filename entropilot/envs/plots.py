@@ -14,7 +14,7 @@ def plot_trajectories(results, path: str, title: str = "") -> None:
 
     fig, (top, height) = plt.subplots(1, 2, figsize=(11, 4.5))
     for r in results:
-        line, = top.plot(r.positions[:, 0], r.positions[:, 1], label=f"seed {r.seed}{' ✓' if r.success else ''}")
+        (line,) = top.plot(r.positions[:, 0], r.positions[:, 1], label=f"seed {r.seed}{' ✓' if r.success else ''}")
         top.plot(r.positions[0, 0], r.positions[0, 1], "o", color=line.get_color())
         top.plot(r.targets[:, 0], r.targets[:, 1], "x--", color="k", markersize=4, linewidth=0.6)
         t = np.arange(len(r.positions))

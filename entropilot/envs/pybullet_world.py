@@ -17,7 +17,13 @@ import pybullet as p
 
 from entropilot.envs.airframe import GRAVITY, Airframe
 
-_DRONE_COLORS = [(0.15, 0.35, 0.85, 1), (0.85, 0.3, 0.15, 1), (0.2, 0.7, 0.3, 1), (0.7, 0.2, 0.7, 1), (0.9, 0.75, 0.1, 1)]
+_DRONE_COLORS = [
+    (0.15, 0.35, 0.85, 1),
+    (0.85, 0.3, 0.15, 1),
+    (0.2, 0.7, 0.3, 1),
+    (0.7, 0.2, 0.7, 1),
+    (0.9, 0.75, 0.1, 1),
+]
 _ORIGIN, _LINK_FRAME = (0.0, 0.0, 0.0), p.LINK_FRAME
 # Bound once: looked up on the module at every call they would cost more than some of the calls themselves.
 _apply_force, _apply_torque, _step_simulation = p.applyExternalForce, p.applyExternalTorque, p.stepSimulation
@@ -40,7 +46,9 @@ class PyBulletWorld:
             fixedTimeStep=1.0 / control_hz, numSubSteps=physics_hz // control_hz, physicsClientId=c
         )
         ground_shape = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=c)
-        ground_visual = p.createVisualShape(p.GEOM_BOX, halfExtents=[5, 5, 0.001], rgbaColor=[0.85, 0.87, 0.9, 1], physicsClientId=c)
+        ground_visual = p.createVisualShape(
+            p.GEOM_BOX, halfExtents=[5, 5, 0.001], rgbaColor=[0.85, 0.87, 0.9, 1], physicsClientId=c
+        )
         self.ground = p.createMultiBody(0, ground_shape, ground_visual, physicsClientId=c)
         half = airframe.collision_half_extents
         collision = p.createCollisionShape(p.GEOM_BOX, halfExtents=half, physicsClientId=c)
@@ -109,12 +117,16 @@ class PyBulletWorld:
         """An RGB frame from a chase camera looking at ``target``; TinyRenderer works without a display."""
         c = self.client
         view = p.computeViewMatrixFromYawPitchRoll(
-            cameraTargetPosition=list(target), distance=distance, yaw=35, pitch=-25, roll=0, upAxisIndex=2, physicsClientId=c
+            cameraTargetPosition=list(target),
+            distance=distance,
+            yaw=35,
+            pitch=-25,
+            roll=0,
+            upAxisIndex=2,
+            physicsClientId=c,
         )
         proj = p.computeProjectionMatrixFOV(fov=60, aspect=width / height, nearVal=0.02, farVal=30, physicsClientId=c)
-        _, _, rgba, _, _ = p.getCameraImage(
-            width, height, view, proj, renderer=p.ER_TINY_RENDERER, physicsClientId=c
-        )
+        _, _, rgba, _, _ = p.getCameraImage(width, height, view, proj, renderer=p.ER_TINY_RENDERER, physicsClientId=c)
         return np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[:, :, :3]
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""Validated settings of the drone environments: what a YAML `env.kwargs` block may say, checked before any simulator starts."""
+"""Validated settings of the drone environments: what a YAML `env.kwargs` block may say, checked before any
+simulator starts."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class SensorNoise:
     def enabled(self) -> bool:
         return any(getattr(self, f.name) > 0 for f in fields(self))
 
-    def scaled(self, factor: float) -> "SensorNoise":
+    def scaled(self, factor: float) -> SensorNoise:
         return SensorNoise(**{f.name: getattr(self, f.name) * factor for f in fields(self)})
 
 
@@ -164,14 +165,14 @@ class DroneSettings:
         return int(round(self.episode_seconds * self.control_hz))
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict) -> "DroneSettings":
+    def from_kwargs(cls, kwargs: dict) -> DroneSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise ValueError(f"unknown env option(s) {unknown} for {cls.__name__}; allowed: {sorted(known)}")
         return cls(**kwargs)
 
-    def replace(self, **changes) -> "DroneSettings":
+    def replace(self, **changes) -> DroneSettings:
         return dataclasses.replace(self, **changes)
 
 
@@ -213,7 +214,12 @@ class HoverSettings(DroneSettings):
 class WaypointSettings(HoverSettings):
     """Waypoints: visit targets in order (switch when within `switch_radius`), or track a smooth curve."""
 
-    waypoints: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 1.5), (0.0, 1.0, 1.0))
+    waypoints: tuple[tuple[float, float, float], ...] = (
+        (0.0, 0.0, 1.0),
+        (1.0, 0.0, 1.0),
+        (1.0, 1.0, 1.5),
+        (0.0, 1.0, 1.0),
+    )
     switch_radius: float = 0.2
     trajectory: str = "waypoints"  # "waypoints" | "circle" (a smooth reference curve)
     circle_radius: float = 0.5
@@ -243,6 +249,16 @@ class SwarmSettings(HoverSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(isinstance(self.num_drones, int) and 1 <= self.num_drones <= 64, "num_drones", self.num_drones, "an integer in [1, 64]")
-        _check(self.spacing > self.collision_distance, "spacing", self.spacing, f"> collision_distance={self.collision_distance}")
+        _check(
+            isinstance(self.num_drones, int) and 1 <= self.num_drones <= 64,
+            "num_drones",
+            self.num_drones,
+            "an integer in [1, 64]",
+        )
+        _check(
+            self.spacing > self.collision_distance,
+            "spacing",
+            self.spacing,
+            f"> collision_distance={self.collision_distance}",
+        )
         _check(self.collision_distance > 0, "collision_distance", self.collision_distance, "> 0")

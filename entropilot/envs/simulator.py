@@ -130,7 +130,8 @@ class DroneSimulator:
             array = np.asarray(action, dtype=np.float64)
             if array.shape != (4,):
                 raise ValueError(
-                    f"{name} must have shape (4,) for action_mode={self.settings.action_mode!r}, got shape {array.shape}"
+                    f"{name} must have shape (4,) for action_mode={self.settings.action_mode!r}, "
+                    f"got shape {array.shape}"
                 )
             row = array.tolist()
         i: cython.Py_ssize_t

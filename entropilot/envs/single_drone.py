@@ -126,7 +126,9 @@ class WaypointEnv(HoverEnv):
         s = self.settings
         waypoints = np.array(s.waypoints)
         if s.randomize_waypoints > 0:
-            waypoints = waypoints + self.np_random.uniform(-s.randomize_waypoints, s.randomize_waypoints, waypoints.shape)
+            waypoints = waypoints + self.np_random.uniform(
+                -s.randomize_waypoints, s.randomize_waypoints, waypoints.shape
+            )
             waypoints[:, 2] = np.maximum(waypoints[:, 2], 0.3)
         self.waypoints = waypoints
         self._waypoint_rows = [tuple(w) for w in waypoints.tolist()]
@@ -138,8 +140,11 @@ class WaypointEnv(HoverEnv):
         if s.trajectory == "circle":
             centre = self._waypoint_rows[0]
             phase = 2.0 * math.pi * t / s.circle_period
-            return (centre[0] + s.circle_radius * math.cos(phase) - s.circle_radius,
-                    centre[1] + s.circle_radius * math.sin(phase), centre[2])
+            return (
+                centre[0] + s.circle_radius * math.cos(phase) - s.circle_radius,
+                centre[1] + s.circle_radius * math.sin(phase),
+                centre[2],
+            )
         return self._waypoint_rows[self.waypoint_index]
 
     def _advance_task(self, position) -> None:

@@ -118,7 +118,9 @@ class SwarmEnv(MultiAgentEnv):
     def render(self):
         if self.render_mode != "rgb_array":
             return None
-        return self.sim.render(self.targets.mean(axis=0), distance=0.5 + self.settings.spacing * self.settings.num_drones)
+        return self.sim.render(
+            self.targets.mean(axis=0), distance=0.5 + self.settings.spacing * self.settings.num_drones
+        )
 
     def close(self):
         self.sim.close()

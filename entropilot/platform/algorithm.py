@@ -66,8 +66,11 @@ class _RestoresSilentlyRestartedEnvRunners:
     def restore_env_runners(self, env_runner_group):
         if env_runner_group.num_healthy_remote_env_runners():
             # Bounded like RLlib's health probe: a hung runner must not hang training (it answers nothing here).
-            answers = env_runner_group.foreach_env_runner(_restarted_before_sync, local_env_runner=False,
-                                                          timeout_seconds=self.config.env_runner_health_probe_timeout_s)
+            answers = env_runner_group.foreach_env_runner(
+                _restarted_before_sync,
+                local_env_runner=False,
+                timeout_seconds=self.config.env_runner_health_probe_timeout_s,
+            )
             for index, restarted in answers:
                 if restarted:
                     env_runner_group._worker_manager.set_actor_state(index, healthy=False)
@@ -253,11 +256,15 @@ def local_gpu_learner_or_cpu(learners: dict, gpu: str, visible_gpus: int | None 
         visible_gpus = torch.cuda.device_count()
     if visible_gpus:
         return learners
-    where = ("the Ray cluster has a GPU, but not on this node; one GPU learner runs in this process (one remote GPU "
-             "learner hangs in Ray 2.60)")
+    where = (
+        "the Ray cluster has a GPU, but not on this node; one GPU learner runs in this process (one remote GPU "
+        "learner hangs in Ray 2.60)"
+    )
     if gpu == "on":
-        raise RuntimeError(f"gpu='on': {where}. Run the driver on the GPU node (`entropilot submit` does so for "
-                           "gpu: on; a RayJob sets entrypointNumGpus: 1), or use gpu='auto' or 'off'")
+        raise RuntimeError(
+            f"gpu='on': {where}. Run the driver on the GPU node (`entropilot submit` does so for "
+            "gpu: on; a RayJob sets entrypointNumGpus: 1), or use gpu='auto' or 'off'"
+        )
     logger.warning("gpu='auto': %s: training on the CPU. Submit with resources.gpu=on to train on the GPU", where)
     return {**learners, "num_gpus_per_learner": 0}
 

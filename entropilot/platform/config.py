@@ -173,7 +173,9 @@ class AlgorithmConfig(_Section):
 class ModelConfig(_Section):
     """The policy/value MLP and its Gaussian's log standard deviation."""
 
-    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64, 64], min_length=1, max_length=16)
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [64, 64], min_length=1, max_length=16
+    )
     activation: Literal["tanh", "relu", "silu"] = "tanh"
     # State-independent log std: the entropy is then a parameter the controllers can read and steer.
     free_log_std: bool = True
@@ -357,7 +359,9 @@ class MlflowConfig(_Section):
     def _not_a_file_store(cls, uri: str | None) -> str | None:
         # MLflow 3.17 refuses plain-directory stores ("filesystem tracking backend is in maintenance mode").
         if uri is not None and (uri.startswith("file:") or "://" not in uri):
-            raise ValueError(f"file stores are refused by MLflow 3; use e.g. {DEFAULT_TRACKING_URI} or http://host:port")
+            raise ValueError(
+                f"file stores are refused by MLflow 3; use e.g. {DEFAULT_TRACKING_URI} or http://host:port"
+            )
         return uri
 
     def resolve_tracking_uri(self) -> str:
@@ -429,7 +433,8 @@ class ExperimentConfig(_Section):
                 )
             if self.entropy.covariance.mode != "off":
                 raise _FieldProblem(
-                    "entropy.covariance.mode", "covariance control works with PPO only; set it to off for SAC",
+                    "entropy.covariance.mode",
+                    "covariance control works with PPO only; set it to off for SAC",
                     self.entropy.covariance.mode,
                 )
         floor = self.entropy.collapse.floor
@@ -497,9 +502,7 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
     return parse_config(data, overrides, source=source)
 
 
-def parse_config(
-    data: Mapping[str, Any], overrides: Iterable[str] = (), source: str | None = None
-) -> ExperimentConfig:
+def parse_config(data: Mapping[str, Any], overrides: Iterable[str] = (), source: str | None = None) -> ExperimentConfig:
     """Validate a nested dict (as read from YAML) after applying dotted overrides."""
     data = _deep_copy(dict(data))
     problems = []
@@ -573,7 +576,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         raise _FieldProblem(dotted or "<override>", "overrides look like section.field=value", override)
     for alias, real in OVERRIDE_ALIASES.items():
         if dotted == alias or dotted.startswith(alias + "."):
-            dotted = real + dotted[len(alias):]
+            dotted = real + dotted[len(alias) :]
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -614,7 +617,7 @@ def _problems_from(exc: ValidationError) -> list[tuple[str, str, Any]]:
             loc += cause.field.split(".")
             message, value = cause.message, cause.value
         elif err["type"] == "value_error" and message.startswith("Value error, "):
-            message = message[len("Value error, "):]
+            message = message[len("Value error, ") :]
             if isinstance(value, (dict, BaseModel)):
                 value = _NO_VALUE  # a section-level rule: the section itself is no useful "got"
         if err["type"] in _BOUND_ERRORS:

@@ -19,13 +19,28 @@ import entropilot
 from entropilot.platform.config import ExperimentConfig
 
 # Never uploaded: environments, outputs, local stores, exported policies (the job writes its own to MLflow).
-UPLOAD_EXCLUDES = [".venv/", "venv/", ".git/", "runs/", "out/", "mlruns/", "mlartifacts/", "mlflow.db",
-                   "*.onnx", "*.onnx.data", "__pycache__/", ".pytest_cache/", "*.egg-info/"]
+UPLOAD_EXCLUDES = [
+    ".venv/",
+    "venv/",
+    ".git/",
+    "runs/",
+    "out/",
+    "mlruns/",
+    "mlartifacts/",
+    "mlflow.db",
+    "*.onnx",
+    "*.onnx.data",
+    "__pycache__/",
+    ".pytest_cache/",
+    "*.egg-info/",
+]
 # Files above this size are left out too (Ray warns at 10 MiB and refuses packages over 512 MiB).
 MAX_UPLOAD_FILE_BYTES = 10 * 1024 * 1024
 ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-TOKEN_HELP = ("set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in "
-              "~/.ray/auth_token; on the head node `ray get-auth-token` prints it")
+TOKEN_HELP = (
+    "set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in "
+    "~/.ray/auth_token; on the head node `ray get-auth-token` prints it"
+)
 
 
 class ClusterError(RuntimeError):
@@ -65,8 +80,14 @@ class Cluster:
             self.client = JobSubmissionClient(address, headers=dict(headers))
         self.address = self.client.get_address()
 
-    def submit_training(self, config_path: str, overrides: Sequence[str], cfg: ExperimentConfig,
-                        tracking_uri: str, echo: Callable[[str], None] = print) -> Submission:
+    def submit_training(
+        self,
+        config_path: str,
+        overrides: Sequence[str],
+        cfg: ExperimentConfig,
+        tracking_uri: str,
+        echo: Callable[[str], None] = print,
+    ) -> Submission:
         """Submit `python -m entropilot train CONFIG --set ...` with the project folder as the working dir.
 
         ``cfg`` is the config already validated here, so a bad value fails before anything is uploaded;
@@ -75,24 +96,33 @@ class Cluster:
         root = project_root()
         config = Path(config_path).resolve()
         if not config.is_relative_to(root):
-            raise ClusterError(f"{config_path}: the config must lie inside the project folder {root}, which is "
-                               "uploaded as the job's working dir (e.g. put it in configs/)")
+            raise ClusterError(
+                f"{config_path}: the config must lie inside the project folder {root}, which is "
+                "uploaded as the job's working dir (e.g. put it in configs/)"
+            )
         if cfg.mlflow.tracking_uri not in (None, tracking_uri):
             overrides = [*overrides, f"mlflow.tracking_uri={tracking_uri}"]  # made absolute: the job runs elsewhere
         relative = config.relative_to(root).as_posix()
-        entrypoint = shlex.join(["python", "-m", "entropilot", "train", relative,
-                                 *(arg for item in overrides for arg in ("--set", item))])
+        entrypoint = shlex.join(
+            ["python", "-m", "entropilot", "train", relative, *(arg for item in overrides for arg in ("--set", item))]
+        )
         big = big_files(root)
         for path in big:
             echo(f"not uploading {path} (over {MAX_UPLOAD_FILE_BYTES // 2**20} MiB)")
-        runtime_env = {"working_dir": str(root), "excludes": UPLOAD_EXCLUDES + big,
-                       "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}}
+        runtime_env = {
+            "working_dir": str(root),
+            "excludes": UPLOAD_EXCLUDES + big,
+            "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri},
+        }
         with self._errors():
             # gpu: on with one learner: that learner lives in the driver, so the driver goes to a GPU node.
             driver_gpus = 1 if cfg.resources.gpu == "on" and cfg.resources.num_learners <= 1 else 0
-            job_id = self.client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                            entrypoint_num_gpus=driver_gpus or None,
-                                            metadata={"entropilot_config": relative})
+            job_id = self.client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                entrypoint_num_gpus=driver_gpus or None,
+                metadata={"entropilot_config": relative},
+            )
         return Submission(job_id, f"{self.address}/#/jobs/{job_id}", entrypoint, tracking_uri)
 
     def follow(self, job_id: str, echo: Callable[[str], None] = print) -> str:
@@ -128,8 +158,10 @@ def project_root() -> Path:
     """The source checkout entropilot runs from: what a job uploads (the cluster imports entropilot from it)."""
     root = Path(entropilot.__file__).resolve().parents[1]
     if not (root / "pyproject.toml").is_file():
-        raise ClusterError(f"entropilot is installed at {root}, not run from a source checkout: submitting needs "
-                           "the project folder (clone it and `pip install -e .`)")
+        raise ClusterError(
+            f"entropilot is installed at {root}, not run from a source checkout: submitting needs "
+            "the project folder (clone it and `pip install -e .`)"
+        )
     return root
 
 
@@ -161,7 +193,8 @@ def tracking_uri_for_cluster(cfg: ExperimentConfig, address: str) -> str:
         raise ClusterError(
             f"MLflow tracking URI {uri} is on this machine, which the cluster at {address} can't write to: set "
             "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a tracking server the cluster reaches, "
-            "e.g. http://mlflow-host:5000")
+            "e.g. http://mlflow-host:5000"
+        )
     if parts.scheme == "sqlite" and not uri.startswith("sqlite:////") and uri != "sqlite://":
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     return uri
@@ -198,16 +231,20 @@ def _cluster_errors(address: str, token_sent: bool) -> Iterator[None]:
         yield
     except AuthenticationError as err:
         if not token_sent:
-            raise ClusterError(f"the Ray cluster at {address} requires an auth token and none was found: "
-                               f"{TOKEN_HELP}") from None
+            raise ClusterError(
+                f"the Ray cluster at {address} requires an auth token and none was found: {TOKEN_HELP}"
+            ) from None
         if "Authentication failed" in str(err):  # 403: the server compared the token and it differs
-            raise ClusterError(f"the Ray cluster at {address} rejected the auth token from {_token_source()}: it is "
-                               "not this cluster's token; on the head node `ray get-auth-token` prints the right one"
-                               ) from None
+            raise ClusterError(
+                f"the Ray cluster at {address} rejected the auth token from {_token_source()}: it is "
+                "not this cluster's token; on the head node `ray get-auth-token` prints the right one"
+            ) from None
         raise ClusterError(f"the Ray cluster at {address} refused the request: {_first_line(err)}") from None
     except (ConnectionError, requests.exceptions.RequestException) as err:
-        raise ClusterError(f"cannot reach a Ray dashboard at {address} ({_first_line(err)}): check the address "
-                           "(the head's dashboard, http://HEAD:8265 by default) and that the cluster is up") from None
+        raise ClusterError(
+            f"cannot reach a Ray dashboard at {address} ({_first_line(err)}): check the address "
+            "(the head's dashboard, http://HEAD:8265 by default) and that the cluster is up"
+        ) from None
     except RuntimeError as err:
         if isinstance(err, ClusterError):
             raise

@@ -92,8 +92,9 @@ class LiveTuner:
     so a resumed run knows which tags are already in force (the learners' checkpoint holds the settings).
     """
 
-    def __init__(self, cfg: ExperimentConfig, echo: Callable[[str], None],
-                 applied_tags: Mapping[str, str] | None = None):
+    def __init__(
+        self, cfg: ExperimentConfig, echo: Callable[[str], None], applied_tags: Mapping[str, str] | None = None
+    ):
         self._cfg = cfg
         self._echo = echo
         self.applied_tags = dict(applied_tags or {})
@@ -116,8 +117,9 @@ class LiveTuner:
             self._rejected = tags
             # ConfigError's message: a header line, then one "  - where: why (got value)" per problem.
             reasons = "; ".join(line.strip().removeprefix("- ") for line in str(exc).splitlines()[1:])
-            self._echo(f"WARNING: live settings not applied at iteration {iteration}, "
-                       f"the ones in force stay: {reasons}")
+            self._echo(
+                f"WARNING: live settings not applied at iteration {iteration}, the ones in force stay: {reasons}"
+            )
             tracker.set_tag(ERROR_TAG, f"iteration {iteration}: {reasons}")
             return
         changed = [field for field in LIVE_FIELDS if getattr(control, field) != getattr(self._control, field)]
@@ -126,11 +128,18 @@ class LiveTuner:
             for field in changed:
                 tag = live_tag(field)
                 source = f"from MLflow tag {tag}" if tag in tags else f"tag {tag} removed: the config's value"
-                self._echo(f"live: entropy.control.{field} {_text(getattr(self._control, field))} → "
-                           f"{_text(getattr(control, field))} ({source}) at iteration {iteration}")
+                self._echo(
+                    f"live: entropy.control.{field} {_text(getattr(self._control, field))} → "
+                    f"{_text(getattr(control, field))} ({source}) at iteration {iteration}"
+                )
             # A schedule is logged as its value now.
-            tracker.log_metrics({f"live/{field}": control.target_at(int(env_steps)) if field == "target"
-                                 else getattr(control, field) for field in changed}, step=iteration)
+            tracker.log_metrics(
+                {
+                    f"live/{field}": control.target_at(int(env_steps)) if field == "target" else getattr(control, field)
+                    for field in changed
+                },
+                step=iteration,
+            )
         if stale_error:
             tracker.set_tag(ERROR_TAG, f"none since iteration {iteration}")
         self._rejected = None

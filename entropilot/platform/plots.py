@@ -40,7 +40,9 @@ def plot_entropy(history: Sequence[Mapping[str, Any]], path: str, title: str = "
     x, y = _series(history, "entropy_coeff")
     if x:
         coeff_ax = ax.twinx()
-        _plot(coeff_ax, x, y, color="tab:purple", linewidth=1.2, linestyle="-.", label="entropy coefficient (right axis)")
+        _plot(
+            coeff_ax, x, y, color="tab:purple", linewidth=1.2, linestyle="-.", label="entropy coefficient (right axis)"
+        )
         coeff_ax.set_ylabel("entropy coefficient", color="tab:purple")
         coeff_ax.tick_params(axis="y", colors="tab:purple")
         coeff_ax.set_ylim(bottom=min(0.0, min(y)))

@@ -25,8 +25,20 @@ from pydantic import BaseModel
 
 from entropilot.platform.config import OVERRIDE_ALIASES, ConfigError, ExperimentConfig, parse_config
 
-__all__ = ["Dimension", "SweepError", "SweepPlan", "SweepResult", "make_scheduler", "parse_grid", "parse_random",
-           "plan_sweep", "run_sweep", "trial_bundles", "trials_that_fit", "tune_search_algorithm"]
+__all__ = [
+    "Dimension",
+    "SweepError",
+    "SweepPlan",
+    "SweepResult",
+    "make_scheduler",
+    "parse_grid",
+    "parse_random",
+    "plan_sweep",
+    "run_sweep",
+    "trial_bundles",
+    "trials_that_fit",
+    "tune_search_algorithm",
+]
 
 SEARCHES = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
@@ -104,8 +116,10 @@ def parse_random(text: str) -> Dimension:
     kind, _, args = spec.partition(":")
     kind = kind.strip()
     if kind not in DISTRIBUTIONS:
-        raise SweepError(f"--random {text!r}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)} "
-                         "(uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH, choice:A,B,...)")
+        raise SweepError(
+            f"--random {text!r}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)} "
+            "(uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH, choice:A,B,...)"
+        )
     if kind == "choice":
         return Dimension(key, "choice", parse_grid(f"{key}={args}").values)
     bounds = args.split(":")
@@ -128,7 +142,7 @@ def _split_key(text: str, option: str, form: str) -> tuple[str, str]:
         raise SweepError(f"{option} {text!r}: write {form}")
     for alias, real in OVERRIDE_ALIASES.items():  # the same shortcuts as --set
         if key == alias or key.startswith(alias + "."):
-            key = real + key[len(alias):]
+            key = real + key[len(alias) :]
     return key, rest
 
 
@@ -176,18 +190,33 @@ class SweepPlan:
 
     def search_params(self) -> dict[str, str]:
         """The search as MLflow params of the parent run, beside the base config."""
-        params = {"sweep.search": self.search, "sweep.samples": str(self.samples), "sweep.metric": self.metric,
-                  "sweep.mode": self.mode, "sweep.asha": str(self.asha).lower()}
+        params = {
+            "sweep.search": self.search,
+            "sweep.samples": str(self.samples),
+            "sweep.metric": self.metric,
+            "sweep.mode": self.mode,
+            "sweep.asha": str(self.asha).lower(),
+        }
         if self.asha:
             params["sweep.asha.grace_period"] = str(self.grace_period)
         params.update({f"sweep.space.{d.key}": d.describe() for d in self.dimensions})
         return params
 
 
-def plan_sweep(base: ExperimentConfig, grid: Iterable[str] = (), random: Iterable[str] = (), *,
-               search: str | None = None, samples: int | None = None, metric: str = "success_rate",
-               mode: str = "max", asha: bool = True, grace_period: int | None = None,
-               max_concurrent: int | None = None, sweep_dir: str | Path | None = None) -> SweepPlan:
+def plan_sweep(
+    base: ExperimentConfig,
+    grid: Iterable[str] = (),
+    random: Iterable[str] = (),
+    *,
+    search: str | None = None,
+    samples: int | None = None,
+    metric: str = "success_rate",
+    mode: str = "max",
+    asha: bool = True,
+    grace_period: int | None = None,
+    max_concurrent: int | None = None,
+    sweep_dir: str | Path | None = None,
+) -> SweepPlan:
     """Parse and validate a sweep without starting Ray: every key must be a config field the sweep may vary
     and every grid value, choice and range end must give a valid config (with every combination of the
     others). Raises SweepError (or ConfigError, naming the field and its allowed range)."""
@@ -215,10 +244,17 @@ def plan_sweep(base: ExperimentConfig, grid: Iterable[str] = (), random: Iterabl
         grace = min(grace, base.stop.iterations)  # ASHA requires grace <= max_t
     name = f"{base.run_name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     return SweepPlan(
-        base=base, dimensions=tuple(dimensions), search=search,
-        samples=1 if search == "grid" else (samples or DEFAULT_SAMPLES), metric=metric, mode=mode, asha=asha,
-        grace_period=grace, max_concurrent=max_concurrent,
-        sweep_dir=Path(sweep_dir or Path("runs") / name).resolve(), name=name,
+        base=base,
+        dimensions=tuple(dimensions),
+        search=search,
+        samples=1 if search == "grid" else (samples or DEFAULT_SAMPLES),
+        metric=metric,
+        mode=mode,
+        asha=asha,
+        grace_period=grace,
+        max_concurrent=max_concurrent,
+        sweep_dir=Path(sweep_dir or Path("runs") / name).resolve(),
+        name=name,
     )
 
 
@@ -230,8 +266,10 @@ def _check_keys(dimensions: Sequence[Dimension]) -> None:
         seen.add(d.key)
         for owned in SWEEP_OWNED_KEYS:
             if d.key == owned or d.key.startswith(owned + "."):
-                raise SweepError(f"{d.key} cannot be swept: the sweep sets {owned} itself (the same for all trials, "
-                                 "or one per trial)")
+                raise SweepError(
+                    f"{d.key} cannot be swept: the sweep sets {owned} itself (the same for all trials, "
+                    "or one per trial)"
+                )
         annotation = _field_annotation(d.key)
         if d.kind in ("uniform", "loguniform") and annotation is not None and _is_int_field(annotation):
             raise SweepError(f"--random {d.key}: an integer field; use randint:LOW:HIGH")
@@ -322,7 +360,8 @@ def trials_that_fit(bundles: Sequence[Mapping[str, float]], cluster: Mapping[str
             raise SweepError(
                 f"one trial needs {amount:g} {resource} ({layout}) but the Ray cluster has {have:g}: lower "
                 "resources.num_env_runners or resources.num_cpus_per_env_runner (fractions work, e.g. 0.5), "
-                "or use a bigger cluster")
+                "or use a bigger cluster"
+            )
         fit = min(fit, math.floor(have / amount + 1e-9))
     return int(fit) if fit != math.inf else 1
 
@@ -364,27 +403,43 @@ def run_sweep(plan: SweepPlan, echo: Callable[[str], None] = print) -> SweepResu
     with RunTracker.start(parent_cfg, extra_params=plan.search_params()) as parent:
         parent.set_tag("entropilot.sweep", "parent")
         parent.set_tag("entropilot.sweep.dir", str(plan.sweep_dir))
-        echo(f"sweep {plan.name}: {plan.search} search over {', '.join(plan.keys)}; {_trial_count(plan)} trial(s), "
-             f"{concurrency} at a time (each takes {' + '.join(_bundle_text(b) for b in bundles)}); MLflow parent "
-             f"run {parent.run_id}")
+        echo(
+            f"sweep {plan.name}: {plan.search} search over {', '.join(plan.keys)}; {_trial_count(plan)} trial(s), "
+            f"{concurrency} at a time (each takes {' + '.join(_bundle_text(b) for b in bundles)}); MLflow parent "
+            f"run {parent.run_id}"
+        )
         if plan.max_concurrent and plan.max_concurrent > fit:
             echo(f"--max-concurrent {plan.max_concurrent}: the Ray cluster holds {fit} trial(s) at once")
         echo(_asha_line(plan))
         trainable = tune.with_resources(
-            tune.with_parameters(_run_trial, base=trial_base.model_dump(mode="json"), parent_run_id=parent.run_id,
-                                 trials_dir=str(plan.sweep_dir / "trials"), metric=plan.metric),
+            tune.with_parameters(
+                _run_trial,
+                base=trial_base.model_dump(mode="json"),
+                parent_run_id=parent.run_id,
+                trials_dir=str(plan.sweep_dir / "trials"),
+                metric=plan.metric,
+            ),
             tune.PlacementGroupFactory(bundles, strategy="PACK"),
         )
         tuner = tune.Tuner(
             trainable,
             param_space=plan.tune_space(),
             tune_config=tune.TuneConfig(
-                metric=plan.metric, mode=plan.mode, num_samples=plan.samples, max_concurrent_trials=concurrency,
-                scheduler=make_scheduler(plan), search_alg=tune_search_algorithm(plan), reuse_actors=False,
+                metric=plan.metric,
+                mode=plan.mode,
+                num_samples=plan.samples,
+                max_concurrent_trials=concurrency,
+                scheduler=make_scheduler(plan),
+                search_alg=tune_search_algorithm(plan),
+                reuse_actors=False,
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
-            run_config=tune.RunConfig(name="tune", storage_path=str(plan.sweep_dir), verbose=0,
-                                      callbacks=[sweep_summary.TrialEcho(echo, plan.keys, plan.metric)]),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(plan.sweep_dir),
+                verbose=0,
+                callbacks=[sweep_summary.TrialEcho(echo, plan.keys, plan.metric)],
+            ),
         )
         with _classic_tune_console():
             results = tuner.fit()
@@ -402,8 +457,12 @@ def make_scheduler(plan: SweepPlan):
 
     if not plan.asha:
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", max_t=plan.max_iterations or 10**6,
-                         grace_period=plan.grace_period, reduction_factor=ASHA_REDUCTION_FACTOR)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=plan.max_iterations or 10**6,
+        grace_period=plan.grace_period,
+        reduction_factor=ASHA_REDUCTION_FACTOR,
+    )
 
 
 def tune_search_algorithm(plan: SweepPlan):
@@ -427,8 +486,14 @@ def _run_trial(values: dict, *, base: dict, trials_dir: str, parent_run_id: str,
     from entropilot.platform.train import train
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = config_with(base, {**values, "checkpoint.dir": str(Path(trials_dir) / trial_id),
-                             "mlflow.run_name": f"{base['mlflow']['run_name'] or base['name']}-{trial_id}"})
+    cfg = config_with(
+        base,
+        {
+            **values,
+            "checkpoint.dir": str(Path(trials_dir) / trial_id),
+            "mlflow.run_name": f"{base['mlflow']['run_name'] or base['name']}-{trial_id}",
+        },
+    )
     latest: dict[str, Any] = {}
     last_report: list[dict] = []
 
@@ -464,7 +529,7 @@ def _classic_tune_console():
 def _absolute_store_uri(uri: str) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -481,7 +546,9 @@ def _asha_line(plan: SweepPlan) -> str:
     if not plan.asha:
         return "early stopping: off (--no-asha)"
     g, rf = plan.grace_period, ASHA_REDUCTION_FACTOR
-    line = f"early stopping: ASHA on {plan.metric} ({plan.mode}), judged at iterations {g}, {g * rf}, {g * rf * rf}, ..."
+    line = (
+        f"early stopping: ASHA on {plan.metric} ({plan.mode}), judged at iterations {g}, {g * rf}, {g * rf * rf}, ..."
+    )
     if plan.max_iterations is not None and plan.grace_period >= plan.max_iterations:
         line += f" (no trial can stop early: trials end at iteration {plan.max_iterations})"
     return line

@@ -56,8 +56,10 @@ class TrialEcho(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metric, entropy, time_s = (finite_or_none(result.get(k)) for k in (self.metric, "entropy", "time_s"))
-        self.echo(f"  {self._label(trial)} iter {result.get('iteration', 0):3d} | {self.metric} {_cell(metric, '.3g')} "
-                  f"| entropy {_cell(entropy, '.2f')} | {_cell(time_s, '.0f')} s")
+        self.echo(
+            f"  {self._label(trial)} iter {result.get('iteration', 0):3d} | {self.metric} {_cell(metric, '.3g')} "
+            f"| entropy {_cell(entropy, '.2f')} | {_cell(time_s, '.0f')} s"
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result
@@ -92,13 +94,20 @@ def collect(results, plan: SweepPlan, tracking_uri: str, parent_run_id: str) -> 
             client.set_tag(run.info.run_id, "entropilot.sweep.outcome", f"{outcome}: {detail}"[:5000])
             if run.info.status == "RUNNING" and outcome != FINISHED:
                 client.set_terminated(run.info.run_id, "KILLED" if outcome == STOPPED_EARLY else "FAILED")
-        trials.append(TrialSummary(
-            trial_id=trial_id, values={k: (result.config or {}).get(k) for k in plan.keys},
-            metric=finite_or_none(m.get(plan.metric)), success_rate=finite_or_none(m.get("success_rate")),
-            time_s=finite_or_none(m.get("time_s")), entropy=finite_or_none(m.get("entropy")),
-            iterations=int(m.get("iteration", 0)),
-            outcome=outcome, detail=detail, run_id=run.info.run_id if run else None,
-        ))
+        trials.append(
+            TrialSummary(
+                trial_id=trial_id,
+                values={k: (result.config or {}).get(k) for k in plan.keys},
+                metric=finite_or_none(m.get(plan.metric)),
+                success_rate=finite_or_none(m.get("success_rate")),
+                time_s=finite_or_none(m.get("time_s")),
+                entropy=finite_or_none(m.get("entropy")),
+                iterations=int(m.get("iteration", 0)),
+                outcome=outcome,
+                detail=detail,
+                run_id=run.info.run_id if run else None,
+            )
+        )
     return trials
 
 
@@ -111,8 +120,13 @@ def best_trial(trials: Sequence[TrialSummary], mode: str) -> TrialSummary | None
     return max(scored, key=lambda t: sign * t.metric)  # max() keeps the first of equals
 
 
-def format_table(trials: Sequence[TrialSummary], keys: Sequence[str], metric: str,
-                 best: TrialSummary | None = None, markdown: bool = False) -> str:
+def format_table(
+    trials: Sequence[TrialSummary],
+    keys: Sequence[str],
+    metric: str,
+    best: TrialSummary | None = None,
+    markdown: bool = False,
+) -> str:
     """The trials as an aligned text table, or a markdown one; the best trial marked with *."""
     header, rows = _cells(trials, keys, metric, best)
     if markdown:
@@ -127,11 +141,35 @@ def to_csv(trials: Sequence[TrialSummary], keys: Sequence[str], metric: str) -> 
     out = io.StringIO()
     writer = csv.writer(out)
     extra = [metric] if metric != "success_rate" else []
-    writer.writerow(["trial", *keys, *extra, "success_rate", "time_s", "entropy", "iterations", "outcome", "detail",
-                     "mlflow_run_id"])
+    writer.writerow(
+        [
+            "trial",
+            *keys,
+            *extra,
+            "success_rate",
+            "time_s",
+            "entropy",
+            "iterations",
+            "outcome",
+            "detail",
+            "mlflow_run_id",
+        ]
+    )
     for t in trials:
-        writer.writerow([t.trial_id, *(json.dumps(t.values[k]) for k in keys), *([t.metric] if extra else []),
-                         t.success_rate, t.time_s, t.entropy, t.iterations, t.outcome, t.detail, t.run_id])
+        writer.writerow(
+            [
+                t.trial_id,
+                *(json.dumps(t.values[k]) for k in keys),
+                *([t.metric] if extra else []),
+                t.success_rate,
+                t.time_s,
+                t.entropy,
+                t.iterations,
+                t.outcome,
+                t.detail,
+                t.run_id,
+            ]
+        )
     return out.getvalue()
 
 
@@ -151,33 +189,46 @@ def finish(plan: SweepPlan, trials: list[TrialSummary], parent, echo: Callable[[
         # The base config with the best values, in a checkpoint folder of its own (not the trial's, which
         # holds that trial's checkpoints): `entropilot train` it as is.
         best_config = plan.sweep_dir / BEST_CONFIG
-        dump_config(config_with(plan.base.model_dump(mode="json"),
-                                {**best.values, "checkpoint.dir": None, "mlflow.run_name": f"{plan.name}-best"}),
-                    best_config)
+        dump_config(
+            config_with(
+                plan.base.model_dump(mode="json"),
+                {**best.values, "checkpoint.dir": None, "mlflow.run_name": f"{plan.name}-best"},
+            ),
+            best_config,
+        )
         files.append(best_config)
         parent.set_tag("entropilot.sweep.best_trial", best.trial_id)
         if best.run_id:
             parent.set_tag("entropilot.sweep.best_run_id", best.run_id)
         parent.log_metrics({f"best_{plan.metric}": best.metric}, step=0)
-        echo(f"best: {best.trial_id} [{_values_text(best.values)}] {plan.metric} {best.metric:.3g} "
-             f"(MLflow run {best.run_id}); train it with: entropilot train {best_config}")
+        echo(
+            f"best: {best.trial_id} [{_values_text(best.values)}] {plan.metric} {best.metric:.3g} "
+            f"(MLflow run {best.run_id}); train it with: entropilot train {best_config}"
+        )
     for path in files:
         parent.log_artifact(path)
     return SweepResult(parent.run_id, plan.sweep_dir, trials, best, best_config, table, files)
 
 
-def _cells(trials: Sequence[TrialSummary], keys: Sequence[str], metric: str,
-           best: TrialSummary | None) -> tuple[list[str], list[list[str]]]:
+def _cells(
+    trials: Sequence[TrialSummary], keys: Sequence[str], metric: str, best: TrialSummary | None
+) -> tuple[list[str], list[list[str]]]:
     extra = [metric] if metric != "success_rate" else []
     header = ["trial", *keys, *extra, "success", "time s", "entropy", "iters", "stopped early"]
     rows = []
     for t in trials:
-        rows.append([
-            t.trial_id + (" *" if t is best else ""), *(_value_text(t.values[k]) for k in keys),
-            *([_cell(t.metric, ".3g")] if extra else []), _cell(t.success_rate, ".2f"), _cell(t.time_s, ".0f"),
-            _cell(t.entropy, ".2f"), str(t.iterations),
-            "yes" if t.stopped_early else ("FAILED" if t.outcome == FAILED else "no"),
-        ])
+        rows.append(
+            [
+                t.trial_id + (" *" if t is best else ""),
+                *(_value_text(t.values[k]) for k in keys),
+                *([_cell(t.metric, ".3g")] if extra else []),
+                _cell(t.success_rate, ".2f"),
+                _cell(t.time_s, ".0f"),
+                _cell(t.entropy, ".2f"),
+                str(t.iterations),
+                "yes" if t.stopped_early else ("FAILED" if t.outcome == FAILED else "no"),
+            ]
+        )
     return header, rows
 
 

@@ -91,8 +91,13 @@ class RunTracker:
 
     @classmethod
     def start(
-        cls, cfg: ExperimentConfig, resume_run_id: str | None = None, *, max_buffered_points: int = MAX_BUFFERED_POINTS,
-        parent_run_id: str | None = None, extra_params: Mapping[str, str] | None = None,
+        cls,
+        cfg: ExperimentConfig,
+        resume_run_id: str | None = None,
+        *,
+        max_buffered_points: int = MAX_BUFFERED_POINTS,
+        parent_run_id: str | None = None,
+        extra_params: Mapping[str, str] | None = None,
     ) -> RunTracker:
         """Start a new run logging `cfg` as params, or re-open `resume_run_id` after checking its params equal
         `cfg.to_flat_params()` (raises ConfigMismatchError naming the keys). Raises TrackingError if the
@@ -154,7 +159,8 @@ class RunTracker:
                 if self._dropped == self._dropped_reported:  # the first drop since the last report
                     logger.warning(
                         "MLflow buffer full (%d metric points): dropping the oldest until %s is back",
-                        self._max_points, self.tracking_uri,
+                        self._max_points,
+                        self.tracking_uri,
                     )
                 self._dropped += overflow
         self._wake_if_online()
@@ -209,7 +215,9 @@ class RunTracker:
         `threshold` is logged if present."""
         draws = list(result.draws)
         chosen = result.chosen
-        index = chosen if isinstance(chosen, int) else next(i for i, d in enumerate(draws) if d is chosen or d == chosen)
+        index = (
+            chosen if isinstance(chosen, int) else next(i for i, d in enumerate(draws) if d is chosen or d == chosen)
+        )
         for i, draw in enumerate(draws):
             self.log_metrics(
                 {
@@ -263,7 +271,9 @@ class RunTracker:
                 lost = (len(self._metrics), len(self._tags), len(self._artifacts))
             logger.warning(
                 "MLflow %s unreachable at close: lost %d metric points, %d tags, %d artifacts of run %s",
-                self.tracking_uri, *lost, self.run_id,
+                self.tracking_uri,
+                *lost,
+                self.run_id,
             )
         shutil.rmtree(self._staging, ignore_errors=True)
 
@@ -379,7 +389,9 @@ class RunTracker:
             logger.warning(
                 "MLflow %s unreachable (%s): training continues; metrics, tags and artifacts are kept "
                 "(up to %d metric points) and sent when it is back",
-                self.tracking_uri, _root_cause(exc), self._max_points,
+                self.tracking_uri,
+                _root_cause(exc),
+                self._max_points,
             )
 
     def _note_success(self) -> None:
@@ -401,7 +413,9 @@ class RunTracker:
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            self._system_metrics = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=self.tracking_uri)
+            self._system_metrics = SystemMetricsMonitor(
+                self.run_id, resume_logging=resume, tracking_uri=self.tracking_uri
+            )
         except ImportError as exc:  # psutil missing
             logger.warning("system metrics off: %s", exc)
             return
@@ -445,8 +459,12 @@ def _git_state(where: Path) -> tuple[str | None, bool]:
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True,
-            timeout=5, check=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None, False

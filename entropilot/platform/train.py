@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,8 +63,9 @@ def env_runner_nodes(algo) -> list[str]:
     """The Ray node id of each remote env runner, in runner order: where sampling runs on a cluster."""
     import ray
 
-    return algo.env_runner_group.foreach_env_runner(lambda _: ray.get_runtime_context().get_node_id(),
-                                                    local_env_runner=False)
+    return algo.env_runner_group.foreach_env_runner(
+        lambda _: ray.get_runtime_context().get_node_id(), local_env_runner=False
+    )
 
 
 def init_ray(cfg: ExperimentConfig) -> None:
@@ -73,8 +75,13 @@ def init_ray(cfg: ExperimentConfig) -> None:
 
     if not ray.is_initialized():
         address = cfg.resources.resolve_ray_address()
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                 **({"object_store_memory": 10**9} if address == "local" else {}))
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+            **({"object_store_memory": 10**9} if address == "local" else {}),
+        )
 
 
 def build_from_config(cfg: ExperimentConfig):
@@ -87,8 +94,11 @@ def build_from_config(cfg: ExperimentConfig):
     init_ray(cfg)
     a, e = cfg.algorithm, cfg.entropy
     control = e.control.controller_kwargs() if e.control.enabled else None
-    covariance = None if e.covariance.mode == "off" else {
-        "mode": e.covariance.mode, "fraction": e.covariance.fraction, "kl_coef": e.covariance.kl_coef}
+    covariance = (
+        None
+        if e.covariance.mode == "off"
+        else {"mode": e.covariance.mode, "fraction": e.covariance.fraction, "kl_coef": e.covariance.kl_coef}
+    )
     return build_algorithm(
         algorithm=a.name,
         env=make_env_creator(cfg.env.id),
@@ -139,7 +149,7 @@ class GreedyPolicy:
         self.squashed = issubclass(module.get_inference_action_dist_cls(), TorchSquashedGaussian)
 
     @classmethod
-    def from_algo(cls, algo) -> "GreedyPolicy":
+    def from_algo(cls, algo) -> GreedyPolicy:
         from entropilot.platform.algorithm import observation_filter_stats
 
         return cls(algo.get_module(module_id(algo)), observation_filter_stats(algo))
@@ -224,9 +234,15 @@ def resolve_resume(target: str) -> tuple[ExperimentConfig, Path]:
     return resolve_resume(folder)
 
 
-def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callable[[str], None] = print,
-          stop: dict | None = None, *, parent_run_id: str | None = None,
-          on_iteration: Callable[[int, dict, str | None], None] | None = None) -> TrainResult:
+def train(
+    cfg: ExperimentConfig | None,
+    resume: str | None = None,
+    echo: Callable[[str], None] = print,
+    stop: dict | None = None,
+    *,
+    parent_run_id: str | None = None,
+    on_iteration: Callable[[int, dict, str | None], None] | None = None,
+) -> TrainResult:
     """Train until a stop criterion; every ``checkpoint.interval`` iterations save a checkpoint.
 
     ``resume`` continues from a checkpoint with the config saved beside it, into the same MLflow run;
@@ -268,17 +284,27 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
             algo.restore_from_path(str(checkpoint.resolve()))
             echo(f"resumed {checkpoint} (iteration {state['iteration']}) into MLflow run {tracker.run_id}")
         elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO" and is_multi_agent(cfg):
-            echo("entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
-                 f"{cfg.env.id}); the shared policy starts from its default initialization")
+            echo(
+                "entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
+                f"{cfg.env.id}); the shared policy starts from its default initialization"
+            )
             tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
         elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO":
             from entropilot.policies.entropy_init import entropy_aware_init
 
-            init = entropy_aware_init(algo, threshold=cfg.entropy.init.threshold, max_draws=cfg.entropy.init.max_draws,
-                                      base_seed=cfg.seed * 1000, rollout_steps=cfg.entropy.init.rollout_steps)
+            init = entropy_aware_init(
+                algo,
+                threshold=cfg.entropy.init.threshold,
+                max_draws=cfg.entropy.init.max_draws,
+                base_seed=cfg.seed * 1000,
+                rollout_steps=cfg.entropy.init.rollout_steps,
+            )
             tracker.log_entropy_init(init)
-            echo(f"entropy-aware init: {len(init.draws)} draw(s), chosen seed {init.chosen.seed} with "
-                 f"{init.chosen.entropy:.2f} nats (threshold {init.threshold:.2f}{'' if init.cleared else ', not cleared: kept the best'})")
+            echo(
+                f"entropy-aware init: {len(init.draws)} draw(s), chosen seed {init.chosen.seed} with "
+                f"{init.chosen.entropy:.2f} nats (threshold {init.threshold:.2f}"
+                f"{'' if init.cleared else ', not cleared: kept the best'})"
+            )
         state["run_id"] = tracker.run_id
         nodes = env_runner_nodes(algo)
         if nodes:
@@ -330,8 +356,15 @@ def train(cfg: ExperimentConfig | None, resume: str | None = None, echo: Callabl
         tracker.log_artifact(checkpoint, "checkpoint")
         status = "FINISHED"
         echo(f"stopped: {stopped}; checkpoint {checkpoint}; MLflow run {tracker.run_id}")
-        return TrainResult(tracker.run_id, checkpoint, state["iteration"], int(history[-1].get("env_steps", 0)),
-                           success, stopped, history)
+        return TrainResult(
+            tracker.run_id,
+            checkpoint,
+            state["iteration"],
+            int(history[-1].get("env_steps", 0)),
+            success,
+            stopped,
+            history,
+        )
     except (KeyboardInterrupt, SystemExit):  # SystemExit: also how Ray Tune ends a trial it stops early
         status = "KILLED"
         raise
@@ -365,14 +398,19 @@ def _save(algo, cfg: ExperimentConfig, state: dict, root: Path) -> Path:
 def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
     from entropilot.envs.plots import save_gif
 
-    episode = evaluate(algo, cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"episodes": 1})}),
-                       record_frames=True)[0]
+    episode = evaluate(
+        algo,
+        cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"episodes": 1})}),
+        record_frames=True,
+    )[0]
     path = root / "plots" / "evaluation.gif"
     save_gif(episode.frames, str(path), fps=int(cfg.env.kwargs.get("control_hz", 48)))
     tracker.log_artifact(path, "video")
 
 
-def _stop_reason(cfg: ExperimentConfig, iteration: int, env_steps: float, elapsed: float, success: float | None) -> str | None:
+def _stop_reason(
+    cfg: ExperimentConfig, iteration: int, env_steps: float, elapsed: float, success: float | None
+) -> str | None:
     s = cfg.stop
     if s.success_rate is not None and success is not None and success >= s.success_rate:
         return f"evaluation success rate {success:.2f} >= {s.success_rate}"
@@ -392,6 +430,8 @@ def _progress_line(it: int, m: dict, success: float | None, elapsed: float, cfg:
     elif cfg.stop.time_s:
         eta = f" left {max(0.0, cfg.stop.time_s - elapsed):4.0f}s"
     fmt = lambda key, spec: format(m[key], spec) if key in m else "-"  # noqa: E731
-    return (f"iter {it:4d} | steps {int(m.get('env_steps', 0)):8d} | return {fmt('episode_return_mean', '7.1f')} | "
-            f"success {'-' if success is None else format(success, '.2f')} | entropy {fmt('entropy', '6.2f')} "
-            f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | {elapsed:5.0f}s{eta}")
+    return (
+        f"iter {it:4d} | steps {int(m.get('env_steps', 0)):8d} | return {fmt('episode_return_mean', '7.1f')} | "
+        f"success {'-' if success is None else format(success, '.2f')} | entropy {fmt('entropy', '6.2f')} "
+        f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | {elapsed:5.0f}s{eta}"
+    )

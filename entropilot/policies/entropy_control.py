@@ -36,8 +36,7 @@ class EntropySchedule:
             return
         if isinstance(target, (str, bytes)) or not isinstance(target, Sequence) or not target:
             raise ValueError(
-                "target entropy must be a number or a non-empty list of [env_steps, value] pairs; "
-                f"got {target!r}"
+                f"target entropy must be a number or a non-empty list of [env_steps, value] pairs; got {target!r}"
             )
         self._steps, self._values = [], []
         for i, point in enumerate(target):
@@ -76,7 +75,8 @@ class EntropyCoefficientController:
     up. A target below the entropy the policy has by itself (a std-1 start: 5.68 nats for a 4-dim
     Gaussian; a falling schedule) needs an entropy *penalty*, a negative coefficient. A controller
     that cannot cross zero pins at its smallest coefficient and entropy ignores the target (seen
-    on hover: target 2 -> 1 nats, measured 4-5.5 nats, coefficient stuck at 1e-5). Because the sign matters and the useful
+    on hover: target 2 -> 1 nats, measured 4-5.5 nats, coefficient stuck at 1e-5). Because the sign matters and the
+    useful
     values are all of one order (about +-0.01), the controller acts on the coefficient itself
     (linear), not on its logarithm.
     Why bounds: a negative coefficient rewards the policy for being certain, i.e. it is an
@@ -140,8 +140,7 @@ class EntropyCoefficientController:
         initial_coef = _finite_real("initial_coef", initial_coef)
         if not coef_min <= initial_coef <= coef_max:
             raise ValueError(
-                f"initial_coef must lie in [coef_min, coef_max] = [{coef_min}, {coef_max}]; "
-                f"got {initial_coef}"
+                f"initial_coef must lie in [coef_min, coef_max] = [{coef_min}, {coef_max}]; got {initial_coef}"
             )
         self._coef_min, self._coef_max = coef_min, coef_max
         self._gain, self._damping, self._max_step = gain, damping, max_step
@@ -181,13 +180,18 @@ class EntropyCoefficientController:
         clamped into them, as a bound does during updates. All checks run before anything changes:
         a rejected call leaves the controller as it was.
         """
-        schedule = self._schedule if target is None else (
-            target if isinstance(target, EntropySchedule) else EntropySchedule(target)
+        schedule = (
+            self._schedule
+            if target is None
+            else (target if isinstance(target, EntropySchedule) else EntropySchedule(target))
         )
         keep = lambda value, current: current if value is None else value  # noqa: E731
         settings = _checked_settings(
-            keep(coef_min, self._coef_min), keep(coef_max, self._coef_max), keep(gain, self._gain),
-            keep(damping, self._damping), keep(max_step, self._max_step),
+            keep(coef_min, self._coef_min),
+            keep(coef_max, self._coef_max),
+            keep(gain, self._gain),
+            keep(damping, self._damping),
+            keep(max_step, self._max_step),
         )
         self._schedule = schedule
         self._coef_min, self._coef_max, self._gain, self._damping, self._max_step = settings
@@ -306,9 +310,7 @@ class EntropyCollapseDetector:
             reasons.append(f"entropy {entropy:.4g} below floor {self._floor:.4g}")
         drop = self._drop_per_million_steps()
         if self._max_drop is not None and drop is not None and drop > self._max_drop:
-            reasons.append(
-                f"entropy falling {drop:.4g} nats per 1M env steps, faster than {self._max_drop:.4g}"
-            )
+            reasons.append(f"entropy falling {drop:.4g} nats per 1M env steps, faster than {self._max_drop:.4g}")
         return CollapseCheck(bool(reasons), tuple(reasons), drop)
 
     def _drop_per_million_steps(self) -> float | None:
@@ -328,6 +330,5 @@ class EntropyCollapseDetector:
         if "history" not in state:
             raise ValueError("collapse detector state is missing 'history'")
         self._history = [
-            (_finite_real("history env_steps", s), _finite_real("history entropy", h))
-            for s, h in state["history"]
+            (_finite_real("history env_steps", s), _finite_real("history entropy", h)) for s, h in state["history"]
         ]

@@ -136,7 +136,9 @@ def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = Non
         steps = [slice(0, len(episode)) for episode in episodes]
         return RolloutSample(
             np.concatenate([ep.get_observations(s) for ep, s in zip(episodes, steps)]),
-            np.concatenate([ep.get_extra_model_outputs(Columns.ACTION_DIST_INPUTS, s) for ep, s in zip(episodes, steps)]),
+            np.concatenate(
+                [ep.get_extra_model_outputs(Columns.ACTION_DIST_INPUTS, s) for ep, s in zip(episodes, steps)]
+            ),
             runner.env.single_action_space,
         )
 

@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 _POS_ERR, _ROTATION, _VELOCITY, _BODY_RATES, _PREV_ACTION = (
-    OBSERVATION_COLUMNS[g] for g in ("pos_err", "rotation", "velocity", "body_rates", "prev_action"))
+    OBSERVATION_COLUMNS[g] for g in ("pos_err", "rotation", "velocity", "body_rates", "prev_action")
+)
 
 
 class LinkError(RuntimeError):
@@ -116,8 +117,10 @@ def telemetry_is_finite(telemetry: Telemetry) -> bool:
     """Every number in the state estimate (timestamp included) is finite."""
     if not math.isfinite(telemetry.timestamp):
         return False
-    return all(bool(np.isfinite(v).all()) for v in
-               (telemetry.position, telemetry.velocity, telemetry.rotation, telemetry.body_rates))
+    return all(
+        bool(np.isfinite(v).all())
+        for v in (telemetry.position, telemetry.velocity, telemetry.rotation, telemetry.body_rates)
+    )
 
 
 def observation_from_telemetry(telemetry: Telemetry, target, previous_action) -> np.ndarray:
@@ -174,7 +177,7 @@ class VehicleLink(ABC):
     def disarm(self) -> None:
         """Stop the motors. A link must refuse (LinkError) unless the vehicle reports itself landed."""
 
-    def observe(self) -> None:
+    def observe(self) -> None:  # noqa: B027 - a real vehicle needs nothing here; only a simulator overrides it
         """A dry-run tick: the autopilot commands nothing and the vehicle flies on whatever controls it (a pilot,
         its own position hold). A real vehicle moves on its own, so there is nothing to do; a simulator, whose
         world moves only when told, overrides this to let its own hold controller fly the tick."""
@@ -185,8 +188,11 @@ class VehicleLink(ABC):
 
     def expected_contract(self) -> dict[str, Any]:
         """What this vehicle requires of a policy file (keys of ``onnx_policy.EXPECTABLE``)."""
-        return {"observation_names": list(OBSERVATION_NAMES), "action_mode": self.action_mode,
-                "control_hz": self.control_hz}
+        return {
+            "observation_names": list(OBSERVATION_NAMES),
+            "action_mode": self.action_mode,
+            "control_hz": self.control_hz,
+        }
 
     def __enter__(self):
         self.connect()
@@ -221,8 +227,14 @@ class CtbrVehicleLink(VehicleLink):
         """The link at ``address`` that an exported policy needs: its control rate, body-rate scale and airframe's
         hover thrust. Raises LinkError for a policy of another action mode."""
         if metadata["action_mode"] != "ctbr":
-            raise LinkError(f"the {cls.link_name} link flies ctbr policies (thrust + body rates), not "
-                            f"{metadata['action_mode']!r}")
+            raise LinkError(
+                f"the {cls.link_name} link flies ctbr policies (thrust + body rates), not {metadata['action_mode']!r}"
+            )
         env_kwargs = metadata.get("env_kwargs") or {}
-        return cls(address, control_hz=metadata["control_hz"], max_body_rate=env_kwargs.get("max_body_rate", 6.0),
-                   hover_action=ctbr_hover_action(env_kwargs.get("airframe", "cf2x")), **kwargs)
+        return cls(
+            address,
+            control_hz=metadata["control_hz"],
+            max_body_rate=env_kwargs.get("max_body_rate", 6.0),
+            hover_action=ctbr_hover_action(env_kwargs.get("airframe", "cf2x")),
+            **kwargs,
+        )

@@ -65,8 +65,14 @@ __all__ = [
 THRUST_MAX = 65535
 PARAM_UINT8 = 0x08  # cflib ParamTocElement type code for uint8_t
 RATE_MODE, ANGLE_MODE = 0, 1  # firmware's stabilization modes (flightmode.stabModeRoll / stabModePitch)
-LOG_POSITION = ("stateEstimate.x", "stateEstimate.y", "stateEstimate.z",
-                "stateEstimate.vx", "stateEstimate.vy", "stateEstimate.vz")
+LOG_POSITION = (
+    "stateEstimate.x",
+    "stateEstimate.y",
+    "stateEstimate.z",
+    "stateEstimate.vx",
+    "stateEstimate.vy",
+    "stateEstimate.vz",
+)
 LOG_ATTITUDE = ("stabilizer.roll", "stabilizer.pitch", "stabilizer.yaw", "gyro.x", "gyro.y", "gyro.z")
 
 
@@ -106,13 +112,13 @@ def rotation_from_stabilizer(roll_deg: float, pitch_deg: float, yaw_deg: float) 
     return rz @ ry @ rx
 
 
-def telemetry_from_log(values: dict[str, float], timestamp: float, *, armed: bool = False, mode: str = "unknown",
-                       landed: bool = False) -> Telemetry:
+def telemetry_from_log(
+    values: dict[str, float], timestamp: float, *, armed: bool = False, mode: str = "unknown", landed: bool = False
+) -> Telemetry:
     """Log values (the names in LOG_POSITION + LOG_ATTITUDE, in the Crazyflie's units) -> Telemetry (ours)."""
     position = [values[f"stateEstimate.{k}"] for k in ("x", "y", "z")]
     velocity = [values[f"stateEstimate.{k}"] for k in ("vx", "vy", "vz")]
-    rotation = rotation_from_stabilizer(values["stabilizer.roll"], values["stabilizer.pitch"],
-                                        values["stabilizer.yaw"])
+    rotation = rotation_from_stabilizer(values["stabilizer.roll"], values["stabilizer.pitch"], values["stabilizer.yaw"])
     rates = np.radians([values["gyro.x"], values["gyro.y"], values["gyro.z"]])
     return Telemetry(timestamp, position, velocity, rotation, rates, armed, mode, landed)
 
@@ -130,11 +136,25 @@ class CrazyflieLink(CtbrVehicleLink):
 
     link_name = "Crazyflie"
 
-    def __init__(self, uri: str = "radio://0/80/2M/E7E7E7E7E7", *, control_hz: int = 48, max_body_rate: float = 6.0,
-                 hover_action=None, cf=None, clock: Clock | None = None, use_high_level: bool = True,
-                 log_period_ms: int = 10, telemetry_timeout_s: float = 0.5, connect_timeout_s: float = 10.0,
-                 hold_duration_s: float = 1.0, land_speed: float = 0.3, landed_height_m: float = 0.05,
-                 resend_s: float = 1.0, wait_for_telemetry: bool = True):
+    def __init__(
+        self,
+        uri: str = "radio://0/80/2M/E7E7E7E7E7",
+        *,
+        control_hz: int = 48,
+        max_body_rate: float = 6.0,
+        hover_action=None,
+        cf=None,
+        clock: Clock | None = None,
+        use_high_level: bool = True,
+        log_period_ms: int = 10,
+        telemetry_timeout_s: float = 0.5,
+        connect_timeout_s: float = 10.0,
+        hold_duration_s: float = 1.0,
+        land_speed: float = 0.3,
+        landed_height_m: float = 0.05,
+        resend_s: float = 1.0,
+        wait_for_telemetry: bool = True,
+    ):
         super().__init__(control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock)
         self.uri = uri
         self.use_high_level = bool(use_high_level)
@@ -184,7 +204,11 @@ class CrazyflieLink(CtbrVehicleLink):
             if not ready.wait(self.connect_timeout_s) or failed:
                 self.close()
                 # cflib's message carries a whole traceback: its first line says what failed.
-                why = failed[0].strip().splitlines()[0] if failed else f"not connected within {self.connect_timeout_s:g} s"
+                why = (
+                    failed[0].strip().splitlines()[0]
+                    if failed
+                    else f"not connected within {self.connect_timeout_s:g} s"
+                )
                 raise LinkError(f"cannot connect to the Crazyflie at {self.uri}: {why}")
         self._connected = True
         try:
@@ -210,8 +234,11 @@ class CrazyflieLink(CtbrVehicleLink):
                 return None
             values, stamp, mode = dict(self._values), self._position_rx, self._mode
             armed = self._unlocked and mode != "stopped"
-        landed = not armed or (mode == "land" and values["stateEstimate.z"] < self.landed_height_m
-                               and abs(values["stateEstimate.vz"]) < 0.1)
+        landed = not armed or (
+            mode == "land"
+            and values["stateEstimate.z"] < self.landed_height_m
+            and abs(values["stateEstimate.vz"]) < 0.1
+        )
         return telemetry_from_log(values, stamp, armed=armed, mode=mode, landed=landed)
 
     def send_action(self, action) -> None:
@@ -284,8 +311,10 @@ class CrazyflieLink(CtbrVehicleLink):
         self._rate_mode = True
 
     def _start_logging(self, LogConfig) -> None:
-        for name, variables, handler in (("entropilot_position", LOG_POSITION, self._on_position),
-                                         ("entropilot_attitude", LOG_ATTITUDE, self._on_attitude)):
+        for name, variables, handler in (
+            ("entropilot_position", LOG_POSITION, self._on_position),
+            ("entropilot_attitude", LOG_ATTITUDE, self._on_attitude),
+        ):
             config = LogConfig(name=name, period_in_ms=self.log_period_ms)
             for variable in variables:
                 config.add_variable(variable, "float")
@@ -351,8 +380,9 @@ class CrazyflieLink(CtbrVehicleLink):
                     return
                 self._last_request = now
                 if mode == "hold":
-                    self.cf.high_level_commander.go_to(float(target[0]), float(target[1]), float(target[2]), yaw,
-                                                       self.hold_duration_s)
+                    self.cf.high_level_commander.go_to(
+                        float(target[0]), float(target[1]), float(target[2]), yaw, self.hold_duration_s
+                    )
                 else:
                     z = values.get("stateEstimate.z", float(target[2]))  # re-planned from where it is now
                     self.cf.high_level_commander.land(0.0, max(1.0, z / self.land_speed), yaw=yaw)

@@ -92,11 +92,13 @@ rotation_world_from_ned = rotation_ned_from_world
 def rotation_from_quaternion(q) -> np.ndarray:
     """(w, x, y, z) (normalized here) -> 3x3 rotation matrix."""
     w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def quaternion_from_rotation(rotation) -> np.ndarray:
@@ -150,7 +152,8 @@ class MavlinkLink(CtbrVehicleLink):
     estimate. Telemetry: LOCAL_POSITION_NED + ATTITUDE_QUATERNION (rates from it, or from ATTITUDE), HEARTBEAT
     (armed, PX4 mode), EXTENDED_SYS_STATE (landed = MAV_LANDED_STATE_ON_GROUND); stamped with the ``clock`` time
     the position message arrived (the vehicle's boot time is not trusted across clocks, so the autopilot's staleness
-    check measures transport delay plus the vehicle's publishing gaps); none for ``telemetry_timeout_s`` -> ``read_telemetry`` returns None (link loss).
+    check measures transport delay plus the vehicle's publishing gaps); none for ``telemetry_timeout_s`` ->
+    ``read_telemetry`` returns None (link loss).
     ``arm`` streams hover setpoints for ``offboard_warmup_s`` (PX4 wants a stream before OFFBOARD), arms, and
     switches to OFFBOARD, streaming all the while; ``send_action`` sends one SET_ATTITUDE_TARGET (thrust + body
     rates, attitude ignored) and raises LinkError if the vehicle has left OFFBOARD on its own (its failsafe);
@@ -160,11 +163,24 @@ class MavlinkLink(CtbrVehicleLink):
 
     link_name = "MAVLink"
 
-    def __init__(self, connection: str = "udpout:127.0.0.1:14540", *, control_hz: int = 48,
-                 max_body_rate: float = 6.0, hover_action=None, target_system: int = 1, target_component: int = 1,
-                 source_system: int = 1, source_component: int = 191, telemetry_timeout_s: float = 0.5,
-                 connect_timeout_s: float = 5.0, command_timeout_s: float = 2.0, offboard_warmup_s: float = 1.2,
-                 resend_s: float = 0.5, clock: Clock | None = None):
+    def __init__(
+        self,
+        connection: str = "udpout:127.0.0.1:14540",
+        *,
+        control_hz: int = 48,
+        max_body_rate: float = 6.0,
+        hover_action=None,
+        target_system: int = 1,
+        target_component: int = 1,
+        source_system: int = 1,
+        source_component: int = 191,
+        telemetry_timeout_s: float = 0.5,
+        connect_timeout_s: float = 5.0,
+        command_timeout_s: float = 2.0,
+        offboard_warmup_s: float = 1.2,
+        resend_s: float = 0.5,
+        clock: Clock | None = None,
+    ):
         super().__init__(control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock)
         self.connection_string = connection
         self.target_system, self.target_component = int(target_system), int(target_component)
@@ -201,12 +217,15 @@ class MavlinkLink(CtbrVehicleLink):
         self._reset_state()
         self._stop.clear()
         try:
-            self._conn = mavutil.mavlink_connection(self.connection_string, source_system=self.source_system,
-                                                    source_component=self.source_component)
+            self._conn = mavutil.mavlink_connection(
+                self.connection_string, source_system=self.source_system, source_component=self.source_component
+            )
         except OSError as err:
             raise LinkError(f"cannot open {self.connection_string}: {err}") from err
-        self._threads = [threading.Thread(target=self._receive_loop, name="mavlink-rx", daemon=True),
-                         threading.Thread(target=self._heartbeat_loop, name="mavlink-heartbeat", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._receive_loop, name="mavlink-rx", daemon=True),
+            threading.Thread(target=self._heartbeat_loop, name="mavlink-heartbeat", daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
         deadline = time.monotonic() + self.connect_timeout_s
@@ -216,8 +235,10 @@ class MavlinkLink(CtbrVehicleLink):
                     return
             time.sleep(0.02)
         self.close()
-        raise LinkError(f"no HEARTBEAT and state estimate from the vehicle on {self.connection_string} "
-                        f"within {self.connect_timeout_s:g} s")
+        raise LinkError(
+            f"no HEARTBEAT and state estimate from the vehicle on {self.connection_string} "
+            f"within {self.connect_timeout_s:g} s"
+        )
 
     def read_telemetry(self) -> Telemetry | None:
         with self._lock:
@@ -226,9 +247,16 @@ class MavlinkLink(CtbrVehicleLink):
             if self.clock.now() - self._position_rx > self.telemetry_timeout_s:
                 return None
             rates = self._rates if self._rates is not None else np.zeros(3)
-            return Telemetry(self._position_rx, world_from_ned(self._position), world_from_ned(self._velocity),
-                             rotation_world_from_ned(rotation_from_quaternion(self._quaternion)), FLIP @ rates,
-                             self._armed, self._mode, self._landed)
+            return Telemetry(
+                self._position_rx,
+                world_from_ned(self._position),
+                world_from_ned(self._velocity),
+                rotation_world_from_ned(rotation_from_quaternion(self._quaternion)),
+                FLIP @ rates,
+                self._armed,
+                self._mode,
+                self._landed,
+            )
 
     def send_action(self, action) -> None:
         action = np.asarray(action, dtype=np.float64)
@@ -250,8 +278,13 @@ class MavlinkLink(CtbrVehicleLink):
         self._command(mavutil.mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 1, stream=True)
         self._wait(lambda: self._armed, "the vehicle to report itself armed")
         main, sub = PX4_MODES["offboard"]
-        self._command(mavutil.mavlink.MAV_CMD_DO_SET_MODE, mavutil.mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED,
-                      main, sub, stream=True)
+        self._command(
+            mavutil.mavlink.MAV_CMD_DO_SET_MODE,
+            mavutil.mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED,
+            main,
+            sub,
+            stream=True,
+        )
         self._wait(lambda: self._mode == "offboard", "the vehicle to report OFFBOARD")
 
     def hold(self) -> None:
@@ -263,8 +296,9 @@ class MavlinkLink(CtbrVehicleLink):
             if self._mode == "land" or not self._due("land"):
                 return
         mavutil = _mavutil()
-        self._send_command(mavutil.mavlink.MAV_CMD_NAV_LAND, 0, 0, 0, float("nan"), float("nan"), float("nan"),
-                           float("nan"))
+        self._send_command(
+            mavutil.mavlink.MAV_CMD_NAV_LAND, 0, 0, 0, float("nan"), float("nan"), float("nan"), float("nan")
+        )
 
     def disarm(self) -> None:
         self._require_connection()
@@ -368,9 +402,19 @@ class MavlinkLink(CtbrVehicleLink):
         thrust, rates = attitude_target_from_action(action, self.max_body_rate)
         mask = mavutil.mavlink.ATTITUDE_TARGET_TYPEMASK_ATTITUDE_IGNORE
         boot_ms = int(time.monotonic() * 1000) & 0xFFFFFFFF
-        self._send(lambda mav: mav.set_attitude_target_send(
-            boot_ms, self.target_system, self.target_component, mask, [1.0, 0.0, 0.0, 0.0],
-            float(rates[0]), float(rates[1]), float(rates[2]), thrust))
+        self._send(
+            lambda mav: mav.set_attitude_target_send(
+                boot_ms,
+                self.target_system,
+                self.target_component,
+                mask,
+                [1.0, 0.0, 0.0, 0.0],
+                float(rates[0]),
+                float(rates[1]),
+                float(rates[2]),
+                thrust,
+            )
+        )
         self.setpoints_sent += 1
 
     def _send(self, write) -> None:
@@ -390,9 +434,15 @@ class MavlinkLink(CtbrVehicleLink):
         mavutil = _mavutil()
         while not self._stop.is_set():
             try:
-                self._send(lambda mav: mav.heartbeat_send(mavutil.mavlink.MAV_TYPE_ONBOARD_CONTROLLER,
-                                                          mavutil.mavlink.MAV_AUTOPILOT_INVALID, 0, 0,
-                                                          mavutil.mavlink.MAV_STATE_ACTIVE))
+                self._send(
+                    lambda mav: mav.heartbeat_send(
+                        mavutil.mavlink.MAV_TYPE_ONBOARD_CONTROLLER,
+                        mavutil.mavlink.MAV_AUTOPILOT_INVALID,
+                        0,
+                        0,
+                        mavutil.mavlink.MAV_STATE_ACTIVE,
+                    )
+                )
             except LinkError:
                 # A lost link shows up as stale telemetry, which the autopilot's failsafe handles; the
                 # heartbeat simply keeps trying in case the link comes back.
@@ -436,4 +486,7 @@ class MavlinkLink(CtbrVehicleLink):
                     self._acks[msg.command] = (msg.result, now)
 
     def __repr__(self) -> str:
-        return f"MavlinkLink({self.connection_string!r}, control_hz={self.control_hz}, max_body_rate={self.max_body_rate:g})"
+        return (
+            f"MavlinkLink({self.connection_string!r}, control_hz={self.control_hz}, "
+            f"max_body_rate={self.max_body_rate:g})"
+        )

@@ -41,11 +41,22 @@ class SimLink(VehicleLink):
     keeps flying its last setpoint meanwhile), so telemetry does not fall behind the clock.
     """
 
-    def __init__(self, env, *, seed: int | None = 0, clock: Clock | None = None, descent_rate: float = 0.5,
-                 record_frames: bool = False, close_env: bool = False, realtime: bool = False):
+    def __init__(
+        self,
+        env,
+        *,
+        seed: int | None = 0,
+        clock: Clock | None = None,
+        descent_rate: float = 0.5,
+        record_frames: bool = False,
+        close_env: bool = False,
+        realtime: bool = False,
+    ):
         base = env.unwrapped
         if not hasattr(base, "sim") or base.sim.num_drones != 1:
-            raise ValueError("SimLink flies a single-drone entropilot env (entropilot/Hover-v0, entropilot/Waypoint-v0)")
+            raise ValueError(
+                "SimLink flies a single-drone entropilot env (entropilot/Hover-v0, entropilot/Waypoint-v0)"
+            )
         if list(base.observation_names) != list(OBSERVATION_NAMES):
             raise ValueError("the env's observation layout differs from the deploy observation builder's")
         self.env = env
@@ -60,8 +71,11 @@ class SimLink(VehicleLink):
         airframe = base.sim.airframe
         self.rest_height = float(airframe.collision_half_extents[2])  # body centre resting on the ground plane
         self.touchdown_height = self.rest_height + 0.02
-        self._idle = np.full(4, -1.0, dtype=np.float32) if self.action_mode == "motors" else np.array(
-            [-1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+        self._idle = (
+            np.full(4, -1.0, dtype=np.float32)
+            if self.action_mode == "motors"
+            else np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+        )
         self._hold_pid = CascadedPID.for_env(env)
         self._land_pid = CascadedPID.for_env(env)
         self.record_frames = record_frames
@@ -82,12 +96,16 @@ class SimLink(VehicleLink):
         self._switched = False
 
     @classmethod
-    def from_policy_metadata(cls, metadata: dict[str, Any], *, render_mode: str | None = None, **kwargs) -> "SimLink":
+    def from_policy_metadata(cls, metadata: dict[str, Any], *, render_mode: str | None = None, **kwargs) -> SimLink:
         """The env an exported policy names (its env id and kwargs, action mode and rates), as a vehicle."""
         from entropilot.envs import make_env
 
-        env_kwargs = {**metadata["env_kwargs"], "action_mode": metadata["action_mode"],
-                      "control_hz": metadata["control_hz"], "physics_hz": metadata["physics_hz"]}
+        env_kwargs = {
+            **metadata["env_kwargs"],
+            "action_mode": metadata["action_mode"],
+            "control_hz": metadata["control_hz"],
+            "physics_hz": metadata["physics_hz"],
+        }
         return cls(make_env(metadata["env_id"], render_mode=render_mode, **env_kwargs), close_env=True, **kwargs)
 
     @property
@@ -97,9 +115,12 @@ class SimLink(VehicleLink):
 
     def expected_contract(self) -> dict[str, Any]:
         base = self.env.unwrapped
-        return {**super().expected_contract(), "physics_hz": self.settings.physics_hz,
-                "action_low": [float(v) for v in base.action_space.low],
-                "action_high": [float(v) for v in base.action_space.high]}
+        return {
+            **super().expected_contract(),
+            "physics_hz": self.settings.physics_hz,
+            "action_low": [float(v) for v in base.action_space.low],
+            "action_high": [float(v) for v in base.action_space.high],
+        }
 
     # ---- VehicleLink --------------------------------------------------------------------
     def connect(self) -> None:
@@ -194,12 +215,26 @@ class SimLink(VehicleLink):
         s = self.settings
         last = int(round(getattr(s, "success_seconds", 0.0) * self.control_hz))
         radius = getattr(s, "success_radius", 0.0)
-        success = (not log.dry_run and not log.failsafes and not self.crashes and last > 0 and len(distances) >= last
-                   and bool((distances[-last:] <= radius).all()))
+        success = (
+            not log.dry_run
+            and not log.failsafes
+            and not self.crashes
+            and last > 0
+            and len(distances) >= last
+            and bool((distances[-last:] <= radius).all())
+        )
         positions = np.array(self.trajectory)
-        return EpisodeResult(self.seed, success, self.policy_return, len(flying), final,
-                             self.crashes[0][1] if self.crashes else None, positions,
-                             np.repeat(log.target[None, :], len(positions), axis=0), list(self.frames))
+        return EpisodeResult(
+            self.seed,
+            success,
+            self.policy_return,
+            len(flying),
+            final,
+            self.crashes[0][1] if self.crashes else None,
+            positions,
+            np.repeat(log.target[None, :], len(positions), axis=0),
+            list(self.frames),
+        )
 
     # ---- internals -----------------------------------------------------------------------
     def _command(self, kind: str, mode: str) -> None:
@@ -238,8 +273,9 @@ class SimLink(VehicleLink):
         position, velocity = sim.position[0], sim.velocity[0]
         speed = math.sqrt(float(velocity @ velocity))
         landed = bool(position[2] <= self.touchdown_height and speed < 0.1)
-        return Telemetry(self._state_time(), position, velocity, sim.rotation[0], sim.body_rates[0],
-                         self.armed, self.mode, landed)
+        return Telemetry(
+            self._state_time(), position, velocity, sim.rotation[0], sim.body_rates[0], self.armed, self.mode, landed
+        )
 
     def _own_observation(self, point: np.ndarray) -> np.ndarray:
         """What the vehicle's own controller sees: the true state relative to ``point``."""
@@ -247,5 +283,4 @@ class SimLink(VehicleLink):
 
     def __repr__(self) -> str:
         name = getattr(self.env.spec, "id", None) or type(self.env.unwrapped).__name__
-        return (f"SimLink({name}, "
-                f"action_mode={self.action_mode}, control_hz={self.control_hz}, seed={self.seed})")
+        return f"SimLink({name}, action_mode={self.action_mode}, control_hz={self.control_hz}, seed={self.seed})"
