@@ -83,6 +83,22 @@ def test_pid_baseline_hovers_with_success(action_mode):
         assert info["distance"] < 0.1
 
 
+@pytest.mark.parametrize("action_mode", ["ctbr", "motors"])
+def test_pid_flies_a_batch_of_drones_as_it_flies_each_alone(action_mode):
+    envs = [gym.make(HOVER_ID, action_mode=action_mode, start_tilt_deg=40.0) for _ in range(5)]
+    batch_pid, alone = CascadedPID.for_env(envs[0]), [CascadedPID.for_env(env) for env in envs]
+    obs = np.stack([env.reset(seed=seed)[0] for seed, env in enumerate(envs)])
+    for _ in range(30):  # steep starts: the tilt limit and the clips are on the path
+        actions = batch_pid(obs)
+        assert actions.shape == (5, 4) and actions.dtype == np.float32
+        np.testing.assert_array_equal(actions, np.stack([pid(o) for pid, o in zip(alone, obs)]))
+        obs = np.stack([env.step(a)[0] for env, a in zip(envs, actions)])
+    with pytest.raises(ValueError, match="reset"):
+        batch_pid(obs[:3])
+    batch_pid.reset()
+    assert batch_pid(obs[:3]).shape == (3, 4)
+
+
 def test_pid_tracks_waypoints_and_circle():
     for trajectory in ("waypoints", "circle"):
         env = gym.make(WAYPOINT_ID, trajectory=trajectory)

@@ -3,12 +3,16 @@
 ``run_episodes`` flies a single-drone Gymnasium env; ``run_swarm_episodes`` flies every drone of the
 multi-agent swarm with one shared controller. Both run the same loop (``_fly``) over a small adapter
 that presents either env as "agents -> observations", a single-drone env being a swarm of one.
+``run_episodes_batched`` flies many single-drone episodes in lockstep, the controller called once per step for
+all of them (one batched inference): the same episodes as ``run_episodes`` on the same seeds, in far less time.
+Every loop keeps its episodes' books with one ``_Recorder``.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,10 +26,16 @@ class EpisodeResult:
     length: int
     final_distance: float
     crash: str | None
-    positions: np.ndarray = field(repr=False)  # (T + 1, 3) world positions
-    targets: np.ndarray = field(repr=False)  # (T + 1, 3) the reference point at each step
+    positions: np.ndarray | None = field(repr=False)  # (T + 1, 3) world positions (None: not recorded)
+    targets: np.ndarray | None = field(repr=False)  # (T + 1, 3) the reference point at each step
     frames: list = field(default_factory=list, repr=False)  # in a swarm: one list shared by all drones' results
     agent: str | None = None  # the swarm agent id ("drone_3"); None for a single-drone env
+    # From the true state: the largest angle between body z and world z over the episode.
+    max_tilt_deg: float = math.nan
+    # When the drone entered the success radius of its reference for good (stayed inside to the end), s from the
+    # start; None if it ended outside.
+    settling_time: float | None = None
+    saturated_fraction: float = math.nan  # of the steps, those with an action component at or beyond +-1
 
 
 def run_episodes(
@@ -100,6 +110,53 @@ class _Swarm:
         return self.env.targets[index]
 
 
+class _Recorder:
+    """One drone's episode, step by step: return, length, trajectory (if kept), the last step's info, how long it has
+    stayed inside the success radius, its largest tilt and its saturated actions."""
+
+    def __init__(self, seed: int, agent, sim, index: int, target: np.ndarray, record_paths: bool = True):
+        self.seed, self.agent, self.sim, self.index = seed, agent, sim, index
+        self.radius, self.dt = sim.settings.success_radius, 1.0 / sim.settings.control_hz
+        self.positions = [sim.position[index].copy()] if record_paths else None
+        self.targets = [target.copy()] if record_paths else None
+        self.total, self.steps, self.info, self.saturated = 0.0, 0, {}, 0
+        drone = sim.drones[index]
+        self.min_tilt_cos = drone.rotation[8]
+        start_distance = math.dist(drone.position, target)
+        self.inside_since = 0 if start_distance <= self.radius else None  # the step since which it stays inside
+
+    def step(self, reward: float, info: dict, saturated: bool, target: np.ndarray | None = None) -> None:
+        """After a step: its reward and info, whether its action saturated, the reference (kept with the path)."""
+        self.total += reward
+        self.steps += 1
+        self.info = info
+        self.min_tilt_cos = min(self.min_tilt_cos, self.sim.drones[self.index].rotation[8])
+        self.saturated += saturated
+        inside = info["distance"] <= self.radius
+        self.inside_since = (self.inside_since if self.inside_since is not None else self.steps) if inside else None
+        if self.positions is not None:
+            self.positions.append(self.sim.position[self.index].copy())
+            self.targets.append(target.copy())
+
+    def result(self, frames: list) -> EpisodeResult:
+        info = self.info
+        return EpisodeResult(
+            self.seed,
+            bool(info.get("is_success", False)),
+            self.total,
+            self.steps,
+            info["distance"],
+            info.get("crash"),
+            None if self.positions is None else np.array(self.positions),
+            None if self.targets is None else np.array(self.targets),
+            frames,
+            self.agent,
+            math.degrees(math.acos(max(-1.0, min(1.0, self.min_tilt_cos)))),
+            None if self.inside_since is None else self.inside_since * self.dt,
+            self.saturated / max(self.steps, 1),
+        )
+
+
 def _fly(
     world, controller, episodes: int, seed: int, record_frames: bool, reset_controller: Callable[[], None] | None
 ) -> list[EpisodeResult]:
@@ -110,39 +167,72 @@ def _fly(
         obs = world.reset(seed + k)
         if reset_controller is not None:
             reset_controller()
-        positions = {a: [sim.position[index[a]].copy()] for a in agents}
-        targets = {a: [world.target(index[a]).copy()] for a in agents}
+        books = {a: _Recorder(seed + k, a, sim, index[a], world.target(index[a])) for a in agents}
         frames = [world.env.render()] if record_frames else []
-        totals, steps, last_info = dict.fromkeys(agents, 0.0), dict.fromkeys(agents, 0), {}
         live, done = [a for a in agents if a in obs], False
         while not done:
-            obs, rewards, dones, infos, done = world.step({a: controller(obs[a]) for a in live})
+            actions = {a: controller(obs[a]) for a in live}
+            obs, rewards, dones, infos, done = world.step(actions)
             for a, reward in rewards.items():
-                totals[a] += reward
-                steps[a] += 1
-                positions[a].append(sim.position[index[a]].copy())
-                targets[a].append(world.target(index[a]).copy())
-                last_info[a] = infos[a]
+                books[a].step(reward, infos[a], _saturated(actions[a]), world.target(index[a]))
             if record_frames:
                 frames.append(world.env.render())
             live = [a for a in live if not dones.get(a, False)]
-        for a in agents:
-            info = last_info[a]
-            results.append(
-                EpisodeResult(
-                    seed + k,
-                    bool(info.get("is_success", False)),
-                    totals[a],
-                    steps[a],
-                    info["distance"],
-                    info.get("crash"),
-                    np.array(positions[a]),
-                    np.array(targets[a]),
-                    frames,
-                    a,
-                )
-            )
+        results += [books[a].result(frames) for a in agents]
     return results
+
+
+def run_episodes_batched(
+    make_env: Callable[[], object],
+    controller: Callable[[np.ndarray], np.ndarray],
+    seeds: Sequence[int],
+    *,
+    batch_size: int = 100,
+    reset_controller: Callable[[], None] | None = None,
+    record_paths: bool = False,
+) -> list[EpisodeResult]:
+    """One episode per seed, ``batch_size`` at a time in lockstep on as many single-drone envs from ``make_env``:
+    each step calls ``controller`` once on the (B, n) observations of the whole batch (a finished episode's row holds
+    its last observation, so a stateful controller such as the batched PID keeps one row per drone) and
+    ``reset_controller`` before each batch. The results equal ``run_episodes``' on the same seeds (up to the
+    controller's own batch-size effects); trajectories only with ``record_paths``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    envs = [make_env() for _ in range(min(batch_size, len(seeds)))]
+    try:
+        results = []
+        for start in range(0, len(seeds), len(envs)):
+            chunk = list(seeds[start : start + len(envs)])
+            batch = envs[: len(chunk)]
+            obs = np.stack([env.reset(seed=s)[0] for env, s in zip(batch, chunk)])
+            if reset_controller is not None:
+                reset_controller()
+            books = [
+                _Recorder(s, None, env.unwrapped.sim, 0, env.unwrapped.target[0], record_paths)
+                for env, s in zip(batch, chunk)
+            ]
+            live = list(range(len(batch)))
+            while live:
+                actions = controller(obs)
+                saturated = (np.abs(actions) >= 1.0).any(axis=1).tolist()
+                still = []
+                for i in live:
+                    env = batch[i]
+                    obs[i], reward, terminated, truncated, info = env.step(actions[i])
+                    books[i].step(reward, info, saturated[i], env.unwrapped.target[0] if record_paths else None)
+                    if not (terminated or truncated):
+                        still.append(i)
+                live = still
+            results += [book.result([]) for book in books]
+        return results
+    finally:
+        for env in envs:
+            env.close()
+
+
+def _saturated(action) -> bool:
+    """Whether a component of ``action`` is at or beyond the [-1, 1] bounds (what the env clips)."""
+    return bool(np.any(np.abs(action) >= 1.0))
 
 
 def summarize(results: list[EpisodeResult]) -> dict[str, float]:

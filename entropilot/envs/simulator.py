@@ -76,6 +76,7 @@ class DroneSimulator:
     physics = cython.declare(list, visibility="readonly")  # one DronePhysics per drone
     drones = cython.declare(list, visibility="readonly")  # one DroneState per drone
     true_airframes = cython.declare(list, visibility="readonly")
+    action_delays = cython.declare(list, visibility="readonly")  # per drone, control periods (this episode's)
     air_velocity = cython.declare(object, visibility="readonly")  # (N, 3) wind at each drone, world m/s
     _downwash = cython.declare(cython.bint)
     _no_downwash = cython.declare(list)
@@ -103,7 +104,8 @@ class DroneSimulator:
         ]
         self._hover_action_row = self.hover_action().tolist()
         self.true_airframes = []
-        self._set_true_parameters([self.airframe] * num_drones)
+        self._set_true_parameters([settings.vehicle_airframe] * num_drones)
+        self.action_delays = [settings.action_delay_steps] * num_drones
         self.air_velocity = self.wind.mean + self.wind.gust
         self._air_rows = self.air_velocity.tolist()
         self._set_state(self.world.read(), [self._hover_action_row] * num_drones)
@@ -148,12 +150,12 @@ class DroneSimulator:
 
     # ---- episodes ------------------------------------------------------------------------
     def randomize(self, rng: np.random.Generator) -> None:
-        """Draw this episode's true airframe of every drone (the controllers keep the nominal one)."""
-        r = self.settings.randomization
+        """Draw this episode's true airframe (around ``settings.vehicle_airframe``) and action delay of every drone
+        (the controllers keep the nominal airframe)."""
+        r, base = self.settings.randomization, self.settings.vehicle_airframe
         if not r.enabled:
-            self._set_true_parameters([self.airframe] * self.num_drones)
+            self._set_true_parameters([base] * self.num_drones)
             return
-        base = self.airframe
         airframes = []
         for _ in range(self.num_drones):
             f = rng.uniform(-1.0, 1.0, size=6) * [r.mass, r.inertia, r.inertia, r.kf, r.km, r.motor_time_constant] + 1.0
@@ -169,6 +171,9 @@ class DroneSimulator:
                 )
             )
         self._set_true_parameters(airframes)
+        if r.action_delay_steps:
+            extra = rng.integers(0, r.action_delay_steps + 1, size=self.num_drones).tolist()
+            self.action_delays = [self.settings.action_delay_steps + k for k in extra]
 
     def _set_true_parameters(self, airframes: list[Airframe]) -> None:
         if airframes == self.true_airframes:
@@ -191,6 +196,7 @@ class DroneSimulator:
                 r[6] * b0 + r[7] * b1 + r[8] * b2,
             )
             self.world.place(i, positions[i], q, velocities[i], angular_world)
+            self.physics[i].reset_action_delay(self.action_delays[i], self._hover_action_row)
         self.rotors.reset(self.airframe.hover_rpm)
         if self.wind.gust_std > 0:  # without gusts the air moves at the mean wind, set once in __init__
             self.wind.reset(rng)

@@ -1,0 +1,75 @@
+"""Episodes flown in lockstep (``run_episodes_batched``) are the episodes ``run_episodes`` flies one by one."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from entropilot.envs import HOVER_ID, WAYPOINT_ID, make_env
+from entropilot.envs.evaluate import run_episodes, run_episodes_batched
+from entropilot.envs.pid import CascadedPID
+
+
+def _same(a, b) -> None:
+    for name in ("seed", "success", "episode_return", "length", "final_distance", "crash", "max_tilt_deg"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.settling_time == b.settling_time and a.saturated_fraction == b.saturated_fraction
+
+
+@pytest.mark.parametrize(
+    ("env_id", "options"),
+    [
+        (HOVER_ID, {"start_tilt_deg": 60.0, "max_tilt_deg": 50.0, "start_velocity": 1.0}),  # some crash, some saturate
+        (HOVER_ID, {"action_mode": "motors", "true_airframe": {"mass": 1.2}, "wind": {"gust_std": 0.5}}),
+        (WAYPOINT_ID, {"episode_seconds": 4.0}),
+    ],
+)
+def test_a_batch_flies_the_episodes_one_by_one_flight_flies(env_id, options):
+    seeds = list(range(20, 27))
+    env = make_env(env_id, **options)
+    pid = CascadedPID.for_env(env)
+    try:
+        alone = run_episodes(env, pid, len(seeds), seeds[0], reset_controller=pid.reset)
+    finally:
+        env.close()
+    batch_pid = CascadedPID.for_env(make_env(env_id, **options))
+    for batch_size in (7, 3):  # one batch, and batches of 3, 3, 1
+        batched = run_episodes_batched(
+            lambda: make_env(env_id, **options),
+            batch_pid,
+            seeds,
+            batch_size=batch_size,
+            reset_controller=batch_pid.reset,
+            record_paths=True,
+        )
+        assert [r.seed for r in batched] == seeds
+        for a, b in zip(alone, batched):
+            _same(a, b)
+            np.testing.assert_array_equal(a.positions, b.positions)
+    if "start_tilt_deg" in options:
+        assert any(r.crash for r in alone) and any(r.success for r in alone)
+        assert any(r.saturated_fraction > 0 for r in alone)
+
+
+def test_the_episode_statistics_mean_what_they_say():
+    env = make_env(HOVER_ID, start_tilt_deg=0.0, start_velocity=0.0)
+    pid = CascadedPID.for_env(env)
+    try:
+        (result,) = run_episodes(env, pid, 1, 5, reset_controller=pid.reset)
+    finally:
+        env.close()
+    distances = np.linalg.norm(result.positions - result.targets, axis=1)
+    tilt = result.max_tilt_deg
+    assert result.success and 0.0 < tilt < 30.0  # the PID's tilt limit
+    # settled: inside the radius from then on, and not one step earlier
+    k = round(result.settling_time * 48)
+    assert (distances[k:] <= 0.1).all() and distances[k - 1] > 0.1
+    assert 0.0 <= result.saturated_fraction < 0.5
+
+    no_thrust = np.array([-1.0, 0.0, 0.0, 0.0])
+    falling = run_episodes_batched(lambda: make_env(HOVER_ID), lambda obs: np.tile(no_thrust, (len(obs), 1)), [0, 1])
+    for r in falling:
+        assert r.crash == "ground_impact" and not r.success and r.saturated_fraction == 1.0
+        assert r.settling_time is None and r.positions is None and math.isfinite(r.max_tilt_deg)
