@@ -34,20 +34,20 @@ def test_a_batch_flies_the_episodes_one_by_one_flight_flies(env_id, options):
         alone = run_episodes(env, pid, len(seeds), seeds[0], reset_controller=pid.reset)
     finally:
         env.close()
-    batch_pid = CascadedPID.for_env(make_env(env_id, **options))
-    for batch_size in (7, 3):  # one batch, and batches of 3, 3, 1
-        batched = run_episodes_batched(
-            lambda: make_env(env_id, **options),
-            batch_pid,
-            seeds,
-            batch_size=batch_size,
-            reset_controller=batch_pid.reset,
-            record_paths=True,
-        )
-        assert [r.seed for r in batched] == seeds
-        for a, b in zip(alone, batched):
-            _same(a, b)
-            np.testing.assert_array_equal(a.positions, b.positions)
+    envs = [make_env(env_id, **options) for _ in range(7)]
+    batch_pid = CascadedPID.for_env(envs[0])
+    try:
+        for batch_size in (7, 3):  # one batch, and batches of 3, 3, 1
+            batched = run_episodes_batched(
+                envs[:batch_size], batch_pid, seeds, reset_controller=batch_pid.reset, record_paths=True
+            )
+            assert [r.seed for r in batched] == seeds
+            for a, b in zip(alone, batched):
+                _same(a, b)
+                np.testing.assert_array_equal(a.positions, b.positions)
+    finally:
+        for env in envs:
+            env.close()
     if "start_tilt_deg" in options:
         assert any(r.crash for r in alone) and any(r.success for r in alone)
         assert any(r.saturated_fraction > 0 for r in alone)
@@ -69,7 +69,7 @@ def test_the_episode_statistics_mean_what_they_say():
     assert 0.0 <= result.saturated_fraction < 0.5
 
     no_thrust = np.array([-1.0, 0.0, 0.0, 0.0])
-    falling = run_episodes_batched(lambda: make_env(HOVER_ID), lambda obs: np.tile(no_thrust, (len(obs), 1)), [0, 1])
+    falling = run_episodes_batched([make_env(HOVER_ID)], lambda obs: np.tile(no_thrust, (len(obs), 1)), [0, 1])
     for r in falling:
         assert r.crash == "ground_impact" and not r.success and r.saturated_fraction == 1.0
         assert r.settling_time is None and r.positions is None and math.isfinite(r.max_tilt_deg)

@@ -197,6 +197,9 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "env_kwargs": info.env_kwargs,
         "training_run_id": state.get("run_id"),
         "training_iteration": state.get("iteration"),
+        # [first, last + 1) of the seeds training started its envs from and evaluated on: a readiness evaluation
+        # keeps its held-out seeds apart from both.
+        **({"seeds": info.seeds} if info.seeds else {}),
         "algorithm": info.algorithm,
         "entropilot_version": entropilot.__version__,
         "exporter": exporter,
@@ -241,6 +244,7 @@ class CheckpointInfo:
     env_kwargs: dict[str, Any]
     evaluation_seed: int
     algorithm: str
+    seeds: dict[str, list[int]] | None = None  # {"training": [lo, hi), "evaluation": [lo, hi)} when the config says
 
 
 def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
@@ -255,7 +259,13 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
     path = checkpoint / CONFIG_FILE
     try:
         cfg = load_config(path)
-        return CheckpointInfo(cfg.env.id, dict(cfg.env.kwargs), cfg.evaluation.seed, cfg.algorithm.name)
+        r, e = cfg.resources, cfg.evaluation
+        # RLlib 2.60 seeds runner i's sub-env j with seed + i + j (the config's own overlap check says the same)
+        seeds = {
+            "training": [cfg.seed, cfg.seed + r.num_env_runners + r.envs_per_runner],
+            "evaluation": [e.seed, e.seed + e.episodes],
+        }
+        return CheckpointInfo(cfg.env.id, dict(cfg.env.kwargs), e.seed, cfg.algorithm.name, seeds)
     except FileNotFoundError:
         raise ExportError(f"{checkpoint}: no {CONFIG_FILE} beside the checkpoint") from None
     except ConfigError as err:

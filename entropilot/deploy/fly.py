@@ -65,6 +65,22 @@ def pull_registered(source: str, *, tracking_uri: str | None, cache_dir: str | N
     return pulled
 
 
+def check_readiness(policy: OnnxPolicy, *, force: bool, dry_run: bool, echo: Echo = print) -> None:
+    """Before a flight on a vehicle: the readiness report in the policy file must name this network and clear its
+    gate (``deploy.gate``), else FlightError, unless ``force`` (then a warning on the console and in the log). A dry
+    run sends nothing, so it only says what the report says."""
+    from entropilot.deploy.gate import GateRefused, enforce, report_problems
+
+    report, problems = report_problems(policy.metadata, policy.policy_sha256)
+    if dry_run:
+        echo(f"dry run: the readiness gate is not applied (nothing is sent); it says: {'; '.join(problems) or 'pass'}")
+        return
+    try:
+        enforce(report, problems, force=force, what=f"fly {policy.path.name} on a vehicle", echo=echo)
+    except GateRefused as err:
+        raise FlightError(str(err)) from None
+
+
 def check_plot_support(plot: str | None) -> None:
     """Refuse ``--plot`` before a flight, not after it: an onboard install may have no matplotlib."""
     if plot and importlib.util.find_spec("matplotlib") is None:

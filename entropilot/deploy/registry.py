@@ -19,7 +19,16 @@ from pathlib import Path
 
 from entropilot.deploy.contract import SHA256_TAG, sha256_hex, verify_seal
 
-__all__ = ["CACHE_ENV", "RegisteredPolicy", "RegistryError", "is_model_uri", "parse_model_uri", "pull_policy"]
+__all__ = [
+    "CACHE_ENV",
+    "RegisteredPolicy",
+    "RegistryError",
+    "fail_fast_http",
+    "is_model_uri",
+    "parse_model_uri",
+    "pull_policy",
+    "require_store",
+]
 
 CACHE_ENV = "ENTROPILOT_MODEL_CACHE"
 MODEL_FILE = "model.onnx"  # the file name MLflow's ONNX flavour stores the model under
@@ -72,8 +81,8 @@ def pull_policy(
 
     name, alias, version = parse_model_uri(uri)
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    _require_store(tracking_uri)
-    with _fail_fast_http():
+    require_store(tracking_uri)
+    with fail_fast_http():
         return _pull(uri, name, alias, version, tracking_uri, cache_dir)
 
 
@@ -139,7 +148,7 @@ def _pull(
 
 
 @contextlib.contextmanager
-def _fail_fast_http():
+def fail_fast_http():
     """A registry that does not answer is an error within seconds, not after MLflow's minutes of retries (the
     tracker's settings; a value the user set wins)."""
     from entropilot.platform.tracking import FAIL_FAST_HTTP_ENV
@@ -153,7 +162,7 @@ def _fail_fast_http():
             os.environ.pop(name, None)
 
 
-def _require_store(tracking_uri: str) -> None:
+def require_store(tracking_uri: str) -> None:
     """A local sqlite store that does not exist would be created empty by MLflow and then hold no model."""
     if tracking_uri.startswith("sqlite:///"):
         path = Path(tracking_uri.removeprefix("sqlite:///"))

@@ -183,51 +183,43 @@ def _fly(
 
 
 def run_episodes_batched(
-    make_env: Callable[[], object],
+    envs: Sequence,
     controller: Callable[[np.ndarray], np.ndarray],
     seeds: Sequence[int],
     *,
-    batch_size: int = 100,
     reset_controller: Callable[[], None] | None = None,
     record_paths: bool = False,
 ) -> list[EpisodeResult]:
-    """One episode per seed, ``batch_size`` at a time in lockstep on as many single-drone envs from ``make_env``:
-    each step calls ``controller`` once on the (B, n) observations of the whole batch (a finished episode's row holds
-    its last observation, so a stateful controller such as the batched PID keeps one row per drone) and
-    ``reset_controller`` before each batch. The results equal ``run_episodes``' on the same seeds (up to the
-    controller's own batch-size effects); trajectories only with ``record_paths``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    envs = [make_env() for _ in range(min(batch_size, len(seeds)))]
-    try:
-        results = []
-        for start in range(0, len(seeds), len(envs)):
-            chunk = list(seeds[start : start + len(envs)])
-            batch = envs[: len(chunk)]
-            obs = np.stack([env.reset(seed=s)[0] for env, s in zip(batch, chunk)])
-            if reset_controller is not None:
-                reset_controller()
-            books = [
-                _Recorder(s, None, env.unwrapped.sim, 0, env.unwrapped.target[0], record_paths)
-                for env, s in zip(batch, chunk)
-            ]
-            live = list(range(len(batch)))
-            while live:
-                actions = controller(obs)
-                saturated = (np.abs(actions) >= 1.0).any(axis=1).tolist()
-                still = []
-                for i in live:
-                    env = batch[i]
-                    obs[i], reward, terminated, truncated, info = env.step(actions[i])
-                    books[i].step(reward, info, saturated[i], env.unwrapped.target[0] if record_paths else None)
-                    if not (terminated or truncated):
-                        still.append(i)
-                live = still
-            results += [book.result([]) for book in books]
-        return results
-    finally:
-        for env in envs:
-            env.close()
+    """One episode per seed, ``len(envs)`` at a time in lockstep on the single-drone ``envs`` (the caller's: build them
+    once, fly several controllers): each step calls ``controller`` once on the (B, n) observations of the whole batch
+    (a finished episode's row holds its last observation, so a stateful controller such as the batched PID keeps one
+    row per drone), and ``reset_controller`` before each batch. The results equal ``run_episodes``' on the same seeds
+    (up to the controller's own batch-size effects); trajectories only with ``record_paths``."""
+    results = []
+    for start in range(0, len(seeds), len(envs)):
+        chunk = list(seeds[start : start + len(envs)])
+        batch = envs[: len(chunk)]
+        obs = np.stack([env.reset(seed=s)[0] for env, s in zip(batch, chunk)])
+        if reset_controller is not None:
+            reset_controller()
+        books = [
+            _Recorder(s, None, env.unwrapped.sim, 0, env.unwrapped.target[0], record_paths)
+            for env, s in zip(batch, chunk)
+        ]
+        live = list(range(len(batch)))
+        while live:
+            actions = controller(obs)
+            saturated = (np.abs(actions) >= 1.0).any(axis=1).tolist()
+            still = []
+            for i in live:
+                env = batch[i]
+                obs[i], reward, terminated, truncated, info = env.step(actions[i])
+                books[i].step(reward, info, saturated[i], env.unwrapped.target[0] if record_paths else None)
+                if not (terminated or truncated):
+                    still.append(i)
+            live = still
+        results += [book.result([]) for book in books]
+    return results
 
 
 def _saturated(action) -> bool:
