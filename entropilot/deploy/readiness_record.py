@@ -62,7 +62,7 @@ def stamp_report(path: str | os.PathLike, report: dict[str, Any]) -> str:
     del model.metadata_props[:]
     for prop in kept:
         model.metadata_props.add(key=prop.key, value=SEAL_PLACEHOLDER if prop.key == SEAL_KEY else prop.value)
-    model.metadata_props.add(key=PREFIX + READINESS_KEY, value=json.dumps(report, sort_keys=True))
+    model.metadata_props.add(key=PREFIX + READINESS_KEY, value=json.dumps(report))  # in its order: conditions
     stamped = seal(model.SerializeToString())
     if policy_sha256(stamped) != expected:
         raise ReadinessError(f"{path}: writing the report changed the network's bytes; the file was left as it was")
