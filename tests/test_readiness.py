@@ -25,7 +25,7 @@ from entropilot.deploy.contract import (
 from entropilot.deploy.fly import FlightError, check_readiness
 from entropilot.deploy.gate import judge, verdict_line
 from entropilot.deploy.onnx_policy import OnnxPolicy
-from entropilot.deploy.readiness import episode_stats, evaluate_policy, wilson_interval
+from entropilot.deploy.readiness import episode_stats, evaluate_policy
 from entropilot.deploy.readiness_config import (
     ReadinessError,
     check_conditions,
@@ -37,6 +37,7 @@ from entropilot.deploy.readiness_record import stamp_report
 from entropilot.envs import HOVER_ID, WAYPOINT_ID, make_env
 from entropilot.envs.evaluate import run_episodes
 from entropilot.envs.pid import CascadedPID
+from entropilot.platform.stats import wilson_interval
 
 # Short episodes, few of them: the numbers are not the point here, their bookkeeping is.
 TINY = """

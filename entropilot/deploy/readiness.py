@@ -6,7 +6,6 @@ per condition and judged by the gate (``gate``). Ground side: it runs the simula
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,25 +19,17 @@ import numpy as np
 from entropilot.deploy.contract import policy_sha256
 from entropilot.deploy.gate import judge
 from entropilot.deploy.readiness_config import ReadinessConfig, check_conditions, check_seeds
+from entropilot.platform.stats import wilson_interval  # the Wilson score interval: see INTERVAL
 
 REPORT_FORMAT = 1
+# Unlike the normal approximation it stays inside [0, 1] and keeps its coverage near 0 and n successes, where a
+# flight-readiness rate lives (100/100 -> [0.963, 1] at 95 %).
 INTERVAL = "Wilson score"
 # Envs flown in lockstep per condition. Building an env (a PyBullet client) costs as much as ~200 of its steps, so a
 # condition's episodes share a few dozen envs, in turns, rather than one env each.
 BATCH_SIZE = 32
 
 Echo = Callable[[str], None]
-
-
-def wilson_interval(successes: int, n: int, confidence: float) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion: unlike the normal approximation it stays inside [0, 1] and
-    keeps its coverage near 0 and n successes, where a flight-readiness rate lives (100/100 -> [0.963, 1] at 95 %)."""
-    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    p, z2 = successes / n, z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * ((p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5) / (1 + z2 / n)
-    # At 0 and n successes the bounds are exactly 0 and 1; computed, they come out a rounding error off.
-    return (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
 
 
 def episode_stats(results: list, confidence: float) -> dict[str, Any]:
