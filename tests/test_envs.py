@@ -260,3 +260,36 @@ def test_swarm_downwash_pushes_only_the_drone_below():
     assert below_with[1] == pytest.approx(below_without[1], abs=1e-6)  # the upper drone feels nothing
     beside_with, beside_without = height_after(True, 0.5), height_after(False, 0.5)
     assert beside_with[0] == pytest.approx(beside_without[0], abs=1e-3)  # 0.5 m to the side: outside the wake
+
+
+def test_the_crash_penalty_is_an_option():
+    rewards = {}
+    for penalty in (2.0, 10.0):
+        env = gym.make(HOVER_ID, crash_penalty=penalty)
+        env.reset(seed=0)
+        terminated = False
+        while not terminated:  # no thrust: it falls and hits the ground
+            _, reward, terminated, _, info = env.step(np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32))
+        rewards[penalty] = reward
+        assert info["crash"] == "ground_impact"
+        env.close()
+    assert rewards[10.0] == pytest.approx(rewards[2.0] - 8.0, abs=1e-12) and rewards[2.0] < -1.0
+
+
+def test_randomized_wind_blows_from_any_direction_up_to_its_speed():
+    env = gym.make(HOVER_ID, wind={"mean": [0.2, 0.0, 0.0]}, randomization={"wind_speed": 1.5})
+    winds = []
+    for seed in range(40):
+        env.reset(seed=seed)
+        winds.append(env.unwrapped.sim.air_velocity[0].copy())
+        env.step(env.unwrapped.sim.hover_action())
+        np.testing.assert_array_equal(env.unwrapped.sim.air_velocity[0], winds[-1])  # steady within the episode
+    extra = np.array(winds) - [0.2, 0.0, 0.0]
+    speed = np.linalg.norm(extra, axis=1)
+    assert speed.max() <= 1.5 and speed.max() > 1.0 and (extra[:, 2] == 0).all()
+    assert (extra[:, 0] < -0.3).any() and (extra[:, 1] > 0.3).any() and (extra[:, 1] < -0.3).any()
+    env.close()
+    still = gym.make(HOVER_ID, wind={"mean": [0.2, 0.0, 0.0]})
+    still.reset(seed=0)
+    np.testing.assert_array_equal(still.unwrapped.sim.air_velocity[0], [0.2, 0.0, 0.0])
+    still.close()

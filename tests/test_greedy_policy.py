@@ -9,7 +9,7 @@ from ray.rllib.algorithms.sac import SACConfig
 
 from entropilot.envs import HOVER_ID
 from entropilot.platform.algorithm import ObservationFilterStats
-from entropilot.platform.train import GreedyPolicy
+from entropilot.platform.evaluation import GreedyPolicy
 
 
 def module_and_obs(config):
@@ -46,3 +46,13 @@ def test_filter_statistics_normalize_before_the_network():
     policy = GreedyPolicy(module, stats)
     zeros_action = np.clip(dist_inputs(module, np.zeros(22, dtype=np.float32))[:4], -1, 1)
     np.testing.assert_allclose(policy(obs), zeros_action, atol=1e-6)  # obs == mean normalizes to zeros
+
+
+def test_a_batch_of_observations_is_one_forward_pass_with_the_same_actions():
+    module, obs = module_and_obs(PPOConfig())
+    stats = ObservationFilterStats(mean=np.zeros(22), std=np.full(22, 2.0), clip=5.0, count=100)
+    policy = GreedyPolicy(module, stats)
+    batch = np.stack([obs, obs * 0.5, obs * 3.0]).astype(np.float32)
+    actions = policy(batch)
+    assert actions.shape == (3, 4) and policy(obs).shape == (4,)
+    np.testing.assert_allclose(actions, np.stack([policy(o) for o in batch]), atol=1e-6)

@@ -99,17 +99,20 @@ def export_policy(
 
 
 def resolve_checkpoint(source: str | os.PathLike, stack: contextlib.ExitStack | None = None) -> Path:
-    """A checkpoint folder (with ``entropilot_state.json``), a run folder (its latest ``iter_*``), or an MLflow run id.
+    """A checkpoint folder (with ``entropilot_state.json``), a run folder (the best checkpoint, if training kept one
+    with ``checkpoint.keep_best``, else its latest ``iter_*``), or an MLflow run id.
 
     For a run id whose checkpoint folder is not on this machine, the run's ``checkpoint`` artifacts are
     downloaded into a temporary folder that lives as long as ``stack``.
     """
-    from entropilot.platform.train import STATE_FILE
+    from entropilot.platform.train import BEST_CHECKPOINT, STATE_FILE
 
     path = Path(source)
     if path.is_dir():
         if (path / STATE_FILE).is_file():
             return path.resolve()
+        if (path / BEST_CHECKPOINT / STATE_FILE).is_file():
+            return (path / BEST_CHECKPOINT).resolve()
         checkpoints = sorted(p for p in path.glob("iter_*") if (p / STATE_FILE).is_file())
         if not checkpoints:
             raise ExportError(
@@ -357,9 +360,9 @@ class PolicyGraph(torch.nn.Module):
 
 
 def _greedy_policy(module, stats):
-    """``GreedyPolicy`` (train.py) on a restored module and filter: the computation training evaluates with,
-    and the one the file must reproduce."""
-    from entropilot.platform.train import GreedyPolicy
+    """``GreedyPolicy`` (platform/evaluation.py) on a restored module and filter: the computation training evaluates
+    with, and the one the file must reproduce."""
+    from entropilot.platform.evaluation import GreedyPolicy
 
     return GreedyPolicy(module, stats)
 

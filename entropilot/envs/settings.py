@@ -113,8 +113,9 @@ class TrueAirframe:
 
 @dataclass(frozen=True)
 class DomainRandomization:
-    """Relative spreads: each episode draws a factor uniformly from [1 - x, 1 + x] per quantity (around the true
-    airframe), and ``action_delay_steps``: an extra action delay drawn uniformly from 0 to that many control periods."""
+    """Per episode: relative spreads, each drawing a factor uniformly from [1 - x, 1 + x] (around the true airframe);
+    ``action_delay_steps``: an extra action delay drawn uniformly from 0 to that many control periods;
+    ``wind_speed``: a horizontal wind added to ``wind.mean``, of any direction and a speed uniform in [0, that] m/s."""
 
     mass: float = 0.0
     inertia: float = 0.0
@@ -123,19 +124,19 @@ class DomainRandomization:
     motor_time_constant: float = 0.0
     noise: float = 0.0  # scales every sensor-noise standard deviation
     action_delay_steps: int = 0
+    wind_speed: float = 0.0  # m/s
 
     def __post_init__(self):
         for f in fields(self):
-            value = getattr(self, f.name)
+            name, value = f"randomization.{f.name}", getattr(self, f.name)
             if f.name == "action_delay_steps":
-                _check(_is_delay(value), f"randomization.{f.name}", value, f"an integer in [0, {MAX_ACTION_DELAY}]")
-                continue
-            _check(
-                isinstance(value, (int, float)) and 0.0 <= value < 1.0,
-                f"randomization.{f.name}",
-                value,
-                "a relative spread in [0, 1)",
-            )
+                _check(_is_delay(value), name, value, f"an integer in [0, {MAX_ACTION_DELAY}]")
+            elif f.name == "wind_speed":
+                _check(isinstance(value, (int, float)) and 0.0 <= value <= 20.0, name, value, "in [0, 20] m/s")
+            else:
+                _check(
+                    isinstance(value, (int, float)) and 0.0 <= value < 1.0, name, value, "a relative spread in [0, 1)"
+                )
 
     @functools.cached_property  # read every reset
     def enabled(self) -> bool:
@@ -172,6 +173,7 @@ class DroneSettings:
     drag: bool = True
     ground_effect: bool = True
     max_tilt_deg: float = 80.0  # beyond this the episode terminates as a crash
+    crash_penalty: float = 2.0  # subtracted from the reward of the step that crashes (per-step rewards are in (0, 1])
     arena_half_size: float = 3.0  # m, |x|, |y| limit; z limit is 2 * arena_half_size
     crash_speed: float = 1.0  # m/s: touching the ground faster than this is a crash
     sensor_noise: SensorNoise = field(default_factory=SensorNoise)
@@ -212,6 +214,7 @@ class DroneSettings:
         )
         _check(self.max_body_rate > 0, "max_body_rate", self.max_body_rate, "> 0")
         _check(0 < self.max_tilt_deg <= 180, "max_tilt_deg", self.max_tilt_deg, "in (0, 180]")
+        _finite_nonneg("crash_penalty", self.crash_penalty)
         _check(self.arena_half_size > 0, "arena_half_size", self.arena_half_size, "> 0")
         _check(self.crash_speed > 0, "crash_speed", self.crash_speed, "> 0")
         object.__setattr__(self, "sensor_noise", _build(SensorNoise, "sensor_noise", self.sensor_noise))

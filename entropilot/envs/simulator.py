@@ -78,6 +78,7 @@ class DroneSimulator:
     true_airframes = cython.declare(list, visibility="readonly")
     action_delays = cython.declare(list, visibility="readonly")  # per drone, control periods (this episode's)
     air_velocity = cython.declare(object, visibility="readonly")  # (N, 3) wind at each drone, world m/s
+    wind_offsets = cython.declare(object, visibility="readonly")  # (N, 3) this episode's randomized wind, world m/s
     _downwash = cython.declare(cython.bint)
     _no_downwash = cython.declare(list)
     _hover_action_row = cython.declare(list)
@@ -106,6 +107,7 @@ class DroneSimulator:
         self.true_airframes = []
         self._set_true_parameters([settings.vehicle_airframe] * num_drones)
         self.action_delays = [settings.action_delay_steps] * num_drones
+        self.wind_offsets = np.zeros((num_drones, 3))
         self.air_velocity = self.wind.mean + self.wind.gust
         self._air_rows = self.air_velocity.tolist()
         self._set_state(self.world.read(), [self._hover_action_row] * num_drones)
@@ -174,6 +176,14 @@ class DroneSimulator:
         if r.action_delay_steps:
             extra = rng.integers(0, r.action_delay_steps + 1, size=self.num_drones).tolist()
             self.action_delays = [self.settings.action_delay_steps + k for k in extra]
+        if r.wind_speed:
+            speed, heading = (
+                rng.uniform(0.0, r.wind_speed, self.num_drones),
+                rng.uniform(-math.pi, math.pi, self.num_drones),
+            )
+            self.wind_offsets = np.stack(
+                [speed * np.cos(heading), speed * np.sin(heading), np.zeros(self.num_drones)], 1
+            )
 
     def _set_true_parameters(self, airframes: list[Airframe]) -> None:
         if airframes == self.true_airframes:
@@ -198,9 +208,11 @@ class DroneSimulator:
             self.world.place(i, positions[i], q, velocities[i], angular_world)
             self.physics[i].reset_action_delay(self.action_delays[i], self._hover_action_row)
         self.rotors.reset(self.airframe.hover_rpm)
-        if self.wind.gust_std > 0:  # without gusts the air moves at the mean wind, set once in __init__
-            self.wind.reset(rng)
-            self.air_velocity = self.wind.mean + self.wind.gust
+        randomized = self.settings.randomization.wind_speed > 0
+        if self.wind.gust_std > 0 or randomized:  # else the air moves at the mean wind, set once in __init__
+            if self.wind.gust_std > 0:
+                self.wind.reset(rng)
+            self.air_velocity = self.wind.mean + self.wind.gust + self.wind_offsets
             self._air_rows = self.air_velocity.tolist()
         self._set_state(self.world.read(), [self._hover_action_row] * self.num_drones)
 
@@ -221,7 +233,7 @@ class DroneSimulator:
             executed[i], forces[i], torques[i] = physics.control(rows[i], drone, air, downwash[i])
         self._set_state(self.world.step(forces, torques), executed)
         if self.wind.gust_std > 0:
-            self.air_velocity = self.wind.step(self.control_dt, rng)
+            self.air_velocity = self.wind.step(self.control_dt, rng) + self.wind_offsets
             self._air_rows = self.air_velocity.tolist()
 
     @cython.cfunc

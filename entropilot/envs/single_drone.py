@@ -11,7 +11,7 @@ import pybullet as p
 from entropilot.envs.observation import ObservationWriter, observe
 from entropilot.envs.settings import HoverSettings, WaypointSettings
 from entropilot.envs.simulator import DroneSimulator, attitude_bounds, uniform
-from entropilot.envs.tasks import CRASH_PENALTY, HoverRules, norm3, position_error
+from entropilot.envs.tasks import HoverRules, norm3, position_error
 from entropilot.vehicle.layout import OBSERVATION_NAMES, OBSERVATION_SIZE
 
 
@@ -20,7 +20,7 @@ class HoverEnv(gym.Env):
 
     Observation: ``OBSERVATION_NAMES`` (22 floats). Action: Box([-1, 1]^4): rotor thrusts over
     [0, max] (``motors``) or collective thrust + body rates (``ctbr``). Reward: ``hover_reward``
-    in (0, 1] per step, minus ``CRASH_PENALTY`` on a crash. Terminates on a crash, truncates at
+    in (0, 1] per step, minus ``crash_penalty`` (2) on a crash. Terminates on a crash, truncates at
     ``episode_seconds``. ``info["is_success"]`` at the episode's end: inside ``success_radius`` for
     the last ``success_seconds``.
     """
@@ -92,7 +92,7 @@ class HoverEnv(gym.Env):
         truncated = not terminated and self.steps >= self.settings.max_episode_steps
         info = {"distance": distance}
         if terminated:
-            reward -= CRASH_PENALTY
+            reward -= self.settings.crash_penalty
             info["crash"] = crash
         if terminated or truncated:
             info["is_success"] = truncated and self.rules.succeeded(0)

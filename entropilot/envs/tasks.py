@@ -18,8 +18,6 @@ else:
 
 from entropilot.envs.settings import HoverSettings
 
-CRASH_PENALTY = 2.0
-
 
 @cython.ccall
 def drone_hover_reward(pos_err, velocity, body_rates, tilt_cos: cython.double, action, prev_action) -> cython.double:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from entropilot.platform.config import (
     RESUMABLE_SECTION,
@@ -21,9 +20,11 @@ from entropilot.platform.config import (
     parse_overrides,
     with_overrides,
 )
+from entropilot.platform.evaluation import Evaluator, evaluate
 
 STATE_FILE = "entropilot_state.json"
 CONFIG_FILE = "config.yaml"
+BEST_CHECKPOINT = "best"  # with checkpoint.keep_best: the checkpoint of the best evaluation, beside the iter_* ones
 # The module a single-drone run trains (what checkpoint readers such as the ONNX export load). A swarm run
 # trains one module shared by all drones, `algorithm.SHARED_POLICY_ID`: ask `module_id(algo)` for a live one.
 MODULE_ID = "default_policy"
@@ -134,60 +135,6 @@ def build_from_config(cfg: ExperimentConfig):
     )
 
 
-class GreedyPolicy:
-    """The trained policy as a plain obs -> action function: normalize, forward, Gaussian mean, clip.
-
-    For SAC's tanh-squashed Gaussian the deterministic action is tanh(mean) (RLlib's own
-    ``to_deterministic`` returns the pre-tanh mean, ray-project/ray#51544), which for our [-1, 1]
-    action boxes is already the env action.
-
-    The same computation the ONNX export puts in its graph; used here for evaluation and videos. In a
-    swarm run it is the shared policy, normalizing with the filter statistics pooled over all drones
-    (see `algorithm.observation_filter_stats`), and flies every drone.
-    """
-
-    def __init__(self, module, filter_stats):
-        import torch
-        from ray.rllib.models.torch.torch_distributions import TorchSquashedGaussian
-
-        self._torch = torch
-        self.module = module
-        self.filter = filter_stats
-        self.squashed = issubclass(module.get_inference_action_dist_cls(), TorchSquashedGaussian)
-
-    @classmethod
-    def from_algo(cls, algo) -> GreedyPolicy:
-        from entropilot.platform.algorithm import observation_filter_stats
-
-        return cls(algo.get_module(module_id(algo)), observation_filter_stats(algo))
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        x = self.filter.normalize(obs) if self.filter is not None else obs
-        with torch.no_grad():
-            out = self.module.forward_inference({"obs": torch.as_tensor(np.asarray(x, dtype=np.float32)[None])})
-        inputs = out["action_dist_inputs"][0].numpy()
-        mean = inputs[: len(inputs) // 2]
-        return np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
-
-
-def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
-    """Greedy episodes on held-out seeds (``evaluation.seed`` onward) in a fresh local env.
-
-    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared
-    policy), so the mean of ``success`` is the fraction of drones that succeeded.
-    """
-    from entropilot.envs import make_env
-    from entropilot.envs.evaluate import run_episodes, run_swarm_episodes
-
-    run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
-    env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
-    try:
-        return run(env, GreedyPolicy.from_algo(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
-    finally:
-        env.close()
-
-
 def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]:
     """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``."""
     runners = result.get("env_runners", {})
@@ -287,6 +234,7 @@ def train(
                 f"`entropilot train --resume {root}`, or set a new checkpoint.dir (or name)"
             )
     algo = build_from_config(cfg)
+    evaluator = Evaluator(cfg)
     tracker = RunTracker.start(cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id)
     if resumed_with:
         tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
@@ -338,10 +286,13 @@ def train(
             it = state["iteration"]
             metrics = iteration_metrics(result, policy)
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
-                episodes = evaluate(algo, cfg)
-                success = float(np.mean([e.success for e in episodes]))
-                metrics["success_rate"] = success
-                metrics["eval_final_distance"] = float(np.mean([e.final_distance for e in episodes]))
+                evaluation, _ = evaluator.run(algo)
+                metrics.update(evaluation.metrics())
+                success = evaluation.success_rate
+                if cfg.checkpoint.keep_best and evaluation.score() > tuple(state.get("best_score", (-1.0,))):
+                    state["best_score"], state["best_iteration"] = list(evaluation.score()), it
+                    best = _save(algo, cfg, state, root, name=BEST_CHECKPOINT)
+                    tracker.set_tag("entropilot.best_checkpoint", f"{best.resolve()} (iteration {it})")
             if collapse is not None and "entropy" in metrics:
                 check = collapse.update(metrics["entropy"], metrics.get("env_steps", 0))
                 metrics["entropy_collapse"] = float(check.collapsed)
@@ -354,7 +305,7 @@ def train(
             history.append(metrics)
             tracker.log_metrics(metrics, step=it)
             echo(_progress_line(it, metrics, success, elapsed, cfg))
-            stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics.get("success_rate"))
+            stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics)
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
                 checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
             if on_iteration is not None:
@@ -383,6 +334,7 @@ def train(
         status = "KILLED"
         raise
     finally:
+        evaluator.close()
         tracker.close(status=status)
         algo.stop()
 
@@ -401,8 +353,11 @@ def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
     return detector
 
 
-def _save(algo, cfg: ExperimentConfig, state: dict, root: Path) -> Path:
-    path = root / f"iter_{state['iteration']:06d}"
+def _save(algo, cfg: ExperimentConfig, state: dict, root: Path, name: str | None = None) -> Path:
+    """A checkpoint in ``root``: ``iter_NNNNNN``, or ``name`` (the best one, replaced each time)."""
+    path = root / (name or f"iter_{state['iteration']:06d}")
+    if name and path.exists():
+        shutil.rmtree(path)
     algo.save_to_path(str(path.resolve()))
     dump_config(cfg, path / CONFIG_FILE)
     (path / STATE_FILE).write_text(json.dumps(state))
@@ -422,12 +377,16 @@ def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
     tracker.log_artifact(path, "video")
 
 
-def _stop_reason(
-    cfg: ExperimentConfig, iteration: int, env_steps: float, elapsed: float, success: float | None
-) -> str | None:
+def _stop_reason(cfg: ExperimentConfig, iteration: int, env_steps: float, elapsed: float, metrics: dict) -> str | None:
+    """Why training stops after this iteration (None: it goes on); ``metrics`` holds an evaluation's if one ran."""
     s = cfg.stop
-    if s.success_rate is not None and success is not None and success >= s.success_rate:
-        return f"evaluation success rate {success:.2f} >= {s.success_rate}"
+    if "success_rate" in metrics and (s.max_crashes is None or metrics["eval_crashes"] <= s.max_crashes):
+        crashes = "" if s.max_crashes is None else f", {int(metrics['eval_crashes'])} crash(es)"
+        success, bound = metrics["success_rate"], metrics["eval_success_lower_bound"]
+        if s.success_rate is not None and success >= s.success_rate:
+            return f"evaluation success rate {success:.2f} >= {s.success_rate}{crashes}"
+        if s.success_lower_bound is not None and bound >= s.success_lower_bound:
+            return f"evaluation success lower bound {bound:.3f} >= {s.success_lower_bound}{crashes}"
     if s.iterations is not None and iteration >= s.iterations:
         return f"{iteration} iterations"
     if s.env_steps is not None and env_steps >= s.env_steps:
@@ -444,8 +403,11 @@ def _progress_line(it: int, m: dict, success: float | None, elapsed: float, cfg:
     elif cfg.stop.time_s:
         eta = f" left {max(0.0, cfg.stop.time_s - elapsed):4.0f}s"
     fmt = lambda key, spec: format(m[key], spec) if key in m else "-"  # noqa: E731
+    crashes = (
+        f" (>= {m['eval_success_lower_bound']:.2f}, {int(m['eval_crashes'])} crashes)" if "eval_crashes" in m else ""
+    )
     return (
         f"iter {it:4d} | steps {int(m.get('env_steps', 0)):8d} | return {fmt('episode_return_mean', '7.1f')} | "
-        f"success {'-' if success is None else format(success, '.2f')} | entropy {fmt('entropy', '6.2f')} "
+        f"success {'-' if success is None else format(success, '.2f')}{crashes} | entropy {fmt('entropy', '6.2f')} "
         f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | {elapsed:5.0f}s{eta}"
     )
