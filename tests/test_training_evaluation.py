@@ -69,7 +69,7 @@ def test_evaluation_based_settings_are_checked(data, message):
 
 
 @pytest.mark.integration
-def test_a_run_keeps_its_best_checkpoint_and_export_takes_it(tmp_path, ray_session, isolated_mlflow_env):
+def test_a_run_keeps_its_best_checkpoint_and_export_takes_it(tmp_path, ray_session, mlflow_server, isolated_mlflow_env):
     from entropilot.deploy.export import resolve_checkpoint
     from entropilot.platform.train import train
 
@@ -80,7 +80,7 @@ def test_a_run_keeps_its_best_checkpoint_and_export_takes_it(tmp_path, ray_sessi
             "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
             "entropy": {"init": {"enabled": False}},
             "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "keep-best"},
+            "mlflow": {"tracking_uri": mlflow_server, "experiment": "keep-best"},
             "stop": {"iterations": 3},
             "evaluation": {"interval": 1, "episodes": 6},
             "checkpoint": {"interval": None, "dir": str(tmp_path / "run"), "keep_best": True},
