@@ -181,7 +181,7 @@ class _Lowering:
         if c.shape in ((size,), (1, size)):
             return f"{self.array(c.reshape(size), node, k)}[i]"
         raise CodegenError(
-            f"{node.op_type} node {node.name!r}: constant {node.input[k]!r} of shape {list(c.shape)} does not "
+            f"{self.describe(node)}: constant {node.input[k]!r} of shape {list(c.shape)} does not "
             f"broadcast over the {size} features of a sample (allowed: a scalar, [{size}] or [1, {size}])"
         )
 
