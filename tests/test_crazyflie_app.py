@@ -28,6 +28,7 @@ from entropilot.deploy.links.crazyflie import rotation_from_stabilizer, setpoint
 from entropilot.deploy.onnx_policy import OnnxPolicy
 from entropilot.envs import HOVER_ID, OBSERVATION_NAMES
 from entropilot.envs.pid import CascadedPID
+from entropilot.vehicle.frames import euler_from_rotation, quaternion_from_rotation, rotation_from_quaternion
 
 pytestmark = pytest.mark.skipif(find_host_compiler() is None, reason="no host C compiler (cc, gcc or clang)")
 
@@ -93,35 +94,10 @@ def _f32(values) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
-def _quaternion(rotation: np.ndarray) -> np.ndarray:
-    """Body-to-world rotation matrix -> unit quaternion (w, x, y, z), by Shepperd's method (accurate near any
-    attitude: it divides by the largest of the four candidates)."""
-    m = rotation
-    candidates = [m[0, 0] + m[1, 1] + m[2, 2], m[0, 0], m[1, 1], m[2, 2]]
-    k = int(np.argmax(candidates))
-    if k == 0:
-        s = 2.0 * math.sqrt(1.0 + candidates[0])
-        q = [s / 4, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    elif k == 1:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [(m[2, 1] - m[1, 2]) / s, s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-    elif k == 2:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s]
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4]
-    q = np.array(q)
-    return q / np.linalg.norm(q) * (1.0 if q[0] >= 0 else -1.0)
-
-
 def _legacy_attitude(q: np.ndarray) -> tuple[float, float, float]:
     """state->attitude as the firmware's Kalman filter writes it from its quaternion (kalman_core.c,
-    kalmanCoreExternalizeState): roll, pitch, yaw in degrees, pitch inverted for the legacy CF2 body frame."""
-    q0, q1, q2, q3 = q
-    yaw = math.atan2(2 * (q1 * q2 + q0 * q3), q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3)
-    pitch = math.asin(-2 * (q1 * q3 - q0 * q2))
-    roll = math.atan2(2 * (q2 * q3 + q0 * q1), q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3)
+    kalmanCoreExternalizeState: ZYX Euler angles in degrees, pitch negated for the legacy CF2 body frame)."""
+    roll, pitch, yaw = euler_from_rotation(rotation_from_quaternion(q))
     return math.degrees(roll), -math.degrees(pitch), math.degrees(yaw)
 
 
@@ -129,7 +105,7 @@ def _firmware_state(observation: np.ndarray, target: np.ndarray) -> np.ndarray:
     """An env observation as the firmware's state estimate: position, velocity (m, m/s), quaternion, gyro (deg/s)."""
     position = observation[0:3].astype(np.float64) + target
     rotation = observation[3:12].astype(np.float64).reshape(3, 3)
-    return _f32([*position, *observation[12:15], *_quaternion(rotation), *np.degrees(observation[15:18])])
+    return _f32([*position, *observation[12:15], *quaternion_from_rotation(rotation), *np.degrees(observation[15:18])])
 
 
 def _hover_flight(steps: int = 150) -> tuple[np.ndarray, np.ndarray]:

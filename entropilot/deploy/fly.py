@@ -188,7 +188,7 @@ def fly_on_link(
 def real_time_link(link: str, metadata: dict, address: str | None):
     """The MAVLink or Crazyflie link an exported ctbr policy needs, not yet connected."""
     try:
-        if link == "mavlink":
+        if link == "mavlink":  # pymavlink and cflib are optional extras: their ImportError says how to install
             from entropilot.deploy.links.mavlink import MavlinkLink
 
             return MavlinkLink.from_policy_metadata(metadata, address or DEFAULT_ADDRESSES[link])
@@ -198,7 +198,7 @@ def real_time_link(link: str, metadata: dict, address: str | None):
             # cflib logs a failed connection with a whole traceback; the LinkError says it in one line.
             logging.getLogger("cflib").addHandler(logging.NullHandler())
             return CrazyflieLink.from_policy_metadata(metadata, address or DEFAULT_ADDRESSES[link])
-    except LinkError as err:
+    except (LinkError, ImportError) as err:
         raise FlightError(str(err)) from None
     raise FlightError(f"unknown link {link!r}; real-time links: {', '.join(DEFAULT_ADDRESSES)}")
 
