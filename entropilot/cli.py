@@ -432,8 +432,23 @@ def evaluate(
 
 
 @main.command()
-@click.argument("source", metavar="CHECKPOINT|RUN_DIR|RUN_ID|models:/NAME@ALIAS")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
+@click.argument("source", metavar="CHECKPOINT|RUN_DIR|RUN_ID|models:/NAME@ALIAS|POLICY.onnx")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="The ONNX file to write; with --format c, the folder for policy.h, policy.c and policy.onnx.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["onnx", "c"]),
+    default="onnx",
+    show_default=True,
+    help="c: dependency-free C99 generated from the ONNX graph (for a flight computer), parity-checked against "
+    "onnxruntime when a C compiler is present. A POLICY.onnx source exports to c only.",
+)
 @click.option(
     "--parity-batch",
     default=256,
@@ -473,6 +488,7 @@ def evaluate(
 def export(
     source: str,
     output: str,
+    output_format: str,
     parity_batch: int,
     registered_model: str | None,
     alias: str | None,
@@ -482,12 +498,15 @@ def export(
     workers: int,
     force: bool,
 ) -> None:
-    """Export a trained policy to one self-contained ONNX file (normalization and action mapping inside).
+    """Export a trained policy to one self-contained ONNX file (normalization and action mapping inside), or to C.
 
     A registered model (models:/NAME@ALIAS or models:/NAME/VERSION) is not exported again: its registered file is
     downloaded, checked against the SHA-256 recorded when it was registered and against its seal, and written to
     OUTPUT. Those bytes are the ones that were approved; a fresh export would differ from them as soon as entropilot
     or torch changed (both are named inside the file), and would need the checkpoint, torch and ray.
+
+    With --format c, the ONNX file (exported, pulled, or SOURCE itself) is written to OUTPUT/policy.onnx and the C
+    generated from it beside it: `entropilot_policy(obs, action)`, the metadata as macros.
     """
     from entropilot.deploy.registry import is_model_uri
 
@@ -495,12 +514,45 @@ def export(
         raise click.UsageError("--alias needs --register NAME")
     if (force or conditions or readiness_dir) and not registered_model:
         raise click.UsageError("--force, --conditions and --readiness-dir go with --register NAME")
-    config = _readiness_config(conditions) if registered_model else None
+    onnx_source = source.endswith(".onnx") and Path(source).is_file()
+    if output_format == "c":
+        if registered_model:
+            raise click.UsageError("--register logs an ONNX file: export and register it first, then --format c")
+        if Path(output).is_file():
+            raise click.BadParameter(f"{output!r} is a file; --format c writes a folder", param_hint="--output")
+        output = str(Path(output) / "policy.onnx")
+    elif onnx_source:
+        raise click.UsageError(f"{source} is an exported file already; --format c generates C from it")
+    elif Path(output).is_dir():
+        raise click.BadParameter(f"{output!r} is a folder; give the .onnx file to write", param_hint="--output")
+    # Registration flies the file through the readiness matrix first (deploy/readiness_record.py: register_if_ready)
+    readiness = None
+    if registered_model:
+        readiness = {
+            "config": _readiness_config(conditions),
+            "out_dir": readiness_dir or Path(output).parent / "readiness",
+            "force": force,
+            "workers": workers,
+        }
     if is_model_uri(source):
         if registered_model:
             raise click.UsageError(f"{source} is registered already; --register applies to a checkpoint or run")
         _export_registered(source, output, tracking_uri)
-        return
+    elif not onnx_source:
+        _export_onnx(source, output, parity_batch, registered_model, alias, tracking_uri, readiness)
+    if output_format == "c":
+        _export_c(source if onnx_source else output, str(Path(output).parent), parity_batch)
+
+
+def _export_onnx(
+    source: str,
+    output: str,
+    parity_batch: int,
+    registered_model: str | None,
+    alias: str | None,
+    tracking_uri,
+    readiness: dict | None,
+) -> None:
     if tracking_uri:
         import mlflow
 
@@ -521,22 +573,19 @@ def export(
         f"  parity: max |onnxruntime - torch| = {result.parity_error:.2e} over {result.parity_samples} observations"
     )
     if registered_model:
-        # Registration flies the file through the readiness matrix first: only a policy that clears the gate (or
-        # --force) is registered, with the report inside it (see deploy/readiness_record.py for the hash order).
+        # Only a policy that clears the readiness gate (or --force) is registered, with the report inside it (see
+        # deploy/readiness_record.py for the hash order).
         from entropilot.deploy.gate import GateRefused
         from entropilot.deploy.readiness_record import register_if_ready
 
         try:
             logged = register_if_ready(
                 result,
-                config,
                 registered_model=registered_model,
                 alias=alias,
-                out_dir=readiness_dir or Path(output).parent / "readiness",
-                force=force,
-                workers=workers,
                 tracking_uri=tracking_uri,
                 echo=click.echo,
+                **readiness,
             )
         except GateRefused as err:
             raise click.ClickException(f"{err}; not registered") from None
@@ -544,6 +593,28 @@ def export(
             f"  MLflow: {logged['model_uri']} registered as {registered_model} v{logged['version']}"
             + (f" ({logged['alias_uri']})" if alias else "")
             + f", sha256 {logged['sha256']}"
+        )
+
+
+def _export_c(onnx_path: str, directory: str, parity_batch: int) -> None:
+    """``export --format c``: C generated from the (already verified or just exported) ONNX file."""
+    from entropilot.deploy.c_export import CExportError, export_c
+    from entropilot.deploy.contract import PolicyContractError
+
+    try:
+        result = export_c(onnx_path, directory, parity_batch=parity_batch)
+    except (CExportError, PolicyContractError) as err:
+        raise click.ClickException(str(err)) from None
+    sources = result.sources
+    click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
+    click.echo(f"  generated from {onnx_path} (sha256 {sources.onnx_sha256}): {' -> '.join(sources.ops)}")
+    size = len(sources.metadata["observation_names"])
+    click.echo(f"  {sources.parameters} float32 constants; entropilot_policy(obs[{size}], action[4])")
+    if result.parity_error is None:
+        click.echo("  parity: NOT checked (no C compiler here: set CC or install gcc)")
+    else:
+        click.echo(
+            f"  parity: max |C - onnxruntime| = {result.parity_error:.2e} over {result.parity_samples} observations"
         )
 
 
@@ -621,6 +692,14 @@ def _export_registered(source: str, output: str, tracking_uri: str | None) -> No
     "logged). Without it such a policy is refused before connecting.",
 )
 @click.option(
+    "--runtime",
+    type=click.Choice(["onnx", "c"]),
+    default="onnx",
+    show_default=True,
+    help="What computes the actions: onnxruntime, or the C generated from the file (`export --format c`), compiled "
+    "here with the host's C compiler; same contract checks either way.",
+)
+@click.option(
     "--tracking-uri",
     default=None,
     metavar="URI",
@@ -647,6 +726,7 @@ def fly(
     max_action_rate: float,
     sha256: str | None,
     force: bool,
+    runtime: str,
     tracking_uri: str | None,
     cache_dir: str | None,
     plot: str | None,
@@ -665,12 +745,18 @@ def fly(
     try:
         flights.check_plot_support(plot)
         policy = flights.load_policy(
-            policy_file, sha256=sha256, tracking_uri=tracking_uri, cache_dir=cache_dir, echo=click.echo
+            policy_file,
+            sha256=sha256,
+            tracking_uri=tracking_uri,
+            cache_dir=cache_dir,
+            runtime=runtime,
+            echo=click.echo,
         )
+        label = policy_file if runtime == "onnx" else f"{policy_file} as C"
         if link == "sim":
             stats = flights.fly_in_sim(
                 policy,
-                policy_file,
+                label,
                 episodes=episodes,
                 seed=seed,
                 duration_s=duration,
@@ -685,7 +771,7 @@ def fly(
         flights.check_readiness(policy, force=force, dry_run=dry_run, echo=click.echo)
         log = flights.fly_on_link(
             policy,
-            policy_file,
+            label,
             vehicle,
             target=point,
             duration_s=duration,

@@ -132,7 +132,7 @@ def test_observation_from_telemetry_is_the_env_observation(env):
 
 def test_the_onboard_runtime_imports_only_numpy_onnxruntime_and_its_link_library():
     # What a companion computer or ground station needs to fly: no trainer, no simulator, no tracker.
-    onboard = ["onnx_policy", "autopilot", "safety", "links", "links.mavlink", "links.crazyflie"]
+    onboard = ["onnx_policy", "c_policy", "autopilot", "safety", "links", "links.mavlink", "links.crazyflie"]
     heavy = {"torch", "ray", "pybullet", "gymnasium", "mlflow", "onnx", "cython", "pydantic", "matplotlib"}
     code = (
         f"import sys\nfor m in {onboard!r}: __import__('entropilot.deploy.' + m)\n"
