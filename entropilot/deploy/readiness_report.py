@@ -127,13 +127,13 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
         left.barh(y + offset, rate, 0.38, xerr=[low, high], color=color, label=label, capsize=2)
         for yi, r, top, s in zip(y, rate, rate + high, stats):
             if s["crashes"]:
-                inside = r > 0.5  # on the bar, else past its error bar
+                inside = r > 0.5  # at the bar's start, else past its error bar
                 left.text(
-                    r - 0.02 if inside else top + 0.02,
+                    0.02 if inside else top + 0.02,
                     yi + offset,
                     f"{s['crashes']} crash{'es' if s['crashes'] > 1 else ''}",
                     va="center",
-                    ha="right" if inside else "left",
+                    ha="left",
                     fontsize=7,
                     color="white" if inside else "darkred",
                 )
