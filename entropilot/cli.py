@@ -1,4 +1,5 @@
-"""The `entropilot` command: parses arguments and calls the rooms; no logic of its own."""
+"""The `entropilot` command: parses arguments and calls the rooms; no logic of its own. (Long only because every
+command and option is declared here with its help text.)"""
 
 from __future__ import annotations
 
