@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -170,7 +171,6 @@ def sweep(
     """Tune config values (entropy thresholds...) with Ray Tune: one training run per trial, all as child runs
     of one MLflow run; prints a summary and writes the best config as YAML for `entropilot train`."""
     from entropilot.platform.config import load_config
-    from entropilot.platform.sweep import run_sweep
     from entropilot.platform.sweep_plan import plan_sweep
 
     plan = plan_sweep(
@@ -186,6 +186,8 @@ def sweep(
         max_concurrent=max_concurrent,
         sweep_dir=sweep_dir,
     )
+    from entropilot.platform.sweep import run_sweep  # Ray Tune and MLflow: only for a plan that holds
+
     result = run_sweep(plan, echo=click.echo)
     if result.best is None:
         sys.exit(1)
@@ -373,10 +375,15 @@ def export(
     if tracking_uri:
         import mlflow
 
-        mlflow.setcheck_tracking_uri(tracking_uri)
-    from entropilot.deploy.export import export_policy, log_to_mlflow
+        mlflow.set_tracking_uri(tracking_uri)
+    from entropilot.deploy.export_inputs import check_output, resolve_checkpoint
 
-    result = export_policy(source, output, parity_batch=parity_batch, force=force)
+    check_output(output, force=force)
+    with contextlib.ExitStack() as stack:
+        checkpoint = resolve_checkpoint(source, stack)  # before torch loads: a bad source is refused at once
+        from entropilot.deploy.export import export_policy, log_to_mlflow
+
+        result = export_policy(checkpoint, output, parity_batch=parity_batch, force=force)
     m = result.metadata
     click.echo(f"wrote {result.path} ({result.size_bytes} bytes) from {result.checkpoint}")
     click.echo(
@@ -400,7 +407,7 @@ def _export_registered(source: str, output: str, tracking_uri: str | None, force
     import tempfile
     from pathlib import Path
 
-    from entropilot.deploy.export import check_output
+    from entropilot.deploy.export_inputs import check_output
     from entropilot.deploy.fly import pull_registered
 
     check_output(output, force=force)

@@ -68,9 +68,9 @@ def writable_file(path: str | os.PathLike, name: str) -> Path:
     """A file path that can be written: not a folder, and either a writable file or in a folder that exists or can
     be created (the missing folders are made when the file is written). Tried, not guessed from permission bits."""
     target = Path(path)
+    _fits_filesystem(target, name)
     if target.is_dir():
         raise InputError(name, path, "is a folder; give a file path")
-    _fits_filesystem(target, name)
     if target.exists():
         try:
             with open(target, "r+b"):
@@ -96,9 +96,9 @@ def replaceable_file(
 def writable_folder(path: str | os.PathLike, name: str) -> Path:
     """A folder that exists and takes new files, or can be created where it is named."""
     folder = Path(path)
+    _fits_filesystem(folder, name)
     if folder.exists() and not folder.is_dir():
         raise InputError(name, path, "is a file; give a folder")
-    _fits_filesystem(folder, name)
     _can_create_in(folder, name, path)
     return folder
 

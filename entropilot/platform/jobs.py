@@ -55,6 +55,7 @@ print("ENTROPILOT-PYTHON " + json.dumps({"executable": sys.executable, "python":
                                           "versions": versions}))
 """
 PROBE_TIMEOUT_S = 120.0
+DASHBOARD_EXAMPLE = "http://HEAD:8265 (the head's dashboard)"
 TOKEN_HELP = (
     "set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in "
     "~/.ray/auth_token; on the head node `ray get-auth-token` prints it"
@@ -83,7 +84,7 @@ class Cluster:
         default; so the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token: Ray's own lookup) is
         sent whenever there is one: a cluster without authentication ignores it.
         """
-        http_url(address, "--address", example="http://HEAD:8265 (the head's dashboard)")
+        http_url(address, "--address", example=DASHBOARD_EXAMPLE)
         from ray._raylet import AuthenticationTokenLoader
         from ray.exceptions import AuthenticationError
         from ray.job_submission import JobSubmissionClient
@@ -286,10 +287,11 @@ def tracking_uri_for_cluster(cfg: ExperimentConfig, address: str) -> str:
     A store on this machine (a sqlite file, a server on localhost) works only when the cluster runs here too;
     a relative sqlite path is made absolute, because the job runs in its own working dir.
     """
+    http_url(address, "--address", example=DASHBOARD_EXAMPLE)
     uri = cfg.mlflow.resolve_tracking_uri()
     parts = urlsplit(uri)
     on_this_machine = parts.scheme == "sqlite" or (parts.hostname is not None and is_local_host(parts.hostname))
-    cluster_host = urlsplit(address if "://" in address else f"http://{address}").hostname or ""
+    cluster_host = urlsplit(address).hostname or ""
     if on_this_machine and not is_local_host(cluster_host):
         raise ClusterError(
             f"MLflow tracking URI {uri} is on this machine, which the cluster at {address} can't write to: set "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import math
 import time
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -104,11 +105,13 @@ def parse_random(text: str) -> Dimension:
     if kind == "choice":
         return Dimension(key, "choice", parse_grid(f"{key}={args}").values)
     bounds = args.split(":")
+    what = "integers" if kind == "randint" else "finite numbers"
     try:
         low, high = (int(b) if kind == "randint" else float(b) for b in bounds)
     except ValueError:
-        what = "integers" if kind == "randint" else "numbers"
         raise SweepError(f"--random {text!r}: {kind} needs two {what}, {kind}:LOW:HIGH") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise SweepError(f"--random {text!r}: {kind} needs two {what}, {kind}:LOW:HIGH")
     if not low < high:
         raise SweepError(f"--random {text!r}: LOW must be below HIGH")
     if kind == "loguniform" and low <= 0:
