@@ -9,4 +9,9 @@ class EntropilotError(Exception):
     def lines(self) -> list[str]:
         """The message as the `Error:` lines the command prints: one (a multi-line message is joined), unless a
         subclass lists several problems."""
-        return [" ".join(line.strip() for line in str(self).splitlines() if line.strip())]
+        return [one_line(str(self))]
+
+
+def one_line(text: str) -> str:
+    """``text`` (an error message, perhaps a library's multi-line one) as one line."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

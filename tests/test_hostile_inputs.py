@@ -10,6 +10,7 @@ share one of each and are in the integration tier. To add a case, add a row: `ca
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import pickle
 import shutil
@@ -490,6 +491,8 @@ def assert_refused(result, case: Case, before: dict, after: dict) -> None:
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == case.errors, f"{case.id}: {result.stderr}"
+    usage = ("Usage:", "Try ", "") if case.exit == 2 else ()  # click's preamble to a usage error
+    assert all(line.startswith(("Error:", *usage)) for line in result.stderr.splitlines()), result.stderr
     for fragment in case.says:
         assert any(fragment in line for line in errors), f"{case.id}: {fragment!r} not in {errors}"
     assert result.stdout == "", f"{case.id}: work started: {result.stdout}"
@@ -617,3 +620,43 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(trained
     assert f"resumed {run / 'iter_000001'} (iteration 1)" in result.stdout
     assert f"run {run_id}: 3 iterations" in result.stdout
     assert run_status(uri, run_id) == "FINISHED"
+
+
+# ---------------------------------------------------------------------------------- what the checks judge by
+
+
+def test_a_cluster_python_is_judged_by_the_project_requirements():
+    from entropilot.platform.jobs import project_requirements, python_problem
+
+    requirements, requires_python = project_requirements()
+    assert {"ray", "mlflow", "matplotlib", "torch"} <= set(requirements) and requires_python
+    versions = {name: importlib.metadata.version(name) for name in requirements}  # this environment's
+    ours = {"executable": sys.executable, "python": "3.11.7", "versions": versions}
+    assert python_problem(ours, requirements, requires_python) is None
+    bare = {"executable": "/usr/bin/python3", "python": "3.11.2", "versions": {"numpy": "1.24.2"}}
+    problem = python_problem(bare, requirements, requires_python)
+    assert "/usr/bin/python3 (Python 3.11.2), which lacks" in problem and "matplotlib" in problem
+    assert "matplotlib>=3.8 (missing)" in problem and "numpy>=1.26 (has 1.24.2)" in problem
+    assert "/usr/bin/python3 -m pip install" in problem and "\n" not in problem
+    old = {**bare, "python": "3.8.10"}
+    assert "entropilot needs >=3.11" in python_problem(old, requirements, requires_python)
+
+
+def test_a_sweep_metric_is_one_that_training_logs():
+    from entropilot.platform.train import METRIC_PREFIXES, METRICS, iteration_metrics
+
+    class Everything(dict):
+        """An RLlib result holding every number `iteration_metrics` reads."""
+
+        def get(self, key, default=None):
+            return Everything() if isinstance(default, dict) else 1.0
+
+        def __getitem__(self, key):
+            return self.get(key)
+
+        def items(self):
+            return [("entropy_gaussian_dim0", 1.0)]
+
+    logged = iteration_metrics(Everything(), "default_policy")
+    assert len(logged) >= 15
+    assert all(name in METRICS or name.startswith(METRIC_PREFIXES) for name in logged), set(logged) - set(METRICS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from entropilot.errors import EntropilotError
+from entropilot.errors import EntropilotError, one_line
 
 
 class _NoValue:
@@ -44,7 +44,7 @@ class ConfigError(EntropilotError, ValueError):
     def lines(self) -> list[str]:
         where = f"{self.source}: " if self.source else ""
         # A problem with the whole file (path "") reads better without the "<top>" placeholder of `describe`.
-        return [f"{where}{problem.describe().removeprefix('<top>: ')}" for problem in self.problems]
+        return [one_line(f"{where}{problem.describe().removeprefix('<top>: ')}") for problem in self.problems]
 
 
 class FieldProblem(ValueError):
