@@ -177,20 +177,23 @@ def check_link_options(link: str, address: str | None, target, video: str | None
         raise InputError("--video", video, "records the sim's rendering; --link sim only")
     if address is None:
         return
-    if link == "mavlink":
-        from entropilot.deploy.links.mavlink import check_connection
+    try:  # pymavlink and cflib are optional extras: their ImportError says how to install
+        if link == "mavlink":
+            from entropilot.deploy.links.mavlink import check_connection
 
-        check_connection(address, "--connect")
-    elif link == "crazyflie":
-        from entropilot.deploy.links.crazyflie import check_uri
+            check_connection(address, "--connect")
+        elif link == "crazyflie":
+            from entropilot.deploy.links.crazyflie import check_uri
 
-        check_uri(address, "--connect")
+            check_uri(address, "--connect")
+    except ImportError as err:
+        raise FlightError(str(err)) from None
 
 
 def real_time_link(link: str, metadata: dict, address: str | None):
     """The MAVLink or Crazyflie link an exported ctbr policy needs, not yet connected."""
     try:
-        if link == "mavlink":
+        if link == "mavlink":  # pymavlink and cflib are optional extras: their ImportError says how to install
             from entropilot.deploy.links.mavlink import MavlinkLink
 
             return MavlinkLink.from_policy_metadata(metadata, address or DEFAULT_ADDRESSES[link])
@@ -200,7 +203,7 @@ def real_time_link(link: str, metadata: dict, address: str | None):
             # cflib logs a failed connection with a whole traceback; the LinkError says it in one line.
             logging.getLogger("cflib").addHandler(logging.NullHandler())
             return CrazyflieLink.from_policy_metadata(metadata, address or DEFAULT_ADDRESSES[link])
-    except LinkError as err:
+    except (LinkError, ImportError) as err:
         raise FlightError(str(err)) from None
     raise FlightError(f"unknown link {link!r}; real-time links: {', '.join(DEFAULT_ADDRESSES)}")
 
