@@ -53,14 +53,6 @@ def name_problem(text: str) -> str | None:
     return None
 
 
-def folder_name(text: str, name: str) -> str:
-    """`text` if it can be one folder name (see `name_problem`), else InputError."""
-    problem = name_problem(text)
-    if problem:
-        raise InputError(name, text, problem)
-    return text
-
-
 # --------------------------------------------------------------------------------------------- paths
 
 
