@@ -581,7 +581,7 @@ REFUSED_WITH_A_REAL_RUN = [
     case(
         "too-many-env-runners",
         "train {root}/hover.yaml --set resources.num_env_runners=8 --set checkpoint.dir={root}/new",
-        "needs 5 CPU",
+        "needs 4 CPU",
         "has 2",
         "num_env_runners",
     ),

@@ -98,7 +98,9 @@ def build_from_config(cfg: ExperimentConfig):
     from entropilot.platform.resources import run_bundles, runs_that_fit
 
     init_ray(cfg)
-    runs_that_fit(run_bundles(cfg), ray.cluster_resources())
+    # [1:]: the driver bundle is a Tune trial's; outside Tune the driver (and a local learner) is this process,
+    # which Ray does not place. A sweep checked the whole run against the cluster already.
+    runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
     a, e = cfg.algorithm, cfg.entropy
     control = e.control.controller_kwargs() if e.control.enabled else None
     covariance = (
