@@ -460,6 +460,7 @@ def workspace(tmp_path_factory):
     write_checkpoint(runs / "old-config" / "iter_000001", {**saved, "entropy": {"renamed": 1}})
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held, socket.socket() as unused:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pymavlink binds a vehicle's port
         held.bind(("127.0.0.1", 0))  # another program's UDP port
         unused.bind(("127.0.0.1", 0))
         free_port = unused.getsockname()[1]
@@ -504,6 +505,15 @@ def test_a_hostile_input_is_one_clear_error_and_changes_nothing(case, workspace,
     before = snapshot(workspace.ws)
     result = run_cli(workspace.args(case.command), workspace.ws / case.cwd)
     assert_refused(result, case, before, snapshot(workspace.ws))
+
+
+def test_a_plot_into_a_missing_folder_is_made_there(tmp_path):
+    """What used to fail after the flight: the folder is created when the plot is written."""
+    plot = tmp_path / "new" / "folder" / "pid.png"
+    result = run_cli(["demo", "--episodes", "1", "--plot", str(plot)], tmp_path)
+    assert result.exit_code in (0, 1), result.output  # 1 would be the PID missing its target, not an error
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert plot.is_file() and "Error" not in result.stderr
 
 
 def test_the_table_covers_every_command():
