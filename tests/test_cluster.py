@@ -408,7 +408,9 @@ def test_submit_to_a_head_whose_python_lacks_the_dependencies_says_what_to_insta
         assert (str(bin_dir) in errors[0] or FOREIGN_PYTHON in errors[0]) and "lacks" in errors[0]
         assert "matplotlib" in errors[0] and "mlflow" in errors[0] and "pip install" in errors[0]
         listed = entropilot("jobs", "list", "--address", foreign.address, env=env)
-        assert listed.returncode == 0 and "no jobs" in listed.stdout  # no training was submitted; the check is gone
+        jobs = listed.stdout.splitlines()
+        assert listed.returncode == 0 and len(jobs) == 1, listed.stdout  # the check only: no training was submitted
+        assert jobs[0].startswith("entropilot-python-check-") and "SUCCEEDED" in jobs[0]
     finally:
         foreign.stop()
         shutil.rmtree(foreign.temp_dir, ignore_errors=True)

@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import secrets
 import shlex
 import socket
 import time
@@ -103,14 +104,17 @@ class Cluster:
     def check_python(self, echo: Callable[[str], None] = print) -> None:
         """Run a check job with the cluster's `python` (what a submitted job's entrypoint runs) and refuse, in one line
         that says what to install where, if it lacks entropilot's dependencies or their versions: such a job would
-        start Ray and die in a traceback. Takes a few seconds (one small job, deleted afterwards)."""
+        start Ray and die in a traceback. Takes a few seconds; the job stays in the list as
+        `entropilot-python-check-*` (deleting it races Ray 2.60's job monitor, which then lists a FAILED ghost)."""
         from ray.job_submission import JobStatus
 
         requirements, requires_python = project_requirements()
         code = PYTHON_PROBE.replace("NAMES", repr(sorted(requirements)))
         with self._errors():
             job_id = self.client.submit_job(
-                entrypoint=shlex.join(["python", "-c", code]), metadata={"entropilot": "python check"}
+                entrypoint=shlex.join(["python", "-c", code]),
+                submission_id=f"entropilot-python-check-{secrets.token_hex(4)}",
+                metadata={"entropilot": "python check"},
             )
             deadline = time.monotonic() + PROBE_TIMEOUT_S
             while (status := self.client.get_job_status(job_id)) not in (
@@ -126,8 +130,6 @@ class Cluster:
                     )
                 time.sleep(0.5)
             logs = self.client.get_job_logs(job_id)
-            with contextlib.suppress(Exception):  # only tidying up: the check's result is in hand
-                self.client.delete_job(job_id)
         report = next((line for line in logs.splitlines() if line.startswith("ENTROPILOT-PYTHON ")), None)
         if report is None:
             last = logs.strip().splitlines()[-1] if logs.strip() else f"job {status} with no output"
