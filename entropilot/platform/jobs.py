@@ -42,19 +42,14 @@ UPLOAD_EXCLUDES = [
 # Files above this size are left out too (Ray warns at 10 MiB and refuses packages over 512 MiB).
 MAX_UPLOAD_FILE_BYTES = 10 * 1024 * 1024
 ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-# What a job's `python` must have: run on the cluster by `Cluster.check_python` (standard library only, any Python 3).
-PYTHON_PROBE = """
-import json, sys
-import importlib.metadata as md
-versions = {}
-for name in NAMES:
-    try:
-        versions[name] = md.version(name)
-    except Exception:
-        versions[name] = None
-print("ENTROPILOT-PYTHON " + json.dumps({"executable": sys.executable, "python": "%d.%d.%d" % sys.version_info[:3],
-                                          "versions": versions}))
-"""
+# What a job's `python` has, asked by `Cluster.check_python` (one line, so the job list stays readable; standard
+# library only, any Python 3.8+): its path, version and the installed version of each distribution in NAMES.
+PYTHON_PROBE = (
+    "import json, sys, importlib.metadata as m; "
+    "d = {(x.metadata['Name'] or '').lower().replace('_', '-'): x.version for x in m.distributions()}; "
+    "print('ENTROPILOT-PYTHON', json.dumps({'executable': sys.executable, "
+    "'python': '%d.%d.%d' % sys.version_info[:3], 'versions': {n: d.get(n) for n in NAMES}}))"
+)
 PROBE_TIMEOUT_S = 120.0
 DASHBOARD_EXAMPLE = "http://HEAD:8265 (the head's dashboard)"
 TOKEN_HELP = (
@@ -109,7 +104,8 @@ class Cluster:
         from ray.job_submission import JobStatus
 
         requirements, requires_python = project_requirements()
-        code = PYTHON_PROBE.replace("NAMES", repr(sorted(requirements)))
+        names = sorted(name.lower().replace("_", "-") for name in requirements)
+        code = PYTHON_PROBE.replace("NAMES", repr(names))
         with self._errors():
             job_id = self.client.submit_job(
                 entrypoint=shlex.join(["python", "-c", code]),
@@ -255,7 +251,7 @@ def python_problem(report: dict, requirements: dict[str, str], requires_python: 
         )
     wrong = []
     for name, specifier in sorted(requirements.items()):
-        have = versions.get(name)
+        have = versions.get(name.lower().replace("_", "-"))
         if have is None:
             wrong.append(f"{name}{specifier} (missing)")
         elif specifier and have not in SpecifierSet(specifier, prereleases=True):
