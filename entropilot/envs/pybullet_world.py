@@ -28,6 +28,9 @@ _ORIGIN, _LINK_FRAME = (0.0, 0.0, 0.0), p.LINK_FRAME
 # Bound once: looked up on the module at every call they would cost more than some of the calls themselves.
 _apply_force, _apply_torque, _step_simulation = p.applyExternalForce, p.applyExternalTorque, p.stepSimulation
 _pose, _twist = p.getBasePositionAndOrientation, p.getBaseVelocity
+# Collision groups of a world whose drones fly through one another (``drones_collide=False``): each drone touches
+# the ground only. Bullet pairs two objects only where each one's group is in the other's mask.
+_DRONE_GROUP, _GROUND_GROUP = 1, 2
 
 
 @cython.cclass
@@ -37,7 +40,9 @@ class PyBulletWorld:
     ground = cython.declare(object, visibility="readonly")
     bodies = cython.declare(list, visibility="readonly")
 
-    def __init__(self, airframe: Airframe, num_drones: int, physics_hz: int, control_hz: int):
+    def __init__(
+        self, airframe: Airframe, num_drones: int, physics_hz: int, control_hz: int, drones_collide: bool = True
+    ):
         self.num_drones = num_drones
         self.client = p.connect(p.DIRECT)
         c = self.client
@@ -58,6 +63,10 @@ class PyBulletWorld:
             body = p.createMultiBody(airframe.mass, collision, visual, basePosition=[0, 0, 1 + i], physicsClientId=c)
             p.changeDynamics(body, -1, linearDamping=0.0, angularDamping=0.0, physicsClientId=c)
             self.bodies.append(body)
+            if not drones_collide:
+                p.setCollisionFilterGroupMask(body, -1, _DRONE_GROUP, _GROUND_GROUP, physicsClientId=c)
+        if not drones_collide:
+            p.setCollisionFilterGroupMask(self.ground, -1, _GROUND_GROUP, _DRONE_GROUP, physicsClientId=c)
         self.set_inertial([airframe] * num_drones)
 
     def _visual_shape(self, airframe: Airframe, color) -> int:
@@ -86,8 +95,12 @@ class PyBulletWorld:
         )
 
     def set_inertial(self, airframes: list[Airframe]) -> None:
-        for body, a in zip(self.bodies, airframes):
-            p.changeDynamics(body, -1, mass=a.mass, localInertiaDiagonal=list(a.inertia), physicsClientId=self.client)
+        for i, airframe in enumerate(airframes):
+            self.set_drone_inertial(i, airframe)
+
+    def set_drone_inertial(self, i: int, airframe: Airframe) -> None:
+        body, inertia = self.bodies[i], list(airframe.inertia)
+        p.changeDynamics(body, -1, mass=airframe.mass, localInertiaDiagonal=inertia, physicsClientId=self.client)
 
     def place(self, i: int, position, quaternion, velocity, angular_velocity_world) -> None:
         body, c = self.bodies[i], self.client
@@ -96,13 +109,17 @@ class PyBulletWorld:
 
     @cython.ccall
     def step(self, body_forces: list, body_torques: list) -> list:
-        """Apply each drone's body-frame force and torque for one control period, integrate it, and ``read``."""
+        """Apply each drone's body-frame force and torque for one control period, integrate it, and ``read``.
+        A drone whose force is None gets no wrench (it falls freely)."""
         # Positional arguments: pybullet parses keywords noticeably slower, and these run every step.
         c = self.client
         i: cython.Py_ssize_t
         for i in range(len(self.bodies)):
+            force = body_forces[i]
+            if force is None:
+                continue
             body = self.bodies[i]
-            _apply_force(body, -1, body_forces[i], _ORIGIN, _LINK_FRAME, c)
+            _apply_force(body, -1, force, _ORIGIN, _LINK_FRAME, c)
             _apply_torque(body, -1, body_torques[i], _LINK_FRAME, c)
         _step_simulation(c)
         return self.read()
@@ -112,6 +129,12 @@ class PyBulletWorld:
         """Per body: (position, quaternion (x, y, z, w), world velocity, world angular velocity), each a tuple."""
         c = self.client
         return [_pose(body, c) + _twist(body, c) for body in self.bodies]
+
+    @cython.ccall
+    def read_drone(self, i: cython.Py_ssize_t) -> tuple:
+        """``read`` of body ``i`` alone."""
+        body, c = self.bodies[i], self.client
+        return _pose(body, c) + _twist(body, c)
 
     def render(self, target, width: int = 320, height: int = 240, distance: float = 0.5) -> np.ndarray:
         """An RGB frame from a chase camera looking at ``target``; TinyRenderer works without a display."""

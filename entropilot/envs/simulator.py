@@ -76,19 +76,24 @@ class DroneSimulator:
     physics = cython.declare(list, visibility="readonly")  # one DronePhysics per drone
     drones = cython.declare(list, visibility="readonly")  # one DroneState per drone
     true_airframes = cython.declare(list, visibility="readonly")
-    air_velocity = cython.declare(object, visibility="readonly")  # (N, 3) wind at each drone, world m/s
     _downwash = cython.declare(cython.bint)
     _no_downwash = cython.declare(list)
     _hover_action_row = cython.declare(list)
     _air_rows = cython.declare(list)
     _arrays = cython.declare(object)
 
-    def __init__(self, settings: DroneSettings, num_drones: int = 1, downwash: bool = False):
+    def __init__(
+        self, settings: DroneSettings, num_drones: int = 1, downwash: bool = False, drones_collide: bool = True
+    ):
+        """``drones_collide=False``: the drones pass through one another (each still meets the ground), so N
+        independent drones share one world."""
         self.settings = settings
         self.num_drones = num_drones
         self.airframe = settings.airframe
         self.control_dt = 1.0 / settings.control_hz
-        self.world = PyBulletWorld(self.airframe, num_drones, settings.physics_hz, settings.control_hz)
+        self.world = PyBulletWorld(
+            self.airframe, num_drones, settings.physics_hz, settings.control_hz, drones_collide=drones_collide
+        )
         self.rotors = RotorModel(num_drones, settings.substeps, 1.0 / settings.physics_hz)
         self.aero = Aerodynamics(self.airframe, settings.drag, settings.ground_effect, downwash)
         self._downwash = downwash and num_drones > 1
@@ -102,10 +107,10 @@ class DroneSimulator:
             for rotors in self.rotors.drones
         ]
         self._hover_action_row = self.hover_action().tolist()
-        self.true_airframes = []
-        self._set_true_parameters([self.airframe] * num_drones)
-        self.air_velocity = self.wind.mean + self.wind.gust
-        self._air_rows = self.air_velocity.tolist()
+        self.true_airframes = [None] * num_drones
+        for i in range(num_drones):
+            self.set_true_airframe(i, self.airframe)
+        self._air_rows = [self.wind.air_velocity(i) for i in range(num_drones)]
         self._set_state(self.world.read(), [self._hover_action_row] * num_drones)
 
     # ---- the action interface -------------------------------------------------------------
@@ -148,75 +153,93 @@ class DroneSimulator:
 
     # ---- episodes ------------------------------------------------------------------------
     def randomize(self, rng: np.random.Generator) -> None:
-        """Draw this episode's true airframe of every drone (the controllers keep the nominal one)."""
+        """Draw this episode's true airframe of every drone, drone by drone from ``rng``."""
+        for i in range(self.num_drones):
+            self.randomize_drone(i, rng)
+
+    def randomize_drone(self, i: int, rng: np.random.Generator) -> None:
+        """Draw drone ``i``'s true airframe for this episode (the controllers keep the nominal one)."""
         r = self.settings.randomization
         if not r.enabled:
-            self._set_true_parameters([self.airframe] * self.num_drones)
+            self.set_true_airframe(i, self.airframe)
             return
         base = self.airframe
-        airframes = []
-        for _ in range(self.num_drones):
-            f = rng.uniform(-1.0, 1.0, size=6) * [r.mass, r.inertia, r.inertia, r.kf, r.km, r.motor_time_constant] + 1.0
-            airframes.append(
-                base.replace(
-                    mass=base.mass * f[0],
-                    ixx=base.ixx * f[1],
-                    iyy=base.iyy * f[1],
-                    izz=base.izz * f[2],
-                    kf=base.kf * f[3],
-                    km=base.km * f[4],
-                    motor_time_constant=base.motor_time_constant * f[5],
-                )
-            )
-        self._set_true_parameters(airframes)
+        f = rng.uniform(-1.0, 1.0, size=6) * [r.mass, r.inertia, r.inertia, r.kf, r.km, r.motor_time_constant] + 1.0
+        self.set_true_airframe(
+            i,
+            base.replace(
+                mass=base.mass * f[0],
+                ixx=base.ixx * f[1],
+                iyy=base.iyy * f[1],
+                izz=base.izz * f[2],
+                kf=base.kf * f[3],
+                km=base.km * f[4],
+                motor_time_constant=base.motor_time_constant * f[5],
+            ),
+        )
 
-    def _set_true_parameters(self, airframes: list[Airframe]) -> None:
-        if airframes == self.true_airframes:
+    def set_true_airframe(self, i: int, airframe: Airframe) -> None:
+        """Drone ``i`` flies with ``airframe``'s mass, inertia, kf, km and rotor lag from now on."""
+        if airframe == self.true_airframes[i]:
             return  # nothing changes: skip the Bullet calls (most resets without randomization)
-        self.true_airframes = airframes
-        for physics, airframe in zip(self.physics, airframes):
-            physics.set_true_airframe(airframe)
-        self.rotors.set_time_constants(np.array([a.motor_time_constant for a in airframes]))
-        self.world.set_inertial(airframes)
+        self.true_airframes[i] = airframe
+        self.physics[i].set_true_airframe(airframe)
+        self.rotors.set_time_constant(i, airframe.motor_time_constant)
+        self.world.set_drone_inertial(i, airframe)
 
     def place(self, rng: np.random.Generator, positions, quaternions, velocities, body_rates) -> None:
-        """Move every drone to its start state (no URDF reload), rotors spinning at hover speed."""
+        """Move every drone to its start state (``place_drone``), drone by drone drawing gusts from ``rng``."""
         for i in range(self.num_drones):
-            q = list(map(float, quaternions[i]))
-            r = rotation_matrix(q)
-            b0, b1, b2 = map(float, body_rates[i])
-            angular_world = (  # R w_body
-                r[0] * b0 + r[1] * b1 + r[2] * b2,
-                r[3] * b0 + r[4] * b1 + r[5] * b2,
-                r[6] * b0 + r[7] * b1 + r[8] * b2,
-            )
-            self.world.place(i, positions[i], q, velocities[i], angular_world)
-        self.rotors.reset(self.airframe.hover_rpm)
+            self.place_drone(i, rng, positions[i], quaternions[i], velocities[i], body_rates[i])
+
+    def place_drone(self, i: int, rng: np.random.Generator, position, quaternion, velocity, body_rates) -> None:
+        """Move drone ``i`` to a start state (no URDF reload), rotors spinning at hover speed, a new gust from
+        ``rng`` (when gusts are on); world-frame position and velocity, quaternion (x, y, z, w), body rates."""
+        q = list(map(float, quaternion))
+        r = rotation_matrix(q)
+        b0, b1, b2 = map(float, body_rates)
+        angular_world = (  # R w_body
+            r[0] * b0 + r[1] * b1 + r[2] * b2,
+            r[3] * b0 + r[4] * b1 + r[5] * b2,
+            r[6] * b0 + r[7] * b1 + r[8] * b2,
+        )
+        self.world.place(i, position, q, velocity, angular_world)
+        self.rotors.drones[i].rpm = [float(self.airframe.hover_rpm)] * 4
         if self.wind.gust_std > 0:  # without gusts the air moves at the mean wind, set once in __init__
-            self.wind.reset(rng)
-            self.air_velocity = self.wind.mean + self.wind.gust
-            self._air_rows = self.air_velocity.tolist()
-        self._set_state(self.world.read(), [self._hover_action_row] * self.num_drones)
+            self.wind.reset_drone(i, rng)
+            self._air_rows[i] = self.wind.air_velocity(i)
+        position, quaternion, velocity, angular_velocity = self.world.read_drone(i)
+        self.drones[i] = drone_state(position, quaternion, velocity, angular_velocity, self._hover_action_row)
+        self._arrays = None
 
     # ---- stepping ------------------------------------------------------------------------
-    def step(self, actions: np.ndarray, rng: np.random.Generator) -> None:
-        """Advance one control period with (N, 4) actions; they are clipped to [-1, 1] (what executes)."""
-        self.step_rows(self._action_rows(actions), rng)
+    def step(self, actions: np.ndarray, rng) -> None:
+        """Advance one control period with (N, 4) actions; they are clipped to [-1, 1] (what executes). ``rng``:
+        the random stream of every drone's gusts, or a list of one stream per drone."""
+        rngs = rng if isinstance(rng, list) else [rng] * self.num_drones
+        self.step_rows(self._action_rows(actions), rngs)
 
     @cython.ccall
-    def step_rows(self, rows: list, rng) -> cython.void:
-        """``step`` with the actions as N lists of 4 floats, checked by the caller (an env checks them anyway)."""
+    def step_rows(self, rows: list, rngs: list, idle: list = None) -> cython.void:
+        """``step`` with the actions as N lists of 4 floats, checked by the caller (an env checks them anyway), and
+        one random stream per drone. ``idle[i]`` true: drone ``i`` gets no wrench, its rotors and gust stand still
+        and it draws nothing (the vector env places it at a new start right after)."""
         downwash = self.aero.downwash_forces(self.position).tolist() if self._downwash else self._no_downwash
         n: cython.Py_ssize_t = self.num_drones
         executed, forces, torques = [None] * n, [None] * n, [None] * n
         i: cython.Py_ssize_t
         for i in range(n):
+            if idle is not None and idle[i]:
+                executed[i] = self.drones[i].action
+                continue
             physics, drone, air = self.physics[i], self.drones[i], self._air_rows[i]
             executed[i], forces[i], torques[i] = physics.control(rows[i], drone, air, downwash[i])
         self._set_state(self.world.step(forces, torques), executed)
         if self.wind.gust_std > 0:
-            self.air_velocity = self.wind.step(self.control_dt, rng)
-            self._air_rows = self.air_velocity.tolist()
+            dt: cython.double = self.control_dt
+            for i in range(n):
+                if idle is None or not idle[i]:
+                    self._air_rows[i] = self.wind.step_drone(i, dt, rngs[i])
 
     @cython.cfunc
     def _set_state(self, bodies: list, actions: list) -> cython.void:
@@ -282,6 +305,11 @@ class DroneSimulator:
     @property
     def quaternion(self) -> np.ndarray:
         return self._state_arrays()[6]
+
+    @property
+    def air_velocity(self) -> np.ndarray:
+        """(N, 3) the wind at each drone, world m/s."""
+        return np.array(self._air_rows)
 
     @property
     def rpm(self) -> np.ndarray:

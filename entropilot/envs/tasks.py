@@ -86,6 +86,11 @@ class HoverRules:
         self.inside_steps = [0] * len(self.inside_steps)
 
     @cython.ccall
+    def reset_drone(self, i: cython.Py_ssize_t) -> cython.void:
+        """A new episode of drone ``i`` alone (or a new reference point it must reach and hold)."""
+        self.inside_steps[i] = 0
+
+    @cython.ccall
     def evaluate(self, i: cython.Py_ssize_t, drone, target, prev_action) -> tuple:
         """Drone ``i`` after a step (a simulator ``DroneState``), its reference point ``target`` and the action
         before this step's -> (reward, distance to the target, crash reason or None). Counts its success steps."""
@@ -113,6 +118,7 @@ class HoverRules:
             return "left_arena"
         return None
 
-    def succeeded(self, i: int) -> bool:
+    @cython.ccall
+    def succeeded(self, i: cython.Py_ssize_t) -> cython.bint:
         """Whether drone ``i`` has been inside the success radius for the last ``success_seconds``."""
         return self.inside_steps[i] >= self.required_steps
