@@ -85,14 +85,19 @@ class DroneSimulator:
     def __init__(
         self, settings: DroneSettings, num_drones: int = 1, downwash: bool = False, drones_collide: bool = True
     ):
-        """``drones_collide=False``: the drones pass through one another (each still meets the ground), so N
-        independent drones share one world."""
+        """``drones_collide=False``: the drones pass through one another (each still meets the ground), each in its
+        own frame, so N independent drones share one world (see ``pybullet_world``)."""
         self.settings = settings
         self.num_drones = num_drones
         self.airframe = settings.airframe
         self.control_dt = 1.0 / settings.control_hz
         self.world = PyBulletWorld(
-            self.airframe, num_drones, settings.physics_hz, settings.control_hz, drones_collide=drones_collide
+            self.airframe,
+            num_drones,
+            settings.physics_hz,
+            settings.control_hz,
+            drones_collide=drones_collide,
+            spacing=0.0 if drones_collide else frame_spacing(settings.arena_half_size),
         )
         self.rotors = RotorModel(num_drones, settings.substeps, 1.0 / settings.physics_hz)
         self.aero = Aerodynamics(self.airframe, settings.drag, settings.ground_effect, downwash)
@@ -320,10 +325,17 @@ class DroneSimulator:
         return self.rotation[:, 2, 2]
 
     def render(self, target, **kwargs) -> np.ndarray:
+        """An RGB frame of a chase camera on ``target`` (in drone ``drone``'s frame, keyword; 0 by default)."""
         return self.world.render(target, **kwargs)
 
     def close(self) -> None:
         self.world.close()
+
+
+def frame_spacing(arena_half_size: float) -> float:
+    """How far apart independent drones' frames sit: a power of two (exact offsets) over the arena's width plus 2 m,
+    so a drone has left its arena (and ended its episode) long before it nears a neighbour's."""
+    return float(2 ** math.ceil(math.log2(2.0 * arena_half_size + 2.0)))
 
 
 def uniform(rng: np.random.Generator, low, high) -> list[float]:
