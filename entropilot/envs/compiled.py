@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 PACKAGE = "entropilot.envs"
-COMPILED = ("physics", "pybullet_world", "simulator", "tasks", "observation", "episodes")
+COMPILED = ("physics", "pybullet_world", "simulator", "tasks", "observation")
 PURE_PYTHON_VARIABLE = "ENTROPILOT_PURE_PYTHON"
 UNPACKING_S = 2.0  # s: files written this close together came out of one archive
 _HERE = Path(__file__).parent

@@ -122,34 +122,6 @@ def write_noisy_observation(out: cython.float[:], drone, target, noise: SensorNo
         out[18 + i] = value
 
 
-@cython.cclass
-class ObservationWriter:
-    """Builds one drone's observation as a new array: OBSERVATION_SIZE float32 in OBSERVATION_NAMES order.
-
-    It writes into a float32 buffer whose memoryview it keeps and hands out a copy: acquiring a view of a new
-    array each step would cost more than filling it.
-    """
-
-    buffer = cython.declare(object, visibility="readonly")
-    _view = cython.declare(cython.float[:])
-
-    def __init__(self):
-        self.buffer = np.zeros(OBSERVATION_SIZE, dtype=np.float32)
-        self._view = self.buffer
-
-    @cython.ccall
-    def observe(self, drone, target):
-        """The noise-free observation of ``drone`` (a simulator ``DroneState``) with reference point ``target``."""
-        write_observation(self._view, drone, target)
-        return self.buffer.copy()
-
-    @cython.ccall
-    def observe_noisy(self, drone, target, noise: SensorNoise, rng):
-        """The observation through ``noise``, drawing its 12 standard normals from ``rng``."""
-        write_noisy_observation(self._view, drone, target, noise, rng.standard_normal(12).tolist())
-        return self.buffer.copy()
-
-
 def observe(sim, targets: np.ndarray, noise: SensorNoise, rng: np.random.Generator) -> np.ndarray:
     """(N, OBSERVATION_SIZE) float32 observations of every drone in ``sim`` (a DroneSimulator), each at its
     reference point (``targets``, (N, 3)), all drones' noise from one stream.

@@ -16,10 +16,13 @@ import cython
 import numpy as np
 import pybullet as p
 
-if cython.compiled:  # C's libm, not a Python call; the same function either way
+if cython.compiled:  # C's libm and physics.pxd's C functions, not Python calls; the same functions either way
+    from cython.cimports.entropilot.envs.physics import drone_control, drone_state
     from cython.cimports.libc.math import isfinite
 else:
     from math import isfinite
+
+    from entropilot.envs.physics import drone_control, drone_state
 
 from entropilot.envs.airframe import Airframe
 from entropilot.envs.observation import OBSERVATION_COLUMNS
@@ -31,7 +34,6 @@ from entropilot.envs.physics import (
     RotorModel,
     Wind,
     Wrench,
-    drone_state,
     rotation_matrix,
 )
 from entropilot.envs.pybullet_world import PyBulletWorld
@@ -185,7 +187,8 @@ class DroneSimulator:
 
     def set_true_airframe(self, i: int, airframe: Airframe) -> None:
         """Drone ``i`` flies with ``airframe``'s mass, inertia, kf, km and rotor lag from now on."""
-        if airframe == self.true_airframes[i]:
+        current = self.true_airframes[i]
+        if airframe is current or airframe == current:
             return  # nothing changes: skip the Bullet calls (most resets without randomization)
         self.true_airframes[i] = airframe
         self.physics[i].set_true_airframe(airframe)
@@ -237,8 +240,9 @@ class DroneSimulator:
             if idle is not None and idle[i]:
                 executed[i] = self.drones[i].action
                 continue
-            physics, drone, air = self.physics[i], self.drones[i], self._air_rows[i]
-            executed[i], forces[i], torques[i] = physics.control(rows[i], drone, air, downwash[i])
+            executed[i], forces[i], torques[i] = drone_control(
+                self.physics[i], rows[i], self.drones[i], self._air_rows[i], downwash[i]
+            )
         self._set_state(self.world.step(forces, torques), executed)
         if self.wind.gust_std > 0:
             dt: cython.double = self.control_dt

@@ -1,6 +1,6 @@
 """Single-drone Gymnasium tasks: hover at a point, and waypoint / reference-curve tracking.
 
-Each env is a thin Gymnasium face on one drone's episode (``episodes.py``), which the vector env (``vector.py``)
+Each env is a thin Gymnasium face on one drone's episode (``tasks.py``), which the vector env (``vector.py``)
 runs once per drone of its world: the two share every rule and random draw.
 """
 
@@ -9,11 +9,10 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from entropilot.envs.episodes import HoverEpisode, WaypointEpisode
 from entropilot.envs.observation import OBSERVATION_NAMES, OBSERVATION_SIZE
 from entropilot.envs.settings import HoverSettings, SensorNoise, WaypointSettings
 from entropilot.envs.simulator import DroneSimulator
-from entropilot.envs.tasks import HoverRules
+from entropilot.envs.tasks import HoverEpisode, HoverRules, WaypointEpisode
 
 
 def drone_spaces() -> tuple[gym.spaces.Box, gym.spaces.Box]:

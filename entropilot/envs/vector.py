@@ -1,7 +1,7 @@
 """N independent drones in one PyBullet world as a Gymnasium ``VectorEnv``: one ``stepSimulation`` per control step
 advances all of them, and drone i flies as the single env seeded with ``seed + i``.
 
-Each drone runs the single env's episode code (``episodes.py``) with its own random stream, so its start, domain
+Each drone runs the single env's episode code (``tasks.py``) with its own random stream, so its start, domain
 randomization, gusts and sensor noise are the single env's draw for draw; the drones pass through one another
 (Bullet pairs each only with the ground), each in its own frame of the world (see ``pybullet_world``). Autoreset
 follows Gymnasium's ``NEXT_STEP`` mode, as ``SyncVectorEnv`` does and RLlib's ``SingleAgentEnvRunner`` expects.
@@ -19,10 +19,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from entropilot.envs import HOVER_ID, SINGLE_AGENT_IDS, SWARM_ID, WAYPOINT_ID
-from entropilot.envs.episodes import EpisodeBatch
 from entropilot.envs.simulator import DroneSimulator
 from entropilot.envs.single_drone import HoverEnv, WaypointEnv, drone_spaces
-from entropilot.envs.tasks import HoverRules
+from entropilot.envs.tasks import EpisodeBatch, HoverRules
 
 SINGLE_ENVS: dict[str, type[HoverEnv]] = {HOVER_ID: HoverEnv, WAYPOINT_ID: WaypointEnv}
 
