@@ -55,6 +55,7 @@ class PyBulletWorld:
     bodies = cython.declare(list, visibility="readonly")
     offsets = cython.declare(list, visibility="readonly")  # per drone: (x, y) of its frame's origin in the world
     _offset = cython.declare(cython.bint)  # some frame is not the world's
+    _offset_xy = cython.declare(cython.double[:, :])  # offsets, as C doubles
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class PyBulletWorld:
         self.num_drones = num_drones
         self.offsets = grid_offsets(num_drones, spacing)
         self._offset = spacing != 0 and num_drones > 1
+        self._offset_xy = np.array(self.offsets, dtype=np.float64).reshape(num_drones, 2)
         self.client = p.connect(p.DIRECT)
         c = self.client
         p.setGravity(0, 0, -GRAVITY, physicsClientId=c)
@@ -162,14 +164,18 @@ class PyBulletWorld:
         return [self.read_drone(i) for i in range(self.num_drones)]
 
     @cython.ccall
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def read_drone(self, i: cython.Py_ssize_t) -> tuple:
         """``read`` of body ``i`` alone."""
         body, c = self.bodies[i], self.client
         position, quaternion = _pose(body, c)
+        velocity, angular_velocity = _twist(body, c)
         if self._offset:  # exact: a world x within a factor 2 of the grid's power-of-two offset, or the offset 0
-            x, y = self.offsets[i]
-            position = (position[0] - x, position[1] - y, position[2])
-        return (position, quaternion) + _twist(body, c)
+            x: cython.double = position[0]
+            y: cython.double = position[1]
+            position = (x - self._offset_xy[i, 0], y - self._offset_xy[i, 1], position[2])
+        return position, quaternion, velocity, angular_velocity
 
     def render(self, target, width: int = 320, height: int = 240, distance: float = 0.5, drone: int = 0) -> np.ndarray:
         """An RGB frame from a chase camera looking at ``target`` in drone ``drone``'s frame; TinyRenderer works

@@ -388,7 +388,7 @@ class EpisodeBatch:
         idle = None
         for i in range(n):
             if self._autoreset[i]:
-                idle = [bool(flag) for flag in self.autoreset.tolist()]
+                idle = self.autoreset.tolist()
                 break
         self.sim.step_rows(rows, rngs, idle)
         ended = []

@@ -116,24 +116,23 @@ class DroneVectorEnv(VectorEnv):
         if not self._started:
             raise ResetNeeded("DroneVectorEnv: call reset() before step()")
         batch = self._batch
-        actions = np.asarray(actions)
+        if type(actions) is not np.ndarray or actions.dtype.char not in "fd":  # what policies give passes as it is
+            actions = np.asarray(actions, dtype=np.float64)
         if actions.shape != (self.num_envs, 4):
             raise ValueError(
                 f"actions must have shape ({self.num_envs}, 4) for action_mode={self.settings.action_mode!r}, "
                 f"got shape {actions.shape}"
             )
-        if actions.dtype.char not in "fd":
-            actions = actions.astype(np.float64)
         if not np.isfinite(actions).all():
             bad = np.flatnonzero(~np.isfinite(actions).all(axis=1) & ~batch.autoreset)  # a restarting drone's is unused
             if len(bad):
                 raise ValueError(f"actions must be finite, got {actions[bad].tolist()} for drone(s) {bad.tolist()}")
-        flew = ~batch.autoreset
+        flew = ~batch.autoreset if self._waypoints else None
         ended = batch.step(actions.tolist(), self._rngs)
         infos = {"distance": batch.distance.copy(), "_distance": self._all.copy()}
         if ended:
             self._add_episode_ends(infos, ended)
-        if self._waypoints:
+        if flew is not None:
             indices = [episode.waypoint_index for episode in self.episodes]
             infos["waypoint_index"], infos["_waypoint_index"] = np.where(flew, indices, 0), flew
         return (
