@@ -156,7 +156,7 @@ def test_entropilot_envs_says_how_the_simulator_runs(pure_python):
     )
     result = run_python(code, **{compiled.PURE_PYTHON_VARIABLE: pure_python})
     assert result.returncode == 0, result.stderr
-    assert "entropilot/Hover-v0" in result.stdout
+    assert "entropilot/Hover-v0" in result.stdout and "make_vector_env(id, N)" in result.stdout
     if pure_python == "1":
         assert f"{', '.join(compiled.COMPILED)} run as plain Python" in result.stdout
     elif HAS_COMPILER:
