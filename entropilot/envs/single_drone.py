@@ -9,10 +9,10 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from entropilot.envs.observation import OBSERVATION_NAMES, OBSERVATION_SIZE
 from entropilot.envs.settings import HoverSettings, SensorNoise, WaypointSettings
 from entropilot.envs.simulator import DroneSimulator
 from entropilot.envs.tasks import HoverEpisode, HoverRules, WaypointEpisode
+from entropilot.vehicle.layout import OBSERVATION_NAMES, OBSERVATION_SIZE
 
 
 def drone_spaces() -> tuple[gym.spaces.Box, gym.spaces.Box]:

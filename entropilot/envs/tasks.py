@@ -24,9 +24,9 @@ else:
 
     from entropilot.envs.observation import write_noisy_observation, write_observation
 
-from entropilot.envs.observation import OBSERVATION_SIZE
 from entropilot.envs.settings import HoverSettings
 from entropilot.envs.simulator import attitude_bounds, uniform
+from entropilot.vehicle.layout import OBSERVATION_SIZE
 
 CRASH_PENALTY = 2.0
 TWO_PI: cython.double = 2.0 * math.pi
