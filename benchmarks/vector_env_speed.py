@@ -5,10 +5,12 @@ Re-run (about a minute; prints markdown tables for README; the issue's target: >
 
     .venv/bin/python benchmarks/vector_env_speed.py          # or --quick; --sizes 1 16 64 256 (default)
 
-Every case runs once per round and the rounds alternate the cases, so a slow spell on a shared machine hits all
-of them alike; each figure is the median over the rounds, and each ratio the median of the per-round ratios.
-Time is the process's CPU time (``time.process_time``): drone-steps per second of one core. A round gives every
-case the same number of drone-steps (N drones x steps).
+The sizes are measured one after another, each with its own cases (built, measured, closed: a 256-env
+``SyncVectorEnv`` in memory would slow the others). Within a size every case runs once per round and the rounds
+alternate the cases, so a slow spell on a shared machine hits all of them alike; each figure is the median over the
+rounds, and each ratio the median of the per-round ratios. Time is the process's CPU time
+(``time.process_time``): drone-steps per second of one core. A round gives every case the same number of
+drone-steps (N drones x steps).
 
 1. Ceiling: the vector env's own world and bodies (ground plane, gravity, box collision shapes, drones filtered
    from one another, each in its own frame of the grid) and nothing else: per control step, per body one
@@ -159,16 +161,22 @@ def main() -> None:
         parser.error("--sizes must be >= 1")
     drone_steps, rounds = (4000, 5) if args.quick else (16000, 15)
     started = time.perf_counter()
-    cases: dict[str, tuple] = {"single": (SingleCase(drone_steps), 1)}
+    seconds: dict[str, list[float]] = {}
+    ends: dict[int, float] = {}
     for n in args.sizes:
         steps = max(1, drone_steps // n)
-        cases[f"ceiling {n}"] = (CeilingCase(n, steps), n)
-        cases[f"vector {n}"] = (VectorCase("vector_entry_point", n, steps), n)
-        cases[f"hover {n}"] = (VectorCase("vector_entry_point", n, steps, hover=True), n)
-        cases[f"sync {n}"] = (VectorCase("sync", n, steps), n)
-    seconds = measure(cases, drone_steps, rounds)
-    for run, _ in cases.values():
-        run.close()
+        cases = {
+            "ceiling": (CeilingCase(n, steps), n),
+            "vector": (VectorCase("vector_entry_point", n, steps), n),
+            "hover": (VectorCase("vector_entry_point", n, steps, hover=True), n),
+            "sync": (VectorCase("sync", n, steps), n),
+            "single": (SingleCase(drone_steps), 1),
+        }
+        for name, values in measure(cases, drone_steps, rounds).items():
+            seconds[f"{name} {n}"] = values
+        ends[n] = 1000.0 * cases["vector"][0].ends / max(1, cases["vector"][0].drone_steps)
+        for run, _ in cases.values():
+            run.close()
 
     def rate(name: str) -> float:
         return 1.0 / statistics.median(seconds[name])
@@ -193,16 +201,15 @@ def main() -> None:
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.sizes:
-        vector = cases[f"vector {n}"][0]
-        ends = 1000.0 * vector.ends / max(1, vector.drone_steps)
         ceiling, ours, sync = f"ceiling {n}", f"vector {n}", f"sync {n}"
         print(
             f"| {n} | {rate(ceiling):,.0f} | {rate(ours):,.0f} | {ratio(ours, ceiling):.0%} "
-            f"| {rate(sync):,.0f} | {ratio(ours, sync):.2f}x | {ends:.0f} | {ratio(f'hover {n}', ceiling):.0%} |"
+            f"| {rate(sync):,.0f} | {ratio(ours, sync):.2f}x | {ends[n]:.0f} | {ratio(f'hover {n}', ceiling):.0%} |"
         )
-    print(f"\nThe single env (`gymnasium.make`, resets included): {rate('single'):,.0f} steps/s; ", end="")
+    singles = ", ".join(f"{rate(f'single {n}'):,.0f}" for n in args.sizes)
+    print(f"\nThe single env (`gymnasium.make`, resets included), beside each size: {singles} steps/s; ", end="")
     print(
-        ", ".join(f"`DroneVectorEnv` N={n}: {ratio(f'vector {n}', 'single'):.2f}x" for n in args.sizes)
+        ", ".join(f"`DroneVectorEnv` N={n}: {ratio(f'vector {n}', f'single {n}'):.2f}x" for n in args.sizes)
         + f" of it. Drone-steps/s; took {time.perf_counter() - started:.0f} s."
     )
     sys.stdout.flush()
