@@ -23,6 +23,10 @@ def envs() -> None:
     for env_id, (_, settings_cls) in ENVIRONMENTS.items():
         doc = (settings_cls.__doc__ or "").strip().splitlines()[0]
         click.echo(f"{env_id:26s} obs Box({OBSERVATION_SIZE},)  action Box(4,) in [-1, 1]  {doc}")
+    click.echo(
+        "batched: gymnasium.make_vec(id, num_envs=N) or entropilot.envs.make_vector_env(id, N) puts N drones of "
+        "Hover-v0 or Waypoint-v0 in one PyBullet world (a Gymnasium VectorEnv)"
+    )
     interpreted = [name for name, is_compiled in compiled.status().items() if not is_compiled]
     if interpreted:
         click.echo(
