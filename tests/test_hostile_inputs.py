@@ -200,7 +200,7 @@ EXPORT = [
         "not an entropilot export",
         "--force",
     ),
-    case("export-to-a-folder", "export {ws}/runs/done -o {ws}/runs", "runs", "is a directory", exit=2),
+    case("export-to-a-folder", "export {ws}/runs/done -o {ws}/runs", "--output", "runs", "is a folder"),
     case("export-unwritable", "export {ws}/runs/done -o /proc/policy.onnx", "--output", "cannot write in /proc"),
     case(
         "export-under-a-file", "export {ws}/runs/done -o {ws}/notes.txt/p.onnx", "--output", "is a file, not a folder"
@@ -243,6 +243,13 @@ EXPORT = [
     ),
     case("export-registered-no-store", "export models:/m@a -o p.onnx", "no MLflow store", cwd="bare"),
     case("export-register-registered", "export models:/m@a -o {ws}/p.onnx --register m", "registered already", exit=2),
+    case("export-c-over-own-source", "export {policy} --format c -o {ws}/csrc", "policy.c", "not a file entropilot"),
+    case("export-c-into-a-file", "export {policy} --format c -o {ws}/notes.txt", "notes.txt", "is a file"),
+    case("export-c-unwritable", "export {policy} --format c -o /proc/c", "--output", "cannot write in /proc"),
+    case("export-c-register", "export {ws}/runs/done --format c -o {ws}/c --register m", "--register logs", exit=2),
+    case("export-c-damaged-policy", "export {ws}/truncated.onnx --format c -o {ws}/c", "truncated.onnx", "seal"),
+    case("export-onnx-from-onnx", "export {policy} -o {ws}/p.onnx", "exported file already", exit=2),
+    case("export-c-unknown-format", "export {policy} --format rust -o {ws}/c", "--format", "rust", exit=2),
 ]
 
 FLY = [
@@ -299,6 +306,9 @@ FLY = [
     case("fly-unknown-link", "fly {policy} --link wifi", "--link", "wifi", exit=2),
     case("fly-registered-no-store", "fly models:/m@a", "no MLflow store", cwd="bare"),
     case("fly-bad-model-uri", "fly models:/", "models:/", "models:/NAME@ALIAS"),
+    case("fly-c-sha-malformed", "fly {policy} --runtime c --sha256 xyz", "--sha256", "64 hex digits"),
+    case("fly-c-truncated-policy", "fly {ws}/truncated.onnx --runtime c", "truncated.onnx", "seal"),
+    case("fly-unknown-runtime", "fly {policy} --runtime rust", "--runtime", "rust", exit=2),
 ]
 
 DEMO = [
@@ -445,6 +455,8 @@ def workspace(tmp_path_factory):
     policy = ws / "policy.onnx"
     _tiny_onnx(policy)
     (ws / "truncated.onnx").write_bytes(policy.read_bytes()[:-100])
+    (ws / "csrc").mkdir()
+    (ws / "csrc" / "policy.c").write_text("/* my own controller */\nint main(void) { return 0; }\n")
 
     saved = config.model_dump(mode="json")
     runs = ws / "runs"
