@@ -340,7 +340,7 @@ def jobs_stop(job_id: str, address: str | None) -> None:
     "onnxruntime when a C compiler is present. A POLICY.onnx source exports to c only.",
 )
 @click.option(
-    "--force",
+    "--overwrite",
     is_flag=True,
     help="Replace OUTPUT (with --format c: its policy.h, policy.c, policy.onnx) even if entropilot did not write it.",
 )
@@ -370,7 +370,7 @@ def export(
     source: str,
     output: str,
     output_format: str,
-    force: bool,
+    overwrite: bool,
     parity_batch: int,
     registered_model: str | None,
     alias: str | None,
@@ -398,19 +398,19 @@ def export(
     if output_format == "c":
         if registered_model:
             raise click.UsageError("--register logs an ONNX file: export and register it first, then --format c")
-        check_c_output(output, force=force)  # a folder
+        check_c_output(output, overwrite=overwrite)  # a folder
         output = str(Path(output) / "policy.onnx")
     elif onnx_source:
         raise click.UsageError(f"{source} is an exported file already; --format c generates C from it")
     else:
-        check_output(output, force=force)  # a file
+        check_output(output, overwrite=overwrite)  # a file
     check_registry_names(registered_model, alias)
     if is_model_uri(source):
         if registered_model:
             raise click.UsageError(f"{source} is registered already; --register applies to a checkpoint or run")
         _export_registered(source, output, tracking_uri)
     elif not onnx_source:
-        _export_onnx(source, output, parity_batch, registered_model, alias, tracking_uri, force)
+        _export_onnx(source, output, parity_batch, registered_model, alias, tracking_uri, overwrite)
     if output_format == "c":
         _export_c(source if onnx_source else output, str(Path(output).parent), parity_batch)
 
@@ -422,7 +422,7 @@ def _export_onnx(
     registered_model: str | None,
     alias: str | None,
     tracking_uri: str | None,
-    force: bool,
+    overwrite: bool,
 ) -> None:
     if tracking_uri:
         import mlflow
@@ -434,7 +434,7 @@ def _export_onnx(
         checkpoint = resolve_checkpoint(source, stack)  # before torch loads: a bad source is refused at once
         from entropilot.deploy.export import export_policy, log_to_mlflow
 
-        result = export_policy(checkpoint, output, parity_batch=parity_batch, force=force)
+        result = export_policy(checkpoint, output, parity_batch=parity_batch, overwrite=overwrite)
     m = result.metadata
     click.echo(f"wrote {result.path} ({result.size_bytes} bytes) from {result.checkpoint}")
     click.echo(

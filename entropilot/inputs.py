@@ -75,13 +75,13 @@ def writable_file(path: str | os.PathLike, name: str) -> Path:
 
 
 def replaceable_file(
-    path: str | os.PathLike, name: str, *, ours: Callable[[Path], bool], what: str, force: bool
+    path: str | os.PathLike, name: str, *, ours: Callable[[Path], bool], what: str, overwrite: bool
 ) -> Path:
     """`writable_file`, and if the file exists it must be one of ours (`ours(path)`: e.g. an export with its seal)
-    unless `force`: a typo in an output path must not silently replace someone's file."""
+    unless `overwrite`: a typo in an output path must not silently replace someone's file."""
     target = writable_file(path, name)
-    if target.is_file() and not force and not ours(target):
-        raise InputError(name, path, f"exists and is not {what}: choose another path, or pass --force to replace it")
+    if target.is_file() and not overwrite and not ours(target):
+        raise InputError(name, path, f"exists and is not {what}: choose another path, or --overwrite to replace it")
     return target
 
 

@@ -198,7 +198,7 @@ EXPORT = [
         "--output",
         "notes.txt",
         "not an entropilot export",
-        "--force",
+        "--overwrite",
     ),
     case("export-to-a-folder", "export {ws}/runs/done -o {ws}/runs", "--output", "runs", "is a folder"),
     case("export-unwritable", "export {ws}/runs/done -o /proc/policy.onnx", "--output", "cannot write in /proc"),

@@ -77,19 +77,19 @@ def export_policy(
     *,
     parity_batch: int = 256,
     tolerance: float = PARITY_TOLERANCE,
-    force: bool = False,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export ``source`` (a checkpoint folder, a run folder holding ``iter_*`` checkpoints, or an MLflow run id
     whose ``entropilot.checkpoint_dir`` tag names one) to ``output_path``.
 
     The output is checked first (`check_output`: writable, and an existing file is replaced only if it is an
-    entropilot export, or with ``force``). The file is kept only if onnxruntime's actions match the torch greedy
+    entropilot export, or with ``overwrite``). The file is kept only if onnxruntime's actions match the torch greedy
     policy's (the one training evaluates with) within ``tolerance`` on ``parity_batch`` observations rolled out in
     the training env with that policy, plus a few out-of-range probes; otherwise ``ExportError`` and no file.
     """
     if parity_batch < 1:
         raise ValueError(f"parity_batch must be >= 1; got {parity_batch}")
-    output = check_output(output_path, force=force)
+    output = check_output(output_path, overwrite=overwrite)
     with contextlib.ExitStack() as stack:
         checkpoint = resolve_checkpoint(source, stack)
         with _quiet():
