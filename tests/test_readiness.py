@@ -168,6 +168,22 @@ def test_the_gate_judges_crashes_and_the_lower_bound():
 # ---- flights ---------------------------------------------------------------------------------------------------------
 
 
+def _assert_close(ours, theirs) -> None:
+    """The same statistics: every key, every count and reason, every float to 1e-9."""
+    if isinstance(ours, dict):
+        assert list(ours) == list(theirs)
+        for key in ours:
+            _assert_close(ours[key], theirs[key])
+    elif isinstance(ours, list):
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            _assert_close(a, b)
+    elif isinstance(ours, float):
+        assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12)
+    else:
+        assert ours == theirs
+
+
 def test_the_matrix_flies_the_episodes_one_by_one_flights_fly(leveller, tiny_matrix):
     config = load_readiness_config(tiny_matrix)
     report = evaluate_policy(leveller, config, echo=lambda line: None)
@@ -185,7 +201,9 @@ def test_the_matrix_flies_the_episodes_one_by_one_flights_fly(leveller, tiny_mat
             alone_policy = run_episodes(env, policy, 5, 3_000_000)
         finally:
             env.close()
-        assert flown["pid"] == episode_stats(alone_pid, 0.95)
+        # the drones of one world agree with the single env to ~1e-13 m (their frames' offsets): the PID's numbers
+        # to that, its outcomes exactly
+        _assert_close(flown["pid"], episode_stats(alone_pid, 0.95))
         # onnxruntime on a batch vs one row may round differently: the outcomes must agree, the numbers closely
         mine, theirs = flown["policy"], episode_stats(alone_policy, 0.95)
         assert mine["successes"] == theirs["successes"] and mine["crash_reasons"] == theirs["crash_reasons"]

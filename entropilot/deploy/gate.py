@@ -9,11 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 from entropilot.deploy.contract import READINESS_KEY
+from entropilot.errors import EntropilotError
 
 logger = logging.getLogger(__name__)
 
 
-class GateRefused(RuntimeError):
+class GateRefused(EntropilotError, RuntimeError):
     """The policy has no readiness report, a report made for another network, or one that fails its gate."""
 
 

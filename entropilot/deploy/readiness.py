@@ -25,9 +25,9 @@ REPORT_FORMAT = 1
 # Unlike the normal approximation it stays inside [0, 1] and keeps its coverage near 0 and n successes, where a
 # flight-readiness rate lives (100/100 -> [0.963, 1] at 95 %).
 INTERVAL = "Wilson score"
-# Envs flown in lockstep per condition. Building an env (a PyBullet client) costs as much as ~200 of its steps, so a
-# condition's episodes share a few dozen envs, in turns, rather than one env each.
-BATCH_SIZE = 32
+# The most drones of one condition flown in lockstep, in one PyBullet world (a vector env): a whole condition of the
+# default matrix at once.
+BATCH_SIZE = 100
 
 Echo = Callable[[str], None]
 
@@ -73,25 +73,24 @@ def fly_condition(
     confidence: float,
     batch_size: int = BATCH_SIZE,
 ) -> dict[str, dict[str, Any]]:
-    """One condition: the policy and the nominal PID, each flown once from every seed on the same ``batch_size``
-    envs, the policy through one batched onnxruntime call per step. {"policy": stats, "pid": stats}. A process-pool
-    task: it loads the policy file itself."""
+    """One condition: the policy and the nominal PID, each flown once from every seed on the drones of one vector env
+    (at most ``batch_size`` at a time), the policy through one batched onnxruntime call per step.
+    {"policy": stats, "pid": stats}. A process-pool task: it loads the policy file itself."""
     from entropilot.deploy.onnx_policy import OnnxPolicy
-    from entropilot.envs import make_env
-    from entropilot.envs.evaluate import run_episodes_batched
+    from entropilot.envs import make_vector_env
+    from entropilot.envs.evaluate import lockstep_drones, run_episodes_batched
     from entropilot.envs.pid import CascadedPID
 
     policy = OnnxPolicy(policy_path)
-    envs = [make_env(env_id, **env_kwargs) for _ in range(min(batch_size, len(seeds)))]
+    env = make_vector_env(env_id, lockstep_drones(len(seeds), batch_size), **env_kwargs)
     try:
-        pid = CascadedPID.for_env(envs[0])  # the nominal airframe: what the action mapping assumes
+        pid = CascadedPID.for_env(env)  # the nominal airframe: what the action mapping assumes
         return {
-            "policy": episode_stats(run_episodes_batched(envs, policy.batch, seeds), confidence),
-            "pid": episode_stats(run_episodes_batched(envs, pid, seeds, reset_controller=pid.reset), confidence),
+            "policy": episode_stats(run_episodes_batched(env, policy.batch, seeds), confidence),
+            "pid": episode_stats(run_episodes_batched(env, pid, seeds, reset_controller=pid.reset), confidence),
         }
     finally:
-        for env in envs:
-            env.close()
+        env.close()
 
 
 def evaluate_policy(

@@ -13,12 +13,22 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from entropilot.errors import EntropilotError, one_line
+
 DEFAULT_CONDITIONS = Path(__file__).with_name("readiness.yaml")
 CONDITION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # also an MLflow metric key part
 
 
-class ReadinessError(ValueError):
-    """The readiness evaluation cannot run as asked: a bad condition file, a policy it cannot fly, overlapping seeds."""
+class ReadinessError(EntropilotError, ValueError):
+    """The readiness evaluation cannot run as asked: a bad condition file, a policy it cannot fly, overlapping seeds.
+    ``problems``: one line each (an Error line each at the command line), after ``message``."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.message, self.problems = message, list(problems or [])
+        super().__init__("\n".join([message, *(f"  - {p}" for p in self.problems)]))
+
+    def lines(self) -> list[str]:
+        return [one_line(f"{self.message} {p}") for p in self.problems] or super().lines()
 
 
 class _Section(BaseModel):
@@ -104,11 +114,11 @@ def load_readiness_config(path: str | os.PathLike | None = None) -> ReadinessCon
     try:
         return ReadinessConfig.model_validate(data)
     except ValidationError as err:
-        problems = "\n".join(
-            f"  - {'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg'].removeprefix('Value error, ')}"
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg'].removeprefix('Value error, ')}"
             for e in err.errors()
-        )
-        raise ReadinessError(f"invalid readiness conditions ({path or DEFAULT_CONDITIONS}):\n{problems}") from None
+        ]
+        raise ReadinessError(f"invalid readiness conditions ({path or DEFAULT_CONDITIONS}):", problems) from None
 
 
 def check_conditions(config: ReadinessConfig, env_id: str, policy_kwargs: dict[str, Any]) -> dict[str, dict]:
@@ -124,10 +134,10 @@ def check_conditions(config: ReadinessConfig, env_id: str, policy_kwargs: dict[s
         try:
             validate_env_kwargs(env_id, kwargs)
         except (ValueError, TypeError) as err:
-            problems.append(f"  - condition {name!r}: {err}")
+            problems.append(f"condition {name!r}: {err}")
         out[name] = kwargs
     if problems:
-        raise ReadinessError(f"readiness conditions {env_id} cannot fly:\n" + "\n".join(problems))
+        raise ReadinessError(f"readiness conditions {env_id} cannot fly:", problems)
     return out
 
 

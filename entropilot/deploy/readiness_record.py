@@ -10,6 +10,7 @@ belongs to a file: its P is the file's P."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,8 +30,9 @@ from entropilot.deploy.contract import (
 )
 from entropilot.deploy.gate import enforce, verdict_line
 from entropilot.deploy.readiness import Echo, evaluate_policy
-from entropilot.deploy.readiness_config import ReadinessConfig, ReadinessError
+from entropilot.deploy.readiness_config import ReadinessConfig, ReadinessError, check_conditions
 from entropilot.deploy.readiness_report import table, write_files
+from entropilot.inputs import InputError
 
 TAG_PREFIX = "entropilot.readiness."
 FORCED_TAG = TAG_PREFIX + "forced"
@@ -103,15 +105,15 @@ def log_report(
     the policy's training iteration, the ``mlflow_tags``) and tag the registered ``model_version`` (name, version) the
     same way; ``forced``: why the gate was overridden (tag ``entropilot.readiness.forced``). A store or run that is not
     there is said, not raised: the report files are written already. Returns whether it logged."""
-    from entropilot.deploy.registry import RegistryError, fail_fast_http, require_store
+    from entropilot.inputs import missing_store
     from entropilot.platform.config import DEFAULT_TRACKING_URI
+    from entropilot.platform.tracking import fail_fast_http
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     run_id = report["policy"]["training_run_id"]
-    try:
-        require_store(uri)
-    except RegistryError as err:
-        echo(f"MLflow: not logged ({err})")
+    problem = missing_store(uri)
+    if problem:
+        echo(f"MLflow: not logged ({problem})")
         return False
     import mlflow
     from mlflow.entities import Metric, RunTag
@@ -166,30 +168,53 @@ def evaluate_source(
     """`entropilot evaluate SOURCE`: a policy file, a registered model (``models:/...``, pulled and verified; its
     report goes to the version's tags, the registered bytes are not changed) or a checkpoint, run folder or MLflow run
     id (exported to ``out_dir/policy.onnx`` first, then stamped); fly it through ``config``, print the table, write
-    the files, stamp the file if asked, log to MLflow."""
-    from entropilot.deploy.registry import is_model_uri
+    the files, stamp the file if asked, log to MLflow. A source that names nothing flyable, and a checkpoint whose env
+    a condition cannot build, are refused before anything is pulled or exported."""
+    from entropilot.deploy.registry import is_model_uri, parse_model_uri
 
     registered = None
-    if is_model_uri(source):
-        if stamp:
-            raise ReadinessError(
-                f"{source}: a registered file is never changed (its SHA-256 is recorded); its report goes to the "
-                f"model version's tags. Drop --stamp"
-            )
-        from entropilot.deploy.fly import pull_registered
+    with contextlib.ExitStack() as stack:
+        if is_model_uri(source):
+            parse_model_uri(source)
+            if stamp:
+                raise ReadinessError(
+                    f"{source}: a registered file is never changed (its SHA-256 is recorded); its report goes to the "
+                    f"model version's tags. Drop --stamp"
+                )
+            from entropilot.deploy.fly import pull_registered
 
-        pulled = pull_registered(source, tracking_uri=tracking_uri, cache_dir=cache_dir, echo=echo)
-        path, registered = pulled.path, (pulled.name, pulled.version)
-    elif Path(source).is_file():
-        path = Path(source)
-    else:
-        from entropilot.deploy.export import export_policy
+            pulled = pull_registered(source, tracking_uri=tracking_uri, cache_dir=cache_dir, echo=echo)
+            path, registered = pulled.path, (pulled.name, pulled.version)
+        elif Path(source).is_file():
+            path = Path(source)
+        elif source.endswith(".onnx"):
+            raise InputError("SOURCE", source, "no such file (a policy file, a checkpoint, run folder or run id)")
+        else:
+            from entropilot.deploy.export_inputs import check_output, resolve_checkpoint
 
-        result = export_policy(source, Path(out_dir) / "policy.onnx")
-        path, stamp = result.path, True
-        echo(f"exported {source} ({result.checkpoint}) to {path}")
+            checkpoint = resolve_checkpoint(source, stack)
+            check_trained_env(config, checkpoint)
+            output = check_output(Path(out_dir) / "policy.onnx")
+            from entropilot.deploy.export import export_policy
+
+            result = export_policy(checkpoint, output)
+            path, stamp = result.path, True
+            echo(f"exported {source} ({result.checkpoint}) to {path}")
     report = evaluate_policy(path, config, source=source, workers=workers, echo=echo)
     return _record(report, path, out_dir, stamp, registered, tracking_uri, log_mlflow, echo)
+
+
+def check_trained_env(config: ReadinessConfig, checkpoint: Path) -> None:
+    """Before a checkpoint is exported to be flown through ``config`` (the export costs torch and a parity rollout):
+    every condition must build the env it trained on. A config that no longer loads is left to the export to judge."""
+    from entropilot.platform.checkpoints import CONFIG_FILE
+    from entropilot.platform.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(checkpoint / CONFIG_FILE)
+    except (ConfigError, OSError):
+        return
+    check_conditions(config, cfg.env.id, dict(cfg.env.kwargs))
 
 
 def register_if_ready(

@@ -3,8 +3,9 @@
 ``run_episodes`` flies a single-drone Gymnasium env; ``run_swarm_episodes`` flies every drone of the
 multi-agent swarm with one shared controller. Both run the same loop (``_fly``) over a small adapter
 that presents either env as "agents -> observations", a single-drone env being a swarm of one.
-``run_episodes_batched`` flies many single-drone episodes in lockstep, the controller called once per step for
-all of them (one batched inference): the same episodes as ``run_episodes`` on the same seeds, in far less time.
+``run_episodes_batched`` flies many single-drone episodes in lockstep on the drones of one vector env, the controller
+called once per step for all of them (one batched inference): the same episodes as ``run_episodes`` on the same seeds,
+in far less time.
 Every loop keeps its episodes' books with one ``_Recorder``.
 """
 
@@ -183,43 +184,54 @@ def _fly(
 
 
 def run_episodes_batched(
-    envs: Sequence,
+    vector_env,
     controller: Callable[[np.ndarray], np.ndarray],
     seeds: Sequence[int],
     *,
     reset_controller: Callable[[], None] | None = None,
     record_paths: bool = False,
 ) -> list[EpisodeResult]:
-    """One episode per seed, ``len(envs)`` at a time in lockstep on the single-drone ``envs`` (the caller's: build them
-    once, fly several controllers): each step calls ``controller`` once on the (B, n) observations of the whole batch
-    (a finished episode's row holds its last observation, so a stateful controller such as the batched PID keeps one
-    row per drone), and ``reset_controller`` before each batch. The results equal ``run_episodes``' on the same seeds
-    (up to the controller's own batch-size effects); trajectories only with ``record_paths``."""
+    """One episode per seed, ``num_envs`` at a time in lockstep on the drones of ``vector_env`` (a ``DroneVectorEnv``,
+    the caller's: build it once, fly several controllers). Each step calls ``controller`` once on the (N, n)
+    observations of every drone; a drone whose episode has ended flies on into its next one, unrecorded, so a stateful
+    controller such as the batched PID keeps one row per drone. ``reset_controller`` runs before each batch. Drone i
+    flies its seed as the single env does, so the results are ``run_episodes``' on the same seeds (to ~1e-13 m where
+    a drone's frame is offset, see ``pybullet_world``, and up to the controller's own batch-size effects);
+    trajectories only with ``record_paths``."""
+    env = vector_env.unwrapped
+    n, sim = env.num_envs, env.sim
     results = []
-    for start in range(0, len(seeds), len(envs)):
-        chunk = list(seeds[start : start + len(envs)])
-        batch = envs[: len(chunk)]
-        obs = np.stack([env.reset(seed=s)[0] for env, s in zip(batch, chunk)])
+    for start in range(0, len(seeds), n):
+        chunk = [int(s) for s in seeds[start : start + n]]
+        obs, _ = env.reset(seed=chunk + [None] * (n - len(chunk)))  # spare drones fly on, unrecorded
         if reset_controller is not None:
             reset_controller()
         books = [
-            _Recorder(s, None, env.unwrapped.sim, 0, env.unwrapped.target[0], record_paths)
-            for env, s in zip(batch, chunk)
+            _Recorder(s, None, sim, i, np.array(env.episodes[i].target), record_paths) for i, s in enumerate(chunk)
         ]
-        live = list(range(len(batch)))
+        live = list(range(len(chunk)))
         while live:
             actions = controller(obs)
             saturated = (np.abs(actions) >= 1.0).any(axis=1).tolist()
-            still = []
+            obs, rewards, terminated, truncated, infos = env.step(actions)
+            ended = (terminated | truncated).tolist()
             for i in live:
-                env = batch[i]
-                obs[i], reward, terminated, truncated, info = env.step(actions[i])
-                books[i].step(reward, info, saturated[i], env.unwrapped.target[0] if record_paths else None)
-                if not (terminated or truncated):
-                    still.append(i)
-            live = still
+                info = {"distance": float(infos["distance"][i])}
+                if ended[i]:
+                    info["is_success"] = bool(infos["is_success"][i])
+                    if "crash" in infos and infos["_crash"][i]:
+                        info["crash"] = infos["crash"][i]
+                target = np.array(env.episodes[i].target) if record_paths else None
+                books[i].step(float(rewards[i]), info, saturated[i], target)
+            live = [i for i in live if not ended[i]]
         results += [book.result([]) for book in books]
     return results
+
+
+def lockstep_drones(episodes: int, most: int) -> int:
+    """How many drones fly ``episodes`` episodes in the fewest batches of at most ``most``, the batches as even as they
+    can be (150 at most 100: 75 drones, twice), so few drones fly unrecorded."""
+    return math.ceil(episodes / math.ceil(episodes / most))
 
 
 def _saturated(action) -> bool:

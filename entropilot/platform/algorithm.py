@@ -20,6 +20,7 @@ from ray.rllib.utils.filter import RunningStat
 from ray.rllib.utils.numpy import SMALL_NUMBER
 from ray.tune.registry import register_env
 
+from entropilot.errors import EntropilotError
 from entropilot.policies.ppo_learner import COVARIANCE_CONTROL, ENTROPY_CONTROL, EntropyControlledPPOLearner
 from entropilot.policies.sac_learner import ResumableSACLearner
 
@@ -217,6 +218,10 @@ def policy_module_id(source: Algorithm | AlgorithmConfig) -> str:
     return policies[0]
 
 
+class GpuUnavailable(EntropilotError, RuntimeError):
+    """resources.gpu is "on" but there is no GPU for the learner."""
+
+
 def resolve_learner_resources(gpu: str, num_learners: int, available_gpus: int | None = None) -> dict:
     """`num_learners` and `num_gpus_per_learner` for `config.learners(...)`.
 
@@ -235,7 +240,7 @@ def resolve_learner_resources(gpu: str, num_learners: int, available_gpus: int |
         available_gpus = int(ray.cluster_resources().get("GPU", 0))
     if available_gpus == 0:
         if gpu == "on":
-            raise RuntimeError("gpu='on' but the Ray cluster has no GPU; use gpu='auto' or 'off'")
+            raise GpuUnavailable("resources.gpu 'on': the Ray cluster has no GPU; use gpu='auto' or 'off'")
         return {"num_learners": num_learners, "num_gpus_per_learner": 0}
     gpu_learners = min(num_learners, available_gpus) if num_learners > 0 else available_gpus
     return {"num_learners": 0 if gpu_learners == 1 else gpu_learners, "num_gpus_per_learner": 1}
@@ -261,7 +266,7 @@ def local_gpu_learner_or_cpu(learners: dict, gpu: str, visible_gpus: int | None 
         "learner hangs in Ray 2.60)"
     )
     if gpu == "on":
-        raise RuntimeError(
+        raise GpuUnavailable(
             f"gpu='on': {where}. Run the driver on the GPU node (`entropilot submit` does so for "
             "gpu: on; a RayJob sets entrypointNumGpus: 1), or use gpu='auto' or 'off'"
         )

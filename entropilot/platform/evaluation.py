@@ -2,7 +2,7 @@
 its graph) flown from the evaluation seeds, summarized as its success rate with a Wilson lower bound, its crashes and
 its final distance; and the order that picks the best evaluation (what ``checkpoint.keep_best`` keeps and
 ``stop.success_lower_bound`` / ``stop.max_crashes`` judge). Single-drone episodes fly in lockstep, one batched forward
-pass per step, on envs built once per training run."""
+pass per step, on the drones of one vector env built once per training run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from entropilot.platform.config import ExperimentConfig
 from entropilot.platform.stats import wilson_interval
 
 CONFIDENCE = 0.95  # of the success rate's lower bound
-BATCH_SIZE = 32  # envs flown in lockstep: building one costs ~200 of its steps, so episodes share them in turns
+BATCH_SIZE = 100  # the most drones flown in lockstep (one PyBullet world)
 
 
 class GreedyPolicy:
@@ -116,12 +116,12 @@ class Evaluation:
 
 
 class Evaluator:
-    """Flies ``evaluation.episodes`` greedy episodes from ``evaluation.seed`` on: single-drone tasks in lockstep on
-    envs it keeps for the whole run (``close`` them), the swarm one episode at a time."""
+    """Flies ``evaluation.episodes`` greedy episodes from ``evaluation.seed`` on: single-drone tasks in lockstep on a
+    vector env it keeps for the whole run (``close`` it), the swarm one episode at a time."""
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
-        self._envs: list = []
+        self._env = None
 
     def run(self, algo) -> tuple[Evaluation, list]:
         """(the summary, the ``EpisodeResult``s) of the current policy of ``algo``."""
@@ -132,16 +132,17 @@ class Evaluator:
         if is_multi_agent(cfg):
             results = evaluate(algo, cfg)
         else:
-            if not self._envs:
-                from entropilot.envs import make_env
+            if self._env is None:
+                from entropilot.envs import make_vector_env
+                from entropilot.envs.evaluate import lockstep_drones
 
-                count = min(BATCH_SIZE, cfg.evaluation.episodes)
-                self._envs = [make_env(cfg.env.id, **cfg.env.kwargs) for _ in range(count)]
+                drones = lockstep_drones(cfg.evaluation.episodes, BATCH_SIZE)
+                self._env = make_vector_env(cfg.env.id, drones, **cfg.env.kwargs)
             seeds = list(range(cfg.evaluation.seed, cfg.evaluation.seed + cfg.evaluation.episodes))
-            results = run_episodes_batched(self._envs, GreedyPolicy.from_algo(algo), seeds)
+            results = run_episodes_batched(self._env, GreedyPolicy.from_algo(algo), seeds)
         return Evaluation.of(results), results
 
     def close(self) -> None:
-        for env in self._envs:
-            env.close()
-        self._envs = []
+        if self._env is not None:
+            self._env.close()
+            self._env = None

@@ -26,9 +26,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 import entropilot
+from entropilot.errors import EntropilotError
 from entropilot.platform.config import RESUMABLE_SECTION, ExperimentConfig, to_flat_params
 
-__all__ = ["ConfigMismatchError", "RunTracker", "TrackingError"]
+__all__ = ["ConfigMismatchError", "RunTracker", "TrackingError", "fail_fast_http"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,20 @@ RETRY_DELAYS_S = (1.0, 30.0)
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
-class TrackingError(RuntimeError):
+@contextlib.contextmanager
+def fail_fast_http():
+    """MLflow's HTTP calls give up within seconds instead of minutes of retries, for a one-off question (a registry
+    pull, a run lookup) outside a tracker (a value the user set wins)."""
+    added = [name for name in FAIL_FAST_HTTP_ENV if name not in os.environ]
+    os.environ.update({name: FAIL_FAST_HTTP_ENV[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+class TrackingError(EntropilotError, RuntimeError):
     """A run could not be started or re-opened (the only tracker errors that reach the caller)."""
 
 

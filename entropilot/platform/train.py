@@ -5,26 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entropilot.platform.config import (
-    RESUMABLE_SECTION,
-    ExperimentConfig,
-    dump_config,
-    load_config,
-    parse_overrides,
-    with_overrides,
-)
+from entropilot.inputs import InputError
+from entropilot.platform.checkpoints import BEST_CHECKPOINT, CHECKPOINT_TAG, CONFIG_FILE, STATE_FILE
+from entropilot.platform.config import ExperimentConfig, dump_config
 from entropilot.platform.evaluation import Evaluator, evaluate
+from entropilot.platform.preflight import prepare_resume, prepare_run  # noqa: F401 (prepare_resume: for the CLI)
 
-STATE_FILE = "entropilot_state.json"
-CONFIG_FILE = "config.yaml"
-BEST_CHECKPOINT = "best"  # with checkpoint.keep_best: the checkpoint of the best evaluation, beside the iter_* ones
 # The module a single-drone run trains (what checkpoint readers such as the ONNX export load). A swarm run
 # trains one module shared by all drones, `algorithm.SHARED_POLICY_ID`: ask `module_id(algo)` for a live one.
 MODULE_ID = "default_policy"
@@ -94,12 +88,19 @@ def init_ray(cfg: ExperimentConfig) -> None:
 
 def build_from_config(cfg: ExperimentConfig):
     """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
+    Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it waiting forever.
 
     A multi-agent env (the swarm) gets one policy shared by all agents (`build_algorithm(multi_agent=True)`).
     """
+    import ray
+
     from entropilot.platform.algorithm import build_algorithm
+    from entropilot.platform.resources import run_bundles, runs_that_fit
 
     init_ray(cfg)
+    # [1:]: the driver bundle is a Tune trial's; outside Tune the driver (and a local learner) is this process,
+    # which Ray does not place. A sweep checked the whole run against the cluster already.
+    runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
     a, e = cfg.algorithm, cfg.entropy
     control = e.control.controller_kwargs() if e.control.enabled else None
     covariance = (
@@ -166,36 +167,43 @@ def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
-def _latest_checkpoint(root: Path) -> Path | None:
-    checkpoints = sorted(root.glob("iter_*"))
-    return checkpoints[-1] if checkpoints else None
+# Every metric an iteration logs (what a sweep may optimize): `iteration_metrics`' own, then the training loop's.
+METRICS = (
+    "env_steps",
+    "episode_return_mean",
+    "episode_len_mean",
+    "entropy",
+    "entropy_executed",
+    "entropy_target",
+    "entropy_coeff",
+    "kl",
+    "policy_loss",
+    "vf_loss",
+    "time_this_iter_s",
+    "sampling_time_s",
+    "learner_time_s",
+    "env_runners_healthy",
+    "env_runner_restarts",
+    "env_steps_per_s",
+    "success_rate",
+    "eval_final_distance",
+    "entropy_collapse",
+    "time_s",
+)
+METRIC_PREFIXES = ("entropy_per_dim/",)
 
 
-def resolve_resume(target: str) -> tuple[ExperimentConfig, Path]:
-    """A checkpoint folder, a run folder holding ``iter_*`` checkpoints, or an MLflow run id -> (cfg, checkpoint)."""
-    path = Path(target)
-    if path.is_dir():
-        checkpoint = path if (path / STATE_FILE).is_file() else _latest_checkpoint(path)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume {target}: no checkpoint (iter_*/{STATE_FILE}) in that folder")
-        return load_config(checkpoint / CONFIG_FILE), checkpoint
-    import mlflow
-
-    run = mlflow.MlflowClient().get_run(target)
-    folder = run.data.tags.get("entropilot.checkpoint_dir")
-    if not folder:
-        raise FileNotFoundError(f"--resume {target}: MLflow run has no entropilot.checkpoint_dir tag")
-    return resolve_resume(folder)
-
-
-def prepare_resume(target: str, overrides: Iterable[str] = ()) -> tuple[ExperimentConfig, Path, dict[str, Any]]:
-    """What `--resume TARGET --set stop.KEY=VALUE ...` continues: the run's saved config with the new stop criteria,
-    validated as a whole, its newest checkpoint, and the overrides as {path: value}. Runs before Ray or MLflow start.
-
-    Only `stop.*` may change: the run's params must keep describing what trained it."""
-    cfg, checkpoint = resolve_resume(target)
-    values = parse_overrides(overrides)
-    return with_overrides(cfg, values, only=RESUMABLE_SECTION, source=f"--resume {target}"), checkpoint, values
+def _restore(algo, checkpoint: Path) -> None:
+    try:
+        algo.restore_from_path(str(checkpoint.resolve()))
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(
+            "--resume",
+            str(checkpoint),
+            f"RLlib cannot restore this checkpoint ({type(err).__name__}: {first}); resume an older one "
+            f"(iter_* in {checkpoint.parent})",
+        ) from err
 
 
 def train(
@@ -227,23 +235,23 @@ def train(
         state = json.loads((checkpoint / STATE_FILE).read_text())
         root = checkpoint.parent
     else:
-        root = cfg.checkpoint_dir
-        if _latest_checkpoint(root) is not None:
-            raise FileExistsError(
-                f"checkpoint.dir {root} already holds checkpoints of another run: continue it with "
-                f"`entropilot train --resume {root}`, or set a new checkpoint.dir (or name)"
-            )
+        root = prepare_run(cfg).checkpoint_dir
     algo = build_from_config(cfg)
-    evaluator = Evaluator(cfg)
-    tracker = RunTracker.start(cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id)
+    try:
+        if checkpoint is not None:
+            _restore(algo, checkpoint)  # before MLflow: a checkpoint RLlib cannot read leaves the run's status alone
+        tracker = RunTracker.start(cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id)
+    except BaseException:
+        algo.stop()
+        raise
+    evaluator = Evaluator(cfg)  # builds its envs at the first evaluation
     if resumed_with:
         tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
     status = "FAILED"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tracker.set_tag("entropilot.checkpoint_dir", str(root.resolve()))
+        tracker.set_tag(CHECKPOINT_TAG, str(root.resolve()))
         if checkpoint is not None:
-            algo.restore_from_path(str(checkpoint.resolve()))
             echo(f"resumed {checkpoint} (iteration {state['iteration']}) into MLflow run {tracker.run_id}")
         elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO" and is_multi_agent(cfg):
             echo(
@@ -360,7 +368,10 @@ def _save(algo, cfg: ExperimentConfig, state: dict, root: Path, name: str | None
         shutil.rmtree(path)
     algo.save_to_path(str(path.resolve()))
     dump_config(cfg, path / CONFIG_FILE)
-    (path / STATE_FILE).write_text(json.dumps(state))
+    # The state file last and whole (written aside, then renamed): a checkpoint without it is known incomplete.
+    staged = path / f".{STATE_FILE}.tmp"
+    staged.write_text(json.dumps(state))
+    os.replace(staged, path / STATE_FILE)
     return path
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from entropilot.inputs import InputError, host_port, name_problem, tracking_uri_problem
 from entropilot.platform.config.errors import FieldProblem
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -20,7 +21,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 class _Section(BaseModel):
     # extra="forbid": a typo in a key fails instead of silently using the default.
     # validate_assignment: programmatic edits (sweeps) get the same checks as YAML.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float field means a finite number (.inf or .nan would train on, or hang, silently).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------- env
@@ -149,16 +151,16 @@ class ControlConfig(_Section):
     # PPO loss term -coef * entropy: coef < 0 penalizes entropy. |coef| ~ 1 would swamp PPO's policy
     # gradient (advantages are standardized); useful values are of order +-0.01. coef_min bounds the
     # penalty, i.e. how hard the controller may push toward collapse.
-    coef_init: float = Field(0.0, ge=-1.0, le=1.0, allow_inf_nan=False)
-    coef_min: float = Field(-0.05, ge=-1.0, le=1.0, allow_inf_nan=False)
-    coef_max: float = Field(0.05, ge=-1.0, le=1.0, allow_inf_nan=False)
+    coef_init: float = Field(0.0, ge=-1.0, le=1.0)
+    coef_min: float = Field(-0.05, ge=-1.0, le=1.0)
+    coef_max: float = Field(0.05, ge=-1.0, le=1.0)
     # Integral action: coefficient change per nat of entropy error per iteration.
-    gain: float = Field(0.003, gt=0.0, le=1.0, allow_inf_nan=False)
+    gain: float = Field(0.003, gt=0.0, le=1.0)
     # Proportional action on the error's change; > 0 is what keeps the loop from oscillating (the entropy
     # integrates the coefficient). Stable while b * (gain + 2 * damping) < 4, b = plant gain, ~1 on hover.
-    damping: float = Field(0.08, ge=0.0, le=1.0, allow_inf_nan=False)
+    damping: float = Field(0.08, ge=0.0, le=1.0)
     # Largest coefficient change per iteration.
-    max_step: float = Field(0.005, gt=0.0, le=1.0, allow_inf_nan=False)
+    max_step: float = Field(0.005, gt=0.0, le=1.0)
 
     def controller_kwargs(self) -> dict:
         """Keyword arguments of `policies.entropy_control.EntropyCoefficientController` for this section."""
@@ -270,6 +272,17 @@ class ResourcesConfig(_Section):
     def _on_off_are_not_bools(cls, value: Any) -> Any:
         return _yaml_switch(value)
 
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_form(cls, address: str | None) -> str | None:
+        if address is None or address in ("local", "auto"):
+            return address
+        try:
+            host_port(address.removeprefix("ray://"), "resources.ray_address")
+        except InputError:
+            raise ValueError("write local, auto, HOST:PORT (the head's GCS) or ray://HOST:PORT (Ray Client)") from None
+        return address
+
     def resolve_ray_address(self) -> str:
         """The address to pass to `ray.init`: this field, else RAY_ADDRESS, else "local" (start Ray in-process).
 
@@ -291,14 +304,22 @@ class MlflowConfig(_Section):
     video: bool = False
     system_metrics: bool = False
 
+    @field_validator("run_name")
+    @classmethod
+    def _folder_name(cls, name: str | None) -> str | None:
+        # The run's checkpoints go to runs/<run name> unless checkpoint.dir says otherwise.
+        problem = None if name is None else name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
     @field_validator("tracking_uri")
     @classmethod
     def _not_a_file_store(cls, uri: str | None) -> str | None:
         # MLflow 3.17 refuses plain-directory stores ("filesystem tracking backend is in maintenance mode").
-        if uri is not None and (uri.startswith("file:") or "://" not in uri):
-            raise ValueError(
-                f"file stores are refused by MLflow 3; use e.g. {DEFAULT_TRACKING_URI} or http://host:port"
-            )
+        problem = None if uri is None else tracking_uri_problem(uri)
+        if problem:
+            raise ValueError(problem)
         return uri
 
     def resolve_tracking_uri(self) -> str:
