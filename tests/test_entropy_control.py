@@ -97,6 +97,10 @@ def test_the_default_lower_bound_never_goes_below_zero():
     entropy, history = run_integrating_plant(controller, 400, entropy, b=1.0, drift=-0.01, first=100)
     assert min(c for _, _, c in history) >= 0.0
     assert entropy == pytest.approx(2.0, abs=0.01) and controller.coefficient == pytest.approx(0.01, abs=5e-4)
+    # Noisy measurements above the minimum: the coefficient is exactly 0 each time (no kick on an uptick).
+    fresh = EntropyCoefficientController(target=2.0)
+    for k, noise in enumerate([0.3, -0.2, 0.4, -0.5, 0.1, -0.1, 0.5]):
+        assert fresh.update(3.0 + noise, env_steps=k) == 0.0
     # An entropy far above the minimum never gets a penalty.
     assert controller.update(50.0, env_steps=10**6) >= 0.0 and controller.update(50.0, env_steps=10**6) == 0.0
 
@@ -110,7 +114,7 @@ def test_fixed_coefficient_ignores_measurements():
     with pytest.raises(ValueError, match="no target"):
         controller.retune(target=1.0)
     # A stored coefficient does not override the configured one.
-    controller.load_state_dict({"coef": 0.5, "last_error": 0.0, "num_updates": 7, "num_ignored": 0})
+    controller.load_state_dict({"coef": 0.5, "integral": 0.5, "last_error": 0.0, "num_updates": 7, "num_ignored": 0})
     assert controller.coefficient == 0.01
 
 
@@ -236,7 +240,7 @@ def test_controller_state_round_trip_gives_identical_outputs():
     entropy, _ = run_integrating_plant(original, 10, 3.0)
     assert original.coefficient < 0
     state = json.loads(json.dumps(original.state_dict()))  # plain numbers only
-    assert set(state) == {"coef", "last_error", "num_updates", "num_ignored"}
+    assert set(state) == {"coef", "integral", "last_error", "num_updates", "num_ignored"}
     restored = EntropyCoefficientController(**config)
     restored.load_state_dict(state)
     assert restored.coefficient == original.coefficient
@@ -247,7 +251,7 @@ def test_controller_state_round_trip_gives_identical_outputs():
 
 def test_controller_load_clamps_to_new_bounds():
     controller = track(0.0, coef_min=-0.02, coef_max=0.05)
-    state = {"coef": 0.5, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
+    state = {"coef": 0.5, "integral": 0.5, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
     controller.load_state_dict(state)
     assert controller.coefficient == 0.05
     controller.load_state_dict({**state, "coef": -0.5})
@@ -260,7 +264,8 @@ def test_controller_load_clamps_to_new_bounds():
     "change, message",
     [
         # A checkpoint of the old log-space controller.
-        (dict(coef=None, log_coef=math.log(0.01)), "'log_coef' from the old log-space controller"),
+        # A checkpoint of the incremental controller, which had no integral.
+        (dict(integral=None), r"missing \['integral'\] \(a checkpoint of an older controller"),
         (dict(coef=None), r"missing \['coef'\]"),
         (dict(last_error=None, num_ignored=None), r"missing \['last_error', 'num_ignored'\]"),
         (dict(coef=math.nan), "state coef must be a finite number"),
@@ -271,7 +276,7 @@ def test_controller_load_clamps_to_new_bounds():
 )
 def test_controller_load_rejects_bad_state(change, message):
     controller = EntropyCoefficientController(target=0.0)
-    state = {"coef": 0.01, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
+    state = {"coef": 0.01, "integral": 0.01, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
     state = {k: v for k, v in {**state, **change}.items() if v is not None}
     before = controller.state_dict()
     with pytest.raises(ValueError, match=message):

@@ -21,8 +21,8 @@ from entropilot.platform.algorithm import (
     observation_filter_stats,
     resolve_learner_resources,
 )
-from entropilot.policies.entropy_init import entropy_aware_init, sample_action_dist_inputs
-from entropilot.policies.initial_weights import draw_seed, push_weights_to_env_runners, reinitialize_policy
+from entropilot.policies.entropy_init import entropy_aware_init, measure_draw, sample_action_dist_inputs, search_outcome
+from entropilot.policies.initial_weights import InitFamily, draw_seed, push_weights_to_env_runners, reinitialize_policy
 
 pytestmark = pytest.mark.integration  # every test here runs under the module's Ray
 
@@ -252,6 +252,34 @@ def test_arms_are_paired_when_the_init_keeps_draw_0():
     for key in ("total_loss", "entropy_gaussian", "entropy_effective", "clipped_fraction", "vf_loss"):
         assert init[key] == plain[key], key
     assert all(torch.equal(torch.as_tensor(init_weights[k]), torch.as_tensor(v)) for k, v in plain_weights.items())
+
+
+def test_a_threshold_sweep_moves_the_kept_entropy_and_the_acceptance_rate():
+    """In an init family whose weights matter (a state-dependent log-std head, gain 8), the threshold decides what
+    the init keeps: from draw 0 (every draw clears) to the best of the search (none clears), over 1 nat apart."""
+    algo = build_algorithm(**PPO, free_log_std=False)
+    family = InitFamily(output_gain=8.0, initial_std=0.3)
+    try:
+        searches = [
+            [measure_draw(algo, draw_seed(seed, k), family, "effective", 200, 0) for k in range(5)] for seed in range(6)
+        ]
+        # The init itself, run with a threshold, keeps what `search_outcome` reads off the same draws.
+        pooled = sorted(d.entropy for draws in searches for d in draws)
+        median = pooled[len(pooled) // 2]
+        live = entropy_aware_init(algo, threshold=median, weight_seed=2, max_draws=5, family=family, rollout_steps=200)
+        assert live == search_outcome(searches[2], median)
+    finally:
+        algo.stop()
+
+    def sweep(threshold):
+        outcomes = [search_outcome(draws, threshold) for draws in searches]
+        kept = float(np.mean([o.chosen.entropy for o in outcomes]))
+        return kept, sum(d >= threshold for d in pooled) / len(pooled)
+
+    (bottom, all_clear), (middle, half), (top, none_clear) = (sweep(t) for t in (pooled[0], median, pooled[-1] + 1))
+    assert (all_clear, none_clear) == (1.0, 0.0) and 0.3 < half < 0.7
+    assert bottom < middle < top and top - bottom >= 1.0
+    assert bottom == pytest.approx(np.mean([draws[0].entropy for draws in searches]))  # the init off: draw 0
 
 
 @pytest.mark.parametrize(

@@ -93,16 +93,22 @@ class EntropyCoefficientController:
       negative for the whole run: the tracker then acts as an annealing penalty, not as a safeguard.
     - `fixed`: coef = `initial_coef` throughout (a baseline; 0 is plain PPO without entropy bonus).
 
-    Update (lower_bound, track), with error e = target - measured (nats):
-        coef += gain * e_k + damping * (e_k - e_{k-1}),   the step clamped to +-max_step,
-        coef clamped to [coef_min, coef_max].
-    A PI controller written incrementally (the velocity form; for the lower bound, the PI Lagrangian
-    of Stooke et al. 2020 with the multiplier projected onto coef >= 0): `gain` is the integral action
-    (plain dual ascent), `damping` the proportional one. The coefficient alone is the integrator state,
-    so clamping it is the anti-windup: at a bound nothing keeps accumulating, and the coefficient
-    leaves the bound on the first update whose error has the other sign. Before the first update
-    e_{k-1} = 0, so the first step is the positional PI's proportional kick. The controller acts on
-    the coefficient itself (linear, not its logarithm) because in `track` mode it changes sign.
+    Update (lower_bound, track), with error e = target - measured (nats), a PI controller with
+    integral I (its state) and output coef:
+        I    = I + gain * e_k                                        (integral action: dual ascent)
+        coef = clamp(I + damping * e_k, coef_min, coef_max),         (proportional action)
+    the change of coef per iteration limited to +-max_step. Unclamped, this is the incremental form
+    coef += gain * e_k + damping * (e_k - e_{k-1}); the first step is (gain + damping) * e. The two modes
+    differ in their anti-windup, i.e. in what I does while coef sits at a bound:
+    - track keeps I = coef - damping * e_k (back-calculation), which makes it exactly the incremental
+      update it has always been: the coefficient leaves a bound on the first update whose error turns.
+    - lower_bound clamps I to [0, coef_max] (the PI Lagrangian of Stooke et al. 2020, the multiplier
+      projected onto coef >= 0). While the entropy is above the minimum, I sits at 0 and damping * e < 0,
+      so the coefficient is exactly 0, noise or not. (Back-calculation would store I = -damping * e > 0
+      there, and every uptick of the falling error would kick the coefficient above 0: an entropy bonus
+      the policy does not need.)
+    The controller acts on the coefficient itself (linear, not its logarithm) because in `track` mode
+    it changes sign.
 
     Plant and stability: PPO's entropy *integrates* the coefficient. The loss gradient on each log
     std is -coef, and each of an iteration's Adam steps moves a log std by about
@@ -158,9 +164,8 @@ class EntropyCoefficientController:
                 f"initial_coef must lie in [coef_min, coef_max] = [{settings[0]}, {settings[1]}]; got {initial_coef}"
             )
         self._coef_min, self._coef_max, self._gain, self._damping, self._max_step = settings
-        self._coef = initial_coef
-        # Zero before the first update makes the first step the positional PI's proportional kick.
-        self._last_error = 0.0
+        self._coef = self._integral = initial_coef
+        self._last_error = 0.0  # kept for the checkpoint: what the controller last saw
         self._num_updates = 0
         self._num_ignored = 0
 
@@ -195,7 +200,7 @@ class EntropyCoefficientController:
     ) -> None:
         """Change settings of a running controller (live tuning); None keeps a setting.
 
-        The integrator state (coefficient, last error, counters) stays, so the loop goes on from
+        The integrator state (coefficient, integral, counters) stays, so the loop goes on from
         where it is instead of restarting at `initial_coef`. A coefficient outside new bounds is
         clamped into them, as a bound does during updates. `coef` sets a fixed coefficient (fixed
         mode only: elsewhere the coefficient is the integrator's state). All checks run before
@@ -218,7 +223,11 @@ class EntropyCoefficientController:
         )
         self._schedule = schedule
         self._coef_min, self._coef_max, self._gain, self._damping, self._max_step = settings
-        self._coef = new_coef if self._mode == "fixed" else min(max(self._coef, self._coef_min), self._coef_max)
+        if self._mode == "fixed":
+            self._coef = new_coef
+        else:
+            self._coef = self._clamp(self._coef)
+            self._integral = self._clamp(self._integral) if self._mode == "lower_bound" else self._back_calculated()
 
     def update(self, measured_entropy: float, env_steps: float) -> float:
         """Take one measurement (nats) at `env_steps`; return the coefficient to use next."""
@@ -232,32 +241,41 @@ class EntropyCoefficientController:
         if self._mode == "fixed":
             return self._coef
         error = self.target(env_steps) - measured
-        step = self._gain * error + self._damping * (error - self._last_error)
-        step = min(max(step, -self._max_step), self._max_step)
-        self._coef = min(max(self._coef + step, self._coef_min), self._coef_max)
         self._last_error = error
+        integral = self._integral + self._gain * error
+        if self._mode == "lower_bound":
+            integral = self._clamp(integral)
+        wanted = self._clamp(integral + self._damping * error)
+        self._coef = min(max(wanted, self._coef - self._max_step), self._coef + self._max_step)
+        self._integral = integral if self._mode == "lower_bound" else self._back_calculated()
         return self._coef
+
+    def _back_calculated(self) -> float:
+        """track's integral: what the coefficient holds, less its proportional part."""
+        return self._coef - self._damping * self._last_error
+
+    def _clamp(self, coef: float) -> float:
+        return min(max(coef, self._coef_min), self._coef_max)
 
     def state_dict(self) -> dict[str, float | int]:
         """Plain Python numbers, so it fits an RLlib Learner state or a JSON checkpoint."""
         return {
             "coef": self._coef,
+            "integral": self._integral,
             "last_error": self._last_error,
             "num_updates": self._num_updates,
             "num_ignored": self._num_ignored,
         }
 
     def load_state_dict(self, state: dict[str, float | int]) -> None:
-        if "log_coef" in state and "coef" not in state:
-            raise ValueError(
-                "controller state holds 'log_coef' from the old log-space controller (positive coefficients "
-                "only); it can't be resumed by the signed controller: restart the controller (drop its state) "
-                "or start from a newer checkpoint"
-            )
-        missing = {"coef", "last_error", "num_updates", "num_ignored"} - state.keys()
+        missing = {"coef", "integral", "last_error", "num_updates", "num_ignored"} - state.keys()
         if missing:
-            raise ValueError(f"controller state is missing {sorted(missing)}")
+            raise ValueError(
+                f"controller state is missing {sorted(missing)} (a checkpoint of an older controller can't be "
+                "resumed: restart the controller or start from a newer checkpoint)"
+            )
         coef = _finite_real("state coef", state["coef"])
+        integral = _finite_real("state integral", state["integral"])
         last_error = _finite_real("state last_error", state["last_error"])
         counts = {}
         for key in ("num_updates", "num_ignored"):
@@ -265,11 +283,12 @@ class EntropyCoefficientController:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"state {key} must be an int >= 0; got {value!r}")
             counts[key] = value
-        # A resumed run may have changed the bounds; the stored coefficient must obey the new ones. A fixed
+        # A resumed run may have changed the bounds; the stored state must obey the new ones. A fixed
         # coefficient is the configured one, not the stored one.
-        if self._mode != "fixed":
-            self._coef = min(max(coef, self._coef_min), self._coef_max)
         self._last_error = last_error
+        if self._mode != "fixed":
+            self._coef = self._clamp(coef)
+            self._integral = self._clamp(integral) if self._mode == "lower_bound" else self._back_calculated()
         self._num_updates, self._num_ignored = counts["num_updates"], counts["num_ignored"]
 
 

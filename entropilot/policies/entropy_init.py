@@ -140,6 +140,10 @@ def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = Non
 
     # With remote runners the driver's local runner has no env; without, it is the one that samples.
     samples = group.foreach_env_runner(_sample, local_env_runner=num_remote == 0)
+    if not samples:
+        raise RuntimeError(
+            "no env runner answered (all out of service, e.g. restarting after a crash): nothing sampled"
+        )
     return RolloutSample(
         np.concatenate([s.observations for s in samples]),
         np.concatenate([s.action_dist_inputs for s in samples]),
