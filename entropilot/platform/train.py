@@ -102,12 +102,8 @@ def build_from_config(cfg: ExperimentConfig):
     # which Ray does not place. A sweep checked the whole run against the cluster already.
     runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
     a, e = cfg.algorithm, cfg.entropy
-    control = e.control.controller_kwargs() if e.control.enabled else None
-    covariance = (
-        None
-        if e.covariance.mode == "off"
-        else {"mode": e.covariance.mode, "fraction": e.covariance.fraction, "kl_coef": e.covariance.kl_coef}
-    )
+    control = e.control.controller_settings(e.measure) if e.control.enabled else None
+    covariance = e.covariance.settings(seed=cfg.seed)
     return build_algorithm(
         algorithm=a.name,
         env=make_env_creator(cfg.env.id),
@@ -190,18 +186,26 @@ def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
         env.close()
 
 
-def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]:
-    """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``."""
+def iteration_metrics(result: dict, module: str = MODULE_ID, measure: str = "effective") -> dict[str, float]:
+    """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``.
+
+    `entropy` (and `entropy_per_dim/i`) is the ``measure`` the target, threshold and collapse floor are in; both
+    measures are there as `entropy_effective` and `entropy_gaussian`."""
     runners = result.get("env_runners", {})
     learner = result.get("learners", {}).get(module, {})
     metrics = {
         "env_steps": runners.get("num_env_steps_sampled_lifetime"),
         "episode_return_mean": runners.get("episode_return_mean"),
         "episode_len_mean": runners.get("episode_len_mean"),
-        "entropy": learner.get("entropy_gaussian"),
-        "entropy_executed": learner.get("entropy_executed"),
+        "entropy": learner.get(f"entropy_{measure}"),
+        "entropy_effective": learner.get("entropy_effective"),
+        "entropy_gaussian": learner.get("entropy_gaussian"),
         "entropy_target": learner.get("entropy_target"),
         "entropy_coeff": learner.get("curr_entropy_coeff"),
+        "sigma_target": learner.get("sigma_target"),
+        "clipped_fraction": learner.get("clipped_fraction"),
+        "cov_num_selected": learner.get("cov_num_selected"),
+        "cov_num_candidates": learner.get("cov_num_candidates"),
         "kl": learner.get("mean_kl_loss"),
         "policy_loss": learner.get("policy_loss"),
         "vf_loss": learner.get("vf_loss"),
@@ -213,8 +217,8 @@ def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]
         "env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
     }
     for key, value in learner.items():
-        if key.startswith("entropy_gaussian_dim"):
-            metrics[f"entropy_per_dim/{key.removeprefix('entropy_gaussian_dim')}"] = value
+        if key.startswith(f"entropy_{measure}_dim"):
+            metrics[f"entropy_per_dim/{key.removeprefix(f'entropy_{measure}_dim')}"] = value
     sampled = runners.get("num_env_steps_sampled")
     if sampled and result.get("time_this_iter_s"):
         metrics["env_steps_per_s"] = sampled / result["time_this_iter_s"]
@@ -227,9 +231,14 @@ METRICS = (
     "episode_return_mean",
     "episode_len_mean",
     "entropy",
-    "entropy_executed",
+    "entropy_effective",
+    "entropy_gaussian",
     "entropy_target",
     "entropy_coeff",
+    "sigma_target",
+    "clipped_fraction",
+    "cov_num_selected",
+    "cov_num_candidates",
     "kl",
     "policy_loss",
     "vf_loss",
@@ -306,28 +315,8 @@ def train(
         tracker.set_tag(CHECKPOINT_TAG, str(root.resolve()))
         if checkpoint is not None:
             echo(f"resumed {checkpoint} (iteration {state['iteration']}) into MLflow run {tracker.run_id}")
-        elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO" and is_multi_agent(cfg):
-            echo(
-                "entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
-                f"{cfg.env.id}); the shared policy starts from its default initialization"
-            )
-            tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
-        elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO":
-            from entropilot.policies.entropy_init import entropy_aware_init
-
-            init = entropy_aware_init(
-                algo,
-                threshold=cfg.entropy.init.threshold,
-                max_draws=cfg.entropy.init.max_draws,
-                base_seed=cfg.seed * 1000,
-                rollout_steps=cfg.entropy.init.rollout_steps,
-            )
-            tracker.log_entropy_init(init)
-            echo(
-                f"entropy-aware init: {len(init.draws)} draw(s), chosen seed {init.chosen.seed} with "
-                f"{init.chosen.entropy:.2f} nats (threshold {init.threshold:.2f}"
-                f"{'' if init.cleared else ', not cleared: kept the best'})"
-            )
+        elif cfg.algorithm.name == "PPO":
+            _initial_weights(algo, cfg, tracker, echo)
         state["run_id"] = tracker.run_id
         nodes = env_runner_nodes(algo)
         if nodes:
@@ -345,7 +334,7 @@ def train(
             result = algo.train()
             state["iteration"] += 1
             it = state["iteration"]
-            metrics = iteration_metrics(result, policy)
+            metrics = iteration_metrics(result, policy, cfg.entropy.measure)
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
                 episodes = evaluate(algo, cfg)
                 success = float(np.mean([e.success for e in episodes]))
@@ -394,6 +383,42 @@ def train(
     finally:
         tracker.close(status=status)
         algo.stop()
+
+
+def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str], None]) -> None:
+    """Draw the PPO policy's initial weights from `cfg.weight_seed` in the config's init family: by entropy-aware
+    init if enabled (single-agent envs), else draw 0, so arms that differ only there start from the same weights."""
+    from entropilot.policies.initial_weights import InitFamily, draw_seed, reinitialize_policy
+
+    family = InitFamily(cfg.model.output_gain, cfg.initial_std)
+    init = cfg.entropy.init
+    if init.enabled and is_multi_agent(cfg):
+        echo(
+            "entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
+            f"{cfg.env.id}); the shared policy starts from draw 0 of weight seed {cfg.weight_seed}"
+        )
+        tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
+    if not init.enabled or is_multi_agent(cfg):
+        reinitialize_policy(algo, draw_seed(cfg.weight_seed, 0), family)
+        return
+    from entropilot.policies.entropy_init import entropy_aware_init
+
+    result = entropy_aware_init(
+        algo,
+        threshold=init.threshold,
+        weight_seed=cfg.weight_seed,
+        max_draws=init.max_draws,
+        family=family,
+        measure=cfg.entropy.measure,
+        rollout_steps=init.rollout_steps,
+        noise_seed=cfg.seed,
+    )
+    tracker.log_entropy_init(result)
+    echo(
+        f"entropy-aware init: {len(result.draws)} draw(s), kept draw {result.draws.index(result.chosen)} "
+        f"(torch seed {result.chosen.seed}) with {result.chosen.entropy:.2f} nats of {cfg.entropy.measure} entropy "
+        f"(threshold {result.threshold:.2f}{'' if result.cleared else ', not cleared: kept the best'})"
+    )
 
 
 def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
@@ -459,5 +484,6 @@ def _progress_line(it: int, m: dict, success: float | None, elapsed: float, cfg:
     return (
         f"iter {it:4d} | steps {int(m.get('env_steps', 0)):8d} | return {fmt('episode_return_mean', '7.1f')} | "
         f"success {'-' if success is None else format(success, '.2f')} | entropy {fmt('entropy', '6.2f')} "
-        f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | {elapsed:5.0f}s{eta}"
+        f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | "
+        f"clipped {fmt('clipped_fraction', '.2f')} | {elapsed:5.0f}s{eta}"
     )
