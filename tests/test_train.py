@@ -1,12 +1,14 @@
 """`entropilot train` end to end on a tiny budget: real Ray, real PyBullet, a real MLflow server; then resume."""
 
 import mlflow
+import pytest
 
+from entropilot.platform.algorithm import observation_filter_stats
 from entropilot.platform.config import parse_config
 from entropilot.platform.train import STATE_FILE, train
 
 
-def tiny_config(tmp_path, uri, iterations):
+def tiny_config(tmp_path, uri, iterations, sampler="stock"):
     return parse_config(
         {
             "name": "tiny-hover",
@@ -18,7 +20,7 @@ def tiny_config(tmp_path, uri, iterations):
                 "control": {"target": 5.9, "coef_init": 0.01},
                 "collapse": {"floor": 5.75},
             },
-            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5, "sampler": sampler},
             "mlflow": {"tracking_uri": uri, "experiment": "test-train", "video": True, "system_metrics": False},
             "stop": {"iterations": iterations},
             "evaluation": {"interval": 2, "episodes": 1},
@@ -27,8 +29,11 @@ def tiny_config(tmp_path, uri, iterations):
     )
 
 
-def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
-    first = train(tiny_config(tmp_path, mlflow_server, iterations=2), echo=lambda line: None)
+@pytest.mark.parametrize("sampler", ["stock", "bulk"])
+def test_train_logs_to_mlflow_and_resumes_into_the_same_run(
+    sampler, tmp_path, mlflow_server, isolated_mlflow_env, ray_session
+):
+    first = train(tiny_config(tmp_path, mlflow_server, iterations=2, sampler=sampler), echo=lambda line: None)
     assert first.iterations == 2 and (first.checkpoint / STATE_FILE).is_file()
 
     client = mlflow.MlflowClient(mlflow_server)
@@ -48,6 +53,8 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_ser
     assert len(draws) == 2  # an unreachable threshold: every draw is tried, the best kept
     artifacts = {a.path for a in client.list_artifacts(first.run_id)}
     assert {"plots", "checkpoint", "video"} <= artifacts
+    # The checkpoint holds the observation filter's statistics: every observation sampled (resets included).
+    assert observation_filter_stats(first.checkpoint).count >= 2 * 200
 
     # Resume from the run folder with a later stop: same MLflow run, iterations continue at 3, nothing lost.
     resumed = train(None, resume=str(first.checkpoint.parent), echo=lambda line: None, stop={"iterations": 4})
@@ -57,3 +64,4 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_ser
     assert steps == [1, 2, 3, 4]
     env_steps = [m.value for m in client.get_metric_history(first.run_id, "env_steps")]
     assert env_steps == sorted(env_steps) and env_steps[2] > env_steps[1]  # sampling continued, not restarted
+    assert observation_filter_stats(resumed.checkpoint).count >= 4 * 200

@@ -20,13 +20,17 @@ from ray.rllib.utils.filter import RunningStat
 from ray.rllib.utils.numpy import SMALL_NUMBER
 from ray.tune.registry import register_env
 
+from entropilot.platform.bulk_runner import BulkEnvRunner
 from entropilot.policies.ppo_learner import COVARIANCE_CONTROL, ENTROPY_CONTROL, EntropyControlledPPOLearner
 from entropilot.policies.sac_learner import ResumableSACLearner
+from entropilot.rllib_internals import take_out_of_service, weights_seq_no
 
 logger = logging.getLogger(__name__)
 
 ALGORITHMS = ("PPO", "SAC")
 GPU_MODES = ("auto", "on", "off")
+# How env runners sample: RLlib's own per-item loop, or `bulk_runner.BulkEnvRunner` (single-agent envs).
+SAMPLERS = ("stock", "bulk")
 # The one RLModule that flies every agent of a multi-agent env (single-agent algorithms use DEFAULT_MODULE_ID).
 SHARED_POLICY_ID = "shared_policy"
 
@@ -52,7 +56,7 @@ FAULT_TOLERANCE = {
 
 def _restarted_before_sync(runner) -> tuple[int, bool]:
     """(runner index, whether Ray Core restarted this actor and it still holds its freshly built weights)."""
-    unsynced = runner._weights_seq_no == 0
+    unsynced = weights_seq_no(runner) == 0
     return runner.worker_index, unsynced and bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
@@ -73,7 +77,7 @@ class _RestoresSilentlyRestartedEnvRunners:
             )
             for index, restarted in answers:
                 if restarted:
-                    env_runner_group._worker_manager.set_actor_state(index, healthy=False)
+                    take_out_of_service(env_runner_group, index)
         return super().restore_env_runners(env_runner_group)
 
 
@@ -85,7 +89,15 @@ class FaultTolerantSAC(_RestoresSilentlyRestartedEnvRunners, SAC):
     """RLlib's SAC whose restarted env runners always sample with the current policy."""
 
 
-def build_algorithm(
+def build_algorithm(**settings) -> Algorithm:
+    """Build and return the RLlib `Algorithm` of `algorithm_config(**settings)`; starts Ray (honouring
+    RAY_ADDRESS) if it isn't running."""
+    if not ray.is_initialized():
+        ray.init()
+    return algorithm_config(**settings).build_algo()
+
+
+def algorithm_config(
     *,
     algorithm: str = "PPO",
     env: str | type | Callable,
@@ -116,8 +128,10 @@ def build_algorithm(
     seed: int | None = None,
     learner_class: type | None = None,
     multi_agent: bool = False,
-) -> Algorithm:
-    """Build and return the RLlib `Algorithm`; starts Ray (honouring RAY_ADDRESS) if it isn't running.
+    sampler: str = "stock",
+) -> AlgorithmConfig:
+    """The RLlib `AlgorithmConfig` of an algorithm (build it with `build_algorithm`, or build its parts, an
+    EnvRunner or a Learner, without Ray).
 
     `env` is an env id (Tune-registered or gymnasium), a gym.Env class, or a creator
     `env_config -> gym.Env` (registered under its `__name__`: give different creators different names).
@@ -129,6 +143,7 @@ def build_algorithm(
     resolved by `resolve_learner_resources`; remote learners take `num_cpus_per_learner` CPUs each
     ("auto": 1 without GPU, 0 with). Observations are normalized with RLlib's MeanStdFilter
     unless `normalize_observations=False`. `learner_class` replaces our learner (e.g. RLlib's stock one).
+    `sampler="bulk"` samples with `BulkEnvRunner` (one batched forward per vector step; single-agent only).
     A crashed env runner is restarted and gets the current policy before it samples again (`FAULT_TOLERANCE`).
 
     `multi_agent=True` is for an RLlib `MultiAgentEnv` whose agents all have the same observation and
@@ -140,10 +155,12 @@ def build_algorithm(
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    if sampler == "bulk" and multi_agent:
+        raise ValueError("sampler='bulk' samples single-agent envs; a multi-agent env needs sampler='stock'")
     if algorithm == "SAC" and (entropy_control or covariance_control):
         raise ValueError("entropy_control and covariance_control are PPO settings; SAC tunes its temperature itself")
-    if not ray.is_initialized():
-        ray.init()
     if callable(env) and not isinstance(env, type):
         # RLlib takes only ids and classes; a creator must be registered (again in every new driver).
         env_id = f"entropilot-{getattr(env, '__name__', type(env).__name__)}"
@@ -185,6 +202,7 @@ def build_algorithm(
             num_env_runners=num_env_runners,
             num_envs_per_env_runner=envs_per_runner,
             num_cpus_per_env_runner=num_cpus_per_env_runner,
+            **({"env_runner_cls": BulkEnvRunner} if sampler == "bulk" else {}),
             # Built without spaces: MeanStdFilter(input_observation_space=...) raises in Ray 2.60.
             env_to_module_connector=(
                 (lambda env, spaces, device: MeanStdFilter(multi_agent=multi_agent)) if normalize_observations else None
@@ -202,7 +220,7 @@ def build_algorithm(
     )
     if multi_agent:
         config = config.multi_agent(policies={SHARED_POLICY_ID}, policy_mapping_fn=_map_to_shared_policy)
-    return config.build_algo()
+    return config
 
 
 def policy_module_id(source: Algorithm | AlgorithmConfig) -> str:

@@ -323,6 +323,9 @@ class ResourcesConfig(_Section):
     envs_per_runner: int = Field(4, ge=1, le=1024)
     num_cpus_per_env_runner: float = Field(1.0, gt=0.0)
     num_learners: int = Field(0, ge=0, le=1024)
+    # How env runners sample: RLlib's own loop (stock), or one batched policy forward per vector step (bulk;
+    # single-agent envs, same loss inputs as stock).
+    sampler: Literal["stock", "bulk"] = "stock"
     # auto: use one GPU if Ray's cluster resources show one.
     gpu: Literal["auto", "on", "off"] = "auto"
     # None: RAY_ADDRESS if set (a submitted job has it), else a new in-process Ray.
@@ -436,6 +439,15 @@ class ExperimentConfig(_Section):
                     "entropy.covariance.mode",
                     "covariance control works with PPO only; set it to off for SAC",
                     self.entropy.covariance.mode,
+                )
+        if self.resources.sampler == "bulk":
+            from entropilot.envs import SINGLE_AGENT_IDS
+
+            if self.env.id not in SINGLE_AGENT_IDS:
+                raise _FieldProblem(
+                    "resources.sampler",
+                    f"bulk samples the single-agent envs {list(SINGLE_AGENT_IDS)}; {self.env.id} needs stock",
+                    self.resources.sampler,
                 )
         floor = self.entropy.collapse.floor
         if control.enabled and floor is not None and floor >= control.min_target():

@@ -124,6 +124,7 @@ def build_from_config(cfg: ExperimentConfig):
         gpu=cfg.resources.gpu,
         seed=cfg.seed,
         multi_agent=is_multi_agent(cfg),
+        sampler=cfg.resources.sampler,
     )
 
 
