@@ -50,6 +50,7 @@ from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.spaces.space_utils import clip_action, get_base_struct_from_space, unsquash_action
 
 from entropilot import rllib_internals as internals
+from entropilot.envs.evaluate import vector_info
 from entropilot.platform.bulk_episodes import Fragment, OpenEpisode, build_chunks
 from entropilot.platform.bulk_filter import filter_rows
 
@@ -171,7 +172,7 @@ class BulkEnvRunner(SingleAgentEnvRunner):
             env_steps += int(len(resetting) - resetting.sum())
             resetting = terminated | truncated
             for env_index in np.flatnonzero(resetting):
-                fragment.final_infos[len(fragment.actions) - 1, env_index] = _env_info(infos, env_index)
+                fragment.final_infos[len(fragment.actions) - 1, env_index] = vector_info(infos, env_index)
         self._observations = observations
         return fragment, env_steps, {RLMODULE_INFERENCE_TIMER: inference_s, ENV_STEP_TIMER: step_s}
 
@@ -216,15 +217,6 @@ class BulkEnvRunner(SingleAgentEnvRunner):
     def _vector_env(self) -> gym.vector.VectorEnv:
         # The stock loop (num_episodes) needs RLlib's DictInfoToList wrapper; ours reads the vector info dict.
         return self.env.env if isinstance(self.env, DictInfoToList) else self.env
-
-
-def _env_info(infos: dict, index: int) -> dict:
-    """Env ``index``'s entries of a Gymnasium vector info dict (those its ``_key`` mask marks)."""
-    return {
-        key: value[index]
-        for key, value in infos.items()
-        if not key.startswith("_") and (f"_{key}" not in infos or infos[f"_{key}"][index])
-    }
 
 
 def _check_config(config) -> None:

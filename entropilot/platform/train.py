@@ -84,14 +84,11 @@ def init_ray(cfg: ExperimentConfig) -> None:
         )
 
 
-def build_from_config(cfg: ExperimentConfig):
-    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
+def algorithm_settings(cfg: ExperimentConfig) -> dict:
+    """``cfg`` as keyword arguments of `algorithm.build_algorithm` / `algorithm.algorithm_config`.
 
-    A multi-agent env (the swarm) gets one policy shared by all agents (`build_algorithm(multi_agent=True)`).
+    A multi-agent env (the swarm) gets one policy shared by all agents (``multi_agent=True``).
     """
-    from entropilot.platform.algorithm import build_algorithm
-
-    init_ray(cfg)
     a, e = cfg.algorithm, cfg.entropy
     control = e.control.controller_kwargs() if e.control.enabled else None
     covariance = (
@@ -99,7 +96,7 @@ def build_from_config(cfg: ExperimentConfig):
         if e.covariance.mode == "off"
         else {"mode": e.covariance.mode, "fraction": e.covariance.fraction, "kl_coef": e.covariance.kl_coef}
     )
-    return build_algorithm(
+    return dict(
         algorithm=a.name,
         env=make_env_creator(cfg.env.id),
         env_config=dict(cfg.env.kwargs),
@@ -126,6 +123,14 @@ def build_from_config(cfg: ExperimentConfig):
         multi_agent=is_multi_agent(cfg),
         sampler=cfg.resources.sampler,
     )
+
+
+def build_from_config(cfg: ExperimentConfig):
+    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS)."""
+    from entropilot.platform.algorithm import build_algorithm
+
+    init_ray(cfg)
+    return build_algorithm(**algorithm_settings(cfg))
 
 
 class GreedyPolicy:
@@ -156,30 +161,67 @@ class GreedyPolicy:
         return cls(algo.get_module(module_id(algo)), observation_filter_stats(algo))
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """The action for one observation (obs,), or the actions for a batch of them (N, obs), in one forward."""
         torch = self._torch
+        obs = np.asarray(obs)
         x = self.filter.normalize(obs) if self.filter is not None else obs
+        batch = np.asarray(x, dtype=np.float32).reshape(-1, obs.shape[-1])
         with torch.no_grad():
-            out = self.module.forward_inference({"obs": torch.as_tensor(np.asarray(x, dtype=np.float32)[None])})
-        inputs = out["action_dist_inputs"][0].numpy()
-        mean = inputs[: len(inputs) // 2]
-        return np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
+            out = self.module.forward_inference({"obs": torch.as_tensor(batch)})
+        inputs = out["action_dist_inputs"].numpy()
+        mean = inputs[:, : inputs.shape[1] // 2]
+        actions = np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
+        return actions if obs.ndim == 2 else actions[0]
+
+
+class Evaluation:
+    """Greedy episodes on held-out seeds (``evaluation.seed`` onward, episode k on seed + k) in local envs.
+
+    A single-drone env flies all episodes at once in a vector env, the policy acting on all drones in one forward
+    (`run_vector_episodes`); the vector env is built on first use and kept for later evaluations (each resets it
+    with the same seeds). With ``record_frames`` (the video) and in a swarm, episode after episode in a fresh env.
+    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared policy),
+    so the mean of ``success`` is the fraction of drones that succeeded.
+    """
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self._vector_env = None
+
+    def run(self, algo, record_frames: bool = False):
+        from entropilot.envs import make_env
+        from entropilot.envs.evaluate import run_episodes, run_swarm_episodes, run_vector_episodes
+
+        cfg, e = self.cfg, self.cfg.evaluation
+        policy = GreedyPolicy.from_algo(algo)
+        if is_multi_agent(cfg) or record_frames:
+            run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
+            env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
+            try:
+                return run(env, policy, e.episodes, e.seed, record_frames)
+            finally:
+                env.close()
+        if self._vector_env is None:
+            import gymnasium as gym
+
+            self._vector_env = gym.make_vec(
+                cfg.env.id, num_envs=e.episodes, vectorization_mode="sync", **cfg.env.kwargs
+            )
+        return run_vector_episodes(self._vector_env, policy, e.seed)
+
+    def close(self) -> None:
+        if self._vector_env is not None:
+            self._vector_env.close()
+            self._vector_env = None
 
 
 def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
-    """Greedy episodes on held-out seeds (``evaluation.seed`` onward) in a fresh local env.
-
-    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared
-    policy), so the mean of ``success`` is the fraction of drones that succeeded.
-    """
-    from entropilot.envs import make_env
-    from entropilot.envs.evaluate import run_episodes, run_swarm_episodes
-
-    run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
-    env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
+    """One `Evaluation` of ``algo``'s greedy policy (see there)."""
+    evaluation = Evaluation(cfg)
     try:
-        return run(env, GreedyPolicy.from_algo(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
+        return evaluation.run(algo, record_frames)
     finally:
-        env.close()
+        evaluation.close()
 
 
 def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]:
@@ -278,6 +320,7 @@ def train(
         cfg = cfg.model_copy(update={"stop": cfg.stop.model_copy(update=stop)})
         tracker.set_tag("entropilot.resumed_stop", json.dumps(stop))
     status = "FAILED"
+    evaluation = None
     try:
         root.mkdir(parents=True, exist_ok=True)
         tracker.set_tag("entropilot.checkpoint_dir", str(root.resolve()))
@@ -317,6 +360,7 @@ def train(
         stopped = None
         success = history[-1].get("success_rate") if history else None
         live = LiveTuner(cfg, echo, state.get("live_tags"))  # entropy settings from the run's tags (MLflow UI)
+        evaluation = Evaluation(cfg)
         while stopped is None:
             live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
             state["live_tags"] = live.applied_tags
@@ -325,7 +369,7 @@ def train(
             it = state["iteration"]
             metrics = iteration_metrics(result, policy)
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
-                episodes = evaluate(algo, cfg)
+                episodes = evaluation.run(algo)
                 success = float(np.mean([e.success for e in episodes]))
                 metrics["success_rate"] = success
                 metrics["eval_final_distance"] = float(np.mean([e.final_distance for e in episodes]))
@@ -370,6 +414,8 @@ def train(
         status = "KILLED"
         raise
     finally:
+        if evaluation is not None:
+            evaluation.close()
         tracker.close(status=status)
         algo.stop()
 
