@@ -17,7 +17,7 @@ from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODUL
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.rllib.utils.numpy import convert_to_numpy
 
-from entropilot.platform.algorithm import build_algorithm
+from entropilot.platform.algorithm import SAMPLERS, build_algorithm
 from entropilot.platform.config import parse_config
 from entropilot.platform.train import make_env_creator, train
 
@@ -150,14 +150,15 @@ def _my_env_runner_pids() -> list[int]:
     pids = []
     for process in psutil.Process().children(recursive=True):
         try:
-            if "SingleAgentEnvRunner" in " ".join(process.cmdline()):
+            if "EnvRunner" in " ".join(process.cmdline()):  # SingleAgentEnvRunner or our BulkEnvRunner
                 pids.append(process.pid)
         except psutil.Error:  # exited (or a zombie of an earlier test's runner) since children() listed it
             continue
     return pids
 
 
-def test_entropilot_train_survives_a_killed_runner(tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_entropilot_train_survives_a_killed_runner(sampler, tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
     iterations = 6
     cfg = parse_config(
         {
@@ -165,7 +166,12 @@ def test_entropilot_train_survives_a_killed_runner(tmp_path, mlflow_server, isol
             "env": {"id": "entropilot/Hover-v0", "kwargs": TINY},
             "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
             "entropy": {"init": {"enabled": False}},
-            "resources": {"num_env_runners": RUNNERS, "envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+            "resources": {
+                "num_env_runners": RUNNERS,
+                "envs_per_runner": 1,
+                "num_cpus_per_env_runner": 0.5,
+                "sampler": sampler,
+            },
             "mlflow": {
                 "tracking_uri": mlflow_server,
                 "experiment": "test-fault-tolerance",

@@ -11,7 +11,7 @@ from entropilot.envs import HOVER_ID, WAYPOINT_ID, make_env
 from entropilot.envs.evaluate import run_episodes, run_vector_episodes
 from entropilot.envs.pid import CascadedPID
 from entropilot.platform.algorithm import ObservationFilterStats
-from entropilot.platform.train import GreedyPolicy
+from entropilot.platform.evaluation import GreedyPolicy
 
 EPISODES, SEED = 4, 1_000_000
 SHORT = {"episode_seconds": 2.0, "success_seconds": 1.0}

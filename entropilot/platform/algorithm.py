@@ -17,6 +17,7 @@ from ray.rllib.algorithms.sac import SAC, SACConfig
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.filter import RunningStat
+from ray.rllib.utils.metrics import ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER, TIMERS
 from ray.rllib.utils.numpy import SMALL_NUMBER
 from ray.tune.registry import register_env
 
@@ -81,20 +82,43 @@ class _RestoresSilentlyRestartedEnvRunners:
         return super().restore_env_runners(env_runner_group)
 
 
-class FaultTolerantPPO(_RestoresSilentlyRestartedEnvRunners, PPO):
+class _TimesEachIteration:
+    """RLlib 2.60 reports its sampling and learner-update timers as an exponential average over iterations
+    (coefficient 0.01: after the first iteration the number barely moves). Registered as sums before RLlib first
+    logs them, `timers/env_runner_sampling_timer` and `timers/learner_update_timer` in each result are that
+    iteration's own seconds."""
+
+    def setup(self, config):
+        super().setup(config)
+        for timer in (ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER):
+            self.metrics.log_value((TIMERS, timer), 0.0, reduce="sum")
+
+
+class FaultTolerantPPO(_TimesEachIteration, _RestoresSilentlyRestartedEnvRunners, PPO):
     """RLlib's PPO whose restarted env runners always sample with the current policy."""
 
 
-class FaultTolerantSAC(_RestoresSilentlyRestartedEnvRunners, SAC):
+class FaultTolerantSAC(_TimesEachIteration, _RestoresSilentlyRestartedEnvRunners, SAC):
     """RLlib's SAC whose restarted env runners always sample with the current policy."""
 
 
 def build_algorithm(**settings) -> Algorithm:
     """Build and return the RLlib `Algorithm` of `algorithm_config(**settings)`; starts Ray (honouring
-    RAY_ADDRESS) if it isn't running."""
+    RAY_ADDRESS) if it isn't running.
+
+    A CPU learner that trains in this process (`num_learners=0`) gets as many torch threads as CPUs per learner
+    (1 for "auto"), as Ray gives a learner or env-runner actor (OMP_NUM_THREADS): torch's default, a thread per
+    core, made each update 5-20x slower on a busy 2-core machine (`benchmarks/learner_update.py`). This sets
+    torch's thread count for the whole calling process."""
     if not ray.is_initialized():
         ray.init()
-    return algorithm_config(**settings).build_algo()
+    config = algorithm_config(**settings)
+    if config.num_learners == 0 and not config.num_gpus_per_learner:
+        import torch
+
+        cpus = config.num_cpus_per_learner
+        torch.set_num_threads(1 if cpus == "auto" else max(1, int(cpus)))
+    return config.build_algo()
 
 
 def algorithm_config(

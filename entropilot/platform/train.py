@@ -133,97 +133,6 @@ def build_from_config(cfg: ExperimentConfig):
     return build_algorithm(**algorithm_settings(cfg))
 
 
-class GreedyPolicy:
-    """The trained policy as a plain obs -> action function: normalize, forward, Gaussian mean, clip.
-
-    For SAC's tanh-squashed Gaussian the deterministic action is tanh(mean) (RLlib's own
-    ``to_deterministic`` returns the pre-tanh mean, ray-project/ray#51544), which for our [-1, 1]
-    action boxes is already the env action.
-
-    The same computation the ONNX export puts in its graph; used here for evaluation and videos. In a
-    swarm run it is the shared policy, normalizing with the filter statistics pooled over all drones
-    (see `algorithm.observation_filter_stats`), and flies every drone.
-    """
-
-    def __init__(self, module, filter_stats):
-        import torch
-        from ray.rllib.models.torch.torch_distributions import TorchSquashedGaussian
-
-        self._torch = torch
-        self.module = module
-        self.filter = filter_stats
-        self.squashed = issubclass(module.get_inference_action_dist_cls(), TorchSquashedGaussian)
-
-    @classmethod
-    def from_algo(cls, algo) -> GreedyPolicy:
-        from entropilot.platform.algorithm import observation_filter_stats
-
-        return cls(algo.get_module(module_id(algo)), observation_filter_stats(algo))
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """The action for one observation (obs,), or the actions for a batch of them (N, obs), in one forward."""
-        torch = self._torch
-        obs = np.asarray(obs)
-        x = self.filter.normalize(obs) if self.filter is not None else obs
-        batch = np.asarray(x, dtype=np.float32).reshape(-1, obs.shape[-1])
-        with torch.no_grad():
-            out = self.module.forward_inference({"obs": torch.as_tensor(batch)})
-        inputs = out["action_dist_inputs"].numpy()
-        mean = inputs[:, : inputs.shape[1] // 2]
-        actions = np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
-        return actions if obs.ndim == 2 else actions[0]
-
-
-class Evaluation:
-    """Greedy episodes on held-out seeds (``evaluation.seed`` onward, episode k on seed + k) in local envs.
-
-    A single-drone env flies all episodes at once in a vector env, the policy acting on all drones in one forward
-    (`run_vector_episodes`); the vector env is built on first use and kept for later evaluations (each resets it
-    with the same seeds). With ``record_frames`` (the video) and in a swarm, episode after episode in a fresh env.
-    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared policy),
-    so the mean of ``success`` is the fraction of drones that succeeded.
-    """
-
-    def __init__(self, cfg: ExperimentConfig):
-        self.cfg = cfg
-        self._vector_env = None
-
-    def run(self, algo, record_frames: bool = False):
-        from entropilot.envs import make_env
-        from entropilot.envs.evaluate import run_episodes, run_swarm_episodes, run_vector_episodes
-
-        cfg, e = self.cfg, self.cfg.evaluation
-        policy = GreedyPolicy.from_algo(algo)
-        if is_multi_agent(cfg) or record_frames:
-            run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
-            env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
-            try:
-                return run(env, policy, e.episodes, e.seed, record_frames)
-            finally:
-                env.close()
-        if self._vector_env is None:
-            import gymnasium as gym
-
-            self._vector_env = gym.make_vec(
-                cfg.env.id, num_envs=e.episodes, vectorization_mode="sync", **cfg.env.kwargs
-            )
-        return run_vector_episodes(self._vector_env, policy, e.seed)
-
-    def close(self) -> None:
-        if self._vector_env is not None:
-            self._vector_env.close()
-            self._vector_env = None
-
-
-def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
-    """One `Evaluation` of ``algo``'s greedy policy (see there)."""
-    evaluation = Evaluation(cfg)
-    try:
-        return evaluation.run(algo, record_frames)
-    finally:
-        evaluation.close()
-
-
 def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]:
     """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``."""
     runners = result.get("env_runners", {})
@@ -296,7 +205,9 @@ def train(
     metrics, stopped_because)`` is called after each iteration's checkpoint, ``stopped_because`` None until the
     last one (a sweep's trial reports to Ray Tune there).
     """
+    from entropilot.platform.evaluation import Evaluation
     from entropilot.platform.live_tuning import LiveTuner
+    from entropilot.platform.phases import PhaseClock
     from entropilot.platform.plots import plot_entropy, plot_learning
     from entropilot.platform.tracking import RunTracker
 
@@ -321,6 +232,8 @@ def train(
         tracker.set_tag("entropilot.resumed_stop", json.dumps(stop))
     status = "FAILED"
     evaluation = None
+    clock = PhaseClock(state.get("phases"))
+    session_init = clock.totals["init"]
     try:
         root.mkdir(parents=True, exist_ok=True)
         tracker.set_tag("entropilot.checkpoint_dir", str(root.resolve()))
@@ -336,13 +249,14 @@ def train(
         elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO":
             from entropilot.policies.entropy_init import entropy_aware_init
 
-            init = entropy_aware_init(
-                algo,
-                threshold=cfg.entropy.init.threshold,
-                max_draws=cfg.entropy.init.max_draws,
-                base_seed=cfg.seed * 1000,
-                rollout_steps=cfg.entropy.init.rollout_steps,
-            )
+            with clock.measure("init"):
+                init = entropy_aware_init(
+                    algo,
+                    threshold=cfg.entropy.init.threshold,
+                    max_draws=cfg.entropy.init.max_draws,
+                    base_seed=cfg.seed * 1000,
+                    rollout_steps=cfg.entropy.init.rollout_steps,
+                )
             tracker.log_entropy_init(init)
             echo(
                 f"entropy-aware init: {len(init.draws)} draw(s), chosen seed {init.chosen.seed} with "
@@ -361,15 +275,21 @@ def train(
         success = history[-1].get("success_rate") if history else None
         live = LiveTuner(cfg, echo, state.get("live_tags"))  # entropy settings from the run's tags (MLflow UI)
         evaluation = Evaluation(cfg)
+        clock.add("startup", time.perf_counter() - start - (clock.totals["init"] - session_init))
+        state["phases"] = clock.totals
         while stopped is None:
-            live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
+            with clock.measure("logging"):
+                live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
             state["live_tags"] = live.applied_tags
             result = algo.train()
             state["iteration"] += 1
             it = state["iteration"]
             metrics = iteration_metrics(result, policy)
+            clock.add("sampling", metrics.get("sampling_time_s", 0.0))
+            clock.add("learning", metrics.get("learner_time_s", 0.0))
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
-                episodes = evaluation.run(algo)
+                with clock.measure("evaluation"):
+                    episodes = evaluation.run(algo)
                 success = float(np.mean([e.success for e in episodes]))
                 metrics["success_rate"] = success
                 metrics["eval_final_distance"] = float(np.mean([e.final_distance for e in episodes]))
@@ -382,12 +302,15 @@ def train(
                     tracker.set_tag("entropilot.entropy_collapse", f"iteration {it}: {reasons}")
             elapsed = time.perf_counter() - start
             metrics["time_s"] = state.get("time_s", 0.0) + elapsed  # wall time across resumes
+            metrics.update(clock.close_at(metrics["time_s"]))
             history.append(metrics)
-            tracker.log_metrics(metrics, step=it)
-            echo(_progress_line(it, metrics, success, elapsed, cfg))
+            with clock.measure("logging"):
+                tracker.log_metrics(metrics, step=it)
+                echo(_progress_line(it, metrics, success, elapsed, cfg))
             stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics.get("success_rate"))
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
-                checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
+                with clock.measure("logging"):
+                    checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
             if on_iteration is not None:
                 on_iteration(it, metrics, stopped)
         plots = root / "plots"
@@ -444,6 +367,7 @@ def _save(algo, cfg: ExperimentConfig, state: dict, root: Path) -> Path:
 
 def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
     from entropilot.envs.plots import save_gif
+    from entropilot.platform.evaluation import evaluate
 
     episode = evaluate(
         algo,
