@@ -5,6 +5,7 @@ import pytest
 
 from entropilot.platform.algorithm import observation_filter_stats
 from entropilot.platform.config import parse_config
+from entropilot.platform.phases import PHASES
 from entropilot.platform.train import STATE_FILE, train
 
 
@@ -49,6 +50,12 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(
     assert [m.step for m in client.get_metric_history(first.run_id, "success_rate")] == [2]
     for timing in ("learner_time_s", "sampling_time_s", "env_steps_per_s"):
         assert [m.step for m in client.get_metric_history(first.run_id, timing)] == [1, 2]
+    # Where the time went: the phases add up to the run's wall time at every iteration.
+    for entry in first.history:
+        phases = [entry[f"time_{phase}_s"] for phase in PHASES]
+        assert min(phases) >= 0 and sum(phases) == pytest.approx(entry["time_s"])
+        assert entry["time_startup_s"] > 0 and entry["time_init_s"] > 0 and entry["time_sampling_s"] > 0
+    assert first.history[1]["time_evaluation_s"] > first.history[0]["time_evaluation_s"] == 0
     draws = client.get_metric_history(first.run_id, "entropy_init/draw_entropy")
     assert len(draws) == 2  # an unreachable threshold: every draw is tried, the best kept
     artifacts = {a.path for a in client.list_artifacts(first.run_id)}
