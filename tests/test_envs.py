@@ -173,7 +173,7 @@ def test_bad_options_name_the_value(kwargs, fragment):
 
 
 def test_negative_mass_airframe_is_rejected():
-    from entropilot.envs.airframe import CRAZYFLIE_2X
+    from entropilot.vehicle.airframe import CRAZYFLIE_2X
 
     with pytest.raises(ValueError, match=r"mass must be a finite number > 0, got -0.027"):
         CRAZYFLIE_2X.replace(mass=-0.027)

@@ -188,6 +188,9 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "action_high": high,
         "control_hz": settings.control_hz,
         "physics_hz": settings.physics_hz,
+        # What a vehicle link needs to fly the task without the simulator package (entropilot.deploy.fly).
+        "target": list(settings.target),
+        "episode_seconds": settings.episode_seconds,
         "frame_convention": FRAME_CONVENTION,
         "deterministic_action": DETERMINISTIC_ACTION,
         "env_id": info.env_id,
@@ -273,7 +276,7 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
         logging.getLogger(__name__).warning(
             "%s no longer validates as a whole (%s); exporting with its env section",
             path,
-            str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err,
+            "; ".join(problem.describe() for problem in err.problems),
         )
         return info
 

@@ -49,7 +49,7 @@ class OnnxPolicy:
     content seal export wrote into it (any changed or missing byte is refused); then the graph's
     signature (``observation`` float32 [batch, n] -> ``action`` float32 [batch, 4]), the schema
     version, the action convention, and the observation layout (``expected["observation_names"]``,
-    by default ``entropilot.envs.OBSERVATION_NAMES``), plus whatever else ``expected`` names (see
+    by default ``entropilot.vehicle.layout.OBSERVATION_NAMES``), plus whatever else ``expected`` names (see
     ``EXPECTABLE``: action mode, control rate, ...). Any mismatch raises ``PolicyContractError``
     saying what differs. A non-finite observation or action raises ``NonFiniteError``.
     """
@@ -163,7 +163,7 @@ class OnnxPolicy:
         names = meta["observation_names"]
         want_names = expected.get("observation_names")
         if want_names is None:
-            from entropilot.envs.observation import OBSERVATION_NAMES as want_names
+            from entropilot.vehicle.layout import OBSERVATION_NAMES as want_names
         if list(names) != list(want_names):
             raise PolicyContractError(
                 f"{where}: observation layout differs from the vehicle's: {_layout_difference(names, want_names)}"

@@ -12,9 +12,9 @@ from entropilot.envs import compiled
 
 compiled.prefer_current_sources()  # before the compiled modules are first imported
 
-from entropilot.envs.airframe import CRAZYFLIE_2X, Airframe  # noqa: E402
-from entropilot.envs.observation import OBSERVATION_GROUPS, OBSERVATION_NAMES, OBSERVATION_SIZE  # noqa: E402
 from entropilot.envs.settings import ACTION_MODES, DroneSettings, HoverSettings, SwarmSettings, WaypointSettings  # noqa: E402
+from entropilot.vehicle.airframe import CRAZYFLIE_2X, Airframe  # noqa: E402
+from entropilot.vehicle.layout import OBSERVATION_GROUPS, OBSERVATION_NAMES, OBSERVATION_SIZE  # noqa: E402
 
 HOVER_ID = "entropilot/Hover-v0"
 WAYPOINT_ID = "entropilot/Waypoint-v0"

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from entropilot.envs.airframe import GRAVITY, Airframe, get_airframe
 from entropilot.envs.physics import Mixer, RateController
+from entropilot.vehicle.airframe import GRAVITY, Airframe, get_airframe
 
 
 class CascadedPID:

@@ -8,7 +8,7 @@ import functools
 import math
 from dataclasses import dataclass, field, fields
 
-from entropilot.envs.airframe import Airframe, get_airframe
+from entropilot.vehicle.airframe import Airframe, get_airframe
 
 ACTION_MODES = ("ctbr", "motors")
 
