@@ -3,6 +3,7 @@
 episodes, their chunking across `sample()` calls, the metrics, and the loss inputs PPO's learner connector makes
 of them). Runners and learner are built in this process, without Ray."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -73,9 +74,10 @@ def test_filter_rows_is_meanstdfilter_row_by_row():
     assert bulk.running_stats.num_pushes == before
 
 
-def runner_pair(env: str, num_envs: int = 4, **settings) -> tuple:
-    """(config, stock runner, bulk runner) of one env with the same weights and env seeds."""
-    creator, env_config = ENVS[env]
+def runner_pair(env: str | tuple, num_envs: int = 4, **settings) -> tuple:
+    """(config, stock runner, bulk runner) of one env (a key of ENVS, or (env, env_config)) with the same weights
+    and env seeds."""
+    creator, env_config = ENVS[env] if isinstance(env, str) else env
     config = algorithm_config(
         env=creator,
         env_config=env_config,
@@ -161,6 +163,39 @@ def test_bulk_runner_samples_what_the_stock_runner_samples(env, explore):
     np.testing.assert_allclose(
         RunningStat.from_state(bulk_stats).std, RunningStat.from_state(stock_stats).std, rtol=1e-5
     )
+
+
+class Countdown(gym.Env):
+    """Episodes of 2 to `longest` steps (truncated; the length drawn at reset from the env's seeded stream),
+    observation = steps taken: short episodes that end out of step across the envs of a vector."""
+
+    observation_space = gym.spaces.Box(0.0, 100.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, config=None):
+        self.longest = (config or {}).get("longest", 4)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.steps, self.length = 0, int(self.np_random.integers(2, self.longest + 1))
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        return np.array([self.steps], np.float32), 1.0, False, self.steps >= self.length, {"steps": self.steps}
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_chunks_at_every_kind_of_fragment_boundary(num_envs):
+    # Many short calls over short episodes: episodes ending on a fragment's last step (their env resets on the next
+    # fragment's first step), an env resetting on a fragment's last step (its new episode has only its first
+    # observation, carried over), one-step fragments, and chunks continued over several calls.
+    _, stock, bulk = runner_pair((Countdown, {"longest": 4}), num_envs=num_envs)
+    ids: dict = {}
+    for call in range(40):
+        from_stock, from_bulk = sample_both(stock, bulk, call, num_timesteps=1 + call % 4)
+        assert_same_episodes(from_stock, from_bulk, ids)
+    assert peek(bulk.get_metrics())["num_episodes_lifetime"] == peek(stock.get_metrics())["num_episodes_lifetime"] > 0
 
 
 def test_random_actions_and_whole_episodes_match_the_stock_runner():
