@@ -10,11 +10,13 @@ Re-run (each run stops at 0.95 success or the budget; on a 2-core laptop about 1
 
 The arms run seed by seed, interleaved, so load from elsewhere that comes and goes hits every arm alike.
 
-- stock / bulk: `entropilot train configs/hover.yaml` (the function the command calls, in this process, a fresh
-  Ray each run) with `resources.sampler` stock or bulk; `plain` (optional) is stock without entropy-aware init
-  and entropy control, plain RLlib PPO. Time to 0.95 is wall time from the start of `train()`: Ray start-up,
-  the algorithm's build, entropy-aware init and the periodic evaluations all count; the phases are the run's
-  own `time_<phase>_s` metrics at that iteration (they add up to it).
+- stock / bulk: `entropilot train configs/hover.yaml` (the function the command calls, in this process, a fresh Ray
+  each run) on RLlib's own path (`resources.sampler=stock`, `vector_env=sync`: SyncVectorEnv of single envs) or on
+  entropilot's (`sampler=bulk`, `vector_env=batched`: one batched forward per step over all drones in one PyBullet
+  world); `plain` (optional) is stock without entropy-aware init and entropy control, plain RLlib PPO. Time to 0.95
+  is wall time from the start of `train()`: Ray start-up, the algorithm's build, entropy-aware init and the periodic
+  evaluations all count; the phases are the run's own `time_<phase>_s` metrics at that iteration (they add up to
+  it).
 - sb3: Stable-Baselines3 PPO (`pip install '.[bench]'`) with the config's recipe: the same env and options, as
   many envs (DummyVecEnv) and steps per iteration, epochs, minibatch, lr, gamma, GAE lambda, clip, grad clip,
   value coefficient, network (tanh MLP, state-independent log std starting at std 1), observation
@@ -43,9 +45,14 @@ from entropilot.platform.train import train
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
 TARGET = 0.95
 RLLIB_ARMS = {
-    "stock": ["resources.sampler=stock"],
-    "bulk": ["resources.sampler=bulk"],
-    "plain": ["resources.sampler=stock", "entropy.init.enabled=false", "entropy.control.enabled=false"],
+    "stock": ["resources.sampler=stock", "resources.vector_env=sync"],
+    "bulk": ["resources.sampler=bulk", "resources.vector_env=batched"],
+    "plain": [
+        "resources.sampler=stock",
+        "resources.vector_env=sync",
+        "entropy.init.enabled=false",
+        "entropy.control.enabled=false",
+    ],
 }
 ARMS = (*RLLIB_ARMS, "sb3")
 

@@ -24,10 +24,13 @@ from entropilot.rllib_internals import learner_connector_batch
 
 # Short hover episodes (24 steps at 48 Hz), so fragments hold finished, continued and freshly reset episodes.
 HOVER = (make_env_creator("entropilot/Hover-v0"), {"episode_seconds": 0.5, "success_seconds": 0.25})
+# name -> (env, env_config, vector_env): the runners' vector env is Gymnasium's SyncVectorEnv, or for hover also
+# the batched DroneVectorEnv (all drones in one PyBullet world).
 ENVS = {
-    "hover": HOVER,
-    "pendulum": ("Pendulum-v1", {"max_episode_steps": 40}),  # Box(-2, 2): RLlib unsquashes actions; truncations
-    "cartpole": ("CartPole-v1", {}),  # Discrete: a categorical head
+    "hover": (*HOVER, "sync"),
+    "hover-batched": (*HOVER, "batched"),
+    "pendulum": ("Pendulum-v1", {"max_episode_steps": 40}, "sync"),  # Box(-2, 2): RLlib unsquashes; truncations
+    "cartpole": ("CartPole-v1", {}, "sync"),  # Discrete: a categorical head
 }
 
 
@@ -74,10 +77,10 @@ def test_filter_rows_is_meanstdfilter_row_by_row():
     assert bulk.running_stats.num_pushes == before
 
 
-def runner_pair(env: str | tuple, num_envs: int = 4, **settings) -> tuple:
-    """(config, stock runner, bulk runner) of one env (a key of ENVS, or (env, env_config)) with the same weights
-    and env seeds."""
-    creator, env_config = ENVS[env] if isinstance(env, str) else env
+def runner_pair(env: str | tuple, num_envs: int = 4) -> tuple:
+    """(config, stock runner, bulk runner) of one env (a key of ENVS, or (env, env_config, vector_env)) with the
+    same weights and env seeds."""
+    creator, env_config, vector_env = ENVS[env] if isinstance(env, str) else env
     config = algorithm_config(
         env=creator,
         env_config=env_config,
@@ -85,7 +88,7 @@ def runner_pair(env: str | tuple, num_envs: int = 4, **settings) -> tuple:
         envs_per_runner=num_envs,
         gpu="off",
         seed=7,
-        **settings,
+        vector_env=vector_env,
     )
     stock, bulk = SingleAgentEnvRunner(config=config), BulkEnvRunner(config=config)
     bulk.module.set_state(stock.module.get_state())
@@ -190,7 +193,7 @@ def test_chunks_at_every_kind_of_fragment_boundary(num_envs):
     # Many short calls over short episodes: episodes ending on a fragment's last step (their env resets on the next
     # fragment's first step), an env resetting on a fragment's last step (its new episode has only its first
     # observation, carried over), one-step fragments, and chunks continued over several calls.
-    _, stock, bulk = runner_pair((Countdown, {"longest": 4}), num_envs=num_envs)
+    _, stock, bulk = runner_pair((Countdown, {"longest": 4}, "sync"), num_envs=num_envs)
     ids: dict = {}
     for call in range(40):
         from_stock, from_bulk = sample_both(stock, bulk, call, num_timesteps=1 + call % 4)
@@ -277,10 +280,15 @@ def test_bulk_runner_refuses_what_it_does_not_reproduce(settings, message):
         BulkEnvRunner(config=config)
 
 
-def test_bulk_sampler_is_single_agent():
+def test_bulk_sampler_and_batched_envs_are_single_agent():
     with pytest.raises(ValueError, match="multi-agent env needs sampler='stock'"):
         algorithm_config(env=HOVER[0], multi_agent=True, sampler="bulk", gpu="off")
+    with pytest.raises(ValueError, match="multi-agent env needs vector_env='sync'"):
+        algorithm_config(env=HOVER[0], multi_agent=True, vector_env="batched", gpu="off")
     with pytest.raises(ValueError, match="sampler must be one of"):
         algorithm_config(env=HOVER[0], sampler="fast", gpu="off")
-    with pytest.raises(ConfigError, match="resources.sampler"):
-        parse_config({"env": {"id": "entropilot/Swarm-v0"}, "resources": {"sampler": "bulk"}})
+    with pytest.raises(ValueError, match="vector_env must be one of"):
+        algorithm_config(env=HOVER[0], vector_env="async", gpu="off")
+    for field, value in (("sampler", "bulk"), ("vector_env", "batched")):
+        with pytest.raises(ConfigError, match=f"resources.{field}"):
+            parse_config({"env": {"id": "entropilot/Swarm-v0"}, "resources": {field: value}})

@@ -17,7 +17,7 @@ from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODUL
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.rllib.utils.numpy import convert_to_numpy
 
-from entropilot.platform.algorithm import SAMPLERS, build_algorithm
+from entropilot.platform.algorithm import build_algorithm
 from entropilot.platform.config import parse_config
 from entropilot.platform.train import make_env_creator, train
 
@@ -157,8 +157,8 @@ def _my_env_runner_pids() -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
-def test_entropilot_train_survives_a_killed_runner(sampler, tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
+@pytest.mark.parametrize("path", [("stock", "sync"), ("bulk", "batched")], ids="/".join)
+def test_entropilot_train_survives_a_killed_runner(path, tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
     iterations = 6
     cfg = parse_config(
         {
@@ -170,7 +170,8 @@ def test_entropilot_train_survives_a_killed_runner(sampler, tmp_path, mlflow_ser
                 "num_env_runners": RUNNERS,
                 "envs_per_runner": 1,
                 "num_cpus_per_env_runner": 0.5,
-                "sampler": sampler,
+                "sampler": path[0],
+                "vector_env": path[1],
             },
             "mlflow": {
                 "tracking_uri": mlflow_server,

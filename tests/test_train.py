@@ -9,7 +9,7 @@ from entropilot.platform.phases import PHASES
 from entropilot.platform.train import STATE_FILE, prepare_resume, train
 
 
-def tiny_config(tmp_path, uri, iterations, sampler="stock"):
+def tiny_config(tmp_path, uri, iterations, path=("stock", "sync")):
     return parse_config(
         {
             "name": "tiny-hover",
@@ -21,7 +21,12 @@ def tiny_config(tmp_path, uri, iterations, sampler="stock"):
                 "control": {"target": 5.9, "coef_init": 0.01},
                 "collapse": {"floor": 5.75},
             },
-            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5, "sampler": sampler},
+            "resources": {
+                "envs_per_runner": 2,
+                "num_cpus_per_env_runner": 0.5,
+                "sampler": path[0],
+                "vector_env": path[1],
+            },
             "mlflow": {"tracking_uri": uri, "experiment": "test-train", "video": True, "system_metrics": False},
             "stop": {"iterations": iterations},
             "evaluation": {"interval": 2, "episodes": 1},
@@ -30,11 +35,12 @@ def tiny_config(tmp_path, uri, iterations, sampler="stock"):
     )
 
 
-@pytest.mark.parametrize("sampler", ["stock", "bulk"])
+# RLlib's own path (stock sampler, SyncVectorEnv of single envs), and ours (bulk sampler, one PyBullet world).
+@pytest.mark.parametrize("path", [("stock", "sync"), ("bulk", "batched")], ids="/".join)
 def test_train_logs_to_mlflow_and_resumes_into_the_same_run(
-    sampler, tmp_path, mlflow_server, isolated_mlflow_env, ray_session
+    path, tmp_path, mlflow_server, isolated_mlflow_env, ray_session
 ):
-    first = train(tiny_config(tmp_path, mlflow_server, iterations=2, sampler=sampler), echo=lambda line: None)
+    first = train(tiny_config(tmp_path, mlflow_server, iterations=2, path=path), echo=lambda line: None)
     assert first.iterations == 2 and (first.checkpoint / STATE_FILE).is_file()
 
     client = mlflow.MlflowClient(mlflow_server)

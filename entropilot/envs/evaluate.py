@@ -110,16 +110,18 @@ def vector_info(infos: dict, index: int) -> dict:
 
 
 class _VectorDrones:
-    """Where the drones of a vector of single-drone envs (Gymnasium's ``SyncVectorEnv``) are, and their targets."""
+    """Where the drones of a vector of single-drone envs are, and their targets: the batched ``DroneVectorEnv``
+    (one world, one episode per drone) or Gymnasium's ``SyncVectorEnv`` of single envs (one episode each)."""
 
     def __init__(self, env):
-        self.envs = [sub.unwrapped for sub in env.unwrapped.envs]
+        inner = env.unwrapped
+        self.episodes = inner.episodes if hasattr(inner, "episodes") else [sub.unwrapped.episode for sub in inner.envs]
 
     def positions(self) -> list[np.ndarray]:
-        return [sub.sim.position[0].copy() for sub in self.envs]
+        return [episode.sim.position[episode.index].copy() for episode in self.episodes]
 
     def targets(self) -> list[np.ndarray]:
-        return [sub.target[0].copy() for sub in self.envs]
+        return [np.array(episode.target) for episode in self.episodes]
 
 
 class _SingleDrone:

@@ -32,6 +32,9 @@ ALGORITHMS = ("PPO", "SAC")
 GPU_MODES = ("auto", "on", "off")
 # How env runners sample: RLlib's own per-item loop, or `bulk_runner.BulkEnvRunner` (single-agent envs).
 SAMPLERS = ("stock", "bulk")
+# How a runner's envs are vectorized: Gymnasium's SyncVectorEnv, or the env's own vector entry point (entropilot's
+# single-drone ids: all drones in one PyBullet world, `envs.vector.DroneVectorEnv`).
+VECTOR_ENVS = ("sync", "batched")
 # The one RLModule that flies every agent of a multi-agent env (single-agent algorithms use DEFAULT_MODULE_ID).
 SHARED_POLICY_ID = "shared_policy"
 
@@ -153,6 +156,7 @@ def algorithm_config(
     learner_class: type | None = None,
     multi_agent: bool = False,
     sampler: str = "stock",
+    vector_env: str = "sync",
 ) -> AlgorithmConfig:
     """The RLlib `AlgorithmConfig` of an algorithm (build it with `build_algorithm`, or build its parts, an
     EnvRunner or a Learner, without Ray).
@@ -168,6 +172,8 @@ def algorithm_config(
     ("auto": 1 without GPU, 0 with). Observations are normalized with RLlib's MeanStdFilter
     unless `normalize_observations=False`. `learner_class` replaces our learner (e.g. RLlib's stock one).
     `sampler="bulk"` samples with `BulkEnvRunner` (one batched forward per vector step; single-agent only).
+    `vector_env="batched"` builds each runner's envs through the env's vector entry point (for a creator from
+    `train.make_env_creator`: `DroneVectorEnv`, all of a runner's drones in one PyBullet world).
     A crashed env runner is restarted and gets the current policy before it samples again (`FAULT_TOLERANCE`).
 
     `multi_agent=True` is for an RLlib `MultiAgentEnv` whose agents all have the same observation and
@@ -183,6 +189,10 @@ def algorithm_config(
         raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
     if sampler == "bulk" and multi_agent:
         raise ValueError("sampler='bulk' samples single-agent envs; a multi-agent env needs sampler='stock'")
+    if vector_env not in VECTOR_ENVS:
+        raise ValueError(f"vector_env must be one of {VECTOR_ENVS}; got {vector_env!r}")
+    if vector_env == "batched" and multi_agent:
+        raise ValueError("vector_env='batched' batches single-agent envs; a multi-agent env needs vector_env='sync'")
     if algorithm == "SAC" and (entropy_control or covariance_control):
         raise ValueError("entropy_control and covariance_control are PPO settings; SAC tunes its temperature itself")
     if callable(env) and not isinstance(env, type):
@@ -227,6 +237,7 @@ def algorithm_config(
             num_envs_per_env_runner=envs_per_runner,
             num_cpus_per_env_runner=num_cpus_per_env_runner,
             **({"env_runner_cls": BulkEnvRunner} if sampler == "bulk" else {}),
+            gym_env_vectorize_mode="vector_entry_point" if vector_env == "batched" else "sync",
             # Built without spaces: MeanStdFilter(input_observation_space=...) raises in Ray 2.60.
             env_to_module_connector=(
                 (lambda env, spaces, device: MeanStdFilter(multi_agent=multi_agent)) if normalize_observations else None

@@ -53,9 +53,10 @@ class GreedyPolicy:
 class Evaluation:
     """Greedy episodes on held-out seeds (``evaluation.seed`` onward, episode k on seed + k) in local envs.
 
-    A single-drone env flies all episodes at once in a vector env, the policy acting on all drones in one forward
-    (`run_vector_episodes`); the vector env is built on first use and kept for later evaluations (each resets it
-    with the same seeds). With ``record_frames`` (the video) and in a swarm, episode after episode in a fresh env.
+    A single-drone env flies all episodes at once in a vector env (`resources.vector_env`'s kind), the policy acting
+    on all drones in one forward (`run_vector_episodes`); the vector env is built on first use and kept for later
+    evaluations (each resets it with the same seeds). With ``record_frames`` (the video) and in a swarm, episode
+    after episode in a fresh env.
     One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared policy),
     so the mean of ``success`` is the fraction of drones that succeeded.
     """
@@ -80,9 +81,9 @@ class Evaluation:
         if self._vector_env is None:
             import gymnasium as gym
 
-            self._vector_env = gym.make_vec(
-                cfg.env.id, num_envs=e.episodes, vectorization_mode="sync", **cfg.env.kwargs
-            )
+            # The kind of vector env the runners sample with: batched (one world) or sync (single envs).
+            mode = "vector_entry_point" if cfg.resources.vector_env == "batched" else "sync"
+            self._vector_env = gym.make_vec(cfg.env.id, num_envs=e.episodes, vectorization_mode=mode, **cfg.env.kwargs)
         return run_vector_episodes(self._vector_env, policy, e.seed)
 
     def close(self) -> None:

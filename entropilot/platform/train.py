@@ -41,12 +41,15 @@ class TrainResult:
 
 
 def make_env_creator(env_id: str) -> Callable[[dict], Any]:
-    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor)."""
+    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor). RLlib's vector entry point
+    (`vector_env="batched"`) calls it with ``num_envs`` in the config: then it builds that many drones in one world."""
 
     def create(env_config: dict):
-        from entropilot.envs import make_env
+        from entropilot.envs import make_env, make_vector_env
 
-        return make_env(env_id, **dict(env_config))
+        kwargs = dict(env_config)
+        num_envs = kwargs.pop("num_envs", None)
+        return make_env(env_id, **kwargs) if num_envs is None else make_vector_env(env_id, num_envs, **kwargs)
 
     create.__name__ = env_id.split("/")[-1]
     return create
@@ -129,6 +132,7 @@ def algorithm_settings(cfg: ExperimentConfig) -> dict:
         seed=cfg.seed,
         multi_agent=is_multi_agent(cfg),
         sampler=cfg.resources.sampler,
+        vector_env=cfg.resources.vector_env,
     )
 
 

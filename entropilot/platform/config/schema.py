@@ -261,8 +261,11 @@ class ResourcesConfig(_Section):
     num_cpus_per_env_runner: float = Field(1.0, gt=0.0)
     num_learners: int = Field(0, ge=0, le=1024)
     # How env runners sample: RLlib's own loop (stock), or one batched policy forward per vector step (bulk;
-    # single-agent envs, same loss inputs as stock).
+    # single-drone envs, same loss inputs as stock).
     sampler: Literal["stock", "bulk"] = "stock"
+    # A runner's envs: Gymnasium's SyncVectorEnv of single envs (sync), or all its drones in one PyBullet world
+    # (batched, envs.vector.DroneVectorEnv; single-drone envs, each drone flies as the single env would).
+    vector_env: Literal["sync", "batched"] = "sync"
     # auto: use one GPU if Ray's cluster resources show one.
     gpu: Literal["auto", "on", "off"] = "auto"
     # None: RAY_ADDRESS if set (a submitted job has it), else a new in-process Ray.
@@ -377,15 +380,17 @@ class ExperimentConfig(_Section):
                     "covariance control works with PPO only; set it to off for SAC",
                     self.entropy.covariance.mode,
                 )
-        if self.resources.sampler == "bulk":
-            from entropilot.envs import SINGLE_AGENT_IDS
+        for field, fast, slow in (("sampler", "bulk", "stock"), ("vector_env", "batched", "sync")):
+            value = getattr(self.resources, field)
+            if value == fast:
+                from entropilot.envs import SINGLE_AGENT_IDS
 
-            if self.env.id not in SINGLE_AGENT_IDS:
-                raise FieldProblem(
-                    "resources.sampler",
-                    f"bulk samples the single-agent envs {list(SINGLE_AGENT_IDS)}; {self.env.id} needs stock",
-                    self.resources.sampler,
-                )
+                if self.env.id not in SINGLE_AGENT_IDS:
+                    raise FieldProblem(
+                        f"resources.{field}",
+                        f"{fast} is for the single-drone envs {list(SINGLE_AGENT_IDS)}; {self.env.id} needs {slow}",
+                        value,
+                    )
         floor = self.entropy.collapse.floor
         if control.enabled and floor is not None and floor >= control.min_target():
             raise FieldProblem(
