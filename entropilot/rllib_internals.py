@@ -1,13 +1,11 @@
-"""Every private Ray RLlib API that entropilot touches, in one place (the bulk sampler, entropy-aware init, the
-restart of silently restarted env runners). Shared by the platform and policies rooms, so it sits beside them.
+"""Every private Ray RLlib API entropilot touches, in one place (checked against Ray 2.60.0); shared by the platform
+and policies rooms, so it sits beside them."""
 
-Checked against Ray 2.60.0 (`ray/rllib/env/single_agent_env_runner.py`, `env_runner.py`, `env_runner_group.py`,
-`connectors/env_to_module/mean_std_filter.py`, `env/single_agent_episode.py`, `core/learner/learner.py`,
-`core/rl_module/torch/torch_rl_module.py`). On a Ray upgrade re-read those files against this module first;
-`tests/test_bulk_sampling.py` compares the bulk path with RLlib's own loop and fails where they part.
-(`BulkEnvRunner._sample` overrides the runner's private sampling loop, the one `sample()` calls, for the same
-reason; its signature is the 2.60 one.)
-"""
+# Read on a Ray upgrade, against this module: ray/rllib/env/single_agent_env_runner.py, env_runner.py,
+# env_runner_group.py, connectors/env_to_module/mean_std_filter.py, env/single_agent_episode.py,
+# core/learner/learner.py, core/rl_module/torch/torch_rl_module.py. tests/test_bulk_sampling.py compares the bulk
+# path with RLlib's own loop and fails where they part. `BulkEnvRunner._sample` overrides the runner's private
+# sampling loop (the one `sample()` calls) with its 2.60 signature.
 
 from __future__ import annotations
 

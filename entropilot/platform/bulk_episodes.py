@@ -1,6 +1,5 @@
-"""A rollout fragment of a vector env, recorded as whole arrays step by step, turned into RLlib
-`SingleAgentEpisode` chunks at its end: the same chunks, lookback and episode ids that RLlib's stock EnvRunner
-builds item by item (Gymnasium's next-step autoreset: the step after an episode's end only resets that env)."""
+"""A vector env's rollout fragment, recorded step by step as whole arrays, turned into RLlib `SingleAgentEpisode`
+chunks at its end: the chunks, lookback and episode ids RLlib's stock EnvRunner builds item by item."""
 
 from __future__ import annotations
 
@@ -86,7 +85,8 @@ def build_chunks(
     action_space,
     constant_outputs: dict[str, object],
 ) -> tuple[list[SingleAgentEpisode], list[SingleAgentEpisode], list[OpenEpisode | None]]:
-    """(finished episodes, chunks of running ones, what each env continues from) for one fragment.
+    """(finished episodes, chunks of running ones, what each env continues from) for one fragment, under Gymnasium's
+    next-step autoreset (the step after an episode's end only resets that env).
 
     ``open_episodes[i]`` is env i's running episode at the fragment's start (None: its episode ended on the last
     step, so step 0 resets it). Chunks with no step are not returned (as the stock runner). Each chunk carries

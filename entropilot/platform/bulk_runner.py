@@ -1,20 +1,5 @@
-"""The bulk sampling path: an RLlib EnvRunner (new API stack) that steps its vector env with one batched policy
-forward per step on whole arrays and builds the episodes once per rollout fragment, in place of RLlib's per-item
-connector loop; what it hands the learner is what the stock `SingleAgentEnvRunner` hands it.
-
-Selected by `resources.sampler: bulk` (`algorithm_config(sampler="bulk")`). Per vector step: the observation
-filter on the (N, obs) array (`bulk_filter`, MeanStdFilter's arithmetic on the connector's own statistics), one
-`torch.inference_mode` forward of the module, actions drawn from the module's own action-distribution class
-(Gaussian, categorical, ...) and mapped for the env as RLlib's `NormalizeAndClipActions` maps them (the episodes
-keep the module's actions), `action_logp` and the module's outputs (`action_dist_inputs`) recorded as arrays.
-The episodes (`bulk_episodes`) keep RLlib's chunking, lookback and episode ids across `sample()` calls, and the
-runner counts steps, episodes and returns through the stock runner's own metrics code.
-
-What it does not do, and refuses at construction when configured: per-step episode callbacks, connector pieces
-other than RLlib's defaults and MeanStdFilter, stateful (recurrent) modules, non-Box observations and recreating
-failed sub-environments. Infos: an episode keeps the final step's info dict (`is_success`, ...); the other steps
-carry empty dicts (the stock runner keeps every step's). `sample(num_episodes=...)` runs RLlib's own loop.
-"""
+"""The bulk sampling path: an RLlib EnvRunner that steps its vector env with one batched policy forward per step
+and builds the episodes once per rollout fragment, handing the learner what RLlib's stock runner hands it."""
 
 from __future__ import annotations
 
@@ -73,7 +58,21 @@ _EPISODE_CALLBACKS = ("on_episode_created", "on_episode_start", "on_episode_step
 
 
 class BulkEnvRunner(SingleAgentEnvRunner):
-    """RLlib's `SingleAgentEnvRunner` with a bulk sampling loop (see the module docstring)."""
+    """RLlib's `SingleAgentEnvRunner` (new API stack) with a bulk sampling loop, in place of its per-item connectors.
+
+    Selected by `resources.sampler: bulk` (`algorithm_config(sampler="bulk")`). Per vector step: the observation
+    filter on the (N, obs) array (`bulk_filter`: MeanStdFilter's arithmetic on the connector's own statistics), one
+    `torch.inference_mode` forward of the module, actions drawn from the module's own action-distribution class
+    (Gaussian, categorical, ...) and mapped for the env as RLlib's `NormalizeAndClipActions` maps them (the episodes
+    keep the module's actions), `action_logp` and the module's outputs (`action_dist_inputs`) kept as arrays. The
+    episodes (`bulk_episodes`) keep RLlib's chunking, lookback and episode ids across `sample()` calls; steps,
+    episodes and returns are counted by the stock runner's own metrics code.
+
+    Refused at construction when configured: per-step episode callbacks, connector pieces other than RLlib's
+    defaults and MeanStdFilter, stateful (recurrent) modules, non-Box observations, recreating failed
+    sub-environments. Infos: an episode keeps its final step's info dict (`is_success`, ...); the other steps carry
+    empty dicts (the stock runner keeps every step's). `sample(num_episodes=...)` runs RLlib's own loop.
+    """
 
     def __init__(self, *, config, **kwargs):
         _check_config(config)
