@@ -16,6 +16,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.filter import MeanStdFilter, RunningStat
 
 from entropilot.platform.algorithm import (
+    SAMPLERS,
     build_algorithm,
     local_gpu_learner_or_cpu,
     observation_filter_stats,
@@ -182,9 +183,9 @@ def test_learners_share_the_averaged_entropy():
         algo.stop()
 
 
-@pytest.fixture(scope="module")
-def fresh_ppo():
-    algo = build_algorithm(**PPO)
+@pytest.fixture(scope="module", params=SAMPLERS)
+def fresh_ppo(request):
+    algo = build_algorithm(**PPO, sampler=request.param)
     yield algo
     algo.stop()
 
@@ -319,6 +320,20 @@ def test_fixed_coefficient_and_sigma_schedule(control, tmp_path):
         )
     finally:
         algo.stop()
+
+
+def test_entropy_init_measures_the_same_through_both_samplers():
+    """Same seeds, same weights, same action noise: the bulk runner's rollouts give the stock runner's entropies."""
+    results = {}
+    for sampler in SAMPLERS:
+        algo = build_algorithm(**PPO, sampler=sampler)
+        try:
+            results[sampler] = entropy_aware_init(algo, threshold=1e9, weight_seed=3, max_draws=2, rollout_steps=300)
+        finally:
+            algo.stop()
+    stock, bulk = (results[sampler].draws for sampler in SAMPLERS)
+    assert [d.seed for d in bulk] == [d.seed for d in stock]
+    assert [d.entropy for d in bulk] == pytest.approx([d.entropy for d in stock], abs=1e-4)
 
 
 def test_restoring_an_older_checkpoint_into_a_running_algo(tmp_path):

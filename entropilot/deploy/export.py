@@ -299,9 +299,9 @@ class PolicyGraph(torch.nn.Module):
 
 
 def _greedy_policy(module, stats):
-    """``GreedyPolicy`` (train.py) on a restored module and filter: the computation training evaluates with,
+    """``GreedyPolicy`` (platform/evaluation.py) on a restored module and filter: what training evaluates with,
     and the one the file must reproduce."""
-    from entropilot.platform.train import GreedyPolicy
+    from entropilot.platform.evaluation import GreedyPolicy
 
     return GreedyPolicy(module, stats)
 

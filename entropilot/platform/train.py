@@ -36,12 +36,15 @@ class TrainResult:
 
 
 def make_env_creator(env_id: str) -> Callable[[dict], Any]:
-    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor)."""
+    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor). RLlib's vector entry point
+    (`vector_env="batched"`) calls it with ``num_envs`` in the config: then it builds that many drones in one world."""
 
     def create(env_config: dict):
-        from entropilot.envs import make_env
+        from entropilot.envs import make_env, make_vector_env
 
-        return make_env(env_id, **dict(env_config))
+        kwargs = dict(env_config)
+        num_envs = kwargs.pop("num_envs", None)
+        return make_env(env_id, **kwargs) if num_envs is None else make_vector_env(env_id, num_envs, **kwargs)
 
     create.__name__ = env_id.split("/")[-1]
     return create
@@ -86,25 +89,15 @@ def init_ray(cfg: ExperimentConfig) -> None:
         )
 
 
-def build_from_config(cfg: ExperimentConfig):
-    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
-    Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it waiting forever.
+def algorithm_settings(cfg: ExperimentConfig) -> dict:
+    """``cfg`` as keyword arguments of `algorithm.build_algorithm` / `algorithm.algorithm_config`.
 
-    A multi-agent env (the swarm) gets one policy shared by all agents (`build_algorithm(multi_agent=True)`).
+    A multi-agent env (the swarm) gets one policy shared by all agents (``multi_agent=True``).
     """
-    import ray
-
-    from entropilot.platform.algorithm import build_algorithm
-    from entropilot.platform.resources import run_bundles, runs_that_fit
-
-    init_ray(cfg)
-    # [1:]: the driver bundle is a Tune trial's; outside Tune the driver (and a local learner) is this process,
-    # which Ray does not place. A sweep checked the whole run against the cluster already.
-    runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
     a, e = cfg.algorithm, cfg.entropy
     control = e.control.controller_settings(e.measure) if e.control.enabled else None
     covariance = e.covariance.settings(seed=cfg.seed)
-    return build_algorithm(
+    return dict(
         algorithm=a.name,
         env=make_env_creator(cfg.env.id),
         env_config=dict(cfg.env.kwargs),
@@ -129,61 +122,25 @@ def build_from_config(cfg: ExperimentConfig):
         gpu=cfg.resources.gpu,
         seed=cfg.seed,
         multi_agent=is_multi_agent(cfg),
+        sampler=cfg.resources.sampler,
+        vector_env=cfg.resources.vector_env,
     )
 
 
-class GreedyPolicy:
-    """The trained policy as a plain obs -> action function: normalize, forward, Gaussian mean, clip.
-
-    For SAC's tanh-squashed Gaussian the deterministic action is tanh(mean) (RLlib's own
-    ``to_deterministic`` returns the pre-tanh mean, ray-project/ray#51544), which for our [-1, 1]
-    action boxes is already the env action.
-
-    The same computation the ONNX export puts in its graph; used here for evaluation and videos. In a
-    swarm run it is the shared policy, normalizing with the filter statistics pooled over all drones
-    (see `algorithm.observation_filter_stats`), and flies every drone.
+def build_from_config(cfg: ExperimentConfig):
+    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
+    Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it waiting forever.
     """
+    import ray
 
-    def __init__(self, module, filter_stats):
-        import torch
-        from ray.rllib.models.torch.torch_distributions import TorchSquashedGaussian
+    from entropilot.platform.algorithm import build_algorithm
+    from entropilot.platform.resources import run_bundles, runs_that_fit
 
-        self._torch = torch
-        self.module = module
-        self.filter = filter_stats
-        self.squashed = issubclass(module.get_inference_action_dist_cls(), TorchSquashedGaussian)
-
-    @classmethod
-    def from_algo(cls, algo) -> GreedyPolicy:
-        from entropilot.platform.algorithm import observation_filter_stats
-
-        return cls(algo.get_module(module_id(algo)), observation_filter_stats(algo))
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        x = self.filter.normalize(obs) if self.filter is not None else obs
-        with torch.no_grad():
-            out = self.module.forward_inference({"obs": torch.as_tensor(np.asarray(x, dtype=np.float32)[None])})
-        inputs = out["action_dist_inputs"][0].numpy()
-        mean = inputs[: len(inputs) // 2]
-        return np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
-
-
-def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
-    """Greedy episodes on held-out seeds (``evaluation.seed`` onward) in a fresh local env.
-
-    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared
-    policy), so the mean of ``success`` is the fraction of drones that succeeded.
-    """
-    from entropilot.envs import make_env
-    from entropilot.envs.evaluate import run_episodes, run_swarm_episodes
-
-    run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
-    env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
-    try:
-        return run(env, GreedyPolicy.from_algo(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
-    finally:
-        env.close()
+    init_ray(cfg)
+    # [1:]: the driver bundle is a Tune trial's; outside Tune the driver (and a local learner) is this process,
+    # which Ray does not place. A sweep checked the whole run against the cluster already.
+    runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
+    return build_algorithm(**algorithm_settings(cfg))
 
 
 def iteration_metrics(result: dict, module: str = MODULE_ID, measure: str = "effective") -> dict[str, float]:
@@ -287,7 +244,9 @@ def train(
     metrics, stopped_because)`` is called after each iteration's checkpoint, ``stopped_because`` None until the
     last one (a sweep's trial reports to Ray Tune there).
     """
+    from entropilot.platform.evaluation import Evaluation
     from entropilot.platform.live_tuning import LiveTuner
+    from entropilot.platform.phases import PhaseClock
     from entropilot.platform.plots import plot_entropy, plot_learning
     from entropilot.platform.tracking import RunTracker
 
@@ -310,13 +269,17 @@ def train(
     if resumed_with:
         tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
     status = "FAILED"
+    evaluation = None
+    clock = PhaseClock(state.get("phases"))
+    session_init = clock.totals["init"]
     try:
         root.mkdir(parents=True, exist_ok=True)
         tracker.set_tag(CHECKPOINT_TAG, str(root.resolve()))
         if checkpoint is not None:
             echo(f"resumed {checkpoint} (iteration {state['iteration']}) into MLflow run {tracker.run_id}")
         elif cfg.algorithm.name == "PPO":
-            _initial_weights(algo, cfg, tracker, echo)
+            with clock.measure("init"):
+                _initial_weights(algo, cfg, tracker, echo)
         state["run_id"] = tracker.run_id
         nodes = env_runner_nodes(algo)
         if nodes:
@@ -328,15 +291,22 @@ def train(
         stopped = None
         success = history[-1].get("success_rate") if history else None
         live = LiveTuner(cfg, echo, state.get("live_tags"))  # entropy settings from the run's tags (MLflow UI)
+        evaluation = Evaluation(cfg)
+        clock.add("startup", time.perf_counter() - start - (clock.totals["init"] - session_init))
+        state["phases"] = clock.totals
         while stopped is None:
-            live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
+            with clock.measure("logging"):
+                live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
             state["live_tags"] = live.applied_tags
             result = algo.train()
             state["iteration"] += 1
             it = state["iteration"]
             metrics = iteration_metrics(result, policy, cfg.entropy.measure)
+            clock.add("sampling", metrics.get("sampling_time_s", 0.0))
+            clock.add("learning", metrics.get("learner_time_s", 0.0))
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
-                episodes = evaluate(algo, cfg)
+                with clock.measure("evaluation"):
+                    episodes = evaluation.run(algo)
                 success = float(np.mean([e.success for e in episodes]))
                 metrics["success_rate"] = success
                 metrics["eval_final_distance"] = float(np.mean([e.final_distance for e in episodes]))
@@ -349,12 +319,15 @@ def train(
                     tracker.set_tag("entropilot.entropy_collapse", f"iteration {it}: {reasons}")
             elapsed = time.perf_counter() - start
             metrics["time_s"] = state.get("time_s", 0.0) + elapsed  # wall time across resumes
+            metrics.update(clock.close_at(metrics["time_s"]))
             history.append(metrics)
-            tracker.log_metrics(metrics, step=it)
-            echo(_progress_line(it, metrics, success, elapsed, cfg))
+            with clock.measure("logging"):
+                tracker.log_metrics(metrics, step=it)
+                echo(_progress_line(it, metrics, success, elapsed, cfg))
             stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics.get("success_rate"))
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
-                checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
+                with clock.measure("logging"):
+                    checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
             if on_iteration is not None:
                 on_iteration(it, metrics, stopped)
         plots = root / "plots"
@@ -381,6 +354,8 @@ def train(
         status = "KILLED"
         raise
     finally:
+        if evaluation is not None:
+            evaluation.close()
         tracker.close(status=status)
         algo.stop()
 
@@ -448,6 +423,7 @@ def _save(algo, cfg: ExperimentConfig, state: dict, root: Path) -> Path:
 
 def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
     from entropilot.envs.plots import save_gif
+    from entropilot.platform.evaluation import evaluate
 
     episode = evaluate(
         algo,

@@ -12,6 +12,7 @@ from ray.rllib.core.columns import Columns
 
 from entropilot.policies.entropy import EntropyEstimate, measured_entropies
 from entropilot.policies.initial_weights import DEFAULT_FAMILY, InitFamily, draw_seed, reinitialize_policy
+from entropilot.rllib_internals import request_seeded_reset
 
 _RUNNER_CONNECTORS = ["env_to_module_connector", "module_to_env_connector"]
 
@@ -120,15 +121,14 @@ def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = Non
 
     def _sample(runner):
         connector_states = runner.get_state(components=_RUNNER_CONNECTORS)
-        # Private flag (Ray 2.60): makes `sample()` reset the envs with the runner's seed, as on its first call.
-        runner._needs_initial_reset = True
+        request_seeded_reset(runner)  # `sample()` resets the envs with the runner's seed, as on its first call
         with torch.random.fork_rng(devices=[]):
             if noise_seed is not None:
                 torch.manual_seed(noise_seed + runner.worker_index)
             episodes = runner.sample(num_timesteps=steps_per_runner, explore=True, force_reset=True)
         runner.set_state(connector_states)
         runner.get_metrics()
-        runner._needs_initial_reset = True
+        request_seeded_reset(runner)
         steps = [slice(0, len(episode)) for episode in episodes]
         return RolloutSample(
             np.concatenate([ep.get_observations(s) for ep, s in zip(episodes, steps)]),

@@ -23,7 +23,7 @@ class _Section(BaseModel):
     # extra="forbid": a typo in a key fails instead of silently using the default.
     # validate_assignment: programmatic edits (sweeps) get the same checks as YAML.
     # allow_inf_nan=False: every float field means a finite number (.inf or .nan would train on, or hang, silently).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------- env
@@ -344,6 +344,12 @@ class ResourcesConfig(_Section):
     envs_per_runner: int = Field(4, ge=1, le=1024)
     num_cpus_per_env_runner: float = Field(1.0, gt=0.0)
     num_learners: int = Field(0, ge=0, le=1024)
+    # How env runners sample: RLlib's own loop (stock), or one batched policy forward per vector step (bulk;
+    # single-drone envs, same loss inputs as stock).
+    sampler: Literal["stock", "bulk"] = "stock"
+    # A runner's envs: Gymnasium's SyncVectorEnv of single envs (sync), or all its drones in one PyBullet world
+    # (batched, envs.vector.DroneVectorEnv; single-drone envs, each drone flies as the single env would).
+    vector_env: Literal["sync", "batched"] = "sync"
     # auto: use one GPU if Ray's cluster resources show one.
     gpu: Literal["auto", "on", "off"] = "auto"
     # None: RAY_ADDRESS if set (a submitted job has it), else a new in-process Ray.
@@ -479,6 +485,17 @@ class ExperimentConfig(_Section):
                 )
         self._entropy_reachable()
         self._init_family_fits()
+        for field, fast, slow in (("sampler", "bulk", "stock"), ("vector_env", "batched", "sync")):
+            value = getattr(self.resources, field)
+            if value == fast:
+                from entropilot.envs import SINGLE_AGENT_IDS
+
+                if self.env.id not in SINGLE_AGENT_IDS:
+                    raise FieldProblem(
+                        f"resources.{field}",
+                        f"{fast} is for the single-drone envs {list(SINGLE_AGENT_IDS)}; {self.env.id} needs {slow}",
+                        value,
+                    )
         floor = self.entropy.collapse.floor
         if control.enabled and control.mode in TARGET_MODES and floor is not None and floor >= control.min_target():
             raise FieldProblem(
