@@ -1,5 +1,5 @@
-"""Episodes flown in lockstep on a vector env (``run_episodes_batched``) are the episodes ``run_episodes`` flies one by
-one."""
+"""Episodes flown in lockstep on a vector env, in batches (``run_vector_episodes``), are the episodes ``run_episodes``
+flies one by one, with the same episode statistics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from entropilot.envs import HOVER_ID, WAYPOINT_ID, make_env, make_vector_env
-from entropilot.envs.evaluate import lockstep_drones, run_episodes, run_episodes_batched
+from entropilot.envs.evaluate import lockstep_drones, run_episodes, run_vector_episodes
 from entropilot.envs.pid import CascadedPID
 
 
@@ -51,9 +51,7 @@ def test_a_batch_flies_the_episodes_one_by_one_flight_flies(env_id, options):
         vector = make_vector_env(env_id, drones, **options)
         batch_pid = CascadedPID.for_env(vector)
         try:
-            batched = run_episodes_batched(
-                vector, batch_pid, seeds, reset_controller=batch_pid.reset, record_paths=True
-            )
+            batched = run_vector_episodes(vector, batch_pid, seeds[0], len(seeds), reset_controller=batch_pid.reset)
         finally:
             vector.close()
         assert [r.seed for r in batched] == seeds
@@ -82,7 +80,7 @@ def test_the_episode_statistics_mean_what_they_say():
     no_thrust = np.array([-1.0, 0.0, 0.0, 0.0])
     vector = make_vector_env(HOVER_ID, 1)
     try:
-        falling = run_episodes_batched(vector, lambda obs: np.tile(no_thrust, (len(obs), 1)), [0, 1])
+        falling = run_vector_episodes(vector, lambda obs: np.tile(no_thrust, (len(obs), 1)), 0, 2, record_paths=False)
     finally:
         vector.close()
     for r in falling:

@@ -10,7 +10,7 @@ import pytest
 from entropilot.envs import HOVER_ID
 from entropilot.envs.evaluate import EpisodeResult
 from entropilot.platform.config import ConfigError, parse_config
-from entropilot.platform.evaluation import Evaluation
+from entropilot.platform.evaluation import EvaluationSummary
 from entropilot.platform.train import BEST_CHECKPOINT, STATE_FILE, _stop_reason
 
 
@@ -23,16 +23,19 @@ def _results(successes: int, crashes: int, episodes: int, distance: float = 0.05
 
 
 def test_an_evaluation_says_its_lower_bound_crashes_and_ranks_by_them():
-    twenty = Evaluation.of(_results(20, 0, 20))
-    hundred = Evaluation.of(_results(100, 0, 100))
+    twenty = EvaluationSummary.of(_results(20, 0, 20))
+    hundred = EvaluationSummary.of(_results(100, 0, 100))
     assert twenty.success_rate == 1.0 and twenty.lower_bound == pytest.approx(0.839, abs=1e-3)
     assert hundred.lower_bound == pytest.approx(0.963, abs=1e-3)
-    crashed = Evaluation.of(_results(99, 1, 100))
+    crashed = EvaluationSummary.of(_results(99, 1, 100))
     assert crashed.crashes == 1 and crashed.metrics()["eval_crashes"] == 1.0
     # more evidence beats a lucky small sample; a crash loses to none at the same success; then the distance
     assert hundred.score() > twenty.score()
-    assert Evaluation.of(_results(99, 0, 100)).score() > crashed.score()
-    assert Evaluation.of(_results(99, 0, 100, 0.04)).score() > Evaluation.of(_results(99, 0, 100, 0.05)).score()
+    assert EvaluationSummary.of(_results(99, 0, 100)).score() > crashed.score()
+    assert (
+        EvaluationSummary.of(_results(99, 0, 100, 0.04)).score()
+        > EvaluationSummary.of(_results(99, 0, 100, 0.05)).score()
+    )
 
 
 def _cfg(**stop):
@@ -43,15 +46,15 @@ def test_training_stops_on_the_lower_bound_only_without_too_many_crashes():
     cfg = _cfg(success_lower_bound=0.95, max_crashes=0)
     no_eval = {"env_steps": 1000.0}
     assert _stop_reason(cfg, 5, 1000, 10.0, no_eval) is None
-    lucky = Evaluation.of(_results(20, 0, 20)).metrics()
+    lucky = EvaluationSummary.of(_results(20, 0, 20)).metrics()
     assert _stop_reason(cfg, 5, 1000, 10.0, lucky) is None  # 20/20 only shows >= 0.84
-    crashed = Evaluation.of(_results(99, 1, 100)).metrics()
+    crashed = EvaluationSummary.of(_results(99, 1, 100)).metrics()
     assert _stop_reason(cfg, 5, 1000, 10.0, crashed) is None
-    clean = Evaluation.of(_results(100, 0, 100)).metrics()
+    clean = EvaluationSummary.of(_results(100, 0, 100)).metrics()
     assert _stop_reason(cfg, 5, 1000, 10.0, clean) == "evaluation success lower bound 0.963 >= 0.95, 0 crash(es)"
     rate = _cfg(success_rate=0.95, max_crashes=0)
-    assert _stop_reason(rate, 5, 1000, 10.0, Evaluation.of(_results(95, 1, 100)).metrics()) is None
-    assert _stop_reason(_cfg(success_rate=0.95), 5, 1000, 10.0, Evaluation.of(_results(95, 1, 100)).metrics())
+    assert _stop_reason(rate, 5, 1000, 10.0, EvaluationSummary.of(_results(95, 1, 100)).metrics()) is None
+    assert _stop_reason(_cfg(success_rate=0.95), 5, 1000, 10.0, EvaluationSummary.of(_results(95, 1, 100)).metrics())
 
 
 @pytest.mark.parametrize(

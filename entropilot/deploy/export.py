@@ -309,8 +309,8 @@ class PolicyGraph(torch.nn.Module):
 
 
 def _greedy_policy(module, stats):
-    """``GreedyPolicy`` (platform/evaluation.py) on a restored module and filter: the computation training evaluates
-    with, and the one the file must reproduce."""
+    """``GreedyPolicy`` (platform/evaluation.py) on a restored module and filter: what training evaluates with,
+    and the one the file must reproduce."""
     from entropilot.platform.evaluation import GreedyPolicy
 
     return GreedyPolicy(module, stats)

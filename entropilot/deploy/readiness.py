@@ -69,26 +69,26 @@ def fly_condition(
     policy_path: str,
     env_id: str,
     env_kwargs: dict[str, Any],
-    seeds: list[int],
+    seed: int,
+    episodes: int,
     confidence: float,
     batch_size: int = BATCH_SIZE,
 ) -> dict[str, dict[str, Any]]:
-    """One condition: the policy and the nominal PID, each flown once from every seed on the drones of one vector env
-    (at most ``batch_size`` at a time), the policy through one batched onnxruntime call per step.
-    {"policy": stats, "pid": stats}. A process-pool task: it loads the policy file itself."""
+    """One condition: the policy and the nominal PID, each flown once from every seed (``seed`` .. ``seed + episodes -
+    1``) on the drones of one vector env (at most ``batch_size`` at a time), the policy through one batched
+    onnxruntime call per step. {"policy": stats, "pid": stats}. A process-pool task: it loads the policy file itself."""
     from entropilot.deploy.onnx_policy import OnnxPolicy
     from entropilot.envs import make_vector_env
-    from entropilot.envs.evaluate import lockstep_drones, run_episodes_batched
+    from entropilot.envs.evaluate import lockstep_drones, run_vector_episodes
     from entropilot.envs.pid import CascadedPID
 
     policy = OnnxPolicy(policy_path)
-    env = make_vector_env(env_id, lockstep_drones(len(seeds), batch_size), **env_kwargs)
+    env = make_vector_env(env_id, lockstep_drones(episodes, batch_size), **env_kwargs)
     try:
         pid = CascadedPID.for_env(env)  # the nominal airframe: what the action mapping assumes
-        return {
-            "policy": episode_stats(run_episodes_batched(env, policy.batch, seeds), confidence),
-            "pid": episode_stats(run_episodes_batched(env, pid, seeds, reset_controller=pid.reset), confidence),
-        }
+        flown = run_vector_episodes(env, policy.batch, seed, episodes, record_paths=False)
+        baseline = run_vector_episodes(env, pid, seed, episodes, reset_controller=pid.reset, record_paths=False)
+        return {"policy": episode_stats(flown, confidence), "pid": episode_stats(baseline, confidence)}
     finally:
         env.close()
 
@@ -127,7 +127,10 @@ def evaluate_policy(
         f"of {m['env_id']} ({m['action_mode']}), policy and PID, {workers} process(es)"
     )
     start = time.perf_counter()
-    args = [(str(path), m["env_id"], kwargs, seeds, config.confidence, batch_size) for kwargs in options.values()]
+    args = [
+        (str(path), m["env_id"], kwargs, config.seed, config.episodes, config.confidence, batch_size)
+        for kwargs in options.values()
+    ]
     if workers == 1:
         flown = [fly_condition(*a) for a in args]
     else:

@@ -3,17 +3,16 @@
 ``run_episodes`` flies a single-drone Gymnasium env; ``run_swarm_episodes`` flies every drone of the
 multi-agent swarm with one shared controller. Both run the same loop (``_fly``) over a small adapter
 that presents either env as "agents -> observations", a single-drone env being a swarm of one.
-``run_episodes_batched`` flies many single-drone episodes in lockstep on the drones of one vector env, the controller
-called once per step for all of them (one batched inference): the same episodes as ``run_episodes`` on the same seeds,
-in far less time.
-Every loop keeps its episodes' books with one ``_Recorder``.
+``run_vector_episodes`` flies episodes on every env of a vector of single-drone envs at once, the controller acting
+on all of them in one call: the results ``run_episodes`` gives episode after episode. Every loop keeps its episodes'
+books with one ``_Recorder``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,7 +145,7 @@ class _Recorder:
             bool(info.get("is_success", False)),
             self.total,
             self.steps,
-            info["distance"],
+            float(info["distance"]),
             info.get("crash"),
             None if self.positions is None else np.array(self.positions),
             None if self.targets is None else np.array(self.targets),
@@ -183,49 +182,61 @@ def _fly(
     return results
 
 
-def run_episodes_batched(
-    vector_env,
+def run_vector_episodes(
+    env,
     controller: Callable[[np.ndarray], np.ndarray],
-    seeds: Sequence[int],
+    seed: int,
+    episodes: int | None = None,
     *,
     reset_controller: Callable[[], None] | None = None,
-    record_paths: bool = False,
+    record_paths: bool = True,
 ) -> list[EpisodeResult]:
-    """One episode per seed, ``num_envs`` at a time in lockstep on the drones of ``vector_env`` (a ``DroneVectorEnv``,
-    the caller's: build it once, fly several controllers). Each step calls ``controller`` once on the (N, n)
-    observations of every drone; a drone whose episode has ended flies on into its next one, unrecorded, so a stateful
-    controller such as the batched PID keeps one row per drone. ``reset_controller`` runs before each batch. Drone i
-    flies its seed as the single env does, so the results are ``run_episodes``' on the same seeds (to ~1e-13 m where
-    a drone's frame is offset, see ``pybullet_world``, and up to the controller's own batch-size effects);
-    trajectories only with ``record_paths``."""
-    env = vector_env.unwrapped
-    n, sim = env.num_envs, env.sim
+    """``episodes`` episodes (default: one per env) on seeds ``seed, seed + 1, ...``, ``num_envs`` at a time in
+    lockstep on a Gymnasium vector env of single-drone envs (the batched ``DroneVectorEnv`` or a ``SyncVectorEnv``;
+    the caller's: build it once, fly several controllers). Each step calls ``controller`` once on the (N, obs)
+    observations of every env; an env whose episode has ended flies on into its next one, unrecorded (the vector
+    env's autoreset), so a stateful controller such as the batched PID keeps one row per env. ``reset_controller``
+    runs before each batch. Env k of a batch flies its seed as the single env does: the results are ``run_episodes``'
+    on the same seeds (to ~1e-13 m in the batched world, whose drones fly in offset frames; and up to the controller's
+    own batch-size effects); trajectories only with ``record_paths``."""
+    drones = _vector_episodes(env)
+    n = env.num_envs
+    seeds = list(range(seed, seed + (n if episodes is None else episodes)))
     results = []
     for start in range(0, len(seeds), n):
-        chunk = [int(s) for s in seeds[start : start + n]]
-        obs, _ = env.reset(seed=chunk + [None] * (n - len(chunk)))  # spare drones fly on, unrecorded
+        chunk = seeds[start : start + n]
+        obs, _ = env.reset(seed=chunk + [None] * (n - len(chunk)))  # spare envs fly on, unrecorded
         if reset_controller is not None:
             reset_controller()
-        books = [
-            _Recorder(s, None, sim, i, np.array(env.episodes[i].target), record_paths) for i, s in enumerate(chunk)
-        ]
+        books = [_Recorder(s, None, d.sim, d.index, np.array(d.target), record_paths) for s, d in zip(chunk, drones)]
         live = list(range(len(chunk)))
         while live:
             actions = controller(obs)
             saturated = (np.abs(actions) >= 1.0).any(axis=1).tolist()
             obs, rewards, terminated, truncated, infos = env.step(actions)
             ended = (terminated | truncated).tolist()
-            for i in live:
-                info = {"distance": float(infos["distance"][i])}
-                if ended[i]:
-                    info["is_success"] = bool(infos["is_success"][i])
-                    if "crash" in infos and infos["_crash"][i]:
-                        info["crash"] = infos["crash"][i]
-                target = np.array(env.episodes[i].target) if record_paths else None
-                books[i].step(float(rewards[i]), info, saturated[i], target)
-            live = [i for i in live if not ended[i]]
+            for k in live:
+                target = np.array(drones[k].target) if record_paths else None
+                books[k].step(float(rewards[k]), vector_info(infos, k), saturated[k], target)
+            live = [k for k in live if not ended[k]]
         results += [book.result([]) for book in books]
     return results
+
+
+def vector_info(infos: dict, index: int) -> dict:
+    """Env ``index``'s entries of a Gymnasium vector info dict (the keys its ``_key`` mask marks for it)."""
+    return {
+        key: value[index]
+        for key, value in infos.items()
+        if not key.startswith("_") and (f"_{key}" not in infos or infos[f"_{key}"][index])
+    }
+
+
+def _vector_episodes(env) -> list:
+    """The episode (``tasks.HoverEpisode``: its simulator, drone index and reference point) of each env of a vector of
+    single-drone envs: the batched ``DroneVectorEnv`` (one world) or Gymnasium's ``SyncVectorEnv`` of single envs."""
+    inner = env.unwrapped
+    return inner.episodes if hasattr(inner, "episodes") else [sub.unwrapped.episode for sub in inner.envs]
 
 
 def lockstep_drones(episodes: int, most: int) -> int:

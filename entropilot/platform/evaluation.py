@@ -1,8 +1,7 @@
-"""Held-out evaluation during training: ``GreedyPolicy`` (the trained policy as a plain function, what export puts in
-its graph) flown from the evaluation seeds, summarized as its success rate with a Wilson lower bound, its crashes and
-its final distance; and the order that picks the best evaluation (what ``checkpoint.keep_best`` keeps and
-``stop.success_lower_bound`` / ``stop.max_crashes`` judge). Single-drone episodes fly in lockstep, one batched forward
-pass per step, on the drones of one vector env built once per training run."""
+"""Greedy evaluation of a training run's policy on held-out seeds: `GreedyPolicy` (the policy as a plain
+obs -> action function, what export puts in its graph), `Evaluation` (the episodes in lockstep in a vector env) and
+`EvaluationSummary` (success rate with its Wilson lower bound, crashes, final distance: what `stop.*` judges and
+`checkpoint.keep_best` ranks)."""
 
 from __future__ import annotations
 
@@ -12,9 +11,10 @@ import numpy as np
 
 from entropilot.platform.config import ExperimentConfig
 from entropilot.platform.stats import wilson_interval
+from entropilot.platform.train import is_multi_agent, module_id
 
 CONFIDENCE = 0.95  # of the success rate's lower bound
-BATCH_SIZE = 100  # the most drones flown in lockstep (one PyBullet world)
+BATCH_SIZE = 100  # the most episodes flown in lockstep (one vector env)
 
 
 class GreedyPolicy:
@@ -41,50 +41,87 @@ class GreedyPolicy:
     @classmethod
     def from_algo(cls, algo) -> GreedyPolicy:
         from entropilot.platform.algorithm import observation_filter_stats
-        from entropilot.platform.train import module_id
 
         return cls(algo.get_module(module_id(algo)), observation_filter_stats(algo))
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """One observation -> one action; a batch (N, n) -> (N, 4), one forward pass for all of them."""
+        """The action for one observation (obs,), or the actions for a batch of them (N, obs), in one forward."""
         torch = self._torch
-        x = np.asarray(self.filter.normalize(obs) if self.filter is not None else obs, dtype=np.float32)
+        obs = np.asarray(obs)
+        x = self.filter.normalize(obs) if self.filter is not None else obs
+        batch = np.asarray(x, dtype=np.float32).reshape(-1, obs.shape[-1])
         with torch.no_grad():
-            out = self.module.forward_inference({"obs": torch.as_tensor(x.reshape(-1, x.shape[-1]))})
+            out = self.module.forward_inference({"obs": torch.as_tensor(batch)})
         inputs = out["action_dist_inputs"].numpy()
         mean = inputs[:, : inputs.shape[1] // 2]
-        action = np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
-        return action.reshape(x.shape[:-1] + (action.shape[-1],))
+        actions = np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
+        return actions if obs.ndim == 2 else actions[0]
+
+
+class Evaluation:
+    """Greedy episodes on held-out seeds (``evaluation.seed`` onward, episode k on seed + k) in local envs.
+
+    A single-drone env flies the episodes in lockstep in a vector env (`resources.vector_env`'s kind; at most
+    `BATCH_SIZE` at a time), the policy acting on all drones in one forward (`run_vector_episodes`); the vector env is
+    built on first use and kept for later evaluations (each resets it with the same seeds). With ``record_frames``
+    (the video) and in a swarm, episode after episode in a fresh env.
+    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared policy),
+    so the mean of ``success`` is the fraction of drones that succeeded.
+    """
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self._vector_env = None
+
+    def run(self, algo, record_frames: bool = False):
+        from entropilot.envs import make_env
+        from entropilot.envs.evaluate import lockstep_drones, run_episodes, run_swarm_episodes, run_vector_episodes
+
+        cfg, e = self.cfg, self.cfg.evaluation
+        policy = GreedyPolicy.from_algo(algo)
+        if is_multi_agent(cfg) or record_frames:
+            run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
+            env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
+            try:
+                return run(env, policy, e.episodes, e.seed, record_frames)
+            finally:
+                env.close()
+        if self._vector_env is None:
+            import gymnasium as gym
+
+            # The kind of vector env the runners sample with: batched (one world) or sync (single envs).
+            mode = "vector_entry_point" if cfg.resources.vector_env == "batched" else "sync"
+            drones = lockstep_drones(e.episodes, BATCH_SIZE)
+            self._vector_env = gym.make_vec(cfg.env.id, num_envs=drones, vectorization_mode=mode, **cfg.env.kwargs)
+        return run_vector_episodes(self._vector_env, policy, e.seed, e.episodes, record_paths=False)
+
+    def close(self) -> None:
+        if self._vector_env is not None:
+            self._vector_env.close()
+            self._vector_env = None
 
 
 def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
-    """Greedy episodes on held-out seeds (``evaluation.seed`` onward) in a fresh local env, one at a time (the
-    training loop's evaluations fly single-drone episodes in lockstep instead: ``evaluation.Evaluator``).
-
-    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared
-    policy), so the mean of ``success`` is the fraction of drones that succeeded.
-    """
-    from entropilot.envs import make_env
-    from entropilot.envs.evaluate import run_episodes, run_swarm_episodes
-    from entropilot.platform.train import is_multi_agent
-
-    run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
-    env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
+    """One `Evaluation` of ``algo``'s greedy policy (see there)."""
+    evaluation = Evaluation(cfg)
     try:
-        return run(env, GreedyPolicy.from_algo(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
+        return evaluation.run(algo, record_frames)
     finally:
-        env.close()
+        evaluation.close()
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class EvaluationSummary:
+    """What an evaluation's episodes say: successes, crashes, mean final distance; the success rate's Wilson lower bound
+    and the order that picks the best evaluation."""
+
     episodes: int
     successes: int
     crashes: int
     mean_final_distance: float  # m
 
     @classmethod
-    def of(cls, results: list) -> Evaluation:
+    def of(cls, results: list) -> EvaluationSummary:
         """From ``EpisodeResult``s (a swarm's: one per drone and episode)."""
         return cls(
             len(results),
@@ -113,36 +150,3 @@ class Evaluation:
             "eval_crashes": float(self.crashes),
             "eval_final_distance": self.mean_final_distance,
         }
-
-
-class Evaluator:
-    """Flies ``evaluation.episodes`` greedy episodes from ``evaluation.seed`` on: single-drone tasks in lockstep on a
-    vector env it keeps for the whole run (``close`` it), the swarm one episode at a time."""
-
-    def __init__(self, cfg: ExperimentConfig):
-        self.cfg = cfg
-        self._env = None
-
-    def run(self, algo) -> tuple[Evaluation, list]:
-        """(the summary, the ``EpisodeResult``s) of the current policy of ``algo``."""
-        from entropilot.envs.evaluate import run_episodes_batched
-        from entropilot.platform.train import is_multi_agent
-
-        cfg = self.cfg
-        if is_multi_agent(cfg):
-            results = evaluate(algo, cfg)
-        else:
-            if self._env is None:
-                from entropilot.envs import make_vector_env
-                from entropilot.envs.evaluate import lockstep_drones
-
-                drones = lockstep_drones(cfg.evaluation.episodes, BATCH_SIZE)
-                self._env = make_vector_env(cfg.env.id, drones, **cfg.env.kwargs)
-            seeds = list(range(cfg.evaluation.seed, cfg.evaluation.seed + cfg.evaluation.episodes))
-            results = run_episodes_batched(self._env, GreedyPolicy.from_algo(algo), seeds)
-        return Evaluation.of(results), results
-
-    def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None

@@ -228,7 +228,8 @@ class RunTracker:
 
     def log_entropy_init(self, result: Any) -> None:
         """Entropy-aware initialization: each draw's entropy as `entropy_init/draw_entropy` (and per action dim,
-        and its seed) at step = draw index; the chosen draw as tags (mutable, so a resume can log them again).
+        and its seed) at step = draw index; the chosen draw as tags (mutable, so a resume can log them again) and as
+        metrics `entropy_init/chosen_entropy`, `entropy_init/draws`, `entropy_init/cleared` (1/0) at step 0.
 
         `result` needs `draws` (each with `seed`, `entropy`, `per_dim`) and `chosen` (a draw or its index);
         `threshold` is logged if present."""
@@ -253,6 +254,11 @@ class RunTracker:
             tags["cleared"] = best.entropy >= result.threshold
         for key, value in tags.items():
             self.set_tag(f"entropy_init.{key}", value)
+        # Also as metrics, which the runs table, the parallel-coordinates plot and the sweep summary can read.
+        summary = {"entropy_init/chosen_entropy": best.entropy, "entropy_init/draws": len(draws)}
+        if "cleared" in tags:
+            summary["entropy_init/cleared"] = float(tags["cleared"])
+        self.log_metrics(summary, step=0)
 
     # -- sending -----------------------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from typing import Any
 from entropilot.inputs import InputError
 from entropilot.platform.checkpoints import BEST_CHECKPOINT, CHECKPOINT_TAG, CONFIG_FILE, STATE_FILE
 from entropilot.platform.config import ExperimentConfig, dump_config
-from entropilot.platform.evaluation import Evaluator, evaluate
 from entropilot.platform.preflight import prepare_resume, prepare_run  # noqa: F401 (prepare_resume: for the CLI)
 
 # The module a single-drone run trains (what checkpoint readers such as the ONNX export load). A swarm run
@@ -36,12 +35,15 @@ class TrainResult:
 
 
 def make_env_creator(env_id: str) -> Callable[[dict], Any]:
-    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor)."""
+    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor). RLlib's vector entry point
+    (`vector_env="batched"`) calls it with ``num_envs`` in the config: then it builds that many drones in one world."""
 
     def create(env_config: dict):
-        from entropilot.envs import make_env
+        from entropilot.envs import make_env, make_vector_env
 
-        return make_env(env_id, **dict(env_config))
+        kwargs = dict(env_config)
+        num_envs = kwargs.pop("num_envs", None)
+        return make_env(env_id, **kwargs) if num_envs is None else make_vector_env(env_id, num_envs, **kwargs)
 
     create.__name__ = env_id.split("/")[-1]
     return create
@@ -86,29 +88,15 @@ def init_ray(cfg: ExperimentConfig) -> None:
         )
 
 
-def build_from_config(cfg: ExperimentConfig):
-    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
-    Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it waiting forever.
+def algorithm_settings(cfg: ExperimentConfig) -> dict:
+    """``cfg`` as keyword arguments of `algorithm.build_algorithm` / `algorithm.algorithm_config`.
 
-    A multi-agent env (the swarm) gets one policy shared by all agents (`build_algorithm(multi_agent=True)`).
+    A multi-agent env (the swarm) gets one policy shared by all agents (``multi_agent=True``).
     """
-    import ray
-
-    from entropilot.platform.algorithm import build_algorithm
-    from entropilot.platform.resources import run_bundles, runs_that_fit
-
-    init_ray(cfg)
-    # [1:]: the driver bundle is a Tune trial's; outside Tune the driver (and a local learner) is this process,
-    # which Ray does not place. A sweep checked the whole run against the cluster already.
-    runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
     a, e = cfg.algorithm, cfg.entropy
-    control = e.control.controller_kwargs() if e.control.enabled else None
-    covariance = (
-        None
-        if e.covariance.mode == "off"
-        else {"mode": e.covariance.mode, "fraction": e.covariance.fraction, "kl_coef": e.covariance.kl_coef}
-    )
-    return build_algorithm(
+    control = e.control.controller_settings(e.measure) if e.control.enabled else None
+    covariance = e.covariance.settings(seed=cfg.seed)
+    return dict(
         algorithm=a.name,
         env=make_env_creator(cfg.env.id),
         env_config=dict(cfg.env.kwargs),
@@ -133,21 +121,47 @@ def build_from_config(cfg: ExperimentConfig):
         gpu=cfg.resources.gpu,
         seed=cfg.seed,
         multi_agent=is_multi_agent(cfg),
+        sampler=cfg.resources.sampler,
+        vector_env=cfg.resources.vector_env,
     )
 
 
-def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]:
-    """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``."""
+def build_from_config(cfg: ExperimentConfig):
+    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
+    Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it waiting forever.
+    """
+    import ray
+
+    from entropilot.platform.algorithm import build_algorithm
+    from entropilot.platform.resources import run_bundles, runs_that_fit
+
+    init_ray(cfg)
+    # [1:]: the driver bundle is a Tune trial's; outside Tune the driver (and a local learner) is this process,
+    # which Ray does not place. A sweep checked the whole run against the cluster already.
+    runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
+    return build_algorithm(**algorithm_settings(cfg))
+
+
+def iteration_metrics(result: dict, module: str = MODULE_ID, measure: str = "effective") -> dict[str, float]:
+    """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``.
+
+    `entropy` (and `entropy_per_dim/i`) is the ``measure`` the target, threshold and collapse floor are in; both
+    measures are there as `entropy_effective` and `entropy_gaussian`."""
     runners = result.get("env_runners", {})
     learner = result.get("learners", {}).get(module, {})
     metrics = {
         "env_steps": runners.get("num_env_steps_sampled_lifetime"),
         "episode_return_mean": runners.get("episode_return_mean"),
         "episode_len_mean": runners.get("episode_len_mean"),
-        "entropy": learner.get("entropy_gaussian"),
-        "entropy_executed": learner.get("entropy_executed"),
+        "entropy": learner.get(f"entropy_{measure}"),
+        "entropy_effective": learner.get("entropy_effective"),
+        "entropy_gaussian": learner.get("entropy_gaussian"),
         "entropy_target": learner.get("entropy_target"),
         "entropy_coeff": learner.get("curr_entropy_coeff"),
+        "sigma_target": learner.get("sigma_target"),
+        "clipped_fraction": learner.get("clipped_fraction"),
+        "cov_num_selected": learner.get("cov_num_selected"),
+        "cov_num_candidates": learner.get("cov_num_candidates"),
         "kl": learner.get("mean_kl_loss"),
         "policy_loss": learner.get("policy_loss"),
         "vf_loss": learner.get("vf_loss"),
@@ -159,8 +173,8 @@ def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]
         "env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
     }
     for key, value in learner.items():
-        if key.startswith("entropy_gaussian_dim"):
-            metrics[f"entropy_per_dim/{key.removeprefix('entropy_gaussian_dim')}"] = value
+        if key.startswith(f"entropy_{measure}_dim"):
+            metrics[f"entropy_per_dim/{key.removeprefix(f'entropy_{measure}_dim')}"] = value
     sampled = runners.get("num_env_steps_sampled")
     if sampled and result.get("time_this_iter_s"):
         metrics["env_steps_per_s"] = sampled / result["time_this_iter_s"]
@@ -173,9 +187,14 @@ METRICS = (
     "episode_return_mean",
     "episode_len_mean",
     "entropy",
-    "entropy_executed",
+    "entropy_effective",
+    "entropy_gaussian",
     "entropy_target",
     "entropy_coeff",
+    "sigma_target",
+    "clipped_fraction",
+    "cov_num_selected",
+    "cov_num_candidates",
     "kl",
     "policy_loss",
     "vf_loss",
@@ -224,7 +243,9 @@ def train(
     metrics, stopped_because)`` is called after each iteration's checkpoint, ``stopped_because`` None until the
     last one (a sweep's trial reports to Ray Tune there).
     """
+    from entropilot.platform.evaluation import Evaluation, EvaluationSummary
     from entropilot.platform.live_tuning import LiveTuner
+    from entropilot.platform.phases import PhaseClock
     from entropilot.platform.plots import plot_entropy, plot_learning
     from entropilot.platform.tracking import RunTracker
 
@@ -244,37 +265,20 @@ def train(
     except BaseException:
         algo.stop()
         raise
-    evaluator = Evaluator(cfg)  # builds its envs at the first evaluation
     if resumed_with:
         tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
     status = "FAILED"
+    evaluation = None
+    clock = PhaseClock(state.get("phases"))
+    session_init = clock.totals["init"]
     try:
         root.mkdir(parents=True, exist_ok=True)
         tracker.set_tag(CHECKPOINT_TAG, str(root.resolve()))
         if checkpoint is not None:
             echo(f"resumed {checkpoint} (iteration {state['iteration']}) into MLflow run {tracker.run_id}")
-        elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO" and is_multi_agent(cfg):
-            echo(
-                "entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
-                f"{cfg.env.id}); the shared policy starts from its default initialization"
-            )
-            tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
-        elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO":
-            from entropilot.policies.entropy_init import entropy_aware_init
-
-            init = entropy_aware_init(
-                algo,
-                threshold=cfg.entropy.init.threshold,
-                max_draws=cfg.entropy.init.max_draws,
-                base_seed=cfg.seed * 1000,
-                rollout_steps=cfg.entropy.init.rollout_steps,
-            )
-            tracker.log_entropy_init(init)
-            echo(
-                f"entropy-aware init: {len(init.draws)} draw(s), chosen seed {init.chosen.seed} with "
-                f"{init.chosen.entropy:.2f} nats (threshold {init.threshold:.2f}"
-                f"{'' if init.cleared else ', not cleared: kept the best'})"
-            )
+        elif cfg.algorithm.name == "PPO":
+            with clock.measure("init"):
+                _initial_weights(algo, cfg, tracker, echo)
         state["run_id"] = tracker.run_id
         nodes = env_runner_nodes(algo)
         if nodes:
@@ -286,20 +290,29 @@ def train(
         stopped = None
         success = history[-1].get("success_rate") if history else None
         live = LiveTuner(cfg, echo, state.get("live_tags"))  # entropy settings from the run's tags (MLflow UI)
+        evaluation = Evaluation(cfg)
+        clock.add("startup", time.perf_counter() - start - (clock.totals["init"] - session_init))
+        state["phases"] = clock.totals
         while stopped is None:
-            live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
+            with clock.measure("logging"):
+                live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
             state["live_tags"] = live.applied_tags
             result = algo.train()
             state["iteration"] += 1
             it = state["iteration"]
-            metrics = iteration_metrics(result, policy)
+            metrics = iteration_metrics(result, policy, cfg.entropy.measure)
+            clock.add("sampling", metrics.get("sampling_time_s", 0.0))
+            clock.add("learning", metrics.get("learner_time_s", 0.0))
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
-                evaluation, _ = evaluator.run(algo)
-                metrics.update(evaluation.metrics())
-                success = evaluation.success_rate
-                if cfg.checkpoint.keep_best and evaluation.score() > tuple(state.get("best_score", (-1.0,))):
-                    state["best_score"], state["best_iteration"] = list(evaluation.score()), it
-                    best = _save(algo, cfg, state, root, name=BEST_CHECKPOINT)
+                with clock.measure("evaluation"):
+                    episodes = evaluation.run(algo)
+                summary = EvaluationSummary.of(episodes)
+                metrics.update(summary.metrics())
+                success = summary.success_rate
+                if cfg.checkpoint.keep_best and summary.score() > tuple(state.get("best_score", (-1.0,))):
+                    state["best_score"], state["best_iteration"] = list(summary.score()), it
+                    with clock.measure("logging"):
+                        best = _save(algo, cfg, state, root, name=BEST_CHECKPOINT)
                     tracker.set_tag("entropilot.best_checkpoint", f"{best.resolve()} (iteration {it})")
             if collapse is not None and "entropy" in metrics:
                 check = collapse.update(metrics["entropy"], metrics.get("env_steps", 0))
@@ -310,12 +323,15 @@ def train(
                     tracker.set_tag("entropilot.entropy_collapse", f"iteration {it}: {reasons}")
             elapsed = time.perf_counter() - start
             metrics["time_s"] = state.get("time_s", 0.0) + elapsed  # wall time across resumes
+            metrics.update(clock.close_at(metrics["time_s"]))
             history.append(metrics)
-            tracker.log_metrics(metrics, step=it)
-            echo(_progress_line(it, metrics, success, elapsed, cfg))
+            with clock.measure("logging"):
+                tracker.log_metrics(metrics, step=it)
+                echo(_progress_line(it, metrics, success, elapsed, cfg))
             stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics)
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
-                checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
+                with clock.measure("logging"):
+                    checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
             if on_iteration is not None:
                 on_iteration(it, metrics, stopped)
         plots = root / "plots"
@@ -342,9 +358,46 @@ def train(
         status = "KILLED"
         raise
     finally:
-        evaluator.close()
+        if evaluation is not None:
+            evaluation.close()
         tracker.close(status=status)
         algo.stop()
+
+
+def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str], None]) -> None:
+    """Draw the PPO policy's initial weights from `cfg.weight_seed` in the config's init family: by entropy-aware
+    init if enabled (single-agent envs), else draw 0, so arms that differ only there start from the same weights."""
+    from entropilot.policies.initial_weights import InitFamily, draw_seed, reinitialize_policy
+
+    family = InitFamily(cfg.model.output_gain, cfg.initial_std)
+    init = cfg.entropy.init
+    if init.enabled and is_multi_agent(cfg):
+        echo(
+            "entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
+            f"{cfg.env.id}); the shared policy starts from draw 0 of weight seed {cfg.weight_seed}"
+        )
+        tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
+    if not init.enabled or is_multi_agent(cfg):
+        reinitialize_policy(algo, draw_seed(cfg.weight_seed, 0), family)
+        return
+    from entropilot.policies.entropy_init import entropy_aware_init
+
+    result = entropy_aware_init(
+        algo,
+        threshold=init.threshold,
+        weight_seed=cfg.weight_seed,
+        max_draws=init.max_draws,
+        family=family,
+        measure=cfg.entropy.measure,
+        rollout_steps=init.rollout_steps,
+        noise_seed=cfg.seed,
+    )
+    tracker.log_entropy_init(result)
+    echo(
+        f"entropy-aware init: {len(result.draws)} draw(s), kept draw {result.draws.index(result.chosen)} "
+        f"(torch seed {result.chosen.seed}) with {result.chosen.entropy:.2f} nats of {cfg.entropy.measure} entropy "
+        f"(threshold {result.threshold:.2f}{'' if result.cleared else ', not cleared: kept the best'})"
+    )
 
 
 def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
@@ -377,6 +430,7 @@ def _save(algo, cfg: ExperimentConfig, state: dict, root: Path, name: str | None
 
 def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
     from entropilot.envs.plots import save_gif
+    from entropilot.platform.evaluation import evaluate
 
     episode = evaluate(
         algo,
@@ -420,5 +474,6 @@ def _progress_line(it: int, m: dict, success: float | None, elapsed: float, cfg:
     return (
         f"iter {it:4d} | steps {int(m.get('env_steps', 0)):8d} | return {fmt('episode_return_mean', '7.1f')} | "
         f"success {'-' if success is None else format(success, '.2f')}{crashes} | entropy {fmt('entropy', '6.2f')} "
-        f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | {elapsed:5.0f}s{eta}"
+        f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | "
+        f"clipped {fmt('clipped_fraction', '.2f')} | {elapsed:5.0f}s{eta}"
     )
