@@ -1,5 +1,6 @@
 """The training loop's evaluations: the summary and its order (what keep_best keeps), the stop criteria on a success
-lower bound and on crashes, their config checks; and a real short training that keeps its best checkpoint."""
+lower bound and on crashes, their config checks; which checkpoint of a run folder export and resume take; and a real
+short training that keeps its best checkpoint."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 
 from entropilot.envs import HOVER_ID
 from entropilot.envs.evaluate import EpisodeResult
+from entropilot.platform.checkpoints import BEST_CHECKPOINT, STATE_FILE, locate_checkpoint
 from entropilot.platform.config import ConfigError, parse_config
 from entropilot.platform.evaluation import EvaluationSummary
-from entropilot.platform.train import BEST_CHECKPOINT, STATE_FILE, _stop_reason
+from entropilot.platform.train import _stop_reason
 
 
 def _results(successes: int, crashes: int, episodes: int, distance: float = 0.05) -> list[EpisodeResult]:
@@ -69,6 +71,24 @@ def test_training_stops_on_the_lower_bound_only_without_too_many_crashes():
 def test_evaluation_based_settings_are_checked(data, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({"env": {"id": HOVER_ID}, **data})
+
+
+def test_export_takes_the_best_checkpoint_resume_the_newest_and_a_damaged_best_falls_back(tmp_path):
+    from test_hostile_inputs import write_checkpoint
+
+    config = parse_config({"env": {"id": HOVER_ID}}).model_dump(mode="json")
+    run = tmp_path / "run"
+    newest = write_checkpoint(run / "iter_000002", config)
+    best = write_checkpoint(run / BEST_CHECKPOINT, config)
+    warnings = []
+    assert locate_checkpoint(str(run), "SOURCE", warn=warnings.append, best=True) == best
+    assert locate_checkpoint(str(run), "--resume", warn=warnings.append) == newest
+    (best / STATE_FILE).unlink()  # a save of the best cut short
+    assert locate_checkpoint(str(run), "SOURCE", warn=warnings.append, best=True) == newest
+    assert warnings == [
+        f"WARNING: the best checkpoint {best} is damaged (no {STATE_FILE} (the save did not finish)); "
+        "using the newest intact one"
+    ]
 
 
 @pytest.mark.integration

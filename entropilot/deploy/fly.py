@@ -213,9 +213,7 @@ def check_link_options(link: str, address: str | None, target, video: str | None
         if target is not None:
             raise InputError("--target", target, "is for --link mavlink or crazyflie; the sim flies the env's target")
         if force:
-            raise InputError(
-                "--force", True, "overrides the readiness gate of --link mavlink or crazyflie; the sim has none"
-            )
+            raise FlightError("--force overrides the readiness gate of --link mavlink or crazyflie; the sim has none")
         return
     if video is not None:
         raise InputError("--video", video, "records the sim's rendering; --link sim only")

@@ -114,11 +114,19 @@ def load_readiness_config(path: str | os.PathLike | None = None) -> ReadinessCon
     try:
         return ReadinessConfig.model_validate(data)
     except ValidationError as err:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        ]
+        problems = [_problem(e) for e in err.errors()]
         raise ReadinessError(f"invalid readiness conditions ({path or DEFAULT_CONDITIONS}):", problems) from None
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as "field: what is wrong"; an unknown key lists the keys its section takes."""
+    loc = error["loc"]
+    field = ".".join(str(p) for p in loc)
+    where = f"{field}: " if field else ""  # a problem of the whole file (the gate's condition) names its fields
+    if error["type"] == "extra_forbidden":
+        section = GateConfig if loc[0] == "gate" else ReadinessConfig
+        return f"{where}unknown key; valid keys here: {', '.join(section.model_fields)}"
+    return f"{where}{error['msg'].removeprefix('Value error, ')}"
 
 
 def check_conditions(config: ReadinessConfig, env_id: str, policy_kwargs: dict[str, Any]) -> dict[str, dict]:
@@ -162,8 +170,9 @@ def _read(path: Path) -> dict[str, Any]:
 
     try:
         data = read_yaml(path.read_text())
-    except OSError as err:
-        raise ReadinessError(f"cannot read readiness conditions {path}: {err.strerror or err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise ReadinessError(f"cannot read readiness conditions {path}: {reason}") from None
     except yaml.YAMLError as err:
         raise ReadinessError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):

@@ -24,6 +24,7 @@ from entropilot.deploy.contract import (
     READINESS_KEY,
     SEAL_KEY,
     SEAL_PLACEHOLDER,
+    is_sealed_export,
     policy_sha256,
     seal,
     sha256_hex,
@@ -188,13 +189,17 @@ def evaluate_source(
         elif Path(source).is_file():
             path = Path(source)
         elif source.endswith(".onnx"):
-            raise InputError("SOURCE", source, "no such file (a policy file, a checkpoint, run folder or run id)")
+            raise InputError("SOURCE", source, "no such file (give an exported .onnx, a checkpoint, run folder or id)")
         else:
-            from entropilot.deploy.export_inputs import check_output, resolve_checkpoint
+            from entropilot.deploy.export_inputs import resolve_checkpoint
 
             checkpoint = resolve_checkpoint(source, stack)
             check_trained_env(config, checkpoint)
-            output = check_output(Path(out_dir) / "policy.onnx")
+            output = Path(out_dir) / "policy.onnx"
+            if output.exists() and not is_sealed_export(output):
+                raise InputError(
+                    "--output-dir", out_dir, "holds a policy.onnx entropilot did not write; choose another folder"
+                )
             from entropilot.deploy.export import export_policy
 
             result = export_policy(checkpoint, output)
