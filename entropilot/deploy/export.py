@@ -205,30 +205,37 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
     import yaml
 
     from entropilot.envs import validate_env_kwargs
-    from entropilot.platform.config import ConfigError, EvaluationConfig, load_config
+    from entropilot.platform.config import ConfigError, EvaluationConfig, ExperimentConfig, ResourcesConfig, load_config
     from entropilot.platform.train import CONFIG_FILE
 
     path = checkpoint / CONFIG_FILE
     try:
         cfg = load_config(path)
         r, e = cfg.resources, cfg.evaluation
-        # RLlib 2.60 seeds runner i's sub-env j with seed + i + j (the config's own overlap check says the same)
-        seeds = {
-            "training": [cfg.seed, cfg.seed + r.num_env_runners + r.envs_per_runner],
-            "evaluation": [e.seed, e.seed + e.episodes],
-        }
+        seeds = _seed_ranges(cfg.seed, r.num_env_runners, r.envs_per_runner, e.seed, e.episodes)
         return CheckpointInfo(cfg.env.id, dict(cfg.env.kwargs), e.seed, cfg.algorithm.name, seeds)
     except FileNotFoundError:
         raise ExportError(f"{checkpoint}: no {CONFIG_FILE} beside the checkpoint") from None
     except ConfigError as err:
         raw = yaml.safe_load(path.read_text()) or {}
-        env = raw.get("env") or {}
+        env, r, e = raw.get("env") or {}, raw.get("resources") or {}, raw.get("evaluation") or {}
         try:
+            resources, evaluation = ResourcesConfig(), EvaluationConfig()  # the defaults of what the file leaves out
+            seed = int(raw.get("seed", ExperimentConfig.model_fields["seed"].default))
+            evaluation_seed = int(e.get("seed", evaluation.seed))
+            seeds = _seed_ranges(
+                seed,
+                int(r.get("num_env_runners", resources.num_env_runners)),
+                int(r.get("envs_per_runner", resources.envs_per_runner)),
+                evaluation_seed,
+                int(e.get("episodes", evaluation.episodes)),
+            )
             info = CheckpointInfo(
                 env["id"],
                 dict(env.get("kwargs") or {}),
-                int((raw.get("evaluation") or {}).get("seed", EvaluationConfig().seed)),
+                evaluation_seed,
                 str((raw.get("algorithm") or {}).get("name", "PPO")),
+                seeds,
             )
             validate_env_kwargs(info.env_id, info.env_kwargs)
         except (KeyError, TypeError, ValueError) as env_err:
@@ -241,6 +248,17 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
             "; ".join(problem.describe() for problem in err.problems),
         )
         return info
+
+
+def _seed_ranges(
+    seed: int, num_env_runners: int, envs_per_runner: int, evaluation_seed: int, evaluation_episodes: int
+) -> dict[str, list[int]]:
+    """[first, last + 1) of the seeds a run started its envs from and evaluated on (RLlib 2.60 seeds runner i's
+    sub-env j with seed + i + j; the config's own overlap check says the same)."""
+    return {
+        "training": [seed, seed + num_env_runners + envs_per_runner],
+        "evaluation": [evaluation_seed, evaluation_seed + evaluation_episodes],
+    }
 
 
 def load_rl_module(checkpoint: Path, module_id: str):
