@@ -111,7 +111,7 @@ def test_a_user_matrix_extends_the_default_and_null_resets_an_option(tmp_path):
     ("text", "message"),
     [
         ("conditions: {nominal: {}}\nepisodes: 0\n", "episodes: Input should be greater than or equal to 1"),
-        ("conditions: {nominal: {}}\ngates: {}\n", "gates: Extra inputs are not permitted"),
+        ("conditions: {nominal: {}}\ngates: {}\n", "gates: unknown key; valid keys here: episodes, seed"),
         ("conditions: {heavy: {}}\n", "gate.condition 'nominal' is not a condition"),
         ("conditions: {'no spaces': {}, nominal: {}}\n", "must be letters, digits"),
         ("extends: mine\nconditions: {nominal: {}}\n", "the one matrix to extend is 'default'"),
