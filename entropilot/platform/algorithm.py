@@ -3,6 +3,7 @@ shared by all agents) from explicit settings, and read the observation-normaliza
 out of a running algorithm or a checkpoint."""
 
 import logging
+import math
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -141,6 +142,8 @@ def algorithm_config(
     lambda_: float = 0.95,
     grad_clip: float | None = 0.5,
     vf_loss_coeff: float = 0.5,
+    kl_coeff: float = 0.2,
+    vf_clip: float | None = 10.0,
     free_log_std: bool = False,
     entropy_coeff: float = 0.0,
     entropy_control: dict | None = None,
@@ -215,6 +218,9 @@ def algorithm_config(
             lambda_=lambda_,
             grad_clip=grad_clip,
             vf_loss_coeff=vf_loss_coeff,
+            use_kl_loss=kl_coeff > 0,
+            kl_coeff=kl_coeff,
+            vf_clip_param=math.inf if vf_clip is None else vf_clip,
             entropy_coeff=entropy_coeff,
         )
         default_learner = EntropyControlledPPOLearner

@@ -112,6 +112,8 @@ def algorithm_settings(cfg: ExperimentConfig) -> dict:
         lambda_=a.lambda_,
         grad_clip=a.grad_clip,
         vf_loss_coeff=a.vf_loss_coeff,
+        kl_coeff=a.kl_coeff,
+        vf_clip=a.vf_clip,
         free_log_std=cfg.model.free_log_std,
         entropy_control=control,
         covariance_control=covariance,

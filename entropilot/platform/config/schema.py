@@ -74,6 +74,11 @@ class AlgorithmConfig(_Section):
     lambda_: float = Field(0.95, ge=0.0, le=1.0)
     grad_clip: float | None = Field(0.5, gt=0.0)
     vf_loss_coeff: float = Field(0.5, ge=0.0)
+    # PPO extras of RLlib that CleanRL and Stable-Baselines3 do without: the adaptive KL penalty's starting
+    # coefficient (0 = no KL term), and a clamp on each sample's squared value error (null = none; RLlib's 10 stops
+    # the value gradient of every sample more than ~3.2 off, which on returns of ~100 is most of them early on).
+    kl_coeff: float = Field(0.2, ge=0.0, le=100.0)
+    vf_clip: float | None = Field(10.0, gt=0.0)
     # SAC only (ignored by PPO).
     tau: float = Field(0.005, gt=0.0, le=1.0)
     initial_alpha: float = Field(1.0, gt=0.0)
