@@ -8,12 +8,14 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from entropilot.envs import (
+    COMMAND_ENVS,
     HOVER_ID,
     OBSERVATION_NAMES,
     OBSERVATION_SIZE,
     SINGLE_AGENT_IDS,
     SWARM_ID,
     WAYPOINT_ID,
+    action_space,
     make_env,
     validate_env_kwargs,
 )
@@ -28,7 +30,8 @@ def test_check_env_passes(env_id, action_mode):
         warnings.simplefilter("ignore")  # the unbounded-Box warning is expected for physical quantities
         check_env(env.unwrapped, skip_render_check=True)
     assert env.observation_space.shape == (OBSERVATION_SIZE,) == (len(OBSERVATION_NAMES),)
-    assert env.action_space.shape == (4,)
+    assert env.action_space == action_space(env_id, {"action_mode": action_mode})  # known without a simulator
+    assert env.action_space.shape == ((4,) if env_id not in COMMAND_ENVS else (3,))
     env.close()
 
 

@@ -1,6 +1,7 @@
 """Export a trained policy to one self-contained ONNX file: MeanStdFilter normalization, the RLModule's
-policy network and the deterministic action (Gaussian mean, clipped) in the graph; the contract in its
-metadata; parity against the training-side greedy policy checked on real observations before it is kept.
+policy network and the deterministic action in the graph (a Gaussian's mean, a squashed Gaussian's tanh(mean),
+clipped; a categorical policy's argmax per sub-action); the contract in its metadata; parity against the
+training-side greedy policy checked on real observations before it is kept.
 
 The exporter is torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``) on a strict
 ``torch.export`` program: the TorchScript one (``dynamo=False``) bakes the example's batch size into
@@ -27,12 +28,14 @@ import torch
 from entropilot.deploy.contract import (
     ACTION_SIZE,
     BATCH_DIM,
+    CATEGORICAL_DETERMINISTIC_ACTION,
     DETERMINISTIC_ACTION,
     FRAME_CONVENTION,
     INPUT_NAME,
     OUTPUT_NAME,
     SCHEMA_VERSION,
     SHA256_TAG,
+    SQUASHED_DETERMINISTIC_ACTION,
     encode_metadata,
     seal,
     sha256_hex,
@@ -51,6 +54,8 @@ __all__ = [
     "resolve_checkpoint",
 ]
 
+# Continuous: max |action difference|. Categorical: the indices must agree except where the two largest logits of
+# a sub-action lie within this of each other (a tie to rounding, which either runtime may break either way).
 PARITY_TOLERANCE = 1e-5
 RL_MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
 CHECKPOINT_TAG = "entropilot.checkpoint_dir"  # set by the training loop on its MLflow run
@@ -67,7 +72,9 @@ class ExportResult:
     path: Path
     sha256: str  # of the whole file, as written
     size_bytes: int
-    parity_error: float  # max |onnxruntime action - torch greedy action| over the parity observations
+    # Max |onnxruntime action - torch greedy action| over the parity observations; a categorical policy: the share
+    # of observations whose indices differ (only at logit ties, see PARITY_TOLERANCE).
+    parity_error: float
     parity_samples: int  # real observations (rolled out in the training env) + out-of-range probes
     checkpoint: Path
     training_run_id: str | None
@@ -164,7 +171,10 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
     env = make_env(info.env_id, **info.env_kwargs)
     try:
         settings = env.unwrapped.settings
-        if tuple(env.unwrapped.observation_names) != OBSERVATION_NAMES or env.action_space.shape != (ACTION_SIZE,):
+        command = getattr(env.unwrapped, "inner_loop", None) is not None
+        if tuple(env.unwrapped.observation_names) != OBSERVATION_NAMES or (
+            graph.categorical_sizes is None if command else env.action_space.shape != (ACTION_SIZE,)
+        ):
             raise ExportError(
                 f"{info.env_id}: observation/action layout differs from entropilot.envs'; cannot describe it"
             )
@@ -176,7 +186,15 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
 
     model = _to_onnx(graph, torch.as_tensor(observations[:2]))
     exporter = f"torch.onnx.export(dynamo=True) torch {torch.__version__}, opset {_opset(model)}"
-    low, high = env.action_space.low.astype(float).tolist(), env.action_space.high.astype(float).tolist()
+    # A command policy's inner loop emits the simulator's action in [-1, 1] (what a vehicle link receives).
+    low, high = (
+        ([-1.0] * ACTION_SIZE, [1.0] * ACTION_SIZE)
+        if command
+        else (
+            env.action_space.low.astype(float).tolist(),
+            env.action_space.high.astype(float).tolist(),
+        )
+    )
     metadata = {
         "schema_version": SCHEMA_VERSION,
         "observation_names": list(OBSERVATION_NAMES),
@@ -189,7 +207,7 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "control_hz": settings.control_hz,
         "physics_hz": settings.physics_hz,
         "frame_convention": FRAME_CONVENTION,
-        "deterministic_action": DETERMINISTIC_ACTION,
+        "deterministic_action": graph.convention,
         "env_id": info.env_id,
         "env_kwargs": info.env_kwargs,
         "training_run_id": state.get("run_id"),
@@ -198,13 +216,18 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "entropilot_version": entropilot.__version__,
         "exporter": exporter,
     }
+    if command:
+        metadata["command"] = _command(settings, graph.categorical_sizes)
     del model.metadata_props[:]
     for key, value in encode_metadata(metadata).items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "entropilot", entropilot.__version__
+    signature = f"{OUTPUT_NAME}[batch, {ACTION_SIZE}]"
+    if command:
+        signature = f"{OUTPUT_NAME} int64[batch, {len(graph.categorical_sizes)}] (command indices)"
     model.doc_string = (
         f"entropilot policy for {info.env_id} ({settings.action_mode}, {settings.control_hz} Hz): "
-        f"{INPUT_NAME}[batch, {len(OBSERVATION_NAMES)}] -> {OUTPUT_NAME}[batch, {ACTION_SIZE}]"
+        f"{INPUT_NAME}[batch, {len(OBSERVATION_NAMES)}] -> {signature}"
     )
     onnx.checker.check_model(model, full_check=True)
     data = seal(model.SerializeToString())
@@ -281,7 +304,6 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
 def load_rl_module(checkpoint: Path, module_id: str):
     """The trained RLModule from an Algorithm checkpoint, without Ray running (the learner's copy: the newest
     weights)."""
-    from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     path = checkpoint / RL_MODULE_SUBDIR / module_id
@@ -292,18 +314,42 @@ def load_rl_module(checkpoint: Path, module_id: str):
     # pyarrow's filesystem lookup needs an absolute path.
     module = RLModule.from_checkpoint(str(path.resolve()))
     module.eval()
-    dist = module.get_inference_action_dist_cls()
-    if not (isinstance(dist, type) and issubclass(dist, TorchDiagGaussian)):
+    if _convention(module) is None:
+        dist = module.get_inference_action_dist_cls()
         raise ExportError(
-            f"{checkpoint}: the policy's action distribution is {getattr(dist, '__name__', dist)}; "
-            f"export supports the diagonal Gaussian (PPO) only, flown as its mean"
+            f"{checkpoint}: the policy's action distribution is {getattr(dist, '__name__', dist)}; export supports "
+            "the diagonal Gaussian (PPO, flown as its mean), the squashed Gaussian (SAC, as tanh of its mean) and "
+            "the categorical on Discrete/MultiDiscrete actions (as its argmax)"
         )
     return module
 
 
+def _convention(module) -> str | None:
+    """How ``module``'s deterministic action is made (a contract convention), or None if export cannot make it."""
+    from ray.rllib.core.distribution.torch.torch_distribution import (
+        TorchCategorical,
+        TorchDiagGaussian,
+        TorchMultiCategorical,
+        TorchSquashedGaussian,
+    )
+
+    dist = module.get_inference_action_dist_cls()  # MultiCategorical: a subclass RLlib binds the input lengths in
+    if not isinstance(dist, type):
+        return None
+    if issubclass(dist, (TorchCategorical, TorchMultiCategorical)):
+        return CATEGORICAL_DETERMINISTIC_ACTION
+    if issubclass(dist, TorchSquashedGaussian):
+        return SQUASHED_DETERMINISTIC_ACTION
+    if issubclass(dist, TorchDiagGaussian):
+        return DETERMINISTIC_ACTION
+    return None
+
+
 class PolicyGraph(torch.nn.Module):
     """obs [N, n] float32 -> clip((obs - mean) / (std + eps), -clip, clip) -> the RLModule's policy network -> the
-    Gaussian mean -> clip to [-1, 1]: what ``GreedyPolicy`` computes, as one torch module to export.
+    Gaussian mean (a squashed Gaussian: its tanh) -> clip to [-1, 1]; a categorical policy: -> the index of each
+    sub-action's largest logit, int64 [N, sub-actions]. What ``GreedyPolicy`` computes, as one torch module to
+    export.
 
     The network runs as ``forward_inference`` does; for PPO's usual module (separate actor encoder, free log
     std head) only the actor path is taken, because the free-log-std head concatenates a tiled log std
@@ -314,8 +360,12 @@ class PolicyGraph(torch.nn.Module):
     def __init__(self, module, stats):
         from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
 
+        from entropilot.policies.entropy_init import categorical_sizes
+
         super().__init__()
         self.module = module
+        self.convention = _convention(module)
+        self.categorical_sizes = categorical_sizes(module.action_space)
         self.normalize = stats is not None
         if self.normalize:
             self.register_buffer("obs_mean", torch.as_tensor(np.asarray(stats.mean, dtype=np.float32)))
@@ -328,19 +378,32 @@ class PolicyGraph(torch.nn.Module):
         )
 
     def forward(self, obs):
+        if self.categorical_sizes is not None:
+            parts = self.logits(obs).split(list(self.categorical_sizes), dim=-1)
+            return torch.stack([part.argmax(dim=-1) for part in parts], dim=-1)
         from ray.rllib.core.columns import Columns
         from ray.rllib.core.models.base import ENCODER_OUT
 
-        x = obs
-        if self.normalize:
-            x = (obs - self.obs_mean) / self.obs_scale
-            if self.clip is not None:
-                x = torch.clamp(x, -self.clip, self.clip)
         if self.actor_path:
-            mean = self.module.pi.net(self.module.encoder.actor_encoder({Columns.OBS: x})[ENCODER_OUT])
+            x = {Columns.OBS: self._normalized(obs)}
+            mean = self.module.pi.net(self.module.encoder.actor_encoder(x)[ENCODER_OUT])
         else:
-            mean = self.module.forward_inference({Columns.OBS: x})[Columns.ACTION_DIST_INPUTS][:, :ACTION_SIZE]
+            mean = self.logits(obs)[:, :ACTION_SIZE]
+        if self.convention == SQUASHED_DETERMINISTIC_ACTION:
+            mean = torch.tanh(mean)
         return torch.clamp(mean, -1.0, 1.0)
+
+    def logits(self, obs):
+        """The policy network's action-distribution inputs for ``obs`` (RLlib's ``forward_inference``)."""
+        from ray.rllib.core.columns import Columns
+
+        return self.module.forward_inference({Columns.OBS: self._normalized(obs)})[Columns.ACTION_DIST_INPUTS]
+
+    def _normalized(self, obs):
+        if not self.normalize:
+            return obs
+        x = (obs - self.obs_mean) / self.obs_scale
+        return x if self.clip is None else torch.clamp(x, -self.clip, self.clip)
 
 
 def _greedy_policy(module, stats):
@@ -352,12 +415,14 @@ def _greedy_policy(module, stats):
 
 
 def _rollout(env, policy, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``steps`` real observations (float32) met while flying ``policy`` in ``env``, and its actions for them."""
+    """``steps`` real observations (float32) met while flying ``policy`` in ``env``, and its actions for them
+    (float32, or a categorical policy's int64 indices)."""
     observations, actions = [], []
     obs, _ = env.reset(seed=seed)
     episode = 0
     while len(observations) < steps:
-        action = np.asarray(policy(obs), dtype=np.float32)
+        action = np.asarray(policy(obs))
+        action = action if action.dtype.kind in "iu" else action.astype(np.float32)
         observations.append(np.asarray(obs, dtype=np.float32))
         actions.append(action)
         obs, _, terminated, truncated, _ = env.step(action)
@@ -366,12 +431,14 @@ def _rollout(env, policy, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray
             obs, _ = env.reset(seed=seed + episode)
     observations = np.stack(observations)
     probes = np.concatenate([observations[:1] * s for s in _PROBE_SCALES])
-    probe_actions = np.stack([policy(o) for o in probes]).astype(np.float32)
-    return np.concatenate([observations, probes]), np.concatenate([np.stack(actions), probe_actions])
+    actions = np.stack(actions)
+    probe_actions = np.stack([policy(o) for o in probes]).astype(actions.dtype)
+    return np.concatenate([observations, probes]), np.concatenate([actions, probe_actions])
 
 
 def _parity(path: Path, observations: np.ndarray, reference: np.ndarray, graph, tolerance: float) -> float:
-    """Max |action difference| between the file run by the flight runtime and the greedy torch policy."""
+    """Max |action difference| between the file run by the flight runtime and the greedy torch policy (categorical:
+    the share of observations whose indices differ, see ``_categorical_parity``)."""
     from entropilot.deploy.onnx_policy import OnnxPolicy
 
     policy = OnnxPolicy(path)  # also proves the file passes the flight runtime's contract checks
@@ -379,6 +446,8 @@ def _parity(path: Path, observations: np.ndarray, reference: np.ndarray, graph, 
     single = np.stack([policy(o) for o in observations[:8]])  # the one-sample path the vehicle uses
     with torch.no_grad():
         graph_actions = graph(torch.as_tensor(observations)).numpy()
+    if graph.categorical_sizes is not None:
+        return _categorical_parity(observations, reference, onnx_actions, single, graph, tolerance)
     error = float(max(np.abs(onnx_actions - reference).max(), np.abs(single - reference[:8]).max()))
     if not error <= tolerance:
         worst = int(np.abs(onnx_actions - reference).max(axis=1).argmax())
@@ -388,6 +457,43 @@ def _parity(path: Path, observations: np.ndarray, reference: np.ndarray, graph, 
             f"{float(np.abs(graph_actions - reference).max()):.3g}); the file was not written"
         )
     return error
+
+
+def _categorical_parity(observations, reference, onnx_actions, single, graph, tolerance: float) -> float:
+    """The share of observations where onnxruntime's indices differ from the greedy torch policy's. A difference is
+    allowed only in a sub-action whose two largest torch logits lie within ``tolerance``: a tie to rounding."""
+    with torch.no_grad():
+        logits = graph.logits(torch.as_tensor(observations)).double()
+    gaps = []
+    for part in logits.split(list(graph.categorical_sizes), dim=-1):
+        top = part.topk(2, dim=-1).values
+        gaps.append((top[:, 0] - top[:, 1]).numpy())
+    ties = np.stack(gaps, axis=1) <= tolerance
+    differs = onnx_actions != reference
+    differs[:8] |= single != reference[:8]
+    unexplained = differs & ~ties
+    if unexplained.any():
+        row, column = (int(v[0]) for v in np.nonzero(unexplained))
+        raise ExportError(
+            f"parity check failed: onnxruntime picks index {onnx_actions[row, column]} of sub-action {column} where "
+            f"the torch greedy policy picks {reference[row, column]} (observation #{row}; "
+            f"{int(unexplained.any(axis=1).sum())} observation(s) differ beyond logit ties); the file was not written"
+        )
+    return float(differs.any(axis=1).mean())
+
+
+def _command(settings, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """The metadata ``command`` of a command policy on an env with ``settings`` (contract.COMMAND_KEYS)."""
+    from entropilot.envs.commands import INNER_LOOP, command_meaning
+
+    return {
+        "type": "velocity",
+        "sizes": list(sizes),
+        "levels": list(settings.velocity_levels),
+        "repeat": settings.command_repeat,
+        "meaning": command_meaning(settings.velocity_levels),
+        "inner_loop": INNER_LOOP,
+    }
 
 
 def _to_onnx(graph: torch.nn.Module, example: torch.Tensor):

@@ -89,9 +89,14 @@ def build_from_config(cfg: ExperimentConfig):
 
     A multi-agent env (the swarm) gets one policy shared by all agents (`build_algorithm(multi_agent=True)`).
     """
+    import gymnasium as gym
+
+    from entropilot.envs import action_space
     from entropilot.platform.algorithm import build_algorithm
 
     init_ray(cfg)
+    # A free log std belongs to a Gaussian head; a categorical one (Discrete/MultiDiscrete actions) has none.
+    gaussian = isinstance(action_space(cfg.env.id, cfg.env.kwargs), gym.spaces.Box)
     a, e = cfg.algorithm, cfg.entropy
     control = e.control.controller_kwargs() if e.control.enabled else None
     covariance = (
@@ -114,7 +119,11 @@ def build_from_config(cfg: ExperimentConfig):
         lambda_=a.lambda_,
         grad_clip=a.grad_clip,
         vf_loss_coeff=a.vf_loss_coeff,
-        free_log_std=cfg.model.free_log_std,
+        free_log_std=cfg.model.free_log_std and gaussian,
+        tau=a.tau,
+        initial_alpha=a.initial_alpha,
+        target_entropy=a.target_entropy,
+        replay_capacity=a.replay_capacity,
         entropy_control=control,
         covariance_control=covariance,
         num_env_runners=cfg.resources.num_env_runners,
@@ -132,7 +141,9 @@ class GreedyPolicy:
 
     For SAC's tanh-squashed Gaussian the deterministic action is tanh(mean) (RLlib's own
     ``to_deterministic`` returns the pre-tanh mean, ray-project/ray#51544), which for our [-1, 1]
-    action boxes is already the env action.
+    action boxes is already the env action. For a categorical policy (Discrete, MultiDiscrete actions) it is
+    the most likely index of each sub-action (argmax of its logits; the first on a tie, as torch's argmax),
+    an int64 array (a scalar for Discrete).
 
     The same computation the ONNX export puts in its graph; used here for evaluation and videos. In a
     swarm run it is the shared policy, normalizing with the filter statistics pooled over all drones
@@ -143,9 +154,13 @@ class GreedyPolicy:
         import torch
         from ray.rllib.models.torch.torch_distributions import TorchSquashedGaussian
 
+        from entropilot.policies.entropy_init import categorical_sizes
+
         self._torch = torch
         self.module = module
         self.filter = filter_stats
+        self.categorical_sizes = categorical_sizes(module.action_space)
+        self.scalar = self.categorical_sizes is not None and not module.action_space.shape
         self.squashed = issubclass(module.get_inference_action_dist_cls(), TorchSquashedGaussian)
 
     @classmethod
@@ -159,7 +174,11 @@ class GreedyPolicy:
         x = self.filter.normalize(obs) if self.filter is not None else obs
         with torch.no_grad():
             out = self.module.forward_inference({"obs": torch.as_tensor(np.asarray(x, dtype=np.float32)[None])})
-        inputs = out["action_dist_inputs"][0].numpy()
+        inputs = out["action_dist_inputs"][0]
+        if self.categorical_sizes is not None:
+            action = np.array([int(part.argmax()) for part in inputs.split(self.categorical_sizes)], dtype=np.int64)
+            return action[0] if self.scalar else action
+        inputs = inputs.numpy()
         mean = inputs[: len(inputs) // 2]
         return np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
 
@@ -185,14 +204,16 @@ def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]
     """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``."""
     runners = result.get("env_runners", {})
     learner = result.get("learners", {}).get(module, {})
+    # SAC: its entropy is -E[log pi] of the squashed Gaussian (sampled), steered by its temperature alpha.
+    sac_entropy = -learner["logps"] if "logps" in learner else None
     metrics = {
         "env_steps": runners.get("num_env_steps_sampled_lifetime"),
         "episode_return_mean": runners.get("episode_return_mean"),
         "episode_len_mean": runners.get("episode_len_mean"),
-        "entropy": learner.get("entropy_gaussian"),
+        "entropy": learner.get("entropy_gaussian", learner.get("entropy_categorical", sac_entropy)),
         "entropy_executed": learner.get("entropy_executed"),
-        "entropy_target": learner.get("entropy_target"),
-        "entropy_coeff": learner.get("curr_entropy_coeff"),
+        "entropy_target": learner.get("entropy_target", learner.get("target_entropy")),
+        "entropy_coeff": learner.get("curr_entropy_coeff", learner.get("alpha_value")),
         "kl": learner.get("mean_kl_loss"),
         "policy_loss": learner.get("policy_loss"),
         "vf_loss": learner.get("vf_loss"),
@@ -204,8 +225,9 @@ def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]
         "env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
     }
     for key, value in learner.items():
-        if key.startswith("entropy_gaussian_dim"):
-            metrics[f"entropy_per_dim/{key.removeprefix('entropy_gaussian_dim')}"] = value
+        for measure in ("entropy_gaussian_dim", "entropy_categorical_dim"):  # per action dim or sub-action
+            if key.startswith(measure):
+                metrics[f"entropy_per_dim/{key.removeprefix(measure)}"] = value
     sampled = runners.get("num_env_steps_sampled")
     if sampled and result.get("time_this_iter_s"):
         metrics["env_steps_per_s"] = sampled / result["time_this_iter_s"]

@@ -2,6 +2,7 @@
 and of the clipped action the environment actually executes. Plain torch: differentiable, no Ray."""
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -72,6 +73,24 @@ def categorical_entropy(logits: Tensor) -> Tensor:
     """Entropy of a categorical distribution from unnormalized logits; -inf logits (masked actions) add 0."""
     log_p = torch.log_softmax(logits, dim=-1).clamp_min(torch.finfo(logits.dtype).min)
     return -(log_p.exp() * log_p).sum(-1)
+
+
+def multi_categorical_entropy(logits: Tensor, sizes: Sequence[int]) -> EntropyEstimate:
+    """Entropy of independent categorical sub-actions (a MultiDiscrete action; a Discrete one is one sub-action)
+    from their logits concatenated on the last axis, as RLlib's (Multi)Categorical takes them: `per_dim` holds each
+    sub-action's entropy (at most log K_i nats), `total` their sum (the joint entropy, as they are independent)."""
+    if logits.shape[-1] != sum(sizes):
+        raise ValueError(
+            f"logits have {logits.shape[-1]} entries on the last axis; sub-action sizes {list(sizes)} need {sum(sizes)}"
+        )
+    per_dim = torch.stack([categorical_entropy(part) for part in logits.split(list(sizes), dim=-1)], dim=-1)
+    return EntropyEstimate(per_dim.sum(-1), per_dim)
+
+
+def max_categorical_entropy(sizes: Sequence[int]) -> float:
+    """The largest entropy independent categorical sub-actions of these sizes can have: sum of log K_i nats
+    (every sub-action uniform)."""
+    return float(sum(math.log(k) for k in sizes))
 
 
 def clipped_gaussian_entropy(

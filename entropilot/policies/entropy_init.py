@@ -1,5 +1,6 @@
 """Entropy-aware initialization (Jang & Kim 2021, arXiv 2108.10533): before training, redraw the
-policy's initial weights until the actions it executes in the real env are entropic enough."""
+policy's initial weights until the actions it executes in the real env are entropic enough (for a categorical
+policy, as in the paper: the mean entropy of its action distribution over real rollouts)."""
 
 import math
 from dataclasses import dataclass
@@ -10,7 +11,13 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from entropilot.policies.entropy import executed_entropy, split_diag_gaussian_inputs
+from entropilot.policies.entropy import (
+    EntropyEstimate,
+    executed_entropy,
+    max_categorical_entropy,
+    multi_categorical_entropy,
+    split_diag_gaussian_inputs,
+)
 
 _RUNNER_CONNECTORS = ["env_to_module_connector", "module_to_env_connector"]
 
@@ -43,7 +50,7 @@ class RolloutSample:
 
     observations: np.ndarray
     action_dist_inputs: np.ndarray
-    action_space: gym.spaces.Box
+    action_space: gym.spaces.Space
 
 
 def entropy_aware_init(
@@ -57,14 +64,18 @@ def entropy_aware_init(
 ) -> EntropyInitResult:
     """Draw k = 0..max_draws-1 reinitializes the policy with seed base_seed + k, samples about
     `rollout_steps` env steps on the algorithm's env runners and measures the mean entropy of the
-    executed (clipped) action. Stops at the first draw with entropy >= `threshold`; otherwise the
-    best draw is re-applied. Call before the first `algo.train()` (the optimizer state is not reset).
+    policy's actions there (`entropy_of_rollouts`). Stops at the first draw with entropy >= `threshold`;
+    otherwise the best draw is re-applied. Call before the first `algo.train()` (the optimizer state is
+    not reset).
 
-    Supports diagonal-Gaussian policies (PPO's default for Box actions). The sampling leaves no
-    trace in training: see `sample_action_dist_inputs`.
+    Supports diagonal-Gaussian policies (PPO's default for Box actions: the executed, clipped action) and
+    categorical ones (Discrete, MultiDiscrete: the distribution's entropy, summed over sub-actions). For a
+    categorical policy a threshold above the largest entropy it can have (sum of log K) is refused before
+    any draw. The sampling leaves no trace in training: see `sample_action_dist_inputs`.
     """
     if max_draws < 1:
         raise ValueError(f"max_draws must be >= 1; got {max_draws}")
+    check_reachable_threshold(threshold, algo.get_module().action_space)
     draws = []
     for k in range(max_draws):
         seed = base_seed + k
@@ -72,7 +83,7 @@ def entropy_aware_init(
         # Common random numbers: every draw meets the same env resets and the same action noise, so
         # draws differ by their weights only (and the whole search is reproducible).
         sample = sample_action_dist_inputs(algo, rollout_steps, noise_seed=base_seed)
-        entropy = executed_entropy_of_rollouts(sample, algo.config.normalize_actions, resolution)
+        entropy = entropy_of_rollouts(sample, algo.config.normalize_actions, resolution)
         draws.append(InitDraw(seed, entropy.total.item(), tuple(entropy.per_dim.tolist())))
         if draws[-1].entropy >= threshold:
             return EntropyInitResult(tuple(draws), draws[-1], threshold)
@@ -149,6 +160,38 @@ def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = Non
         np.concatenate([s.action_dist_inputs for s in samples]),
         samples[0].action_space,
     )
+
+
+def categorical_sizes(action_space: gym.spaces.Space) -> tuple[int, ...] | None:
+    """The sub-action sizes K_i of a categorical action space (Discrete: one; MultiDiscrete: one per entry, in
+    RLlib's flattened order), or None for any other space."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return (int(action_space.n),)
+    if isinstance(action_space, gym.spaces.MultiDiscrete):
+        return tuple(int(k) for k in np.asarray(action_space.nvec).reshape(-1))
+    return None
+
+
+def check_reachable_threshold(threshold: float, action_space: gym.spaces.Space, name: str = "threshold") -> None:
+    """ValueError if a categorical policy on `action_space` cannot reach `threshold` nats (above sum of log K)."""
+    sizes = categorical_sizes(action_space)
+    if sizes is not None and threshold > max_categorical_entropy(sizes):
+        raise ValueError(
+            f"{name}={threshold} nats is unreachable for the action space {action_space}: a categorical policy "
+            f"has at most {max_categorical_entropy(sizes):.4f} nats (sum of log K over sub-actions {list(sizes)})"
+        )
+
+
+def entropy_of_rollouts(sample: RolloutSample, normalize_actions: bool, resolution: float = 1e-3) -> EntropyEstimate:
+    """Mean entropy (`EntropyEstimate`: total and per action dimension or sub-action) of the policy over the
+    sampled steps: the categorical distribution's for Discrete/MultiDiscrete actions, the executed (clipped)
+    action's for a diagonal Gaussian on a Box."""
+    sizes = categorical_sizes(sample.action_space)
+    if sizes is None:
+        return executed_entropy_of_rollouts(sample, normalize_actions, resolution)
+    logits = torch.as_tensor(sample.action_dist_inputs, dtype=torch.float64)
+    per_dim = multi_categorical_entropy(logits, sizes).per_dim.mean(0)
+    return EntropyEstimate(per_dim.sum(), per_dim)
 
 
 def executed_entropy_of_rollouts(sample: RolloutSample, normalize_actions: bool, resolution: float = 1e-3):

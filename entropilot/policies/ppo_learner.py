@@ -9,9 +9,14 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.lambda_defaultdict import LambdaDefaultDict
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from entropilot.policies.entropy import clipped_gaussian_entropy, diag_gaussian_entropy, split_diag_gaussian_inputs
+from entropilot.policies.entropy import (
+    clipped_gaussian_entropy,
+    diag_gaussian_entropy,
+    multi_categorical_entropy,
+    split_diag_gaussian_inputs,
+)
 from entropilot.policies.entropy_control import EntropyCoefficientController
-from entropilot.policies.entropy_init import gaussian_in_env_units
+from entropilot.policies.entropy_init import categorical_sizes, gaussian_in_env_units
 
 # Keys of `config.learners(learner_config_dict=...)` this learner reads.
 ENTROPY_CONTROL = "entropy_control"
@@ -79,9 +84,14 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
     bounds/gains in place (see `EntropyCoefficientController.retune`), also for modules whose
     controller is created later; the settings are part of `get_state`, so a checkpoint keeps them.
 
+    Categorical policies (Discrete, MultiDiscrete actions): the measured entropy is the categorical one,
+    `entropy_categorical` with one `_dim{i}` part per sub-action (each at most log K_i nats), and the
+    controller follows it whatever `measure` says (there is nothing to clip).
+
     Metrics, per module and iteration: `entropy_gaussian`, `entropy_executed` and their
-    `_dim{i}` parts, and with control on `entropy_target` and `curr_entropy_coeff`; with
-    covariance control `cov_num_selected` and `cov_threshold`.
+    `_dim{i}` parts (Box actions) or `entropy_categorical` and its parts, and with control on
+    `entropy_target` and `curr_entropy_coeff`; with covariance control `cov_num_selected` and
+    `cov_threshold`.
     """
 
     def build(self) -> None:
@@ -102,7 +112,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
-        if module_id not in self._gaussian_module_ids():
+        if module_id not in self._measured_module_ids():
             return loss
         module = self.module[module_id].unwrapped()
         mask = batch.get(Columns.LOSS_MASK)
@@ -115,14 +125,14 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
 
     def after_gradient_based_update(self, *, timesteps) -> None:
         env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
-        for module_id, (gaussian, executed) in self._global_entropy_means().items():
-            for name, per_dim in (("entropy_gaussian", gaussian), ("entropy_executed", executed)):
-                self.metrics.log_value((module_id, name), per_dim.sum().item(), window=1)
+        for module_id, measures in self._global_entropy_means().items():
+            for name, per_dim in measures.items():
+                self.metrics.log_value((module_id, f"entropy_{name}"), per_dim.sum().item(), window=1)
                 for i, value in enumerate(per_dim.tolist()):
-                    self.metrics.log_value((module_id, f"{name}_dim{i}"), value, window=1)
+                    self.metrics.log_value((module_id, f"entropy_{name}_dim{i}"), value, window=1)
             if self._controlled:
                 controller = self.entropy_coeff_schedulers_per_module[module_id].controller
-                measured = (gaussian if self._measure == "gaussian" else executed).sum().item()
+                measured = measures.get("categorical", measures.get(self._measure)).sum().item()
                 controller.update(measured, env_steps)
                 self.metrics.log_value((module_id, "entropy_target"), controller.target(env_steps), window=1)
         # PPO's hook now reads the new coefficient via `ControlledEntropyCoefficient.update()`.
@@ -164,41 +174,57 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         controller.retune(**self._live_settings)
         return controller
 
-    def _gaussian_module_ids(self) -> list:
-        """Modules with Box actions, i.e. a diagonal-Gaussian policy: the ones we measure, sorted."""
-        return sorted(
-            module_id
-            for module_id in self.module.keys()
-            if isinstance(self.module[module_id].unwrapped().action_space, gym.spaces.Box)
-        )
+    def _measured_module_ids(self) -> list:
+        """Modules whose entropy we measure, sorted: a diagonal Gaussian (Box actions) or categorical
+        (Discrete, MultiDiscrete) policy."""
+        return sorted(module_id for module_id in self.module.keys() if self._measures(module_id))
 
-    def _accumulate_entropy(self, module_id, action_space, dist_inputs, mask) -> None:
+    def _measures(self, module_id) -> dict[str, int]:
+        """The entropy measures of a module's policy and the per-dimension size of each (empty: none)."""
+        action_space = self.module[module_id].unwrapped().action_space
+        sizes = categorical_sizes(action_space)
+        if sizes is not None:
+            return {"categorical": len(sizes)}
+        if isinstance(action_space, gym.spaces.Box):
+            return {"gaussian": action_space.shape[0], "executed": action_space.shape[0]}
+        return {}
+
+    def _entropy_per_dim(self, action_space, dist_inputs) -> list:
+        """Per sample, each measure's per-dimension entropy, in `_measures` order."""
+        sizes = categorical_sizes(action_space)
+        if sizes is not None:
+            return [multi_categorical_entropy(dist_inputs, sizes).per_dim]
         mean, log_std = split_diag_gaussian_inputs(dist_inputs)
         gaussian = diag_gaussian_entropy(log_std).per_dim
         executed = clipped_gaussian_entropy(
             *gaussian_in_env_units(mean, log_std, action_space, self.config.normalize_actions)
         ).per_dim
+        return [gaussian, executed]
+
+    def _accumulate_entropy(self, module_id, action_space, dist_inputs, mask) -> None:
+        parts = self._entropy_per_dim(action_space, dist_inputs)
         if mask is not None:
-            gaussian, executed = gaussian[mask], executed[mask]
-        sums = torch.cat([gaussian.sum(0), executed.sum(0), gaussian.new_tensor([gaussian.shape[0]])])
+            parts = [part[mask] for part in parts]
+        sums = torch.cat([part.sum(0) for part in parts] + [parts[0].new_tensor([parts[0].shape[0]])])
         self._entropy_sums[module_id] = self._entropy_sums.get(module_id, 0) + sums
 
     def _global_entropy_means(self) -> dict:
-        """Per module (gaussian per-dim, executed per-dim) entropy means over all learners' samples."""
+        """Per module {measure: per-dim entropy mean} over all learners' samples."""
         sums, self._entropy_sums = self._entropy_sums, {}
         if _num_learner_processes() > 1:
             # Every learner must call all_reduce the same number of times, in the same order.
-            for module_id in self._gaussian_module_ids():
-                act_dim = self.module[module_id].unwrapped().action_space.shape[0]
-                local = sums.get(module_id, torch.zeros(2 * act_dim + 1, device=self._device))
+            for module_id in self._measured_module_ids():
+                size = sum(self._measures(module_id).values()) + 1
+                local = sums.get(module_id, torch.zeros(size, device=self._device))
                 torch.distributed.all_reduce(local)
                 sums[module_id] = local
         means = {}
         for module_id, total in sums.items():
             count = total[-1].item()
             if count > 0:
-                gaussian, executed = (total[:-1] / count).cpu().chunk(2)
-                means[module_id] = (gaussian, executed)
+                measures = self._measures(module_id)
+                parts = (total[:-1] / count).cpu().split(list(measures.values()))
+                means[module_id] = dict(zip(measures, parts))
         return means
 
     def _covariance_term(self, module_id, module, config, batch, dist_inputs, mask):
