@@ -177,8 +177,8 @@ class ModelConfig(_Section):
         default_factory=lambda: [64, 64], min_length=1, max_length=16
     )
     activation: Literal["tanh", "relu", "silu"] = "tanh"
-    # State-independent log std: the entropy is then a parameter the controllers can read and steer. Gaussian heads
-    # only: a categorical policy (a discrete-command env) has no log std, and this is not applied to it.
+    # State-independent log std: the entropy is then a parameter the controllers can read and steer. PPO's Gaussian
+    # head only: SAC's squashed Gaussian and a categorical policy (a discrete-command env) are built without it.
     free_log_std: bool = True
 
 

@@ -95,9 +95,10 @@ def build_from_config(cfg: ExperimentConfig):
     from entropilot.platform.algorithm import build_algorithm
 
     init_ray(cfg)
-    # A free log std belongs to a Gaussian head; a categorical one (Discrete/MultiDiscrete actions) has none.
-    gaussian = isinstance(action_space(cfg.env.id, cfg.env.kwargs), gym.spaces.Box)
     a, e = cfg.algorithm, cfg.entropy
+    # A free log std belongs to PPO's Gaussian head: RLlib (2.60) asserts on one for SAC's squashed Gaussian, and a
+    # categorical head (Discrete/MultiDiscrete actions) has no log std at all.
+    gaussian = a.name == "PPO" and isinstance(action_space(cfg.env.id, cfg.env.kwargs), gym.spaces.Box)
     control = e.control.controller_kwargs() if e.control.enabled else None
     covariance = (
         None
