@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -50,7 +51,7 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
 
     from entropilot.envs import COMMAND_ENVS, SINGLE_AGENT_IDS
     from entropilot.envs.commands import NearestCommand
-    from entropilot.envs.evaluate import run_episodes
+    from entropilot.envs.evaluate import report_flights, run_episodes
     from entropilot.envs.pid import CascadedPID
 
     if env_id not in SINGLE_AGENT_IDS:
@@ -63,39 +64,10 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
     click.echo(f"Flying {episodes} episode(s) of {env_id} ({action_mode}) with the {baseline} baseline")
     start = time.perf_counter()
     results = run_episodes(env, pid, episodes, seed, record_frames=bool(video), reset_controller=pid.reset)
-    stats = _report_flights(
-        results, start, env.unwrapped.settings.control_hz, plot, video, title=f"{env_id} ({action_mode}), {baseline}"
-    )
+    title = f"{env_id} ({action_mode}), {baseline} baseline"
+    stats = report_flights(results, start, env.unwrapped.settings.control_hz, plot, video, title, echo=click.echo)
     env.close()
     sys.exit(0 if stats["success_rate"] > 0 else 1)
-
-
-def _report_flights(results, start: float, control_hz: int, plot: str | None, video: str | None, title: str) -> dict:
-    """Echo one line per flown episode and the summary; save the plot and the first episode's GIF if asked."""
-    from entropilot.envs.evaluate import summarize
-
-    for r in results:
-        outcome = "success" if r.success else (f"crash ({r.crash})" if r.crash else "no success")
-        click.echo(
-            f"  seed {r.seed}: {outcome:18s} {r.length} steps, return {r.episode_return:7.2f}, "
-            f"start {np.linalg.norm(r.positions[0] - r.targets[0]):.2f} m -> final {r.final_distance:.3f} m from target"
-        )
-    stats = summarize(results)
-    click.echo(
-        f"success rate {stats['success_rate']:.2f}, mean final distance {stats['mean_final_distance']:.3f} m, "
-        f"{sum(r.length for r in results) / (time.perf_counter() - start):.0f} steps/s"
-    )
-    if plot:
-        from entropilot.envs.plots import plot_trajectories
-
-        plot_trajectories(results, plot, title=title)
-        click.echo(f"trajectory plot: {plot}")
-    if video:
-        from entropilot.envs.plots import save_gif
-
-        save_gif(results[0].frames, video, fps=control_hz)
-        click.echo(f"video: {video}")
-    return stats
 
 
 @main.command()
@@ -116,28 +88,21 @@ def _report_flights(results, start: float, control_hz: int, plot: str | None, vi
 def train(config: str | None, overrides: tuple[str, ...], resume: str | None) -> None:
     """Train a policy from an experiment YAML (validated before Ray starts)."""
     from entropilot.platform.config import ConfigError, load_config
+    from entropilot.platform.train import prepare_resume
     from entropilot.platform.train import train as run_training
 
     if (config is None) == (resume is None):
         raise click.UsageError("give a CONFIG file, or --resume (the config then comes from the checkpoint)")
-    cfg, stop = None, {}
-    if resume:
-        # A resumed run keeps its config (its MLflow params); only when to stop may change.
-        for item in overrides:
-            key, _, value = item.partition("=")
-            if not key.startswith("stop.") or not value:
-                raise click.BadParameter(
-                    f"{item!r}: with --resume only stop.* overrides are allowed", param_hint="--set"
-                )
-            import yaml
-
-            stop[key.removeprefix("stop.")] = yaml.safe_load(value)
-    else:
-        try:
+    checkpoint, resumed_with = None, None
+    try:
+        if resume:
+            # A resumed run keeps its config (its MLflow params); only when to stop may change.
+            cfg, checkpoint, resumed_with = prepare_resume(resume, overrides)
+        else:
             cfg = load_config(config, list(overrides))
-        except ConfigError as err:
-            raise click.ClickException(str(err)) from None
-    result = run_training(cfg, resume=resume, echo=click.echo, stop=stop or None)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    result = run_training(cfg, resume=checkpoint, echo=click.echo, resumed_with=resumed_with)
     click.echo(
         f"run {result.run_id}: {result.iterations} iterations, {result.env_steps} env steps, "
         f"evaluation success {result.success_rate}"
@@ -212,7 +177,9 @@ def sweep(
     """Tune config values (entropy thresholds...) with Ray Tune: one training run per trial, all as child runs
     of one MLflow run; prints a summary and writes the best config as YAML for `entropilot train`."""
     from entropilot.platform.config import ConfigError, load_config
-    from entropilot.platform.sweep import SweepError, plan_sweep, run_sweep
+    from entropilot.platform.resources import DoesNotFit
+    from entropilot.platform.sweep import run_sweep
+    from entropilot.platform.sweep_plan import SweepError, plan_sweep
 
     try:
         plan = plan_sweep(
@@ -229,7 +196,7 @@ def sweep(
             sweep_dir=sweep_dir,
         )
         result = run_sweep(plan, echo=click.echo)
-    except (ConfigError, SweepError) as err:
+    except (ConfigError, SweepError, DoesNotFit) as err:
         raise click.ClickException(str(err)) from None
     if result.best is None:
         sys.exit(1)
@@ -449,29 +416,17 @@ def _export_registered(source: str, output: str, tracking_uri: str | None) -> No
     import tempfile
     from pathlib import Path
 
+    from entropilot.deploy.fly import FlightError, pull_registered
+
     with tempfile.TemporaryDirectory(prefix="entropilot-export-") as tmp:
-        pulled = _pull_registered(source, tracking_uri, cache_dir=tmp)
+        try:
+            pulled = pull_registered(source, tracking_uri=tracking_uri, cache_dir=tmp, echo=click.echo)
+        except FlightError as err:
+            raise click.ClickException(str(err)) from None
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pulled.path, output)
     click.echo(f"wrote {output} ({Path(output).stat().st_size} bytes): the registered file of {source}")
     click.echo(f"  sha256 {pulled.sha256}")
-
-
-def _pull_registered(source: str, tracking_uri: str | None, cache_dir: str | None):
-    """A registered policy's verified local copy (``registry.pull_policy``); a clean error if it cannot be had."""
-    from entropilot.deploy.contract import PolicyContractError
-    from entropilot.deploy.registry import RegistryError, pull_policy
-
-    try:
-        pulled = pull_policy(source, tracking_uri=tracking_uri, cache_dir=cache_dir)
-    except (RegistryError, PolicyContractError) as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(
-        f"{source}: {pulled.name} version {pulled.version} (run {pulled.run_id}), "
-        f"{'downloaded' if pulled.downloaded else 'cached copy'} {pulled.path}, "
-        f"SHA-256 as registered, seal intact"
-    )
-    return pulled
 
 
 @main.command()
@@ -559,181 +514,55 @@ def fly(
     POLICY is a file from `entropilot export`, or a registered model (models:/NAME@ALIAS, models:/NAME/VERSION): that
     one is pulled from the MLflow registry, checked against the SHA-256 recorded at registration and its seal, and
     kept in a local cache."""
-    from pathlib import Path
+    from entropilot.deploy import fly as flights
 
-    from entropilot.deploy.autopilot import ArmingRefused, Autopilot
-    from entropilot.deploy.onnx_policy import OnnxPolicy, PolicyContractError
-    from entropilot.deploy.registry import is_model_uri
-
-    if plot:  # found out before the flight, not after it (an onboard install may have no matplotlib)
-        import importlib.util
-
-        if importlib.util.find_spec("matplotlib") is None:
-            raise click.UsageError("--plot needs matplotlib: pip install matplotlib")
-    path = policy_file
-    if is_model_uri(policy_file):
-        pulled = _pull_registered(policy_file, tracking_uri, cache_dir)
-        path, sha256 = pulled.path, sha256 or pulled.sha256
-    elif not Path(policy_file).is_file():
-        raise click.BadParameter(
-            f"{policy_file!r}: no such file (give an exported .onnx or models:/NAME@ALIAS)", param_hint="POLICY"
-        )
+    point = _xyz(target, "--target") if target is not None else None
+    rate_limit = max_action_rate or None
     try:
-        policy = OnnxPolicy(path, expected={"sha256": sha256} if sha256 else None)
-    except PolicyContractError as err:
-        raise click.ClickException(str(err)) from None
-    m = policy.metadata
-    if link != "sim":
-        vehicle = _real_time_link(link, m, connection)
-        _fly_on_link(
+        flights.check_plot_support(plot)
+        policy = flights.load_policy(
+            policy_file, sha256=sha256, tracking_uri=tracking_uri, cache_dir=cache_dir, echo=click.echo
+        )
+        if link == "sim":
+            stats = flights.fly_in_sim(
+                policy,
+                policy_file,
+                episodes=episodes,
+                seed=seed,
+                duration_s=duration,
+                dry_run=dry_run,
+                max_action_rate=rate_limit,
+                plot=plot,
+                video=video,
+                echo=click.echo,
+            )
+            sys.exit(0 if stats["success_rate"] > 0 else 1)
+        vehicle = flights.real_time_link(link, policy.metadata, connection)
+        log = flights.fly_on_link(
             policy,
             policy_file,
             vehicle,
-            _flight_target(m, target),
-            duration or _env_settings(m).episode_seconds,
-            dry_run,
-            max_action_rate,
-            plot,
+            target=point,
+            duration_s=duration,
+            dry_run=dry_run,
+            max_action_rate=rate_limit,
+            plot=plot,
+            echo=click.echo,
         )
-        return
-    from entropilot.deploy.links.sim import SimLink
-
-    vehicle = SimLink.from_policy_metadata(m, render_mode="rgb_array" if video else None)
-    try:
-        click.echo(
-            f"Flying {episodes} episode(s) of {m['env_id']} ({m['action_mode']}, {m['control_hz']} Hz, link {link}"
-            f"{', dry run' if dry_run else ''}) with {policy_file} (run {m['training_run_id']}, "
-            f"sha256 {policy.sha256[:12]})"
-        )
-        start, results = time.perf_counter(), []
-        for k in range(episodes):
-            vehicle.seed, vehicle.record_frames = seed + k, bool(video) and k == 0
-            vehicle.connect()
-            log = Autopilot(
-                policy, vehicle, vehicle.target, dry_run=dry_run, max_action_rate=max_action_rate or None
-            ).run(duration_s=duration or vehicle.settings.episode_seconds)
-            click.echo(f"  seed {seed + k} autopilot: {log.summary()}")
-            for transition in log.transitions:
-                click.echo(f"    {transition}")
-            results.append(vehicle.flight_result(log))
-        stats = _report_flights(
-            results, start, m["control_hz"], plot, video, title=f"{m['env_id']} ({m['action_mode']}), {policy_file}"
-        )
-    except ArmingRefused as err:
+    except flights.FlightError as err:
         raise click.ClickException(str(err)) from None
-    finally:
-        vehicle.close()
-    sys.exit(0 if stats["success_rate"] > 0 else 1)
-
-
-def _env_settings(metadata):
-    """The settings of the env an exported policy names (its episode length, its target)."""
-    from entropilot.envs import ENVIRONMENTS
-
-    m = metadata
-    return ENVIRONMENTS[m["env_id"]][1].from_kwargs(
-        {
-            **m["env_kwargs"],
-            "action_mode": m["action_mode"],
-            "control_hz": m["control_hz"],
-            "physics_hz": m["physics_hz"],
-        }
-    )
-
-
-def _flight_target(metadata, target: str | None) -> np.ndarray:
-    if target is None:
-        return np.array(_env_settings(metadata).target, dtype=float)
-    try:
-        point = np.array([float(v) for v in target.split(",")])
-    except ValueError:
-        point = np.zeros(0)
-    if point.shape != (3,):
-        raise click.BadParameter(f"{target!r}: give X,Y,Z in metres", param_hint="--target")
-    return point
-
-
-def _real_time_link(link: str, metadata, connection: str | None):
-    """The MAVLink or Crazyflie link an exported ctbr policy needs, not yet connected."""
-    from entropilot.deploy.links.base import LinkError
-
-    try:
-        if link == "mavlink":
-            from entropilot.deploy.links.mavlink import MavlinkLink
-
-            return MavlinkLink.from_policy_metadata(metadata, connection or "udpout:127.0.0.1:14540")
-        import logging
-
-        from entropilot.deploy.links.crazyflie import CrazyflieLink
-
-        # cflib logs a failed connection with a whole traceback; the LinkError says it in one line.
-        logging.getLogger("cflib").addHandler(logging.NullHandler())
-        return CrazyflieLink.from_policy_metadata(metadata, connection or "radio://0/80/2M/E7E7E7E7E7")
-    except LinkError as err:
-        raise click.ClickException(str(err)) from None
-
-
-def _fly_on_link(
-    policy,
-    label: str,
-    vehicle,
-    target: np.ndarray,
-    duration_s: float,
-    dry_run: bool,
-    max_action_rate: float,
-    plot: str | None,
-) -> None:
-    """One flight of ``policy`` on a real-time vehicle link: connect, arm, fly ``duration_s``, land and disarm on the
-    ground; echo the summary and every transition; exit 0 only if it ended disarmed without a failsafe."""
-    from entropilot.deploy.autopilot import ArmingRefused, Autopilot
-    from entropilot.deploy.links.base import LinkError
-
-    m = policy.metadata
-    try:
-        vehicle.connect()
-    except LinkError as err:
-        raise click.ClickException(str(err)) from None
-    try:
-        click.echo(
-            f"Flying {label} ({m['action_mode']}, {m['control_hz']} Hz) on {vehicle!r} to "
-            f"{target.tolist()}{', dry run' if dry_run else ''}"
-        )
-        log = Autopilot(policy, vehicle, target, dry_run=dry_run, max_action_rate=max_action_rate or None).run(
-            duration_s=duration_s
-        )
-    except ArmingRefused as err:
-        raise click.ClickException(str(err)) from None
-    finally:
-        vehicle.close()
-    click.echo(f"  autopilot: {log.summary()}")
-    for transition in log.transitions:
-        click.echo(f"    {transition}")
-    if plot:
-        _plot_flight_log(log, plot, title=f"{label} on {vehicle!r}")
     sys.exit(0 if not log.failsafes and log.final_state.value == "disarmed" else 1)
 
 
-def _plot_flight_log(log, plot: str, title: str) -> None:
-    """The flight's telemetry positions (policy, hold and land alike) as a trajectory plot, like the sim's."""
-    from entropilot.envs.evaluate import EpisodeResult
-    from entropilot.envs.plots import plot_trajectories
-
-    positions = log.positions[np.isfinite(log.positions).all(axis=1)]
-    if not len(positions):
-        click.echo("no telemetry positions to plot")
-        return
-    result = EpisodeResult(
-        0,
-        not log.failsafes,
-        float("nan"),
-        len(positions),
-        log.handover_distance,
-        None,
-        positions,
-        np.repeat(log.target[None, :], len(positions), axis=0),
-    )
-    plot_trajectories([result], plot, title=title)
-    click.echo(f"trajectory plot: {plot}")
+def _xyz(text: str, option: str) -> tuple[float, float, float]:
+    """``X,Y,Z`` in metres, finite, or a usage error naming the option."""
+    try:
+        point = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        point = ()
+    if len(point) != 3 or not all(math.isfinite(v) for v in point):
+        raise click.BadParameter(f"{text!r}: give X,Y,Z in metres (three finite numbers)", param_hint=option)
+    return point
 
 
 @main.command()
@@ -767,12 +596,7 @@ def sitl(port: int, host: str, env_id: str, rate_hz: int, seed: int, start: str 
 
     env_kwargs = {}
     if start is not None:
-        try:
-            point = tuple(float(v) for v in start.split(","))
-        except ValueError:
-            point = ()
-        if len(point) != 3:
-            raise click.BadParameter(f"{start!r}: give X,Y,Z in metres", param_hint="--start")
+        point = _xyz(start, "--start")
         env_kwargs = {"start_low": point, "start_high": point, "start_tilt_deg": 0.0, "start_velocity": 0.0}
     serve(
         port,
@@ -785,8 +609,6 @@ def sitl(port: int, host: str, env_id: str, rate_hz: int, seed: int, start: str 
         seed=seed,
     )
 
-
-import numpy as np  # noqa: E402  (used by the commands above; imported late so --help stays instant)
 
 if __name__ == "__main__":
     main()

@@ -8,12 +8,16 @@ import pytest
 
 from entropilot.platform import config as config_module
 from entropilot.platform.config import (
+    RESUMABLE_SECTION,
     ConfigError,
     ExperimentConfig,
     dump_config,
     from_flat_params,
     load_config,
     parse_config,
+    read_yaml,
+    to_flat_params,
+    with_overrides,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -98,6 +102,42 @@ def test_unknown_override_path_names_path_and_valid_keys():
     assert "collapse, control, covariance, init" in message
     assert "model.hidden" in _error(overrides=["model.hidden.width=3"])
     assert "section.field=value" in _error(overrides=["model.hidden"])
+
+
+def test_numbers_read_the_same_in_files_overrides_sweeps_and_live_tags(tmp_path):
+    # PyYAML's YAML 1.1 reads 1e-1 (no dot) as a string; every way into the config reads it as the number it is.
+    path = tmp_path / "exp.yaml"
+    path.write_text("entropy:\n  control:\n    target: 1e-1\n")
+    assert load_config(path).entropy.control.target == 0.1
+    assert parse_config({}, ["entropy.control.target=1e-1"]).entropy.control.target == 0.1
+    assert parse_config({}, {"entropy.target": 0.1}).entropy.control.target == 0.1
+    assert read_yaml("-2E+3") == -2000.0 and read_yaml("1_000") == 1000 and read_yaml("v1e5") == "v1e5"
+
+
+def test_problems_are_data_callers_read_without_parsing_text():
+    with pytest.raises(ConfigError) as caught:
+        parse_config({}, ["algorithm.lr=-1", "algorithm.gama=0.9"])
+    problems = caught.value.problems
+    assert [problem.path for problem in problems] == ["algorithm.gama"]  # paths are checked before values
+    assert "valid keys here" in problems[0].message and problems[0].value == 0.9
+    with pytest.raises(ConfigError) as caught:
+        parse_config({}, ["algorithm.lr=-1"])
+    (problem,) = caught.value.problems
+    assert (problem.path, problem.value) == ("algorithm.lr", -1)
+    assert "0.0 < value <= 1.0" in problem.message
+
+
+def test_a_resumed_run_may_change_its_stop_criteria_only():
+    cfg = load_config(CONFIGS / "hover.yaml")
+    resumed = with_overrides(cfg, ["stop.iterations=40", "stop.time_s=1800"], only=RESUMABLE_SECTION)
+    assert (resumed.stop.iterations, resumed.stop.time_s, resumed.stop.success_rate) == (40, 1800.0, 0.95)
+    assert resumed.model_dump(exclude={"stop"}) == cfg.model_dump(exclude={"stop"})
+    with pytest.raises(ConfigError, match=r"algorithm.lr: only stop.\* may change here"):
+        with_overrides(cfg, ["algorithm.lr=1e-3"], only=RESUMABLE_SECTION)
+    with pytest.raises(ConfigError, match="stop.iteration: unknown key; valid keys here: env_steps, iterations"):
+        with_overrides(cfg, ["stop.iteration=40"], only=RESUMABLE_SECTION)  # a typo is not silently ignored
+    with pytest.raises(ConfigError, match=r"stop.time_s: .*greater than 0"):
+        with_overrides(cfg, ["stop.time_s=-5"], only=RESUMABLE_SECTION)
 
 
 def test_unknown_yaml_key_fails(tmp_path):
@@ -202,7 +242,7 @@ def test_control_accepts_negative_coefficients():
     control = cfg.entropy.control
     assert (control.coef_min, control.coef_init, control.coef_max, control.damping) == (-0.2, -0.1, -0.01, 0.0)
     assert _controller_from(control).coefficient == -0.1
-    assert from_flat_params(cfg.to_flat_params()) == cfg
+    assert from_flat_params(to_flat_params(cfg)) == cfg
 
 
 @pytest.mark.parametrize("name, start, end", [("hover", 5.5, 1.5), ("waypoint", 4.0, -1.0)])
@@ -290,7 +330,7 @@ def test_real_envs_reject_an_unknown_kwarg():
 @pytest.mark.parametrize("name", ["hover", "waypoint", "swarm"])
 def test_flat_params_round_trip(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    flat = cfg.to_flat_params()
+    flat = to_flat_params(cfg)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in flat.items())
     assert all(len(v) <= config_module.MLFLOW_PARAM_MAX_CHARS for v in flat.values())
     assert flat["algorithm.train_batch_size"] == str(cfg.algorithm.train_batch_size)
@@ -300,12 +340,12 @@ def test_flat_params_round_trip(name):
 
 def test_flat_params_keep_strings_that_look_like_other_types():
     cfg = parse_config({"mlflow": {"run_name": "123", "experiment": "true"}})
-    assert from_flat_params(cfg.to_flat_params()) == cfg
+    assert from_flat_params(to_flat_params(cfg)) == cfg
 
 
 def test_flat_params_truncate_long_values():
     cfg = parse_config({"mlflow": {"experiment": "x" * 7000}})
-    assert len(cfg.to_flat_params()["mlflow.experiment"]) == config_module.MLFLOW_PARAM_MAX_CHARS
+    assert len(to_flat_params(cfg)["mlflow.experiment"]) == config_module.MLFLOW_PARAM_MAX_CHARS
 
 
 @pytest.mark.parametrize("name", ["hover", "waypoint", "swarm"])

@@ -358,10 +358,9 @@ HL_LAND_COMMANDS = (3, 8)  # cflib's high-level COMMAND_LAND, COMMAND_LAND_2
 
 
 def test_the_fly_command_flies_a_crazyflie_link(exported, capsys):
-    """``fly --link crazyflie`` after it has made its link: the CLI's flight function over cflib on the in-memory
-    driver,
-    a real exported policy and the wall clock; a stand-in firmware streams the estimate and lands when told to."""
-    from entropilot.cli import _fly_on_link
+    """``fly --link crazyflie`` after it has made its link: the flight function over cflib on the in-memory driver, a
+    real exported policy and the wall clock; a stand-in firmware streams the estimate and lands when told to."""
+    from entropilot.deploy.fly import fly_on_link
     from entropilot.deploy.onnx_policy import OnnxPolicy
 
     policy = OnnxPolicy(exported.path)
@@ -380,8 +379,9 @@ def test_the_fly_command_flies_a_crazyflie_link(exported, capsys):
     thread = threading.Thread(target=firmware, daemon=True)
     thread.start()
     try:
-        with pytest.raises(SystemExit):
-            _fly_on_link(policy, "policy.onnx", link, np.array([0.0, 0.0, 1.0]), 0.5, False, 40.0, None)
+        log = fly_on_link(
+            policy, "policy.onnx", link, target=np.array([0.0, 0.0, 1.0]), duration_s=0.5, max_action_rate=40.0
+        )
     finally:
         stop.set()
         thread.join()
@@ -389,6 +389,7 @@ def test_the_fly_command_flies_a_crazyflie_link(exported, capsys):
     out = capsys.readouterr().out
     assert "Flying policy.onnx (ctbr, 48 Hz) on CrazyflieLink('radio://0/80/2M/E7E7E7E7E7'" in out
     assert "final state disarmed" in out and "-> disarmed (disarmed on the ground)" in out, out
+    assert log.final_state.value == "disarmed" and not log.failsafes
     sent = _commander(driver)
     assert sent[0] == (0.0, 0.0, 0.0, 0) and len(sent) > 1  # unlock, then the policy's setpoints
     assert any(d[0] in HL_LAND_COMMANDS for _, _, d in driver.of(CRTPPort.SETPOINT_HL))

@@ -10,9 +10,17 @@ from entropilot.deploy.command import CommandPolicy
 from entropilot.deploy.links.sim import SimLink
 from entropilot.deploy.safety import Fault, FlightState
 from entropilot.envs import HOVER_DISCRETE_ID, HOVER_ID, make_env, validate_env_kwargs, vehicle_env
-from entropilot.envs.commands import NearestCommand, command_meaning, velocity_command
+from entropilot.envs.commands import NearestCommand
+from entropilot.envs.discrete import command_contract
+from entropilot.vehicle.commands import command_meaning, velocity_command
 
 RANDOMIZED = {"randomization": {"mass": 0.05, "inertia": 0.05, "kf": 0.05, "km": 0.05, "motor_time_constant": 0.1}}
+
+
+def command_policy(policy, env) -> CommandPolicy:
+    """``policy`` (obs -> indices) on board, with the command contract export would write for ``env``."""
+    settings = env.unwrapped.settings
+    return CommandPolicy(policy, command_contract(settings), settings.control_hz)
 
 
 def fly_env(env, policy, seed):
@@ -116,7 +124,7 @@ def test_the_autopilot_flies_a_command_policy_as_the_env_steps_it(repeat):
     vehicle_id, vehicle_kwargs = vehicle_env(HOVER_DISCRETE_ID, kwargs)
     link = SimLink(make_env(vehicle_id, **vehicle_kwargs), seed=3)
     link.connect()
-    policy = CommandPolicy(NearestCommand.for_env(env), env.unwrapped.settings)
+    policy = command_policy(NearestCommand.for_env(env), env)
     log = Autopilot(policy, link, link.target, max_action_rate=None).run(duration_s=6.0)
     ticks = env.unwrapped.settings.max_episode_steps
     np.testing.assert_array_equal(np.array(link.trajectory[: ticks + 1])[::repeat], positions)
@@ -124,9 +132,7 @@ def test_the_autopilot_flies_a_command_policy_as_the_env_steps_it(repeat):
     assert log.final_state is FlightState.DISARMED
     # With the default rate limit (what `entropilot fly` uses) it still holds the point.
     link.connect()
-    log = Autopilot(CommandPolicy(NearestCommand.for_env(env), env.unwrapped.settings), link, link.target).run(
-        duration_s=6.0
-    )
+    log = Autopilot(command_policy(NearestCommand.for_env(env), env), link, link.target).run(duration_s=6.0)
     assert link.flight_result(log).success
 
 
@@ -140,7 +146,7 @@ def test_an_index_outside_the_table_is_a_policy_error_not_a_command():
         ticks[0] += 1
         return np.array([2, 2, 2]) if ticks[0] < 24 else np.array([2, 7, 2])
 
-    log = Autopilot(CommandPolicy(policy, env.unwrapped.settings), link, link.target).run(duration_s=2.0)
+    log = Autopilot(command_policy(policy, env), link, link.target).run(duration_s=2.0)
     hold = log.failsafes[0]
     assert (
         hold.fault is Fault.POLICY_ERROR

@@ -25,6 +25,10 @@ from entropilot.envs.pid import CascadedPID
 @pytest.mark.parametrize("env_id", SINGLE_AGENT_IDS)
 @pytest.mark.parametrize("action_mode", ["ctbr", "motors"])
 def test_check_env_passes(env_id, action_mode):
+    if env_id in COMMAND_ENVS and action_mode == "motors":
+        with pytest.raises(ValueError, match="action_mode='motors' is invalid: must be 'ctbr'"):
+            gym.make(env_id, action_mode=action_mode)  # its velocity loop commands thrust + body rates
+        return
     env = gym.make(env_id, action_mode=action_mode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unbounded-Box warning is expected for physical quantities
@@ -176,7 +180,7 @@ def test_bad_options_name_the_value(kwargs, fragment):
 
 
 def test_negative_mass_airframe_is_rejected():
-    from entropilot.envs.airframe import CRAZYFLIE_2X
+    from entropilot.vehicle.airframe import CRAZYFLIE_2X
 
     with pytest.raises(ValueError, match=r"mass must be a finite number > 0, got -0.027"):
         CRAZYFLIE_2X.replace(mass=-0.027)

@@ -58,6 +58,7 @@ def test_export_writes_one_self_contained_file_with_its_contract(exported, check
     )
     assert meta["action_low"] == [-1.0] * 4 and meta["action_high"] == [1.0] * 4
     assert meta["control_hz"] == 48 and meta["physics_hz"] == 240
+    assert meta["target"] == [0.0, 0.0, 1.0] and meta["episode_seconds"] == 2.0  # the fixture's short hover
     assert meta["env_id"] == HOVER_ID and meta["env_kwargs"] == {"episode_seconds": 2.0, "success_seconds": 1.0}
     assert meta["training_run_id"] == state["run_id"] == exported.training_run_id and meta["training_iteration"] == 1
     assert (

@@ -12,7 +12,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 
 from entropilot.platform.config import ConfigError, parse_config
 from entropilot.platform.live_tuning import ERROR_TAG, live_control, live_tag
-from entropilot.platform.train import STATE_FILE, train
+from entropilot.platform.train import STATE_FILE, prepare_resume, train
 from entropilot.policies.entropy_control import EntropyCoefficientController
 from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
 
@@ -218,7 +218,8 @@ def test_tags_set_during_training_retune_it_and_survive_resume(
             "stopped:": mlflow_server_process.start,
         }
     )
-    resumed = train(None, resume=str(first.checkpoint.parent), echo=user.echo, stop={"iterations": 6})
+    cfg, checkpoint, overrides = prepare_resume(str(first.checkpoint.parent), ["stop.iterations=6"])
+    resumed = train(cfg, resume=checkpoint, echo=user.echo, resumed_with=overrides)
     assert resumed.run_id == first.run_id and resumed.iterations == 6
 
     assert history("entropy_target")[3:] == [(4, 2.0), (5, 2.0), (6, 2.0)]  # from the checkpoint, not re-applied

@@ -12,7 +12,6 @@ import pybullet as p
 import pytest
 
 from entropilot.envs import HOVER_ID
-from entropilot.envs.airframe import CRAZYFLIE_2X, GRAVITY
 from entropilot.envs.physics import (
     ROTOR_SPIN,
     Aerodynamics,
@@ -24,6 +23,7 @@ from entropilot.envs.physics import (
 )
 from entropilot.envs.settings import DroneSettings, HoverSettings
 from entropilot.envs.simulator import DroneSimulator
+from entropilot.vehicle.airframe import CRAZYFLIE_2X, GRAVITY
 
 LEVEL = (0.0, 0.0, 0.0, 1.0)  # quaternion (x, y, z, w)
 CW = ROTOR_SPIN < 0  # rotors spinning clockwise seen from above

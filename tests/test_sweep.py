@@ -8,16 +8,13 @@ from click.testing import CliRunner
 
 from entropilot.cli import main
 from entropilot.platform.config import load_config, parse_config
-from entropilot.platform.sweep import (
+from entropilot.platform.resources import DoesNotFit, run_bundles, runs_that_fit
+from entropilot.platform.sweep import make_scheduler, run_sweep, tune_search_algorithm
+from entropilot.platform.sweep_plan import (
     SweepError,
-    make_scheduler,
     parse_grid,
     parse_random,
     plan_sweep,
-    run_sweep,
-    trial_bundles,
-    trials_that_fit,
-    tune_search_algorithm,
 )
 
 
@@ -133,15 +130,15 @@ def test_optuna_search_suggests_values_inside_the_ranges(tmp_path):
 
 
 def test_trial_resources_fit_the_cluster_or_fail_before_any_trial_runs():
-    one_runner = trial_bundles(tiny_config())
+    one_runner = run_bundles(tiny_config())
     assert one_runner == [{"CPU": 1.0}, {"CPU": 0.5}]  # the trial process (learner) + its env runner
-    assert trials_that_fit(one_runner, {"CPU": 2.0}) == 1
-    assert trials_that_fit(one_runner, {"CPU": 16.0, "GPU": 1.0}) == 10
+    assert runs_that_fit(one_runner, {"CPU": 2.0}) == 1
+    assert runs_that_fit(one_runner, {"CPU": 16.0, "GPU": 1.0}) == 10
     # PPO with 2 full-CPU runners on a 2-core box: 3 CPUs, which would stay PENDING forever.
-    two_runners = trial_bundles(tiny_config(resources={"num_env_runners": 2, "gpu": "off"}))
-    needs = r"one trial needs 3 CPU \(1 CPU \+ 1 CPU \+ 1 CPU\) but the Ray cluster has 2"
-    with pytest.raises(SweepError, match=needs):
-        trials_that_fit(two_runners, {"CPU": 2.0})
+    two_runners = run_bundles(tiny_config(resources={"num_env_runners": 2, "gpu": "off"}))
+    needs = r"one training run needs 3 CPU \(1 CPU \+ 1 CPU \+ 1 CPU\) but the Ray cluster has 2"
+    with pytest.raises(DoesNotFit, match=needs):
+        runs_that_fit(two_runners, {"CPU": 2.0})
 
 
 def test_asha_judges_trials_on_the_metric_from_the_first_evaluation(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from entropilot.platform.config import from_flat_params, parse_config
+from entropilot.platform.config import from_flat_params, parse_config, to_flat_params
 from entropilot.platform.plots import plot_entropy, plot_learning
 from entropilot.platform.tracking import ConfigMismatchError, RunTracker
 
@@ -56,7 +56,7 @@ def test_new_run_has_config_metrics_tags_and_artifacts(mlflow_server, tmp_path):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "basic"
-    assert run.data.params == cfg.to_flat_params()
+    assert run.data.params == to_flat_params(cfg)
     assert from_flat_params(run.data.params) == cfg
     assert run.data.tags["env_id"] == cfg.env.id and run.data.tags["algorithm"] == "PPO"
     assert run.data.tags["entropilot.version"]

@@ -3,7 +3,7 @@
 import mlflow
 
 from entropilot.platform.config import parse_config
-from entropilot.platform.train import STATE_FILE, train
+from entropilot.platform.train import STATE_FILE, prepare_resume, train
 
 
 def tiny_config(tmp_path, uri, iterations):
@@ -50,7 +50,8 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_ser
     assert {"plots", "checkpoint", "video"} <= artifacts
 
     # Resume from the run folder with a later stop: same MLflow run, iterations continue at 3, nothing lost.
-    resumed = train(None, resume=str(first.checkpoint.parent), echo=lambda line: None, stop={"iterations": 4})
+    cfg, checkpoint, overrides = prepare_resume(str(first.checkpoint.parent), ["stop.iterations=4"])
+    resumed = train(cfg, resume=checkpoint, echo=lambda line: None, resumed_with=overrides)
     assert resumed.run_id == first.run_id
     assert resumed.iterations == 4
     steps = [m.step for m in client.get_metric_history(first.run_id, "entropy")]

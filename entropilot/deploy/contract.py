@@ -21,7 +21,8 @@ CONTINUOUS_ACTIONS = (DETERMINISTIC_ACTION, SQUASHED_DETERMINISTIC_ACTION)
 # of its largest logit. Its metadata holds "command" (COMMAND_KEYS): what each index commands and the inner loop
 # that turns the command into the vehicle's action (action_mode, action_low/high, action_meaning describe that
 # action), run on board by ``deploy.command.CommandPolicy`` with the code the policy trained over: "levels" are the
-# speeds (m/s) index 0, 1, ... commands along each axis, "repeat" the control periods each command is held.
+# speeds (m/s) index 0, 1, ... commands along each axis, "repeat" the control periods each command is held,
+# "inner_loop" {"name": a loop of ``entropilot.vehicle.control``, "parameters": its constructor's keywords}.
 CATEGORICAL_DETERMINISTIC_ACTION = (
     "argmax of each sub-action's logits (the first index on a tie), int64 [batch, sub-actions]; "
     "flown through the inner loop named in command"

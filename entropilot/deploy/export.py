@@ -206,6 +206,9 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "action_high": high,
         "control_hz": settings.control_hz,
         "physics_hz": settings.physics_hz,
+        # What a vehicle link needs to fly the task without the simulator package (entropilot.deploy.fly).
+        "target": list(settings.target),
+        "episode_seconds": settings.episode_seconds,
         "frame_convention": FRAME_CONVENTION,
         "deterministic_action": graph.convention,
         "env_id": info.env_id,
@@ -217,7 +220,9 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "exporter": exporter,
     }
     if command:
-        metadata["command"] = _command(settings, graph.categorical_sizes)
+        from entropilot.envs.discrete import command_contract
+
+        metadata["command"] = command_contract(settings)
     del model.metadata_props[:]
     for key, value in encode_metadata(metadata).items():
         model.metadata_props.add(key=key, value=value)
@@ -296,7 +301,7 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
         logging.getLogger(__name__).warning(
             "%s no longer validates as a whole (%s); exporting with its env section",
             path,
-            str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err,
+            "; ".join(problem.describe() for problem in err.problems),
         )
         return info
 
@@ -480,20 +485,6 @@ def _categorical_parity(observations, reference, onnx_actions, single, graph, to
             f"{int(unexplained.any(axis=1).sum())} observation(s) differ beyond logit ties); the file was not written"
         )
     return float(differs.any(axis=1).mean())
-
-
-def _command(settings, sizes: tuple[int, ...]) -> dict[str, Any]:
-    """The metadata ``command`` of a command policy on an env with ``settings`` (contract.COMMAND_KEYS)."""
-    from entropilot.envs.commands import INNER_LOOP, command_meaning
-
-    return {
-        "type": "velocity",
-        "sizes": list(sizes),
-        "levels": list(settings.velocity_levels),
-        "repeat": settings.command_repeat,
-        "meaning": command_meaning(settings.velocity_levels),
-        "inner_loop": INNER_LOOP,
-    }
 
 
 def _to_onnx(graph: torch.nn.Module, example: torch.Tensor):

@@ -53,7 +53,7 @@ class OnnxPolicy:
     content seal export wrote into it (any changed or missing byte is refused); then the graph's
     signature (``observation`` float32 [batch, n] -> ``action`` float32 [batch, 4], or int64
     [batch, sub-actions] for a command policy), the schema version, the action convention, and the
-    observation layout (``expected["observation_names"]``, by default ``entropilot.envs.OBSERVATION_NAMES``),
+    observation layout (``expected["observation_names"]``, by default ``entropilot.vehicle.layout.OBSERVATION_NAMES``),
     plus whatever else ``expected`` names (see ``EXPECTABLE``: action mode, control rate, ...). Any mismatch
     raises ``PolicyContractError`` saying what differs. A non-finite observation or action raises
     ``NonFiniteError``.
@@ -174,7 +174,7 @@ class OnnxPolicy:
         names = meta["observation_names"]
         want_names = expected.get("observation_names")
         if want_names is None:
-            from entropilot.envs.observation import OBSERVATION_NAMES as want_names
+            from entropilot.vehicle.layout import OBSERVATION_NAMES as want_names
         if list(names) != list(want_names):
             raise PolicyContractError(
                 f"{where}: observation layout differs from the vehicle's: {_layout_difference(names, want_names)}"
@@ -253,13 +253,15 @@ def _check_command(command, where: str) -> None:
         raise PolicyContractError(
             f"{where}: a categorical policy needs metadata 'command' with keys {list(COMMAND_KEYS)}; got {command!r}"
         )
-    sizes, levels = command["sizes"], command["levels"]
+    sizes, levels, loop = command["sizes"], command["levels"], command["inner_loop"]
     ok = isinstance(sizes, list) and sizes and all(isinstance(k, int) and k >= 2 for k in sizes)
     ok = ok and isinstance(levels, list) and all(len(levels) == k for k in sizes)
     if not ok:
         raise PolicyContractError(
             f"{where}: command sizes {sizes!r} must be integers >= 2, each the length of levels {levels!r}"
         )
+    if not (isinstance(loop, dict) and isinstance(loop.get("name"), str) and isinstance(loop.get("parameters"), dict)):
+        raise PolicyContractError(f"{where}: command inner_loop must be {{name, parameters}}; got {loop!r}")
 
 
 def expected_for_env(env) -> dict[str, Any]:

@@ -15,8 +15,6 @@ from entropilot.envs import compiled
 
 compiled.prefer_current_sources()  # before the compiled modules are first imported
 
-from entropilot.envs.airframe import CRAZYFLIE_2X, Airframe  # noqa: E402
-from entropilot.envs.observation import OBSERVATION_GROUPS, OBSERVATION_NAMES, OBSERVATION_SIZE  # noqa: E402
 from entropilot.envs.settings import (  # noqa: E402
     ACTION_MODES,
     DroneSettings,
@@ -25,6 +23,8 @@ from entropilot.envs.settings import (  # noqa: E402
     SwarmSettings,
     WaypointSettings,
 )
+from entropilot.vehicle.airframe import CRAZYFLIE_2X, Airframe  # noqa: E402
+from entropilot.vehicle.layout import OBSERVATION_GROUPS, OBSERVATION_NAMES, OBSERVATION_SIZE  # noqa: E402
 
 HOVER_ID = "entropilot/Hover-v0"
 WAYPOINT_ID = "entropilot/Waypoint-v0"

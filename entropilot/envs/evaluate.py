@@ -7,6 +7,7 @@ that presents either env as "agents -> observations", a single-drone env being a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -152,3 +153,38 @@ def summarize(results: list[EpisodeResult]) -> dict[str, float]:
         "mean_final_distance": float(np.mean([r.final_distance for r in results])),
         "crash_rate": float(np.mean([r.crash is not None for r in results])),
     }
+
+
+def report_flights(
+    results: list[EpisodeResult],
+    start: float,
+    control_hz: int,
+    plot: str | None,
+    video: str | None,
+    title: str,
+    echo: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Echo one line per flown episode and the summary (flown since ``time.perf_counter()`` was ``start``); save the
+    trajectory plot and the first episode's GIF if asked. Returns `summarize`'s statistics."""
+    for r in results:
+        outcome = "success" if r.success else (f"crash ({r.crash})" if r.crash else "no success")
+        echo(
+            f"  seed {r.seed}: {outcome:18s} {r.length} steps, return {r.episode_return:7.2f}, "
+            f"start {np.linalg.norm(r.positions[0] - r.targets[0]):.2f} m -> final {r.final_distance:.3f} m from target"
+        )
+    stats = summarize(results)
+    echo(
+        f"success rate {stats['success_rate']:.2f}, mean final distance {stats['mean_final_distance']:.3f} m, "
+        f"{sum(r.length for r in results) / (time.perf_counter() - start):.0f} steps/s"
+    )
+    if plot:
+        from entropilot.envs.plots import plot_trajectories
+
+        plot_trajectories(results, plot, title=title)
+        echo(f"trajectory plot: {plot}")
+    if video:
+        from entropilot.envs.plots import save_gif
+
+        save_gif(results[0].frames, video, fps=control_hz)
+        echo(f"video: {video}")
+    return stats

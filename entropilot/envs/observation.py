@@ -1,4 +1,4 @@
-"""The observation layout every drone task emits (named, ordered: deploy writes it into the ONNX file) and its builder.
+"""The builder of the observation every drone task emits, in the layout of ``entropilot.vehicle.layout``.
 
 Compiled by Cython in pure-Python mode like ``physics`` (see there): ``ObservationWriter`` fills the float32
 vector from C, at about half the cost of ``np.array(list_of_floats, dtype=np.float32)``.
@@ -10,30 +10,8 @@ import cython
 import numpy as np
 
 from entropilot.envs.settings import SensorNoise
+from entropilot.vehicle.layout import OBSERVATION_COLUMNS, OBSERVATION_SIZE
 
-# (group, element names, meaning); order is the order in the observation vector.
-OBSERVATION_GROUPS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("pos_err", ("pos_err_x", "pos_err_y", "pos_err_z"), "position minus target, world frame (z up), m"),
-    (
-        "rotation",
-        ("r11", "r12", "r13", "r21", "r22", "r23", "r31", "r32", "r33"),
-        "body-to-world rotation matrix, row-major",
-    ),
-    ("velocity", ("vel_x", "vel_y", "vel_z"), "linear velocity, world frame, m/s"),
-    ("body_rates", ("rate_x", "rate_y", "rate_z"), "angular velocity, body frame (x forward, y left, z up), rad/s"),
-    ("prev_action", ("prev_action_0", "prev_action_1", "prev_action_2", "prev_action_3"), "previous action in [-1, 1]"),
-)
-OBSERVATION_NAMES: tuple[str, ...] = tuple(name for _, names, _ in OBSERVATION_GROUPS for name in names)
-OBSERVATION_SIZE = len(OBSERVATION_NAMES)
-
-
-# Where each group sits in the observation vector.
-OBSERVATION_COLUMNS: dict[str, slice] = {}
-_start = 0
-for _group, _names, _ in OBSERVATION_GROUPS:
-    OBSERVATION_COLUMNS[_group] = slice(_start, _start + len(_names))
-    _start += len(_names)
-del _start, _group, _names
 _POS_ERR, _ROTATION, _VELOCITY, _BODY_RATES = (
     OBSERVATION_COLUMNS[g] for g in ("pos_err", "rotation", "velocity", "body_rates")
 )

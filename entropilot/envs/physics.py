@@ -24,7 +24,7 @@ if cython.compiled:  # C's libm, not a Python call; the same functions either wa
 else:
     from math import sqrt
 
-from entropilot.envs.airframe import Airframe
+from entropilot.vehicle.airframe import Airframe
 
 # X layout, rotors numbered 0 front-right, 1 back-right, 2 back-left, 3 front-left (body x forward,
 # y left, z up). Spin +1 = counter-clockwise seen from above; reaction torque on the body is opposite.

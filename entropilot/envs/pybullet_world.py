@@ -15,7 +15,7 @@ import cython
 import numpy as np
 import pybullet as p
 
-from entropilot.envs.airframe import GRAVITY, Airframe
+from entropilot.vehicle.airframe import GRAVITY, Airframe
 
 _DRONE_COLORS = [
     (0.15, 0.35, 0.85, 1),

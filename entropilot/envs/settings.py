@@ -8,7 +8,7 @@ import functools
 import math
 from dataclasses import dataclass, field, fields
 
-from entropilot.envs.airframe import Airframe, get_airframe
+from entropilot.vehicle.airframe import Airframe, get_airframe
 
 ACTION_MODES = ("ctbr", "motors")
 
@@ -222,6 +222,12 @@ class HoverDiscreteSettings(HoverSettings):
 
     def __post_init__(self):
         super().__post_init__()
+        _check(
+            self.action_mode == "ctbr",
+            "action_mode",
+            self.action_mode,
+            "'ctbr': the velocity loop commands collective thrust + body rates (what a vehicle's offboard mode takes)",
+        )
         levels = self.velocity_levels
         ok = isinstance(levels, (list, tuple)) and 2 <= len(levels) <= 15
         ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in levels)

@@ -21,8 +21,6 @@ if cython.compiled:  # C's libm, not a Python call; the same function either way
 else:
     from math import isfinite
 
-from entropilot.envs.airframe import Airframe
-from entropilot.envs.observation import OBSERVATION_COLUMNS
 from entropilot.envs.physics import (
     Aerodynamics,
     DronePhysics,
@@ -36,6 +34,8 @@ from entropilot.envs.physics import (
 )
 from entropilot.envs.pybullet_world import PyBulletWorld
 from entropilot.envs.settings import DroneSettings
+from entropilot.vehicle.airframe import Airframe
+from entropilot.vehicle.layout import OBSERVATION_COLUMNS
 
 # Columns of DroneSimulator.state; the first 22 are the observation's layout (observation.py), position in
 # the place of the position error.

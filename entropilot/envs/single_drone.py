@@ -8,10 +8,11 @@ import gymnasium as gym
 import numpy as np
 import pybullet as p
 
-from entropilot.envs.observation import OBSERVATION_NAMES, OBSERVATION_SIZE, ObservationWriter, observe
+from entropilot.envs.observation import ObservationWriter, observe
 from entropilot.envs.settings import HoverSettings, WaypointSettings
 from entropilot.envs.simulator import DroneSimulator, attitude_bounds, uniform
 from entropilot.envs.tasks import CRASH_PENALTY, HoverRules, norm3, position_error
+from entropilot.vehicle.layout import OBSERVATION_NAMES, OBSERVATION_SIZE
 
 
 class HoverEnv(gym.Env):

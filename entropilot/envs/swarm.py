@@ -11,10 +11,11 @@ import gymnasium as gym
 import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
-from entropilot.envs.observation import OBSERVATION_SIZE, observe
+from entropilot.envs.observation import observe
 from entropilot.envs.settings import SwarmSettings
 from entropilot.envs.simulator import DroneSimulator, random_attitude
 from entropilot.envs.tasks import CRASH_PENALTY, HoverRules
+from entropilot.vehicle.layout import OBSERVATION_SIZE
 
 
 class SwarmEnv(MultiAgentEnv):

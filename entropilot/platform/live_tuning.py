@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from entropilot.platform.config import ConfigError, ControlConfig, ExperimentConfig, parse_config
+from entropilot.platform.config import ConfigError, ControlConfig, ExperimentConfig, Problem, parse_config, read_yaml
 
 LIVE_TAG_PREFIX = "entropilot.live."
 # The `entropy.control` fields a running controller can take (`EntropyCoefficientController.retune`);
@@ -47,14 +47,14 @@ def live_control(cfg: ExperimentConfig, tags: Mapping[str, str]) -> ControlConfi
     for tag, text in sorted(tags.items()):
         field = LIVE_TAGS.get(tag)
         if field is None:
-            problems.append((tag, f"not a live setting; allowed: {', '.join(LIVE_TAGS)}", text))
+            problems.append(Problem(tag, f"not a live setting; allowed: {', '.join(LIVE_TAGS)}", text))
         elif not cfg.entropy.control.enabled:
-            problems.append((tag, "entropy control is off in this run (entropy.control.enabled: false)", text))
+            problems.append(Problem(tag, "entropy control is off in this run (entropy.control.enabled: false)", text))
         else:
             try:
-                values[field] = yaml.safe_load(text)
+                values[field] = read_yaml(text)
             except yaml.YAMLError as exc:
-                problems.append((tag, f"not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}", text))
+                problems.append(Problem(tag, f"not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}", text))
     if problems:
         raise ConfigError(problems, SOURCE)
     data = cfg.model_dump(mode="json")
@@ -72,7 +72,7 @@ def live_control(cfg: ExperimentConfig, tags: Mapping[str, str]) -> ControlConfi
     try:
         return parse_config(data, source=SOURCE).entropy.control
     except ConfigError as exc:
-        raise ConfigError([(_tag_of(path), message, value) for path, message, value in exc.problems], SOURCE) from None
+        raise ConfigError([problem._replace(path=_tag_of(problem.path)) for problem in exc.problems], SOURCE) from None
 
 
 def retune_learners(algo, control: ControlConfig) -> None:
@@ -115,8 +115,7 @@ class LiveTuner:
             control = live_control(self._cfg, tags)
         except ConfigError as exc:
             self._rejected = tags
-            # ConfigError's message: a header line, then one "  - where: why (got value)" per problem.
-            reasons = "; ".join(line.strip().removeprefix("- ") for line in str(exc).splitlines()[1:])
+            reasons = "; ".join(problem.describe() for problem in exc.problems)
             self._echo(
                 f"WARNING: live settings not applied at iteration {iteration}, the ones in force stay: {reasons}"
             )

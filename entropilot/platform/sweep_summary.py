@@ -8,7 +8,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from ray.tune import Callback
 
 from entropilot.platform.config import dump_config
 from entropilot.platform.plots import finite_or_none
-from entropilot.platform.sweep import SweepPlan, SweepResult, config_with
+from entropilot.platform.sweep_plan import SweepPlan, config_with
 
 __all__ = ["TrialEcho", "TrialSummary", "best_trial", "collect", "finish", "format_table"]
 
@@ -43,6 +43,19 @@ class TrialSummary:
     @property
     def stopped_early(self) -> bool:
         return self.outcome == STOPPED_EARLY
+
+
+@dataclass
+class SweepResult:
+    """What a sweep leaves: its MLflow parent run, folder, every trial, the best one and its config."""
+
+    parent_run_id: str
+    sweep_dir: Path
+    trials: list[TrialSummary]  # in the order Tune created them
+    best: Any = None  # the best TrialSummary, None if no trial measured the metric
+    best_config: Path | None = None
+    table: str = ""
+    files: list[Path] = field(default_factory=list)
 
 
 class TrialEcho(Callback):

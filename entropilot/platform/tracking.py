@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 import entropilot
-from entropilot.platform.config import ExperimentConfig
+from entropilot.platform.config import RESUMABLE_SECTION, ExperimentConfig, to_flat_params
 
 __all__ = ["ConfigMismatchError", "RunTracker", "TrackingError"]
 
@@ -100,7 +100,8 @@ class RunTracker:
         extra_params: Mapping[str, str] | None = None,
     ) -> RunTracker:
         """Start a new run logging `cfg` as params, or re-open `resume_run_id` after checking its params equal
-        `cfg.to_flat_params()` (raises ConfigMismatchError naming the keys). Raises TrackingError if the
+        `to_flat_params(cfg)` but for the stop criteria, which a resume may change (raises ConfigMismatchError naming
+        the keys). Raises TrackingError if the
         tracking store cannot be reached: better to fail before training than to train untracked.
 
         `parent_run_id` makes the new run a child of that run (the MLflow UI nests it there, as a sweep's
@@ -110,7 +111,7 @@ class RunTracker:
         uri = cfg.mlflow.resolve_tracking_uri()
         mlflow.set_tracking_uri(uri)  # so other MLflow calls of this process (model logging) go to the same store
         client = MlflowClient(uri)
-        params = {**cfg.to_flat_params(), **(extra_params or {})}
+        params = {**to_flat_params(cfg), **(extra_params or {})}
         run = None
         try:
             if resume_run_id is None:
@@ -119,7 +120,11 @@ class RunTracker:
                 _log_params(client, run.info.run_id, params)
             else:
                 run = client.get_run(resume_run_id)
-                differences = _param_differences(run.data.params, params)
+                differences = {
+                    key: values
+                    for key, values in _param_differences(run.data.params, params).items()
+                    if not key.startswith(RESUMABLE_SECTION + ".")
+                }
                 if differences:
                     raise ConfigMismatchError(resume_run_id, differences)
                 client.update_run(resume_run_id, status="RUNNING")

@@ -6,14 +6,21 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from entropilot.platform.config import ExperimentConfig, dump_config, load_config
+from entropilot.platform.config import (
+    RESUMABLE_SECTION,
+    ExperimentConfig,
+    dump_config,
+    load_config,
+    parse_overrides,
+    with_overrides,
+)
 
 STATE_FILE = "entropilot_state.json"
 CONFIG_FILE = "config.yaml"
@@ -257,20 +264,29 @@ def resolve_resume(target: str) -> tuple[ExperimentConfig, Path]:
     return resolve_resume(folder)
 
 
+def prepare_resume(target: str, overrides: Iterable[str] = ()) -> tuple[ExperimentConfig, Path, dict[str, Any]]:
+    """What `--resume TARGET --set stop.KEY=VALUE ...` continues: the run's saved config with the new stop criteria,
+    validated as a whole, its newest checkpoint, and the overrides as {path: value}. Runs before Ray or MLflow start.
+
+    Only `stop.*` may change: the run's params must keep describing what trained it."""
+    cfg, checkpoint = resolve_resume(target)
+    values = parse_overrides(overrides)
+    return with_overrides(cfg, values, only=RESUMABLE_SECTION, source=f"--resume {target}"), checkpoint, values
+
+
 def train(
-    cfg: ExperimentConfig | None,
-    resume: str | None = None,
+    cfg: ExperimentConfig,
+    resume: Path | None = None,
     echo: Callable[[str], None] = print,
-    stop: dict | None = None,
+    resumed_with: Mapping[str, Any] | None = None,
     *,
     parent_run_id: str | None = None,
     on_iteration: Callable[[int, dict, str | None], None] | None = None,
 ) -> TrainResult:
     """Train until a stop criterion; every ``checkpoint.interval`` iterations save a checkpoint.
 
-    ``resume`` continues from a checkpoint with the config saved beside it, into the same MLflow run;
-    only the stop criteria may change then (``stop``: a partial ``stop`` section), because the run's
-    params must keep describing what trained it.
+    ``resume`` continues from that checkpoint into the same MLflow run; ``cfg`` and ``resumed_with`` (the overrides it
+    was resumed with, recorded as a tag) then come from `prepare_resume`.
 
     ``parent_run_id`` starts the MLflow run as a child of that run (a sweep's trial). ``on_iteration(iteration,
     metrics, stopped_because)`` is called after each iteration's checkpoint, ``stopped_because`` None until the
@@ -282,9 +298,8 @@ def train(
 
     start = time.perf_counter()  # wall time from `entropilot train` start: Ray, init and evaluations count
     state: dict = {"iteration": 0, "history": [], "run_id": None}
-    checkpoint = None
-    if resume:
-        cfg, checkpoint = resolve_resume(resume)
+    checkpoint = resume
+    if checkpoint is not None:
         state = json.loads((checkpoint / STATE_FILE).read_text())
         root = checkpoint.parent
     else:
@@ -296,9 +311,8 @@ def train(
             )
     algo = build_from_config(cfg)
     tracker = RunTracker.start(cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id)
-    if stop:
-        cfg = cfg.model_copy(update={"stop": cfg.stop.model_copy(update=stop)})
-        tracker.set_tag("entropilot.resumed_stop", json.dumps(stop))
+    if resumed_with:
+        tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
     status = "FAILED"
     try:
         root.mkdir(parents=True, exist_ok=True)

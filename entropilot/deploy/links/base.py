@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-# The layout is defined once, by the envs (a light module: numpy and the envs' settings, no simulator);
-# the builder below fills it from telemetry instead of from the simulator.
-from entropilot.envs.airframe import get_airframe
-from entropilot.envs.observation import OBSERVATION_COLUMNS, OBSERVATION_NAMES, OBSERVATION_SIZE
+# The layout and airframes are the vehicle contract (standard library only), which the simulator fills from its
+# state and the builder below from telemetry.
+from entropilot.vehicle.airframe import get_airframe
+from entropilot.vehicle.layout import OBSERVATION_COLUMNS, OBSERVATION_NAMES, OBSERVATION_SIZE
 
 __all__ = [
     "Clock",

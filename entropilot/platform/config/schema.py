@@ -1,83 +1,20 @@
-"""The experiment configuration: one validated schema (`ExperimentConfig`), YAML loading with dotted
-command-line overrides, and flattening for MLflow params.
+"""The experiment schema: one pydantic model per config section, and `ExperimentConfig`, the only place defaults live.
 
-Everything here is light (pydantic + yaml): a bad value must fail, naming the field and the allowed
-range, before Ray or torch is imported.
+Light (pydantic only): a bad value fails, naming the field and the allowed range, before Ray or torch is imported.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import annotated_types
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = [
-    "AlgorithmConfig",
-    "CheckpointConfig",
-    "CollapseConfig",
-    "ConfigError",
-    "ControlConfig",
-    "CovarianceConfig",
-    "EntropyConfig",
-    "EntropyInitConfig",
-    "EnvConfig",
-    "EvaluationConfig",
-    "ExperimentConfig",
-    "MlflowConfig",
-    "ModelConfig",
-    "ResourcesConfig",
-    "StopConfig",
-    "dump_config",
-    "from_flat_params",
-    "load_config",
-    "parse_config",
-]
+from entropilot.platform.config.errors import FieldProblem
 
-# MLflow rejects param values longer than this.
-MLFLOW_PARAM_MAX_CHARS = 6000
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
-# Shortcuts accepted on the command line; the schema itself has one name per field.
-OVERRIDE_ALIASES = {"entropy.target": "entropy.control.target", "entropy.init_threshold": "entropy.init.threshold"}
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used. The message lists one `field.path: message (got value)` per problem."""
-
-    def __init__(self, problems: list[tuple[str, str, Any]], source: str | None = None):
-        self.problems = problems
-        self.source = source
-        where = f" ({source})" if source else ""
-        lines = [f"invalid experiment config{where}:"]
-        for path, message, value in problems:
-            got = "" if value is _NO_VALUE else f" (got {_short_repr(value)})"
-            lines.append(f"  - {path or '<top>'}: {message}{got}")
-        super().__init__("\n".join(lines))
-
-
-_NO_VALUE = object()
-
-
-def _short_repr(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _FieldProblem(ValueError):
-    """Raised by cross-field validators so the error points at the offending field, not its section."""
-
-    def __init__(self, field: str, message: str, value: Any = _NO_VALUE):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.value = value
 
 
 class _Section(BaseModel):
@@ -153,13 +90,13 @@ class AlgorithmConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> AlgorithmConfig:
         if self.name == "PPO" and self.minibatch_size > self.train_batch_size:
-            raise _FieldProblem(
+            raise FieldProblem(
                 "minibatch_size",
                 f"must be <= train_batch_size ({self.train_batch_size})",
                 self.minibatch_size,
             )
         if self.name == "SAC" and self.replay_capacity < self.train_batch_size:
-            raise _FieldProblem(
+            raise FieldProblem(
                 "replay_capacity",
                 f"must be >= train_batch_size ({self.train_batch_size}) to sample a batch",
                 self.replay_capacity,
@@ -249,21 +186,21 @@ class ControlConfig(_Section):
             ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_number(pair[1])
             step = pair[0] if ok else None
             if not ok or isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                raise _FieldProblem(f"{i}", "schedule entries must be [env_steps (int >= 0), nats]", pair)
+                raise FieldProblem(f"{i}", "schedule entries must be [env_steps (int >= 0), nats]", pair)
             pairs.append((step, float(pair[1])))
         if pairs[0][0] != 0:
-            raise _FieldProblem("0", "schedule must start at env step 0", list(value[0]))
+            raise FieldProblem("0", "schedule must start at env step 0", list(value[0]))
         for i in range(1, len(pairs)):
             if pairs[i][0] <= pairs[i - 1][0]:
-                raise _FieldProblem(f"{i}", "schedule env steps must be strictly increasing", list(value[i]))
+                raise FieldProblem(f"{i}", "schedule env steps must be strictly increasing", list(value[i]))
         return pairs
 
     @model_validator(mode="after")
     def _coef_bounds(self) -> ControlConfig:
         if self.coef_min > self.coef_max:
-            raise _FieldProblem("coef_min", f"must be <= coef_max ({self.coef_max})", self.coef_min)
+            raise FieldProblem("coef_min", f"must be <= coef_max ({self.coef_max})", self.coef_min)
         if not self.coef_min <= self.coef_init <= self.coef_max:
-            raise _FieldProblem(
+            raise FieldProblem(
                 "coef_init", f"must be within [coef_min, coef_max] = [{self.coef_min}, {self.coef_max}]", self.coef_init
             )
         return self
@@ -427,20 +364,20 @@ class ExperimentConfig(_Section):
             control.__dict__["enabled"] = self.algorithm.name == "PPO"
         if self.algorithm.name == "SAC":
             if control.enabled:
-                raise _FieldProblem(
+                raise FieldProblem(
                     "entropy.control.enabled",
                     "SAC tunes its own entropy coefficient toward algorithm.target_entropy; set it to false",
                     True,
                 )
             if self.entropy.covariance.mode != "off":
-                raise _FieldProblem(
+                raise FieldProblem(
                     "entropy.covariance.mode",
                     "covariance control works with PPO only; set it to off for SAC",
                     self.entropy.covariance.mode,
                 )
         floor = self.entropy.collapse.floor
         if control.enabled and floor is not None and floor >= control.min_target():
-            raise _FieldProblem(
+            raise FieldProblem(
                 "entropy.collapse.floor",
                 f"must be below the lowest entropy.control.target ({control.min_target()})",
                 floor,
@@ -451,7 +388,7 @@ class ExperimentConfig(_Section):
         eval_lo = self.evaluation.seed
         eval_hi = eval_lo + self.evaluation.episodes
         if eval_lo < train_hi and self.seed < eval_hi:
-            raise _FieldProblem(
+            raise FieldProblem(
                 "evaluation.seed",
                 f"held-out seeds [{eval_lo}, {eval_hi}) overlap training seeds [{self.seed}, {train_hi})",
                 eval_lo,
@@ -468,75 +405,6 @@ class ExperimentConfig(_Section):
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoint.dir or f"runs/{self.run_name}")
 
-    def to_flat_params(self) -> dict[str, str]:
-        """Dotted keys -> strings for MLflow params; `from_flat_params` reverses it (values of <= 6000 chars)."""
-        flat: dict[str, str] = {}
-        _flatten(self.model_dump(mode="json"), "", flat)
-        return flat
-
-
-# ----------------------------------------------------------------------------------------- loading
-
-
-def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read an experiment YAML (None: all defaults), apply `a.b.c=value` overrides, validate.
-
-    Override values are parsed as YAML, so `1e-3`, `[128, 128]`, `true`, `null` mean what they look like.
-    Raises ConfigError for every problem found.
-    """
-    source = None
-    data: Any = {}
-    if path is not None:
-        source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError([("", f"cannot read config file: {exc.strerror or exc}", _NO_VALUE)], source) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError([("", f"not valid YAML: {exc}", _NO_VALUE)], source) from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError([("", "the file must hold a mapping of sections", data)], source)
-    return parse_config(data, overrides, source=source)
-
-
-def parse_config(data: Mapping[str, Any], overrides: Iterable[str] = (), source: str | None = None) -> ExperimentConfig:
-    """Validate a nested dict (as read from YAML) after applying dotted overrides."""
-    data = _deep_copy(dict(data))
-    problems = []
-    for override in overrides:
-        try:
-            _apply_override(data, override)
-        except _FieldProblem as exc:
-            problems.append((exc.field, exc.message, exc.value))
-    if problems:
-        raise ConfigError(problems, source)
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_problems_from(exc), source) from None
-
-
-def dump_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
-    """Write the full config (every field, defaults included) as YAML that `load_config` reads back equal."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-
-
-def from_flat_params(params: Mapping[str, str]) -> ExperimentConfig:
-    """Rebuild a config from `to_flat_params` output (e.g. an MLflow run's params)."""
-    data: dict[str, Any] = {}
-    for key, text in params.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(text)
-    return parse_config(data, source="flat params")
-
 
 # ---------------------------------------------------------------------------------------- internals
 
@@ -548,151 +416,3 @@ def _yaml_switch(value: Any) -> Any:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
-
-
-def _section_class(model: type[BaseModel], key: str) -> type[BaseModel] | None:
-    """The model class of field `key` if it is a sub-section, else None."""
-    annotation = model.model_fields[key].annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-
-
-def _is_free_mapping(model: type[BaseModel], key: str) -> bool:
-    """Fields like env.kwargs: a dict whose keys the schema does not list."""
-    annotation = model.model_fields[key].annotation
-    return getattr(annotation, "__origin__", annotation) is dict
-
-
-def _apply_override(data: dict[str, Any], override: str) -> None:
-    dotted, sep, text = override.partition("=")
-    dotted = dotted.strip()
-    if not sep or not dotted:
-        raise _FieldProblem(dotted or "<override>", "overrides look like section.field=value", override)
-    for alias, real in OVERRIDE_ALIASES.items():
-        if dotted == alias or dotted.startswith(alias + "."):
-            dotted = real + dotted[len(alias) :]
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise _FieldProblem(dotted, f"value is not valid YAML: {exc}", text) from None
-    parts = dotted.split(".")
-    model: type[BaseModel] | None = ExperimentConfig
-    node = data
-    for depth, part in enumerate(parts):
-        here = ".".join(parts[: depth + 1])
-        last = depth == len(parts) - 1
-        if model is not None:
-            if part not in model.model_fields:
-                valid = ", ".join(sorted(model.model_fields))
-                raise _FieldProblem(here, f"unknown key; valid keys here: {valid}", value)
-            child_model = _section_class(model, part)
-            free = _is_free_mapping(model, part)
-            if not last and child_model is None and not free:
-                raise _FieldProblem(here, "is a value, not a section: cannot set a key inside it", value)
-        else:
-            child_model, free = None, True  # inside a free mapping (env.kwargs...): any key goes
-        if last:
-            node[part] = value
-            return
-        if not isinstance(node.get(part), dict):
-            node[part] = {}  # absent or null section: start it empty
-        node = node[part]
-        model = child_model
-
-
-def _problems_from(exc: ValidationError) -> list[tuple[str, str, Any]]:
-    problems = []
-    for err in exc.errors():
-        loc = list(err["loc"])
-        message = err["msg"]
-        value = err.get("input", _NO_VALUE)
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, _FieldProblem):
-            loc += cause.field.split(".")
-            message, value = cause.message, cause.value
-        elif err["type"] == "value_error" and message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-            if isinstance(value, (dict, BaseModel)):
-                value = _NO_VALUE  # a section-level rule: the section itself is no useful "got"
-        if err["type"] in _BOUND_ERRORS:
-            allowed = _allowed_range(loc)
-            if allowed:
-                message = f"{message}; allowed: {allowed}"
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1])
-            valid = ", ".join(sorted(parent.model_fields)) if parent else "?"
-            message = f"unknown key; valid keys here: {valid}"
-        problems.append((_format_loc(loc), message, value))
-    return problems
-
-
-_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-
-
-def _allowed_range(loc: list[Any]) -> str:
-    """'0 < value <= 1' from the field's Field(gt/ge/lt/le) constraints, so the message shows both ends."""
-    model = _model_at(loc[:-1])
-    if model is None or loc[-1] not in model.model_fields:
-        return ""
-    low = high = ""
-    for item in model.model_fields[loc[-1]].metadata:
-        if isinstance(item, annotated_types.Gt):
-            low = f"{item.gt} < "
-        elif isinstance(item, annotated_types.Ge):
-            low = f"{item.ge} <= "
-        elif isinstance(item, annotated_types.Lt):
-            high = f" < {item.lt}"
-        elif isinstance(item, annotated_types.Le):
-            high = f" <= {item.le}"
-    return f"{low}value{high}" if low or high else ""
-
-
-def _model_at(loc: list[Any]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = ExperimentConfig
-    for part in loc:
-        if model is None or part not in model.model_fields:
-            return None
-        model = _section_class(model, part)
-    return model
-
-
-def _format_loc(loc: list[Any]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int) or (isinstance(part, str) and part.isdigit()):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
-    if isinstance(value, dict) and value:
-        for key, child in value.items():
-            _flatten(child, f"{prefix}.{key}" if prefix else str(key), out)
-        return
-    out[prefix] = _param_text(value)
-
-
-def _param_text(value: Any) -> str:
-    # Plain strings stay readable in the MLflow UI; anything YAML would read back differently is JSON
-    # (which YAML reads back exactly), so from_flat_params restores the same types.
-    text = value if isinstance(value, str) and _reads_back_as_itself(value) else json.dumps(value)
-    if len(text) > MLFLOW_PARAM_MAX_CHARS:
-        marker = "...<truncated>"
-        text = text[: MLFLOW_PARAM_MAX_CHARS - len(marker)] + marker
-    return text
-
-
-def _reads_back_as_itself(text: str) -> bool:
-    try:
-        return yaml.safe_load(text) == text
-    except yaml.YAMLError:
-        return False

@@ -1,0 +1,65 @@
+"""The experiment configuration: the schema (`schema`), the one override parser (`overrides`), reading and writing
+(`loading`) and what a refused config says (`errors`). Everything here is light: no Ray, no torch."""
+
+from entropilot.platform.config.errors import ConfigError, Problem
+from entropilot.platform.config.loading import (
+    MLFLOW_PARAM_MAX_CHARS,
+    RESUMABLE_SECTION,
+    dump_config,
+    from_flat_params,
+    load_config,
+    parse_config,
+    to_flat_params,
+    with_overrides,
+)
+from entropilot.platform.config.overrides import ALIASES, canonical_path, parse_override, parse_overrides, read_yaml
+from entropilot.platform.config.schema import (
+    DEFAULT_TRACKING_URI,
+    AlgorithmConfig,
+    CheckpointConfig,
+    CollapseConfig,
+    ControlConfig,
+    CovarianceConfig,
+    EntropyConfig,
+    EntropyInitConfig,
+    EnvConfig,
+    EvaluationConfig,
+    ExperimentConfig,
+    MlflowConfig,
+    ModelConfig,
+    ResourcesConfig,
+    StopConfig,
+)
+
+__all__ = [
+    "ALIASES",
+    "DEFAULT_TRACKING_URI",
+    "MLFLOW_PARAM_MAX_CHARS",
+    "RESUMABLE_SECTION",
+    "AlgorithmConfig",
+    "CheckpointConfig",
+    "CollapseConfig",
+    "ConfigError",
+    "ControlConfig",
+    "CovarianceConfig",
+    "EntropyConfig",
+    "EntropyInitConfig",
+    "EnvConfig",
+    "EvaluationConfig",
+    "ExperimentConfig",
+    "MlflowConfig",
+    "ModelConfig",
+    "Problem",
+    "ResourcesConfig",
+    "StopConfig",
+    "canonical_path",
+    "dump_config",
+    "from_flat_params",
+    "load_config",
+    "parse_config",
+    "parse_override",
+    "parse_overrides",
+    "read_yaml",
+    "to_flat_params",
+    "with_overrides",
+]
