@@ -399,9 +399,13 @@ def export(
         f"  {m['env_id']}, action mode {m['action_mode']}, {m['control_hz']} Hz, training run {result.training_run_id}"
     )
     click.echo(f"  sha256 {result.sha256}")
-    click.echo(
-        f"  parity: max |onnxruntime - torch| = {result.parity_error:.2e} over {result.parity_samples} observations"
-    )
+    if "command" in m:  # a categorical policy: its indices, which may differ only at logit ties
+        differ = round(result.parity_error * result.parity_samples)
+        click.echo(f"  parity: command indices differ on {differ} of {result.parity_samples} observations")
+    else:
+        click.echo(
+            f"  parity: max |onnxruntime - torch| = {result.parity_error:.2e} over {result.parity_samples} observations"
+        )
     if registered_model:
         logged = log_to_mlflow(result, registered_model=registered_model, alias=alias)
         click.echo(

@@ -63,3 +63,20 @@ def test_entropy_of_rollouts_is_the_mean_categorical_entropy_over_steps():
     expected = multi_categorical_entropy(torch.as_tensor(logits), (5, 5)).per_dim.mean(0)
     torch.testing.assert_close(estimate.per_dim, expected)
     assert estimate.total.item() == pytest.approx(expected.sum().item())
+
+
+def test_the_config_refuses_unreachable_categorical_targets_before_ray():
+    from entropilot.envs import HOVER_DISCRETE_ID
+    from entropilot.platform.config import ConfigError, parse_config
+
+    discrete = {"env": {"id": HOVER_DISCRETE_ID}}
+    cfg = parse_config({**discrete, "entropy": {"init": {"threshold": 4.8}, "control": {"target": [[0, 4.8], [9, 1]]}}})
+    assert cfg.entropy.init.threshold == 4.8
+    with pytest.raises(ConfigError, match=r"entropy.init.threshold: unreachable: .* at most 4.8283 nats .*\(got 4.9\)"):
+        parse_config({**discrete, "entropy": {"init": {"threshold": 4.9}}})
+    with pytest.raises(ConfigError, match=r"entropy.control.target: unreachable: .* at most 4.8283 nats .*\(got 5.0\)"):
+        parse_config({**discrete, "entropy": {"control": {"target": [[0, 5.0], [100, 1.0]]}}})
+    three = {"env": {"id": HOVER_DISCRETE_ID, "kwargs": {"velocity_levels": [-0.3, 0.0, 0.3]}}}
+    with pytest.raises(ConfigError, match=r"at most 3.2958 nats .* \[3, 3, 3\]"):
+        parse_config({**three, "entropy": {"init": {"threshold": 4.0}}})
+    parse_config({"entropy": {"init": {"threshold": 4.9}, "control": {"target": 5.5}}})  # Gaussian: no such bound

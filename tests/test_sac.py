@@ -21,7 +21,7 @@ from entropilot.platform.train import MODULE_ID, GreedyPolicy, build_from_config
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = {"tau": 0.02, "initial_alpha": 0.3, "target_entropy": -2.5, "replay_capacity": 5000}
+SETTINGS = {"tau": 0.02, "initial_alpha": 0.3, "target_entropy": -2.5, "replay_capacity": 5000, "learning_starts": 300}
 TINY = {
     "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
     "algorithm": {"name": "SAC", "train_batch_size": 64, **SETTINGS},
@@ -42,12 +42,12 @@ def on_learner(algo, fn):
     return [result.get() for result in algo.learner_group.foreach_learner(fn)][0]
 
 
-def test_the_four_sac_settings_reach_rllib():
+def test_the_sac_settings_reach_rllib():
     algo = build_from_config(parse_config(TINY))
     try:
         c = algo.config
         assert (c.tau, c.initial_alpha, c.target_entropy) == (0.02, 0.3, -2.5)
-        assert c.replay_buffer_config["capacity"] == 5000
+        assert c.replay_buffer_config["capacity"] == 5000 and c.num_steps_sampled_before_learning_starts == 300
         assert algo.local_replay_buffer.capacity == 5000  # the buffer that was built
         alpha, target, tau = on_learner(
             algo,
@@ -77,6 +77,7 @@ def test_hover_sac_trains_exports_as_tanh_of_the_mean_and_flies(tmp_path, mlflow
             "mlflow.experiment=test-sac",
             "stop={iterations: 3}",
             "algorithm.train_batch_size=64",
+            "algorithm.learning_starts=100",  # ~100 env steps an iteration: the 2nd and 3rd update
             "evaluation.interval=3",
             "evaluation.episodes=2",
             "checkpoint.interval=null",
@@ -89,7 +90,8 @@ def test_hover_sac_trains_exports_as_tanh_of_the_mean_and_flies(tmp_path, mlflow
         result = train(cfg, echo=lambda line: None)
     last = result.history[-1]
     assert result.iterations == 3 and "success_rate" in last
-    assert last["entropy_target"] == cfg.algorithm.target_entropy and last["entropy_coeff"] > 0  # alpha
+    assert cfg.algorithm.target_entropy == "auto" and last["entropy_target"] == -4.0  # -(action dims)
+    assert last["entropy_coeff"] > 0  # SAC's temperature alpha
     assert math.isfinite(last["entropy"])  # -E[log pi]
 
     exported = export_policy(result.checkpoint, tmp_path / "sac.onnx", parity_batch=64)

@@ -132,6 +132,7 @@ def build_from_config(cfg: ExperimentConfig):
         initial_alpha=a.initial_alpha,
         target_entropy=a.target_entropy,
         replay_capacity=a.replay_capacity,
+        learning_starts=a.learning_starts,
         entropy_control=control,
         covariance_control=covariance,
         num_env_runners=cfg.resources.num_env_runners,
@@ -415,8 +416,8 @@ def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
     from entropilot.policies.entropy_control import EntropyCollapseDetector
 
     c = cfg.entropy.collapse
-    if c.floor is None and c.max_drop_per_million_steps is None:
-        return None
+    if cfg.algorithm.name != "PPO" or (c.floor is None and c.max_drop_per_million_steps is None):
+        return None  # SAC's temperature holds its entropy at its target (config.CollapseConfig)
     detector = EntropyCollapseDetector(floor=c.floor, max_drop_per_million_steps=c.max_drop_per_million_steps)
     for past in history:
         if "entropy" in past:

@@ -71,11 +71,14 @@ class AlgorithmConfig(_Section):
     lambda_: float = Field(0.95, ge=0.0, le=1.0)
     grad_clip: float | None = Field(0.5, gt=0.0)
     vf_loss_coeff: float = Field(0.5, ge=0.0)
-    # SAC only (ignored by PPO).
+    # SAC only (ignored by PPO; all five reach RLlib's SACConfig): target-network Polyak rate, starting temperature,
+    # the entropy (nats) the temperature steers toward ("auto" = -(action dims)), replay buffer size (env steps) and
+    # env steps sampled before the first update.
     tau: float = Field(0.005, gt=0.0, le=1.0)
     initial_alpha: float = Field(1.0, gt=0.0)
     target_entropy: Literal["auto"] | float = "auto"
     replay_capacity: int = Field(100_000, ge=1)
+    learning_starts: int = Field(1000, ge=0)
 
     @field_validator("target_entropy", mode="before")
     @classmethod
@@ -220,9 +223,13 @@ class ControlConfig(_Section):
     def min_target(self) -> float:
         return self.target if isinstance(self.target, float) else min(v for _, v in self.target)
 
+    def max_target(self) -> float:
+        return self.target if isinstance(self.target, float) else max(v for _, v in self.target)
+
 
 class CollapseConfig(_Section):
-    """Entropy-collapse detection (nats); None switches a check off."""
+    """Entropy-collapse detection (nats); None switches a check off. PPO only: SAC's temperature holds its entropy at
+    algorithm.target_entropy (its -E[log pi] is logged as `entropy` all the same)."""
 
     floor: float | None = -1.0
     # Per million env steps (a least-squares slope over the last 500k), so it means the same at any batch size.
@@ -375,6 +382,7 @@ class ExperimentConfig(_Section):
                     "covariance control works with PPO only; set it to off for SAC",
                     self.entropy.covariance.mode,
                 )
+        self._reachable_categorical_entropy()
         floor = self.entropy.collapse.floor
         if control.enabled and floor is not None and floor >= control.min_target():
             raise FieldProblem(
@@ -394,6 +402,29 @@ class ExperimentConfig(_Section):
                 eval_lo,
             )
         return self
+
+    def _reachable_categorical_entropy(self) -> None:
+        """A categorical policy (a discrete-command env) has at most sum of ln K nats: refuse an init threshold or a
+        control target above that, with the maximum (a Gaussian's entropy has no such bound)."""
+        from entropilot.envs import action_space  # the envs room knows its spaces; no simulator starts
+
+        try:
+            space = action_space(self.env.id, self.env.kwargs)
+        except ValueError:  # an unknown id or bad kwargs: reported by env's own validators
+            return
+        nvec = getattr(space, "nvec", None)
+        if nvec is None:
+            return
+        sizes = [int(k) for k in nvec]
+        most = sum(math.log(k) for k in sizes)
+        why = (
+            f"a categorical policy on {self.env.id} has at most {most:.4f} nats (sum of ln K over sub-actions {sizes})"
+        )
+        init, control = self.entropy.init, self.entropy.control
+        if self.algorithm.name == "PPO" and init.enabled and init.threshold > most:
+            raise FieldProblem("entropy.init.threshold", f"unreachable: {why}", init.threshold)
+        if control.enabled and control.max_target() > most:
+            raise FieldProblem("entropy.control.target", f"unreachable: {why}", control.max_target())
 
     # -- derived values the platform needs --------------------------------------------------------
 
