@@ -17,8 +17,8 @@ def command_space(levels: tuple[float, ...]) -> gym.spaces.MultiDiscrete:
 class NearestCommand:
     """obs -> command indices: per axis the level nearest to ``-gain * position error`` (a proportional position
     loop quantized to the table). The discrete tasks' baseline, and the check that their tables can hold a point:
-    with the default five levels it holds every hover start within 0.1 m, with three (one speed a side) it
-    limit-cycles outside (tests/test_discrete.py)."""
+    with the default five levels it succeeds on 19 of 20 held-out hover starts, with three (one speed a side) it
+    limit-cycles around the target (``envs.discrete``; tests/test_discrete.py)."""
 
     def __init__(self, levels: tuple[float, ...], gain: float = 1.5):
         self.levels = np.asarray(levels, dtype=np.float64)
