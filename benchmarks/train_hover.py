@@ -5,6 +5,8 @@ Re-run (each arm stops at 0.95 success or the budget; about 20-30 minutes on a 2
 
     .venv/bin/python benchmarks/train_hover.py                 # entropilot hover vs plain PPO
     .venv/bin/python benchmarks/train_hover.py --budget 600 --seeds 0 1
+    .venv/bin/python benchmarks/train_hover.py --config configs/hover_discrete.yaml --budget 3600   # categorical
+    .venv/bin/python benchmarks/train_hover.py --config configs/hover_sac.yaml --arm entropilot --budget 3600
 
 The baseline is the same experiment as plain RLlib PPO: entropy-aware initialization off and the
 entropy-coefficient controller off (coefficient 0, RLlib's default), everything else equal, so the
@@ -26,11 +28,16 @@ from entropilot.platform.config import load_config
 from entropilot.platform.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
+# The config as it is, and the same experiment as plain RLlib (SAC: the config as it is, one arm).
+ARMS = {
+    "entropilot": [],
+    "plain PPO": ["entropy.init.enabled=false", "entropy.control.enabled=false"],
+}
 
 
-def run(label: str, seed: int, budget: float, overrides: list[str], workdir: Path) -> dict:
+def run(config: Path, label: str, seed: int, budget: float, overrides: list[str], workdir: Path) -> dict:
     cfg = load_config(
-        CONFIG,
+        config,
         [
             f"seed={seed}",
             f"stop.time_s={budget}",
@@ -74,16 +81,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=900.0, help="seconds per training run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--config", type=Path, default=CONFIG, help="any hover-style experiment (hover_discrete.yaml)")
+    parser.add_argument("--arm", choices=ARMS, action="append", help="run only these arms (default: both)")
     args = parser.parse_args()
-    arms = {
-        "entropilot": [],
-        "plain PPO": ["entropy.init.enabled=false", "entropy.control.enabled=false"],
-    }
+    arms = {label: ARMS[label] for label in args.arm or ARMS}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for label, overrides in arms.items():
-                rows.append(run(label, seed, args.budget, overrides, Path(tmp)))
+                rows.append(run(args.config, label, seed, args.budget, overrides, Path(tmp)))
     print("\n| arm | seeds reaching 0.95 | median time to 0.95 (s) | s / iteration | env steps/s while training |")
     print("|---|---|---|---|---|")
     summary = {}
@@ -96,7 +102,7 @@ def main() -> None:
             f"{statistics.median(r['s_per_iteration'] for r in mine):.2f} | "
             f"{statistics.median(r['env_steps_per_s'] for r in mine):.0f} |"
         )
-    ours, base = summary["entropilot"], summary["plain PPO"]
+    ours, base = summary.get("entropilot"), summary.get("plain PPO")
     if ours and base:
         print(f"\ntime-to-0.95 ratio (plain PPO / entropilot): {base / ours:.2f}x")
     else:
