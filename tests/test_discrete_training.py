@@ -25,12 +25,15 @@ from entropilot.platform.train import train
 pytestmark = pytest.mark.integration
 
 THRESHOLD = 4.7  # nats, of at most 3 ln 5 = 4.83
-TARGET = 4.0
+# A minimum just under the maximum: RLlib's default init measures 4.79-4.81 nats (docs/training.md), so the default
+# controller (lower_bound) has an entropy below its target to push up.
+TARGET = 4.82
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mlflow_server):
-    """Two PPO iterations on a short discrete hover task with init and control on; (TrainResult, run folder)."""
+    """Two PPO iterations on a short discrete hover task with init and the default controller (lower_bound) on;
+    (TrainResult, echoed lines, run folder)."""
     root = tmp_path_factory.mktemp("discrete")
     ray.init(**RAY_TEST_INIT)
     try:
@@ -66,14 +69,15 @@ def trained(tmp_path_factory, mlflow_server):
 def test_init_and_control_act_on_the_categorical_entropy(trained, mlflow_server):
     result, lines, _ = trained
     init_line = next(line for line in lines if line.startswith("entropy-aware init"))
-    assert f"threshold {THRESHOLD:.2f}" in init_line
+    assert f"threshold {THRESHOLD:.2f}" in init_line and "nats of categorical entropy" in init_line
     for metrics in result.history:
         per_dim = [metrics[f"entropy_per_dim/{i}"] for i in range(3)]
         assert all(0 < h <= math.log(5) for h in per_dim)  # one entry per sub-action, each at most ln 5
         assert metrics["entropy"] == pytest.approx(sum(per_dim))
         assert metrics["entropy_target"] == TARGET
-    # The entropy is above the target: the controller lowers the coefficient below its start (0).
-    assert result.history[-1]["entropy_coeff"] < 0
+    # The entropy is below the minimum: the lower-bound controller raises the coefficient above its start (0).
+    assert all(metrics["entropy"] < TARGET for metrics in result.history)
+    assert result.history[-1]["entropy_coeff"] > 0
     assert "success_rate" in result.history[-1]  # the greedy (argmax) policy was evaluated
 
     import mlflow

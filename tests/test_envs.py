@@ -34,7 +34,7 @@ def test_check_env_passes(env_id, action_mode):
         warnings.simplefilter("ignore")  # the unbounded-Box warning is expected for physical quantities
         check_env(env.unwrapped, skip_render_check=True)
     assert env.observation_space.shape == (OBSERVATION_SIZE,) == (len(OBSERVATION_NAMES),)
-    assert env.action_space == action_space(env_id, {"action_mode": action_mode})  # known without a simulator
+    assert env.action_space == action_space(env_id, {"action_mode": action_mode})  # what config validation reads
     assert env.action_space.shape == ((4,) if env_id not in COMMAND_ENVS else (3,))
     env.close()
 
@@ -201,6 +201,7 @@ def test_swarm_is_an_rllib_multi_agent_env():
     from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
     env = make_env(SWARM_ID, num_drones=3)
+    assert all(space == action_space(SWARM_ID, {"num_drones": 3}) for space in env.action_spaces.values())
     assert isinstance(env, MultiAgentEnv)
     obs, infos = env.reset(seed=0)
     assert sorted(obs) == env.possible_agents == ["drone_0", "drone_1", "drone_2"]

@@ -11,7 +11,7 @@ import pytest
 from ray.rllib.algorithms.ppo import PPOConfig
 
 from entropilot.platform.config import ConfigError, parse_config
-from entropilot.platform.live_tuning import ERROR_TAG, live_control, live_tag
+from entropilot.platform.live_tuning import ERROR_TAG, MODE_FIELDS, live_control, live_settings, live_tag
 from entropilot.platform.train import STATE_FILE, prepare_resume, train
 from entropilot.policies.entropy_control import EntropyCoefficientController
 from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
@@ -21,7 +21,8 @@ COEF_MIN = live_tag("coef_min")
 
 
 def config(**control):
-    return parse_config({"entropy": {"control": {"target": 3.0, **control}}})
+    """The signed tracker unless `mode` says otherwise: its live fields are the most."""
+    return parse_config({"entropy": {"control": {"mode": "track", "target": 3.0, **control}}})
 
 
 # -- validation ---------------------------------------------------------------------------------------
@@ -38,12 +39,45 @@ def test_live_tags_become_config_values():
     assert live_control(config(), {}) == config().entropy.control
 
 
-def test_live_bounds_may_exclude_coef_init():
-    # coef_init only sets where a run starts; the running coefficient is clamped into live bounds.
-    control = live_control(config(coef_init=0.0), {COEF_MIN: "0.01", live_tag("coef_max"): "0.02"})
+def test_live_bounds_may_exclude_the_starting_coef():
+    # coef only sets where a lower_bound or track run starts; the running coefficient is clamped into live bounds.
+    control = live_control(config(coef=0.0), {COEF_MIN: "0.01", live_tag("coef_max"): "0.02"})
     assert (control.coef_min, control.coef_max) == (0.01, 0.02)
     # PyYAML reads 1e-3 as a string; the schema still takes it as a number, and so does the clamp.
-    assert live_control(config(coef_init=0.0), {COEF_MIN: "1e-3"}).coef_min == 0.001
+    assert live_control(config(coef=0.0), {COEF_MIN: "1e-3"}).coef_min == 0.001
+
+
+@pytest.mark.parametrize(
+    "mode, tags, expected",
+    [
+        ("fixed", {live_tag("coef"): "0.02"}, {"coef": 0.02}),
+        ("sigma_schedule", {live_tag("sigma"): "[[0, 0.4], [1000, 0.2]]"}, {"sigma": [(0, 0.4), (1000, 0.2)]}),
+        ("lower_bound", {TARGET: "1.5", COEF_MIN: "0.001"}, {"target": 1.5, "coef_min": 0.001}),
+    ],
+)
+def test_each_mode_takes_its_own_live_fields(mode, tags, expected):
+    control = live_control(config(mode=mode), tags)
+    assert {field: getattr(control, field) for field in expected} == expected
+    settings = live_settings(control)
+    assert set(settings) == set(MODE_FIELDS[mode]) and all(settings[k] == v for k, v in expected.items())
+
+
+@pytest.mark.parametrize(
+    "mode, tag, why",
+    [
+        ("fixed", TARGET, rf"not used in entropy.control.mode fixed; live there: {re.escape(live_tag('coef'))}"),
+        ("lower_bound", live_tag("sigma"), "not used in entropy.control.mode lower_bound"),
+        ("sigma_schedule", COEF_MIN, rf"not used .*; live there: {re.escape(live_tag('sigma'))} \(got"),
+    ],
+)
+def test_a_field_the_mode_does_not_use_is_refused(mode, tag, why):
+    with pytest.raises(ConfigError, match=rf"{re.escape(tag)}: {why}"):
+        live_control(config(mode=mode), {tag: "0.01"})
+
+
+def test_a_lower_bound_refuses_a_live_penalty():
+    with pytest.raises(ConfigError, match=rf"{re.escape(COEF_MIN)}: a lower_bound controller never goes below zero"):
+        live_control(config(mode="lower_bound"), {COEF_MIN: "-0.01"})
 
 
 @pytest.mark.parametrize(
@@ -61,13 +95,16 @@ def test_live_bounds_may_exclude_coef_init():
         ({TARGET: "[[5, 3]]"}, TARGET, r"schedule must start at env step 0 \(got \[5, 3\]\)"),
         ({TARGET: "[[0, 3], [0, 2]]"}, TARGET, r"schedule env steps must be strictly increasing \(got \[0, 2\]\)"),
         # A target under the collapse floor would make every iteration a "collapse".
-        ({TARGET: "-2"}, "entropy.collapse.floor", r"must be below the lowest entropy.control.target \(-2.0\)"),
+        ({TARGET: "-9"}, "entropy.collapse.floor", r"must be below the lowest entropy.control.target \(-9.0\)"),
         (
             {"entropilot.live.entropy.target": "2"},
             "entropilot.live.entropy.target",
             rf"not a live setting; allowed: {TARGET}, .* \(got '2'\)",
         ),
         ({live_tag("coef_init"): "0.01"}, live_tag("coef_init"), "not a live setting"),
+        ({live_tag("coef"): "0.01"}, live_tag("coef"), "not used in entropy.control.mode track"),
+        # Above what the effective entropy of Box(4) can reach.
+        ({TARGET: "6"}, TARGET, r"unreachable: .* lies in \[-21.96, 5.68\] nats"),
     ],
 )
 def test_bad_live_tags_are_named_with_value_and_reason(tags, where, why):
@@ -85,7 +122,7 @@ def test_live_tags_need_entropy_control():
 
 
 def test_retune_keeps_the_integrator_state():
-    controller = EntropyCoefficientController(target=3.0, gain=0.01, damping=0.05)
+    controller = EntropyCoefficientController(target=3.0, mode="track", gain=0.01, damping=0.05)
     for steps, measured in ((0, 5.0), (100, 4.8), (200, 4.7)):
         controller.update(measured, steps)
     before = controller.state_dict()
@@ -99,7 +136,7 @@ def test_retune_keeps_the_integrator_state():
 
 
 def test_retune_clamps_the_coefficient_and_rejects_bad_settings_whole():
-    controller = EntropyCoefficientController(target=3.0, initial_coef=-0.04)
+    controller = EntropyCoefficientController(target=3.0, mode="track", initial_coef=-0.04)
     controller.retune(coef_min=-0.01)
     assert controller.coefficient == -0.01
     before = controller.state_dict()
@@ -146,9 +183,9 @@ def tiny_config(tmp_path, uri, iterations):
             "name": "live-tuning",
             "env": {"id": "entropilot/Hover-v0", "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
             "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-            # Far below a fresh policy's ~5.7 nats: the controller steps the coefficient down at max_step each
-            # iteration.
-            "entropy": {"init": {"enabled": False}, "control": {"target": 3.0}},
+            # Far below a fresh policy's ~4.35 effective nats: the signed tracker steps the coefficient down at
+            # max_step each iteration.
+            "entropy": {"init": {"enabled": False}, "control": {"mode": "track", "target": 3.0}},
             "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
             "mlflow": {"tracking_uri": uri, "experiment": "test-live-tuning", "video": False, "system_metrics": False},
             "stop": {"iterations": iterations},

@@ -17,7 +17,8 @@ from entropilot.deploy.export import export_policy
 from entropilot.deploy.onnx_policy import OnnxPolicy
 from entropilot.envs import HOVER_ID, make_env
 from entropilot.platform.config import load_config, parse_config
-from entropilot.platform.train import MODULE_ID, GreedyPolicy, build_from_config, train
+from entropilot.platform.evaluation import GreedyPolicy
+from entropilot.platform.train import MODULE_ID, build_from_config, train
 
 pytestmark = pytest.mark.integration
 

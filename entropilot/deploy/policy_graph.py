@@ -24,9 +24,9 @@ from entropilot.deploy.contract import (
     OUTPUT_NAME,
     SQUASHED_DETERMINISTIC_ACTION,
 )
+from entropilot.deploy.export_inputs import ExportError
 
 __all__ = [
-    "ExportError",
     "PolicyGraph",
     "RL_MODULE_SUBDIR",
     "check_graph",
@@ -37,10 +37,6 @@ __all__ = [
 ]
 
 RL_MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
-
-
-class ExportError(RuntimeError):
-    """The policy could not be exported, or the exported file does not act like the trained policy."""
 
 
 def load_rl_module(checkpoint: Path, module_id: str):
@@ -102,7 +98,7 @@ class PolicyGraph(torch.nn.Module):
     def __init__(self, module, stats):
         from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
 
-        from entropilot.policies.entropy_init import categorical_sizes
+        from entropilot.policies.entropy_range import categorical_sizes
 
         super().__init__()
         self.module = module

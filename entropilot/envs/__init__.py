@@ -76,7 +76,8 @@ def validate_env_kwargs(env_id: str, kwargs: dict) -> None:
 
 
 def action_space(env_id: str, kwargs: dict | None = None) -> gym.spaces.Space:
-    """The action space (per drone) of ``env_id`` with ``kwargs``, without starting a simulator."""
+    """One agent's action space of ``env_id`` with ``kwargs``, without starting a simulator (config validation
+    uses it): Box([-1, 1]^4) in both action modes, MultiDiscrete for a command task."""
     from entropilot.envs.commands import command_space
 
     _known(env_id)
@@ -136,6 +137,7 @@ __all__ = [
     "WAYPOINT_ID",
     "WaypointSettings",
     "VECTOR_ENTRY_POINTS",
+    "action_space",
     "make_env",
     "make_vector_env",
     "validate_env_kwargs",

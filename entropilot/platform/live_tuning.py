@@ -12,9 +12,16 @@ import yaml
 from entropilot.platform.config import ConfigError, ControlConfig, ExperimentConfig, Problem, parse_config, read_yaml
 
 LIVE_TAG_PREFIX = "entropilot.live."
-# The `entropy.control` fields a running controller can take (`EntropyCoefficientController.retune`);
-# `enabled` and `coef_init` only mean something when a run starts.
-LIVE_FIELDS = ("target", "coef_min", "coef_max", "gain", "damping", "max_step")
+# The `entropy.control` fields a running controller can take, per mode (`EntropyCoefficientController.retune`,
+# or the learner's sigma schedule); `enabled` and `mode` only mean something when a run starts, and `coef` is where
+# a lower_bound or track controller starts (after that, its own state).
+MODE_FIELDS = {
+    "lower_bound": ("target", "coef_min", "coef_max", "gain", "damping", "max_step"),
+    "track": ("target", "coef_min", "coef_max", "gain", "damping", "max_step"),
+    "fixed": ("coef",),
+    "sigma_schedule": ("sigma",),
+}
+LIVE_FIELDS = ("target", "coef", "coef_min", "coef_max", "gain", "damping", "max_step", "sigma")
 
 
 def live_tag(field: str) -> str:
@@ -42,6 +49,7 @@ def live_control(cfg: ExperimentConfig, tags: Mapping[str, str]) -> ControlConfi
     every target). Raises ConfigError with one problem per bad tag, naming the tag, why, and its value.
     """
     tags = live_tags(tags)
+    mode = cfg.entropy.control.mode
     problems = []
     values = {}
     for tag, text in sorted(tags.items()):
@@ -50,6 +58,9 @@ def live_control(cfg: ExperimentConfig, tags: Mapping[str, str]) -> ControlConfi
             problems.append(Problem(tag, f"not a live setting; allowed: {', '.join(LIVE_TAGS)}", text))
         elif not cfg.entropy.control.enabled:
             problems.append(Problem(tag, "entropy control is off in this run (entropy.control.enabled: false)", text))
+        elif field not in MODE_FIELDS[mode]:
+            used = ", ".join(live_tag(f) for f in MODE_FIELDS[mode])
+            problems.append(Problem(tag, f"not used in entropy.control.mode {mode}; live there: {used}", text))
         else:
             try:
                 values[field] = read_yaml(text)
@@ -60,24 +71,33 @@ def live_control(cfg: ExperimentConfig, tags: Mapping[str, str]) -> ControlConfi
     data = cfg.model_dump(mode="json")
     control = data["entropy"]["control"]
     control.update(values)
-    # coef_init only sets where a run starts; a running coefficient outside new bounds is clamped into
-    # them by the controller. So new bounds may exclude coef_init: check them against a clamped one.
-    try:
-        low, high = float(control["coef_min"]), float(control["coef_max"])
-    except (TypeError, ValueError):
-        pass  # the schema names the bad bound
-    else:
-        if low <= high:
-            control["coef_init"] = min(max(control["coef_init"], low), high)
+    # In lower_bound/track mode `coef` only sets where a run starts; a running coefficient outside new bounds is
+    # clamped into them by the controller. So new bounds may exclude `coef`: check them against a clamped one.
+    if mode in ("lower_bound", "track") and control["coef_min"] is not None:
+        try:
+            low, high = float(control["coef_min"]), float(control["coef_max"])
+        except (TypeError, ValueError):
+            pass  # the schema names the bad bound
+        else:
+            if low <= high:
+                control["coef"] = min(max(control["coef"], low), high)
     try:
         return parse_config(data, source=SOURCE).entropy.control
     except ConfigError as exc:
         raise ConfigError([problem._replace(path=_tag_of(problem.path)) for problem in exc.problems], SOURCE) from None
 
 
+def live_settings(control: ControlConfig) -> dict[str, Any]:
+    """The live fields of `control`'s mode as the learner's `retune_entropy_control` takes them."""
+    settings = {field: getattr(control, field) for field in MODE_FIELDS[control.mode]}
+    if "coef_min" in settings:
+        settings["coef_min"] = control.resolved_coef_min
+    return settings
+
+
 def retune_learners(algo, control: ControlConfig) -> None:
     """Give every learner's entropy controllers the live fields of `control`, keeping their integrator state."""
-    settings = {field: getattr(control, field) for field in LIVE_FIELDS}
+    settings = live_settings(control)
     for result in algo.learner_group.foreach_learner(lambda learner: learner.retune_entropy_control(settings)):
         result.get()  # a learner's error surfaces here
 
@@ -121,24 +141,20 @@ class LiveTuner:
             )
             tracker.set_tag(ERROR_TAG, f"iteration {iteration}: {reasons}")
             return
-        changed = [field for field in LIVE_FIELDS if getattr(control, field) != getattr(self._control, field)]
+        old, new = live_settings(self._control), live_settings(control)
+        changed = [field for field in new if new[field] != old[field]]
         if changed:
             retune_learners(algo, control)
             for field in changed:
                 tag = live_tag(field)
                 source = f"from MLflow tag {tag}" if tag in tags else f"tag {tag} removed: the config's value"
                 self._echo(
-                    f"live: entropy.control.{field} {_text(getattr(self._control, field))} → "
-                    f"{_text(getattr(control, field))} ({source}) at iteration {iteration}"
+                    f"live: entropy.control.{field} {_text(old[field])} → {_text(new[field])} ({source}) "
+                    f"at iteration {iteration}"
                 )
             # A schedule is logged as its value now.
-            tracker.log_metrics(
-                {
-                    f"live/{field}": control.target_at(int(env_steps)) if field == "target" else getattr(control, field)
-                    for field in changed
-                },
-                step=iteration,
-            )
+            now = {"target": control.target_at(int(env_steps)), "sigma": control.sigma_at(int(env_steps))}
+            tracker.log_metrics({f"live/{field}": now.get(field, new[field]) for field in changed}, step=iteration)
         if stale_error:
             tracker.set_tag(ERROR_TAG, f"none since iteration {iteration}")
         self._rejected = None
