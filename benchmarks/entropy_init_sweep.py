@@ -75,7 +75,8 @@ def main() -> None:
     if args.thresholds:
         thresholds = [float(t) for t in args.thresholds.split(",")]
     else:
-        thresholds = [pooled[0] - 0.5, *quantiles[::2], pooled[-1] + 0.5]
+        # Within the reachable range: thresholds a run could be given (a categorical policy's top is sum of ln K).
+        thresholds = [max(pooled[0] - 0.5, low), *quantiles[::2], min(pooled[-1] + 0.5, high)]
     baseline = [draws[0].entropy for draws in searches]
     print()
     # What a threshold means per action dim: a Gaussian's std (action half-widths), or a categorical sub-action's
