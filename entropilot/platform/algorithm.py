@@ -149,6 +149,10 @@ def algorithm_config(
     entropy_control: dict | None = None,
     covariance_control: dict | None = None,
     learning_starts: int = 1000,
+    tau: float = 0.005,
+    initial_alpha: float = 1.0,
+    target_entropy: float | str = "auto",
+    replay_capacity: int = 100_000,
     num_env_runners: int = 1,
     envs_per_runner: int = 1,
     num_cpus_per_env_runner: float = 1,
@@ -171,7 +175,11 @@ def algorithm_config(
     there; `entropy_coeff` is PPO's fixed coefficient when no controller is set); `train_batch_size`,
     `minibatch_size`, `num_epochs` are per learner. SAC uses `ResumableSACLearner`; `lr` sets the
     actor, critic and temperature rates, `train_batch_size` the replay batch per learner,
-    `learning_starts` the env steps sampled before the first update. `gpu` and `num_learners` are
+    `learning_starts` the env steps sampled before the first update, `tau` the target networks' Polyak rate,
+    `initial_alpha` the starting temperature, `target_entropy` the entropy its temperature steers toward (nats;
+    "auto" = -(action dims), RLlib's default) and `replay_capacity` the replay buffer's size in env steps (RLlib's
+    prioritized episode buffer, whose own default is 1e6); PPO's own settings do not reach SAC, nor these PPO.
+    `gpu` and `num_learners` are
     resolved by `resolve_learner_resources`; remote learners take `num_cpus_per_learner` CPUs each
     ("auto": 1 without GPU, 0 with). Observations are normalized with RLlib's MeanStdFilter
     unless `normalize_observations=False`. `learner_class` replaces our learner (e.g. RLlib's stock one).
@@ -233,6 +241,10 @@ def algorithm_config(
             gamma=gamma,
             train_batch_size_per_learner=train_batch_size,
             num_steps_sampled_before_learning_starts=learning_starts,
+            tau=tau,
+            initial_alpha=initial_alpha,
+            target_entropy=target_entropy,
+            replay_buffer_config={"capacity": replay_capacity},
         )
         default_learner = ResumableSACLearner
         learner_config = {}

@@ -1,5 +1,6 @@
 """Entropy-aware initialization (Jang & Kim 2021, arXiv 2108.10533): before training, redraw the
-policy's initial weights until the policy explores enough on the states it visits in the real env."""
+policy's initial weights until the policy explores enough on the states it visits in the real env (for a
+categorical policy, as in the paper: the mean entropy of its action distribution over real rollouts)."""
 
 import math
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ import torch
 from ray.rllib.core.columns import Columns
 
 from entropilot.policies.entropy import EntropyEstimate, measured_entropies
+from entropilot.policies.entropy_range import entropy_key
 from entropilot.policies.initial_weights import DEFAULT_FAMILY, InitFamily, draw_seed, reinitialize_policy
 from entropilot.rllib_internals import request_seeded_reset
 
@@ -62,7 +64,8 @@ def entropy_aware_init(
 ) -> EntropyInitResult:
     """Draw k = 0..max_draws-1 reinitializes the policy with `draw_seed(weight_seed, k)` in `family`,
     samples about `rollout_steps` env steps on the algorithm's env runners and measures the policy's
-    mean entropy (`measure`, see `entropy.measured_entropies`) over the visited states. Stops at the
+    mean entropy (`measure`, see `entropy.measured_entropies`; a categorical policy's entropy whatever
+    `measure` says, `entropy_range.entropy_key`) over the visited states. Stops at the
     first draw whose entropy is >= `threshold`; otherwise the best draw is re-applied (`search_outcome`).
     Call before the first `algo.train()` (the optimizer state is not reset).
 
@@ -152,7 +155,9 @@ def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = Non
 
 
 def entropy_of_rollouts(sample: RolloutSample, measure: str, normalize_actions: bool) -> EntropyEstimate:
-    """Mean entropy (`measure`) of the policy over the sampled steps: `total` a scalar, `per_dim` [dims]."""
+    """Mean entropy (`measure`) of the policy over the sampled steps: `total` a scalar, `per_dim` [dims or
+    sub-actions]."""
     inputs = torch.as_tensor(sample.action_dist_inputs, dtype=torch.float64)
-    per_dim = measured_entropies(inputs, sample.action_space, normalize_actions)[measure].mean(0)
+    entropies = measured_entropies(inputs, sample.action_space, normalize_actions)
+    per_dim = entropies[entropy_key(measure, sample.action_space)].mean(0)
     return EntropyEstimate(per_dim.sum(), per_dim)
