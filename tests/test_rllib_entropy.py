@@ -269,6 +269,12 @@ def test_a_threshold_sweep_moves_the_kept_entropy_and_the_acceptance_rate():
         median = pooled[len(pooled) // 2]
         live = entropy_aware_init(algo, threshold=median, weight_seed=2, max_draws=5, family=family, rollout_steps=200)
         assert live == search_outcome(searches[2], median)
+        # Upside down (the study's worst-of-N arm): every draw is made and the lowest kept, whatever the threshold.
+        worst = entropy_aware_init(
+            algo, threshold=median, weight_seed=2, max_draws=5, family=family, rollout_steps=200, keep="lowest"
+        )
+        assert worst == search_outcome(searches[2], median, "lowest")
+        assert len(worst.draws) == 5 and worst.chosen.entropy == min(d.entropy for d in searches[2])
     finally:
         algo.stop()
 

@@ -397,12 +397,17 @@ def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str],
         measure=cfg.entropy.measure,
         rollout_steps=init.rollout_steps,
         noise_seed=cfg.seed,
+        keep=init.keep,
     )
     tracker.log_entropy_init(result)
+    if init.keep == "lowest":
+        why = "the lowest of them, keep=lowest"
+    else:
+        why = f"threshold {result.threshold:.2f}{'' if result.cleared else ', not cleared: kept the best'}"
     echo(
         f"entropy-aware init: {len(result.draws)} draw(s), kept draw {result.draws.index(result.chosen)} "
         f"(torch seed {result.chosen.seed}) with {result.chosen.entropy:.2f} nats of {cfg.entropy_name} entropy "
-        f"(threshold {result.threshold:.2f}{'' if result.cleared else ', not cleared: kept the best'})"
+        f"({why})"
     )
 
 

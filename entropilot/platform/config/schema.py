@@ -158,6 +158,10 @@ class EntropyInitConfig(_Section):
     threshold: float = Field(2.0, ge=-100.0, le=100.0)
     max_draws: int = Field(10, ge=1, le=1000)
     rollout_steps: int = Field(1000, ge=1)
+    # first_clearing: the first draw at or above the threshold, else the best of max_draws (the method).
+    # lowest: the least exploring of all max_draws draws, the method turned upside down (the entropy study's
+    # worst-of-N arm: if clearing a threshold helps, keeping the lowest should hurt).
+    keep: Literal["first_clearing", "lowest"] = "first_clearing"
 
 
 class ControlConfig(_Section):
