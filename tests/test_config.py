@@ -57,7 +57,9 @@ def test_hover_is_small_and_fast():
     cfg = load_config(CONFIGS / "hover.yaml")
     assert cfg.algorithm.name == "PPO" and cfg.env.kwargs["action_mode"] == "ctbr"
     assert (cfg.algorithm.train_batch_size, cfg.algorithm.minibatch_size, cfg.algorithm.num_epochs) == (4000, 512, 10)
-    assert (cfg.resources.num_env_runners, cfg.resources.envs_per_runner) == (1, 8)
+    r = cfg.resources
+    assert (r.num_env_runners, r.envs_per_runner, r.sampler, r.vector_env) == (0, 8, "bulk", "batched")
+    assert (cfg.algorithm.kl_coeff, cfg.algorithm.vf_clip) == (0.0, None)
     assert cfg.stop.success_rate == 0.95 and cfg.stop.time_s <= 900
 
 
