@@ -12,9 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from entropilot.platform.config.errors import FieldProblem
+from entropilot.platform.config.errors import FieldProblem, conflict
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# json_schema_extra of a field a running training may change (entropy.control's, from MLflow tags).
+LIVE = {"live": True}
 
 
 class _Section(BaseModel):
@@ -144,21 +146,62 @@ class ControlConfig(_Section):
 
     # None = on for PPO, off for SAC (SAC tunes its own alpha); resolved by ExperimentConfig.
     enabled: bool | None = None
-    # A constant, or a piecewise-linear schedule [[env_steps, nats], ...] starting at step 0.
-    target: float | list[tuple[int, float]] = 1.0
+    # Fields marked LIVE are what a running training takes from its MLflow run's tags (platform/live_tuning.py):
+    # their description is what the run's page says about them.
+    target: float | list[tuple[int, float]] = Field(
+        1.0,
+        description="target policy entropy in nats: a number, or a schedule [[env_steps, nats], ...] (linear between "
+        "points, env steps of the whole run); every value above entropy.collapse.floor",
+        json_schema_extra=LIVE,
+    )
     # PPO loss term -coef * entropy: coef < 0 penalizes entropy. |coef| ~ 1 would swamp PPO's policy
     # gradient (advantages are standardized); useful values are of order +-0.01. coef_min bounds the
     # penalty, i.e. how hard the controller may push toward collapse.
     coef_init: float = Field(0.0, ge=-1.0, le=1.0, allow_inf_nan=False)
-    coef_min: float = Field(-0.05, ge=-1.0, le=1.0, allow_inf_nan=False)
-    coef_max: float = Field(0.05, ge=-1.0, le=1.0, allow_inf_nan=False)
-    # Integral action: coefficient change per nat of entropy error per iteration.
-    gain: float = Field(0.003, gt=0.0, le=1.0, allow_inf_nan=False)
-    # Proportional action on the error's change; > 0 is what keeps the loop from oscillating (the entropy
-    # integrates the coefficient). Stable while b * (gain + 2 * damping) < 4, b = plant gain, ~1 on hover.
-    damping: float = Field(0.08, ge=0.0, le=1.0, allow_inf_nan=False)
-    # Largest coefficient change per iteration.
-    max_step: float = Field(0.005, gt=0.0, le=1.0, allow_inf_nan=False)
+    coef_min: float = Field(
+        -0.05,
+        ge=-1.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="lowest coefficient, the strongest entropy penalty: how fast entropy can be pushed down; "
+        "at most coef_max",
+        json_schema_extra=LIVE,
+    )
+    coef_max: float = Field(
+        0.05,
+        ge=-1.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="highest coefficient, the strongest entropy bonus: how fast entropy can be pushed up; "
+        "at least coef_min",
+        json_schema_extra=LIVE,
+    )
+    gain: float = Field(
+        0.003,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="integral action: coefficient change per nat of entropy error per iteration",
+        json_schema_extra=LIVE,
+    )
+    # Stable while b * (gain + 2 * damping) < 4, b = plant gain, ~1 on hover.
+    damping: float = Field(
+        0.08,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="proportional action on the change of the error; keeps the loop from oscillating (entropy "
+        "integrates the coefficient)",
+        json_schema_extra=LIVE,
+    )
+    max_step: float = Field(
+        0.005,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="largest coefficient change per iteration",
+        json_schema_extra=LIVE,
+    )
 
     def controller_kwargs(self) -> dict:
         """Keyword arguments of `policies.entropy_control.EntropyCoefficientController` for this section."""
@@ -197,7 +240,11 @@ class ControlConfig(_Section):
     @model_validator(mode="after")
     def _coef_bounds(self) -> ControlConfig:
         if self.coef_min > self.coef_max:
-            raise FieldProblem("coef_min", f"must be <= coef_max ({self.coef_max})", self.coef_min)
+            raise conflict(
+                "ControlConfig",
+                FieldProblem("coef_min", f"must be <= coef_max ({self.coef_max})", self.coef_min),
+                FieldProblem("coef_max", f"must be >= coef_min ({self.coef_min})", self.coef_max),
+            )
         if not self.coef_min <= self.coef_init <= self.coef_max:
             raise FieldProblem(
                 "coef_init", f"must be within [coef_min, coef_max] = [{self.coef_min}, {self.coef_max}]", self.coef_init
@@ -376,10 +423,20 @@ class ExperimentConfig(_Section):
                 )
         floor = self.entropy.collapse.floor
         if control.enabled and floor is not None and floor >= control.min_target():
-            raise FieldProblem(
-                "entropy.collapse.floor",
-                f"must be below the lowest entropy.control.target ({control.min_target()})",
-                floor,
+            # A target under the floor would make every iteration a "collapse".
+            if isinstance(control.target, float):
+                where, value = "entropy.control.target", control.target
+            else:
+                index = min(range(len(control.target)), key=lambda i: control.target[i][1])
+                where, value = f"entropy.control.target.{index}", list(control.target[index])
+            raise conflict(
+                "ExperimentConfig",
+                FieldProblem(
+                    "entropy.collapse.floor",
+                    f"must be below the lowest entropy.control.target ({control.min_target()})",
+                    floor,
+                ),
+                FieldProblem(where, f"must be above entropy.collapse.floor ({floor})", value),
             )
         # RLlib (2.60) seeds runner i's vector env with seed + i, its sub-env j with seed + i + j (runner 0 =
         # the local one); held-out evaluation seeds must stay outside that range.

@@ -1,0 +1,92 @@
+"""What a person sees of a training on its MLflow run page: the link to it, the run's description (how to tune entropy
+live), the tags a run starts with, and the metrics laid out first on its Model metrics tab."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from entropilot.platform.config import ControlConfig, ExperimentConfig, allowed_range
+from entropilot.platform.live_tuning import (
+    ERROR_TAG,
+    LIVE_FIELDS,
+    config_settings,
+    initial_tags,
+    live_tag,
+    tag_names,
+)
+
+DESCRIPTION_TAG = "mlflow.note.content"  # the run's Description on its Overview tab (markdown)
+# The UI's `mlflow ui` / `mlflow server` address when the tracking URI is not a server (a sqlite file).
+LOCAL_UI = "http://127.0.0.1:5000"
+# The Model metrics tab shows one section per metric-name prefix, alphabetically, and the metrics without a prefix
+# last (MLflow 3.17.2's UI): under `entropy/` these come first, so entropy and its target are the first charts.
+FIRST_CHARTS = {
+    "entropy": "entropy/measured",
+    "entropy_target": "entropy/target",
+    "entropy_coeff": "entropy/coefficient",
+}
+
+
+def run_page_url(tracking_uri: str, experiment_id: str, run_id: str, tab: str = "") -> str:
+    """The run's page in the MLflow UI, in its model-training view (`tab`: "", "model-metrics", "artifacts")."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{'/' + tab if tab else ''}?workflowType=machine_learning"
+
+
+def where_to_look(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """One console line: where the run's page is (and, for a sqlite store, the command that serves it)."""
+    url = run_page_url(tracking_uri, experiment_id, run_id)
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"MLflow run {run_id}: {url}"
+    return f"MLflow run {run_id} in {tracking_uri}: run `mlflow ui --backend-store-uri {tracking_uri}`, open {url}"
+
+
+def first_charts(metrics: Mapping[str, float]) -> dict[str, float]:
+    """An iteration's entropy, target and coefficient again under the names MLflow lays out first."""
+    return {FIRST_CHARTS[key]: value for key, value in metrics.items() if key in FIRST_CHARTS}
+
+
+def start_tags(cfg: ExperimentConfig) -> dict[str, str]:
+    """The tags a new run starts with: the live settings, each with the config's value, and the description."""
+    tags = initial_tags(cfg)
+    return {**tags, DESCRIPTION_TAG: description(cfg)} if tags else {}
+
+
+def description(cfg: ExperimentConfig) -> str:
+    """The run's description: what can be tuned live, what each setting does, what it accepts, how fast it acts."""
+    control = cfg.entropy.control
+    settings = config_settings(cfg)
+    rows = []
+    for field in LIVE_FIELDS:
+        info = ControlConfig.model_fields[field]
+        shortcuts = "".join(f" or `{name}`" for name in tag_names(field)[1:])
+        accepted = allowed_range(["entropy", "control", field]).replace("value", field)
+        rows.append(
+            f"| `{field}`{shortcuts} | `{settings[field]}` | {info.description}{'; ' + accepted if accepted else ''} |"
+        )
+    plots = cfg.checkpoint.interval
+    redrawn = f"redrawn every {plots} iterations and at the end" if plots else "drawn at the end"
+    return "\n".join(
+        [
+            "**Tune entropy while this run trains.** Each tag `" + live_tag("FIELD") + "` holds a setting in force:",
+            "edit its value with the pencil next to *Tags* above. Before every iteration the training reads the tags",
+            "and applies a change at once, for the rest of the run (and a resume); delete a tag to go back to the",
+            "config's value. A value it refuses changes nothing; the tag `" + ERROR_TAG + "` then says which tag, the",
+            "value typed and what would be accepted (the console has the whole rule).",
+            "",
+            "| FIELD | config value | what it does; accepted |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"**How fast.** The coefficient follows the error at once but moves at most `max_step` "
+            f"({control.max_step:g}) per iteration and stays within [`coef_min`, `coef_max`] "
+            f"= [{control.coef_min:g}, {control.coef_max:g}]; entropy moves only as fast as the coefficient pushes it. "
+            "A target change shows in the entropy curve within a few iterations only when the coefficient is not "
+            "already at its bound: for a faster response lower `coef_min` (to go down) or raise `coef_max` (to go up), "
+            "and raise `max_step`. A measured example: docs/mlflow-ui.md in entropilot.",
+            "",
+            "**Watch.** *Model metrics*: the section **entropy** (measured, target, coefficient) comes first, "
+            "**live** holds the settings in force per iteration. *Artifacts*: `plots/entropy.png` (entropy against the "
+            f"target, coefficient on the right axis) and `plots/learning.png`, {redrawn}.",
+        ]
+    )
