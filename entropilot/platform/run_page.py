@@ -66,13 +66,15 @@ def description(cfg: ExperimentConfig) -> str:
         )
     plots = cfg.checkpoint.interval
     redrawn = f"redrawn every {plots} iterations and at the end" if plots else "drawn at the end"
+    # One line per paragraph: the UI's markdown keeps line breaks.
     return "\n".join(
         [
-            "**Tune entropy while this run trains.** Each tag `" + live_tag("FIELD") + "` holds a setting in force:",
-            "edit its value with the pencil next to *Tags* above. Before every iteration the training reads the tags",
-            "and applies a change at once, for the rest of the run (and a resume); delete a tag to go back to the",
-            "config's value. A value it refuses changes nothing; the tag `" + ERROR_TAG + "` then says which tag, the",
-            "value typed and what would be accepted (the console has the whole rule).",
+            f"**Tune entropy while this run trains:** edit a tag `{live_tag('FIELD')}` under *Tags* (the pencil); "
+            "the training applies it before its next iteration.",
+            "",
+            "Each tag holds the setting in force, for the rest of the run and a resume; delete one to go back to the "
+            f"config's value. A refused value changes nothing, and the tag `{ERROR_TAG}` says which field, the value "
+            "typed and what would be accepted (the training's console has the whole rule).",
             "",
             "| FIELD | config value | what it does; accepted |",
             "|---|---|---|",
@@ -85,7 +87,7 @@ def description(cfg: ExperimentConfig) -> str:
             "already at its bound: for a faster response lower `coef_min` (to go down) or raise `coef_max` (to go up), "
             "and raise `max_step`. A measured example: docs/mlflow-ui.md in entropilot.",
             "",
-            "**Watch.** *Model metrics*: the section **entropy** (measured, target, coefficient) comes first, "
+            "**Watch.** *Model metrics*: the section **entropy** (coefficient, measured, target) comes first, "
             "**live** holds the settings in force per iteration. *Artifacts*: `plots/entropy.png` (entropy against the "
             f"target, coefficient on the right axis) and `plots/learning.png`, {redrawn}.",
         ]
