@@ -46,7 +46,7 @@ GAPS = (0.25, 0.5)
 
 
 def run(label: str, tags: dict[str, str], args, workdir: Path) -> list[dict]:
-    slug = label.replace(" ", "_").replace(",", "")
+    slug = label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     cfg = load_config(
         CONFIG,
         [
@@ -80,6 +80,19 @@ def run(label: str, tags: dict[str, str], args, workdir: Path) -> list[dict]:
     result = train(cfg, echo=echo)
     ray.shutdown()  # each arm starts from a fresh Ray, as a user's `entropilot train` does
     return result.history
+
+
+def run_whole(label: str, tags: dict[str, str], args, workdir: Path, tries: int = 3) -> list[dict]:
+    """`run`, again while an arm's env runner was restarted (on a shared machine, by another's `ray stop`...): a
+    restarted runner samples with stale weights (Ray 2.60), so that arm is no longer the same training."""
+    for attempt in range(1, tries + 1):
+        history = run(f"{label}" if attempt == 1 else f"{label} (try {attempt})", tags, args, workdir)
+        restarts = history[-1].get("env_runner_restarts", 0)
+        missing = sum("entropy" not in h for h in history)
+        if not restarts and not missing:
+            return history
+        print(f"  {label}: env runner restarted {restarts:.0f}x, {missing} iteration(s) without learning: again")
+    raise RuntimeError(f"{label}: no whole run in {tries} tries")
 
 
 def first_iteration(gaps: list[float], size: float, start: int) -> int | None:
@@ -125,7 +138,7 @@ def main() -> None:
     histories = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, tags in ARMS.items():
-            histories[label] = run(label, tags, args, Path(tmp))
+            histories[label] = run_whole(label, tags, args, Path(tmp))
     baseline = [h["entropy"] for h in histories["untouched"]]
     k = args.change_at
     same = max(abs(h["entropy"] - b) for arm in histories.values() for h, b in zip(arm[:k], baseline[:k]))

@@ -59,7 +59,12 @@ const lineStarting = async (prefix) => {
     await sleep(300);
   }
 };
-const iteration = (n) => lineStarting(`iter ${String(n).padStart(4)} `);
+const iteration = async (n) => {
+  const line = await lineStarting(`iter ${String(n).padStart(4)} `);
+  // An iteration without a learner update (its env runner lost on a loaded machine) makes empty charts: start again.
+  if (/entropy +- /.test(line)) throw new Error(`no learning at iteration ${n}: ${line}`);
+  return line;
+};
 
 const runUrl = (await lineStarting('MLflow run ')).split(': ')[1];
 const [, experimentId, runId] = runUrl.match(/experiments\/(\d+)\/runs\/(\w+)/);
