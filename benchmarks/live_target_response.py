@@ -2,7 +2,7 @@
 the MLflow tags of the running run are changed after a known iteration, as a person would in the MLflow UI, beside an
 untouched run with the same seed (the baseline, measured in the same invocation).
 
-Re-run (3 arms x 30 iterations; about 10 minutes on a quiet 2-core laptop):
+Re-run (4 arms x 30 iterations; about 15 minutes on a quiet 2-core laptop):
 
     .venv/bin/python benchmarks/live_target_response.py
     .venv/bin/python benchmarks/live_target_response.py --plot docs/images/live-target-response.png
@@ -39,6 +39,16 @@ ARMS = {  # label: the tags set after iteration --change-at (nothing: the baseli
         live_tag("target"): NEW_TARGET,
         live_tag("coef_min"): "-0.2",
         live_tag("max_step"): "0.02",
+    },
+    # Faster loop gains too: natural frequency sqrt(b * gain) ~0.17 per iteration at hover's plant gain b ~1, damping
+    # ratio (gain + damping) * sqrt(b / gain) / 2 ~0.95, inside the stability bound b * (gain + 2 damping) < 4
+    # (see EntropyCoefficientController).
+    "target 3.5, gain 0.03, damping 0.3, coef_min -0.2, max_step 0.05": {
+        live_tag("target"): NEW_TARGET,
+        live_tag("gain"): "0.03",
+        live_tag("damping"): "0.3",
+        live_tag("coef_min"): "-0.2",
+        live_tag("max_step"): "0.05",
     },
 }
 AFTER = (5, 10, 20)
