@@ -93,9 +93,9 @@ class SimulatorCase:
         self.rows = [self.sim.hover_action().tolist()]
 
     def __call__(self, n: int) -> None:
-        step, rng, rows = self.sim.step_rows, self.rng, self.rows
+        step, rngs, rows = self.sim.step_rows, [self.rng], self.rows
         for _ in range(n):
-            step(rows, rng)
+            step(rows, rngs)
 
     def close(self) -> None:
         self.sim.close()

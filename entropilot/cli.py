@@ -23,6 +23,10 @@ def envs() -> None:
     for env_id, (_, settings_cls) in ENVIRONMENTS.items():
         doc = (settings_cls.__doc__ or "").strip().splitlines()[0]
         click.echo(f"{env_id:26s} obs Box({OBSERVATION_SIZE},)  action Box(4,) in [-1, 1]  {doc}")
+    click.echo(
+        "batched: gymnasium.make_vec(id, num_envs=N) or entropilot.envs.make_vector_env(id, N) puts N drones of "
+        "Hover-v0 or Waypoint-v0 in one PyBullet world (a Gymnasium VectorEnv)"
+    )
     interpreted = [name for name, is_compiled in compiled.status().items() if not is_compiled]
     if interpreted:
         click.echo(
@@ -328,8 +332,23 @@ def jobs_stop(job_id: str, address: str | None) -> None:
 
 
 @main.command()
-@click.argument("source", metavar="CHECKPOINT|RUN_DIR|RUN_ID|models:/NAME@ALIAS")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
+@click.argument("source", metavar="CHECKPOINT|RUN_DIR|RUN_ID|models:/NAME@ALIAS|POLICY.onnx")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="The ONNX file to write; with --format c, the folder for policy.h, policy.c and policy.onnx.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["onnx", "c"]),
+    default="onnx",
+    show_default=True,
+    help="c: dependency-free C99 generated from the ONNX graph (for a flight computer), parity-checked against "
+    "onnxruntime when a C compiler is present. A POLICY.onnx source exports to c only.",
+)
 @click.option(
     "--parity-batch",
     default=256,
@@ -355,27 +374,52 @@ def jobs_stop(job_id: str, address: str | None) -> None:
 def export(
     source: str,
     output: str,
+    output_format: str,
     parity_batch: int,
     registered_model: str | None,
     alias: str | None,
     tracking_uri: str | None,
 ) -> None:
-    """Export a trained policy to one self-contained ONNX file (normalization and action mapping inside).
+    """Export a trained policy to one self-contained ONNX file (normalization and action mapping inside), or to C.
 
     A registered model (models:/NAME@ALIAS or models:/NAME/VERSION) is not exported again: its registered file is
     downloaded, checked against the SHA-256 recorded when it was registered and against its seal, and written to
     OUTPUT. Those bytes are the ones that were approved; a fresh export would differ from them as soon as entropilot
     or torch changed (both are named inside the file), and would need the checkpoint, torch and ray.
+
+    With --format c, the ONNX file (exported, pulled, or SOURCE itself) is written to OUTPUT/policy.onnx and the C
+    generated from it beside it: `entropilot_policy(obs, action)`, the metadata as macros.
     """
+    from pathlib import Path
+
     from entropilot.deploy.registry import is_model_uri
 
     if alias and not registered_model:
         raise click.UsageError("--alias needs --register NAME")
+    onnx_source = source.endswith(".onnx") and Path(source).is_file()
+    if output_format == "c":
+        if registered_model:
+            raise click.UsageError("--register logs an ONNX file: export and register it first, then --format c")
+        if Path(output).is_file():
+            raise click.BadParameter(f"{output!r} is a file; --format c writes a folder", param_hint="--output")
+        output = str(Path(output) / "policy.onnx")
+    elif onnx_source:
+        raise click.UsageError(f"{source} is an exported file already; --format c generates C from it")
+    elif Path(output).is_dir():
+        raise click.BadParameter(f"{output!r} is a folder; give the .onnx file to write", param_hint="--output")
     if is_model_uri(source):
         if registered_model:
             raise click.UsageError(f"{source} is registered already; --register applies to a checkpoint or run")
         _export_registered(source, output, tracking_uri)
-        return
+    elif not onnx_source:
+        _export_onnx(source, output, parity_batch, registered_model, alias, tracking_uri)
+    if output_format == "c":
+        _export_c(source if onnx_source else output, str(Path(output).parent), parity_batch)
+
+
+def _export_onnx(
+    source: str, output: str, parity_batch: int, registered_model: str | None, alias: str | None, tracking_uri
+) -> None:
     if tracking_uri:
         import mlflow
 
@@ -400,6 +444,28 @@ def export(
         click.echo(
             f"  MLflow: {logged['model_uri']} registered as {registered_model} v{logged['version']}"
             + (f" ({logged['alias_uri']})" if alias else "")
+        )
+
+
+def _export_c(onnx_path: str, directory: str, parity_batch: int) -> None:
+    """``export --format c``: C generated from the (already verified or just exported) ONNX file."""
+    from entropilot.deploy.c_export import CExportError, export_c
+    from entropilot.deploy.contract import PolicyContractError
+
+    try:
+        result = export_c(onnx_path, directory, parity_batch=parity_batch)
+    except (CExportError, PolicyContractError) as err:
+        raise click.ClickException(str(err)) from None
+    sources = result.sources
+    click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
+    click.echo(f"  generated from {onnx_path} (sha256 {sources.onnx_sha256}): {' -> '.join(sources.ops)}")
+    size = len(sources.metadata["observation_names"])
+    click.echo(f"  {sources.parameters} float32 constants; entropilot_policy(obs[{size}], action[4])")
+    if result.parity_error is None:
+        click.echo("  parity: NOT checked (no C compiler here: set CC or install gcc)")
+    else:
+        click.echo(
+            f"  parity: max |C - onnxruntime| = {result.parity_error:.2e} over {result.parity_samples} observations"
         )
 
 
@@ -472,6 +538,14 @@ def _export_registered(source: str, output: str, tracking_uri: str | None) -> No
 )
 @click.option("--sha256", default=None, help="Refuse the file unless it has this SHA-256.")
 @click.option(
+    "--runtime",
+    type=click.Choice(["onnx", "c"]),
+    default="onnx",
+    show_default=True,
+    help="What computes the actions: onnxruntime, or the C generated from the file (`export --format c`), compiled "
+    "here with the host's C compiler; same contract checks either way.",
+)
+@click.option(
     "--tracking-uri",
     default=None,
     metavar="URI",
@@ -497,6 +571,7 @@ def fly(
     dry_run: bool,
     max_action_rate: float,
     sha256: str | None,
+    runtime: str,
     tracking_uri: str | None,
     cache_dir: str | None,
     plot: str | None,
@@ -514,12 +589,18 @@ def fly(
     try:
         flights.check_plot_support(plot)
         policy = flights.load_policy(
-            policy_file, sha256=sha256, tracking_uri=tracking_uri, cache_dir=cache_dir, echo=click.echo
+            policy_file,
+            sha256=sha256,
+            tracking_uri=tracking_uri,
+            cache_dir=cache_dir,
+            runtime=runtime,
+            echo=click.echo,
         )
+        label = policy_file if runtime == "onnx" else f"{policy_file} as C"
         if link == "sim":
             stats = flights.fly_in_sim(
                 policy,
-                policy_file,
+                label,
                 episodes=episodes,
                 seed=seed,
                 duration_s=duration,
@@ -533,7 +614,7 @@ def fly(
         vehicle = flights.real_time_link(link, policy.metadata, connection)
         log = flights.fly_on_link(
             policy,
-            policy_file,
+            label,
             vehicle,
             target=point,
             duration_s=duration,

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import entropilot.envs  # noqa: F401  (registers the env ids)
 from entropilot.deploy.autopilot import ArmingRefused, Autopilot, CallablePolicy, contract_problems
@@ -142,7 +142,7 @@ def test_observation_from_telemetry_is_the_env_observation(env):
 
 def test_the_onboard_runtime_imports_only_numpy_onnxruntime_and_its_link_library():
     # What a companion computer or ground station needs to fly: no trainer, no simulator, no tracker.
-    onboard = ["onnx_policy", "autopilot", "safety", "links", "links.mavlink", "links.crazyflie"]
+    onboard = ["onnx_policy", "c_policy", "autopilot", "safety", "links", "links.mavlink", "links.crazyflie"]
     heavy = {"torch", "ray", "pybullet", "gymnasium", "mlflow", "onnx", "cython", "pydantic", "matplotlib"}
     code = (
         f"import sys\nfor m in {onboard!r}: __import__('entropilot.deploy.' + m)\n"
@@ -341,35 +341,38 @@ def _tiny_onnx(path, *, action_mode="ctbr", control_hz=HZ, physics_hz=240, k_z=0
     weights[OBSERVATION_NAMES.index("pos_err_z"), 0] = -k_z
     weights[OBSERVATION_NAMES.index("vel_z"), 0] = -k_z
     bias = np.array([hover, 0.0, 0.0, 0.0], dtype=np.float32)
+    nodes = [
+        helper.make_node("MatMul", [INPUT_NAME, "W"], ["wx"]),
+        helper.make_node("Add", ["wx", "b"], ["y"]),
+        helper.make_node("Clip", ["y", "lo", "hi"], [OUTPUT_NAME]),
+    ]
+    constants = {"W": weights, "b": bias, "lo": np.float32(-1.0), "hi": np.float32(1.0)}
+    sealed_policy_file(path, nodes, constants, action_mode=action_mode, control_hz=control_hz, physics_hz=physics_hz)
+
+
+def sealed_policy_file(path, nodes, constants, *, output_type=TensorProto.FLOAT, output_size=4, **metadata) -> None:
+    """A graph (``nodes`` from ``observation`` to ``action``, ``constants`` {name: array} as float32 initializers)
+    written as export writes a file: export's metadata (``metadata`` overrides entries) and its seal."""
     graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", [INPUT_NAME, "W"], ["wx"]),
-            helper.make_node("Add", ["wx", "b"], ["y"]),
-            helper.make_node("Clip", ["y", "lo", "hi"], [OUTPUT_NAME]),
-        ],
+        nodes,
         "tiny",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", len(OBSERVATION_NAMES)])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 4])],
-        [
-            helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.ravel()),
-            helper.make_tensor("b", TensorProto.FLOAT, [4], bias),
-            helper.make_tensor("lo", TensorProto.FLOAT, [], [-1.0]),
-            helper.make_tensor("hi", TensorProto.FLOAT, [], [1.0]),
-        ],
+        [helper.make_tensor_value_info(OUTPUT_NAME, output_type, ["batch", output_size])],
+        [numpy_helper.from_array(np.asarray(v), name) for name, v in constants.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    metadata = {
+    values = {
         "schema_version": SCHEMA_VERSION,
         "observation_names": list(OBSERVATION_NAMES),
         "observation_groups": [{"group": g, "names": list(n), "meaning": m} for g, n, m in OBSERVATION_GROUPS],
         "normalization": None,
-        "action_mode": action_mode,
-        "action_meaning": "test",
+        "action_mode": "ctbr",
+        "action_meaning": ["test"] * 4,
         "action_low": [-1.0] * 4,
         "action_high": [1.0] * 4,
-        "control_hz": control_hz,
-        "physics_hz": physics_hz,
+        "control_hz": HZ,
+        "physics_hz": 240,
         "frame_convention": FRAME_CONVENTION,
         "deterministic_action": DETERMINISTIC_ACTION,
         "env_id": HOVER_ID,
@@ -379,8 +382,9 @@ def _tiny_onnx(path, *, action_mode="ctbr", control_hz=HZ, physics_hz=240, k_z=0
         "algorithm": "none",
         "entropilot_version": "test",
         "exporter": "tests/test_autopilot.py",
+        **metadata,
     }
-    for key, value in encode_metadata(metadata).items():
+    for key, value in encode_metadata(values).items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     path.write_bytes(seal(model.SerializeToString()))

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from entropilot.envs import HOVER_ID, SWARM_ID, WAYPOINT_ID, compiled, make_env
+from entropilot.envs import HOVER_ID, SWARM_ID, WAYPOINT_ID, compiled, make_env, make_vector_env
 
 HAS_COMPILER = bool(shutil.which("cc") or shutil.which("gcc"))
 EXTENSION_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -37,7 +37,8 @@ def run_python(code: str, cwd: Path | None = None, **env: str) -> subprocess.Com
 
 def rollouts() -> dict[str, np.ndarray]:
     """Observations, rewards and episode ends of every task and action mode, with noise, randomization and
-    gusty wind on: every compiled formula is on the path. Random actions, resets included."""
+    gusty wind on, of the single envs, the vector env and the swarm: every compiled formula is on the path. Random
+    actions, resets included."""
     hard = dict(
         sensor_noise=dict(position=0.01, velocity=0.02, attitude=0.01, angular_velocity=0.05),
         randomization=dict(mass=0.1, inertia=0.1, kf=0.1, km=0.1, motor_time_constant=0.2, noise=0.3),
@@ -59,6 +60,16 @@ def rollouts() -> dict[str, np.ndarray]:
                         obs, _ = env.reset()
                 out[f"{env_id} {mode} {name}"] = np.array(rows)
                 env.close()
+    for env_id in (HOVER_ID, WAYPOINT_ID):  # the vector env's loop (tasks.EpisodeBatch), autoresets included
+        env = make_vector_env(env_id, 5, action_mode="ctbr", **hard)
+        rng = np.random.default_rng(5)
+        obs, info = env.reset(seed=6)
+        rows = [np.concatenate([obs, info["distance"][:, None], np.zeros((5, 3))], axis=1)]
+        for _ in range(150):
+            obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, (5, 4)))
+            rows.append(np.column_stack([obs, info["distance"], reward, terminated, truncated]))
+        out[f"vector {env_id}"] = np.concatenate(rows)
+        env.close()
     env = make_env(SWARM_ID, num_drones=3, action_mode="motors", downwash=True)
     rng = np.random.default_rng(2)
     env.reset(seed=4)
@@ -92,8 +103,9 @@ def test_compiled_and_interpreted_modules_give_the_same_numbers(tmp_path):
     assert sorted(interpreted.files) == sorted(this_process)
     for key, values in this_process.items():
         np.testing.assert_array_equal(values, interpreted[key], err_msg=key)
-    # what was compared crosses episode ends and moves
+    # what was compared crosses episode ends (the vector env's autoresets too) and moves
     assert this_process[f"{HOVER_ID} motors hard"][:, -1].sum() >= 2 and np.ptp(this_process["swarm"][:, 0]) > 0.01
+    assert this_process[f"vector {WAYPOINT_ID}"][:, -2:].sum() >= 5
 
 
 @pytest.mark.skipif(compiled.built_module("tasks") is None, reason="no compiled build in this checkout")
@@ -113,6 +125,29 @@ def test_a_module_edited_after_the_build_runs_from_its_source_with_a_warning():
     assert compiled.stale_modules() == []
 
 
+@pytest.mark.skipif(compiled.built_module("observation") is None, reason="no compiled build in this checkout")
+def test_a_module_edited_after_the_build_takes_the_modules_calling_into_it_along():
+    """tasks calls observation's writers as C functions (observation.pxd): with observation run from its source, a
+    compiled tasks would not find them, so it runs from its source too, and the envs work."""
+    source = ENVS_DIR / "observation.py"
+    before = source.stat()
+    code = (
+        "import json, numpy as np, entropilot.envs.compiled as c; from entropilot.envs import make_vector_env; "
+        "env = make_vector_env('entropilot/Hover-v0', 2); env.reset(seed=0); env.step(np.zeros((2, 4))); "
+        "print(json.dumps(c.status()))"
+    )
+    try:
+        os.utime(source, (before.st_atime, time.time() + 60))  # as if just edited
+        result = run_python(code)
+    finally:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert result.returncode == 0, result.stderr
+    assert "the source of observation is newer" in result.stderr and "(and tasks, which call into it)" in result.stderr
+    status = json.loads(result.stdout.splitlines()[-1])
+    assert status.pop("observation") is False and status.pop("tasks") is False and all(status.values()), status
+    assert compiled.with_dependents({"physics"}) == {"physics", "simulator"}
+
+
 @pytest.mark.parametrize("pure_python", ["0", "1"])
 def test_entropilot_envs_says_how_the_simulator_runs(pure_python):
     code = (
@@ -121,9 +156,9 @@ def test_entropilot_envs_says_how_the_simulator_runs(pure_python):
     )
     result = run_python(code, **{compiled.PURE_PYTHON_VARIABLE: pure_python})
     assert result.returncode == 0, result.stderr
-    assert "entropilot/Hover-v0" in result.stdout
+    assert "entropilot/Hover-v0" in result.stdout and "make_vector_env(id, N)" in result.stdout
     if pure_python == "1":
-        assert "physics, pybullet_world, simulator, tasks, observation run as plain Python" in result.stdout
+        assert f"{', '.join(compiled.COMPILED)} run as plain Python" in result.stdout
     elif HAS_COMPILER:
         assert "simulator: compiled (Cython)" in result.stdout
 

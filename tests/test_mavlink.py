@@ -14,24 +14,28 @@ from pymavlink import mavutil
 from entropilot.deploy.autopilot import Autopilot, CallablePolicy
 from entropilot.deploy.links.base import LinkError, observation_from_telemetry
 from entropilot.deploy.links.mavlink import (
-    FLIP,
     PX4_MODES,
     MavlinkLink,
     action_from_attitude_target,
     attitude_target_from_action,
-    ned_from_world,
     px4_custom_mode,
     px4_mode_name,
-    quaternion_from_rotation,
-    rotation_from_quaternion,
-    rotation_ned_from_world,
-    rotation_world_from_ned,
-    world_from_ned,
 )
 from entropilot.deploy.onnx_policy import OnnxPolicy
 from entropilot.deploy.safety import FlightState
 from entropilot.deploy.sitl import MavlinkSitl
 from entropilot.envs.pid import CascadedPID
+from entropilot.vehicle.frames import (
+    FLIP,
+    euler_from_rotation,
+    ned_from_world,
+    quaternion_from_rotation,
+    rotation_from_euler,
+    rotation_from_quaternion,
+    rotation_ned_from_world,
+    rotation_world_from_ned,
+    world_from_ned,
+)
 
 MAV = mavutil.mavlink
 HZ = 48
@@ -97,6 +101,20 @@ def test_frame_conversions_round_trip_and_mean_what_px4_means():
     assert np.isclose(np.arctan2(r_ned[1, 0], r_ned[0, 0]), -yaw)
     for name in PX4_MODES:
         assert px4_mode_name(px4_custom_mode(name)) == name
+    assert PX4_MODES["offboard"] == (6, 0) and PX4_MODES["hold"] == (4, 3)  # PX4's px4_custom_mode.h
+
+
+def test_euler_angles_and_quaternions_agree_with_pybullets():
+    import pybullet as p
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        roll, pitch, yaw = rng.uniform(-np.pi, np.pi), rng.uniform(-1.5, 1.5), rng.uniform(-np.pi, np.pi)
+        x, y, z, w = p.getQuaternionFromEuler([roll, pitch, yaw])  # pybullet: ZYX, (x, y, z, w)
+        r = np.array(p.getMatrixFromQuaternion([x, y, z, w])).reshape(3, 3)
+        assert np.allclose(rotation_from_euler(roll, pitch, yaw), r)
+        assert np.allclose(rotation_from_quaternion([w, x, y, z]), r)
+        assert np.allclose(euler_from_rotation(r), (roll, pitch, yaw))
 
 
 # ---- the SITL's offboard handshake ---------------------------------------------------------

@@ -113,6 +113,14 @@ def test_export_of_a_registered_model_writes_the_registered_file(registered, exp
     refused = CliRunner().invoke(cli, ["export", f"models:/{MODEL}@champion", "-o", str(output), "--register", "x"])
     assert refused.exit_code == 2 and "registered already" in refused.output
 
+    # --format c: the C generated from that same verified file, which is kept beside it.
+    folder = tmp_path / "c"
+    arguments = ["export", f"models:/{MODEL}@champion", "--format", "c", "-o", str(folder)]
+    result = CliRunner().invoke(cli, [*arguments, "--tracking-uri", mlflow_server])
+    assert result.exit_code == 0, result.output
+    assert (folder / "policy.onnx").read_bytes() == exported.path.read_bytes()
+    assert f'#define ENTROPILOT_ONNX_SHA256 "{exported.sha256}"' in (folder / "policy.h").read_text()
+
 
 def test_a_tampered_registry_artifact_is_refused(exported, mlflow_server, mlflow_server_process, tmp_path):
     name = "test-registry-tampered"

@@ -27,26 +27,50 @@ class FlightError(RuntimeError):
     """A flight that cannot start or was refused: no such policy, a broken contract or seal, no link, arming refused."""
 
 
+RUNTIMES = ("onnx", "c")
+
+
 def load_policy(
     source: str,
     *,
     sha256: str | None = None,
     tracking_uri: str | None = None,
     cache_dir: str | None = None,
+    runtime: str = "onnx",
     echo: Echo = print,
-) -> OnnxPolicy:
+):
     """The policy in ``source`` (an exported .onnx, or a registered model pulled from the MLflow registry and checked
-    against the SHA-256 recorded at registration), refused unless its seal, contract and ``sha256`` (if given) hold."""
+    against the SHA-256 recorded at registration), refused unless its seal, contract and ``sha256`` (if given) hold.
+
+    ``runtime``: "onnx" flies it with onnxruntime (``OnnxPolicy``); "c" generates its C, compiles it with the host's
+    compiler and flies that (``CPolicy``: the same interface and contract, the C doing the arithmetic)."""
+    if runtime not in RUNTIMES:
+        raise FlightError(f"runtime {runtime!r} is unknown; choose one of {RUNTIMES}")
     path = source
     if is_model_uri(source):
         pulled = pull_registered(source, tracking_uri=tracking_uri, cache_dir=cache_dir, echo=echo)
         path, sha256 = pulled.path, sha256 or pulled.sha256
     elif not Path(source).is_file():
         raise FlightError(f"{source!r}: no such file (give an exported .onnx or models:/NAME@ALIAS)")
+    expected = {"sha256": sha256} if sha256 else None
     try:
-        return OnnxPolicy(path, expected={"sha256": sha256} if sha256 else None)
+        if runtime == "c":
+            return _c_policy(path, expected, echo)
+        return OnnxPolicy(path, expected=expected)
     except PolicyContractError as err:
         raise FlightError(str(err)) from None
+
+
+def _c_policy(path, expected, echo: Echo):
+    from entropilot.deploy.c_export import CExportError, build_c_policy
+    from entropilot.deploy.c_toolchain import ToolchainError
+
+    try:
+        policy = build_c_policy(path, expected=expected)
+    except (CExportError, ToolchainError) as err:
+        raise FlightError(f"--runtime c: {err}") from None
+    echo(f"{path}: generated C compiled into {policy.library_path}")
+    return policy
 
 
 def pull_registered(source: str, *, tracking_uri: str | None, cache_dir: str | None, echo: Echo = print):
@@ -164,7 +188,7 @@ def fly_on_link(
 def real_time_link(link: str, metadata: dict, address: str | None):
     """The MAVLink or Crazyflie link an exported ctbr policy needs, not yet connected."""
     try:
-        if link == "mavlink":
+        if link == "mavlink":  # pymavlink and cflib are optional extras: their ImportError says how to install
             from entropilot.deploy.links.mavlink import MavlinkLink
 
             return MavlinkLink.from_policy_metadata(metadata, address or DEFAULT_ADDRESSES[link])
@@ -174,7 +198,7 @@ def real_time_link(link: str, metadata: dict, address: str | None):
             # cflib logs a failed connection with a whole traceback; the LinkError says it in one line.
             logging.getLogger("cflib").addHandler(logging.NullHandler())
             return CrazyflieLink.from_policy_metadata(metadata, address or DEFAULT_ADDRESSES[link])
-    except LinkError as err:
+    except (LinkError, ImportError) as err:
         raise FlightError(str(err)) from None
     raise FlightError(f"unknown link {link!r}; real-time links: {', '.join(DEFAULT_ADDRESSES)}")
 
@@ -183,17 +207,17 @@ def flight_target(metadata: dict) -> np.ndarray:
     """The target of the env the policy trained on (written by export; older files: the env's settings)."""
     if "target" in metadata:
         return np.array(metadata["target"], dtype=float)
-    return np.array(_env_settings(metadata).target, dtype=float)
+    return np.array(env_settings(metadata).target, dtype=float)
 
 
 def episode_seconds(metadata: dict) -> float:
     """The episode length of the env the policy trained on (written by export; older files: the env's settings)."""
     if "episode_seconds" in metadata:
         return float(metadata["episode_seconds"])
-    return float(_env_settings(metadata).episode_seconds)
+    return float(env_settings(metadata).episode_seconds)
 
 
-def _env_settings(metadata: dict):
+def env_settings(metadata: dict):
     """The settings of the env an exported policy names: needs the simulator package, which files exported before
     the target and episode length were in their metadata leave no way around."""
     from entropilot.envs import ENVIRONMENTS

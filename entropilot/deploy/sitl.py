@@ -25,12 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entropilot.deploy.links.mavlink import (
+from entropilot.deploy.links.mavlink import PX4_MODES, action_from_attitude_target, px4_custom_mode
+from entropilot.vehicle.frames import (
     FLIP,
-    PX4_MODES,
-    action_from_attitude_target,
+    euler_from_rotation,
     ned_from_world,
-    px4_custom_mode,
     quaternion_from_rotation,
     rotation_ned_from_world,
 )
@@ -317,8 +316,7 @@ class MavlinkSitl:
             r = rotation_ned_from_world(t.rotation)
             w = FLIP @ t.body_rates
             out.attitude_quaternion_send(boot_ms, *map(float, quaternion_from_rotation(r)), *map(float, w))
-            roll, yaw = math.atan2(r[2, 1], r[2, 2]), math.atan2(r[1, 0], r[0, 0])  # PX4's ZYX Euler angles
-            pitch = -math.asin(max(-1.0, min(1.0, r[2, 0])))
+            roll, pitch, yaw = euler_from_rotation(r)  # PX4's ZYX Euler angles
             out.attitude_send(boot_ms, roll, pitch, yaw, *map(float, w))
             landed_state = (
                 mav.MAV_LANDED_STATE_ON_GROUND

@@ -1,7 +1,9 @@
 """Gymnasium drone environments on PyBullet (Crazyflie 2.x physics) and the RLlib multi-agent swarm.
 
 Importing this package registers the single-drone ids with Gymnasium under the ``entropilot/``
-namespace. ``make_env`` builds any id, the multi-agent swarm included.
+namespace. ``make_env`` builds any id, the multi-agent swarm included; ``make_vector_env`` (or
+``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``) N drones of a
+single-drone id in one PyBullet world.
 """
 
 from __future__ import annotations
@@ -27,13 +29,24 @@ ENVIRONMENTS: dict[str, tuple[str, type[DroneSettings]]] = {
     SWARM_ID: ("entropilot.envs.swarm:SwarmEnv", SwarmSettings),
 }
 SINGLE_AGENT_IDS = (HOVER_ID, WAYPOINT_ID)
+# id -> the batched form: N drones in one PyBullet world (vector.py), what gymnasium.make_vec builds with
+# vectorization_mode="vector_entry_point".
+VECTOR_ENTRY_POINTS = {
+    HOVER_ID: "entropilot.envs.vector:hover_vector_env",
+    WAYPOINT_ID: "entropilot.envs.vector:waypoint_vector_env",
+}
 
 for _id in SINGLE_AGENT_IDS:
     if _id not in gym.registry:
         # No TimeLimit wrapper: the env truncates itself at episode_seconds (a wrapper would not know its rate).
         # No passive env checker: the test suite runs gymnasium's full check_env on every id, and the wrapper
         # would cost every step a call (~4 % of one).
-        gym.register(id=_id, entry_point=ENVIRONMENTS[_id][0], disable_env_checker=True)
+        gym.register(
+            id=_id,
+            entry_point=ENVIRONMENTS[_id][0],
+            vector_entry_point=VECTOR_ENTRY_POINTS[_id],
+            disable_env_checker=True,
+        )
 
 
 def _known(env_id: str) -> None:
@@ -58,6 +71,14 @@ def make_env(env_id: str, **kwargs):
     return getattr(importlib.import_module(module), name)(**kwargs)
 
 
+def make_vector_env(env_id: str, num_envs: int, **kwargs):
+    """``num_envs`` independent drones of a single-drone env id in one PyBullet world: a Gymnasium ``VectorEnv``
+    (``vector.DroneVectorEnv``) whose drone i is ``make_env(env_id, **kwargs)`` seeded with seed + i."""
+    from entropilot.envs.vector import DroneVectorEnv
+
+    return DroneVectorEnv(env_id, num_envs, **kwargs)
+
+
 __all__ = [
     "ACTION_MODES",
     "CRAZYFLIE_2X",
@@ -74,6 +95,8 @@ __all__ = [
     "SwarmSettings",
     "WAYPOINT_ID",
     "WaypointSettings",
+    "VECTOR_ENTRY_POINTS",
     "make_env",
+    "make_vector_env",
     "validate_env_kwargs",
 ]

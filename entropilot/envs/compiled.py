@@ -21,6 +21,8 @@ from pathlib import Path
 
 PACKAGE = "entropilot.envs"
 COMPILED = ("physics", "pybullet_world", "simulator", "tasks", "observation")
+# module -> the modules whose C functions it calls (their .pxd): it can run compiled only while they do.
+CIMPORTS = {"simulator": ("physics",), "tasks": ("observation",)}
 PURE_PYTHON_VARIABLE = "ENTROPILOT_PURE_PYTHON"
 UNPACKING_S = 2.0  # s: files written this close together came out of one archive
 _HERE = Path(__file__).parent
@@ -64,18 +66,33 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, _HERE / f"{name}.py")
 
 
+def with_dependents(names: set[str]) -> set[str]:
+    """``names`` and every compiled module that calls into one of them at C level (``CIMPORTS``), which cannot find
+    their C functions in a module run from source."""
+    names = set(names)
+    while True:
+        dependents = {module for module, used in CIMPORTS.items() if names & set(used)} - names
+        if not dependents:
+            return names
+        names |= dependents
+
+
 def prefer_current_sources() -> None:
-    """Import stale modules (all of them with ``ENTROPILOT_PURE_PYTHON=1``) from their ``.py``."""
+    """Import stale modules (all of them with ``ENTROPILOT_PURE_PYTHON=1``) from their ``.py``, with the modules
+    that call into them."""
     if any(isinstance(finder, _SourceFinder) for finder in sys.meta_path):
         return
     if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
         names = set(COMPILED)
     else:
-        names = set(stale_modules())
+        stale = set(stale_modules())
+        names = with_dependents(stale)
         if names:
+            callers = f" (and {', '.join(sorted(names - stale))}, which call into it)" if names - stale else ""
             warnings.warn(
-                f"entropilot.envs: the source of {', '.join(sorted(names))} is newer than its compiled build, so it "
-                "runs as plain Python (same numbers, the env steps ~1.7x slower); rebuild with `pip install -e .`",
+                f"entropilot.envs: the source of {', '.join(sorted(stale))} is newer than its compiled build, so it "
+                f"runs as plain Python{callers} (same numbers, the env steps ~1.7x slower); rebuild with "
+                "`pip install -e .`",
                 stacklevel=3,
             )
     if names:

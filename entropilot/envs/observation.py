@@ -1,7 +1,7 @@
 """The builder of the observation every drone task emits, in the layout of ``entropilot.vehicle.layout``.
 
-Compiled by Cython in pure-Python mode like ``physics`` (see there): ``ObservationWriter`` fills the float32
-vector from C, at about half the cost of ``np.array(list_of_floats, dtype=np.float32)``.
+Compiled by Cython in pure-Python mode like ``physics`` (see there): the writers fill a float32 vector (one drone's,
+or a row of the vector env's batch) from C, at about half the cost of ``np.array(list_of_floats, dtype=np.float32)``.
 """
 
 from __future__ import annotations
@@ -12,95 +12,109 @@ import numpy as np
 from entropilot.envs.settings import SensorNoise
 from entropilot.vehicle.layout import OBSERVATION_COLUMNS, OBSERVATION_SIZE
 
-_POS_ERR, _ROTATION, _VELOCITY, _BODY_RATES = (
-    OBSERVATION_COLUMNS[g] for g in ("pos_err", "rotation", "velocity", "body_rates")
-)
+assert [c.start for c in OBSERVATION_COLUMNS.values()] == [0, 3, 12, 15, 18], "the writers below fill these columns"
 
 
-def _perturbed_rotation(r, e) -> list[float]:
-    """Row-major R (I + [e]x): a small body-frame rotation by ``e`` (rad) applied to R's 9 entries ``r``."""
-    ex, ey, ez = e
-    out = []
-    for i in (0, 3, 6):
-        a, b, c = r[i], r[i + 1], r[i + 2]
-        out += (a + b * ez + c * -ey, a * -ez + b + c * ex, a * ey + b * -ex + c)
-    return out
+@cython.ccall
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def write_observation(out: cython.float[:], drone, target) -> cython.void:
+    """Fill ``out`` (OBSERVATION_SIZE float32, e.g. one row of a batch) with one drone's noise-free observation.
+    ``drone``: a simulator ``DroneState``, whose fields are the observation's groups (position where the error
+    goes); ``target``: the (x, y, z) reference point."""
+    i: cython.Py_ssize_t
+    value: cython.double
+    reference: cython.double
+    position, rotation, velocity, body_rates, action = (
+        drone.position,
+        drone.rotation,
+        drone.velocity,
+        drone.body_rates,
+        drone.action,
+    )
+    for i in range(3):
+        value, reference = position[i], target[i]
+        out[i] = value - reference
+    for i in range(9):
+        value = rotation[i]
+        out[3 + i] = value
+    for i in range(3):
+        value = velocity[i]
+        out[12 + i] = value
+        value = body_rates[i]
+        out[15 + i] = value
+    for i in range(4):
+        value = action[i]
+        out[18 + i] = value
 
 
-@cython.cclass
-class ObservationWriter:
-    """Builds one drone's noise-free observation: OBSERVATION_SIZE float32 in OBSERVATION_NAMES order.
-
-    It writes into a float32 buffer whose memoryview it keeps and hands out a copy: acquiring a view of a new
-    array each step would cost more than filling it.
-    """
-
-    buffer = cython.declare(object, visibility="readonly")
-    _view = cython.declare(cython.float[:])
-
-    def __init__(self):
-        self.buffer = np.zeros(OBSERVATION_SIZE, dtype=np.float32)
-        self._view = self.buffer
-
-    @cython.ccall
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
-    def write(self, drone, target) -> cython.void:
-        """Fill ``buffer``. ``drone``: a simulator ``DroneState``, whose fields are the observation's groups
-        (position where the error goes); ``target``: the (x, y, z) reference point."""
-        out = self._view
-        i: cython.Py_ssize_t
-        value: cython.double
-        reference: cython.double
-        position, rotation, velocity, body_rates, action = (
-            drone.position,
-            drone.rotation,
-            drone.velocity,
-            drone.body_rates,
-            drone.action,
-        )
-        for i in range(3):
-            value, reference = position[i], target[i]
-            out[i] = value - reference
-        for i in range(9):
-            value = rotation[i]
-            out[3 + i] = value
-        for i in range(3):
-            value = velocity[i]
-            out[12 + i] = value
-            value = body_rates[i]
-            out[15 + i] = value
-        for i in range(4):
-            value = action[i]
-            out[18 + i] = value
-
-    @cython.ccall
-    def observe(self, drone, target):
-        """The observation as a new array."""
-        self.write(drone, target)
-        return self.buffer.copy()
+@cython.ccall
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def write_noisy_observation(out: cython.float[:], drone, target, noise: SensorNoise, z) -> cython.void:
+    """``write_observation`` through sensor noise: ``z`` holds 12 standard normals, the position, velocity,
+    body-rate and attitude draws in that order, scaled by ``noise``'s standard deviations. The attitude noise is
+    a small body-frame rotation R (I + [e]x), which keeps the matrix (nearly) orthonormal, unlike noise on each
+    element. Each value is computed in double, as the sum of the true value and its noise, then stored."""
+    i: cython.Py_ssize_t
+    value: cython.double
+    noisy: cython.double
+    s_position: cython.double = noise.position
+    s_velocity: cython.double = noise.velocity
+    s_rates: cython.double = noise.angular_velocity
+    s_attitude: cython.double = noise.attitude
+    position, rotation, velocity, body_rates, action = (
+        drone.position,
+        drone.rotation,
+        drone.velocity,
+        drone.body_rates,
+        drone.action,
+    )
+    for i in range(3):
+        value = z[i]
+        noisy = position[i] + value * s_position
+        value = target[i]
+        out[i] = noisy - value
+        value = z[3 + i]
+        noisy = velocity[i] + value * s_velocity
+        out[12 + i] = noisy
+        value = z[6 + i]
+        noisy = body_rates[i] + value * s_rates
+        out[15 + i] = noisy
+    value = z[9]
+    ex: cython.double = value * s_attitude
+    value = z[10]
+    ey: cython.double = value * s_attitude
+    value = z[11]
+    ez: cython.double = value * s_attitude
+    a: cython.double
+    b: cython.double
+    c: cython.double
+    for i in range(0, 9, 3):
+        a, b, c = rotation[i], rotation[i + 1], rotation[i + 2]
+        out[3 + i] = a + b * ez + c * -ey
+        out[4 + i] = a * -ez + b + c * ex
+        out[5 + i] = a * ey + b * -ex + c
+    for i in range(4):
+        value = action[i]
+        out[18 + i] = value
 
 
 def observe(sim, targets: np.ndarray, noise: SensorNoise, rng: np.random.Generator) -> np.ndarray:
-    """(N, OBSERVATION_SIZE) float32 observations of every drone in ``sim`` (a DroneSimulator).
+    """(N, OBSERVATION_SIZE) float32 observations of every drone in ``sim`` (a DroneSimulator), each at its
+    reference point (``targets``, (N, 3)), all drones' noise from one stream.
 
-    The simulator keeps its state in observation order (``sim.drones`` and ``sim.state``, position where
-    the error goes), so without noise this is the position error and a cast. With noise, one draw of
-    (4, N, 3) standard normals gives the position, velocity, body-rate and attitude noise: the same
-    numbers as four ``rng.normal`` draws in that order.
+    With noise, one draw of (4, N, 3) standard normals gives the position, velocity, body-rate and attitude
+    noise of every drone: the same numbers as four ``rng.normal`` draws in that order.
     """
-    if not noise.enabled:
-        writer = ObservationWriter()
-        rows = zip(sim.drones, np.asarray(targets, dtype=float).tolist())
-        return np.array([writer.observe(drone, target) for drone, target in rows])
     n = sim.num_drones
-    scale = np.array([noise.position, noise.velocity, noise.angular_velocity, noise.attitude])
-    draws = rng.standard_normal((4, n, 3)) * scale[:, None, None]
-    obs = sim.state[:, :OBSERVATION_SIZE].copy()
-    obs[:, _POS_ERR] = (sim.position + draws[0]) - targets
-    obs[:, _VELOCITY] += draws[1]
-    obs[:, _BODY_RATES] += draws[2]
-    # A small random rotation keeps the matrix (nearly) orthonormal, unlike noise on each element.
-    rotations = sim.rotation.reshape(n, 9).tolist()
-    obs[:, _ROTATION] = [_perturbed_rotation(r, e) for r, e in zip(rotations, draws[3].tolist())]
-    return obs.astype(np.float32)
+    obs = np.empty((n, OBSERVATION_SIZE), dtype=np.float32)
+    rows = zip(range(n), sim.drones, np.asarray(targets, dtype=float).reshape(n, 3).tolist())
+    if not noise.enabled:
+        for i, drone, target in rows:
+            write_observation(obs[i], drone, target)
+        return obs
+    draws = rng.standard_normal((4, n, 3)).transpose(1, 0, 2).reshape(n, 12).tolist()
+    for i, drone, target in rows:
+        write_noisy_observation(obs[i], drone, target, noise, draws[i])
+    return obs

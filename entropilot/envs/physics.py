@@ -98,7 +98,7 @@ def rotation_matrix(quaternion) -> tuple:
 
 
 @cython.ccall
-def drone_state(position, quaternion, velocity, angular_velocity, action) -> DroneState:
+def drone_state(position, quaternion, velocity, angular_velocity, action):
     """A ``DroneState`` from a backend's pose and twist (world frame) and the action that led there: adds the
     rotation matrix of the quaternion and the body-frame angular velocity (what a gyro measures)."""
     r = rotation_matrix(quaternion)
@@ -248,15 +248,25 @@ class RotorModel:
             d.rpm = [float(rpm)] * 4
 
     def set_time_constants(self, tau: np.ndarray) -> None:
+        """Every drone's rotor time constant [s] (``tau``: N values)."""
+        for d, coefficients in zip(self.drones, self._lag_coefficients(tau)):
+            d.set_coefficients(*coefficients)
+
+    def set_time_constant(self, i: int, tau: float) -> None:
+        """Drone ``i``'s rotor time constant [s]: the numbers ``set_time_constants`` gives it."""
+        self.drones[i].set_coefficients(*self._lag_coefficients([tau])[0])
+
+    def _lag_coefficients(self, tau) -> list[tuple[float, float, float]]:
+        """Per time constant: (a^S, 2 mean(a^k), mean(a^2k)) over the S substeps, a the per-substep decay."""
         decay = np.exp(-self.physics_dt / np.asarray(tau, dtype=float))[:, None]  # (N, 1)
         k = np.arange(1, self.substeps + 1)
-        coefficients = zip(
-            (decay[:, 0] ** self.substeps).tolist(),
-            (2.0 * np.mean(decay**k, axis=1)).tolist(),
-            np.mean(decay ** (2 * k), axis=1).tolist(),
+        return list(
+            zip(
+                (decay[:, 0] ** self.substeps).tolist(),
+                (2.0 * np.mean(decay**k, axis=1)).tolist(),
+                np.mean(decay ** (2 * k), axis=1).tolist(),
+            )
         )
-        for d, (a_final, two_p1, p2) in zip(self.drones, coefficients):
-            d.set_coefficients(a_final, two_p1, p2)
 
     def advance(self, rpm_command: np.ndarray) -> np.ndarray:
         """Advance one control period toward ``rpm_command`` (N, 4); returns (N, 4) mean rpm^2 over it."""
@@ -593,26 +603,60 @@ class DronePhysics:
         return [a0, a1, a2, a3], (fx, fy, fz + collective), (tau_x, tau_y, tau_z)
 
 
+@cython.ccall
+def drone_control(physics, action, drone, air_velocity, downwash: cython.double) -> tuple:
+    """``physics.control(action, drone, air_velocity, downwash)`` for a ``DronePhysics``: the entry point the
+    compiled simulator calls as a C function (declared in physics.pxd; a method of a class that a .pxd does not
+    declare is reachable from another module only through Python's call machinery, ~0.1 us a call)."""
+    model: DronePhysics = physics
+    return model.control(action, drone, air_velocity, downwash)
+
+
+@cython.cclass
 class Wind:
-    """Constant wind plus Ornstein-Uhlenbeck gusts, per drone, in world frame [m/s]."""
+    """Constant wind plus Ornstein-Uhlenbeck gusts, per drone, in world frame [m/s].
+
+    Each drone's gust draws from the random stream it is handed: its own in the vector env, the env's in a
+    single-drone env, one shared by all drones in the swarm (drone by drone, the numbers of one (N, 3) draw).
+    """
+
+    mean = cython.declare(tuple, visibility="readonly")
+    gust_std = cython.declare(cython.double, visibility="readonly")
+    gust_time_constant = cython.declare(cython.double, visibility="readonly")
+    gusts = cython.declare(list, visibility="readonly")  # per drone: [x, y, z]
 
     def __init__(self, num_drones: int, mean=(0.0, 0.0, 0.0), gust_std: float = 0.0, gust_time_constant: float = 1.0):
         if gust_std < 0 or gust_time_constant <= 0:
             raise ValueError(
                 f"wind: gust_std must be >= 0 and gust_time_constant > 0, got {gust_std!r}, {gust_time_constant!r}"
             )
-        self.mean = np.asarray(mean, dtype=float).reshape(3)
+        self.mean = tuple(np.asarray(mean, dtype=float).reshape(3).tolist())
         self.gust_std = float(gust_std)
         self.gust_time_constant = float(gust_time_constant)
-        self.gust = np.zeros((num_drones, 3))
+        self.gusts = [[0.0, 0.0, 0.0] for _ in range(num_drones)]
 
-    def reset(self, rng: np.random.Generator) -> None:
-        self.gust = rng.normal(0.0, self.gust_std, self.gust.shape) if self.gust_std > 0 else self.gust * 0.0
+    @property
+    def gust(self) -> np.ndarray:
+        """(N, 3) every drone's gust."""
+        return np.array(self.gusts)
 
-    def step(self, dt: float, rng: np.random.Generator) -> np.ndarray:
+    @cython.ccall
+    def air_velocity(self, i: cython.Py_ssize_t) -> list:
+        """The air's velocity at drone ``i``: mean wind plus its gust."""
+        m, g = self.mean, self.gusts[i]
+        return [m[0] + g[0], m[1] + g[1], m[2] + g[2]]
+
+    def reset_drone(self, i: int, rng: np.random.Generator) -> None:
+        """Drone ``i``'s gust at the start of an episode: one draw of N(0, gust_std) per axis."""
+        self.gusts[i] = rng.normal(0.0, self.gust_std, 3).tolist() if self.gust_std > 0 else [0.0, 0.0, 0.0]
+
+    @cython.ccall
+    def step_drone(self, i: cython.Py_ssize_t, dt: cython.double, rng) -> list:
+        """Advance drone ``i``'s gust by ``dt`` (one draw of 3 standard normals) and return its air velocity."""
         if self.gust_std > 0:
-            decay = math.exp(-dt / self.gust_time_constant)
-            self.gust = decay * self.gust + self.gust_std * math.sqrt(1 - decay * decay) * rng.normal(
-                size=self.gust.shape
-            )
-        return self.mean + self.gust
+            decay: cython.double = math.exp(-dt / self.gust_time_constant)
+            scale: cython.double = self.gust_std * math.sqrt(1 - decay * decay)
+            z = rng.normal(size=3).tolist()
+            g = self.gusts[i]
+            self.gusts[i] = [decay * g[0] + scale * z[0], decay * g[1] + scale * z[1], decay * g[2] + scale * z[2]]
+        return self.air_velocity(i)

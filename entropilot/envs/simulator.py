@@ -16,10 +16,13 @@ import cython
 import numpy as np
 import pybullet as p
 
-if cython.compiled:  # C's libm, not a Python call; the same function either way
+if cython.compiled:  # C's libm and physics.pxd's C functions, not Python calls; the same functions either way
+    from cython.cimports.entropilot.envs.physics import drone_control, drone_state
     from cython.cimports.libc.math import isfinite
 else:
     from math import isfinite
+
+    from entropilot.envs.physics import drone_control, drone_state
 
 from entropilot.envs.physics import (
     Aerodynamics,
@@ -29,7 +32,6 @@ from entropilot.envs.physics import (
     RotorModel,
     Wind,
     Wrench,
-    drone_state,
     rotation_matrix,
 )
 from entropilot.envs.pybullet_world import PyBulletWorld
@@ -76,19 +78,29 @@ class DroneSimulator:
     physics = cython.declare(list, visibility="readonly")  # one DronePhysics per drone
     drones = cython.declare(list, visibility="readonly")  # one DroneState per drone
     true_airframes = cython.declare(list, visibility="readonly")
-    air_velocity = cython.declare(object, visibility="readonly")  # (N, 3) wind at each drone, world m/s
     _downwash = cython.declare(cython.bint)
     _no_downwash = cython.declare(list)
     _hover_action_row = cython.declare(list)
     _air_rows = cython.declare(list)
     _arrays = cython.declare(object)
 
-    def __init__(self, settings: DroneSettings, num_drones: int = 1, downwash: bool = False):
+    def __init__(
+        self, settings: DroneSettings, num_drones: int = 1, downwash: bool = False, drones_collide: bool = True
+    ):
+        """``drones_collide=False``: the drones pass through one another (each still meets the ground), each in its
+        own frame, so N independent drones share one world (see ``pybullet_world``)."""
         self.settings = settings
         self.num_drones = num_drones
         self.airframe = settings.airframe
         self.control_dt = 1.0 / settings.control_hz
-        self.world = PyBulletWorld(self.airframe, num_drones, settings.physics_hz, settings.control_hz)
+        self.world = PyBulletWorld(
+            self.airframe,
+            num_drones,
+            settings.physics_hz,
+            settings.control_hz,
+            drones_collide=drones_collide,
+            spacing=0.0 if drones_collide else frame_spacing(settings.arena_half_size),
+        )
         self.rotors = RotorModel(num_drones, settings.substeps, 1.0 / settings.physics_hz)
         self.aero = Aerodynamics(self.airframe, settings.drag, settings.ground_effect, downwash)
         self._downwash = downwash and num_drones > 1
@@ -102,10 +114,10 @@ class DroneSimulator:
             for rotors in self.rotors.drones
         ]
         self._hover_action_row = self.hover_action().tolist()
-        self.true_airframes = []
-        self._set_true_parameters([self.airframe] * num_drones)
-        self.air_velocity = self.wind.mean + self.wind.gust
-        self._air_rows = self.air_velocity.tolist()
+        self.true_airframes = [None] * num_drones
+        for i in range(num_drones):
+            self.set_true_airframe(i, self.airframe)
+        self._air_rows = [self.wind.air_velocity(i) for i in range(num_drones)]
         self._set_state(self.world.read(), [self._hover_action_row] * num_drones)
 
     # ---- the action interface -------------------------------------------------------------
@@ -148,75 +160,95 @@ class DroneSimulator:
 
     # ---- episodes ------------------------------------------------------------------------
     def randomize(self, rng: np.random.Generator) -> None:
-        """Draw this episode's true airframe of every drone (the controllers keep the nominal one)."""
+        """Draw this episode's true airframe of every drone, drone by drone from ``rng``."""
+        for i in range(self.num_drones):
+            self.randomize_drone(i, rng)
+
+    def randomize_drone(self, i: int, rng: np.random.Generator) -> None:
+        """Draw drone ``i``'s true airframe for this episode (the controllers keep the nominal one)."""
         r = self.settings.randomization
         if not r.enabled:
-            self._set_true_parameters([self.airframe] * self.num_drones)
+            self.set_true_airframe(i, self.airframe)
             return
         base = self.airframe
-        airframes = []
-        for _ in range(self.num_drones):
-            f = rng.uniform(-1.0, 1.0, size=6) * [r.mass, r.inertia, r.inertia, r.kf, r.km, r.motor_time_constant] + 1.0
-            airframes.append(
-                base.replace(
-                    mass=base.mass * f[0],
-                    ixx=base.ixx * f[1],
-                    iyy=base.iyy * f[1],
-                    izz=base.izz * f[2],
-                    kf=base.kf * f[3],
-                    km=base.km * f[4],
-                    motor_time_constant=base.motor_time_constant * f[5],
-                )
-            )
-        self._set_true_parameters(airframes)
+        f = rng.uniform(-1.0, 1.0, size=6) * [r.mass, r.inertia, r.inertia, r.kf, r.km, r.motor_time_constant] + 1.0
+        self.set_true_airframe(
+            i,
+            base.replace(
+                mass=base.mass * f[0],
+                ixx=base.ixx * f[1],
+                iyy=base.iyy * f[1],
+                izz=base.izz * f[2],
+                kf=base.kf * f[3],
+                km=base.km * f[4],
+                motor_time_constant=base.motor_time_constant * f[5],
+            ),
+        )
 
-    def _set_true_parameters(self, airframes: list[Airframe]) -> None:
-        if airframes == self.true_airframes:
+    def set_true_airframe(self, i: int, airframe: Airframe) -> None:
+        """Drone ``i`` flies with ``airframe``'s mass, inertia, kf, km and rotor lag from now on."""
+        current = self.true_airframes[i]
+        if airframe is current or airframe == current:
             return  # nothing changes: skip the Bullet calls (most resets without randomization)
-        self.true_airframes = airframes
-        for physics, airframe in zip(self.physics, airframes):
-            physics.set_true_airframe(airframe)
-        self.rotors.set_time_constants(np.array([a.motor_time_constant for a in airframes]))
-        self.world.set_inertial(airframes)
+        self.true_airframes[i] = airframe
+        self.physics[i].set_true_airframe(airframe)
+        self.rotors.set_time_constant(i, airframe.motor_time_constant)
+        self.world.set_drone_inertial(i, airframe)
 
     def place(self, rng: np.random.Generator, positions, quaternions, velocities, body_rates) -> None:
-        """Move every drone to its start state (no URDF reload), rotors spinning at hover speed."""
+        """Move every drone to its start state (``place_drone``), drone by drone drawing gusts from ``rng``."""
         for i in range(self.num_drones):
-            q = list(map(float, quaternions[i]))
-            r = rotation_matrix(q)
-            b0, b1, b2 = map(float, body_rates[i])
-            angular_world = (  # R w_body
-                r[0] * b0 + r[1] * b1 + r[2] * b2,
-                r[3] * b0 + r[4] * b1 + r[5] * b2,
-                r[6] * b0 + r[7] * b1 + r[8] * b2,
-            )
-            self.world.place(i, positions[i], q, velocities[i], angular_world)
-        self.rotors.reset(self.airframe.hover_rpm)
+            self.place_drone(i, rng, positions[i], quaternions[i], velocities[i], body_rates[i])
+
+    def place_drone(self, i: int, rng: np.random.Generator, position, quaternion, velocity, body_rates) -> None:
+        """Move drone ``i`` to a start state (no URDF reload), rotors spinning at hover speed, a new gust from
+        ``rng`` (when gusts are on); world-frame position and velocity, quaternion (x, y, z, w), body rates."""
+        q = list(map(float, quaternion))
+        r = rotation_matrix(q)
+        b0, b1, b2 = map(float, body_rates)
+        angular_world = (  # R w_body
+            r[0] * b0 + r[1] * b1 + r[2] * b2,
+            r[3] * b0 + r[4] * b1 + r[5] * b2,
+            r[6] * b0 + r[7] * b1 + r[8] * b2,
+        )
+        self.world.place(i, position, q, velocity, angular_world)
+        self.rotors.drones[i].rpm = [float(self.airframe.hover_rpm)] * 4
         if self.wind.gust_std > 0:  # without gusts the air moves at the mean wind, set once in __init__
-            self.wind.reset(rng)
-            self.air_velocity = self.wind.mean + self.wind.gust
-            self._air_rows = self.air_velocity.tolist()
-        self._set_state(self.world.read(), [self._hover_action_row] * self.num_drones)
+            self.wind.reset_drone(i, rng)
+            self._air_rows[i] = self.wind.air_velocity(i)
+        position, quaternion, velocity, angular_velocity = self.world.read_drone(i)
+        self.drones[i] = drone_state(position, quaternion, velocity, angular_velocity, self._hover_action_row)
+        self._arrays = None
 
     # ---- stepping ------------------------------------------------------------------------
-    def step(self, actions: np.ndarray, rng: np.random.Generator) -> None:
-        """Advance one control period with (N, 4) actions; they are clipped to [-1, 1] (what executes)."""
-        self.step_rows(self._action_rows(actions), rng)
+    def step(self, actions: np.ndarray, rng) -> None:
+        """Advance one control period with (N, 4) actions; they are clipped to [-1, 1] (what executes). ``rng``:
+        the random stream of every drone's gusts, or a list of one stream per drone."""
+        rngs = rng if isinstance(rng, list) else [rng] * self.num_drones
+        self.step_rows(self._action_rows(actions), rngs)
 
     @cython.ccall
-    def step_rows(self, rows: list, rng) -> cython.void:
-        """``step`` with the actions as N lists of 4 floats, checked by the caller (an env checks them anyway)."""
+    def step_rows(self, rows: list, rngs: list, idle: list = None) -> cython.void:
+        """``step`` with the actions as N lists of 4 floats, checked by the caller (an env checks them anyway), and
+        one random stream per drone. ``idle[i]`` true: drone ``i`` gets no wrench, its rotors and gust stand still
+        and it draws nothing (the vector env places it at a new start right after)."""
         downwash = self.aero.downwash_forces(self.position).tolist() if self._downwash else self._no_downwash
         n: cython.Py_ssize_t = self.num_drones
         executed, forces, torques = [None] * n, [None] * n, [None] * n
         i: cython.Py_ssize_t
         for i in range(n):
-            physics, drone, air = self.physics[i], self.drones[i], self._air_rows[i]
-            executed[i], forces[i], torques[i] = physics.control(rows[i], drone, air, downwash[i])
+            if idle is not None and idle[i]:
+                executed[i] = self.drones[i].action
+                continue
+            executed[i], forces[i], torques[i] = drone_control(
+                self.physics[i], rows[i], self.drones[i], self._air_rows[i], downwash[i]
+            )
         self._set_state(self.world.step(forces, torques), executed)
         if self.wind.gust_std > 0:
-            self.air_velocity = self.wind.step(self.control_dt, rng)
-            self._air_rows = self.air_velocity.tolist()
+            dt: cython.double = self.control_dt
+            for i in range(n):
+                if idle is None or not idle[i]:
+                    self._air_rows[i] = self.wind.step_drone(i, dt, rngs[i])
 
     @cython.cfunc
     def _set_state(self, bodies: list, actions: list) -> cython.void:
@@ -284,6 +316,11 @@ class DroneSimulator:
         return self._state_arrays()[6]
 
     @property
+    def air_velocity(self) -> np.ndarray:
+        """(N, 3) the wind at each drone, world m/s."""
+        return np.array(self._air_rows)
+
+    @property
     def rpm(self) -> np.ndarray:
         return self.rotors.rpm
 
@@ -292,10 +329,17 @@ class DroneSimulator:
         return self.rotation[:, 2, 2]
 
     def render(self, target, **kwargs) -> np.ndarray:
+        """An RGB frame of a chase camera on ``target`` (in drone ``drone``'s frame, keyword; 0 by default)."""
         return self.world.render(target, **kwargs)
 
     def close(self) -> None:
         self.world.close()
+
+
+def frame_spacing(arena_half_size: float) -> float:
+    """How far apart independent drones' frames sit: a power of two (exact offsets) over the arena's width plus 2 m,
+    so a drone has left its arena (and ended its episode) long before it nears a neighbour's."""
+    return float(2 ** math.ceil(math.log2(2.0 * arena_half_size + 2.0)))
 
 
 def uniform(rng: np.random.Generator, low, high) -> list[float]:

@@ -1,8 +1,11 @@
-"""Reward, crash and success rules of the drone tasks, per drone: a single-drone env applies them to its drone,
-the swarm to each of its drones, so both envs share one rule each.
+"""The drone tasks, per drone: the reward, crash and success rules (``HoverRules``) and one drone's episode of a
+task, with its start, reference point, clock and sensor noise (``HoverEpisode``, ``WaypointEpisode``). A single-drone
+env runs one episode, the vector env one per drone of its world (``EpisodeBatch``), the swarm applies the rules to
+each of its drones: all of them share one rule and, per drone, one sequence of random draws.
 
-Compiled by Cython in pure-Python mode like ``physics`` (see there): the ``cython.*`` annotations make the
-per-drone rules C arithmetic; uncompiled they run as plain Python with the same numbers.
+Compiled by Cython in pure-Python mode like ``physics`` (see there): the ``cython.*`` annotations make the per-drone
+rules C arithmetic and ``EpisodeBatch.step``, the vector env's loop over its drones, C around the per-drone calls;
+uncompiled they run as plain Python with the same numbers.
 """
 
 from __future__ import annotations
@@ -10,15 +13,23 @@ from __future__ import annotations
 import math
 
 import cython
+import numpy as np
+import pybullet as p
 
-if cython.compiled:  # C's libm, not a Python call; the same functions either way
-    from cython.cimports.libc.math import exp, sqrt
+if cython.compiled:  # C's libm and observation.pxd's C functions, not Python calls; the same functions either way
+    from cython.cimports.entropilot.envs.observation import write_noisy_observation, write_observation
+    from cython.cimports.libc.math import cos, exp, sin, sqrt
 else:
-    from math import exp, sqrt
+    from math import cos, exp, sin, sqrt
+
+    from entropilot.envs.observation import write_noisy_observation, write_observation
 
 from entropilot.envs.settings import HoverSettings
+from entropilot.envs.simulator import attitude_bounds, uniform
+from entropilot.vehicle.layout import OBSERVATION_SIZE
 
 CRASH_PENALTY = 2.0
+TWO_PI: cython.double = 2.0 * math.pi
 
 
 @cython.ccall
@@ -86,6 +97,11 @@ class HoverRules:
         self.inside_steps = [0] * len(self.inside_steps)
 
     @cython.ccall
+    def reset_drone(self, i: cython.Py_ssize_t) -> cython.void:
+        """A new episode of drone ``i`` alone (or a new reference point it must reach and hold)."""
+        self.inside_steps[i] = 0
+
+    @cython.ccall
     def evaluate(self, i: cython.Py_ssize_t, drone, target, prev_action) -> tuple:
         """Drone ``i`` after a step (a simulator ``DroneState``), its reference point ``target`` and the action
         before this step's -> (reward, distance to the target, crash reason or None). Counts its success steps."""
@@ -113,6 +129,286 @@ class HoverRules:
             return "left_arena"
         return None
 
-    def succeeded(self, i: int) -> bool:
+    @cython.ccall
+    def succeeded(self, i: cython.Py_ssize_t) -> cython.bint:
         """Whether drone ``i`` has been inside the success radius for the last ``success_seconds``."""
         return self.inside_steps[i] >= self.required_steps
+
+
+@cython.cclass
+class HoverEpisode:
+    """Drone ``index`` of ``sim`` flies from a random start in a box to the settings' target and holds it.
+
+    ``reset(rng)`` starts an episode, drawing from ``rng`` (the drone's random stream) its true airframe, its
+    sensor-noise level, its start state and gust. After the simulator has stepped the drone, ``step()`` says what
+    the step meant; ``succeeded()`` whether the episode that just ended is a success. ``observe(rng)`` and
+    ``write_observation(out, rng)`` give what the policy sees (noise drawn from ``rng``).
+    """
+
+    sim = cython.declare(object, visibility="readonly")  # a DroneSimulator
+    index = cython.declare(cython.Py_ssize_t, visibility="readonly")
+    settings = cython.declare(object, visibility="readonly")
+    rules = cython.declare(HoverRules, visibility="readonly")  # of every drone of sim
+    target = cython.declare(tuple, visibility="readonly")  # (x, y, z): the reference point now
+    steps = cython.declare(cython.Py_ssize_t, visibility="readonly")  # control steps since the reset
+    noise = cython.declare(object, visibility="readonly")  # this episode's SensorNoise
+    _noisy = cython.declare(cython.bint)
+    _moving = cython.declare(cython.bint)  # whether advance_target moves the reference (hover's stays)
+    _truncated = cython.declare(cython.bint)  # the last step ran out the episode's time
+    _max_steps = cython.declare(cython.Py_ssize_t)
+    _start_low = cython.declare(tuple)
+    _start_high = cython.declare(tuple)
+    _prev_action = cython.declare(list)  # the action executed before the last step (the reward's change cost)
+    _buffer = cython.declare(object)
+    _view = cython.declare(cython.float[:])
+
+    def __init__(self, sim, index: int, rules: HoverRules):
+        s = sim.settings
+        self.sim, self.index, self.settings, self.rules = sim, index, s, rules
+        self.target = s.target
+        self.steps = 0
+        self.noise = s.sensor_noise
+        self._noisy = self.noise.enabled
+        self._moving = False
+        self._truncated = False
+        self._max_steps = s.max_episode_steps
+        # A start's position, attitude (roll, pitch, yaw) and velocity come from one draw of 9 uniforms: the
+        # numbers and stream of three draws of 3, at a third of the calls into numpy.
+        attitude_low, attitude_high = attitude_bounds(s.start_tilt_deg)
+        self._start_low = (*s.start_low, *attitude_low, *(-s.start_velocity,) * 3)
+        self._start_high = (*s.start_high, *attitude_high, *(s.start_velocity,) * 3)
+        self._prev_action = sim.drones[index].action
+        # observe() fills this buffer and hands out a copy: acquiring a view of a new array would cost more.
+        self._buffer = np.zeros(OBSERVATION_SIZE, dtype=np.float32)
+        self._view = self._buffer
+
+    @cython.ccall
+    def reset(self, rng) -> cython.void:
+        """A new episode: true airframe (domain randomization), sensor-noise level, start state, the reference."""
+        s, sim, i = self.settings, self.sim, self.index
+        sim.randomize_drone(i, rng)
+        r = s.randomization
+        if r.noise > 0:
+            self.noise = s.sensor_noise.scaled(1.0 + rng.uniform(-1, 1) * r.noise)
+            self._noisy = self.noise.enabled
+        start = uniform(rng, self._start_low, self._start_high)
+        attitude = p.getQuaternionFromEuler(start[3:6])
+        sim.place_drone(i, rng, start[:3], attitude, start[6:], (0.0, 0.0, 0.0))
+        self.reset_target(rng)
+        self.rules.reset_drone(i)
+        self.steps = 0
+        self._truncated = False
+        self._prev_action = sim.drones[i].action
+
+    @cython.ccall
+    def reset_target(self, rng) -> cython.void:
+        """The reference point at an episode's start (waypoint tracking draws its jitter from ``rng``)."""
+        self.target = self.settings.target
+
+    @cython.ccall
+    def advance_target(self, position) -> cython.void:
+        """Move the reference after a step that ended at ``position``; hover's target stays where it is."""
+
+    @cython.ccall
+    def step(self) -> tuple:
+        """What the simulator's last step of this drone meant: (reward, distance to the reference point, crash
+        reason or None, terminated, truncated). A crash terminates the episode with ``CRASH_PENALTY`` off the step's
+        reward; ``episode_seconds`` of flight truncate it."""
+        drone = self.sim.drones[self.index]
+        self.steps += 1
+        if self._moving:
+            self.advance_target(drone.position)
+        reward: cython.double
+        distance: cython.double
+        reward, distance, crash = self.rules.evaluate(self.index, drone, self.target, self._prev_action)
+        self._prev_action = drone.action
+        terminated: cython.bint = crash is not None
+        self._truncated = not terminated and self.steps >= self._max_steps
+        if terminated:
+            reward -= CRASH_PENALTY
+        return reward, distance, crash, terminated, self._truncated
+
+    @cython.ccall
+    def succeeded(self) -> cython.bint:
+        """Whether the episode that just ended is a success: it ran its full time (no crash) and the drone stayed
+        inside the success radius for the last ``success_seconds``."""
+        return self._truncated and self.rules.succeeded(self.index)
+
+    @cython.ccall
+    def distance(self) -> cython.double:
+        """The drone's distance to the reference point now [m]."""
+        return norm3(position_error(self.sim.drones[self.index].position, self.target))
+
+    @cython.ccall
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def write_observation(self, out: cython.float[:], rng) -> cython.void:
+        """Fill ``out`` (OBSERVATION_SIZE float32) with what the policy sees now; sensor noise draws 12 standard
+        normals from ``rng``."""
+        drone = self.sim.drones[self.index]
+        if self._noisy:
+            write_noisy_observation(out, drone, self.target, self.noise, rng.standard_normal(12).tolist())
+        else:
+            write_observation(out, drone, self.target)
+
+    @cython.ccall
+    def observe(self, rng):
+        """What the policy sees now, as a new float32 array."""
+        self.write_observation(self._view, rng)
+        return self._buffer.copy()
+
+
+@cython.cclass
+class WaypointEpisode(HoverEpisode):
+    """Visit waypoints in order (the reference advances within ``switch_radius`` of the current one), or track a
+    circle through the first. Success also needs every waypoint visited."""
+
+    waypoints = cython.declare(object, visibility="readonly")  # (W, 3) this episode's waypoints (jittered)
+    waypoint_index = cython.declare(cython.Py_ssize_t, visibility="readonly")
+    _rows = cython.declare(list)  # the waypoints as (x, y, z) tuples
+    _circle = cython.declare(cython.bint)
+    _switch_radius = cython.declare(cython.double)
+    _circle_radius = cython.declare(cython.double)
+    _circle_period = cython.declare(cython.double)
+    _control_hz = cython.declare(cython.double)
+
+    def __init__(self, sim, index: int, rules: HoverRules):
+        super().__init__(sim, index, rules)
+        s = self.settings
+        self._moving = True
+        self._circle = s.trajectory == "circle"
+        self._switch_radius = s.switch_radius
+        self._circle_radius = s.circle_radius
+        self._circle_period = s.circle_period
+        self._control_hz = s.control_hz
+        self.waypoints = np.array(s.waypoints)
+        self._rows = list(s.waypoints)
+        self.waypoint_index = 0
+
+    @cython.ccall
+    def reset_target(self, rng) -> cython.void:
+        s = self.settings
+        waypoints = np.array(s.waypoints)
+        if s.randomize_waypoints > 0:
+            waypoints = waypoints + rng.uniform(-s.randomize_waypoints, s.randomize_waypoints, waypoints.shape)
+            waypoints[:, 2] = np.maximum(waypoints[:, 2], 0.3)
+        self.waypoints = waypoints
+        self._rows = [tuple(w) for w in waypoints.tolist()]
+        self.waypoint_index = 0
+        self.target = self._reference(0.0)
+
+    @cython.cfunc
+    def _reference(self, t: cython.double) -> tuple:
+        """The reference point ``t`` seconds into the episode."""
+        if self._circle:
+            centre = self._rows[0]
+            phase: cython.double = TWO_PI * t / self._circle_period
+            r: cython.double = self._circle_radius
+            x: cython.double = centre[0]
+            y: cython.double = centre[1]
+            return (x + r * cos(phase) - r, y + r * sin(phase), centre[2])
+        return self._rows[self.waypoint_index]
+
+    @cython.ccall
+    def advance_target(self, position) -> cython.void:
+        reached: cython.bint = norm3(position_error(position, self.target)) <= self._switch_radius
+        if not self._circle and reached and self.waypoint_index < len(self._rows) - 1:
+            self.waypoint_index += 1
+            self.rules.reset_drone(self.index)
+        self.target = self._reference(self.steps / self._control_hz)
+
+    @cython.ccall
+    def succeeded(self) -> cython.bint:
+        last: cython.bint = self._circle or self.waypoint_index == len(self._rows) - 1
+        return HoverEpisode.succeeded(self) and last
+
+
+@cython.cclass
+class EpisodeBatch:
+    """The episodes of every drone of one world, stepped and reset together: the vector env's loop, in C.
+
+    It owns the batch's output arrays (``observations`` (N, OBSERVATION_SIZE) float32; ``rewards``, ``distance``
+    float64; ``terminated``, ``truncated`` bool), which every ``step`` and ``reset`` overwrite, and follows
+    Gymnasium's next-step autoreset: a drone whose episode ended at one step starts its next episode at the
+    following step instead of flying that step's action.
+    """
+
+    sim = cython.declare(object, visibility="readonly")  # a DroneSimulator
+    episodes = cython.declare(list, visibility="readonly")
+    observations = cython.declare(object, visibility="readonly")
+    rewards = cython.declare(object, visibility="readonly")
+    distance = cython.declare(object, visibility="readonly")
+    terminated = cython.declare(object, visibility="readonly")
+    truncated = cython.declare(object, visibility="readonly")
+    autoreset = cython.declare(object, visibility="readonly")  # (N,) bool: starts a new episode at the next step
+    _observations = cython.declare(cython.float[:, :])
+    _rewards = cython.declare(cython.double[:])
+    _distance = cython.declare(cython.double[:])
+    _terminated = cython.declare(cython.uchar[:])
+    _truncated = cython.declare(cython.uchar[:])
+    _autoreset = cython.declare(cython.uchar[:])
+
+    def __init__(self, sim, episodes: list):
+        n = sim.num_drones
+        self.sim, self.episodes = sim, episodes
+        self.observations = np.zeros((n, OBSERVATION_SIZE), dtype=np.float32)
+        self.rewards, self.distance = np.zeros(n), np.zeros(n)
+        self.terminated, self.truncated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        self.autoreset = np.zeros(n, dtype=bool)
+        self._observations, self._rewards, self._distance = self.observations, self.rewards, self.distance
+        # bool arrays have no C buffer type of their own: view their bytes
+        self._terminated, self._truncated = self.terminated.view(np.uint8), self.truncated.view(np.uint8)
+        self._autoreset = self.autoreset.view(np.uint8)
+
+    @cython.ccall
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def reset(self, indices: list, rngs: list) -> cython.void:
+        """Start a new episode of each drone in ``indices``, drone ``i`` drawing from ``rngs[i]``."""
+        i: cython.Py_ssize_t
+        episode: HoverEpisode
+        for i in indices:
+            episode = self.episodes[i]
+            rng = rngs[i]
+            episode.reset(rng)
+            episode.write_observation(self._observations[i], rng)
+            self._distance[i] = episode.distance()
+            self._rewards[i] = 0.0
+            self._terminated[i] = self._truncated[i] = self._autoreset[i] = 0
+
+    @cython.ccall
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def step(self, rows: list, rngs: list) -> list:
+        """One control step of every drone: one world step for all, drone ``i`` flying ``rows[i]`` (4 floats) or,
+        if its episode ended at the last step, starting a new one (reward 0, neither terminated nor truncated).
+        Returns the drones whose episode ended at this step as (index, crash reason or None, success)."""
+        n: cython.Py_ssize_t = self.sim.num_drones
+        i: cython.Py_ssize_t
+        idle = None
+        for i in range(n):
+            if self._autoreset[i]:
+                idle = self.autoreset.tolist()
+                break
+        self.sim.step_rows(rows, rngs, idle)
+        ended = []
+        episode: HoverEpisode
+        reward: cython.double
+        distance: cython.double
+        terminated: cython.bint
+        truncated: cython.bint
+        for i in range(n):
+            episode = self.episodes[i]
+            rng = rngs[i]
+            if self._autoreset[i]:
+                episode.reset(rng)
+                reward, distance, terminated, truncated = 0.0, episode.distance(), False, False
+            else:
+                reward, distance, crash, terminated, truncated = episode.step()
+                if terminated or truncated:
+                    ended.append((i, crash, episode.succeeded()))
+            episode.write_observation(self._observations[i], rng)
+            self._rewards[i], self._distance[i] = reward, distance
+            self._terminated[i], self._truncated[i] = terminated, truncated
+            self._autoreset[i] = terminated or truncated
+        return ended

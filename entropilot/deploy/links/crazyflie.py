@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from entropilot.deploy.links.base import Clock, CtbrVehicleLink, LinkError, Telemetry
+from entropilot.vehicle.frames import rotation_from_euler
 
 __all__ = [
     "CrazyflieLink",
@@ -104,12 +105,7 @@ def action_from_setpoint(roll: float, pitch: float, yawrate: float, thrust: int,
 
 def rotation_from_stabilizer(roll_deg: float, pitch_deg: float, yaw_deg: float) -> np.ndarray:
     """The Crazyflie's logged stabilizer angles (deg, legacy inverted pitch) -> body-to-world rotation (ours)."""
-    r, p, y = math.radians(roll_deg), -math.radians(pitch_deg), math.radians(yaw_deg)
-    cr, sr, cp, sp, cy, sy = math.cos(r), math.sin(r), math.cos(p), math.sin(p), math.cos(y), math.sin(y)
-    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
-    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
-    return rz @ ry @ rx
+    return rotation_from_euler(math.radians(roll_deg), -math.radians(pitch_deg), math.radians(yaw_deg))
 
 
 def telemetry_from_log(

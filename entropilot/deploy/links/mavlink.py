@@ -1,20 +1,13 @@
 """A PX4-style autopilot as a vehicle: ``MavlinkLink`` flies the policy's ctbr actions as MAVLink offboard
 SET_ATTITUDE_TARGET (thrust + body rates) and reads the autopilot's state estimate back, converted to our frames.
 
-Frames. Ours: world z up, body x forward / y left / z up. PX4: world NED (x north, y east, z down), body FRD
-(x forward, y right, z down). The conversion is the rotation by 180 degrees about x, ``FLIP = diag(1, -1, -1)``,
-for both the world and the body: our world axes are read as x = north, y = west, z = up (so a yaw of 0 faces
-north in both, and yaw angles change sign); our body axes are x forward, y left, z up.
-
-    position / velocity      p_ned = FLIP p,          p = FLIP p_ned
-    body rates               w_frd = FLIP w,          w = FLIP w_frd
-    rotation (body->world)   R_ned = FLIP R FLIP,     R = FLIP R_ned FLIP
-    quaternion (w, x, y, z)  q_ned = (w, x, -y, -z)   (conjugation by the 180-degree turn about x)
+Frames: ours are world z up and body x forward / y left / z up, PX4's NED and FRD; `entropilot.vehicle.frames`
+converts (a 180-degree turn about x, `FLIP`).
 
 Actions (ctbr, normalized [-1, 1]): thrust = (a0 + 1) / 2 in [0, 1] (the fraction of all rotors at maximum, as
 the simulator defines it); body rates = FLIP (a1, a2, a3) * max_body_rate rad/s (FRD), attitude ignored.
 
-Imports neither torch, ray nor pybullet (pymavlink only).
+Imports neither torch, ray nor pybullet: pymavlink only, whose PX4 mode table and mode decoder it uses.
 """
 
 from __future__ import annotations
@@ -27,38 +20,42 @@ import time
 import numpy as np
 
 from entropilot.deploy.links.base import Clock, CtbrVehicleLink, LinkError, Telemetry
+from entropilot.vehicle.frames import (
+    FLIP,
+    rotation_from_quaternion,
+    rotation_world_from_ned,
+    world_from_ned,
+)
+
+try:
+    from pymavlink import mavutil
+except ImportError as err:  # an optional extra: say how to get it
+    raise ImportError("the MAVLink link needs pymavlink: pip install 'entropilot[mavlink]'") from err
 
 __all__ = [
-    "FLIP",
     "MavlinkLink",
     "PX4_MODES",
     "action_from_attitude_target",
     "attitude_target_from_action",
-    "ned_from_world",
     "px4_custom_mode",
     "px4_mode_name",
-    "quaternion_from_rotation",
-    "rotation_from_quaternion",
-    "rotation_ned_from_world",
-    "rotation_world_from_ned",
-    "world_from_ned",
 ]
 
-FLIP = np.diag([1.0, -1.0, -1.0])  # ours <-> NED (world) and FLU <-> FRD (body); its own inverse
-
-# PX4 custom modes (main mode, sub mode) by our names; custom_mode = main << 16 | sub << 24.
-PX4_MODES: dict[str, tuple[int, int]] = {
-    "manual": (1, 0),
-    "altctl": (2, 0),
-    "posctl": (3, 0),
-    "takeoff": (4, 2),
-    "hold": (4, 3),  # AUTO_LOITER
-    "mission": (4, 4),
-    "rtl": (4, 5),
-    "land": (4, 6),  # AUTO_LAND
-    "offboard": (6, 0),
+# Our names for the PX4 modes we use -> PX4's names in pymavlink's table, which knows their numbers.
+_PX4_NAMES = {
+    "manual": "MANUAL",
+    "altctl": "ALTCTL",
+    "posctl": "POSCTL",
+    "takeoff": "TAKEOFF",
+    "hold": "LOITER",  # AUTO_LOITER
+    "mission": "MISSION",
+    "rtl": "RTL",
+    "land": "LAND",  # AUTO_LAND
+    "offboard": "OFFBOARD",
 }
-_MODE_BY_NUMBER = {v: k for k, v in PX4_MODES.items()}
+# (main mode, sub mode) by our name; custom_mode = main << 16 | sub << 24 (mavutil.px4_map: name -> (base, main, sub)).
+PX4_MODES: dict[str, tuple[int, int]] = {ours: tuple(mavutil.px4_map[px4][1:]) for ours, px4 in _PX4_NAMES.items()}
+_OUR_NAME = {px4: ours for ours, px4 in _PX4_NAMES.items()}
 FORCE_DISARM_MAGIC = 21196  # param2 of MAV_CMD_COMPONENT_ARM_DISARM that PX4 reads as "force"
 
 
@@ -68,58 +65,9 @@ def px4_custom_mode(name: str) -> int:
 
 
 def px4_mode_name(custom_mode: int) -> str:
-    main, sub = (int(custom_mode) >> 16) & 0xFF, (int(custom_mode) >> 24) & 0xFF
-    return _MODE_BY_NUMBER.get((main, sub)) or _MODE_BY_NUMBER.get((main, 0)) or f"px4_{main}_{sub}"
-
-
-# ---- frames ---------------------------------------------------------------------------------
-def ned_from_world(v) -> np.ndarray:
-    """A world vector (position, velocity) of ours in NED; also a body vector FLU -> FRD. (FLIP is an involution.)"""
-    return FLIP @ np.asarray(v, dtype=np.float64)
-
-
-world_from_ned = ned_from_world  # the same flip back
-
-
-def rotation_ned_from_world(rotation) -> np.ndarray:
-    """Our body(FLU)-to-world rotation as PX4's body(FRD)-to-NED rotation."""
-    return FLIP @ np.asarray(rotation, dtype=np.float64) @ FLIP
-
-
-rotation_world_from_ned = rotation_ned_from_world
-
-
-def rotation_from_quaternion(q) -> np.ndarray:
-    """(w, x, y, z) (normalized here) -> 3x3 rotation matrix."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def quaternion_from_rotation(rotation) -> np.ndarray:
-    """3x3 rotation matrix -> (w, x, y, z) with w >= 0 (Shepperd's method)."""
-    m = np.asarray(rotation, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[0] < 0 else q
+    """Our name of a HEARTBEAT's PX4 custom mode (pymavlink decodes it; PX4's own name, lower case, if not ours)."""
+    px4 = mavutil.interpret_px4_mode(0, int(custom_mode))
+    return _OUR_NAME.get(px4, px4.lower())
 
 
 def attitude_target_from_action(action, max_body_rate: float) -> tuple[float, np.ndarray]:
@@ -135,14 +83,6 @@ def action_from_attitude_target(thrust: float, rates_frd, max_body_rate: float) 
 
 
 # ---- the link -------------------------------------------------------------------------------
-def _mavutil():
-    try:
-        from pymavlink import mavutil
-    except ImportError as err:  # pragma: no cover - an optional extra
-        raise LinkError("the MAVLink link needs pymavlink: pip install 'entropilot[mavlink]'") from err
-    return mavutil
-
-
 class MavlinkLink(CtbrVehicleLink):
     """A PX4-style autopilot over MAVLink (``connection`` in pymavlink's syntax: ``udpout:127.0.0.1:14540`` sends to
     a vehicle/SITL listening there, ``udpin:127.0.0.1:14540`` listens for one that sends to us).
@@ -212,7 +152,6 @@ class MavlinkLink(CtbrVehicleLink):
 
     # ---- VehicleLink --------------------------------------------------------------------
     def connect(self) -> None:
-        mavutil = _mavutil()
         self.close()
         self._reset_state()
         self._stop.clear()
@@ -274,7 +213,6 @@ class MavlinkLink(CtbrVehicleLink):
             if self._armed and self._mode == "offboard":
                 return
         self.stream_hover(self.offboard_warmup_s)  # PX4 switches to OFFBOARD only onto an existing setpoint stream
-        mavutil = _mavutil()
         self._command(mavutil.mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 1, stream=True)
         self._wait(lambda: self._armed, "the vehicle to report itself armed")
         main, sub = PX4_MODES["offboard"]
@@ -295,7 +233,6 @@ class MavlinkLink(CtbrVehicleLink):
         with self._lock:
             if self._mode == "land" or not self._due("land"):
                 return
-        mavutil = _mavutil()
         self._send_command(
             mavutil.mavlink.MAV_CMD_NAV_LAND, 0, 0, 0, float("nan"), float("nan"), float("nan"), float("nan")
         )
@@ -305,7 +242,6 @@ class MavlinkLink(CtbrVehicleLink):
         telemetry = self.read_telemetry()
         if telemetry is None or not telemetry.landed:
             raise LinkError("refusing to disarm: the vehicle does not report itself on the ground")
-        mavutil = _mavutil()
         self._command(mavutil.mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0)
 
     def close(self) -> None:
@@ -322,7 +258,6 @@ class MavlinkLink(CtbrVehicleLink):
     # ---- commands ------------------------------------------------------------------------
     def request_mode(self, name: str, *, wait: bool = True) -> int | None:
         """Ask for a PX4 mode by our name (``PX4_MODES``); with ``wait`` the COMMAND_ACK result (MAV_RESULT)."""
-        mavutil = _mavutil()
         main, sub = PX4_MODES[name]
         args = (mavutil.mavlink.MAV_CMD_DO_SET_MODE, mavutil.mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, main, sub)
         if not wait:
@@ -361,7 +296,6 @@ class MavlinkLink(CtbrVehicleLink):
         return True
 
     def _command(self, command: int, *params: float, stream: bool = False, check: bool = True) -> int:
-        mavutil = _mavutil()
         with self._lock:
             self._acks.pop(command, None)
         self._send_command(command, *params)
@@ -398,7 +332,6 @@ class MavlinkLink(CtbrVehicleLink):
         self._send(lambda mav: mav.command_long_send(self.target_system, self.target_component, command, 0, *p))
 
     def _send_setpoint(self, action) -> None:
-        mavutil = _mavutil()
         thrust, rates = attitude_target_from_action(action, self.max_body_rate)
         mask = mavutil.mavlink.ATTITUDE_TARGET_TYPEMASK_ATTITUDE_IGNORE
         boot_ms = int(time.monotonic() * 1000) & 0xFFFFFFFF
@@ -431,7 +364,6 @@ class MavlinkLink(CtbrVehicleLink):
 
     # ---- threads -------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        mavutil = _mavutil()
         while not self._stop.is_set():
             try:
                 self._send(
@@ -450,7 +382,6 @@ class MavlinkLink(CtbrVehicleLink):
             self._stop.wait(1.0)
 
     def _receive_loop(self) -> None:
-        mavutil = _mavutil()
         mav = mavutil.mavlink
         conn = self._conn
         while not self._stop.is_set():

@@ -1,0 +1,335 @@
+"""The entropy study: does entropy-aware training make drone RL fail less? Paired seeds, every run in MLflow.
+
+Three steps, each resumable (a run already in `results.jsonl` is not run again):
+
+    .venv/bin/python benchmarks/entropy_study.py screen    # plain PPO on every task: which ones fail sometimes?
+    .venv/bin/python benchmarks/entropy_study.py study     # every arm x seed on the tasks the screen kept
+    .venv/bin/python benchmarks/entropy_study.py report    # tables (Fisher, Kaplan-Meier, log-rank) and plots
+    .venv/bin/python benchmarks/entropy_study.py study --smoke   # the whole pipeline in a few minutes (tested)
+
+The design (tasks, arms, budgets, success threshold) is `benchmarks/entropy_study.yaml`. Seed s means the same env
+seeds and, for arms that do not redraw weights, the same initial weights in every arm. All runs are child runs of one
+MLflow parent run (experiment `entropy-study`); results, tables and plots go to `--dir` (default runs/entropy-study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DESIGN = ROOT / "benchmarks" / "entropy_study.yaml"
+REFERENCE_ARM = "plain_ppo"
+
+# The smoke design: one tiny task, two arms, two seeds, two short iterations each; exercises every step.
+SMOKE = {
+    "success_threshold": 0.9,
+    "screen_seeds": 2,
+    "keep_failure_rate": [0.0, 1.0],
+    "common": [
+        "mlflow.video=false",
+        "mlflow.system_metrics=false",
+        "algorithm.train_batch_size=200",
+        "algorithm.minibatch_size=100",
+        "algorithm.num_epochs=1",
+        "resources.envs_per_runner=1",
+        "resources.num_cpus_per_env_runner=0.5",
+        "entropy.init.max_draws=2",
+        "entropy.init.rollout_steps=100",
+        "evaluation.interval=1",
+        "evaluation.episodes=2",
+        "checkpoint.interval=null",
+        "env.kwargs.episode_seconds=1.0",
+        "env.kwargs.success_seconds=0.5",
+    ],
+    "tasks": {"tiny_hover": {"config": "configs/hover.yaml", "budget_env_steps": 400, "overrides": []}},
+    "arms": {
+        "plain_ppo": ["entropy.init.enabled=false", "entropy.control.enabled=false"],
+        "control": ["entropy.init.enabled=false"],
+    },
+}
+
+
+@dataclass
+class RunResult:
+    """One training run of the study: what the tables are made of."""
+
+    task: str
+    arm: str
+    seed: int
+    succeeded: bool  # evaluation success reached the threshold within the budget
+    env_steps_to_success: float | None  # env steps at the first evaluation that reached it
+    env_steps: int  # env steps when the run stopped (budget or success)
+    final_success: float | None  # the last evaluation's success rate
+    final_distance: float | None  # and its mean final distance to the target, m
+    tracking_rms: float | None  # RMS of entropy - target after the first quarter of the run (controller arms)
+    wall_s: float
+    run_id: str
+
+
+def load_design(smoke: bool) -> dict:
+    return SMOKE if smoke else yaml.safe_load(DESIGN.read_text())
+
+
+def config_for(design: dict, task: str, arm: str, seed: int, study_dir: Path, tracking_uri: str):
+    """The experiment config of one run: the task's file, the common and task overrides, the arm's, then the seed,
+    budget and where it writes (validated before anything runs)."""
+    from entropilot.platform.config import load_config
+
+    spec = design["tasks"][task]
+    return load_config(
+        ROOT / spec["config"],
+        [
+            *design["common"],
+            *spec.get("overrides", []),
+            *design["arms"][arm],
+            f"seed={seed}",
+            f"stop.env_steps={spec['budget_env_steps']}",
+            f"stop.success_rate={design['success_threshold']}",
+            f"name=study-{task}-{arm}-s{seed}",
+            "mlflow.experiment=entropy-study",
+            f"mlflow.tracking_uri={tracking_uri}",
+            f"checkpoint.dir={study_dir / 'runs' / task / arm / f's{seed}'}",
+        ],
+    )
+
+
+def run_one(cfg, task: str, arm: str, seed: int, threshold: float, parent_run_id: str) -> RunResult:
+    from entropilot.platform.train import train
+
+    start = time.perf_counter()
+    result = train(cfg, echo=lambda line: None, parent_run_id=parent_run_id)
+    history = result.history
+    evals = [h for h in history if "success_rate" in h]
+    first = next((h for h in evals if h["success_rate"] >= threshold), None)
+    return RunResult(
+        task=task,
+        arm=arm,
+        seed=seed,
+        succeeded=first is not None,
+        env_steps_to_success=first["env_steps"] if first else None,
+        env_steps=result.env_steps,
+        final_success=evals[-1]["success_rate"] if evals else None,
+        final_distance=evals[-1].get("eval_final_distance") if evals else None,
+        tracking_rms=_tracking_rms(history),
+        wall_s=time.perf_counter() - start,
+        run_id=result.run_id,
+    )
+
+
+def _tracking_rms(history: list[dict]) -> float | None:
+    pairs = [(h["entropy"], h["entropy_target"]) for h in history if "entropy" in h and "entropy_target" in h]
+    pairs = pairs[len(pairs) // 4 :]  # after warm-up: the controller needs some iterations to get there
+    if not pairs:
+        return None
+    return math.sqrt(statistics.fmean((e - t) ** 2 for e, t in pairs))
+
+
+# ---- the study's bookkeeping ------------------------------------------------------------------------------------
+
+
+class Study:
+    """The study folder: `results.jsonl` (one RunResult per line, appended as runs finish) and the MLflow parent run."""
+
+    def __init__(self, folder: Path, tracking_uri: str, design: dict):
+        self.folder = folder
+        self.tracking_uri = tracking_uri
+        self.design = design
+        folder.mkdir(parents=True, exist_ok=True)
+        self.results_file = folder / "results.jsonl"
+
+    def results(self) -> list[RunResult]:
+        if not self.results_file.exists():
+            return []
+        return [RunResult(**json.loads(line)) for line in self.results_file.read_text().splitlines() if line.strip()]
+
+    def record(self, result: RunResult) -> None:
+        with self.results_file.open("a") as f:
+            f.write(json.dumps(asdict(result)) + "\n")
+
+    def parent_run_id(self) -> str:
+        """The MLflow parent run of the whole study, created on first use and reused by every later invocation."""
+        import mlflow
+
+        marker = self.folder / "parent_run.json"
+        if marker.exists():
+            return json.loads(marker.read_text())["run_id"]
+        client = mlflow.MlflowClient(self.tracking_uri)
+        experiment = client.get_experiment_by_name("entropy-study")
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment("entropy-study")
+        run = client.create_run(experiment_id, run_name=f"entropy-study-{time.strftime('%Y%m%d-%H%M%S')}")
+        client.log_param(run.info.run_id, "design", json.dumps(self.design)[:6000])
+        client.set_tag(run.info.run_id, "entropilot.study", "parent")
+        marker.write_text(json.dumps({"run_id": run.info.run_id}))
+        return run.info.run_id
+
+    def run(self, plan: list[tuple[str, str, int]], echo=print) -> None:
+        done = {(r.task, r.arm, r.seed) for r in self.results()}
+        todo = [key for key in plan if key not in done]
+        echo(f"{len(plan)} run(s) planned, {len(plan) - len(todo)} already done, {len(todo)} to run")
+        if not todo:
+            return
+        configs = {key: config_for(self.design, *key, self.folder, self.tracking_uri) for key in todo}  # all valid?
+        parent = self.parent_run_id()
+        for k, key in enumerate(todo, 1):
+            result = run_one(configs[key], *key, self.design["success_threshold"], parent)
+            self.record(result)
+            outcome = f"success at {result.env_steps_to_success:.0f} steps" if result.succeeded else "FAILED"
+            echo(f"[{k}/{len(todo)}] {key[0]} {key[1]} seed {key[2]}: {outcome} ({result.wall_s:.0f} s)")
+
+
+def screened_tasks(study: Study) -> list[str]:
+    """Tasks on which plain PPO failed a share of seeds inside `keep_failure_rate` in the screen."""
+    low, high = study.design["keep_failure_rate"]
+    kept = []
+    for task in study.design["tasks"]:
+        runs = [r for r in study.results() if r.task == task and r.arm == REFERENCE_ARM]
+        if runs and low <= sum(not r.succeeded for r in runs) / len(runs) <= high:
+            kept.append(task)
+    return kept
+
+
+# ---- the report ------------------------------------------------------------------------------------------------
+
+
+def report(study: Study, echo=print) -> Path:
+    """Markdown tables and Kaplan-Meier plots of every task and arm in the results; logged to the parent run."""
+    from entropilot.platform.stats import detectable_failure_rate, fisher_exact, kaplan_meier, logrank
+
+    results = study.results()
+    lines = ["# Entropy study results", ""]
+    plots = []
+    for task in dict.fromkeys(r.task for r in results):
+        rows = [r for r in results if r.task == task]
+        reference = [r for r in rows if r.arm == REFERENCE_ARM]
+        budget = study.design["tasks"][task]["budget_env_steps"]
+        lines += [f"## {task} (budget {budget:,} env steps)", ""]
+        if reference:
+            base_rate = sum(not r.succeeded for r in reference) / len(reference)
+            detectable = detectable_failure_rate(base_rate, len(reference)) if base_rate > 0 else None
+            effect = (
+                f"a method that fails at most {detectable:.0%} of its seeds"
+                if detectable is not None
+                else "no effect at all (too few seeds or too few failures)"
+            )
+            lines.append(
+                f"Plain PPO fails {base_rate:.0%} of {len(reference)} seeds. At this n, Fisher's test (alpha 0.05, "
+                f"power 0.8) detects {effect}."
+            )
+            lines.append("")
+        lines.append(
+            "| arm | failures / seeds | p (Fisher vs plain) | median steps to success (KM) | p (log-rank vs plain) "
+            "| final success | tracking RMS (nats) | wall s / run |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
+        curves = {}
+        for arm in dict.fromkeys(r.arm for r in rows):
+            runs = [r for r in rows if r.arm == arm]
+            times = [r.env_steps_to_success if r.succeeded else r.env_steps for r in runs]
+            events = [r.succeeded for r in runs]
+            curves[arm] = kaplan_meier(times, events)
+            failures = sum(not e for e in events)
+            p_fisher = p_logrank = math.nan
+            if reference and arm != REFERENCE_ARM:
+                ref_fail = sum(not r.succeeded for r in reference)
+                p_fisher = fisher_exact(failures, len(runs), ref_fail, len(reference))
+                ref_times = [r.env_steps_to_success if r.succeeded else r.env_steps for r in reference]
+                p_logrank = logrank(times, events, ref_times, [r.succeeded for r in reference])
+            lines.append(
+                f"| {arm} | {failures}/{len(runs)} | {_p(p_fisher)} | {_steps(curves[arm].median())} | "
+                f"{_p(p_logrank)} | {_mean([r.final_success for r in runs])} | "
+                f"{_mean([r.tracking_rms for r in runs])} | {_mean([r.wall_s for r in runs], '.0f')} |"
+            )
+        lines.append("")
+        plots.append(_plot_survival(task, curves, budget, study.folder / f"survival_{task}.png"))
+        lines += [f"![survival {task}](survival_{task}.png)", ""]
+    table = study.folder / "results.md"
+    table.write_text("\n".join(lines))
+    echo("\n".join(lines))
+    _log_to_parent(study, [table, study.results_file, *plots])
+    return table
+
+
+def _mean(values: list, spec: str = ".2f") -> str:
+    values = [v for v in values if v is not None]
+    return format(statistics.fmean(values), spec) if values else "-"
+
+
+def _p(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
+def _steps(value: float) -> str:
+    return "not reached" if math.isinf(value) else f"{value:,.0f}"
+
+
+def _plot_survival(task: str, curves: dict, budget: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for arm, curve in curves.items():
+        x, y = curve.step_points(budget)
+        ax.plot(x, y, label=arm, linewidth=2 if arm == REFERENCE_ARM else 1.3)
+    ax.set(title=f"{task}: runs not yet successful", xlabel="env steps", ylabel="fraction of seeds", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _log_to_parent(study: Study, files: list[Path]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(study.tracking_uri)
+    run_id = study.parent_run_id()
+    for f in files:
+        client.log_artifact(run_id, str(f))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["screen", "study", "report"])
+    parser.add_argument("--smoke", action="store_true", help="the tiny design: the whole pipeline in minutes")
+    parser.add_argument("--dir", type=Path, default=None, help="study folder [default: runs/entropy-study]")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store [default: sqlite in the study folder]")
+    parser.add_argument("--seeds", type=int, default=12, help="seeds per arm in the study step")
+    parser.add_argument("--tasks", nargs="*", default=None, help="study these tasks [default: the screen's]")
+    parser.add_argument("--arms", nargs="*", default=None, help="only these arms [default: all]")
+    args = parser.parse_args(argv)
+
+    design = load_design(args.smoke)
+    folder = (args.dir or ROOT / "runs" / ("entropy-study-smoke" if args.smoke else "entropy-study")).resolve()
+    study = Study(folder, args.tracking_uri or f"sqlite:///{folder}/mlflow.db", design)
+    if args.step == "screen":
+        plan = [(task, REFERENCE_ARM, s) for task in design["tasks"] for s in range(design["screen_seeds"])]
+        study.run(plan)
+        print(f"kept for the study (plain PPO fails {design['keep_failure_rate']}): {screened_tasks(study)}")
+    elif args.step == "study":
+        tasks = args.tasks or screened_tasks(study) or (list(design["tasks"]) if args.smoke else [])
+        if not tasks:
+            print("no task to study: run the screen first (or name --tasks)", file=sys.stderr)
+            return 2
+        arms = args.arms or list(design["arms"])
+        seeds = design["screen_seeds"] if args.smoke else args.seeds
+        study.run([(task, arm, s) for task in tasks for arm in arms for s in range(seeds)])
+        report(study)
+    else:
+        report(study)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The entropy study's pipeline end to end in its smoke design: runs as MLflow child runs, resumable, and a report."""
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import entropy_study  # a script in benchmarks/, imported as a module
+
+pytestmark = pytest.mark.integration  # trains four tiny runs on Ray
+
+
+def test_the_smoke_study_runs_resumes_and_reports(tmp_path, ray_session, isolated_mlflow_env):
+    folder = tmp_path / "study"
+    assert entropy_study.main(["study", "--smoke", "--dir", str(folder)]) == 0
+    results = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    runs = sorted((r["arm"], r["seed"]) for r in results)
+    assert runs == [("control", 0), ("control", 1), ("plain_ppo", 0), ("plain_ppo", 1)]
+    assert all(r["env_steps"] >= 400 and r["wall_s"] > 0 for r in results)
+
+    # Every run is a child of the one parent run, which holds the report.
+    client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    parent = json.loads((folder / "parent_run.json").read_text())["run_id"]
+    children = client.search_runs(
+        [client.get_experiment_by_name("entropy-study").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+    )
+    assert sorted(run.info.run_id for run in children) == sorted(r["run_id"] for r in results)
+    assert {a.path for a in client.list_artifacts(parent)} >= {"results.md", "results.jsonl", "survival_tiny_hover.png"}
+    table = (folder / "results.md").read_text()
+    assert "| plain_ppo | " in table and "| control | " in table and "Fisher" in table
+
+    # Run again: nothing left to run, the same results.
+    assert entropy_study.main(["study", "--smoke", "--dir", str(folder)]) == 0
+    assert len((folder / "results.jsonl").read_text().splitlines()) == 4
