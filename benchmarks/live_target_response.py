@@ -2,6 +2,10 @@
 the MLflow tags of the running run are changed after a known iteration, as a person would in the MLflow UI, beside an
 untouched run with the same seed (the baseline, measured in the same invocation).
 
+hover.yaml's controller is a lower_bound (entropy.control.mode): its target is a minimum, and the coefficient, in
+[0, coef_max], only ever pushes entropy up. So the arms raise the minimum above the entropy the policy has, and the
+faster arms raise what limits the push up: coef_max, max_step, and the loop gains.
+
 Re-run (4 arms x 30 iterations; about 15 minutes on a quiet 2-core laptop):
 
     .venv/bin/python benchmarks/live_target_response.py
@@ -9,7 +13,7 @@ Re-run (4 arms x 30 iterations; about 15 minutes on a quiet 2-core laptop):
     .venv/bin/python benchmarks/live_target_response.py --iterations 50 --change-at 20
 
 Each arm sets its tags with `MlflowClient.set_tag` when the console shows iteration `--change-at`, so the training
-applies them before the next iteration. It prints, per arm, how far its entropy is below the untouched run's after
+applies them before the next iteration. It prints, per arm, how far its entropy is above the untouched run's after
 5, 10 and 20 more iterations, and the first iteration at which the gap reaches 0.25 and 0.5 nats. The numbers
 describe the entropy controller of the checkout it runs in: it prints the commit.
 """
@@ -31,23 +35,23 @@ from entropilot.platform.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "hover.yaml"
-NEW_TARGET = "3.5"
+NEW_TARGET = "4.5"  # nats: above a fresh hover policy's ~4.1 (the init threshold), so the minimum binds at once
 ARMS = {  # label: the tags set after iteration --change-at (nothing: the baseline)
     "untouched": {},
-    "target 3.5": {live_tag("target"): NEW_TARGET},
-    "target 3.5, coef_min -0.2, max_step 0.02": {
+    "target 4.5": {live_tag("target"): NEW_TARGET},
+    "target 4.5, coef_max 0.2, max_step 0.02": {
         live_tag("target"): NEW_TARGET,
-        live_tag("coef_min"): "-0.2",
+        live_tag("coef_max"): "0.2",
         live_tag("max_step"): "0.02",
     },
     # Faster loop gains too: natural frequency sqrt(b * gain) ~0.17 per iteration at hover's plant gain b ~1, damping
     # ratio (gain + damping) * sqrt(b / gain) / 2 ~0.95, inside the stability bound b * (gain + 2 damping) < 4
     # (see EntropyCoefficientController).
-    "target 3.5, gain 0.03, damping 0.3, coef_min -0.2, max_step 0.05": {
+    "target 4.5, gain 0.03, damping 0.3, coef_max 0.2, max_step 0.05": {
         live_tag("target"): NEW_TARGET,
         live_tag("gain"): "0.03",
         live_tag("damping"): "0.3",
-        live_tag("coef_min"): "-0.2",
+        live_tag("coef_max"): "0.2",
         live_tag("max_step"): "0.05",
     },
 }
@@ -83,6 +87,8 @@ def run(label: str, tags: dict[str, str], args, workdir: Path) -> list[dict]:
             run_id = line.split()[2].rstrip(":")
         if line.startswith(("live:", "WARNING")) or (line.startswith("iter ") and int(line.split()[1]) % 5 == 0):
             print(f"  {label}: {line}", flush=True)
+        if line.startswith("WARNING: live settings not applied"):  # the arm would be the untouched run again
+            raise RuntimeError(f"{label}: its tags were refused: {line}")
         if line.startswith(f"iter {args.change_at:4d} "):
             for tag, text in tags.items():  # what a person does with the UI's tag editor
                 client.set_tag(run_id, tag, text)
@@ -126,7 +132,7 @@ def plot(histories: dict[str, list[dict]], change_at: int, path: str) -> None:
         ax.axvline(change_at + 0.5, color="gray", linewidth=0.8)
         ax.grid(alpha=0.3)
     entropy_ax.set_ylabel("policy entropy [nats]")
-    entropy_ax.legend(fontsize=8, loc="lower left")
+    entropy_ax.legend(fontsize=8, loc="upper right")
     entropy_ax.set_title(f"hover, seed 0: live tags set after iteration {change_at} (gray line)")
     coef_ax.set_ylabel("entropy coefficient")
     coef_ax.set_xlabel("iteration (4000 env steps each)")
@@ -153,16 +159,16 @@ def main() -> None:
     k = args.change_at
     same = max(abs(h["entropy"] - b) for arm in histories.values() for h, b in zip(arm[:k], baseline[:k]))
     print(f"\nbefore the change the arms differ by at most {same:.2g} nats (same seed)")
-    print(f"\nentropy below the untouched run's (nats) n iterations after the change (after iteration {k}),")
+    print(f"\nentropy above the untouched run's (nats) n iterations after the change (after iteration {k}),")
     print("the first iteration at which the gap reaches 0.25 / 0.5 nats, and the coefficient at the end:\n")
-    columns = [*(f"+{n}" for n in AFTER), *(f"{gap} nats below at" for gap in GAPS), "coefficient at the end"]
+    columns = [*(f"+{n}" for n in AFTER), *(f"{gap} nats above at" for gap in GAPS), "coefficient at the end"]
     print("| arm | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for label, history in histories.items():
-        gaps = [b - h["entropy"] for h, b in zip(history[k:], baseline[k:])]  # iterations k+1, k+2, ...
-        below = " | ".join(f"{gaps[n - 1]:.2f}" if n <= len(gaps) else "-" for n in AFTER)
+        gaps = [h["entropy"] - b for h, b in zip(history[k:], baseline[k:])]  # iterations k+1, k+2, ...
+        above = " | ".join(f"{gaps[n - 1]:.2f}" if n <= len(gaps) else "-" for n in AFTER)
         firsts = " | ".join(str(first_iteration(gaps, gap, k + 1) or "-") for gap in GAPS)
-        print(f"| {label} | {below} | {firsts} | {history[-1]['entropy_coeff']:.3f} |")
+        print(f"| {label} | {above} | {firsts} | {history[-1]['entropy_coeff']:.3f} |")
     if args.plot:
         plot(histories, k, args.plot)
         print(f"\nplot: {args.plot}")

@@ -1,20 +1,26 @@
 """Sampling throughput of hover (env steps/s) with 1, 2, ... Ray env runners, each against one runner measured
-in the same run.
+in the same run, with RLlib's stock sampler and entropilot's bulk sampler, on Gymnasium's SyncVectorEnv and on the
+batched world, side by side.
 
-Re-run (about a minute for the default; goal on a 2-core machine: 2 runners >= 1.8x one):
+Re-run (about two minutes for the default; goals on a 2-core machine: 2 runners >= 1.8x one; the bulk sampler
+>= 50,000 env steps/s per runner):
 
-    .venv/bin/python benchmarks/sampling_scale.py                         # --runners 1 2
+    .venv/bin/python benchmarks/sampling_scale.py                         # --runners 1 2, three paths
+    .venv/bin/python benchmarks/sampling_scale.py --runners 1 --envs-per-runner 64 --paths stock/sync bulk/batched
     .venv/bin/python benchmarks/sampling_scale.py --runners 1 2 4 8 16   # a bigger box (needs as many cores)
 
-What it measures: only sampling, the way a PPO iteration samples. Every runner is an RLlib `EnvRunner` actor
-built from `configs/hover.yaml` (its env settings, policy network and observation filter) by the same code
-as `entropilot train`, with one CPU each. A measurement is one synchronous round of
-`EnvRunner.sample(num_timesteps=--steps)` on all runners at once, episodes shipped back to the driver as in
-training; throughput = env steps returned / wall time of the round. All cases are built up front (idle
-runners cost no CPU); after one warm-up round each, `--repeats` rounds run interleaved across the cases, so
-load from elsewhere that comes and goes hits every case alike; the median is printed. No learning happens,
-so the policy is the initial one throughout. On a big box, mind the memory: every case's runners exist at
-once (~0.3-0.4 GB each; `--runners 1 2 4 8 16` builds 46).
+What it measures: only sampling, the way a PPO iteration samples. Every runner is an RLlib `EnvRunner` actor built
+from `configs/hover.yaml` (its env settings, policy network and observation filter) by the same code as
+`entropilot train`, with one CPU each. A path is sampler/vector env: `SingleAgentEnvRunner` (stock) or
+`BulkEnvRunner` (bulk, one batched forward per vector step; `resources.sampler`), stepping a SyncVectorEnv of single
+envs (sync) or all its drones in one PyBullet world (batched, `DroneVectorEnv`; `resources.vector_env`). The "×
+stock/sync" column is each case over RLlib's own path (stock/sync) of the same shape in the same run. A measurement
+is one synchronous round of `EnvRunner.sample(num_timesteps=--steps)` on all runners at once, episodes shipped back
+to the driver as in training; throughput = env steps returned / wall time of the round. All cases are built up front
+(idle runners cost no CPU); after one warm-up round each, `--repeats` rounds run interleaved across the cases, so
+load from elsewhere that comes and goes hits every case alike; the median is printed. No learning happens, so the
+policy is the initial one throughout. On a big box, mind the memory: every case's runners exist at once (~0.3-0.4 GB
+each; `--runners 1 2 4 8 16` builds 46 per path).
 
 Two ways to add runners, both printed:
 
@@ -45,16 +51,19 @@ from pathlib import Path
 import ray
 from _machine import cpu_name  # benchmarks/ is on sys.path when run as a script
 
+from entropilot.platform.algorithm import SAMPLERS, VECTOR_ENVS
 from entropilot.platform.config import load_config
 from entropilot.platform.train import build_from_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
+PATHS = [f"{sampler}/{vector_env}" for sampler in SAMPLERS for vector_env in VECTOR_ENVS]
 
 
 class SamplingCase:
     """One algorithm with `runners` env runners of `envs_per_runner` envs each, built from hover.yaml."""
 
-    def __init__(self, runners: int, envs_per_runner: int, steps: int):
+    def __init__(self, runners: int, envs_per_runner: int, path: str, steps: int):
+        sampler, vector_env = path.split("/")
         cfg = load_config(
             CONFIG,
             [
@@ -62,6 +71,8 @@ class SamplingCase:
                 f"resources.envs_per_runner={envs_per_runner}",
                 "resources.num_cpus_per_env_runner=1",
                 "resources.gpu=off",
+                f"resources.sampler={sampler}",
+                f"resources.vector_env={vector_env}",
             ],
         )
         self.runners, self.envs_per_runner, self.steps = runners, envs_per_runner, steps
@@ -113,6 +124,13 @@ def main() -> None:
         "--runners", type=int, nargs="+", default=[1, 2], help="runner counts; the first is the baseline"
     )
     parser.add_argument("--envs-per-runner", type=int, default=8, help="vectorized envs in each runner")
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=PATHS,
+        default=["stock/sync", "bulk/sync", "bulk/batched"],
+        help="sampler/vector env",
+    )
     parser.add_argument("--steps", type=int, default=4000, help="env steps per runner per round")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median)")
     parser.add_argument("--quick", action="store_true", help="short rounds, 3 repeats (noisier)")
@@ -126,18 +144,19 @@ def main() -> None:
     groups = [("same envs per runner", n, args.envs_per_runner) for n in args.runners]
     groups += [("same total envs", n, total_envs // n) for n in args.runners if total_envs % n == 0]
     shapes = list(dict.fromkeys((n, per_runner) for _, n, per_runner in groups))  # each case measured once
+    keys = [(n, per_runner, path) for n, per_runner in shapes for path in args.paths]
     # address="local": our own Ray, never a cluster some `ray start` left running. Every case's runners exist at
     # once (idle ones cost no CPU) and each asks for one CPU, so Ray must count that many logical CPUs.
     ray.init(
         address="local",
-        num_cpus=max(sum(n for n, _ in shapes), cores),
+        num_cpus=max(sum(n for n, _, _ in keys), cores),
         include_dashboard=False,
         object_store_memory=10**9,
         logging_level="ERROR",
         log_to_driver=False,
     )
     try:
-        cases = {shape: SamplingCase(*shape, steps) for shape in shapes}
+        cases = {key: SamplingCase(*key, steps) for key in keys}
         threads = {t for case in cases.values() for t in case.threads()}
         for case in cases.values():
             case.warm_up()
@@ -157,23 +176,28 @@ def main() -> None:
         f"median of {repeats} rounds; runner threads (torch, OMP_NUM_THREADS): {sorted(threads)}\n"
     )
     print(
-        "| scaling | runners | envs / runner | env steps/s | × baseline | runner CPU share | steps / runner CPU-s "
-        "| runner idle in round |"
+        "| scaling | sampler/vector env | runners | envs / runner | env steps/s | per runner | × baseline "
+        "| × stock/sync | runner CPU share | steps / runner CPU-s | runner idle in round |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     baseline = {}
-    for label, n, per_runner in groups:
-        case = cases[n, per_runner]
-        rate = statistics.median(case.rates)
-        baseline.setdefault(label, rate)
-        oversubscribed = " (more runners than cores)" if n > cores else ""
-        print(
-            f"| {label} | {n}{oversubscribed} | {per_runner} | {rate:,.0f} | {rate / baseline[label]:.2f}× "
-            f"| {statistics.median(case.cpu_shares):.0%} | {statistics.median(case.steps_per_cpu_s):,.0f} "
-            f"| {statistics.median(case.idle_shares):.0%} |"
-        )
+    for path in args.paths:
+        for label, n, per_runner in groups:
+            case = cases[n, per_runner, path]
+            rate = statistics.median(case.rates)
+            baseline.setdefault((label, path), rate)
+            stock = cases.get((n, per_runner, "stock/sync"))
+            versus_stock = f"{rate / statistics.median(stock.rates):.2f}×" if stock and path != "stock/sync" else "-"
+            oversubscribed = " (more runners than cores)" if n > cores else ""
+            print(
+                f"| {label} | {path} | {n}{oversubscribed} | {per_runner} | {rate:,.0f} | {rate / n:,.0f} "
+                f"| {rate / baseline[label, path]:.2f}× | {versus_stock} "
+                f"| {statistics.median(case.cpu_shares):.0%} | {statistics.median(case.steps_per_cpu_s):,.0f} "
+                f"| {statistics.median(case.idle_shares):.0%} |"
+            )
     print(
-        f"\n× baseline: env steps/s over the {args.runners[0]}-runner case of the same row group. Runner CPU share: "
+        f"\n× baseline: env steps/s over the {args.runners[0]}-runner case of the same row group and path. "
+        "× stock/sync: over RLlib's own path with the same runners and envs. Runner CPU share: "
         "CPU time / wall time of sample() inside each runner (under 100 %: the runner waited for a core, taken by "
         "the driver, Ray or other load). Steps / runner CPU-s: how fast a core was while it ran a runner (lower "
         "with more runners: cores slowed by each other, e.g. SMT siblings or a shared host). Runner idle in round: "

@@ -1,106 +1,242 @@
-"""Training speed on hover: env steps/s while training, seconds per PPO iteration, and wall time until the
-evaluation success rate first reaches 0.95, for `configs/hover.yaml` beside a baseline in the same run.
+"""Training speed on hover: wall time until the evaluation success rate first reaches 0.95, and where it went
+(start-up, init, sampling, learning, evaluation, logging, other), for `configs/hover.yaml` with RLlib's stock
+sampler and with entropilot's bulk sampler, beside Stable-Baselines3 PPO on the same env and recipe, in one run.
 
-Re-run (each arm stops at 0.95 success or the budget; about 20-30 minutes on a 2-core laptop):
+Re-run (each run stops at 0.95 success or the budget; on a 2-core laptop about 15-25 minutes for the default):
 
-    .venv/bin/python benchmarks/train_hover.py                 # entropilot hover vs plain PPO
-    .venv/bin/python benchmarks/train_hover.py --budget 600 --seeds 0 1
+    .venv/bin/python benchmarks/train_hover.py                       # stock, bulk and sb3 on seeds 0-4
+    .venv/bin/python benchmarks/train_hover.py --arms bulk sb3 --seeds 0 1 --budget 300
+    .venv/bin/python benchmarks/train_hover.py --set resources.envs_per_runner=32 --set algorithm.num_epochs=5
 
-The baseline is the same experiment as plain RLlib PPO: entropy-aware initialization off and the
-entropy-coefficient controller off (coefficient 0, RLlib's default), everything else equal, so the
-ratio isolates what entropilot's entropy handling buys. Time to 0.95 is wall-clock time from the
-start of `train()` (as `entropilot train` calls it) on this machine: Ray start-up, algorithm build,
-entropy-aware initialization and the periodic evaluations all count.
+The arms run seed by seed, interleaved, so load from elsewhere that comes and goes hits every arm alike.
+
+- stock / bulk: `entropilot train configs/hover.yaml` (the function the command calls, in this process, a fresh Ray
+  each run) on RLlib's own path (`resources.sampler=stock`, `vector_env=sync`: SyncVectorEnv of single envs) or on
+  entropilot's (`sampler=bulk`, `vector_env=batched`: one batched forward per step over all drones in one PyBullet
+  world); `plain` (optional) is stock without entropy-aware init, entropy control or the init family (RLlib's own init),
+  plain RLlib PPO. Time to 0.95
+  is wall time from the start of `train()`: Ray start-up, the algorithm's build, entropy-aware init and the periodic
+  evaluations all count; the phases are the run's own `time_<phase>_s` metrics at that iteration (they add up to
+  it).
+- sb3: Stable-Baselines3 PPO (`pip install '.[bench]'`) with the config's recipe: the same env and options, as
+  many envs (DummyVecEnv) and steps per iteration, epochs, minibatch, lr, gamma, GAE lambda, clip, grad clip,
+  value coefficient, network (tanh MLP, state-independent log std starting at std 1), observation
+  normalization (VecNormalize, clip 10), no entropy bonus; evaluated as entropilot evaluates (greedy, the same
+  held-out seeds, every `evaluation.interval` iterations, all episodes at once in a vector env). Its phases:
+  start-up (model and envs), sampling (`collect_rollouts`), learning (`train`), evaluation, other. Torch runs
+  with its default threads, as for a user who writes those lines.
+--set overrides apply to every arm (sb3 reads the same recipe fields).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import ray
 
 from entropilot.platform.config import load_config
+from entropilot.platform.phases import PHASES
 from entropilot.platform.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
+TARGET = 0.95
+RLLIB_ARMS = {
+    "stock": ["resources.sampler=stock", "resources.vector_env=sync"],
+    "bulk": ["resources.sampler=bulk", "resources.vector_env=batched"],
+    "plain": [
+        "resources.sampler=stock",
+        "resources.vector_env=sync",
+        "entropy.init.enabled=false",
+        "entropy.control.enabled=false",
+        # RLlib's own init (no gain, std 1) from draw 0 of the same weight seed.
+        "model.output_gain=1",
+        "model.initial_std=null",
+    ],
+}
+ARMS = (*RLLIB_ARMS, "sb3")
 
 
-def run(label: str, seed: int, budget: float, overrides: list[str], workdir: Path) -> dict:
+def rllib_run(arm: str, seed: int, budget: float, overrides: list[str], workdir: Path) -> dict:
     cfg = load_config(
         CONFIG,
         [
             f"seed={seed}",
             f"stop.time_s={budget}",
-            "stop.success_rate=0.95",
+            f"stop.success_rate={TARGET}",
             "mlflow.video=false",
             "mlflow.system_metrics=false",
             f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
-            f"checkpoint.dir={workdir}/{label}-{seed}",
-            "evaluation.interval=5",
+            f"checkpoint.dir={workdir}/{arm}-{seed}",
             *overrides,
+            *RLLIB_ARMS[arm],
         ],
     )
     result = train(cfg, echo=lambda line: None)
-    ray.shutdown()  # each arm starts from a fresh Ray, as a user's `entropilot train` does
-    history = result.history
-    reached = next((h["time_s"] for h in history if h.get("success_rate", 0.0) >= 0.95), None)
-    iteration_s = [h["time_this_iter_s"] for h in history[1:] if "time_this_iter_s" in h]
-    steps_per_s = [h["env_steps_per_s"] for h in history[1:] if "env_steps_per_s" in h]
-    row = {
-        "label": label,
+    ray.shutdown()  # each run starts from a fresh Ray, as a user's `entropilot train` does
+    reached = next((h for h in result.history if h.get("success_rate", 0.0) >= TARGET), None)
+    last = reached or result.history[-1]
+    return {
+        "arm": arm,
         "seed": seed,
-        "time_to_095_s": reached,
-        "env_steps": result.env_steps,
+        "time_s": reached["time_s"] if reached else None,
+        "env_steps": int(last.get("env_steps", 0)),
+        "iterations": result.history.index(last) + 1,
+        "phases": {phase: last.get(f"time_{phase}_s", 0.0) for phase in PHASES},
         "success": result.success_rate,
-        "s_per_iteration": statistics.median(iteration_s),
-        "env_steps_per_s": statistics.median(steps_per_s),
     }
-    print(
-        f"  {label:10s} seed {seed}: time to 0.95 {_fmt(reached)} s, {row['s_per_iteration']:.2f} s/iteration, "
-        f"{row['env_steps_per_s']:.0f} env steps/s, final success {result.success_rate}",
-        flush=True,
+
+
+def sb3_run(seed: int, budget: float, overrides: list[str]) -> dict:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from entropilot.envs import make_env
+    from entropilot.envs.evaluate import run_vector_episodes
+
+    start = time.perf_counter()
+    cfg = load_config(CONFIG, [f"seed={seed}", *overrides])
+    a, e, n_envs = cfg.algorithm, cfg.evaluation, cfg.resources.envs_per_runner
+    if a.train_batch_size % n_envs:
+        raise ValueError(f"sb3: train_batch_size {a.train_batch_size} must be a multiple of {n_envs} envs")
+    envs = VecNormalize(
+        DummyVecEnv([lambda: make_env(cfg.env.id, **cfg.env.kwargs)] * n_envs),
+        norm_obs=True,
+        norm_reward=False,
+        clip_obs=10.0,
+        gamma=a.gamma,
     )
-    return row
+    model = PPO(
+        "MlpPolicy",
+        envs,
+        learning_rate=a.lr,
+        n_steps=a.train_batch_size // n_envs,
+        batch_size=a.minibatch_size,
+        n_epochs=a.num_epochs,
+        gamma=a.gamma,
+        gae_lambda=a.lambda_,
+        clip_range=a.clip_param,
+        ent_coef=0.0,
+        vf_coef=a.vf_loss_coeff,
+        max_grad_norm=a.grad_clip,
+        policy_kwargs={"net_arch": list(cfg.model.hidden), "activation_fn": torch.nn.Tanh},
+        seed=seed,
+        device="cpu",
+    )
+    evaluation_env = gym.make_vec(cfg.env.id, num_envs=e.episodes, vectorization_mode="sync", **cfg.env.kwargs)
+    phases = dict.fromkeys(PHASES, 0.0)
+    phases["startup"] = time.perf_counter() - start
+
+    class Timer(BaseCallback):
+        """Seconds in collect_rollouts (sampling) and in train (learning: from a rollout's end to the next)."""
+
+        def _on_rollout_start(self) -> None:
+            self._started = time.perf_counter()
+            if getattr(self, "_ended", None) is not None:
+                phases["learning"] += self._started - self._ended
+
+        def _on_rollout_end(self) -> None:
+            self._ended = time.perf_counter()
+            phases["sampling"] += self._ended - self._started
+
+        def _on_training_end(self) -> None:
+            phases["learning"] += time.perf_counter() - self._ended
+            self._ended = None
+
+        def _on_step(self) -> bool:
+            return True
+
+    def greedy(obs):
+        return model.predict(envs.normalize_obs(obs), deterministic=True)[0]
+
+    timer, iterations, success, elapsed = Timer(), 0, 0.0, 0.0
+    try:
+        while success < TARGET and elapsed < budget:
+            model.learn(e.interval * a.train_batch_size, callback=timer, reset_num_timesteps=False)
+            iterations += e.interval
+            started = time.perf_counter()
+            episodes = run_vector_episodes(evaluation_env, greedy, e.seed)
+            phases["evaluation"] += time.perf_counter() - started
+            success = sum(r.success for r in episodes) / len(episodes)
+            elapsed = time.perf_counter() - start
+    finally:
+        evaluation_env.close()
+        envs.close()
+    phases["other"] = max(0.0, elapsed - sum(phases.values()))
+    return {
+        "arm": "sb3",
+        "seed": seed,
+        "time_s": elapsed if success >= TARGET else None,
+        "env_steps": int(model.num_timesteps),
+        "iterations": iterations,
+        "phases": phases,
+        "success": success,
+    }
 
 
-def _fmt(value: float | None) -> str:
-    return "not reached" if value is None else f"{value:.0f}"
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f}" if values else "-"
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}" if values else "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=900.0, help="seconds per training run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=["stock", "bulk", "sb3"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds per training run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, every arm")
     args = parser.parse_args()
-    arms = {
-        "entropilot": [],
-        "plain PPO": ["entropy.init.enabled=false", "entropy.control.enabled=false"],
-    }
+    started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            for label, overrides in arms.items():
-                rows.append(run(label, seed, args.budget, overrides, Path(tmp)))
-    print("\n| arm | seeds reaching 0.95 | median time to 0.95 (s) | s / iteration | env steps/s while training |")
-    print("|---|---|---|---|---|")
-    summary = {}
-    for label in arms:
-        mine = [r for r in rows if r["label"] == label]
-        reached = [r["time_to_095_s"] for r in mine if r["time_to_095_s"] is not None]
-        summary[label] = statistics.median(reached) if reached else None
-        print(
-            f"| {label} | {len(reached)}/{len(mine)} | {_fmt(summary[label])} | "
-            f"{statistics.median(r['s_per_iteration'] for r in mine):.2f} | "
-            f"{statistics.median(r['env_steps_per_s'] for r in mine):.0f} |"
-        )
-    ours, base = summary["entropilot"], summary["plain PPO"]
-    if ours and base:
-        print(f"\ntime-to-0.95 ratio (plain PPO / entropilot): {base / ours:.2f}x")
-    else:
-        print(f"\ntime-to-0.95 ratio: n/a (budget {args.budget:.0f} s; an arm that does not reach 0.95 has no time)")
+            for arm in args.arms:
+                if arm == "sb3":
+                    row = sb3_run(seed, args.budget, args.overrides)
+                else:
+                    row = rllib_run(arm, seed, args.budget, args.overrides, Path(tmp))
+                rows.append(row)
+                reached = "not reached" if row["time_s"] is None else f"{row['time_s']:.1f} s"
+                parts = ", ".join(f"{p} {row['phases'][p]:.1f}" for p in PHASES)
+                print(
+                    f"  {arm:5s} seed {seed}: time to {TARGET} {reached} ({row['iterations']} iterations, "
+                    f"{row['env_steps']} env steps; {parts})",
+                    flush=True,
+                )
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"\nHover: wall time to evaluation success {TARGET} ({len(args.seeds)} seeds, budget {args.budget:.0f} s, "
+        f"overrides {args.overrides or 'none'}, load {load:.1f}); phases: median seconds over the seeds that "
+        "reached it\n"
+    )
+    print("| arm | seeds reaching | median time (s) | spread (s) | median env steps | " + " | ".join(PHASES) + " |")
+    print("|---|---|---:|---:|---:|" + "---:|" * len(PHASES))
+    medians = {}
+    for arm in args.arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        reached = [r for r in mine if r["time_s"] is not None]
+        times = [r["time_s"] for r in reached]
+        medians[arm] = statistics.median(times) if times else None
+        phases = " | ".join(_median([r["phases"][p] for r in reached]) for p in PHASES)
+        steps = _median([r["env_steps"] for r in reached])
+        print(f"| {arm} | {len(reached)}/{len(mine)} | {_median(times)} | {_spread(times)} | {steps} | {phases} |")
+    print()
+    for base in ("stock", "sb3", "plain"):
+        if "bulk" in medians and base in medians:
+            ratio = "n/a" if not (medians["bulk"] and medians[base]) else f"{medians[base] / medians['bulk']:.2f}x"
+            print(f"median time to {TARGET}, {base} / bulk: {ratio}")
+    print(f"Took {time.perf_counter() - started:.0f} s.")
 
 
 if __name__ == "__main__":

@@ -33,10 +33,11 @@ for (let i = 0; ; i++) {
   await sleep(500);
 }
 
-// Small iterations (1000 env steps), so the tour takes a few minutes; plots are redrawn every 5 iterations.
+// Small iterations (1000 env steps), so the tour takes a few minutes; plots are redrawn every 5 iterations. More
+// iterations than the tour needs (about 1 a second here): it stops the training when it is done.
 const lines = [];
 const training = spawn(python, ['-m', 'entropilot', 'train', 'configs/hover.yaml',
-  '--set', 'stop.iterations=40', '--set', 'algorithm.train_batch_size=1000', '--set', 'algorithm.minibatch_size=250',
+  '--set', 'stop.iterations=1000', '--set', 'algorithm.train_batch_size=1000', '--set', 'algorithm.minibatch_size=250',
   '--set', 'algorithm.num_epochs=3', '--set', 'evaluation.interval=null', '--set', 'checkpoint.interval=5',
   '--set', `checkpoint.dir=${work}/runs/hover`, '--set', 'mlflow.video=false', '--set', 'mlflow.system_metrics=false',
   '--set', 'entropy.init.max_draws=2', '--set', 'entropy.init.rollout_steps=200'],
@@ -106,9 +107,9 @@ await open(runUrl);
 await page.getByTestId('show-comment-toggle').click();  // the description, whole
 await sleep(500);
 await shot('2-run');
-// 3. Change the target with the UI's tag editor.
+// 3. Change the target with the UI's tag editor: hover.yaml's lower_bound minimum, raised above the policy's entropy.
 await open(runUrl);
-const dialog = await editTag('entropilot.live.entropy.target', '3.5');
+const dialog = await editTag('entropilot.live.entropy.target', '4.5');
 await shot('3-edit-tag');
 await save(dialog);
 const applied = await lineStarting('live: entropy.control.target');
@@ -117,9 +118,9 @@ const at = Number(lines.find((l) => l.startsWith('live:')).match(/iteration (\d+
 await iteration(at + 8);
 await open(runUrl.replace('?', '/model-metrics?'));
 await shot('4-charts');
-// 5. A value the schema refuses, said in the person's terms in the error tag.
+// 5. A value the schema refuses (a target under the collapse floor, -8), said in the person's terms in the error tag.
 await open(runUrl);
-await save(await editTag('entropilot.live.entropy.control.target', '-4'));
+await save(await editTag('entropilot.live.entropy.control.target', '-9'));
 const refused = await lineStarting('WARNING: live settings not applied');
 await sleep(1500);
 await open(runUrl);

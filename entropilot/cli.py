@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 
 import click
 
+from entropilot.cli_support import SEED, Commands, Finite, check_outputs, check_tracking_uri
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="entropilot")
 def main() -> None:
     """Train quadrotor policies with entropy-controlled RL, track them in MLflow, fly them from ONNX."""
@@ -41,7 +44,7 @@ def envs() -> None:
 @click.option("--env", "env_id", default="entropilot/Hover-v0", show_default=True, help="Single-drone env id.")
 @click.option("--action-mode", type=click.Choice(["ctbr", "motors"]), default="ctbr", show_default=True)
 @click.option("--episodes", default=3, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a trajectory plot (PNG).")
 @click.option("--video", type=click.Path(dir_okay=False), default=None, help="Save the first episode as a GIF.")
 def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | None, video: str | None) -> None:
@@ -56,6 +59,7 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
         raise click.BadParameter(
             f"{env_id!r} is not a single-drone env; choose one of {list(SINGLE_AGENT_IDS)}", param_hint="--env"
         )
+    check_outputs(plot=plot, video=video)
     env = gym.make(env_id, action_mode=action_mode, render_mode="rgb_array" if video else None)
     pid = CascadedPID.for_env(env)
     click.echo(f"Flying {episodes} episode(s) of {env_id} ({action_mode}) with the cascaded PID baseline")
@@ -84,21 +88,18 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
 )
 def train(config: str | None, overrides: tuple[str, ...], resume: str | None) -> None:
     """Train a policy from an experiment YAML (validated before Ray starts)."""
-    from entropilot.platform.config import ConfigError, load_config
-    from entropilot.platform.train import prepare_resume
+    from entropilot.platform.config import load_config
+    from entropilot.platform.train import prepare_resume, prepare_run
     from entropilot.platform.train import train as run_training
 
     if (config is None) == (resume is None):
         raise click.UsageError("give a CONFIG file, or --resume (the config then comes from the checkpoint)")
     checkpoint, resumed_with = None, None
-    try:
-        if resume:
-            # A resumed run keeps its config (its MLflow params); only when to stop may change.
-            cfg, checkpoint, resumed_with = prepare_resume(resume, overrides)
-        else:
-            cfg = load_config(config, list(overrides))
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+    if resume:
+        # A resumed run keeps its config (its MLflow params); only when to stop may change.
+        cfg, checkpoint, resumed_with = prepare_resume(resume, overrides, warn=lambda line: click.echo(line, err=True))
+    else:
+        cfg = prepare_run(load_config(config, list(overrides)))
     result = run_training(cfg, resume=checkpoint, echo=click.echo, resumed_with=resumed_with)
     click.echo(
         f"run {result.run_id}: {result.iterations} iterations, {result.env_steps} env steps, "
@@ -173,28 +174,25 @@ def sweep(
 ) -> None:
     """Tune config values (entropy thresholds...) with Ray Tune: one training run per trial, all as child runs
     of one MLflow run; prints a summary and writes the best config as YAML for `entropilot train`."""
-    from entropilot.platform.config import ConfigError, load_config
-    from entropilot.platform.resources import DoesNotFit
-    from entropilot.platform.sweep import run_sweep
-    from entropilot.platform.sweep_plan import SweepError, plan_sweep
+    from entropilot.platform.config import load_config
+    from entropilot.platform.sweep_plan import plan_sweep
 
-    try:
-        plan = plan_sweep(
-            load_config(config, list(overrides)),
-            grid,
-            random_,
-            search=search,
-            samples=samples,
-            metric=metric,
-            mode=mode,
-            asha=asha,
-            grace_period=grace_period,
-            max_concurrent=max_concurrent,
-            sweep_dir=sweep_dir,
-        )
-        result = run_sweep(plan, echo=click.echo)
-    except (ConfigError, SweepError, DoesNotFit) as err:
-        raise click.ClickException(str(err)) from None
+    plan = plan_sweep(
+        load_config(config, list(overrides)),
+        grid,
+        random_,
+        search=search,
+        samples=samples,
+        metric=metric,
+        mode=mode,
+        asha=asha,
+        grace_period=grace_period,
+        max_concurrent=max_concurrent,
+        sweep_dir=sweep_dir,
+    )
+    from entropilot.platform.sweep import run_sweep  # Ray Tune and MLflow: only for a plan that holds
+
+    result = run_sweep(plan, echo=click.echo)
     if result.best is None:
         sys.exit(1)
 
@@ -211,17 +209,14 @@ _ADDRESS_OPTION = click.option(
 def _cluster(address: str | None):
     import logging
 
-    from entropilot.platform.jobs import Cluster, ClusterError
+    from entropilot.platform.jobs import Cluster
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # Ray's client logs each upload step and socket close at INFO
     if not address:
         raise click.UsageError(
             "no Ray cluster given: pass --address http://HEAD:8265 (the head's dashboard) or set RAY_API_SERVER_ADDRESS"
         )
-    try:
-        return Cluster(address)
-    except ClusterError as err:
-        raise click.ClickException(str(err)) from None
+    return Cluster(address)
 
 
 def _follow_job(cluster, job_id: str) -> None:
@@ -256,19 +251,14 @@ def _follow_job(cluster, job_id: str) -> None:
 )
 def submit(config: str, address: str | None, overrides: tuple[str, ...], follow: bool) -> None:
     """Train on a Ray cluster: submit `entropilot train CONFIG` as a Ray job (this project as its working dir)."""
-    from entropilot.platform.config import ConfigError, load_config
-    from entropilot.platform.jobs import ClusterError, tracking_uri_for_cluster
+    from entropilot.platform.config import load_config
+    from entropilot.platform.jobs import tracking_uri_for_cluster
 
-    try:
-        cfg = load_config(config, list(overrides))
-        tracking_uri = tracking_uri_for_cluster(cfg, address) if address else None
-    except (ConfigError, ClusterError) as err:
-        raise click.ClickException(str(err)) from None
+    cfg = load_config(config, list(overrides))
+    tracking_uri = tracking_uri_for_cluster(cfg, address) if address else None
     cluster = _cluster(address)
-    try:
-        job = cluster.submit_training(config, overrides, cfg, tracking_uri, echo=click.echo)
-    except ClusterError as err:
-        raise click.ClickException(str(err)) from None
+    cluster.check_python(echo=click.echo)
+    job = cluster.submit_training(config, overrides, cfg, tracking_uri, echo=click.echo)
     click.echo(f"submitted job {job.job_id}: {job.entrypoint}")
     click.echo(f"  dashboard {job.dashboard_url}\n  MLflow {job.tracking_uri}")
     if follow:
@@ -350,10 +340,15 @@ def jobs_stop(job_id: str, address: str | None) -> None:
     "onnxruntime when a C compiler is present. A POLICY.onnx source exports to c only.",
 )
 @click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace OUTPUT (with --format c: its policy.h, policy.c, policy.onnx) even if entropilot did not write it.",
+)
+@click.option(
     "--parity-batch",
     default=256,
     show_default=True,
-    type=click.IntRange(1),
+    type=click.IntRange(1, 100_000),
     help="Real observations (rolled out in the training env) on which onnxruntime must match torch.",
 )
 @click.option(
@@ -375,6 +370,7 @@ def export(
     source: str,
     output: str,
     output_format: str,
+    overwrite: bool,
     parity_batch: int,
     registered_model: str | None,
     alias: str | None,
@@ -392,44 +388,53 @@ def export(
     """
     from pathlib import Path
 
-    from entropilot.deploy.registry import is_model_uri
+    from entropilot.deploy.export_inputs import check_c_output, check_output
+    from entropilot.deploy.registry import check_registry_names, is_model_uri
 
     if alias and not registered_model:
         raise click.UsageError("--alias needs --register NAME")
+    check_tracking_uri(tracking_uri)
     onnx_source = source.endswith(".onnx") and Path(source).is_file()
     if output_format == "c":
         if registered_model:
             raise click.UsageError("--register logs an ONNX file: export and register it first, then --format c")
-        if Path(output).is_file():
-            raise click.BadParameter(f"{output!r} is a file; --format c writes a folder", param_hint="--output")
+        check_c_output(output, overwrite=overwrite)  # a folder
         output = str(Path(output) / "policy.onnx")
     elif onnx_source:
         raise click.UsageError(f"{source} is an exported file already; --format c generates C from it")
-    elif Path(output).is_dir():
-        raise click.BadParameter(f"{output!r} is a folder; give the .onnx file to write", param_hint="--output")
+    else:
+        check_output(output, overwrite=overwrite)  # a file
+    check_registry_names(registered_model, alias)
     if is_model_uri(source):
         if registered_model:
             raise click.UsageError(f"{source} is registered already; --register applies to a checkpoint or run")
         _export_registered(source, output, tracking_uri)
     elif not onnx_source:
-        _export_onnx(source, output, parity_batch, registered_model, alias, tracking_uri)
+        _export_onnx(source, output, parity_batch, registered_model, alias, tracking_uri, overwrite)
     if output_format == "c":
         _export_c(source if onnx_source else output, str(Path(output).parent), parity_batch)
 
 
 def _export_onnx(
-    source: str, output: str, parity_batch: int, registered_model: str | None, alias: str | None, tracking_uri
+    source: str,
+    output: str,
+    parity_batch: int,
+    registered_model: str | None,
+    alias: str | None,
+    tracking_uri: str | None,
+    overwrite: bool,
 ) -> None:
     if tracking_uri:
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri)
-    from entropilot.deploy.export import ExportError, export_policy, log_to_mlflow
+    from entropilot.deploy.export_inputs import resolve_checkpoint
 
-    try:
-        result = export_policy(source, output, parity_batch=parity_batch)
-    except ExportError as err:
-        raise click.ClickException(str(err)) from None
+    with contextlib.ExitStack() as stack:
+        checkpoint = resolve_checkpoint(source, stack)  # before torch loads: a bad source is refused at once
+        from entropilot.deploy.export import export_policy, log_to_mlflow
+
+        result = export_policy(checkpoint, output, parity_batch=parity_batch, overwrite=overwrite)
     m = result.metadata
     click.echo(f"wrote {result.path} ({result.size_bytes} bytes) from {result.checkpoint}")
     click.echo(
@@ -475,13 +480,10 @@ def _export_registered(source: str, output: str, tracking_uri: str | None) -> No
     import tempfile
     from pathlib import Path
 
-    from entropilot.deploy.fly import FlightError, pull_registered
+    from entropilot.deploy.fly import pull_registered
 
     with tempfile.TemporaryDirectory(prefix="entropilot-export-") as tmp:
-        try:
-            pulled = pull_registered(source, tracking_uri=tracking_uri, cache_dir=tmp, echo=click.echo)
-        except FlightError as err:
-            raise click.ClickException(str(err)) from None
+        pulled = pull_registered(source, tracking_uri=tracking_uri, cache_dir=tmp, echo=click.echo)
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pulled.path, output)
     click.echo(f"wrote {output} ({Path(output).stat().st_size} bytes): the registered file of {source}")
@@ -516,10 +518,10 @@ def _export_registered(source: str, output: str, tracking_uri: str | None) -> No
     help="With mavlink or crazyflie: the point to fly to, in metres (world z up) [default: the env's target].",
 )
 @click.option("--episodes", default=3, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option(
     "--duration",
-    type=click.FloatRange(0, min_open=True),
+    type=Finite(0, min_open=True),
     default=None,
     help="Seconds of policy control per flight, then land and disarm [default: the env's episode_seconds].",
 )
@@ -531,7 +533,7 @@ def _export_registered(source: str, output: str, tracking_uri: str | None) -> No
 )
 @click.option(
     "--max-action-rate",
-    type=click.FloatRange(0),
+    type=Finite(0),
     default=40.0,
     show_default=True,
     help="Action rate limit in normalized units per second (0: off).",
@@ -583,9 +585,17 @@ def fly(
     one is pulled from the MLflow registry, checked against the SHA-256 recorded at registration and its seal, and
     kept in a local cache."""
     from entropilot.deploy import fly as flights
+    from entropilot.inputs import sha256_digest, writable_folder
 
+    flights.check_link_options(link, connection, target, video)
     point = _xyz(target, "--target") if target is not None else None
     rate_limit = max_action_rate or None
+    check_outputs(plot=plot, video=video)
+    check_tracking_uri(tracking_uri)
+    if sha256 is not None:
+        sha256 = sha256_digest(sha256, "--sha256")
+    if cache_dir is not None:
+        writable_folder(cache_dir, "--cache-dir")
     try:
         flights.check_plot_support(plot)
         policy = flights.load_policy(
@@ -659,19 +669,20 @@ def _xyz(text: str, option: str) -> tuple[float, float, float]:
     type=click.IntRange(1),
     help="The vehicle's loop and telemetry rate (Hz; must divide the 240 Hz physics).",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="The env's start state.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="The env's start state.")
 @click.option(
     "--start", default=None, metavar="X,Y,Z", help="Start here, level and at rest, instead of the env's random start."
 )
-@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, help="Stop after this many seconds.")
+@click.option("--duration", type=Finite(0, min_open=True), default=None, help="Stop after this many seconds.")
 def sitl(port: int, host: str, env_id: str, rate_hz: int, seed: int, start: str | None, duration: float | None) -> None:
     """Run the PyBullet drone behind a PX4-like MAVLink endpoint (offboard, hold, land) on UDP, in real time."""
-    from entropilot.deploy.sitl import serve
+    from entropilot.deploy.sitl import check_sitl, serve
 
     env_kwargs = {}
     if start is not None:
         point = _xyz(start, "--start")
         env_kwargs = {"start_low": point, "start_high": point, "start_tilt_deg": 0.0, "start_velocity": 0.0}
+    check_sitl(port, host, env_id=env_id, env_kwargs=env_kwargs, rate_hz=rate_hz)
     serve(
         port,
         host,

@@ -66,13 +66,15 @@ class LocalCluster:
     `ray stop` is not used to end it: it kills every Ray process on the machine, other people's included; each
     node's `ray start` runs in its own session and the whole session is killed instead."""
 
-    def __init__(self, cpus_per_node: int = 1):
+    def __init__(self, cpus_per_node: int = 1, nodes: int = 2, path_first: Path | None = None):
         self.temp_dir = tempfile.mkdtemp(prefix="ep-ray-", dir="/tmp")  # unix socket paths must stay < 108 chars
         self.token = secrets.token_hex(32)
-        # What the cluster's processes (and so the submitted job) see: token auth on, our venv first on PATH.
+        # What the cluster's processes (and so the submitted job) see: token auth on, our venv first on PATH
+        # (unless `path_first` puts another `python` before it: a head started outside entropilot's environment).
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "MLFLOW_TRACKING_URI"}
+        first = f"{path_first}{os.pathsep}" if path_first else ""
         self.env.update(
-            RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, PATH=VENV_BIN + os.pathsep + os.environ["PATH"]
+            RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, PATH=first + VENV_BIN + os.pathsep + os.environ["PATH"]
         )
         self.gcs_port, self.dashboard_port, client_port = free_ports(3)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
@@ -97,7 +99,7 @@ class LocalCluster:
             )
             head = self.processes[0]
             self._wait_for_nodes(1, watch=[head])  # a worker started alongside a busy head times out registering
-            for attempt in range(3):
+            for attempt in range(3 if nodes == 2 else 0):
                 # Its own temp dir inside ours: nodes sharing one would share the runtime-env folder, and one
                 # node's cleanup of the job's working dir pulls it from under the other's processes.
                 worker = self._start(
@@ -381,6 +383,37 @@ def test_a_store_on_this_machine_is_refused_for_a_remote_cluster(tmp_path, monke
         )
         == "http://mlflow:5000"
     )
+
+
+FOREIGN_PYTHON = "/usr/bin/python3"  # the system's Python: no ray, mlflow or matplotlib
+
+
+def _foreign_python_lacks_ray() -> bool:
+    if not Path(FOREIGN_PYTHON).is_file():
+        return False
+    return subprocess.run([FOREIGN_PYTHON, "-c", "import ray"], capture_output=True, timeout=60).returncode != 0
+
+
+@pytest.mark.skipif(not _foreign_python_lacks_ray(), reason=f"needs {FOREIGN_PYTHON} without ray")
+def test_submit_to_a_head_whose_python_lacks_the_dependencies_says_what_to_install(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(FOREIGN_PYTHON)  # what a job's entrypoint runs: `python` on the head's PATH
+    foreign = LocalCluster(nodes=1, path_first=bin_dir)
+    try:
+        env = client_env(foreign, tmp_path, foreign.token)
+        done = entropilot("submit", HOVER, "--address", foreign.address, "--set", "stop.iterations=1", env=env)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+        assert done.returncode == 1 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert (str(bin_dir) in errors[0] or FOREIGN_PYTHON in errors[0]) and "lacks" in errors[0]
+        assert "matplotlib" in errors[0] and "mlflow" in errors[0] and "pip install" in errors[0]
+        listed = entropilot("jobs", "list", "--address", foreign.address, env=env)
+        jobs = listed.stdout.splitlines()
+        assert listed.returncode == 0 and len(jobs) == 1, listed.stdout  # the check only: no training was submitted
+        assert jobs[0].startswith("entropilot-python-check-") and "SUCCEEDED" in jobs[0]
+    finally:
+        foreign.stop()
+        shutil.rmtree(foreign.temp_dir, ignore_errors=True)
 
 
 def test_the_cluster_stops_without_leftovers(cluster):

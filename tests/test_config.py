@@ -159,7 +159,7 @@ def test_unknown_yaml_key_fails(tmp_path):
         ("model.activation=gelu", "model.activation", "gelu"),
         ("model.hidden=[64,0]", "model.hidden[1]", "0"),
         ("entropy.init.max_draws=0", "entropy.init.max_draws", "0"),
-        ("entropy.covariance.fraction=0.5", "entropy.covariance.fraction", "0.5"),
+        ("entropy.covariance.fraction=1.5", "entropy.covariance.fraction", "1.5"),
         ("entropy.covariance.mode=cov", "entropy.covariance.mode", "cov"),
         ("resources.num_cpus_per_env_runner=0", "resources.num_cpus_per_env_runner", "0"),
         ("stop.success_rate=1.2", "stop.success_rate", "1.2"),
@@ -182,14 +182,14 @@ def test_range_errors_show_both_bounds():
     "overrides, path, shown",
     [
         (["entropy.control.coef_min=0.2", "entropy.control.coef_max=0.1"], "entropy.control.coef_min", "0.2"),
-        (["entropy.control.coef_init=0.5"], "entropy.control.coef_init", "0.5"),
+        (["entropy.control.coef=0.5"], "entropy.control.coef", "0.5"),
         (["entropy.control.target=[[0, 2], [500, 1], [400, 0]]"], "entropy.control.target[2]", "400"),
         (["entropy.control.target=[[10, 2]]"], "entropy.control.target[0]", "10"),
         (["algorithm.minibatch_size=4096"], "algorithm.minibatch_size", "4096"),
         (["algorithm.name=SAC", "entropy.covariance.mode=kl_cov"], "entropy.covariance.mode", "kl_cov"),
         (["algorithm.name=SAC", "entropy.control.enabled=true"], "entropy.control.enabled", "True"),
         (["algorithm.name=SAC", "algorithm.replay_capacity=100"], "algorithm.replay_capacity", "100"),
-        (["entropy.collapse.floor=2.0"], "entropy.collapse.floor", "2.0"),
+        (["entropy.collapse.floor=2.0", "entropy.control.target=1.0"], "entropy.collapse.floor", "2.0"),
         (["evaluation.seed=3"], "evaluation.seed", "3"),
     ],
 )
@@ -202,24 +202,26 @@ def test_bad_cross_field_values_name_field_and_value(overrides, path, shown):
 # ------------------------------------------------------------------------- entropy.control
 
 
-def _controller_from(control):
-    """The controller as `entropy.control` configures it (the mapping platform/train.py uses)."""
+def _controller_from(control, measure="effective"):
+    """The controller as `entropy.control` configures it (the mapping the PPO learner uses)."""
     from entropilot.policies.entropy_control import EntropyCoefficientController
 
-    return EntropyCoefficientController(**control.controller_kwargs())
+    settings = control.controller_settings(measure)
+    assert settings.pop("measure") == measure
+    return EntropyCoefficientController(**settings)
 
 
 def test_control_defaults_match_the_controller():
     import inspect
 
-    from entropilot.policies.entropy_control import EntropyCoefficientController
+    from entropilot.policies.entropy_control import DEFAULT_COEF_MIN, EntropyCoefficientController
 
     defaults = {k: p.default for k, p in inspect.signature(EntropyCoefficientController).parameters.items()}
     control = ExperimentConfig().entropy.control
-    assert control.coef_min < 0 < control.coef_max  # signed: a negative coefficient is an entropy penalty
-    assert (control.coef_init, control.coef_min, control.coef_max) == (
+    assert control.mode == defaults["mode"] == "lower_bound"  # the safe default: never an entropy penalty
+    assert (control.coef, control.resolved_coef_min, control.coef_max) == (
         defaults["initial_coef"],
-        defaults["coef_min"],
+        DEFAULT_COEF_MIN["lower_bound"],
         defaults["coef_max"],
     )
     assert (control.gain, control.damping, control.max_step) == (
@@ -227,34 +229,110 @@ def test_control_defaults_match_the_controller():
         defaults["damping"],
         defaults["max_step"],
     )
+    assert (
+        parse_config({}, ["entropy.control.mode=track"]).entropy.control.resolved_coef_min == DEFAULT_COEF_MIN["track"]
+    )
 
 
-def test_control_accepts_negative_coefficients():
+def test_track_mode_accepts_negative_coefficients():
     cfg = parse_config(
         {},
         [
+            "entropy.control.mode=track",
             "entropy.control.coef_min=-0.2",
-            "entropy.control.coef_init=-0.1",
+            "entropy.control.coef=-0.1",
             "entropy.control.coef_max=-0.01",
             "entropy.control.damping=0",
         ],
     )
     control = cfg.entropy.control
-    assert (control.coef_min, control.coef_init, control.coef_max, control.damping) == (-0.2, -0.1, -0.01, 0.0)
+    assert (control.coef_min, control.coef, control.coef_max, control.damping) == (-0.2, -0.1, -0.01, 0.0)
     assert _controller_from(control).coefficient == -0.1
     assert from_flat_params(to_flat_params(cfg)) == cfg
 
 
-@pytest.mark.parametrize("name, start, end", [("hover", 5.5, 1.5), ("waypoint", 4.0, -1.0)])
-def test_ready_configs_control_builds_a_signed_controller(name, start, end):
+@pytest.mark.parametrize("mode", ["fixed", "sigma_schedule"])
+def test_each_mode_is_one_config_line(mode):
+    cfg = parse_config({}, [f"entropy.control.mode={mode}"])
+    settings = cfg.entropy.control.controller_settings("effective")
+    assert settings["mode"] == mode
+    if mode == "fixed":
+        assert settings["target"] is None and settings["initial_coef"] == 0.0
+    else:
+        assert settings["sigma"] == [(0, 1.0), (400_000, 0.3)] and cfg.initial_std == 1.0
+
+
+@pytest.mark.parametrize("name", ["hover", "waypoint"])
+def test_ready_configs_control_with_a_reachable_lower_bound(name):
+    from entropilot.envs import action_space
+    from entropilot.policies.entropy_range import measure_range
+
     cfg = load_config(CONFIGS / f"{name}.yaml")
     control = cfg.entropy.control
-    # Targets are total nats of the 4-dim Gaussian; the std-1 start (5.68 nats) is above them all, so following
-    # them takes an entropy penalty: the lower bound must be negative.
-    assert control.target_at(0) == start and control.min_target() == end
-    assert control.coef_min < 0 <= control.coef_init < control.coef_max
+    assert control.mode == "lower_bound" and cfg.entropy.measure == "effective"
+    low, high = measure_range("effective", action_space(cfg.env.id, cfg.env.kwargs))
+    assert low < control.min_target() <= control.max_target() < high
+    assert low < cfg.entropy.init.threshold < high
     controller = _controller_from(control)
-    assert controller.update(5.68, env_steps=0) < 0
+    # Far above the minimum (a std-1 start) or far below: the coefficient never goes negative.
+    assert controller.update(4.35, env_steps=0) == 0.0 and controller.update(-20.0, env_steps=1) > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, path, shown",
+    [
+        # The effective entropy of Box(4) lies in [-21.96, 5.68] nats: the message gives the range.
+        (
+            ["entropy.init.threshold=6"],
+            "entropy.init.threshold",
+            r"unreachable: the effective entropy of Box\(-1.0, 1.0, \(4,\), float32\) "
+            r"lies in \[-21.96, 5.68\] nats \(got 6.0\)",
+        ),
+        (["entropy.init.threshold=-30"], "entropy.init.threshold", r"lies in \[-21.96, 5.68\] nats \(got -30.0\)"),
+        (["entropy.control.target=[[0, 6.0], [1000, 2.0]]"], "entropy.control.target", r"lies in \[-21.96, 5.68\]"),
+        (
+            ["entropy.measure=gaussian", "entropy.control.target=100"],
+            "entropy.control.target",
+            r"gaussian entropy .* lies in \[-74.32, 85.68\]",
+        ),
+        (["entropy.control.coef_min=-0.01"], "entropy.control.coef_min", "never goes below zero"),
+        (
+            ["entropy.control.mode=sigma_schedule", "model.free_log_std=false"],
+            "entropy.control.mode",
+            "needs model.free_log_std true",
+        ),
+        (
+            ["entropy.control.mode=sigma_schedule", "model.initial_std=0.5"],
+            "model.initial_std",
+            "starts at entropy.control.sigma's 1.0",
+        ),
+        (["entropy.control.sigma=[[0, 0.5], [100, 0]]"], "entropy.control.sigma", r"every std must be in \(0, 100\]"),
+        (
+            ["algorithm.name=SAC", "entropy.control.enabled=false", "model.output_gain=0.01"],
+            "model.output_gain",
+            "PPO's policy head only",
+        ),
+        (
+            ["entropy.covariance.lower=5", "entropy.covariance.upper=1"],
+            "entropy.covariance.lower",
+            r"must be < upper \(1.0\)",
+        ),
+    ],
+)
+def test_unreachable_or_contradictory_entropy_settings_are_refused(overrides, path, shown):
+    import re
+
+    message = _error(overrides=overrides)
+    assert re.search(rf"{re.escape(path)}: .*{shown}", message), message
+
+
+def test_unreachable_threshold_is_fine_when_init_is_off():
+    assert parse_config({}, ["entropy.init.enabled=false", "entropy.init.threshold=50"]).entropy.init.threshold == 50
+
+
+def test_weight_seed_defaults_to_the_seed():
+    assert parse_config({"seed": 4}).weight_seed == 4
+    assert parse_config({"seed": 4, "model": {"weight_seed": 9}}).weight_seed == 9
 
 
 @pytest.mark.parametrize(
@@ -268,7 +346,9 @@ def test_ready_configs_control_builds_a_signed_controller(name, start, end):
         ("entropy.control.coef_min=-inf", "entropy.control.coef_min", "-inf"),
         ("entropy.control.coef_max=nan", "entropy.control.coef_max", "nan"),
         ("entropy.control.coef_min=-5", "entropy.control.coef_min", "-5"),
-        ("entropy.control.coef_init=-0.06", "entropy.control.coef_init", "-0.06"),  # below coef_min -0.05
+        ("entropy.control.coef=-0.06", "entropy.control.coef", "-0.06"),  # below the lower bound's coef_min 0
+        ("entropy.control.mode=anneal", "entropy.control.mode", "anneal"),
+        ("model.output_gain=0", "model.output_gain", "0"),
     ],
 )
 def test_bad_control_values_name_field_and_value(override, path, shown):

@@ -1,4 +1,4 @@
-"""Entropy schedule, coefficient controller and collapse detector, driven by toy entropy plants."""
+"""Schedules, the entropy-coefficient controller in each mode and the collapse detector, on toy entropy plants."""
 
 import json
 import math
@@ -8,17 +8,17 @@ import pytest
 from entropilot.policies.entropy_control import (
     EntropyCoefficientController,
     EntropyCollapseDetector,
-    EntropySchedule,
+    Schedule,
 )
 
 
 def test_constant_schedule():
-    schedule = EntropySchedule(-2.5)
+    schedule = Schedule(-2.5)
     assert schedule(0) == schedule(10**9) == -2.5
 
 
 def test_piecewise_schedule_interpolates_and_holds_ends():
-    schedule = EntropySchedule([[1000, 2.0], [3000, -2.0], [4000, -3.0]])
+    schedule = Schedule([[1000, 2.0], [3000, -2.0], [4000, -3.0]])
     assert schedule(0) == 2.0
     assert schedule(1000) == 2.0
     assert schedule(2000) == pytest.approx(0.0)
@@ -42,12 +42,12 @@ def test_piecewise_schedule_interpolates_and_holds_ends():
 )
 def test_bad_schedule_names_the_problem(target, message):
     with pytest.raises(ValueError, match=message):
-        EntropySchedule(target)
+        Schedule(target)
 
 
 def test_schedule_rejects_negative_env_steps():
     with pytest.raises(ValueError, match="env_steps must be >= 0"):
-        EntropySchedule(1.0)(-1)
+        Schedule(1.0)(-1)
 
 
 STEPS_PER_ITERATION = 2000  # env steps per training iteration, as in configs/hover.yaml
@@ -75,16 +75,74 @@ def run_integrating_plant(controller, iterations, entropy, *, b=1.0, drift=0.0, 
     return entropy, history
 
 
-def test_controller_defaults_are_signed_and_centred():
-    controller = EntropyCoefficientController(target=0.0)
+def track(target, **kwargs):
+    """The signed tracker (mode track), whose coefficient may go negative."""
+    return EntropyCoefficientController(target=target, mode="track", **kwargs)
+
+
+def test_tracker_is_signed_and_centred():
+    controller = track(0.0)
     assert controller.coefficient == 0.0
     # Far above target: the coefficient goes negative (an entropy penalty), one max_step at a time.
     assert controller.update(10.0, env_steps=0) == pytest.approx(-0.005)
 
 
+def test_the_default_lower_bound_never_goes_below_zero():
+    controller = EntropyCoefficientController(target=2.0)
+    assert controller.mode == "lower_bound" and controller.coefficient == 0.0
+    # Above the minimum all run long (a sharpening policy from 5.68 nats): the coefficient stays at 0.
+    entropy, history = run_integrating_plant(controller, 100, 5.68, b=1.0, drift=-0.01)
+    assert all(c == 0.0 for _, h, c in history if h > 2.2)
+    # Once below, it pushes back up and holds the minimum: b * coef + drift = 0.
+    entropy, history = run_integrating_plant(controller, 400, entropy, b=1.0, drift=-0.01, first=100)
+    assert min(c for _, _, c in history) >= 0.0
+    assert entropy == pytest.approx(2.0, abs=0.01) and controller.coefficient == pytest.approx(0.01, abs=5e-4)
+    # Noisy measurements above the minimum: the coefficient is exactly 0 each time (no kick on an uptick).
+    fresh = EntropyCoefficientController(target=2.0)
+    for k, noise in enumerate([0.3, -0.2, 0.4, -0.5, 0.1, -0.1, 0.5]):
+        assert fresh.update(3.0 + noise, env_steps=k) == 0.0
+    # An entropy far above the minimum never gets a penalty.
+    assert controller.update(50.0, env_steps=10**6) >= 0.0 and controller.update(50.0, env_steps=10**6) == 0.0
+
+
+def test_fixed_coefficient_ignores_measurements():
+    controller = EntropyCoefficientController(target=None, mode="fixed", initial_coef=0.004)
+    assert controller.target(0) is None
+    assert controller.update(3.0, env_steps=0) == controller.update(-30.0, env_steps=1) == 0.004
+    controller.retune(coef=0.01)
+    assert controller.coefficient == 0.01 and controller.state_dict()["num_updates"] == 2
+    with pytest.raises(ValueError, match="no target"):
+        controller.retune(target=1.0)
+    # A stored coefficient does not override the configured one.
+    controller.load_state_dict({"coef": 0.5, "integral": 0.5, "last_error": 0.0, "num_updates": 7, "num_ignored": 0})
+    assert controller.coefficient == 0.01
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mode="lower_bound", coef_min=-0.01), "never goes below zero: coef_min must be >= 0; got -0.01"),
+        (
+            dict(mode="lower_bound", initial_coef=-0.01),
+            r"initial_coef must lie in \[coef_min, coef_max\] = \[0.0, 0.05\]",
+        ),
+        (dict(mode="sigma_schedule"), "controller mode must be one of"),
+        (dict(mode="track", target=None), "needs a target"),
+    ],
+)
+def test_modes_refuse_what_they_cannot_do(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EntropyCoefficientController(**{"target": 1.0, **kwargs})
+
+
+def test_only_a_fixed_coefficient_is_set_directly():
+    with pytest.raises(ValueError, match="own state"):
+        EntropyCoefficientController(target=1.0).retune(coef=0.01)
+
+
 @pytest.mark.parametrize("target, coefficient", [(1.1, 0.02), (0.9, -0.02)], ids=["above", "below"])
 def test_controller_converges_on_static_plant(target, coefficient):
-    controller = EntropyCoefficientController(target=target)
+    controller = track(target)
     for iteration in range(600):
         controller.update(static_plant(controller.coefficient), env_steps=iteration * STEPS_PER_ITERATION)
     assert static_plant(controller.coefficient) == pytest.approx(target, abs=0.001)
@@ -95,7 +153,7 @@ def test_controller_converges_on_static_plant(target, coefficient):
 def test_controller_converges_on_integrating_plant_with_drift(target):
     # A policy that sharpens by itself (drift -0.01 nats per iteration) from a std-1 start (5.68 nats): at the
     # target the coefficient must cancel the drift exactly, b * coef + drift = 0.
-    controller = EntropyCoefficientController(target=target)
+    controller = track(target)
     entropy, history = run_integrating_plant(controller, 400, 5.68, b=1.0, drift=-0.01)
     assert entropy == pytest.approx(target, abs=0.005)
     assert controller.coefficient == pytest.approx(0.01, abs=5e-4)
@@ -108,15 +166,15 @@ def test_target_below_the_natural_level_needs_a_penalty(target):
     # The policy relaxes toward a natural entropy of 5 nats (as on hover, where it stayed at 4-5.5 nats).
     # Holding 3 nats takes a steady entropy penalty: b * coef = pull * (target - natural) = -0.02.
     plant = dict(b=1.0, pull=0.01, natural=5.0)
-    controller = EntropyCoefficientController(target=target)
+    controller = track(target)
     entropy, _ = run_integrating_plant(controller, 500, 5.0, **plant)
     assert entropy == pytest.approx(target, abs=0.005)
     expected = 0.01 * (target - 5.0)
     assert controller.coefficient == pytest.approx(expected, abs=5e-4)
     assert (controller.coefficient < 0) == (target < 5.0)
     if target < 5.0:
-        # A controller that can't go below zero (the old log-space one) leaves entropy at its natural level.
-        nonnegative = EntropyCoefficientController(target=target, coef_min=0.0)
+        # A controller that can't go below zero (the lower bound) leaves entropy at its natural level.
+        nonnegative = EntropyCoefficientController(target=target)
         stuck, _ = run_integrating_plant(nonnegative, 500, 5.0, **plant)
         assert nonnegative.coefficient == 0.0 and stuck == pytest.approx(5.0, abs=0.01)
 
@@ -124,7 +182,7 @@ def test_target_below_the_natural_level_needs_a_penalty(target):
 def test_controller_tracks_a_falling_schedule():
     # Hover's schedule: 4 -> 0 nats over 300k env steps (150 iterations), falling faster than the policy's own
     # drift, so following it takes a penalty: b * coef = slope - drift = -4/150 + 0.01.
-    controller = EntropyCoefficientController(target=[[0, 4.0], [300_000, 0.0]])
+    controller = track([[0, 4.0], [300_000, 0.0]])
     _, ramp = run_integrating_plant(controller, 150, 5.68, b=1.0, drift=-0.01)
     _, hold = run_integrating_plant(controller, 150, ramp[-1][1], b=1.0, drift=-0.01, first=150)
     # The start (1.7 nats above target) takes the penalty to its bound, then entropy catches up and follows.
@@ -137,7 +195,7 @@ def test_controller_tracks_a_falling_schedule():
 
 
 def test_controller_respects_bounds_without_windup():
-    controller = EntropyCoefficientController(target=5.0, initial_coef=0.01, coef_min=-0.03, coef_max=0.04)
+    controller = track(5.0, initial_coef=0.01, coef_min=-0.03, coef_max=0.04)
     for iteration in range(100):  # unreachable target above: pinned at coef_max
         assert -0.03 <= controller.update(0.0, env_steps=iteration) <= 0.04
     assert controller.coefficient == 0.04
@@ -150,7 +208,7 @@ def test_controller_respects_bounds_without_windup():
 
 
 def test_controller_step_is_the_pi_increment_then_clamped():
-    controller = EntropyCoefficientController(target=0.0, gain=0.01, damping=0.1, max_step=0.03)
+    controller = track(0.0, gain=0.01, damping=0.1, max_step=0.03)
     # First step: e = 0.2 with e_prev = 0 -> (gain + damping) * e, the positional PI's proportional kick.
     assert controller.update(-0.2, env_steps=0) == pytest.approx(0.022)
     # Then gain * e + damping * (e - e_prev) = 0.001 - 0.01.
@@ -162,8 +220,8 @@ def test_controller_step_is_the_pi_increment_then_clamped():
 
 
 def test_controller_ignores_non_finite_measurements():
-    controller = EntropyCoefficientController(target=-1.0)
-    reference = EntropyCoefficientController(target=-1.0)
+    controller = track(-1.0)
+    reference = track(-1.0)
     for iteration, measured in enumerate([0.5, math.nan, 0.2, math.inf, -0.3, -math.inf]):
         coefficient = controller.update(measured, env_steps=iteration)
         if math.isfinite(measured):
@@ -175,12 +233,14 @@ def test_controller_ignores_non_finite_measurements():
 
 
 def test_controller_state_round_trip_gives_identical_outputs():
-    config = dict(target=[[0, 1.0], [100_000, -1.0]], initial_coef=0.02, coef_min=-0.1, gain=0.01, damping=0.05)
+    config = dict(
+        target=[[0, 1.0], [100_000, -1.0]], mode="track", initial_coef=0.02, coef_min=-0.1, gain=0.01, damping=0.05
+    )
     original = EntropyCoefficientController(**config)
     entropy, _ = run_integrating_plant(original, 10, 3.0)
     assert original.coefficient < 0
     state = json.loads(json.dumps(original.state_dict()))  # plain numbers only
-    assert set(state) == {"coef", "last_error", "num_updates", "num_ignored"}
+    assert set(state) == {"coef", "integral", "last_error", "num_updates", "num_ignored"}
     restored = EntropyCoefficientController(**config)
     restored.load_state_dict(state)
     assert restored.coefficient == original.coefficient
@@ -190,8 +250,8 @@ def test_controller_state_round_trip_gives_identical_outputs():
 
 
 def test_controller_load_clamps_to_new_bounds():
-    controller = EntropyCoefficientController(target=0.0, coef_min=-0.02, coef_max=0.05)
-    state = {"coef": 0.5, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
+    controller = track(0.0, coef_min=-0.02, coef_max=0.05)
+    state = {"coef": 0.5, "integral": 0.5, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
     controller.load_state_dict(state)
     assert controller.coefficient == 0.05
     controller.load_state_dict({**state, "coef": -0.5})
@@ -204,7 +264,8 @@ def test_controller_load_clamps_to_new_bounds():
     "change, message",
     [
         # A checkpoint of the old log-space controller.
-        (dict(coef=None, log_coef=math.log(0.01)), "'log_coef' from the old log-space controller"),
+        # A checkpoint of the incremental controller, which had no integral.
+        (dict(integral=None), r"missing \['integral'\] \(a checkpoint of an older controller"),
         (dict(coef=None), r"missing \['coef'\]"),
         (dict(last_error=None, num_ignored=None), r"missing \['last_error', 'num_ignored'\]"),
         (dict(coef=math.nan), "state coef must be a finite number"),
@@ -215,7 +276,7 @@ def test_controller_load_clamps_to_new_bounds():
 )
 def test_controller_load_rejects_bad_state(change, message):
     controller = EntropyCoefficientController(target=0.0)
-    state = {"coef": 0.01, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
+    state = {"coef": 0.01, "integral": 0.01, "last_error": 0.0, "num_updates": 3, "num_ignored": 0}
     state = {k: v for k, v in {**state, **change}.items() if v is not None}
     before = controller.state_dict()
     with pytest.raises(ValueError, match=message):
@@ -241,7 +302,7 @@ def test_controller_load_rejects_bad_state(change, message):
 )
 def test_controller_rejects_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        EntropyCoefficientController(target=0.0, **kwargs)
+        track(0.0, **kwargs)
 
 
 def test_controller_rejects_old_log_space_keyword():
@@ -249,8 +310,8 @@ def test_controller_rejects_old_log_space_keyword():
         EntropyCoefficientController(target=0.0, max_log_step=0.5)
 
 
-def test_controller_allows_a_fixed_coefficient():
-    controller = EntropyCoefficientController(target=0.0, initial_coef=-0.01, coef_min=-0.01, coef_max=-0.01)
+def test_tracker_with_equal_bounds_is_a_fixed_coefficient():
+    controller = track(0.0, initial_coef=-0.01, coef_min=-0.01, coef_max=-0.01)
     assert controller.update(3.0, env_steps=0) == controller.update(-3.0, env_steps=1) == -0.01
 
 

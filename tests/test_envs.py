@@ -14,6 +14,7 @@ from entropilot.envs import (
     SINGLE_AGENT_IDS,
     SWARM_ID,
     WAYPOINT_ID,
+    action_space,
     make_env,
     validate_env_kwargs,
 )
@@ -29,6 +30,7 @@ def test_check_env_passes(env_id, action_mode):
         check_env(env.unwrapped, skip_render_check=True)
     assert env.observation_space.shape == (OBSERVATION_SIZE,) == (len(OBSERVATION_NAMES),)
     assert env.action_space.shape == (4,)
+    assert env.action_space == action_space(env_id, {"action_mode": action_mode})  # what config validation reads
     env.close()
 
 
@@ -194,6 +196,7 @@ def test_swarm_is_an_rllib_multi_agent_env():
     from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
     env = make_env(SWARM_ID, num_drones=3)
+    assert all(space == action_space(SWARM_ID, {"num_drones": 3}) for space in env.action_spaces.values())
     assert isinstance(env, MultiAgentEnv)
     obs, infos = env.reset(seed=0)
     assert sorted(obs) == env.possible_agents == ["drone_0", "drone_1", "drone_2"]

@@ -22,6 +22,7 @@ from entropilot.deploy.export import PARITY_TOLERANCE, ExportError, export_polic
 from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy, PolicyContractError, expected_for_env
 from entropilot.envs import HOVER_ID, OBSERVATION_NAMES, make_env
 from entropilot.envs.evaluate import run_episodes
+from entropilot.inputs import InputError
 from entropilot.platform.train import STATE_FILE
 
 PROBES = 4  # out-of-range observations export adds to the real ones
@@ -267,10 +268,10 @@ def test_the_flight_runtime_and_fly_command_import_neither_torch_nor_ray(exporte
 
 def test_export_refuses_what_is_not_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ExportError, match="neither a checkpoint"):
+    with pytest.raises(InputError, match="holds no checkpoint"):
         export_policy(tmp_path, tmp_path / "p.onnx")
     for missing in (tmp_path / "missing" / "iter_000001", "runs-typo"):
-        with pytest.raises(ExportError, match="not a checkpoint folder, a run folder or an MLflow run id"):
+        with pytest.raises(InputError, match="no such folder, and not an MLflow run id"):
             export_policy(missing, tmp_path / "p.onnx")
     assert list(tmp_path.iterdir()) == []  # a typo did not create an MLflow store (./mlflow.db) or a file
 

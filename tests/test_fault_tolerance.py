@@ -150,14 +150,15 @@ def _my_env_runner_pids() -> list[int]:
     pids = []
     for process in psutil.Process().children(recursive=True):
         try:
-            if "SingleAgentEnvRunner" in " ".join(process.cmdline()):
+            if "EnvRunner" in " ".join(process.cmdline()):  # SingleAgentEnvRunner or our BulkEnvRunner
                 pids.append(process.pid)
         except psutil.Error:  # exited (or a zombie of an earlier test's runner) since children() listed it
             continue
     return pids
 
 
-def test_entropilot_train_survives_a_killed_runner(tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
+@pytest.mark.parametrize("path", [("stock", "sync"), ("bulk", "batched")], ids="/".join)
+def test_entropilot_train_survives_a_killed_runner(path, tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
     iterations = 6
     cfg = parse_config(
         {
@@ -165,7 +166,13 @@ def test_entropilot_train_survives_a_killed_runner(tmp_path, mlflow_server, isol
             "env": {"id": "entropilot/Hover-v0", "kwargs": TINY},
             "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
             "entropy": {"init": {"enabled": False}},
-            "resources": {"num_env_runners": RUNNERS, "envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+            "resources": {
+                "num_env_runners": RUNNERS,
+                "envs_per_runner": 1,
+                "num_cpus_per_env_runner": 0.5,
+                "sampler": path[0],
+                "vector_env": path[1],
+            },
             "mlflow": {
                 "tracking_uri": mlflow_server,
                 "experiment": "test-fault-tolerance",

@@ -9,7 +9,7 @@ from ray.rllib.algorithms.sac import SACConfig
 
 from entropilot.envs import HOVER_ID
 from entropilot.platform.algorithm import ObservationFilterStats
-from entropilot.platform.train import GreedyPolicy
+from entropilot.platform.evaluation import GreedyPolicy
 
 
 def module_and_obs(config):

@@ -1,7 +1,7 @@
-"""Live tuning: entropy-control settings taken from a running training's MLflow tags. The schema's live fields, the
-pre-filled tags, what tags ask for and how a refusal reads, without Ray; the controller/learner mechanics; then a real
-training (Ray, PyBullet, an MLflow server) changed from outside through the run's tags, resumed, and through a
-tracking-server outage."""
+"""Live tuning: entropy-control settings taken from a running training's MLflow tags. The schema's live fields per
+control mode, the pre-filled tags, what tags ask for and how a refusal reads, without Ray; the controller/learner
+mechanics; then a real training (Ray, PyBullet, an MLflow server) changed from outside through the run's tags, resumed,
+and through a tracking-server outage."""
 
 import inspect
 import json
@@ -16,10 +16,12 @@ from entropilot.platform.config import ConfigError, ControlConfig, load_config, 
 from entropilot.platform.live_tuning import (
     ERROR_TAG,
     LIVE_FIELDS,
+    MODE_FIELDS,
     accepted_range,
     config_settings,
     initial_tags,
     live_control,
+    live_settings,
     live_tag,
     refusal,
     requested_settings,
@@ -35,41 +37,95 @@ COEF_MIN = live_tag("coef_min")
 
 
 def config(**control):
-    return parse_config({"entropy": {"control": {"target": 3.0, **control}}})
+    """The signed tracker unless `mode` says otherwise: its live fields are the most."""
+    return parse_config({"entropy": {"control": {"mode": "track", "target": 3.0, **control}}})
 
 
-HOVER = load_config("configs/hover.yaml")  # schedule target [[0, 5.5], [400000, 1.5]], collapse floor -3
+HOVER = load_config("configs/hover.yaml")  # lower_bound, target -2, coef_min null (resolved: 0), collapse floor -8
+# The hover config as a signed tracker of a schedule, with a collapse floor close below it.
+TRACK = parse_config(
+    {
+        **HOVER.model_dump(mode="json"),
+        "entropy": {
+            **HOVER.entropy.model_dump(mode="json"),
+            "control": {
+                **HOVER.entropy.control.model_dump(mode="json"),
+                "mode": "track",
+                "target": [[0, 4], [400000, 1.5]],
+            },
+            "collapse": {"floor": -3.0},
+        },
+    }
+)
+
+
+def refused(cfg, tags):
+    """What the tuner says of `tags` on a run of `cfg` with the config's settings in force: (console, chip)."""
+    settings = config_settings(cfg)
+    requests = {}
+    with pytest.raises(ConfigError) as caught:
+        requests = requested_settings({**initial_tags(cfg), **tags}, settings, settings, cfg.entropy.control)
+        live_control(cfg, {**settings, **{field: typed for field, (_, typed) in requests.items()}})
+    return refusal(cfg, settings, requests, caught.value)
 
 
 # -- the live fields and the tags a run starts with ----------------------------------------------------
 
 
-def test_live_fields_come_from_the_schema_and_the_controller_takes_them_all():
-    marked = [name for name, info in ControlConfig.model_fields.items() if (info.json_schema_extra or {}).get("live")]
-    assert list(LIVE_FIELDS) == marked and {"target", "coef_min", "max_step"} <= set(LIVE_FIELDS)
-    assert not {"enabled", "coef_init"} & set(LIVE_FIELDS)  # they only mean something when a run starts
-    assert set(LIVE_FIELDS) <= set(inspect.signature(EntropyCoefficientController.retune).parameters)
+def test_live_fields_come_from_the_schema_per_mode_and_the_learner_takes_them_all():
+    marked = {
+        name: info.json_schema_extra["live"]
+        for name, info in ControlConfig.model_fields.items()
+        if info.json_schema_extra
+    }
+    assert list(LIVE_FIELDS) == list(marked) and {"target", "coef", "coef_min", "max_step", "sigma"} <= set(marked)
+    assert not {"enabled", "mode"} & set(LIVE_FIELDS)  # they only mean something when a run starts
+    assert MODE_FIELDS == {
+        "lower_bound": ("target", "coef_min", "coef_max", "gain", "damping", "max_step"),
+        "track": ("target", "coef_min", "coef_max", "gain", "damping", "max_step"),
+        "fixed": ("coef",),
+        "sigma_schedule": ("sigma",),
+    }
+    # A coefficient controller takes all but sigma (`retune`); a sigma schedule is the learner's own.
+    assert set(LIVE_FIELDS) - {"sigma"} <= set(inspect.signature(EntropyCoefficientController.retune).parameters)
     assert all(ControlConfig.model_fields[field].description for field in LIVE_FIELDS)  # the run page says them
 
 
-def test_a_run_starts_with_every_live_setting_as_a_tag_that_reads_back_as_the_config():
+def test_a_run_starts_with_the_settings_of_its_mode_as_tags_that_read_back_as_the_config():
     tags = initial_tags(HOVER)
-    assert tags == {live_tag(field): to_flat_params(HOVER)[f"entropy.control.{field}"] for field in LIVE_FIELDS}
-    assert tags[TARGET] == "[[0, 5.5], [400000, 1.5]]" and tags[COEF_MIN] == "-0.05"
-    assert live_control(HOVER, config_settings(HOVER)) == HOVER.entropy.control
+    params = to_flat_params(HOVER)
+    assert set(tags) == {live_tag(field) for field in MODE_FIELDS["lower_bound"]}
+    assert all(tags[live_tag(field)] == params[f"entropy.control.{field}"] for field in ("target", "coef_max", "gain"))
+    # coef_min is null in the config: the tag shows what the mode makes of it.
+    assert params["entropy.control.coef_min"] == "null" and tags[COEF_MIN] == "0.0"
+    assert initial_tags(TRACK)[COEF_MIN] == "-0.05" and initial_tags(TRACK)[TARGET] == "[[0, 4.0], [400000, 1.5]]"
+    for cfg in (HOVER, TRACK, config(mode="fixed", coef=0.01), config(mode="sigma_schedule")):
+        assert live_control(cfg, config_settings(cfg)).model_dump() == {
+            **cfg.entropy.control.model_dump(),
+            "coef_min": live_control(cfg, config_settings(cfg)).coef_min,
+        }
+        assert live_settings(live_control(cfg, config_settings(cfg))) == live_settings(cfg.entropy.control)
+    assert initial_tags(config(mode="fixed", coef=0.01)) == {live_tag("coef"): "0.01"}
+    assert initial_tags(config(mode="sigma_schedule")) == {live_tag("sigma"): "[[0, 1.0], [400000, 0.3]]"}
     sac = parse_config({"algorithm": {"name": "SAC"}})
     assert initial_tags(sac) == {} and start_tags(sac) == {}  # SAC tunes its own temperature: nothing is live
 
 
-def test_the_run_description_says_what_each_setting_does_accepts_and_how_fast_it_acts():
+def test_the_run_description_says_what_each_setting_of_the_mode_does_accepts_and_how_fast_it_acts():
     text = description(HOVER)
     assert start_tags(HOVER) == {**initial_tags(HOVER), DESCRIPTION_TAG: text}
     for field in LIVE_FIELDS:
-        assert f"| `{field}`" in text and ControlConfig.model_fields[field].description in text
+        said = f"| `{field}`" in text and ControlConfig.model_fields[field].description in text
+        assert said == (field in MODE_FIELDS["lower_bound"])
+    assert "`entropy.control.mode` (lower_bound)" in text
     assert f"`{SHORTCUT}`" in text  # the shortcut is accepted too
-    assert "| `coef_min` | `-0.05` |" in text and "-1.0 <= coef_min <= 1.0" in text and "0.0 < gain <= 1.0" in text
-    assert "at most `max_step` (0.005) per iteration" in text and "[-0.05, 0.05]" in text
+    assert "| `coef_min` | `0.0` |" in text and "-1.0 <= coef_min <= 1.0" in text and "0.0 < gain <= 1.0" in text
+    assert "at most `max_step` (0.005) per iteration" in text and "[0, 0.05]" in text
     assert "redrawn every 20 iterations" in text and ERROR_TAG in text
+    assert "| `coef_min` | `-0.05` |" in description(TRACK) and "[-0.05, 0.05]" in description(TRACK)
+    fixed = description(config(mode="fixed", coef=0.01))
+    assert "| `coef` | `0.01` |" in fixed and "`target`" not in fixed and "max_step" not in fixed
+    assert "| `sigma` | `[[0, 1.0], [400000, 0.3]]` |" in description(config(mode="sigma_schedule"))
 
 
 def test_metrics_laid_out_first_and_the_run_link():
@@ -78,6 +134,7 @@ def test_metrics_laid_out_first_and_the_run_link():
         "entropy/target": 4.0,
         "entropy/coefficient": -0.01,
     }
+    assert first_charts({"sigma_target": 0.5}) == {"entropy/sigma": 0.5}
     assert (
         run_page_url("http://mlflow:5000/", "3", "abc", "model-metrics")
         == "http://mlflow:5000/#/experiments/3/runs/abc/model-metrics?workflowType=machine_learning"
@@ -96,31 +153,58 @@ def test_live_settings_become_config_values():
     assert live_control(config(), {}) == config().entropy.control
 
 
-def test_live_bounds_may_exclude_coef_init():
-    # coef_init only sets where a run starts; the running coefficient is clamped into live bounds.
-    control = live_control(config(coef_init=0.0), {"coef_min": "0.01", "coef_max": "0.02"})
+def test_live_bounds_may_exclude_the_starting_coef():
+    # coef only sets where a lower_bound or track run starts; the running coefficient is clamped into live bounds.
+    control = live_control(config(coef=0.0), {"coef_min": "0.01", "coef_max": "0.02"})
     assert (control.coef_min, control.coef_max) == (0.01, 0.02)
-    assert live_control(config(coef_init=0.0), {"coef_min": "1e-3"}).coef_min == 0.001
+    # PyYAML reads 1e-3 as a string; the schema still takes it as a number, and so does the clamp.
+    assert live_control(config(coef=0.0), {"coef_min": "1e-3"}).coef_min == 0.001
+    # The bound a null coef_min resolves to (0 in lower_bound) is clamped against too.
+    assert live_control(config(mode="lower_bound", coef=0.0), {"coef_max": "0.02"}).coef_max == 0.02
+
+
+def test_a_live_sigma_need_not_start_where_the_run_did():
+    # model.initial_std must equal the sigma schedule's start when a run starts; a running one is past it.
+    cfg = parse_config({"model": {"initial_std": 1.0}, "entropy": {"control": {"mode": "sigma_schedule"}}})
+    assert live_control(cfg, {"sigma": "[[0, 0.5], [1000, 0.2]]"}).sigma == [(0, 0.5), (1000, 0.2)]
+
+
+@pytest.mark.parametrize(
+    "mode, settings, expected",
+    [
+        ("fixed", {"coef": "0.02"}, {"coef": 0.02}),
+        ("sigma_schedule", {"sigma": "[[0, 0.4], [1000, 0.2]]"}, {"sigma": [(0, 0.4), (1000, 0.2)]}),
+        ("lower_bound", {"target": "1.5", "coef_min": "0.001"}, {"target": 1.5, "coef_min": 0.001}),
+        ("track", {"coef_min": "-0.02"}, {"coef_min": -0.02}),
+    ],
+)
+def test_each_mode_takes_its_own_live_fields(mode, settings, expected):
+    control = live_control(config(mode=mode), settings)
+    assert {field: getattr(control, field) for field in expected} == expected
+    retuned = live_settings(control)  # what the learners get
+    assert set(retuned) == set(MODE_FIELDS[mode]) and all(retuned[k] == v for k, v in expected.items())
+    # A null coef_min reaches the learners resolved for the mode.
+    assert live_settings(config(mode=mode).entropy.control).get("coef_min", 0.0) in (0.0, -0.05)
 
 
 def test_a_tag_asks_when_its_text_differs_from_the_setting_in_force():
-    settings = config_settings(HOVER)
-    tags = {**initial_tags(HOVER), "mlflow.user": "someone"}
-    assert requested_settings(tags, settings, settings) == {}  # the pre-filled tags ask for nothing
-    assert requested_settings({**tags, TARGET: "3.5"}, settings, settings) == {"target": (TARGET, "3.5")}
+    settings = config_settings(TRACK)
+    control = TRACK.entropy.control
+    tags = {**initial_tags(TRACK), "mlflow.user": "someone"}
+    assert requested_settings(tags, settings, settings, control) == {}  # the pre-filled tags ask for nothing
+    assert requested_settings({**tags, TARGET: "3.5"}, settings, settings, control) == {"target": (TARGET, "3.5")}
     # The shortcut works beside the pre-filled tag: the tag that differs from what is in force is the one asking.
-    assert requested_settings({**tags, SHORTCUT: "3.5"}, settings, settings) == {"target": (SHORTCUT, "3.5")}
+    assert requested_settings({**tags, SHORTCUT: "3.5"}, settings, settings, control) == {"target": (SHORTCUT, "3.5")}
     in_force = {**settings, "target": "3.5"}
     synced = {**tags, TARGET: "3.5", SHORTCUT: "3.5"}
-    assert requested_settings(synced, in_force, settings) == {}
-    assert requested_settings({**synced, TARGET: "2"}, in_force, settings) == {"target": (TARGET, "2")}
+    assert requested_settings(synced, in_force, settings, control) == {}
+    assert requested_settings({**synced, TARGET: "2"}, in_force, settings, control) == {"target": (TARGET, "2")}
     # Every tag of a field removed: back to the config's value; one of them left: it holds.
-    assert requested_settings({k: v for k, v in synced.items() if "target" not in k}, in_force, settings) == {
-        "target": (None, settings["target"])
-    }
-    assert requested_settings({k: v for k, v in synced.items() if k != TARGET}, in_force, settings) == {}
+    without_target = {k: v for k, v in synced.items() if "target" not in k}
+    assert requested_settings(without_target, in_force, settings, control) == {"target": (None, settings["target"])}
+    assert requested_settings({k: v for k, v in synced.items() if k != TARGET}, in_force, settings, control) == {}
     with pytest.raises(ConfigError, match=rf"{re.escape(TARGET)} and {re.escape(SHORTCUT)}: differ"):
-        requested_settings({**tags, TARGET: "2", SHORTCUT: "3"}, settings, settings)
+        requested_settings({**tags, TARGET: "2", SHORTCUT: "3"}, settings, settings, control)
 
 
 @pytest.mark.parametrize(
@@ -128,79 +212,112 @@ def test_a_tag_asks_when_its_text_differs_from_the_setting_in_force():
     [("entropilot.live.entropy.control.coef_init", "0.01"), ("entropilot.live.entropy.control.targt", "2")],
 )
 def test_a_tag_that_is_no_live_setting_is_refused(tag, text):
-    settings = config_settings(HOVER)
-    with pytest.raises(ConfigError) as caught:
-        requested_settings({tag: text}, settings, settings)
-    console, chip = refusal(HOVER, settings, {}, caught.value)
+    console, chip = refused(TRACK, {tag: text})
     field = tag.rsplit(".", 1)[-1]
-    assert console == f"{tag} = {text}: not a live setting; live: {', '.join(LIVE_FIELDS)}"
+    live = "target, coef_min, coef_max, gain, damping, max_step"
+    assert console == f"{tag} = {text}: not a live setting; live in entropy.control.mode track: {live}"
     assert chip == f"{field}={text}: not a live setting"
+
+
+@pytest.mark.parametrize(
+    "mode, field, live_there",
+    [
+        ("fixed", "target", "coef"),
+        ("lower_bound", "sigma", "target, coef_min, coef_max, gain, damping, max_step"),
+        ("track", "coef", "target, coef_min, coef_max, gain, damping, max_step"),
+        ("sigma_schedule", "coef_min", "sigma"),
+    ],
+)
+def test_a_field_the_mode_does_not_use_is_refused(mode, field, live_there):
+    console, chip = refused(config(mode=mode), {live_tag(field): "0.01"})
+    rule = f"not used in entropy.control.mode {mode} (live there: {live_there})"
+    assert console == f"{live_tag(field)} = 0.01: {rule}"
+    assert chip == f"{field}=0.01: {rule}"
 
 
 def test_live_tags_need_entropy_control():
     sac = parse_config({"algorithm": {"name": "SAC"}})
     with pytest.raises(ConfigError, match=rf"{re.escape(TARGET)}: entropy control is off in this run"):
-        requested_settings({TARGET: "2.0"}, config_settings(sac), config_settings(sac), enabled=False)
+        requested_settings({TARGET: "2.0"}, config_settings(sac), config_settings(sac), sac.entropy.control)
 
 
 # -- how a refusal reads -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "tag, text, console, chip",
+    "cfg, tag, text, console, chip",
     [
         # The collapse floor's rule, stated about the target the person typed (not about entropy.collapse.floor).
-        (TARGET, "-4", "must be above entropy.collapse.floor (-3.0)", "target=-4: needs > -3"),
-        (SHORTCUT, "-4", "must be above entropy.collapse.floor (-3.0)", "target=-4: needs > -3"),
+        (TRACK, TARGET, "-4", "must be above entropy.collapse.floor (-3.0)", "target=-4: needs (-3, 5.67576)"),
+        (TRACK, SHORTCUT, "-4", "must be above entropy.collapse.floor (-3.0)", "target=-4: needs (-3, 5.67576)"),
+        (HOVER, TARGET, "-9", "must be above entropy.collapse.floor (-8.0)", "target=-9: needs (-8, 5.67576)"),
         (
+            TRACK,
             TARGET,
             "[[0, 3], [100, -5]]",
             "[1] must be above entropy.collapse.floor (-3.0) (got [100, -5.0])",
             "target=[[0, 3], [100, -5]]: [1] must be above entropy.collapse.floor (-3.0)",
         ),
+        # Above what the effective entropy of Box(4) can reach.
+        (TRACK, TARGET, "6", "unreachable: the effective entropy of", "target=6: needs (-3, 5.67576)"),
         (
+            TRACK,
             TARGET,
             "[[5, 3]]",
             "[0] schedule must start at env step 0 (got [5, 3])",
             "target=[[5, 3]]: [0] schedule must start at env step 0",
         ),
-        (COEF_MIN, "0.5", "must be <= coef_max (0.05)", "coef_min=0.5: needs [-1, 0.05]"),
-        (live_tag("coef_max"), "-0.1", "must be >= coef_min (-0.05)", "coef_max=-0.1: needs [-0.05, 1]"),
+        (TRACK, COEF_MIN, "0.5", "must be <= coef_max (0.05)", "coef_min=0.5: needs [-1, 0.05]"),
+        (TRACK, live_tag("coef_max"), "-0.1", "must be >= coef_min (-0.05)", "coef_max=-0.1: needs [-0.05, 1]"),
+        # A penalty needs mode track: in lower_bound coef_min stays at or above 0.
+        (HOVER, COEF_MIN, "-0.01", "a lower_bound controller never goes below zero", "coef_min=-0.01: needs [0, 0.05]"),
         (
+            TRACK,
             live_tag("gain"),
             "2",
             "Input should be less than or equal to 1; allowed: 0.0 < value <= 1.0",
             "gain=2: needs (0, 1]",
         ),
-        (live_tag("gain"), "abc", "Input should be a valid number", "gain=abc: needs a number in (0, 1]"),
-        (live_tag("max_step"), "0", "allowed: 0.0 < value <= 1.0", "max_step=0: needs (0, 1]"),
-        (live_tag("damping"), "[1", "not valid YAML: expected ',' or ']'", "damping=[1: needs a number in [0, 1]"),
+        (TRACK, live_tag("gain"), "abc", "Input should be a valid number", "gain=abc: needs a number in (0, 1]"),
+        (TRACK, live_tag("max_step"), "0", "allowed: 0.0 < value <= 1.0", "max_step=0: needs (0, 1]"),
+        (
+            TRACK,
+            live_tag("damping"),
+            "[1",
+            "not valid YAML: expected ',' or ']'",
+            "damping=[1: needs a number in [0, 1]",
+        ),
+        (config(mode="fixed"), live_tag("coef"), "2", "allowed: -1.0 <= value <= 1.0", "coef=2: needs [-1, 1]"),
+        (
+            config(mode="sigma_schedule"),
+            live_tag("sigma"),
+            "0",
+            "every std must be in (0, 100] action half-widths",
+            "sigma=0: needs (0, 100]",
+        ),
     ],
 )
-def test_a_refused_value_is_explained_under_the_tag_and_text_typed(tag, text, console, chip):
-    settings = config_settings(HOVER)
-    requests = requested_settings({**initial_tags(HOVER), tag: text}, settings, settings)
-    with pytest.raises(ConfigError) as caught:
-        live_control(HOVER, {**settings, **{field: typed for field, (_, typed) in requests.items()}})
-    said, shown = refusal(HOVER, settings, requests, caught.value)
+def test_a_refused_value_is_explained_under_the_tag_and_text_typed(cfg, tag, text, console, chip):
+    said, shown = refused(cfg, {tag: text})
     assert said.startswith(f"{tag} = {text}: ") and console in said
     assert shown == chip
 
 
 def test_accepted_range_asks_the_schema_with_the_settings_in_force():
-    settings = config_settings(HOVER)
-    assert accepted_range(HOVER, settings, "target") == "> -3"  # each value of the schedule
-    assert accepted_range(HOVER, settings, "coef_min") == "[-1, 0.05]"
-    assert accepted_range(HOVER, {**settings, "coef_max": "0.0123"}, "coef_min") == "[-1, 0.0123]"
-    assert accepted_range(HOVER, settings, "gain") == "(0, 1]"
-    assert accepted_range(config(), config_settings(config()), "target") == "> -1"  # the schema's default floor
+    settings = config_settings(TRACK)
+    assert accepted_range(TRACK, settings, "target") == "(-3, 5.67576)"  # each value of the schedule
+    assert accepted_range(TRACK, settings, "coef_min") == "[-1, 0.05]"
+    assert accepted_range(TRACK, {**settings, "coef_max": "0.0123"}, "coef_min") == "[-1, 0.0123]"
+    assert accepted_range(TRACK, settings, "gain") == "(0, 1]"
+    assert accepted_range(HOVER, config_settings(HOVER), "coef_min") == "[0, 0.05]"  # no penalty in lower_bound
+    assert accepted_range(config(), config_settings(config()), "target") == "(-8, 5.67576)"  # the default floor
 
 
 # -- the controller and the learner -------------------------------------------------------------------
 
 
 def test_retune_keeps_the_integrator_state():
-    controller = EntropyCoefficientController(target=3.0, gain=0.01, damping=0.05)
+    controller = EntropyCoefficientController(target=3.0, mode="track", gain=0.01, damping=0.05)
     for steps, measured in ((0, 5.0), (100, 4.8), (200, 4.7)):
         controller.update(measured, steps)
     before = controller.state_dict()
@@ -214,7 +331,7 @@ def test_retune_keeps_the_integrator_state():
 
 
 def test_retune_clamps_the_coefficient_and_rejects_bad_settings_whole():
-    controller = EntropyCoefficientController(target=3.0, initial_coef=-0.04)
+    controller = EntropyCoefficientController(target=3.0, mode="track", initial_coef=-0.04)
     controller.retune(coef_min=-0.01)
     assert controller.coefficient == -0.01
     before = controller.state_dict()
@@ -261,9 +378,9 @@ def tiny_config(tmp_path, uri, iterations):
             "name": "live-tuning",
             "env": {"id": "entropilot/Hover-v0", "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
             "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-            # Far below a fresh policy's ~5.7 nats: the controller steps the coefficient down at max_step each
-            # iteration.
-            "entropy": {"init": {"enabled": False}, "control": {"target": 3.0}},
+            # Far below a fresh policy's ~4.35 effective nats: the signed tracker steps the coefficient down at
+            # max_step each iteration.
+            "entropy": {"init": {"enabled": False}, "control": {"mode": "track", "target": 3.0}},
             "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
             "mlflow": {"tracking_uri": uri, "experiment": "test-live-tuning", "video": False, "system_metrics": False},
             "stop": {"iterations": iterations},

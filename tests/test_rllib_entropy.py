@@ -1,30 +1,29 @@
-"""Entropy machinery against real Ray/RLlib on Pendulum-v1: the controlled PPO entropy coefficient,
-entropy-aware initialization, and checkpoint round trips (controller, SAC temperature, obs filter)."""
+"""Entropy machinery against real Ray/RLlib on Pendulum-v1: the controlled PPO entropy coefficient in its modes,
+entropy-aware initialization and paired initial weights, and checkpoint round trips (controller, SAC temperature,
+obs filter)."""
 
 import math
 import sys
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import ray
 import torch
 from conftest import RAY_TEST_INIT
 from ray.rllib.algorithms.algorithm import Algorithm
-from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
-from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.filter import MeanStdFilter, RunningStat
 
 from entropilot.platform.algorithm import (
+    SAMPLERS,
     build_algorithm,
     local_gpu_learner_or_cpu,
     observation_filter_stats,
     resolve_learner_resources,
 )
-from entropilot.policies.entropy_init import entropy_aware_init, push_weights_to_env_runners, sample_action_dist_inputs
-from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
+from entropilot.policies.entropy_init import entropy_aware_init, measure_draw, sample_action_dist_inputs, search_outcome
+from entropilot.policies.initial_weights import InitFamily, draw_seed, push_weights_to_env_runners, reinitialize_policy
 
 pytestmark = pytest.mark.integration  # every test here runs under the module's Ray
 
@@ -40,8 +39,8 @@ PPO = dict(
     num_cpus_per_env_runner=0.5,
     seed=0,
 )
-# A target far above Pendulum's ~1.4 nats: the controller must raise the coefficient every iteration.
-CONTROL = {"target": 10.0, "initial_coef": 0.1, "coef_max": 10.0, "gain": 0.5}
+# A minimum far above Pendulum's ~1.4 nats: the lower-bound controller must raise the coefficient every iteration.
+CONTROL = {"measure": "gaussian", "target": 10.0, "initial_coef": 0.1, "coef_max": 10.0, "gain": 0.5}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,9 +118,13 @@ def test_controller_sets_the_coefficient_ppo_uses(controlled_ppo):
     for r in results:
         assert r["entropy_target"] == CONTROL["target"]
         assert r["entropy_gaussian_dim0"] == pytest.approx(r["entropy_gaussian"])
-        assert r["entropy_executed_dim0"] == pytest.approx(r["entropy_executed"])
+        assert r["entropy_effective_dim0"] == pytest.approx(r["entropy_effective"])
         # Ours averages every minibatch of the update, PPO's `entropy` is the last minibatch's.
         assert r["entropy_gaussian"] == pytest.approx(r["entropy"], abs=0.05)
+        # Std ~1 around a mean ~0 in [-1, 1] units: about a third of the sampled actions lay outside and were
+        # clipped by the env (RLlib keeps the unclipped sample in the batch).
+        assert 0.15 < r["clipped_fraction"] == r["clipped_fraction_dim0"] < 0.6
+        assert r["entropy_effective"] < r["entropy_gaussian"]
 
 
 def test_controller_state_survives_checkpoint(controlled_ppo, restored_ppo):
@@ -164,7 +167,7 @@ def test_no_filter_no_stats():
 
 def test_learners_share_the_averaged_entropy():
     """Two learners see different shards; all-reduced entropy keeps their controllers identical."""
-    control = {**CONTROL, "measure": "executed"}
+    control = {**CONTROL, "measure": "effective"}
     # The module fixtures hold 1 of the 2 CPUs; a learner asking for a whole one would wait forever.
     algo = build_algorithm(**PPO, num_learners=2, num_cpus_per_learner=0.25, entropy_control=control)
     try:
@@ -175,22 +178,22 @@ def test_learners_share_the_averaged_entropy():
             result = algo.train()["learners"][MODULE]
         first, second = on_learners(algo, controller_state)
         assert first == second and first["num_updates"] == 2
-        assert first["last_error"] == pytest.approx(control["target"] - result["entropy_executed"])
+        assert first["last_error"] == pytest.approx(control["target"] - result["entropy_effective"])
     finally:
         algo.stop()
 
 
-@pytest.fixture(scope="module")
-def fresh_ppo():
-    algo = build_algorithm(**PPO)
+@pytest.fixture(scope="module", params=SAMPLERS)
+def fresh_ppo(request):
+    algo = build_algorithm(**PPO, sampler=request.param)
     yield algo
     algo.stop()
 
 
 def test_entropy_init_keeps_best_of_all_draws_and_runners_use_it(fresh_ppo):
     algo = fresh_ppo
-    result = entropy_aware_init(algo, threshold=1e9, max_draws=3, base_seed=10, rollout_steps=200)
-    assert [d.seed for d in result.draws] == [10, 11, 12]
+    result = entropy_aware_init(algo, threshold=1e9, weight_seed=1, max_draws=3, rollout_steps=200)
+    assert [d.seed for d in result.draws] == [1000, 1001, 1002]
     assert len({d.entropy for d in result.draws}) == 3
     assert result.chosen == max(result.draws, key=lambda d: d.entropy) and not result.cleared
     assert all(len(d.per_dim) == 1 and d.per_dim[0] == pytest.approx(d.entropy) for d in result.draws)
@@ -211,10 +214,10 @@ def test_entropy_init_keeps_best_of_all_draws_and_runners_use_it(fresh_ppo):
     # between the best two draws stops exactly at the best one.
     ranked = sorted(result.draws, key=lambda d: d.entropy)
     threshold = (ranked[-1].entropy + ranked[-2].entropy) / 2
-    cleared = entropy_aware_init(algo, threshold=threshold, max_draws=3, base_seed=10, rollout_steps=200)
+    cleared = entropy_aware_init(algo, threshold=threshold, weight_seed=1, max_draws=3, rollout_steps=200)
     assert cleared.cleared and cleared.chosen == result.chosen
     assert cleared.draws == result.draws[: result.draws.index(result.chosen) + 1]
-    first = entropy_aware_init(algo, threshold=-math.inf, max_draws=3, base_seed=10, rollout_steps=200)
+    first = entropy_aware_init(algo, threshold=-math.inf, weight_seed=1, max_draws=3, rollout_steps=200)
     assert first.draws == result.draws[:1] and first.chosen == result.draws[0]
 
 
@@ -227,6 +230,110 @@ def test_entropy_init_leaves_no_trace_in_training(fresh_ppo):
     assert runners["num_env_steps_sampled_lifetime"] == BATCH
     assert runners["num_episodes_lifetime"] == BATCH // 200
     assert BATCH <= observation_filter_stats(algo).count <= BATCH + 2
+
+
+def test_arms_are_paired_when_the_init_keeps_draw_0():
+    """Init off (draw 0) and an init that keeps draw 0 after sampling train identically: same weights, same env
+    seeds, and the init's sampling leaves no trace in any random stream."""
+
+    def first_iteration(init):
+        algo = build_algorithm(**PPO)
+        try:
+            init(algo)
+            result = algo.train()["learners"][MODULE]
+            weights = on_learners(algo, lambda lrn: lrn.module[MODULE].get_state())[0]
+            return result, weights
+        finally:
+            algo.stop()
+
+    plain, plain_weights = first_iteration(lambda algo: reinitialize_policy(algo, draw_seed(7, 0)))
+    init, init_weights = first_iteration(
+        lambda algo: entropy_aware_init(algo, threshold=-math.inf, weight_seed=7, rollout_steps=300)
+    )
+    for key in ("total_loss", "entropy_gaussian", "entropy_effective", "clipped_fraction", "vf_loss"):
+        assert init[key] == plain[key], key
+    assert all(torch.equal(torch.as_tensor(init_weights[k]), torch.as_tensor(v)) for k, v in plain_weights.items())
+
+
+def test_a_threshold_sweep_moves_the_kept_entropy_and_the_acceptance_rate():
+    """In an init family whose weights matter (a state-dependent log-std head, gain 8), the threshold decides what
+    the init keeps: from draw 0 (every draw clears) to the best of the search (none clears), over 1 nat apart."""
+    algo = build_algorithm(**PPO, free_log_std=False)
+    family = InitFamily(output_gain=8.0, initial_std=0.3)
+    try:
+        searches = [
+            [measure_draw(algo, draw_seed(seed, k), family, "effective", 200, 0) for k in range(5)] for seed in range(6)
+        ]
+        # The init itself, run with a threshold, keeps what `search_outcome` reads off the same draws.
+        pooled = sorted(d.entropy for draws in searches for d in draws)
+        median = pooled[len(pooled) // 2]
+        live = entropy_aware_init(algo, threshold=median, weight_seed=2, max_draws=5, family=family, rollout_steps=200)
+        assert live == search_outcome(searches[2], median)
+    finally:
+        algo.stop()
+
+    def sweep(threshold):
+        outcomes = [search_outcome(draws, threshold) for draws in searches]
+        kept = float(np.mean([o.chosen.entropy for o in outcomes]))
+        return kept, sum(d >= threshold for d in pooled) / len(pooled)
+
+    (bottom, all_clear), (middle, half), (top, none_clear) = (sweep(t) for t in (pooled[0], median, pooled[-1] + 1))
+    assert (all_clear, none_clear) == (1.0, 0.0) and 0.3 < half < 0.7
+    assert bottom < middle < top and top - bottom >= 1.0
+    assert bottom == pytest.approx(np.mean([draws[0].entropy for draws in searches]))  # the init off: draw 0
+
+
+@pytest.mark.parametrize(
+    "control",
+    [
+        {"mode": "fixed", "target": None, "initial_coef": 0.02},
+        {"mode": "sigma_schedule", "sigma": [[0, 0.5], [2 * BATCH, 0.25]]},
+    ],
+    ids=["fixed", "sigma_schedule"],
+)
+def test_fixed_coefficient_and_sigma_schedule(control, tmp_path):
+    algo = build_algorithm(**PPO, free_log_std=True, entropy_control=control)
+
+    def learner_log_std():
+        return on_learners(algo, lambda lrn: lrn.module[MODULE].unwrapped().pi.log_std.detach().tolist())[0]
+
+    try:
+        results = [algo.train()["learners"][MODULE] for _ in range(3)]
+        if control["mode"] == "fixed":
+            assert [r["curr_entropy_coeff"] for r in results] == [0.02] * 3
+            assert all("entropy_target" not in r for r in results)
+            return
+        # After iteration k the std is sigma(env steps so far): the next batch is sampled with it. Coefficient 0.
+        assert [r["sigma_target"] for r in results] == pytest.approx([0.375, 0.25, 0.25])
+        assert [r["curr_entropy_coeff"] for r in results] == [0.0] * 3
+        assert learner_log_std() == pytest.approx([math.log(0.25)])
+        assert np.allclose(sample_action_dist_inputs(algo, 20).action_dist_inputs[:, 1], math.log(0.25))
+        # The first batch was sampled, and its update started, at sigma(0) = 0.5; PPO's gradient moved nothing.
+        assert results[0]["entropy_gaussian"] == pytest.approx(0.5 * math.log(2 * math.pi * math.e) + math.log(0.5))
+        # A checkpoint holds the std; restored into a running algorithm, training goes on along the schedule.
+        older = algo.save_to_path(tmp_path / "older")
+        on_learners(algo, lambda lrn: lrn.module[MODULE].unwrapped().pi.log_std.data.fill_(0.0))
+        algo.restore_from_path(older)
+        assert learner_log_std() == pytest.approx([math.log(0.25)])
+        assert algo.train()["learners"][MODULE]["entropy_gaussian"] == pytest.approx(
+            0.5 * math.log(2 * math.pi * math.e) + math.log(0.25)
+        )
+    finally:
+        algo.stop()
+
+
+def test_entropy_init_measures_the_same_through_both_samplers():
+    """Same seeds, same weights, same action noise: the bulk runner's rollouts give the stock runner's entropies."""
+    results = {}
+    for sampler in SAMPLERS:
+        algo = build_algorithm(**PPO, sampler=sampler)
+        try:
+            results[sampler] = entropy_aware_init(algo, threshold=1e9, weight_seed=3, max_draws=2, rollout_steps=300)
+        finally:
+            algo.stop()
+    stock, bulk = (results[sampler].draws for sampler in SAMPLERS)
+    assert [d.seed for d in bulk] == [d.seed for d in stock]
+    assert [d.entropy for d in bulk] == pytest.approx([d.entropy for d in stock], abs=1e-4)
 
 
 def test_restoring_an_older_checkpoint_into_a_running_algo(tmp_path):
@@ -275,57 +382,6 @@ def test_sac_temperature_after_restore(stock, tmp_path):
         algo.stop()
         if restored is not None:
             restored.stop()
-
-
-def covariance_loss_gradients(covariance_control):
-    """Gradient of one PPO loss w.r.t. each sample's action_dist_inputs, on a Learner built without Ray."""
-    config = (
-        PPOConfig()
-        .environment("Pendulum-v1")
-        .training(use_kl_loss=False, entropy_coeff=0.0)
-        .learners(
-            learner_class=EntropyControlledPPOLearner, learner_config_dict={"covariance_control": covariance_control}
-        )
-    )
-    learner = config.build_learner(env=gym.make("Pendulum-v1"))
-    module = learner.module[MODULE]
-    torch.manual_seed(0)
-    module.set_state(RLModuleSpec.from_module(module).build().get_state())
-    obs = torch.randn(16, 3)
-    with torch.no_grad():
-        # The behaviour policy differs a little from the current one, so logp != logp_old.
-        old_inputs = module.forward_train({"obs": obs})["action_dist_inputs"] + 0.1 * torch.randn(16, 2)
-        old_dist = TorchDiagGaussian.from_logits(old_inputs)
-        actions = old_dist.sample()
-    batch = {
-        "obs": obs,
-        "actions": actions,
-        "action_logp": old_dist.logp(actions),
-        "action_dist_inputs": old_inputs,
-        "advantages": torch.randn(16),
-        "value_targets": torch.randn(16),
-    }
-    fwd_out = module.forward_train(batch)
-    fwd_out["action_dist_inputs"].retain_grad()
-    module_config = learner.config.get_config_for_module(MODULE)
-    learner.compute_loss_for_module(module_id=MODULE, config=module_config, batch=batch, fwd_out=fwd_out).backward()
-    logp = TorchDiagGaussian.from_logits(fwd_out["action_dist_inputs"].detach()).logp(actions)
-    advantages = batch["advantages"]
-    covariance = (logp - logp.mean()) * (advantages - advantages.mean())
-    return fwd_out["action_dist_inputs"].grad, covariance
-
-
-@pytest.mark.parametrize("mode", ["clip_cov", "kl_cov"])
-def test_covariance_control_acts_on_the_top_covariance_samples(mode):
-    baseline, covariance = covariance_loss_gradients(None)
-    grad, _ = covariance_loss_gradients({"mode": mode, "fraction": 0.25, "kl_coef": 1.0})
-    top = torch.zeros(16, dtype=torch.bool)
-    top[torch.topk(covariance, 4).indices] = True
-    torch.testing.assert_close(grad[~top], baseline[~top])
-    if mode == "clip_cov":
-        assert torch.all(grad[top] == 0) and torch.all(baseline[top].abs().sum(-1) > 0)
-    else:
-        assert torch.all((grad[top] - baseline[top]).abs().sum(-1) > 1e-6)
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,8 @@ def test_grid_and_random_options_parse_into_tune_domains():
 
     for bad, message in [
         ("algorithm.lr=normal:0:1", "unknown distribution 'normal'"),
-        ("algorithm.lr=uniform:1", "uniform needs two numbers"),
+        ("algorithm.lr=uniform:1", "uniform needs two finite numbers"),
+        ("algorithm.lr=uniform:0:nan", "uniform needs two finite numbers"),
         ("algorithm.lr=uniform:2:1", "LOW must be below HIGH"),
         ("algorithm.lr=loguniform:0:1", "loguniform needs 0 < LOW"),
         ("algorithm.num_epochs=randint:1:2.5", "randint needs two integers"),

@@ -185,6 +185,12 @@ def test_entropy_init_draws_are_metrics_and_the_choice_tags(mlflow_server):
     tags = client.get_run(tracker.run_id).data.tags
     assert tags["entropy_init.chosen_draw"] == "1" and tags["entropy_init.chosen_seed"] == "11"
     assert tags["entropy_init.cleared"] == "False"
+    metrics = client.get_run(tracker.run_id).data.metrics
+    assert (metrics["entropy_init/chosen_entropy"], metrics["entropy_init/draws"], metrics["entropy_init/cleared"]) == (
+        0.9,
+        3,
+        0.0,
+    )
 
     by_index = RunTracker.start(make_cfg(mlflow_server, "entropy-init-index"))
     by_index.log_entropy_init(SimpleNamespace(draws=draws, chosen=2))

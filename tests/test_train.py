@@ -1,24 +1,34 @@
 """`entropilot train` end to end on a tiny budget: real Ray, real PyBullet, a real MLflow server; then resume."""
 
 import mlflow
+import pytest
 
+from entropilot.platform.algorithm import observation_filter_stats
 from entropilot.platform.config import parse_config
+from entropilot.platform.phases import PHASES
 from entropilot.platform.train import STATE_FILE, prepare_resume, train
 
 
-def tiny_config(tmp_path, uri, iterations):
+def tiny_config(tmp_path, uri, iterations, path=("stock", "sync")):
     return parse_config(
         {
             "name": "tiny-hover",
             "env": {"id": "entropilot/Hover-v0", "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
             "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-            # Target above a fresh std-1 policy's 5.68 nats, floor just below it: the detector must flag a collapse.
+            # A minimum above a fresh std-1 policy's ~4.35 effective nats, floor just below it: the lower bound raises
+            # the coefficient every iteration and the detector must flag a collapse. A threshold near the measure's
+            # top (5.68 on 4 dims), which no std-1 draw reaches: every draw is tried.
             "entropy": {
-                "init": {"threshold": 100.0, "max_draws": 2, "rollout_steps": 100},
-                "control": {"target": 5.9, "coef_init": 0.01},
-                "collapse": {"floor": 5.75},
+                "init": {"threshold": 5.6, "max_draws": 2, "rollout_steps": 100},
+                "control": {"target": 5.0, "coef": 0.01},
+                "collapse": {"floor": 4.9},
             },
-            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+            "resources": {
+                "envs_per_runner": 2,
+                "num_cpus_per_env_runner": 0.5,
+                "sampler": path[0],
+                "vector_env": path[1],
+            },
             "mlflow": {"tracking_uri": uri, "experiment": "test-train", "video": True, "system_metrics": False},
             "stop": {"iterations": iterations},
             "evaluation": {"interval": 2, "episodes": 1},
@@ -27,8 +37,12 @@ def tiny_config(tmp_path, uri, iterations):
     )
 
 
-def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_server, isolated_mlflow_env, ray_session):
-    first = train(tiny_config(tmp_path, mlflow_server, iterations=2), echo=lambda line: None)
+# RLlib's own path (stock sampler, SyncVectorEnv of single envs), and ours (bulk sampler, one PyBullet world).
+@pytest.mark.parametrize("path", [("stock", "sync"), ("bulk", "batched")], ids="/".join)
+def test_train_logs_to_mlflow_and_resumes_into_the_same_run(
+    path, tmp_path, mlflow_server, isolated_mlflow_env, ray_session
+):
+    first = train(tiny_config(tmp_path, mlflow_server, iterations=2, path=path), echo=lambda line: None)
     assert first.iterations == 2 and (first.checkpoint / STATE_FILE).is_file()
 
     client = mlflow.MlflowClient(mlflow_server)
@@ -44,10 +58,18 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_ser
     assert [m.step for m in client.get_metric_history(first.run_id, "success_rate")] == [2]
     for timing in ("learner_time_s", "sampling_time_s", "env_steps_per_s"):
         assert [m.step for m in client.get_metric_history(first.run_id, timing)] == [1, 2]
+    # Where the time went: the phases add up to the run's wall time at every iteration.
+    for entry in first.history:
+        phases = [entry[f"time_{phase}_s"] for phase in PHASES]
+        assert min(phases) >= 0 and sum(phases) == pytest.approx(entry["time_s"])
+        assert entry["time_startup_s"] > 0 and entry["time_init_s"] > 0 and entry["time_sampling_s"] > 0
+    assert first.history[1]["time_evaluation_s"] > first.history[0]["time_evaluation_s"] == 0
     draws = client.get_metric_history(first.run_id, "entropy_init/draw_entropy")
-    assert len(draws) == 2  # an unreachable threshold: every draw is tried, the best kept
+    assert len(draws) == 2  # a threshold no draw clears: every draw is tried, the best kept
     artifacts = {a.path for a in client.list_artifacts(first.run_id)}
     assert {"plots", "checkpoint", "video"} <= artifacts
+    # The checkpoint holds the observation filter's statistics: every observation sampled (resets included).
+    assert observation_filter_stats(first.checkpoint).count >= 2 * 200
 
     # Resume from the run folder with a later stop: same MLflow run, iterations continue at 3, nothing lost.
     cfg, checkpoint, overrides = prepare_resume(str(first.checkpoint.parent), ["stop.iterations=4"])
@@ -58,3 +80,4 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, mlflow_ser
     assert steps == [1, 2, 3, 4]
     env_steps = [m.value for m in client.get_metric_history(first.run_id, "env_steps")]
     assert env_steps == sorted(env_steps) and env_steps[2] > env_steps[1]  # sampling continued, not restarted
+    assert observation_filter_stats(resumed.checkpoint).count >= 4 * 200

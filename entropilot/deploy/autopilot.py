@@ -41,6 +41,7 @@ from entropilot.deploy.safety import (
     clip_action,
     telemetry_age,
 )
+from entropilot.errors import EntropilotError
 
 __all__ = ["ArmingRefused", "Autopilot", "CallablePolicy", "Event", "FlightLog", "FlightStep", "contract_problems"]
 
@@ -50,7 +51,7 @@ log.addHandler(logging.NullHandler())  # a library: the application decides wher
 DEFAULT_MAX_ACTION_RATE = 40.0  # normalized action units per second: 0.83 of the [-1, 1] range per step at 48 Hz
 
 
-class ArmingRefused(RuntimeError):
+class ArmingRefused(EntropilotError, RuntimeError):
     """The preflight checks failed: the policy does not fit the vehicle, or the vehicle is not ready."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from entropilot.deploy.c_codegen import CodegenError, c_float, lower_graph
 from entropilot.deploy.contract import ACTION_SIZE, INPUT_NAME, OUTPUT_NAME
 from entropilot.deploy.onnx_policy import OnnxPolicy
+from entropilot.errors import EntropilotError
 
 __all__ = [
     "CExportError",
@@ -37,7 +38,7 @@ PARITY_TOLERANCE = 1e-5  # as torch -> ONNX (export.PARITY_TOLERANCE)
 PARITY_SEED = 10_000  # held-out episodes, away from training's and evaluation's usual seeds
 
 
-class CExportError(ValueError):
+class CExportError(EntropilotError, ValueError):
     """The policy cannot be exported to C (an unknown op, a categorical output), or the C does not act like it."""
 
 

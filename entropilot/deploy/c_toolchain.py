@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from entropilot.errors import EntropilotError
+
 __all__ = [
     "CORTEX_M4F_FLAGS",
     "CROSS_COMPILER",
@@ -44,7 +46,7 @@ CORTEX_M4F_FLAGS = (
 )
 
 
-class ToolchainError(RuntimeError):
+class ToolchainError(EntropilotError, RuntimeError):
     """A compiler is missing or failed; the message carries its diagnostics."""
 
 

@@ -7,6 +7,8 @@ import hashlib
 import json
 from typing import Any
 
+from entropilot.errors import EntropilotError
+
 SCHEMA_VERSION = 1
 INPUT_NAME = "observation"  # float32 [batch, len(observation_names)]
 OUTPUT_NAME = "action"  # float32 [batch, 4], inside [action_low, action_high]
@@ -54,7 +56,7 @@ SEAL_PLACEHOLDER = "0" * 64
 _SEAL_MARK = SEAL_KEY.encode() + b"\x12\x40"
 
 
-class PolicyContractError(ValueError):
+class PolicyContractError(EntropilotError, ValueError):
     """The ONNX file is not one this runtime can fly: altered, truncated, or made for another vehicle setup."""
 
 
@@ -112,6 +114,16 @@ def verify_seal(data: bytes, where: str = "policy") -> str:
             "the file was altered or truncated after export; re-export or copy it again"
         )
     return stored
+
+
+def is_sealed_export(path) -> bool:
+    """Whether the file at ``path`` is an intact entropilot export (its seal holds): one ``export`` may replace."""
+    try:
+        with open(path, "rb") as file:
+            verify_seal(file.read())
+    except (OSError, PolicyContractError):
+        return False
+    return True
 
 
 def _seal_value_offset(data: bytes) -> int:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from entropilot.deploy.contract import (
     seal,
     sha256_hex,
 )
+from entropilot.deploy.export_inputs import ExportError, check_output, resolve_checkpoint
 
 __all__ = [
     "CheckpointInfo",
@@ -44,6 +44,7 @@ __all__ = [
     "ExportResult",
     "PARITY_TOLERANCE",
     "PolicyGraph",
+    "check_output",
     "checkpoint_info",
     "export_policy",
     "load_rl_module",
@@ -53,13 +54,8 @@ __all__ = [
 
 PARITY_TOLERANCE = 1e-5
 RL_MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
-CHECKPOINT_TAG = "entropilot.checkpoint_dir"  # set by the training loop on its MLflow run
 # Out-of-range probes added to the real observations: they drive the normalization into its clip.
 _PROBE_SCALES = (-1e3, -30.0, 30.0, 1e3)
-
-
-class ExportError(RuntimeError):
-    """The policy could not be exported, or the exported file does not act like the trained policy."""
 
 
 @dataclass
@@ -81,67 +77,23 @@ def export_policy(
     *,
     parity_batch: int = 256,
     tolerance: float = PARITY_TOLERANCE,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export ``source`` (a checkpoint folder, a run folder holding ``iter_*`` checkpoints, or an MLflow run id
     whose ``entropilot.checkpoint_dir`` tag names one) to ``output_path``.
 
-    The file is kept only if onnxruntime's actions match the torch greedy policy's (the one training
-    evaluates with) within ``tolerance`` on ``parity_batch`` observations rolled out in the training
-    env with that policy, plus a few out-of-range probes; otherwise ``ExportError`` and no file.
+    The output is checked first (`check_output`: writable, and an existing file is replaced only if it is an
+    entropilot export, or with ``overwrite``). The file is kept only if onnxruntime's actions match the torch greedy
+    policy's (the one training evaluates with) within ``tolerance`` on ``parity_batch`` observations rolled out in
+    the training env with that policy, plus a few out-of-range probes; otherwise ``ExportError`` and no file.
     """
     if parity_batch < 1:
         raise ValueError(f"parity_batch must be >= 1; got {parity_batch}")
-    output = Path(output_path)
+    output = check_output(output_path, overwrite=overwrite)
     with contextlib.ExitStack() as stack:
         checkpoint = resolve_checkpoint(source, stack)
         with _quiet():
             return _export(checkpoint, output, parity_batch, tolerance)
-
-
-def resolve_checkpoint(source: str | os.PathLike, stack: contextlib.ExitStack | None = None) -> Path:
-    """A checkpoint folder (with ``entropilot_state.json``), a run folder (its latest ``iter_*``), or an MLflow run id.
-
-    For a run id whose checkpoint folder is not on this machine, the run's ``checkpoint`` artifacts are
-    downloaded into a temporary folder that lives as long as ``stack``.
-    """
-    from entropilot.platform.train import STATE_FILE
-
-    path = Path(source)
-    if path.is_dir():
-        if (path / STATE_FILE).is_file():
-            return path.resolve()
-        checkpoints = sorted(p for p in path.glob("iter_*") if (p / STATE_FILE).is_file())
-        if not checkpoints:
-            raise ExportError(
-                f"{source}: neither a checkpoint (no {STATE_FILE}) nor a run folder with iter_* checkpoints"
-            )
-        return checkpoints[-1].resolve()
-    if path.exists() or not re.fullmatch(r"[0-9a-f]{32}", str(source)):
-        raise ExportError(f"{source}: not a checkpoint folder, a run folder or an MLflow run id")
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(str(source))
-    except MlflowException as err:
-        raise ExportError(
-            f"{source}: no such checkpoint folder, and not an MLflow run at {mlflow.get_tracking_uri()} "
-            f"({str(err).splitlines()[0]})"
-        ) from None
-    folder = run.data.tags.get(CHECKPOINT_TAG)
-    if folder and Path(folder).is_dir():
-        return resolve_checkpoint(folder)
-    if stack is None:
-        raise ExportError(f"MLflow run {source}: checkpoint folder {folder!r} is not on this machine")
-    target = stack.enter_context(tempfile.TemporaryDirectory(prefix="entropilot-checkpoint-"))
-    try:
-        local = client.download_artifacts(run.info.run_id, "checkpoint", target)
-    except MlflowException as err:
-        raise ExportError(
-            f"MLflow run {source}: no local checkpoint ({folder!r}) and no 'checkpoint' artifact ({err})"
-        ) from None
-    return resolve_checkpoint(local)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -347,9 +299,9 @@ class PolicyGraph(torch.nn.Module):
 
 
 def _greedy_policy(module, stats):
-    """``GreedyPolicy`` (train.py) on a restored module and filter: the computation training evaluates with,
+    """``GreedyPolicy`` (platform/evaluation.py) on a restored module and filter: what training evaluates with,
     and the one the file must reproduce."""
-    from entropilot.platform.train import GreedyPolicy
+    from entropilot.platform.evaluation import GreedyPolicy
 
     return GreedyPolicy(module, stats)
 

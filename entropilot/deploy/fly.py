@@ -18,12 +18,13 @@ from entropilot.deploy.contract import PolicyContractError
 from entropilot.deploy.links.base import LinkError
 from entropilot.deploy.onnx_policy import OnnxPolicy
 from entropilot.deploy.registry import is_model_uri
+from entropilot.errors import EntropilotError
 
 Echo = Callable[[str], None]
 DEFAULT_ADDRESSES = {"mavlink": "udpout:127.0.0.1:14540", "crazyflie": "radio://0/80/2M/E7E7E7E7E7"}
 
 
-class FlightError(RuntimeError):
+class FlightError(EntropilotError, RuntimeError):
     """A flight that cannot start or was refused: no such policy, a broken contract or seal, no link, arming refused."""
 
 
@@ -183,6 +184,34 @@ def fly_on_link(
     if plot:
         _plot_flight_log(log, plot, title=f"{label} on {vehicle!r}", echo=echo)
     return log
+
+
+def check_link_options(link: str, address: str | None, target, video: str | None) -> None:
+    """Refuse, before anything loads, options the chosen link does not use (a forgotten --link) and a malformed
+    address (pymavlink and cflib would fail on it mid-connect)."""
+    from entropilot.inputs import InputError
+
+    if link == "sim":
+        if address is not None:
+            raise InputError("--connect", address, "is for --link mavlink or crazyflie; the sim link has no address")
+        if target is not None:
+            raise InputError("--target", target, "is for --link mavlink or crazyflie; the sim flies the env's target")
+        return
+    if video is not None:
+        raise InputError("--video", video, "records the sim's rendering; --link sim only")
+    if address is None:
+        return
+    try:  # pymavlink and cflib are optional extras: their ImportError says how to install
+        if link == "mavlink":
+            from entropilot.deploy.links.mavlink import check_connection
+
+            check_connection(address, "--connect")
+        elif link == "crazyflie":
+            from entropilot.deploy.links.crazyflie import check_uri
+
+            check_uri(address, "--connect")
+    except ImportError as err:
+        raise FlightError(str(err)) from None
 
 
 def real_time_link(link: str, metadata: dict, address: str | None):

@@ -10,7 +10,6 @@ to the vehicle, which then needs neither mlflow nor a network (see README, Deplo
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import tempfile
@@ -18,15 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from entropilot.deploy.contract import SHA256_TAG, sha256_hex, verify_seal
+from entropilot.errors import EntropilotError
 
-__all__ = ["CACHE_ENV", "RegisteredPolicy", "RegistryError", "is_model_uri", "parse_model_uri", "pull_policy"]
+__all__ = [
+    "CACHE_ENV",
+    "RegisteredPolicy",
+    "RegistryError",
+    "check_registry_names",
+    "is_model_uri",
+    "parse_model_uri",
+    "pull_policy",
+]
 
 CACHE_ENV = "ENTROPILOT_MODEL_CACHE"
 MODEL_FILE = "model.onnx"  # the file name MLflow's ONNX flavour stores the model under
 _MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(EntropilotError, RuntimeError):
     """The registered model version cannot be had, or what the registry holds is not the file that was registered."""
 
 
@@ -73,7 +81,9 @@ def pull_policy(
     name, alias, version = parse_model_uri(uri)
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     _require_store(tracking_uri)
-    with _fail_fast_http():
+    from entropilot.platform.tracking import fail_fast_http
+
+    with fail_fast_http():
         return _pull(uri, name, alias, version, tracking_uri, cache_dir)
 
 
@@ -138,30 +148,36 @@ def _pull(
     return RegisteredPolicy(**found, path=cached, downloaded=True)
 
 
-@contextlib.contextmanager
-def _fail_fast_http():
-    """A registry that does not answer is an error within seconds, not after MLflow's minutes of retries (the
-    tracker's settings; a value the user set wins)."""
-    from entropilot.platform.tracking import FAIL_FAST_HTTP_ENV
+def check_registry_names(name: str | None, alias: str | None) -> None:
+    """Refuse, before an export's work, a model name or alias the MLflow registry would refuse after it (MLflow's own
+    rules; private validators, checked: MLflow 3.17)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import (
+        _validate_model_alias_name,
+        _validate_model_alias_name_reserved,
+        _validate_model_name,
+    )
 
-    added = [name for name in FAIL_FAST_HTTP_ENV if name not in os.environ]
-    os.environ.update({name: FAIL_FAST_HTTP_ENV[name] for name in added})
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
+    from entropilot.inputs import InputError
+
+    checks = [("--register", name, [_validate_model_name])]
+    checks.append(("--alias", alias, [_validate_model_alias_name, _validate_model_alias_name_reserved]))
+    for option, value, validators in checks:
+        if value is None:
+            continue
+        for validate in validators:
+            try:
+                validate(value)
+            except MlflowException as err:
+                raise InputError(option, value, f"MLflow refuses it: {err.message}") from None
 
 
 def _require_store(tracking_uri: str) -> None:
-    """A local sqlite store that does not exist would be created empty by MLflow and then hold no model."""
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise RegistryError(
-                f"no MLflow store at {tracking_uri} ({path.resolve()} does not exist): set "
-                f"MLFLOW_TRACKING_URI or pass --tracking-uri to point at the registry"
-            )
+    from entropilot.inputs import missing_store
+
+    problem = missing_store(tracking_uri)
+    if problem:
+        raise RegistryError(problem)
 
 
 def _not_found(client, uri: str, name: str, alias: str | None, version: int | None, tracking_uri: str, err) -> str:

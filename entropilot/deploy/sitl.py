@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from entropilot.deploy.links.mavlink import PX4_MODES, action_from_attitude_target, px4_custom_mode
+from entropilot.inputs import InputError, free_udp_port, resolvable_host
 from entropilot.vehicle.frames import (
     FLIP,
     euler_from_rotation,
@@ -34,9 +35,35 @@ from entropilot.vehicle.frames import (
     rotation_ned_from_world,
 )
 
-__all__ = ["MavlinkSitl", "SitlEvent"]
+__all__ = ["MavlinkSitl", "SitlEvent", "check_sitl"]
 
 _MODE_BY_NUMBER = {v: k for k, v in PX4_MODES.items()}
+PHYSICS_HZ = 240
+
+
+def check_sitl(
+    port: int, host: str = "127.0.0.1", *, env_id: str, env_kwargs: dict | None = None, rate_hz: int = 60
+) -> None:
+    """What a `MavlinkSitl` would be given, checked before a simulator starts: a single-drone env, a rate that divides
+    the physics rate, a start state the env accepts, a host that resolves and a UDP port nothing else holds."""
+    from entropilot.envs import SINGLE_AGENT_IDS, validate_env_kwargs
+
+    if env_id not in SINGLE_AGENT_IDS:
+        raise InputError("--env", env_id, f"not a single-drone env; choose one of {', '.join(SINGLE_AGENT_IDS)}")
+    if rate_hz < 1 or PHYSICS_HZ % rate_hz:
+        divisors = [hz for hz in range(1, PHYSICS_HZ + 1) if PHYSICS_HZ % hz == 0 and hz >= 10]
+        raise InputError("--rate", rate_hz, f"must divide the {PHYSICS_HZ} Hz physics rate: one of {divisors}")
+    try:
+        validate_env_kwargs(env_id, _env_kwargs(env_kwargs, rate_hz))
+    except ValueError as err:
+        start = (env_kwargs or {}).get("start_low")
+        raise InputError(*(("--start", start) if start else ("--env", env_id)), str(err)) from None
+    resolvable_host(host, "--host")
+    free_udp_port(host, port, "--port")
+
+
+def _env_kwargs(env_kwargs: dict | None, rate_hz: int) -> dict:
+    return {"physics_hz": PHYSICS_HZ, **(env_kwargs or {}), "action_mode": "ctbr", "control_hz": int(rate_hz)}
 
 
 @dataclass(frozen=True)
@@ -74,9 +101,9 @@ class MavlinkSitl:
         from entropilot.deploy.links.sim import SimLink
         from entropilot.envs import make_env
 
+        self.host, self.port = host, int(port)
         self.address = f"udpin:{host}:{int(port)}"
-        kwargs = {"physics_hz": 240, **(env_kwargs or {}), "action_mode": "ctbr", "control_hz": int(rate_hz)}
-        self.vehicle = SimLink(make_env(env_id, **kwargs), seed=seed, close_env=True)
+        self.vehicle = SimLink(make_env(env_id, **_env_kwargs(env_kwargs, rate_hz)), seed=seed, close_env=True)
         self.rate_hz = int(rate_hz)
         self.max_body_rate = float(self.vehicle.settings.max_body_rate)
         self.system_id, self.component_id = int(system_id), int(component_id)
@@ -104,6 +131,8 @@ class MavlinkSitl:
     def open(self) -> None:
         from pymavlink import mavutil
 
+        # pymavlink binds with SO_REUSEADDR: a second vehicle on a taken port would share it silently.
+        free_udp_port(self.host, self.port, "port")
         self.vehicle.connect()  # the env at its start state
         self._conn = mavutil.mavlink_connection(
             self.address, source_system=self.system_id, source_component=self.component_id

@@ -9,6 +9,7 @@ single-drone id in one PyBullet world.
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 
 from entropilot.envs import compiled
 
@@ -60,6 +61,13 @@ def validate_env_kwargs(env_id: str, kwargs: dict) -> None:
     ENVIRONMENTS[env_id][1].from_kwargs({k: v for k, v in kwargs.items() if k != "render_mode"})
 
 
+def action_space(env_id: str, kwargs: dict | None = None) -> gym.spaces.Space:
+    """One agent's action space of ``env_id`` with ``kwargs``, without starting a simulator (config validation
+    uses it). Every drone task acts with Box([-1, 1]^4) in both action modes."""
+    validate_env_kwargs(env_id, dict(kwargs or {}))
+    return gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+
+
 def make_env(env_id: str, **kwargs):
     """Build any entropilot env by id: a Gymnasium env, or for the swarm an RLlib MultiAgentEnv."""
     _known(env_id)
@@ -96,6 +104,7 @@ __all__ = [
     "WAYPOINT_ID",
     "WaypointSettings",
     "VECTOR_ENTRY_POINTS",
+    "action_space",
     "make_env",
     "make_vector_env",
     "validate_env_kwargs",

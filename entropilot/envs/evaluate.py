@@ -3,6 +3,8 @@
 ``run_episodes`` flies a single-drone Gymnasium env; ``run_swarm_episodes`` flies every drone of the
 multi-agent swarm with one shared controller. Both run the same loop (``_fly``) over a small adapter
 that presents either env as "agents -> observations", a single-drone env being a swarm of one.
+``run_vector_episodes`` flies one episode on every env of a vector of single-drone envs at once, the
+controller acting on all of them in one call: the results ``run_episodes`` gives episode after episode.
 """
 
 from __future__ import annotations
@@ -56,6 +58,70 @@ def run_swarm_episodes(
     fraction of drones that succeeded. A drone's return, length and trajectory end where it crashed.
     """
     return _fly(_Swarm(env), controller, episodes, seed, record_frames, reset_controller)
+
+
+def run_vector_episodes(env, controller: Callable[[np.ndarray], np.ndarray], seed: int) -> list[EpisodeResult]:
+    """One episode on each of the ``num_envs`` single-drone envs of a Gymnasium vector env, all at once, env k
+    seeded with ``seed + k``; ``controller`` (stateless) maps observations (N, obs) to actions (N, act).
+
+    Equal to ``run_episodes`` of ``num_envs`` episodes from ``seed`` (each env's first episode counts; the
+    vector env's autoreset afterwards is stepped along and ignored).
+    """
+    drones = _VectorDrones(env)
+    n = env.num_envs
+    obs, _ = env.reset(seed=[seed + k for k in range(n)])
+    positions, targets = [[p] for p in drones.positions()], [[t] for t in drones.targets()]
+    totals, steps, final_infos = [0.0] * n, [0] * n, [{}] * n
+    live = np.ones(n, dtype=bool)
+    while live.any():
+        obs, rewards, terminated, truncated, infos = env.step(controller(obs))
+        now_positions, now_targets = drones.positions(), drones.targets()
+        ended = live & (terminated | truncated)
+        for k in np.flatnonzero(live):
+            totals[k] += rewards[k]
+            steps[k] += 1
+            positions[k].append(now_positions[k])
+            targets[k].append(now_targets[k])
+        for k in np.flatnonzero(ended):
+            final_infos[k] = vector_info(infos, k)
+        live &= ~ended
+    return [
+        EpisodeResult(
+            seed + k,
+            bool(info.get("is_success", False)),
+            float(totals[k]),
+            steps[k],
+            info["distance"],
+            info.get("crash"),
+            np.array(positions[k]),
+            np.array(targets[k]),
+        )
+        for k, info in enumerate(final_infos)
+    ]
+
+
+def vector_info(infos: dict, index: int) -> dict:
+    """Env ``index``'s entries of a Gymnasium vector info dict (the keys its ``_key`` mask marks for it)."""
+    return {
+        key: value[index]
+        for key, value in infos.items()
+        if not key.startswith("_") and (f"_{key}" not in infos or infos[f"_{key}"][index])
+    }
+
+
+class _VectorDrones:
+    """Where the drones of a vector of single-drone envs are, and their targets: the batched ``DroneVectorEnv``
+    (one world, one episode per drone) or Gymnasium's ``SyncVectorEnv`` of single envs (one episode each)."""
+
+    def __init__(self, env):
+        inner = env.unwrapped
+        self.episodes = inner.episodes if hasattr(inner, "episodes") else [sub.unwrapped.episode for sub in inner.envs]
+
+    def positions(self) -> list[np.ndarray]:
+        return [episode.sim.position[episode.index].copy() for episode in self.episodes]
+
+    def targets(self) -> list[np.ndarray]:
+        return [np.array(episode.target) for episode in self.episodes]
 
 
 class _SingleDrone:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -30,6 +32,7 @@ def plot_trajectories(results, path: str, title: str = "") -> None:
     height.set_title("height")
     fig.suptitle(title)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # the commands checked beforehand that it can be made
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -38,4 +41,5 @@ def save_gif(frames: list[np.ndarray], path: str, fps: int) -> None:
     from PIL import Image
 
     images = [Image.fromarray(f) for f in frames[:: max(1, fps // 24)]]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / min(fps, 24)), loop=0)

@@ -23,6 +23,15 @@ def _finite_nonneg(name: str, value) -> float:
     return float(value)
 
 
+def _finite_numbers(settings, prefix: str = "") -> None:
+    """Every field declared `float` (or `float | None`, when set) holds a finite number: one rule for all of them."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.type in ("float", "float | None") and not (value is None and f.type == "float | None"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            _check(ok, prefix + f.name, value, "a finite number")
+
+
 def _vec3(name: str, value) -> tuple[float, float, float]:
     ok = isinstance(value, (list, tuple)) and len(value) == 3
     ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
@@ -99,6 +108,7 @@ class WindSettings:
     gust_time_constant: float = 1.0  # s
 
     def __post_init__(self):
+        _finite_numbers(self, "wind.")
         object.__setattr__(self, "mean", _vec3("wind.mean", self.mean))
         _finite_nonneg("wind.gust_std", self.gust_std)
         _check(self.gust_time_constant > 0, "wind.gust_time_constant", self.gust_time_constant, "> 0")
@@ -125,6 +135,7 @@ class DroneSettings:
     wind: WindSettings = field(default_factory=WindSettings)
 
     def __post_init__(self):
+        _finite_numbers(self)
         _check(self.action_mode in ACTION_MODES, "action_mode", self.action_mode, f"one of {ACTION_MODES}")
         for name in ("physics_hz", "control_hz"):
             value = getattr(self, name)

@@ -17,16 +17,25 @@ from ray.rllib.algorithms.sac import SAC, SACConfig
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.filter import RunningStat
+from ray.rllib.utils.metrics import ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER, TIMERS
 from ray.rllib.utils.numpy import SMALL_NUMBER
 from ray.tune.registry import register_env
 
+from entropilot.errors import EntropilotError
+from entropilot.platform.bulk_runner import BulkEnvRunner
 from entropilot.policies.ppo_learner import COVARIANCE_CONTROL, ENTROPY_CONTROL, EntropyControlledPPOLearner
 from entropilot.policies.sac_learner import ResumableSACLearner
+from entropilot.rllib_internals import take_out_of_service, weights_seq_no
 
 logger = logging.getLogger(__name__)
 
 ALGORITHMS = ("PPO", "SAC")
 GPU_MODES = ("auto", "on", "off")
+# How env runners sample: RLlib's own per-item loop, or `bulk_runner.BulkEnvRunner` (single-agent envs).
+SAMPLERS = ("stock", "bulk")
+# How a runner's envs are vectorized: Gymnasium's SyncVectorEnv, or the env's own vector entry point (entropilot's
+# single-drone ids: all drones in one PyBullet world, `envs.vector.DroneVectorEnv`).
+VECTOR_ENVS = ("sync", "batched")
 # The one RLModule that flies every agent of a multi-agent env (single-agent algorithms use DEFAULT_MODULE_ID).
 SHARED_POLICY_ID = "shared_policy"
 
@@ -52,7 +61,7 @@ FAULT_TOLERANCE = {
 
 def _restarted_before_sync(runner) -> tuple[int, bool]:
     """(runner index, whether Ray Core restarted this actor and it still holds its freshly built weights)."""
-    unsynced = runner._weights_seq_no == 0
+    unsynced = weights_seq_no(runner) == 0
     return runner.worker_index, unsynced and bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
@@ -73,19 +82,50 @@ class _RestoresSilentlyRestartedEnvRunners:
             )
             for index, restarted in answers:
                 if restarted:
-                    env_runner_group._worker_manager.set_actor_state(index, healthy=False)
+                    take_out_of_service(env_runner_group, index)
         return super().restore_env_runners(env_runner_group)
 
 
-class FaultTolerantPPO(_RestoresSilentlyRestartedEnvRunners, PPO):
+class _TimesEachIteration:
+    """RLlib 2.60 reports its sampling and learner-update timers as an exponential average over iterations
+    (coefficient 0.01: after the first iteration the number barely moves). Registered as sums before RLlib first
+    logs them, `timers/env_runner_sampling_timer` and `timers/learner_update_timer` in each result are that
+    iteration's own seconds."""
+
+    def setup(self, config):
+        super().setup(config)
+        for timer in (ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER):
+            self.metrics.log_value((TIMERS, timer), 0.0, reduce="sum")
+
+
+class FaultTolerantPPO(_TimesEachIteration, _RestoresSilentlyRestartedEnvRunners, PPO):
     """RLlib's PPO whose restarted env runners always sample with the current policy."""
 
 
-class FaultTolerantSAC(_RestoresSilentlyRestartedEnvRunners, SAC):
+class FaultTolerantSAC(_TimesEachIteration, _RestoresSilentlyRestartedEnvRunners, SAC):
     """RLlib's SAC whose restarted env runners always sample with the current policy."""
 
 
-def build_algorithm(
+def build_algorithm(**settings) -> Algorithm:
+    """Build and return the RLlib `Algorithm` of `algorithm_config(**settings)`; starts Ray (honouring
+    RAY_ADDRESS) if it isn't running.
+
+    A CPU learner that trains in this process (`num_learners=0`) gets as many torch threads as CPUs per learner
+    (1 for "auto"), as Ray gives a learner or env-runner actor (OMP_NUM_THREADS): torch's default, a thread per
+    core, made each update 5-20x slower on a busy 2-core machine (`benchmarks/learner_update.py`). This sets
+    torch's thread count for the whole calling process."""
+    if not ray.is_initialized():
+        ray.init()
+    config = algorithm_config(**settings)
+    if config.num_learners == 0 and not config.num_gpus_per_learner:
+        import torch
+
+        cpus = config.num_cpus_per_learner
+        torch.set_num_threads(1 if cpus == "auto" else max(1, int(cpus)))
+    return config.build_algo()
+
+
+def algorithm_config(
     *,
     algorithm: str = "PPO",
     env: str | type | Callable,
@@ -116,8 +156,11 @@ def build_algorithm(
     seed: int | None = None,
     learner_class: type | None = None,
     multi_agent: bool = False,
-) -> Algorithm:
-    """Build and return the RLlib `Algorithm`; starts Ray (honouring RAY_ADDRESS) if it isn't running.
+    sampler: str = "stock",
+    vector_env: str = "sync",
+) -> AlgorithmConfig:
+    """The RLlib `AlgorithmConfig` of an algorithm (build it with `build_algorithm`, or build its parts, an
+    EnvRunner or a Learner, without Ray).
 
     `env` is an env id (Tune-registered or gymnasium), a gym.Env class, or a creator
     `env_config -> gym.Env` (registered under its `__name__`: give different creators different names).
@@ -129,6 +172,9 @@ def build_algorithm(
     resolved by `resolve_learner_resources`; remote learners take `num_cpus_per_learner` CPUs each
     ("auto": 1 without GPU, 0 with). Observations are normalized with RLlib's MeanStdFilter
     unless `normalize_observations=False`. `learner_class` replaces our learner (e.g. RLlib's stock one).
+    `sampler="bulk"` samples with `BulkEnvRunner` (one batched forward per vector step; single-agent only).
+    `vector_env="batched"` builds each runner's envs through the env's vector entry point (for a creator from
+    `train.make_env_creator`: `DroneVectorEnv`, all of a runner's drones in one PyBullet world).
     A crashed env runner is restarted and gets the current policy before it samples again (`FAULT_TOLERANCE`).
 
     `multi_agent=True` is for an RLlib `MultiAgentEnv` whose agents all have the same observation and
@@ -140,10 +186,16 @@ def build_algorithm(
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    if sampler == "bulk" and multi_agent:
+        raise ValueError("sampler='bulk' samples single-agent envs; a multi-agent env needs sampler='stock'")
+    if vector_env not in VECTOR_ENVS:
+        raise ValueError(f"vector_env must be one of {VECTOR_ENVS}; got {vector_env!r}")
+    if vector_env == "batched" and multi_agent:
+        raise ValueError("vector_env='batched' batches single-agent envs; a multi-agent env needs vector_env='sync'")
     if algorithm == "SAC" and (entropy_control or covariance_control):
         raise ValueError("entropy_control and covariance_control are PPO settings; SAC tunes its temperature itself")
-    if not ray.is_initialized():
-        ray.init()
     if callable(env) and not isinstance(env, type):
         # RLlib takes only ids and classes; a creator must be registered (again in every new driver).
         env_id = f"entropilot-{getattr(env, '__name__', type(env).__name__)}"
@@ -185,6 +237,8 @@ def build_algorithm(
             num_env_runners=num_env_runners,
             num_envs_per_env_runner=envs_per_runner,
             num_cpus_per_env_runner=num_cpus_per_env_runner,
+            **({"env_runner_cls": BulkEnvRunner} if sampler == "bulk" else {}),
+            gym_env_vectorize_mode="vector_entry_point" if vector_env == "batched" else "sync",
             # Built without spaces: MeanStdFilter(input_observation_space=...) raises in Ray 2.60.
             env_to_module_connector=(
                 (lambda env, spaces, device: MeanStdFilter(multi_agent=multi_agent)) if normalize_observations else None
@@ -202,7 +256,7 @@ def build_algorithm(
     )
     if multi_agent:
         config = config.multi_agent(policies={SHARED_POLICY_ID}, policy_mapping_fn=_map_to_shared_policy)
-    return config.build_algo()
+    return config
 
 
 def policy_module_id(source: Algorithm | AlgorithmConfig) -> str:
@@ -215,6 +269,10 @@ def policy_module_id(source: Algorithm | AlgorithmConfig) -> str:
     if len(policies) != 1:
         raise ValueError(f"expected one policy shared by all agents; the config has {policies}")
     return policies[0]
+
+
+class GpuUnavailable(EntropilotError, RuntimeError):
+    """resources.gpu is "on" but there is no GPU for the learner."""
 
 
 def resolve_learner_resources(gpu: str, num_learners: int, available_gpus: int | None = None) -> dict:
@@ -235,7 +293,7 @@ def resolve_learner_resources(gpu: str, num_learners: int, available_gpus: int |
         available_gpus = int(ray.cluster_resources().get("GPU", 0))
     if available_gpus == 0:
         if gpu == "on":
-            raise RuntimeError("gpu='on' but the Ray cluster has no GPU; use gpu='auto' or 'off'")
+            raise GpuUnavailable("resources.gpu 'on': the Ray cluster has no GPU; use gpu='auto' or 'off'")
         return {"num_learners": num_learners, "num_gpus_per_learner": 0}
     gpu_learners = min(num_learners, available_gpus) if num_learners > 0 else available_gpus
     return {"num_learners": 0 if gpu_learners == 1 else gpu_learners, "num_gpus_per_learner": 1}
@@ -261,7 +319,7 @@ def local_gpu_learner_or_cpu(learners: dict, gpu: str, visible_gpus: int | None 
         "learner hangs in Ray 2.60)"
     )
     if gpu == "on":
-        raise RuntimeError(
+        raise GpuUnavailable(
             f"gpu='on': {where}. Run the driver on the GPU node (`entropilot submit` does so for "
             "gpu: on; a RayJob sets entrypointNumGpus: 1), or use gpu='auto' or 'off'"
         )

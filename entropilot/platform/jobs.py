@@ -7,15 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
+import secrets
 import shlex
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import entropilot
+from entropilot.errors import EntropilotError
+from entropilot.inputs import http_url
 from entropilot.platform.config import ExperimentConfig
 
 # Never uploaded: environments, outputs, local stores, exported policies (the job writes its own to MLflow).
@@ -37,13 +42,23 @@ UPLOAD_EXCLUDES = [
 # Files above this size are left out too (Ray warns at 10 MiB and refuses packages over 512 MiB).
 MAX_UPLOAD_FILE_BYTES = 10 * 1024 * 1024
 ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+# What a job's `python` has, asked by `Cluster.check_python` (one line, so the job list stays readable; standard
+# library only, any Python 3.8+): its path, version and the installed version of each distribution in NAMES.
+PYTHON_PROBE = (
+    "import json, sys, importlib.metadata as m; "
+    "d = {(x.metadata['Name'] or '').lower().replace('_', '-'): x.version for x in m.distributions()}; "
+    "print('ENTROPILOT-PYTHON', json.dumps({'executable': sys.executable, "
+    "'python': '%d.%d.%d' % sys.version_info[:3], 'versions': {n: d.get(n) for n in NAMES}}))"
+)
+PROBE_TIMEOUT_S = 120.0
+DASHBOARD_EXAMPLE = "http://HEAD:8265 (the head's dashboard)"
 TOKEN_HELP = (
     "set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in "
     "~/.ray/auth_token; on the head node `ray get-auth-token` prints it"
 )
 
 
-class ClusterError(RuntimeError):
+class ClusterError(EntropilotError, RuntimeError):
     """The cluster could not be reached, refused us, or the submission would not work there."""
 
 
@@ -65,6 +80,7 @@ class Cluster:
         default; so the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token: Ray's own lookup) is
         sent whenever there is one: a cluster without authentication ignores it.
         """
+        http_url(address, "--address", example=DASHBOARD_EXAMPLE)
         from ray._raylet import AuthenticationTokenLoader
         from ray.exceptions import AuthenticationError
         from ray.job_submission import JobSubmissionClient
@@ -79,6 +95,48 @@ class Cluster:
         with _explicit_address(), self._errors():
             self.client = JobSubmissionClient(address, headers=dict(headers))
         self.address = self.client.get_address()
+
+    def check_python(self, echo: Callable[[str], None] = print) -> None:
+        """Run a check job with the cluster's `python` (what a submitted job's entrypoint runs) and refuse, in one line
+        that says what to install where, if it lacks entropilot's dependencies or their versions: such a job would
+        start Ray and die in a traceback. Takes a few seconds; the job stays in the list as
+        `entropilot-python-check-*` (deleting it races Ray 2.60's job monitor, which then lists a FAILED ghost)."""
+        from ray.job_submission import JobStatus
+
+        requirements, requires_python = project_requirements()
+        names = sorted(name.lower().replace("_", "-") for name in requirements)
+        code = PYTHON_PROBE.replace("NAMES", repr(names))
+        with self._errors():
+            job_id = self.client.submit_job(
+                entrypoint=shlex.join(["python", "-c", code]),
+                submission_id=f"entropilot-python-check-{secrets.token_hex(4)}",
+                metadata={"entropilot": "python check"},
+            )
+            deadline = time.monotonic() + PROBE_TIMEOUT_S
+            while (status := self.client.get_job_status(job_id)) not in (
+                JobStatus.SUCCEEDED,
+                JobStatus.FAILED,
+                JobStatus.STOPPED,
+            ):
+                if time.monotonic() > deadline:
+                    self.client.stop_job(job_id)
+                    raise ClusterError(
+                        f"the cluster at {self.address} did not run a check job within {PROBE_TIMEOUT_S:g} s "
+                        f"(job {job_id}, {status}): is it overloaded?"
+                    )
+                time.sleep(0.5)
+            logs = self.client.get_job_logs(job_id)
+        report = next((line for line in logs.splitlines() if line.startswith("ENTROPILOT-PYTHON ")), None)
+        if report is None:
+            last = logs.strip().splitlines()[-1] if logs.strip() else f"job {status} with no output"
+            raise ClusterError(
+                f"the cluster at {self.address} cannot run `python` for a job ({last}): jobs run the `python` on the "
+                "head's PATH; start the head (`ray start --head`) from entropilot's environment"
+            )
+        problem = python_problem(json.loads(report.removeprefix("ENTROPILOT-PYTHON ")), requirements, requires_python)
+        if problem:
+            raise ClusterError(f"the cluster at {self.address} runs jobs with {problem}")
+        echo(f"cluster python: {json.loads(report.split(' ', 1)[1])['executable']} has entropilot's dependencies")
 
     def submit_training(
         self,
@@ -165,6 +223,48 @@ def project_root() -> Path:
     return root
 
 
+def project_requirements() -> tuple[dict[str, str], str]:
+    """{distribution: version specifier} of entropilot's required dependencies (extras left out) and its
+    requires-python, from this checkout's pyproject.toml (what a job uploads and runs)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((project_root() / "pyproject.toml").read_text())["project"]
+    requirements = {}
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        requirements[requirement.name] = str(requirement.specifier)
+    return requirements, project.get("requires-python", "")
+
+
+def python_problem(report: dict, requirements: dict[str, str], requires_python: str) -> str | None:
+    """What is wrong with the interpreter a check job described (`PYTHON_PROBE`'s report), as the end of a sentence
+    that says what to install where; None if it has every requirement in a matching version."""
+    from packaging.specifiers import SpecifierSet
+
+    executable, python, versions = report["executable"], report["python"], report["versions"]
+    if requires_python and python not in SpecifierSet(requires_python):
+        return (
+            f"{executable} (Python {python}; entropilot needs {requires_python}): start the head (`ray start --head`) "
+            "from entropilot's environment"
+        )
+    wrong = []
+    for name, specifier in sorted(requirements.items()):
+        have = versions.get(name.lower().replace("_", "-"))
+        if have is None:
+            wrong.append(f"{name}{specifier} (missing)")
+        elif specifier and have not in SpecifierSet(specifier, prereleases=True):
+            wrong.append(f"{name}{specifier} (has {have})")
+    if not wrong:
+        return None
+    install = " ".join(shlex.quote(item.split(" (")[0]) for item in wrong)
+    return (
+        f"{executable} (Python {python}), which lacks {', '.join(wrong)}: on the head run `{executable} -m pip install "
+        f"{install}` (or `pip install -e .` in this project there), or start the head from entropilot's environment"
+    )
+
+
 def big_files(root: Path) -> list[str]:
     """Paths (relative, as upload excludes) of files over MAX_UPLOAD_FILE_BYTES outside the excluded folders."""
     skip_dirs = {pattern.rstrip("/") for pattern in UPLOAD_EXCLUDES if pattern.endswith("/")}
@@ -185,10 +285,11 @@ def tracking_uri_for_cluster(cfg: ExperimentConfig, address: str) -> str:
     A store on this machine (a sqlite file, a server on localhost) works only when the cluster runs here too;
     a relative sqlite path is made absolute, because the job runs in its own working dir.
     """
+    http_url(address, "--address", example=DASHBOARD_EXAMPLE)
     uri = cfg.mlflow.resolve_tracking_uri()
     parts = urlsplit(uri)
     on_this_machine = parts.scheme == "sqlite" or (parts.hostname is not None and is_local_host(parts.hostname))
-    cluster_host = urlsplit(address if "://" in address else f"http://{address}").hostname or ""
+    cluster_host = urlsplit(address).hostname or ""
     if on_this_machine and not is_local_host(cluster_host):
         raise ClusterError(
             f"MLflow tracking URI {uri} is on this machine, which the cluster at {address} can't write to: set "

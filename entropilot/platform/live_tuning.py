@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
 from entropilot.platform.config import (
     ALIASES,
+    TARGET_MODES,
     ConfigError,
     ControlConfig,
     ExperimentConfig,
@@ -23,12 +24,23 @@ from entropilot.platform.config import (
 
 LIVE_TAG_PREFIX = "entropilot.live."
 SECTION = "entropy.control"
-# The fields a running controller takes (`EntropyCoefficientController.retune`): those the schema marks live.
-LIVE_FIELDS = tuple(
-    name
-    for name, info in ControlConfig.model_fields.items()
-    if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("live")
-)
+
+
+def _live_modes(field: str) -> list[str]:
+    """The control modes in which the schema marks `field` live (`schema.live`)."""
+    extra = ControlConfig.model_fields[field].json_schema_extra
+    return list(extra.get("live", [])) if isinstance(extra, dict) else []
+
+
+# The fields a running controller takes (`EntropyCoefficientController.retune`, or the learner's sigma schedule):
+# those the schema marks live, and per mode the ones that mean something there. `enabled` and `mode` only mean
+# something when a run starts, and so does `coef` outside mode fixed (where a lower_bound or track controller starts;
+# after that, the coefficient is its own state).
+LIVE_FIELDS = tuple(field for field in ControlConfig.model_fields if _live_modes(field))
+MODE_FIELDS = {
+    mode: tuple(field for field in LIVE_FIELDS if mode in _live_modes(field))
+    for mode in get_args(ControlConfig.model_fields["mode"].annotation)
+}
 # Outside the prefix, so it is never read back as a setting.
 ERROR_TAG = "entropilot.live_error"
 SOURCE = "MLflow live tags"
@@ -51,13 +63,18 @@ def live_tags(tags: Mapping[str, str]) -> dict[str, str]:
 
 
 def config_settings(cfg: ExperimentConfig) -> dict[str, str]:
-    """{live field: its value in `cfg` as tag text}, the same text as the run's params (YAML reads it back equal)."""
-    params = to_flat_params(cfg)
-    return {field: params[f"{SECTION}.{field}"] for field in LIVE_FIELDS}
+    """{live field of the run's mode: its value in `cfg` as tag text}, the same text as the run's params (YAML reads
+    it back equal), but for coef_min: its value resolved for the mode where the config leaves it null."""
+    control, params = cfg.entropy.control, to_flat_params(cfg)
+    settings = {field: params[f"{SECTION}.{field}"] for field in MODE_FIELDS[control.mode]}
+    if "coef_min" in settings:
+        settings["coef_min"] = json.dumps(control.resolved_coef_min)
+    return settings
 
 
 def initial_tags(cfg: ExperimentConfig) -> dict[str, str]:
-    """The tags a new run starts with: every live setting with the config's value (none when control is off)."""
+    """The tags a new run starts with: every live setting of its mode with the config's value (none when control is
+    off)."""
     if not cfg.entropy.control.enabled:
         return {}
     return {live_tag(field): text for field, text in config_settings(cfg).items()}
@@ -80,12 +97,19 @@ def live_control(cfg: ExperimentConfig, settings: Mapping[str, str]) -> ControlC
             )
     if problems:
         raise ConfigError(problems, SOURCE)
-    # coef_init only sets where a run starts; a running coefficient outside new bounds is clamped into them by the
-    # controller. So new bounds may exclude coef_init: check them against a clamped one.
     control = cfg.entropy.control
-    low, high = (values.get(f"{SECTION}.{bound}", getattr(control, bound)) for bound in ("coef_min", "coef_max"))
-    if _is_number(low) and _is_number(high) and low <= high:
-        values[f"{SECTION}.coef_init"] = min(max(control.coef_init, low), high)
+    # What only means something when a run starts does not hold a running one back. In lower_bound/track mode `coef`
+    # is where the coefficient started, and a running one outside new bounds is clamped into them by the controller:
+    # new bounds may exclude `coef`, so check them against a clamped one.
+    if control.mode in TARGET_MODES:
+        low, high = (values.get(f"{SECTION}.{bound}", getattr(control, bound)) for bound in ("coef_min", "coef_max"))
+        if _is_number(high) and (low is None or _is_number(low)):
+            low = control.model_copy(update={"coef_min": low, "coef_max": high}).resolved_coef_min
+            if low <= high:
+                values[f"{SECTION}.coef"] = min(max(control.coef, low), high)
+    # In sigma_schedule mode model.initial_std, if set, must equal the schedule's start, which a running one is past.
+    if "sigma" in settings and cfg.model.initial_std is not None:
+        values["model.initial_std"] = None
     return with_overrides(cfg, values, source=SOURCE).entropy.control
 
 
@@ -134,9 +158,17 @@ def _edge(accepted: Callable[[float], bool], inside: float, far: float) -> tuple
     return end + 0.0, accepted(end)  # + 0.0: no "-0"
 
 
+def live_settings(control: ControlConfig) -> dict[str, Any]:
+    """The live fields of `control`'s mode as the learner's `retune_entropy_control` takes them."""
+    settings = {field: getattr(control, field) for field in MODE_FIELDS[control.mode]}
+    if "coef_min" in settings:
+        settings["coef_min"] = control.resolved_coef_min
+    return settings
+
+
 def retune_learners(algo, control: ControlConfig) -> None:
     """Give every learner's entropy controllers the live fields of `control`, keeping their integrator state."""
-    settings = {field: getattr(control, field) for field in LIVE_FIELDS}
+    settings = live_settings(control)
     for result in algo.learner_group.foreach_learner(lambda learner: learner.retune_entropy_control(settings)):
         result.get()  # a learner's error surfaces here
 
@@ -145,22 +177,30 @@ Requests = Mapping[str, tuple[str | None, str]]  # {field: (the tag asking, or N
 
 
 def requested_settings(
-    tags: Mapping[str, str], in_force: Mapping[str, str], config: Mapping[str, str], enabled: bool = True
+    tags: Mapping[str, str], in_force: Mapping[str, str], config: Mapping[str, str], control: ControlConfig
 ) -> dict[str, tuple[str | None, str]]:
-    """What the live tags among `tags` ask for, given the settings `in_force` and the `config`'s ({field: text} each).
+    """What the live tags among `tags` ask for, given the settings `in_force` and the `config`'s ({field: text} each,
+    the fields of `control`'s mode).
 
     A field is asked to change when one of its tags (its own or a shortcut's) holds another text than the one in force,
     or when all its tags are gone (back to the config's text, tag None). Two of its tags asking for different texts,
-    a tag that is no live setting, or any live tag while entropy control is off: ConfigError naming the tags."""
+    a tag that is no live setting or one of a field the mode does not use, or any live tag while entropy control is
+    off: ConfigError naming the tags."""
     problems = []
-    known = {name for field in LIVE_FIELDS for name in tag_names(field)}
+    names = {name: field for field in LIVE_FIELDS for name in tag_names(field)}
+    used = MODE_FIELDS[control.mode]
     for tag, text in sorted(live_tags(tags).items()):
-        if tag not in known:
-            problems.append(Problem(tag, f"not a live setting; live: {', '.join(LIVE_FIELDS)}", text))
-        elif not enabled:
+        if tag not in names:
+            live = f"live in {SECTION}.mode {control.mode}: {', '.join(used)}"
+            problems.append(Problem(tag, f"not a live setting; {live}", text))
+        elif not control.enabled:
             problems.append(Problem(tag, "entropy control is off in this run (entropy.control.enabled: false)", text))
+        elif names[tag] not in used:
+            problems.append(
+                Problem(tag, f"not used in {SECTION}.mode {control.mode} (live there: {', '.join(used)})", text)
+            )
     requests = {}
-    for field in LIVE_FIELDS:
+    for field in used:
         present = {name: tags[name] for name in tag_names(field) if name in tags}
         asking = {name: text for name, text in present.items() if text != in_force[field]}
         if len(set(asking.values())) > 1:
@@ -224,7 +264,8 @@ class LiveTuner:
         self._echo = echo
         self._config = config_settings(cfg)
         resumed = {tag.removeprefix(live_tag("")): text for tag, text in (in_force or {}).items()}
-        self._settings = {**self._config, **resumed}  # {field: tag text}, the settings in force
+        # {field of the mode: tag text}, the settings in force
+        self._settings = {field: resumed.get(field, text) for field, text in self._config.items()}
         self._control = live_control(cfg, self._settings) if cfg.entropy.control.enabled else cfg.entropy.control
         self._seen: dict[str, str] | None = None
 
@@ -243,7 +284,7 @@ class LiveTuner:
         self._seen = tags
         requests: Requests = {}
         try:
-            requests = requested_settings(tags, self._settings, self._config, bool(self._cfg.entropy.control.enabled))
+            requests = requested_settings(tags, self._settings, self._config, self._cfg.entropy.control)
             settings = {**self._settings, **{field: text for field, (_, text) in requests.items()}}
             control = live_control(self._cfg, settings)
         except ConfigError as exc:
@@ -253,18 +294,18 @@ class LiveTuner:
             )
             tracker.set_tag(ERROR_TAG, chip)
             return
-        changed = [field for field in LIVE_FIELDS if getattr(control, field) != getattr(self._control, field)]
+        old, new = live_settings(self._control), live_settings(control)
+        changed = [field for field in new if new[field] != old[field]]
         if changed:
             retune_learners(algo, control)
         for field in changed:
             tag = requests[field][0]
             source = f"from MLflow tag {tag}" if tag else f"tag {live_tag(field)} removed: the config's value"
             self._echo(
-                f"live: {SECTION}.{field} {_text(getattr(self._control, field))} → {_text(getattr(control, field))} "
-                f"({source}) at iteration {iteration}"
+                f"live: {SECTION}.{field} {_text(old[field])} → {_text(new[field])} ({source}) at iteration {iteration}"
             )
         self._control, self._settings = control, settings
-        for field in LIVE_FIELDS:  # the tags show what is in force
+        for field in settings:  # the tags show what is in force
             for name in [name for name in tag_names(field) if name in tags] or [live_tag(field)]:
                 if tags.get(name) != settings[field]:
                     tracker.set_tag(name, settings[field])
@@ -273,11 +314,14 @@ class LiveTuner:
 
     def metrics(self, iteration_metrics: Mapping[str, float]) -> dict[str, float]:
         """The live settings in force as metrics `live/FIELD`, to log with an iteration's metrics: one point per
-        iteration, so a change reads as a step. The target is the learners' own `entropy_target` of that iteration."""
+        iteration, so a change reads as a step. A schedule is the learners' own value of that iteration
+        (`entropy_target`, `sigma_target`)."""
         if not self._cfg.entropy.control.enabled:
             return {}
-        values = {f"live/{field}": getattr(self._control, field) for field in LIVE_FIELDS}
-        values["live/target"] = iteration_metrics.get("entropy_target")
+        values = {f"live/{field}": value for field, value in live_settings(self._control).items()}
+        for field, learners in (("target", "entropy_target"), ("sigma", "sigma_target")):
+            if f"live/{field}" in values:
+                values[f"live/{field}"] = iteration_metrics.get(learners)
         return {key: float(value) for key, value in values.items() if _is_number(value)}
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from entropilot.errors import EntropilotError
 from entropilot.platform.config import ExperimentConfig
 
 
-class DoesNotFit(ValueError):
+class DoesNotFit(EntropilotError, ValueError):
     """A run needs more of a resource than the cluster has."""
 
 

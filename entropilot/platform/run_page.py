@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from entropilot.platform.config import ControlConfig, ExperimentConfig, allowed_range
 from entropilot.platform.live_tuning import (
     ERROR_TAG,
-    LIVE_FIELDS,
     config_settings,
     initial_tags,
     live_tag,
@@ -24,6 +23,7 @@ FIRST_CHARTS = {
     "entropy": "entropy/measured",
     "entropy_target": "entropy/target",
     "entropy_coeff": "entropy/coefficient",
+    "sigma_target": "entropy/sigma",
 }
 
 
@@ -53,24 +53,24 @@ def start_tags(cfg: ExperimentConfig) -> dict[str, str]:
 
 
 def description(cfg: ExperimentConfig) -> str:
-    """The run's description: what can be tuned live, what each setting does, what it accepts, how fast it acts."""
+    """The run's description: what can be tuned live in its control mode, what each setting does, what it accepts, how
+    fast it acts."""
     control = cfg.entropy.control
-    settings = config_settings(cfg)
+    settings = config_settings(cfg)  # the fields of the run's mode
     rows = []
-    for field in LIVE_FIELDS:
+    for field, text in settings.items():
         info = ControlConfig.model_fields[field]
         shortcuts = "".join(f" or `{name}`" for name in tag_names(field)[1:])
         accepted = allowed_range(["entropy", "control", field]).replace("value", field)
-        rows.append(
-            f"| `{field}`{shortcuts} | `{settings[field]}` | {info.description}{'; ' + accepted if accepted else ''} |"
-        )
+        rows.append(f"| `{field}`{shortcuts} | `{text}` | {info.description}{'; ' + accepted if accepted else ''} |")
     plots = cfg.checkpoint.interval
     redrawn = f"redrawn every {plots} iterations and at the end" if plots else "drawn at the end"
     # One line per paragraph: the UI's markdown keeps line breaks.
     return "\n".join(
         [
             f"**Tune entropy while this run trains:** edit a tag `{live_tag('FIELD')}` under *Tags* (the pencil); "
-            "the training applies it before its next iteration.",
+            "the training applies it before its next iteration. In this run's `entropy.control.mode` "
+            f"({control.mode}) the settings below are live; the others of the section mean nothing to it.",
             "",
             "Each tag holds the setting in force, for the rest of the run and a resume; delete one to go back to the "
             f"config's value. A refused value changes nothing, and the tag `{ERROR_TAG}` says which field, the value "
@@ -80,15 +80,29 @@ def description(cfg: ExperimentConfig) -> str:
             "|---|---|---|",
             *rows,
             "",
-            f"**How fast.** The coefficient follows the error at once but moves at most `max_step` "
-            f"({control.max_step:g}) per iteration and stays within [`coef_min`, `coef_max`] "
-            f"= [{control.coef_min:g}, {control.coef_max:g}]; entropy moves only as fast as the coefficient pushes it. "
-            "A target change shows in the entropy curve within a few iterations only when the coefficient is not "
-            "already at its bound: for a faster response lower `coef_min` (to go down) or raise `coef_max` (to go up), "
-            "and raise `max_step`. A measured example: docs/mlflow-ui.md in entropilot.",
+            f"**How fast.** {_how_fast(control)}",
             "",
-            "**Watch.** *Model metrics*: the section **entropy** (coefficient, measured, target) comes first, "
-            "**live** holds the settings in force per iteration. *Artifacts*: `plots/entropy.png` (entropy against the "
-            f"target, coefficient on the right axis) and `plots/learning.png`, {redrawn}.",
+            "**Watch.** *Model metrics*: the section **entropy** (coefficient, measured, and the target or sigma the "
+            "learners follow) comes first, **live** holds the settings in force per iteration. *Artifacts*: "
+            "`plots/entropy.png` (entropy against the target, coefficient on the right axis) and `plots/learning.png`, "
+            f"{redrawn}.",
         ]
+    )
+
+
+def _how_fast(control: ControlConfig) -> str:
+    if control.mode == "fixed":
+        return "The coefficient is the new one from the next iteration; entropy moves only as fast as it pushes it."
+    if control.mode == "sigma_schedule":
+        return (
+            "The policy's std follows the new schedule from the next iteration (its env steps count from the run's "
+            "start: points already passed are not replayed)."
+        )
+    return (
+        f"The coefficient follows the error at once but moves at most `max_step` ({control.max_step:g}) per "
+        f"iteration and stays within [`coef_min`, `coef_max`] = [{control.resolved_coef_min:g}, {control.coef_max:g}]; "
+        "entropy moves only as fast as the coefficient pushes it. A target change shows in the entropy curve within "
+        "a few iterations only when the coefficient is not already at its bound: for a faster response lower "
+        "`coef_min` (to go down, track mode) or raise `coef_max` (to go up), and raise `max_step`. A measured "
+        "example: docs/mlflow-ui.md in entropilot."
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import math
 import time
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,7 +17,10 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
+from entropilot.errors import EntropilotError
+from entropilot.inputs import writable_folder
 from entropilot.platform.config import ConfigError, ExperimentConfig, canonical_path, parse_config, read_yaml
+from entropilot.platform.train import METRIC_PREFIXES, METRICS
 
 SEARCHES = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
@@ -29,7 +33,7 @@ SWEEP_OWNED_KEYS = ("checkpoint.dir", "mlflow", "name", "resources.ray_address")
 EVALUATION_METRICS = ("success_rate", "eval_final_distance")
 
 
-class SweepError(ValueError):
+class SweepError(EntropilotError, ValueError):
     """A sweep that cannot run: a bad search space, or a trial that does not fit the cluster."""
 
 
@@ -101,11 +105,13 @@ def parse_random(text: str) -> Dimension:
     if kind == "choice":
         return Dimension(key, "choice", parse_grid(f"{key}={args}").values)
     bounds = args.split(":")
+    what = "integers" if kind == "randint" else "finite numbers"
     try:
         low, high = (int(b) if kind == "randint" else float(b) for b in bounds)
     except ValueError:
-        what = "integers" if kind == "randint" else "numbers"
         raise SweepError(f"--random {text!r}: {kind} needs two {what}, {kind}:LOW:HIGH") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise SweepError(f"--random {text!r}: {kind} needs two {what}, {kind}:LOW:HIGH")
     if not low < high:
         raise SweepError(f"--random {text!r}: LOW must be below HIGH")
     if kind == "loguniform" and low <= 0:
@@ -205,6 +211,8 @@ def plan_sweep(
         raise SweepError("--search optuna needs the optuna package: pip install 'entropilot[sweep]'")
     if mode not in ("max", "min"):
         raise SweepError(f"mode must be max or min; got {mode!r}")
+    if metric not in METRICS and not metric.startswith(METRIC_PREFIXES):
+        raise SweepError(f"--metric {metric!r}: not a metric a trial reports; one of {', '.join(METRICS)}")
     if metric in EVALUATION_METRICS and base.evaluation.interval is None:
         raise SweepError(f"metric {metric} is measured by evaluations, but evaluation.interval is null: set it")
     _check_keys(dimensions)
@@ -213,6 +221,7 @@ def plan_sweep(
     if base.stop.iterations is not None:
         grace = min(grace, base.stop.iterations)  # ASHA requires grace <= max_t
     name = f"{base.run_name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = writable_folder(sweep_dir or Path("runs") / name, "--sweep-dir")
     return SweepPlan(
         base=base,
         dimensions=tuple(dimensions),
@@ -223,7 +232,7 @@ def plan_sweep(
         asha=asha,
         grace_period=grace,
         max_concurrent=max_concurrent,
-        sweep_dir=Path(sweep_dir or Path("runs") / name).resolve(),
+        sweep_dir=folder.resolve(),
         name=name,
     )
 
@@ -260,7 +269,8 @@ def _validated(data: Mapping, values: Mapping[str, Any], what: str) -> None:
     try:
         config_with(data, values)
     except ConfigError as err:
-        raise SweepError(f"sweep value(s) {what} give an invalid config:\n{err}") from None
+        problems = "; ".join(problem.describe() for problem in err.problems)
+        raise SweepError(f"sweep value(s) {what} give an invalid config: {problems}") from None
 
 
 def config_with(data: Mapping, values: Mapping[str, Any]) -> ExperimentConfig:

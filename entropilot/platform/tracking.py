@@ -26,9 +26,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 import entropilot
+from entropilot.errors import EntropilotError
 from entropilot.platform.config import RESUMABLE_SECTION, ExperimentConfig, to_flat_params
 
-__all__ = ["ConfigMismatchError", "RunTracker", "TrackingError"]
+__all__ = ["ConfigMismatchError", "RunTracker", "TrackingError", "fail_fast_http"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,20 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 
 
-class TrackingError(RuntimeError):
+@contextlib.contextmanager
+def fail_fast_http():
+    """MLflow's HTTP calls give up within seconds instead of minutes of retries, for a one-off question (a registry
+    pull, a run lookup) outside a tracker (a value the user set wins)."""
+    added = [name for name in FAIL_FAST_HTTP_ENV if name not in os.environ]
+    os.environ.update({name: FAIL_FAST_HTTP_ENV[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+class TrackingError(EntropilotError, RuntimeError):
     """A run could not be started or re-opened (the only tracker errors that reach the caller)."""
 
 
@@ -225,7 +239,8 @@ class RunTracker:
 
     def log_entropy_init(self, result: Any) -> None:
         """Entropy-aware initialization: each draw's entropy as `entropy_init/draw_entropy` (and per action dim,
-        and its seed) at step = draw index; the chosen draw as tags (mutable, so a resume can log them again).
+        and its seed) at step = draw index; the chosen draw as tags (mutable, so a resume can log them again) and as
+        metrics `entropy_init/chosen_entropy`, `entropy_init/draws`, `entropy_init/cleared` (1/0) at step 0.
 
         `result` needs `draws` (each with `seed`, `entropy`, `per_dim`) and `chosen` (a draw or its index);
         `threshold` is logged if present."""
@@ -250,6 +265,11 @@ class RunTracker:
             tags["cleared"] = best.entropy >= result.threshold
         for key, value in tags.items():
             self.set_tag(f"entropy_init.{key}", value)
+        # Also as metrics, which the runs table, the parallel-coordinates plot and the sweep summary can read.
+        summary = {"entropy_init/chosen_entropy": best.entropy, "entropy_init/draws": len(draws)}
+        if "cleared" in tags:
+            summary["entropy_init/cleared"] = float(tags["cleared"])
+        self.log_metrics(summary, step=0)
 
     # -- sending -----------------------------------------------------------------------------------
 

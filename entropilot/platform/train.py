@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from entropilot.platform.config import (
-    RESUMABLE_SECTION,
-    ExperimentConfig,
-    dump_config,
-    load_config,
-    parse_overrides,
-    with_overrides,
-)
+from entropilot.inputs import InputError
+from entropilot.platform.checkpoints import CHECKPOINT_TAG, CONFIG_FILE, STATE_FILE
+from entropilot.platform.config import ExperimentConfig, dump_config
+from entropilot.platform.preflight import prepare_resume, prepare_run  # noqa: F401 (prepare_resume: for the CLI)
 
-STATE_FILE = "entropilot_state.json"
-CONFIG_FILE = "config.yaml"
 # The module a single-drone run trains (what checkpoint readers such as the ONNX export load). A swarm run
 # trains one module shared by all drones, `algorithm.SHARED_POLICY_ID`: ask `module_id(algo)` for a live one.
 MODULE_ID = "default_policy"
@@ -41,12 +36,15 @@ class TrainResult:
 
 
 def make_env_creator(env_id: str) -> Callable[[dict], Any]:
-    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor)."""
+    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor). RLlib's vector entry point
+    (`vector_env="batched"`) calls it with ``num_envs`` in the config: then it builds that many drones in one world."""
 
     def create(env_config: dict):
-        from entropilot.envs import make_env
+        from entropilot.envs import make_env, make_vector_env
 
-        return make_env(env_id, **dict(env_config))
+        kwargs = dict(env_config)
+        num_envs = kwargs.pop("num_envs", None)
+        return make_env(env_id, **kwargs) if num_envs is None else make_vector_env(env_id, num_envs, **kwargs)
 
     create.__name__ = env_id.split("/")[-1]
     return create
@@ -91,22 +89,15 @@ def init_ray(cfg: ExperimentConfig) -> None:
         )
 
 
-def build_from_config(cfg: ExperimentConfig):
-    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
+def algorithm_settings(cfg: ExperimentConfig) -> dict:
+    """``cfg`` as keyword arguments of `algorithm.build_algorithm` / `algorithm.algorithm_config`.
 
-    A multi-agent env (the swarm) gets one policy shared by all agents (`build_algorithm(multi_agent=True)`).
+    A multi-agent env (the swarm) gets one policy shared by all agents (``multi_agent=True``).
     """
-    from entropilot.platform.algorithm import build_algorithm
-
-    init_ray(cfg)
     a, e = cfg.algorithm, cfg.entropy
-    control = e.control.controller_kwargs() if e.control.enabled else None
-    covariance = (
-        None
-        if e.covariance.mode == "off"
-        else {"mode": e.covariance.mode, "fraction": e.covariance.fraction, "kl_coef": e.covariance.kl_coef}
-    )
-    return build_algorithm(
+    control = e.control.controller_settings(e.measure) if e.control.enabled else None
+    covariance = e.covariance.settings(seed=cfg.seed)
+    return dict(
         algorithm=a.name,
         env=make_env_creator(cfg.env.id),
         env_config=dict(cfg.env.kwargs),
@@ -131,75 +122,47 @@ def build_from_config(cfg: ExperimentConfig):
         gpu=cfg.resources.gpu,
         seed=cfg.seed,
         multi_agent=is_multi_agent(cfg),
+        sampler=cfg.resources.sampler,
+        vector_env=cfg.resources.vector_env,
     )
 
 
-class GreedyPolicy:
-    """The trained policy as a plain obs -> action function: normalize, forward, Gaussian mean, clip.
-
-    For SAC's tanh-squashed Gaussian the deterministic action is tanh(mean) (RLlib's own
-    ``to_deterministic`` returns the pre-tanh mean, ray-project/ray#51544), which for our [-1, 1]
-    action boxes is already the env action.
-
-    The same computation the ONNX export puts in its graph; used here for evaluation and videos. In a
-    swarm run it is the shared policy, normalizing with the filter statistics pooled over all drones
-    (see `algorithm.observation_filter_stats`), and flies every drone.
+def build_from_config(cfg: ExperimentConfig):
+    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
+    Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it waiting forever.
     """
+    import ray
 
-    def __init__(self, module, filter_stats):
-        import torch
-        from ray.rllib.models.torch.torch_distributions import TorchSquashedGaussian
+    from entropilot.platform.algorithm import build_algorithm
+    from entropilot.platform.resources import run_bundles, runs_that_fit
 
-        self._torch = torch
-        self.module = module
-        self.filter = filter_stats
-        self.squashed = issubclass(module.get_inference_action_dist_cls(), TorchSquashedGaussian)
-
-    @classmethod
-    def from_algo(cls, algo) -> GreedyPolicy:
-        from entropilot.platform.algorithm import observation_filter_stats
-
-        return cls(algo.get_module(module_id(algo)), observation_filter_stats(algo))
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        x = self.filter.normalize(obs) if self.filter is not None else obs
-        with torch.no_grad():
-            out = self.module.forward_inference({"obs": torch.as_tensor(np.asarray(x, dtype=np.float32)[None])})
-        inputs = out["action_dist_inputs"][0].numpy()
-        mean = inputs[: len(inputs) // 2]
-        return np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
+    init_ray(cfg)
+    # [1:]: the driver bundle is a Tune trial's; outside Tune the driver (and a local learner) is this process,
+    # which Ray does not place. A sweep checked the whole run against the cluster already.
+    runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
+    return build_algorithm(**algorithm_settings(cfg))
 
 
-def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
-    """Greedy episodes on held-out seeds (``evaluation.seed`` onward) in a fresh local env.
+def iteration_metrics(result: dict, module: str = MODULE_ID, measure: str = "effective") -> dict[str, float]:
+    """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``.
 
-    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared
-    policy), so the mean of ``success`` is the fraction of drones that succeeded.
-    """
-    from entropilot.envs import make_env
-    from entropilot.envs.evaluate import run_episodes, run_swarm_episodes
-
-    run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
-    env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
-    try:
-        return run(env, GreedyPolicy.from_algo(algo), cfg.evaluation.episodes, cfg.evaluation.seed, record_frames)
-    finally:
-        env.close()
-
-
-def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]:
-    """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``."""
+    `entropy` (and `entropy_per_dim/i`) is the ``measure`` the target, threshold and collapse floor are in; both
+    measures are there as `entropy_effective` and `entropy_gaussian`."""
     runners = result.get("env_runners", {})
     learner = result.get("learners", {}).get(module, {})
     metrics = {
         "env_steps": runners.get("num_env_steps_sampled_lifetime"),
         "episode_return_mean": runners.get("episode_return_mean"),
         "episode_len_mean": runners.get("episode_len_mean"),
-        "entropy": learner.get("entropy_gaussian"),
-        "entropy_executed": learner.get("entropy_executed"),
+        "entropy": learner.get(f"entropy_{measure}"),
+        "entropy_effective": learner.get("entropy_effective"),
+        "entropy_gaussian": learner.get("entropy_gaussian"),
         "entropy_target": learner.get("entropy_target"),
         "entropy_coeff": learner.get("curr_entropy_coeff"),
+        "sigma_target": learner.get("sigma_target"),
+        "clipped_fraction": learner.get("clipped_fraction"),
+        "cov_num_selected": learner.get("cov_num_selected"),
+        "cov_num_candidates": learner.get("cov_num_candidates"),
         "kl": learner.get("mean_kl_loss"),
         "policy_loss": learner.get("policy_loss"),
         "vf_loss": learner.get("vf_loss"),
@@ -211,44 +174,56 @@ def iteration_metrics(result: dict, module: str = MODULE_ID) -> dict[str, float]
         "env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
     }
     for key, value in learner.items():
-        if key.startswith("entropy_gaussian_dim"):
-            metrics[f"entropy_per_dim/{key.removeprefix('entropy_gaussian_dim')}"] = value
+        if key.startswith(f"entropy_{measure}_dim"):
+            metrics[f"entropy_per_dim/{key.removeprefix(f'entropy_{measure}_dim')}"] = value
     sampled = runners.get("num_env_steps_sampled")
     if sampled and result.get("time_this_iter_s"):
         metrics["env_steps_per_s"] = sampled / result["time_this_iter_s"]
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
-def _latest_checkpoint(root: Path) -> Path | None:
-    checkpoints = sorted(root.glob("iter_*"))
-    return checkpoints[-1] if checkpoints else None
+# Every metric an iteration logs (what a sweep may optimize): `iteration_metrics`' own, then the training loop's.
+METRICS = (
+    "env_steps",
+    "episode_return_mean",
+    "episode_len_mean",
+    "entropy",
+    "entropy_effective",
+    "entropy_gaussian",
+    "entropy_target",
+    "entropy_coeff",
+    "sigma_target",
+    "clipped_fraction",
+    "cov_num_selected",
+    "cov_num_candidates",
+    "kl",
+    "policy_loss",
+    "vf_loss",
+    "time_this_iter_s",
+    "sampling_time_s",
+    "learner_time_s",
+    "env_runners_healthy",
+    "env_runner_restarts",
+    "env_steps_per_s",
+    "success_rate",
+    "eval_final_distance",
+    "entropy_collapse",
+    "time_s",
+)
+METRIC_PREFIXES = ("entropy_per_dim/",)
 
 
-def resolve_resume(target: str) -> tuple[ExperimentConfig, Path]:
-    """A checkpoint folder, a run folder holding ``iter_*`` checkpoints, or an MLflow run id -> (cfg, checkpoint)."""
-    path = Path(target)
-    if path.is_dir():
-        checkpoint = path if (path / STATE_FILE).is_file() else _latest_checkpoint(path)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume {target}: no checkpoint (iter_*/{STATE_FILE}) in that folder")
-        return load_config(checkpoint / CONFIG_FILE), checkpoint
-    import mlflow
-
-    run = mlflow.MlflowClient().get_run(target)
-    folder = run.data.tags.get("entropilot.checkpoint_dir")
-    if not folder:
-        raise FileNotFoundError(f"--resume {target}: MLflow run has no entropilot.checkpoint_dir tag")
-    return resolve_resume(folder)
-
-
-def prepare_resume(target: str, overrides: Iterable[str] = ()) -> tuple[ExperimentConfig, Path, dict[str, Any]]:
-    """What `--resume TARGET --set stop.KEY=VALUE ...` continues: the run's saved config with the new stop criteria,
-    validated as a whole, its newest checkpoint, and the overrides as {path: value}. Runs before Ray or MLflow start.
-
-    Only `stop.*` may change: the run's params must keep describing what trained it."""
-    cfg, checkpoint = resolve_resume(target)
-    values = parse_overrides(overrides)
-    return with_overrides(cfg, values, only=RESUMABLE_SECTION, source=f"--resume {target}"), checkpoint, values
+def _restore(algo, checkpoint: Path) -> None:
+    try:
+        algo.restore_from_path(str(checkpoint.resolve()))
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(
+            "--resume",
+            str(checkpoint),
+            f"RLlib cannot restore this checkpoint ({type(err).__name__}: {first}); resume an older one "
+            f"(iter_* in {checkpoint.parent})",
+        ) from err
 
 
 def train(
@@ -269,7 +244,9 @@ def train(
     metrics, stopped_because)`` is called after each iteration's checkpoint, ``stopped_because`` None until the
     last one (a sweep's trial reports to Ray Tune there).
     """
+    from entropilot.platform.evaluation import Evaluation
     from entropilot.platform.live_tuning import LiveTuner
+    from entropilot.platform.phases import PhaseClock
     from entropilot.platform.plots import save_progress_plots
     from entropilot.platform.run_page import first_charts, start_tags, where_to_look
     from entropilot.platform.tracking import RunTracker
@@ -281,48 +258,32 @@ def train(
         state = json.loads((checkpoint / STATE_FILE).read_text())
         root = checkpoint.parent
     else:
-        root = cfg.checkpoint_dir
-        if _latest_checkpoint(root) is not None:
-            raise FileExistsError(
-                f"checkpoint.dir {root} already holds checkpoints of another run: continue it with "
-                f"`entropilot train --resume {root}`, or set a new checkpoint.dir (or name)"
-            )
+        root = prepare_run(cfg).checkpoint_dir
     algo = build_from_config(cfg)
-    tracker = RunTracker.start(
-        cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id, extra_tags=start_tags(cfg)
-    )
+    try:
+        if checkpoint is not None:
+            _restore(algo, checkpoint)  # before MLflow: a checkpoint RLlib cannot read leaves the run's status alone
+        tracker = RunTracker.start(
+            cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id, extra_tags=start_tags(cfg)
+        )
+    except BaseException:
+        algo.stop()
+        raise
     echo(where_to_look(tracker.tracking_uri, tracker.experiment_id, tracker.run_id))
     if resumed_with:
         tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
     status = "FAILED"
+    evaluation = None
+    clock = PhaseClock(state.get("phases"))
+    session_init = clock.totals["init"]
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tracker.set_tag("entropilot.checkpoint_dir", str(root.resolve()))
+        tracker.set_tag(CHECKPOINT_TAG, str(root.resolve()))
         if checkpoint is not None:
-            algo.restore_from_path(str(checkpoint.resolve()))
             echo(f"resumed {checkpoint} (iteration {state['iteration']}) into MLflow run {tracker.run_id}")
-        elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO" and is_multi_agent(cfg):
-            echo(
-                "entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
-                f"{cfg.env.id}); the shared policy starts from its default initialization"
-            )
-            tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
-        elif cfg.entropy.init.enabled and cfg.algorithm.name == "PPO":
-            from entropilot.policies.entropy_init import entropy_aware_init
-
-            init = entropy_aware_init(
-                algo,
-                threshold=cfg.entropy.init.threshold,
-                max_draws=cfg.entropy.init.max_draws,
-                base_seed=cfg.seed * 1000,
-                rollout_steps=cfg.entropy.init.rollout_steps,
-            )
-            tracker.log_entropy_init(init)
-            echo(
-                f"entropy-aware init: {len(init.draws)} draw(s), chosen seed {init.chosen.seed} with "
-                f"{init.chosen.entropy:.2f} nats (threshold {init.threshold:.2f}"
-                f"{'' if init.cleared else ', not cleared: kept the best'})"
-            )
+        elif cfg.algorithm.name == "PPO":
+            with clock.measure("init"):
+                _initial_weights(algo, cfg, tracker, echo)
         state["run_id"] = tracker.run_id
         nodes = env_runner_nodes(algo)
         if nodes:
@@ -334,15 +295,22 @@ def train(
         stopped = None
         success = history[-1].get("success_rate") if history else None
         live = LiveTuner(cfg, echo, state.get("live_tags"))  # entropy settings from the run's tags (MLflow UI)
+        evaluation = Evaluation(cfg)
+        clock.add("startup", time.perf_counter() - start - (clock.totals["init"] - session_init))
+        state["phases"] = clock.totals
         while stopped is None:
-            live.poll(tracker, algo, state["iteration"] + 1)
+            with clock.measure("logging"):
+                live.poll(tracker, algo, state["iteration"] + 1)
             state["live_tags"] = live.tags_in_force
             result = algo.train()
             state["iteration"] += 1
             it = state["iteration"]
-            metrics = iteration_metrics(result, policy)
+            metrics = iteration_metrics(result, policy, cfg.entropy.measure)
+            clock.add("sampling", metrics.get("sampling_time_s", 0.0))
+            clock.add("learning", metrics.get("learner_time_s", 0.0))
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
-                episodes = evaluate(algo, cfg)
+                with clock.measure("evaluation"):
+                    episodes = evaluation.run(algo)
                 success = float(np.mean([e.success for e in episodes]))
                 metrics["success_rate"] = success
                 metrics["eval_final_distance"] = float(np.mean([e.final_distance for e in episodes]))
@@ -355,14 +323,17 @@ def train(
                     tracker.set_tag("entropilot.entropy_collapse", f"iteration {it}: {reasons}")
             elapsed = time.perf_counter() - start
             metrics["time_s"] = state.get("time_s", 0.0) + elapsed  # wall time across resumes
+            metrics.update(clock.close_at(metrics["time_s"]))
             history.append(metrics)
-            tracker.log_metrics({**metrics, **first_charts(metrics), **live.metrics(metrics)}, step=it)
-            echo(_progress_line(it, metrics, success, elapsed, cfg))
+            with clock.measure("logging"):
+                tracker.log_metrics({**metrics, **first_charts(metrics), **live.metrics(metrics)}, step=it)
+                echo(_progress_line(it, metrics, success, elapsed, cfg))
             stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics.get("success_rate"))
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
-                checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
-                for png in save_progress_plots(history, root / "plots", cfg.run_name):  # seen during the run too
-                    tracker.log_artifact(png, "plots")
+                with clock.measure("logging"):
+                    checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
+                    for png in save_progress_plots(history, root / "plots", cfg.run_name):  # seen during the run too
+                        tracker.log_artifact(png, "plots")
             if on_iteration is not None:
                 on_iteration(it, metrics, stopped)
         if cfg.mlflow.video:
@@ -383,8 +354,46 @@ def train(
         status = "KILLED"
         raise
     finally:
+        if evaluation is not None:
+            evaluation.close()
         tracker.close(status=status)
         algo.stop()
+
+
+def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str], None]) -> None:
+    """Draw the PPO policy's initial weights from `cfg.weight_seed` in the config's init family: by entropy-aware
+    init if enabled (single-agent envs), else draw 0, so arms that differ only there start from the same weights."""
+    from entropilot.policies.initial_weights import InitFamily, draw_seed, reinitialize_policy
+
+    family = InitFamily(cfg.model.output_gain, cfg.initial_std)
+    init = cfg.entropy.init
+    if init.enabled and is_multi_agent(cfg):
+        echo(
+            "entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
+            f"{cfg.env.id}); the shared policy starts from draw 0 of weight seed {cfg.weight_seed}"
+        )
+        tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
+    if not init.enabled or is_multi_agent(cfg):
+        reinitialize_policy(algo, draw_seed(cfg.weight_seed, 0), family)
+        return
+    from entropilot.policies.entropy_init import entropy_aware_init
+
+    result = entropy_aware_init(
+        algo,
+        threshold=init.threshold,
+        weight_seed=cfg.weight_seed,
+        max_draws=init.max_draws,
+        family=family,
+        measure=cfg.entropy.measure,
+        rollout_steps=init.rollout_steps,
+        noise_seed=cfg.seed,
+    )
+    tracker.log_entropy_init(result)
+    echo(
+        f"entropy-aware init: {len(result.draws)} draw(s), kept draw {result.draws.index(result.chosen)} "
+        f"(torch seed {result.chosen.seed}) with {result.chosen.entropy:.2f} nats of {cfg.entropy.measure} entropy "
+        f"(threshold {result.threshold:.2f}{'' if result.cleared else ', not cleared: kept the best'})"
+    )
 
 
 def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
@@ -405,12 +414,16 @@ def _save(algo, cfg: ExperimentConfig, state: dict, root: Path) -> Path:
     path = root / f"iter_{state['iteration']:06d}"
     algo.save_to_path(str(path.resolve()))
     dump_config(cfg, path / CONFIG_FILE)
-    (path / STATE_FILE).write_text(json.dumps(state))
+    # The state file last and whole (written aside, then renamed): a checkpoint without it is known incomplete.
+    staged = path / f".{STATE_FILE}.tmp"
+    staged.write_text(json.dumps(state))
+    os.replace(staged, path / STATE_FILE)
     return path
 
 
 def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
     from entropilot.envs.plots import save_gif
+    from entropilot.platform.evaluation import evaluate
 
     episode = evaluate(
         algo,
@@ -447,5 +460,6 @@ def _progress_line(it: int, m: dict, success: float | None, elapsed: float, cfg:
     return (
         f"iter {it:4d} | steps {int(m.get('env_steps', 0)):8d} | return {fmt('episode_return_mean', '7.1f')} | "
         f"success {'-' if success is None else format(success, '.2f')} | entropy {fmt('entropy', '6.2f')} "
-        f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | {elapsed:5.0f}s{eta}"
+        f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | "
+        f"clipped {fmt('clipped_fraction', '.2f')} | {elapsed:5.0f}s{eta}"
     )

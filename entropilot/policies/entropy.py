@@ -1,14 +1,17 @@
 """Entropy of the policy's action distributions (diagonal Gaussian, tanh-squashed Gaussian, categorical)
-and of the clipped action the environment actually executes. Plain torch: differentiable, no Ray."""
+and the effective entropy of the clipped action the environment executes. Plain torch: differentiable, no Ray."""
 
 import math
 from typing import NamedTuple
 
+import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
+from entropilot.policies.entropy_range import HALF_LOG_2PI_E, RESOLUTION
+
 _INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 # Beyond 40 standard deviations every tail probability underflows even in float64; clamping the
 # standardized bounds there keeps values unchanged and keeps inf * 0 out of the backward pass.
@@ -40,7 +43,7 @@ def diag_gaussian_entropy(log_std: Tensor) -> EntropyEstimate:
 
     The mean does not enter: shifting a distribution does not change its entropy.
     """
-    per_dim = _HALF_LOG_2PI_E + log_std
+    per_dim = HALF_LOG_2PI_E + log_std
     return EntropyEstimate(per_dim.sum(-1), per_dim)
 
 
@@ -64,7 +67,7 @@ def squashed_gaussian_entropy(
     u = mean + log_std.exp() * noise
     # log(1 - tanh(u)^2) = log(sech(u)^2), written so it neither overflows nor hits log(0) for large |u|.
     log_jacobian = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
-    per_dim = _HALF_LOG_2PI_E + log_std + log_jacobian.mean(0)
+    per_dim = HALF_LOG_2PI_E + log_std + log_jacobian.mean(0)
     return EntropyEstimate(per_dim.sum(-1), per_dim)
 
 
@@ -74,72 +77,99 @@ def categorical_entropy(logits: Tensor) -> Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
-def clipped_gaussian_entropy(
-    mean: Tensor,
-    log_std: Tensor,
-    low: float | Tensor,
-    high: float | Tensor,
-    resolution: float = 1e-3,
+def effective_entropy(
+    mean: Tensor, log_std: Tensor, low: float | Tensor, high: float | Tensor, resolution: float = RESOLUTION
 ) -> EntropyEstimate:
-    """Entropy of the executed action y = clip(x, low, high), x ~ N(mean, exp(log_std)^2), per row.
+    """Per row: the entropy of a Gaussian with the variance of the executed action y = clip(x, low, high),
+    x ~ N(mean, exp(log_std)^2), in half-widths r = (high - low) / 2 of the box, per dimension
 
-    Why: the env clips, so a Gaussian whose mean sits past a bound acts deterministically however
-    wide it is; the Gaussian entropy would report it as exploring.
+        h = 1/2 log(2 pi e) + 1/2 log(Var[y] / r^2 + resolution^2).
 
-    Per dimension, with alpha = (low - mean)/std, beta = (high - mean)/std, y is a mixture of
-        an atom at low with mass p_low = Phi(alpha), an atom at high with p_high = 1 - Phi(beta),
-        the Gaussian density f on (low, high) with mass p_in = Phi(beta) - Phi(alpha).
-    Definition. Quantize y at the actuator resolution D (same units as the action) and add log D,
-    which puts it on the scale of differential entropy; as D -> 0 with std >> D this is
-        H = -p_low log(p_low / D) - p_high log(p_high / D) - integral_low^high f log f dy
-          = H(below, inside, above) + p_in * h(truncated Gaussian) + (p_low + p_high) * log D,
-    the entropy of y's density w.r.t. Lebesgue measure on (low, high) plus atoms of weight D at the
-    bounds. Why D: with D = 1 an atom is worth 0 nats while a centered Gaussian is worth
-    log std + 1.42, negative once std < 0.24, so a saturated policy would out-score a centered one.
-    With D, an action pinned to a bound is worth log D, the same as a Gaussian of std ~ D/4:
-    deterministic is deterministic.
-    Closed form. -log f = log std + 1/2 log(2 pi) + z^2/2 and
-    integral_alpha^beta z^2 phi(z) dz = p_in + alpha phi(alpha) - beta phi(beta), hence
-        -integral f log f = p_in (log std + 1/2 log(2 pi e)) + 1/2 (alpha phi(alpha) - beta phi(beta)).
-    Limits. Bounds -> +-inf: the Gaussian entropy. Mean far past a bound: log D. std -> 0 with the mean
-    inside: the Gaussian entropy (-> -inf). Not monotone in std, rightly: a very wide Gaussian on a
-    bounded box executes nearly bang-bang (two atoms), which is close to deterministic.
-    Dimensions are independent, so `total` is the sum of `per_dim`.
+    Why this measure (the one the init threshold and the controller use by default):
+    - it is the Gaussian entropy 1.42 + log std while the bounds do not bite (std up to ~0.3 with a
+      centred mean), so a value reads as a per-dimension std: `entropy_range.std_per_dim`;
+    - it rises with std for every mean (the executed action spreads more; checked on a grid of means
+      -8..8 and stds 1e-5..1e4 by the tests) and falls as the mean moves past a bound, so more
+      exploration always scores more;
+    - mass beyond a bound counts as sitting on the bound, not as exploration: a mean pinned past a bound
+      scores like a deterministic policy, however wide the Gaussian;
+    - it is bounded: Var[y] <= r^2, so h <= 1.42 per dimension, approached by a policy that executes
+      either bound with equal odds (`entropy_range.measure_range`). A target above that is unreachable.
+    The true entropy of y is none of this: it peaks near std 0.45 and falls for wider Gaussians, which
+    execute nearly bang-bang (two atoms), so it is not monotone in exploration. `resolution` floors the
+    std (an actuator's resolution) so a deterministic policy scores 1.42 + log(resolution), not -inf.
+
+    Closed form, with c = clip(mean, low, high), m = mean - c, alpha = (low - mean)/std,
+    beta = (high - mean)/std and the moments of y - c (centred near where y concentrates, so a nearly
+    deterministic action does not cancel digits away):
+        E[(y-c)^k] = (low-c)^k Phi(alpha) + (high-c)^k (1 - Phi(beta)) + int_alpha^beta (m + std z)^k phi(z) dz,
+        int (m + std z) phi = m p + std (phi(alpha) - phi(beta)),
+        int (m + std z)^2 phi = m^2 p + 2 m std (phi(alpha) - phi(beta))
+                                + std^2 (p + alpha phi(alpha) - beta phi(beta)),
+    with p = Phi(beta) - Phi(alpha); computed in float64. An infinite bound clips nothing on its side and
+    makes r = 1 (the action's own units). Dimensions add: `total` is the sum of `per_dim`.
     """
     if not resolution > 0:
         raise ValueError(f"resolution must be > 0; got {resolution}")
+    dtype = mean.dtype
+    mean, log_std = mean.double(), log_std.double()
     low, high = (
-        torch.as_tensor(bound, dtype=mean.dtype, device=mean.device).clamp(-_UNBOUNDED, _UNBOUNDED)
+        torch.as_tensor(bound, dtype=torch.float64, device=mean.device).clamp(-_UNBOUNDED, _UNBOUNDED)
         for bound in (low, high)
     )
-    inv_std = torch.exp(-log_std)
-    alpha = ((low - mean) * inv_std).clamp(-_Z_MAX, _Z_MAX)
-    beta = ((high - mean) * inv_std).clamp(-_Z_MAX, _Z_MAX)
-    # A floor of `tiny` keeps log(p) finite (and its gradient defined) when a tail underflows to 0.
-    tiny = torch.finfo(mean.dtype).tiny
-    p_low = torch.special.ndtr(alpha).clamp_min(tiny)
-    p_high = torch.special.ndtr(-beta).clamp_min(tiny)
-    p_in = torch.special.ndtr(beta) - torch.special.ndtr(alpha)
-    log_resolution = math.log(resolution)
-    atoms = -p_low * (p_low.log() - log_resolution) - p_high * (p_high.log() - log_resolution)
-    interior = p_in * (_HALF_LOG_2PI_E + log_std) + 0.5 * (
-        alpha * _std_normal_pdf(alpha) - beta * _std_normal_pdf(beta)
+    bounded = (low > -_UNBOUNDED) & (high < _UNBOUNDED)
+    half_width = torch.where(bounded, (high - low) / 2, torch.ones_like(low))
+    std = log_std.exp()
+    centre = torch.minimum(torch.maximum(mean, low), high)
+    offset, below, above = mean - centre, low - centre, high - centre
+    alpha = ((low - mean) / std).clamp(-_Z_MAX, _Z_MAX)
+    beta = ((high - mean) / std).clamp(-_Z_MAX, _Z_MAX)
+    p_low, p_high = torch.special.ndtr(alpha), torch.special.ndtr(-beta)
+    p_in = torch.special.ndtr(beta) - p_low
+    pdf_alpha, pdf_beta = _std_normal_pdf(alpha), _std_normal_pdf(beta)
+    inner_1 = offset * p_in + std * (pdf_alpha - pdf_beta)
+    inner_2 = (
+        offset**2 * p_in
+        + 2 * offset * std * (pdf_alpha - pdf_beta)
+        + std**2 * (p_in + alpha * pdf_alpha - beta * pdf_beta)
     )
-    per_dim = atoms + interior
+    # The atoms sit at infinity only for unbounded sides, where their mass is 0 (0 * 1e30 = 0).
+    moment_1 = below * p_low + above * p_high + inner_1
+    moment_2 = below**2 * p_low + above**2 * p_high + inner_2
+    # Var of a value in [low, high] lies in [0, half_width^2] (Popoviciu); rounding can step just outside.
+    variance = (moment_2 - moment_1**2).clamp_min(0.0)
+    variance = torch.where(bounded, torch.minimum(variance, half_width**2), variance)
+    per_dim = (HALF_LOG_2PI_E + 0.5 * torch.log(variance / half_width**2 + resolution**2)).to(dtype)
     return EntropyEstimate(per_dim.sum(-1), per_dim)
 
 
-def executed_entropy(
-    mean: Tensor,
-    log_std: Tensor,
-    low: float | Tensor,
-    high: float | Tensor,
-    resolution: float = 1e-3,
-) -> EntropyEstimate:
-    """Batch mean of `clipped_gaussian_entropy`: `total` is a scalar, `per_dim` has shape [act_dim]."""
-    per_dim = clipped_gaussian_entropy(mean, log_std, low, high, resolution).per_dim
-    per_dim = per_dim.reshape(-1, per_dim.shape[-1]).mean(0)
-    return EntropyEstimate(per_dim.sum(), per_dim)
+def policy_bounds(action_space: gym.spaces.Box, normalize_actions: bool) -> tuple[Tensor, Tensor]:
+    """The bounds the env clips actions to, in the policy's own units: [-1, 1] with RLlib's default
+    `normalize_actions=True` (its module-to-env connector maps [-1, 1] affinely onto the Box, then clips),
+    else the Box's bounds (the env or RLlib's `clip_actions` clips)."""
+    low, high = np.asarray(action_space.low, dtype=np.float64), np.asarray(action_space.high, dtype=np.float64)
+    if normalize_actions and np.all(action_space.bounded_below) and np.all(action_space.bounded_above):
+        low, high = -np.ones_like(low), np.ones_like(high)
+    return torch.as_tensor(low.reshape(-1)), torch.as_tensor(high.reshape(-1))
+
+
+def measured_entropies(
+    action_dist_inputs: Tensor, action_space: gym.spaces.Space, normalize_actions: bool
+) -> dict[str, Tensor]:
+    """Per sample and action dimension (rows x dims), each measure in `entropy_range.MEASURES` of the
+    policy that `action_dist_inputs` (RLlib's distribution parameters) describe on `action_space`.
+
+    Box (RLlib's diagonal Gaussian): `gaussian` (closed form, the one PPO's entropy term acts on) and
+    `effective` (`effective_entropy`). A categorical head would add its branch here.
+    """
+    if isinstance(action_space, gym.spaces.Box):
+        mean, log_std = split_diag_gaussian_inputs(action_dist_inputs)
+        low, high = (bound.to(mean.device) for bound in policy_bounds(action_space, normalize_actions))
+        return {
+            "gaussian": diag_gaussian_entropy(log_std).per_dim,
+            "effective": effective_entropy(mean, log_std, low, high).per_dim,
+        }
+    raise ValueError(f"no entropy measures for action space {action_space}; supported: Box")
 
 
 def _std_normal_pdf(z: Tensor) -> Tensor:

@@ -1,23 +1,26 @@
 """Entropy-aware initialization (Jang & Kim 2021, arXiv 2108.10533): before training, redraw the
-policy's initial weights until the actions it executes in the real env are entropic enough."""
+policy's initial weights until the policy explores enough on the states it visits in the real env."""
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from entropilot.policies.entropy import executed_entropy, split_diag_gaussian_inputs
+from entropilot.policies.entropy import EntropyEstimate, measured_entropies
+from entropilot.policies.initial_weights import DEFAULT_FAMILY, InitFamily, draw_seed, reinitialize_policy
+from entropilot.rllib_internals import request_seeded_reset
 
 _RUNNER_CONNECTORS = ["env_to_module_connector", "module_to_env_connector"]
 
 
 @dataclass(frozen=True)
 class InitDraw:
-    """One initialization: its seed and the mean executed-action entropy (nats) of its rollouts."""
+    """One initialization: its torch seed and its entropy (nats, mean over the rollout's states) in total
+    and per action dimension."""
 
     seed: int
     entropy: float
@@ -26,7 +29,7 @@ class InitDraw:
 
 @dataclass(frozen=True)
 class EntropyInitResult:
-    """Every draw in order, the one left in the policy, and whether it cleared the threshold."""
+    """Every draw made in order, the one left in the policy, and whether it cleared the threshold."""
 
     draws: tuple[InitDraw, ...]
     chosen: InitDraw
@@ -43,81 +46,74 @@ class RolloutSample:
 
     observations: np.ndarray
     action_dist_inputs: np.ndarray
-    action_space: gym.spaces.Box
+    action_space: gym.spaces.Space
 
 
 def entropy_aware_init(
     algo,
     *,
     threshold: float,
+    weight_seed: int = 0,
     max_draws: int = 10,
-    base_seed: int = 0,
+    family: InitFamily = DEFAULT_FAMILY,
+    measure: str = "effective",
     rollout_steps: int = 1000,
-    resolution: float = 1e-3,
+    noise_seed: int = 0,
 ) -> EntropyInitResult:
-    """Draw k = 0..max_draws-1 reinitializes the policy with seed base_seed + k, samples about
-    `rollout_steps` env steps on the algorithm's env runners and measures the mean entropy of the
-    executed (clipped) action. Stops at the first draw with entropy >= `threshold`; otherwise the
-    best draw is re-applied. Call before the first `algo.train()` (the optimizer state is not reset).
+    """Draw k = 0..max_draws-1 reinitializes the policy with `draw_seed(weight_seed, k)` in `family`,
+    samples about `rollout_steps` env steps on the algorithm's env runners and measures the policy's
+    mean entropy (`measure`, see `entropy.measured_entropies`) over the visited states. Stops at the
+    first draw whose entropy is >= `threshold`; otherwise the best draw is re-applied (`search_outcome`).
+    Call before the first `algo.train()` (the optimizer state is not reset).
 
-    Supports diagonal-Gaussian policies (PPO's default for Box actions). The sampling leaves no
+    Common random numbers: every draw meets the same env resets and, with `noise_seed`, the same action
+    noise, so draws differ by their weights only and the search is reproducible. The sampling leaves no
     trace in training: see `sample_action_dist_inputs`.
     """
     if max_draws < 1:
         raise ValueError(f"max_draws must be >= 1; got {max_draws}")
     draws = []
     for k in range(max_draws):
-        seed = base_seed + k
-        reinitialize_policy(algo, seed)
-        # Common random numbers: every draw meets the same env resets and the same action noise, so
-        # draws differ by their weights only (and the whole search is reproducible).
-        sample = sample_action_dist_inputs(algo, rollout_steps, noise_seed=base_seed)
-        entropy = executed_entropy_of_rollouts(sample, algo.config.normalize_actions, resolution)
-        draws.append(InitDraw(seed, entropy.total.item(), tuple(entropy.per_dim.tolist())))
+        draws.append(measure_draw(algo, draw_seed(weight_seed, k), family, measure, rollout_steps, noise_seed))
         if draws[-1].entropy >= threshold:
-            return EntropyInitResult(tuple(draws), draws[-1], threshold)
-    best = max(draws, key=lambda draw: draw.entropy)
-    if best is not draws[-1]:
-        reinitialize_policy(algo, best.seed)
-    return EntropyInitResult(tuple(draws), best, threshold)
+            break
+    result = search_outcome(draws, threshold)
+    if result.chosen is not draws[-1]:
+        reinitialize_policy(algo, result.chosen.seed, family)
+    return result
 
 
-def reinitialize_policy(algo, seed: int) -> None:
-    """Rebuild every RLModule on every learner from its own spec under `torch.manual_seed(seed)`
-    (so configured initializers apply and all learners agree), then push the weights to all env runners."""
-
-    def _reinit(learner):
-        torch.manual_seed(seed)
-        for module_id in sorted(learner.module.keys()):
-            module = learner.module[module_id].unwrapped()
-            module.set_state(RLModuleSpec.from_module(module).build().get_state())
-
-    algo.learner_group.foreach_learner(_reinit)
-    push_weights_to_env_runners(algo)
+def search_outcome(draws: Sequence[InitDraw], threshold: float) -> EntropyInitResult:
+    """What the search keeps of `draws` (in drawing order): the first that clears `threshold` (the search
+    makes no later draw), else the one with the highest entropy."""
+    if not draws:
+        raise ValueError("search_outcome needs at least one draw")
+    for i, draw in enumerate(draws):
+        if draw.entropy >= threshold:
+            return EntropyInitResult(tuple(draws[: i + 1]), draw, threshold)
+    return EntropyInitResult(tuple(draws), max(draws, key=lambda draw: draw.entropy), threshold)
 
 
-def push_weights_to_env_runners(algo) -> None:
-    """Copy the learners' weights to every env runner (and the local one), whatever seq numbers they hold.
-
-    RLlib's own sync sends the learner's `weights_seq_no`, and a runner ignores weights whose seq
-    number is not above its own. That drops weights changed outside `train()`, e.g. after
-    `restore_from_path` of an older checkpoint into a running algorithm. Sent without a seq number,
-    the state is always taken and the runner keeps its own seq number, so later syncs work as usual.
-    """
-    weights = algo.learner_group.get_state(components="learner/rl_module", inference_only=True)
-    module_state = {"rl_module": weights["learner"]["rl_module"]}
-    algo.env_runner_group.foreach_env_runner(lambda runner: runner.set_state(module_state))
+def measure_draw(
+    algo, seed: int, family: InitFamily, measure: str, rollout_steps: int, noise_seed: int | None
+) -> InitDraw:
+    """Reinitialize the policy with torch seed `seed` in `family`, roll it out and measure its entropy."""
+    reinitialize_policy(algo, seed, family)
+    sample = sample_action_dist_inputs(algo, rollout_steps, noise_seed=noise_seed)
+    entropy = entropy_of_rollouts(sample, measure, algo.config.normalize_actions)
+    return InitDraw(seed, entropy.total.item(), tuple(entropy.per_dim.tolist()))
 
 
 def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = None) -> RolloutSample:
     """Sample about `num_steps` env steps (explore=True) on the algorithm's env runners, from freshly
     reset envs (seeded as on a runner's first `sample()` if the config has a seed), and return
-    observations and `action_dist_inputs`. With `noise_seed`, each runner reseeds torch with
-    noise_seed + its index first, making the action noise repeatable.
+    observations and `action_dist_inputs`. With `noise_seed`, each runner draws its action noise from
+    torch seed noise_seed + its index, making it repeatable.
 
-    Leaves no trace in training: each runner's connector states (the MeanStdFilter statistics)
-    are restored, its metrics are drained and discarded (so no episodes or env steps are counted),
-    and its envs are reset again on the next `sample()`, seeded as a fresh runner would be.
+    Leaves no trace in training: each runner's connector states (the MeanStdFilter statistics) are
+    restored, its metrics are drained and discarded (so no episodes or env steps are counted), its torch
+    random state is restored, and its envs are reset again on the next `sample()`, seeded as a fresh
+    runner's would be.
     """
     group = algo.env_runner_group
     num_remote = group.num_remote_env_runners()
@@ -125,14 +121,14 @@ def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = Non
 
     def _sample(runner):
         connector_states = runner.get_state(components=_RUNNER_CONNECTORS)
-        # Private flag: makes `sample()` reset the envs with the runner's seed, as on its first call.
-        runner._needs_initial_reset = True
-        if noise_seed is not None:
-            torch.manual_seed(noise_seed + runner.worker_index)
-        episodes = runner.sample(num_timesteps=steps_per_runner, explore=True, force_reset=True)
+        request_seeded_reset(runner)  # `sample()` resets the envs with the runner's seed, as on its first call
+        with torch.random.fork_rng(devices=[]):
+            if noise_seed is not None:
+                torch.manual_seed(noise_seed + runner.worker_index)
+            episodes = runner.sample(num_timesteps=steps_per_runner, explore=True, force_reset=True)
         runner.set_state(connector_states)
         runner.get_metrics()
-        runner._needs_initial_reset = True
+        request_seeded_reset(runner)
         steps = [slice(0, len(episode)) for episode in episodes]
         return RolloutSample(
             np.concatenate([ep.get_observations(s) for ep, s in zip(episodes, steps)]),
@@ -144,6 +140,10 @@ def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = Non
 
     # With remote runners the driver's local runner has no env; without, it is the one that samples.
     samples = group.foreach_env_runner(_sample, local_env_runner=num_remote == 0)
+    if not samples:
+        raise RuntimeError(
+            "no env runner answered (all out of service, e.g. restarting after a crash): nothing sampled"
+        )
     return RolloutSample(
         np.concatenate([s.observations for s in samples]),
         np.concatenate([s.action_dist_inputs for s in samples]),
@@ -151,23 +151,8 @@ def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = Non
     )
 
 
-def executed_entropy_of_rollouts(sample: RolloutSample, normalize_actions: bool, resolution: float = 1e-3):
-    """Mean entropy (`EntropyEstimate`) of the executed action over the sampled steps."""
-    mean, log_std = split_diag_gaussian_inputs(torch.as_tensor(sample.action_dist_inputs, dtype=torch.float64))
-    return executed_entropy(*gaussian_in_env_units(mean, log_std, sample.action_space, normalize_actions), resolution)
-
-
-def gaussian_in_env_units(mean, log_std, action_space: gym.spaces.Box, normalize_actions: bool):
-    """Map the policy's Gaussian to the env's action units; return (mean, log_std, low, high).
-
-    With RLlib's default `normalize_actions=True` the policy acts in [-1, 1] and the module-to-env
-    connector maps a -> low + (a + 1)(high - low)/2, then clips to [low, high]: an affine map
-    (mean shifts and scales, log_std gains log((high - low)/2)) followed by the clip. Otherwise the
-    action goes out as is and the env (or `clip_actions`) clips it to the Box.
-    """
-    low = torch.as_tensor(np.array(action_space.low), dtype=mean.dtype, device=mean.device)
-    high = torch.as_tensor(np.array(action_space.high), dtype=mean.dtype, device=mean.device)
-    if normalize_actions and np.all(action_space.bounded_below) and np.all(action_space.bounded_above):
-        half_range = (high - low) / 2
-        return low + (mean + 1) * half_range, log_std + half_range.log(), low, high
-    return mean, log_std, low, high
+def entropy_of_rollouts(sample: RolloutSample, measure: str, normalize_actions: bool) -> EntropyEstimate:
+    """Mean entropy (`measure`) of the policy over the sampled steps: `total` a scalar, `per_dim` [dims]."""
+    inputs = torch.as_tensor(sample.action_dist_inputs, dtype=torch.float64)
+    per_dim = measured_entropies(inputs, sample.action_space, normalize_actions)[measure].mean(0)
+    return EntropyEstimate(per_dim.sum(), per_dim)

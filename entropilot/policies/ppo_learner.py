@@ -1,5 +1,7 @@
-"""RLlib PPO learner that measures policy entropy every update and steers PPO's entropy coefficient
-toward a target entropy; optionally applies Clip-Cov / KL-Cov to the policy-gradient term."""
+"""RLlib PPO learner that measures policy entropy every update and sets PPO's entropy coefficient (lower
+bound, signed tracker, fixed) or the policy's std (a schedule); optionally Clip-Cov / KL-Cov."""
+
+import math
 
 import gymnasium as gym
 import torch
@@ -9,9 +11,15 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.lambda_defaultdict import LambdaDefaultDict
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from entropilot.policies.entropy import clipped_gaussian_entropy, diag_gaussian_entropy, split_diag_gaussian_inputs
-from entropilot.policies.entropy_control import EntropyCoefficientController
-from entropilot.policies.entropy_init import gaussian_in_env_units
+from entropilot.policies.covariance import (
+    CovarianceSettings,
+    clip_cov_loss,
+    gaussian_logp_per_dim,
+    kl_cov_loss,
+)
+from entropilot.policies.entropy import measured_entropies, policy_bounds, split_diag_gaussian_inputs
+from entropilot.policies.entropy_control import CONTROL_MODES, EntropyCoefficientController, Schedule
+from entropilot.policies.entropy_range import MEASURES
 
 # Keys of `config.learners(learner_config_dict=...)` this learner reads.
 ENTROPY_CONTROL = "entropy_control"
@@ -19,7 +27,9 @@ COVARIANCE_CONTROL = "covariance_control"
 # Keys of the controllers' state and of their live-tuned settings inside `Learner.get_state()`.
 CONTROLLER_STATE = "entropy_controllers"
 LIVE_SETTINGS_STATE = "entropy_control_live_settings"
-MEASURES = ("gaussian", "executed")
+COVARIANCE_RNG_STATE = "covariance_rng"
+# What is averaged over every update's samples, per action dimension: the measures and the clipped share.
+_STATS = (*MEASURES, "clipped")
 
 
 class ControlledEntropyCoefficient:
@@ -38,130 +48,161 @@ class ControlledEntropyCoefficient:
 
 
 class EntropyControlledPPOLearner(PPOTorchLearner):
-    """PPO learner with entropy measurement, entropy-coefficient control and optional Clip-Cov/KL-Cov.
+    """PPO learner with entropy measurement, entropy control and optional Clip-Cov/KL-Cov.
 
     Configure through `config.learners(learner_config_dict={...})`:
 
-    - `"entropy_control"`: keyword arguments of `EntropyCoefficientController` (`target`,
-      `initial_coef`, `coef_min`, ...) plus `"measure"`: `"gaussian"` (default; closed-form entropy
-      of the diagonal Gaussian, what PPO's own loss uses) or `"executed"` (entropy of the action
-      after the env clips it to its Box, see `entropy.clipped_gaussian_entropy`). When present,
-      PPO's `entropy_coeff` is ignored: one controller per module sets the coefficient instead.
+    - `"entropy_control"`: `"mode"` (`entropy_control.CONTROL_MODES`, default `lower_bound`),
+      `"measure"` (`entropy_range.MEASURES`, default `effective`: what the controller reads), and
+      for `lower_bound`/`track`/`fixed` the keyword arguments of `EntropyCoefficientController`
+      (`target`, `initial_coef`, `coef_min`, ...); for `sigma_schedule`, `"sigma"`: the Gaussian's std
+      over env steps (a number or [[env_steps, std], ...], in the policy's action units). That mode
+      holds the coefficient at 0 and sets the free log-std parameter to log sigma(env steps) after every
+      update (it takes no gradient), so the next batch is sampled, and the next update starts, with it.
+      When present, PPO's `entropy_coeff` is ignored: one controller per module sets the coefficient.
       Absent: PPO's stock entropy scheduler runs unchanged; entropy is still measured and logged.
-    - `"covariance_control"`: `{"mode": "clip_cov" | "kl_cov", "fraction": 0.002, "kl_coef": 1.0}`
-      (Cui et al. 2025, arXiv 2505.22617). Entropy collapses through samples whose log-probability
-      and advantage covary strongly: the policy-gradient step on them sharpens the policy most.
-      Per minibatch we take the centered product (logp - mean logp)(A - mean A) per sample and
-      select the top `fraction` (at least one sample; the paper's Clip-Cov draws them at random
-      from a covariance band, here both modes take the top, as KL-Cov does). `clip_cov` removes
-      their policy-gradient term (the loss value is unchanged, their gradient is zero); `kl_cov` adds
-      `kl_coef * 0.5 * (logp - logp_old)^2` (the k2 KL estimate) on them, averaged like PPO's loss.
-      For continuous actions logp is the diagonal Gaussian log-density summed over action dims.
+    - `"covariance_control"`: `CovarianceSettings` keywords (Clip-Cov / KL-Cov, see
+      `policies/covariance.py`). Its policy term replaces PPO's clipped surrogate (the value and KL
+      terms stay): the loss is PPO's plus (covariance term - PPO's surrogate term).
 
     Measurement: in every minibatch of an `update()` the loss already holds the current policy's
-    `action_dist_inputs`; we accumulate their per-dimension entropy over the valid (unmasked)
-    samples, so the measured value is the mean entropy of the policy on this iteration's batch
-    while it is being optimized. `after_gradient_based_update` (once per `update()`, i.e. once per
-    training iteration) feeds it to the controller before PPO's own hook reads the coefficient,
-    so the coefficient logged as `curr_entropy_coeff` is the one the next update's loss uses.
+    `action_dist_inputs`; we accumulate every measure's per-dimension entropy over the valid
+    (unmasked) samples, and the share of the batch's sampled actions that lay outside the bounds (the
+    env clipped them). So the measured value is the mean over this iteration's batch while it is being
+    optimized. `after_gradient_based_update` (once per `update()`, i.e. once per training iteration)
+    feeds it to the controller before PPO's own hook reads the coefficient, so the coefficient logged
+    as `curr_entropy_coeff` is the one the next update's loss uses.
 
     Several learners (`num_learners > 1`): each learner only sees its shard of the batch. RLlib
-    starts remote learners as a torch.distributed process group (Ray Train's TorchConfig: gloo on
-    CPU, NCCL on GPU) and wraps modules in DDP, and PPO's `update()` runs in lockstep on all of
-    them. So we all-reduce the entropy sums and sample counts inside `after_gradient_based_update`:
-    every learner feeds its controller the same sample-weighted global mean and the controllers stay
-    identical, which is also what makes the state saved from learner 0 correct for all of them.
-    Driver-side averaging (read the reduced entropy in `on_train_result`, push one coefficient with
-    `learner_group.foreach_learner`) would also work, but costs a round trip per iteration and
-    moves the controller out of the learner state that checkpoints already carry.
+    starts remote learners as a torch.distributed process group (gloo on CPU, NCCL on GPU) and
+    PPO's `update()` runs in lockstep on all of them. So we all-reduce the sums and sample counts
+    inside `after_gradient_based_update`: every learner feeds its controller the same global mean and
+    the controllers stay identical, which is also what makes the state saved from learner 0 correct
+    for all of them.
 
     Live tuning: `retune_entropy_control(settings)` changes every controller's target and
-    bounds/gains in place (see `EntropyCoefficientController.retune`), also for modules whose
+    bounds/gains (or the fixed coefficient, or the sigma schedule) in place, also for modules whose
     controller is created later; the settings are part of `get_state`, so a checkpoint keeps them.
 
-    Metrics, per module and iteration: `entropy_gaussian`, `entropy_executed` and their
-    `_dim{i}` parts, and with control on `entropy_target` and `curr_entropy_coeff`; with
-    covariance control `cov_num_selected` and `cov_threshold`.
+    Metrics, per module and iteration: `entropy_effective`, `entropy_gaussian` and `clipped_fraction`
+    with their `_dim{i}` parts; with control on `entropy_target` (lower_bound, track), `sigma_target`
+    (sigma_schedule) and `curr_entropy_coeff`; with covariance control `cov_num_selected`,
+    `cov_num_candidates` and `cov_policy_loss` (last minibatch).
     """
 
     def build(self) -> None:
         super().build()
         control = dict(self.config.learner_config_dict.get(ENTROPY_CONTROL) or {})
-        self._measure = control.pop("measure", "gaussian")
+        self._measure = control.pop("measure", "effective")
         if self._measure not in MEASURES:
             raise ValueError(f"entropy_control.measure must be one of {MEASURES}; got {self._measure!r}")
-        self._controlled = bool(control)
+        self._mode = control.pop("mode", "lower_bound") if control else None
+        if self._mode is not None and self._mode not in CONTROL_MODES:
+            raise ValueError(f"entropy_control.mode must be one of {CONTROL_MODES}; got {self._mode!r}")
+        self._sigma = None
+        if self._mode == "sigma_schedule":
+            self._sigma = Schedule(control.pop("sigma"), "sigma")
+            control = {"target": None, "mode": "fixed", "initial_coef": 0.0}
+            self._set_log_std(0)
+        elif self._mode is not None:
+            control["mode"] = self._mode
         self._live_settings = {}
-        if self._controlled:
+        if self._mode is not None:
             # Replaces PPOLearner's per-module Scheduler dict; the loss and the PPO hook use it as-is.
             self.entropy_coeff_schedulers_per_module = LambdaDefaultDict(
                 lambda module_id: ControlledEntropyCoefficient(self._new_controller(control))
             )
-        self._cov = _covariance_settings(self.config.learner_config_dict.get(COVARIANCE_CONTROL))
-        self._entropy_sums = {}
+        covariance = self.config.learner_config_dict.get(COVARIANCE_CONTROL)
+        self._cov = CovarianceSettings(**covariance) if covariance else None
+        self._cov_rng = torch.Generator().manual_seed(self._cov.seed) if self._cov else None
+        self._sums = {}
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
         if module_id not in self._gaussian_module_ids():
             return loss
-        module = self.module[module_id].unwrapped()
         mask = batch.get(Columns.LOSS_MASK)
         dist_inputs = fwd_out[Columns.ACTION_DIST_INPUTS]
         with torch.no_grad():
-            self._accumulate_entropy(module_id, module.action_space, dist_inputs, mask)
+            self._accumulate(module_id, dist_inputs, batch[Columns.ACTIONS], mask)
         if self._cov is not None:
-            loss = loss + self._covariance_term(module_id, module, config, batch, dist_inputs, mask)
+            loss = loss + self._covariance_correction(module_id, config, batch, dist_inputs, mask)
         return loss
 
     def after_gradient_based_update(self, *, timesteps) -> None:
         env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
-        for module_id, (gaussian, executed) in self._global_entropy_means().items():
-            for name, per_dim in (("entropy_gaussian", gaussian), ("entropy_executed", executed)):
-                self.metrics.log_value((module_id, name), per_dim.sum().item(), window=1)
-                for i, value in enumerate(per_dim.tolist()):
-                    self.metrics.log_value((module_id, f"{name}_dim{i}"), value, window=1)
-            if self._controlled:
-                controller = self.entropy_coeff_schedulers_per_module[module_id].controller
-                measured = (gaussian if self._measure == "gaussian" else executed).sum().item()
-                controller.update(measured, env_steps)
+        for module_id, means in self._global_means().items():
+            for name, per_dim in means.items():
+                key = "clipped_fraction" if name == "clipped" else f"entropy_{name}"
+                value = per_dim.mean() if name == "clipped" else per_dim.sum()
+                self.metrics.log_value((module_id, key), value.item(), window=1)
+                for i, part in enumerate(per_dim.tolist()):
+                    self.metrics.log_value((module_id, f"{key}_dim{i}"), part, window=1)
+            if self._mode is None:
+                continue
+            controller = self.entropy_coeff_schedulers_per_module[module_id].controller
+            controller.update(means[self._measure].sum().item(), env_steps)
+            if controller.target(env_steps) is not None:
                 self.metrics.log_value((module_id, "entropy_target"), controller.target(env_steps), window=1)
+        if self._sigma is not None:
+            self._set_log_std(env_steps)
+            for module_id in self._gaussian_module_ids():
+                self.metrics.log_value((module_id, "sigma_target"), self._sigma(env_steps), window=1)
         # PPO's hook now reads the new coefficient via `ControlledEntropyCoefficient.update()`.
         super().after_gradient_based_update(timesteps=timesteps)
 
     def retune_entropy_control(self, settings: dict) -> None:
-        """Give every module's controller new settings (`EntropyCoefficientController.retune` keywords),
-        keeping its integrator state. Settings given earlier and not named again stay."""
-        if not self._controlled:
+        """Give every module's controller new settings (`EntropyCoefficientController.retune` keywords, or
+        `sigma` in sigma_schedule mode), keeping its integrator state. Settings given earlier and not named
+        again stay."""
+        if self._mode is None:
             raise ValueError("entropy control is off on this learner: there is no controller to retune")
-        # Touching each module creates its controller, so none misses the change; the first retune
-        # checks the settings before any controller changes (they all get the same ones).
-        for module_id in sorted(self.module.keys()):
-            self.entropy_coeff_schedulers_per_module[module_id].controller.retune(**settings)
+        settings = dict(settings)
+        if self._mode == "sigma_schedule":
+            unknown = set(settings) - {"sigma"}
+            if unknown:
+                raise ValueError(f"a sigma_schedule takes only sigma live; got {sorted(unknown)}")
+            if "sigma" in settings:
+                self._sigma = Schedule(settings["sigma"], "sigma")
+        else:
+            # Touching each module creates its controller, so none misses the change; the first retune
+            # checks the settings before any controller changes (they all get the same ones).
+            for module_id in sorted(self.module.keys()):
+                self.entropy_coeff_schedulers_per_module[module_id].controller.retune(**settings)
         self._live_settings = {**self._live_settings, **settings}
 
     def get_state(self, components=None, *, not_components=None, **kwargs):
         state = super().get_state(components, not_components=not_components, **kwargs)
-        if self._controlled and self._check_component(CONTROLLER_STATE, components, not_components):
+        if self._mode is not None and self._check_component(CONTROLLER_STATE, components, not_components):
             state[CONTROLLER_STATE] = {
                 module_id: scheduler.controller.state_dict()
                 for module_id, scheduler in self.entropy_coeff_schedulers_per_module.items()
             }
             state[LIVE_SETTINGS_STATE] = dict(self._live_settings)
+        if self._cov_rng is not None and self._check_component(COVARIANCE_RNG_STATE, components, not_components):
+            state[COVARIANCE_RNG_STATE] = self._cov_rng.get_state()
         return state
 
     def set_state(self, state) -> None:
         super().set_state(state)
-        if self._controlled and CONTROLLER_STATE in state:
+        if self._mode is not None and CONTROLLER_STATE in state:
             # Fresh controllers with the saved live settings (none in older checkpoints) replace the ones
             # running now, so nothing retuned since the checkpoint survives; then the integrator states.
             self.entropy_coeff_schedulers_per_module.clear()
-            self._live_settings = dict(state.get(LIVE_SETTINGS_STATE, {}))
+            live, self._live_settings = dict(state.get(LIVE_SETTINGS_STATE, {})), {}
+            if self._mode == "sigma_schedule":
+                self.retune_entropy_control(live)
+            else:
+                self._live_settings = live
             for module_id, controller_state in state[CONTROLLER_STATE].items():
                 self.entropy_coeff_schedulers_per_module[module_id].controller.load_state_dict(controller_state)
+        if self._cov_rng is not None and COVARIANCE_RNG_STATE in state:
+            self._cov_rng.set_state(state[COVARIANCE_RNG_STATE])
 
     def _new_controller(self, control: dict) -> EntropyCoefficientController:
         controller = EntropyCoefficientController(**control)
-        controller.retune(**self._live_settings)
+        if self._mode != "sigma_schedule":
+            controller.retune(**self._live_settings)
         return controller
 
     def _gaussian_module_ids(self) -> list:
@@ -172,76 +213,79 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             if isinstance(self.module[module_id].unwrapped().action_space, gym.spaces.Box)
         )
 
-    def _accumulate_entropy(self, module_id, action_space, dist_inputs, mask) -> None:
-        mean, log_std = split_diag_gaussian_inputs(dist_inputs)
-        gaussian = diag_gaussian_entropy(log_std).per_dim
-        executed = clipped_gaussian_entropy(
-            *gaussian_in_env_units(mean, log_std, action_space, self.config.normalize_actions)
-        ).per_dim
-        if mask is not None:
-            gaussian, executed = gaussian[mask], executed[mask]
-        sums = torch.cat([gaussian.sum(0), executed.sum(0), gaussian.new_tensor([gaussian.shape[0]])])
-        self._entropy_sums[module_id] = self._entropy_sums.get(module_id, 0) + sums
+    def _set_log_std(self, env_steps: float) -> None:
+        """sigma_schedule: put log sigma(env_steps) into every Gaussian module's free log-std parameter."""
+        for module_id in self._gaussian_module_ids():
+            log_std = getattr(self.module[module_id].unwrapped().pi, "log_std", None)
+            if not isinstance(log_std, torch.nn.Parameter):
+                raise ValueError(
+                    f"entropy_control mode sigma_schedule sets a free log std; module {module_id!r} has a "
+                    "state-dependent one (model_config free_log_std=False)"
+                )
+            log_std.requires_grad_(False)
+            with torch.no_grad():
+                log_std.fill_(math.log(self._sigma(env_steps)))
 
-    def _global_entropy_means(self) -> dict:
-        """Per module (gaussian per-dim, executed per-dim) entropy means over all learners' samples."""
-        sums, self._entropy_sums = self._entropy_sums, {}
+    def _accumulate(self, module_id, dist_inputs, actions, mask) -> None:
+        action_space = self.module[module_id].unwrapped().action_space
+        stats = measured_entropies(dist_inputs, action_space, self.config.normalize_actions)
+        low, high = (bound.to(actions.device) for bound in policy_bounds(action_space, self.config.normalize_actions))
+        stats["clipped"] = ((actions < low) | (actions > high)).to(dist_inputs.dtype)
+        rows = torch.cat([stats[name] for name in _STATS], dim=-1)
+        if mask is not None:
+            rows = rows[mask]
+        sums = torch.cat([rows.sum(0), rows.new_tensor([rows.shape[0]])])
+        self._sums[module_id] = self._sums.get(module_id, 0) + sums
+
+    def _global_means(self) -> dict:
+        """Per module, {measure or "clipped": per-dim mean} over all learners' samples of this update."""
+        sums, self._sums = self._sums, {}
         if _num_learner_processes() > 1:
             # Every learner must call all_reduce the same number of times, in the same order.
             for module_id in self._gaussian_module_ids():
-                act_dim = self.module[module_id].unwrapped().action_space.shape[0]
-                local = sums.get(module_id, torch.zeros(2 * act_dim + 1, device=self._device))
+                act_dim = math.prod(self.module[module_id].unwrapped().action_space.shape)
+                local = sums.get(module_id, torch.zeros(len(_STATS) * act_dim + 1, device=self._device))
                 torch.distributed.all_reduce(local)
                 sums[module_id] = local
         means = {}
         for module_id, total in sums.items():
             count = total[-1].item()
             if count > 0:
-                gaussian, executed = (total[:-1] / count).cpu().chunk(2)
-                means[module_id] = (gaussian, executed)
+                means[module_id] = dict(zip(_STATS, (total[:-1] / count).cpu().chunk(len(_STATS))))
         return means
 
-    def _covariance_term(self, module_id, module, config, batch, dist_inputs, mask):
-        """Zero-valued (clip_cov) or penalty (kl_cov) term for the top-covariance samples."""
-        dist = module.get_train_action_dist_cls().from_logits(dist_inputs)
-        logp = dist.logp(batch[Columns.ACTIONS])
-        logp_old = batch[Columns.ACTION_LOGP]
+    def _covariance_correction(self, module_id, config, batch, dist_inputs, mask):
+        """The covariance method's policy term minus PPO's clipped-surrogate term (recomputed as PPO does)."""
+        module = self.module[module_id].unwrapped()
+        actions, logp_old = batch[Columns.ACTIONS], batch[Columns.ACTION_LOGP]
         advantages = batch[Postprocessing.ADVANTAGES]
-        valid = mask if mask is not None else torch.ones_like(logp, dtype=torch.bool)
-        num_valid = valid.sum()
-        with torch.no_grad():
-            centered_logp = logp - logp[valid].mean()
-            centered_adv = advantages - advantages[valid].mean()
-            covariance = torch.where(valid, centered_logp * centered_adv, torch.full_like(logp, -torch.inf))
-            k = max(1, int(round(self._cov["fraction"] * num_valid.item())))
-            top = torch.topk(covariance, k).indices
-            selected = torch.zeros_like(valid)
-            selected[top] = True
-        self.metrics.log_value((module_id, "cov_num_selected"), k, window=1)
-        self.metrics.log_value((module_id, "cov_threshold"), covariance[top].min().item(), window=1)
-        if self._cov["mode"] == "clip_cov":
-            ratio = torch.exp(logp - logp_old)
-            surrogate = torch.min(
-                advantages * ratio,
-                advantages * torch.clamp(ratio, 1 - config.clip_param, 1 + config.clip_param),
-            )
-            # PPO's loss holds -surrogate / num_valid per sample; adding it back cancels the gradient.
-            return (surrogate - surrogate.detach())[selected].sum() / num_valid
-        return self._cov["kl_coef"] * (0.5 * (logp - logp_old) ** 2)[selected].sum() / num_valid
-
-
-def _covariance_settings(settings: dict | None) -> dict | None:
-    if not settings:
-        return None
-    settings = {"fraction": 0.002, "kl_coef": 1.0, **settings}
-    if settings.get("mode") not in ("clip_cov", "kl_cov"):
-        raise ValueError(f"covariance_control.mode must be 'clip_cov' or 'kl_cov'; got {settings.get('mode')!r}")
-    if not 0 < settings["fraction"] <= 1:
-        raise ValueError(f"covariance_control.fraction must be in (0, 1]; got {settings['fraction']}")
-    unknown = set(settings) - {"mode", "fraction", "kl_coef"}
-    if unknown:
-        raise ValueError(f"covariance_control has unknown keys {sorted(unknown)}")
-    return settings
+        valid = mask if mask is not None else torch.ones_like(logp_old, dtype=torch.bool)
+        logp = module.get_train_action_dist_cls().from_logits(dist_inputs).logp(actions)
+        ratio = torch.exp(logp - logp_old)
+        surrogate = torch.min(
+            advantages * ratio, advantages * torch.clamp(ratio, 1 - config.clip_param, 1 + config.clip_param)
+        )
+        ppo_term = -surrogate[valid].sum() / valid.sum()
+        if self._cov.per_dimension:
+            logp_dims, z = gaussian_logp_per_dim(*split_diag_gaussian_inputs(dist_inputs), actions)
+            score = -0.5 * z.detach() ** 2
+            if self._cov.mode == "clip_cov":
+                result = clip_cov_loss(
+                    logp_dims, logp_old, advantages, valid, self._cov, config.clip_param, self._cov_rng, score
+                )
+            else:
+                old_dims, _ = gaussian_logp_per_dim(
+                    *split_diag_gaussian_inputs(batch[Columns.ACTION_DIST_INPUTS]), actions
+                )
+                result = kl_cov_loss(logp_dims, old_dims, advantages, valid, self._cov, score)
+        elif self._cov.mode == "clip_cov":
+            result = clip_cov_loss(logp, logp_old, advantages, valid, self._cov, config.clip_param, self._cov_rng)
+        else:
+            result = kl_cov_loss(logp, logp_old, advantages, valid, self._cov)
+        self.metrics.log_value((module_id, "cov_num_selected"), int(result.selected.sum()), window=1)
+        self.metrics.log_value((module_id, "cov_num_candidates"), result.num_candidates, window=1)
+        self.metrics.log_value((module_id, "cov_policy_loss"), result.loss.item(), window=1)
+        return result.loss - ppo_term
 
 
 def _num_learner_processes() -> int:

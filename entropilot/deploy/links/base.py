@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from entropilot.errors import EntropilotError
+
 # The layout and airframes are the vehicle contract (standard library only), which the simulator fills from its
 # state and the builder below from telemetry.
 from entropilot.vehicle.airframe import get_airframe
@@ -37,7 +39,7 @@ _POS_ERR, _ROTATION, _VELOCITY, _BODY_RATES, _PREV_ACTION = (
 )
 
 
-class LinkError(RuntimeError):
+class LinkError(EntropilotError, RuntimeError):
     """The link cannot do what was asked: not connected, lost, or the vehicle refused the command."""
 
 

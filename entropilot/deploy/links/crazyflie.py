@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import threading
 from typing import Any
 
 import numpy as np
 
 from entropilot.deploy.links.base import Clock, CtbrVehicleLink, LinkError, Telemetry
+from entropilot.inputs import InputError
 from entropilot.vehicle.frames import rotation_from_euler
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "LOG_POSITION",
     "THRUST_MAX",
     "action_from_setpoint",
+    "check_uri",
     "rotation_from_stabilizer",
     "setpoint_from_action",
     "telemetry_from_log",
@@ -75,6 +78,21 @@ LOG_POSITION = (
     "stateEstimate.vz",
 )
 LOG_ATTITUDE = ("stabilizer.roll", "stabilizer.pitch", "stabilizer.yaw", "gyro.x", "gyro.y", "gyro.z")
+
+
+# cflib's URI forms (its drivers' own patterns): radio://DONGLE/CHANNEL/RATE/ADDRESS is the usual one.
+_RADIO_URI = re.compile(r"radio://[0-9]+(/(?P<channel>[0-9]+)(/(250K|1M|2M)(/[0-9A-Fa-f]{1,10})?)?)?(\?.*)?")
+_OTHER_URI = re.compile(r"(usb://[0-9]+|(udp|tcp|serial|prrt)://[^\s]+)")
+
+
+def check_uri(text: str, name: str = "uri") -> str:
+    """A cflib URI (radio://0/80/2M/E7E7E7E7E7, usb://0, udp://HOST...), else InputError naming ``name``."""
+    radio = _RADIO_URI.fullmatch(text)
+    if radio and (radio["channel"] is None or int(radio["channel"]) <= 125):
+        return text
+    if not radio and _OTHER_URI.fullmatch(text):
+        return text
+    raise InputError(name, text, "write a cflib URI: radio://DONGLE/CHANNEL(0-125)/RATE(250K|1M|2M)/ADDRESS or usb://N")
 
 
 def _cflib():
@@ -185,6 +203,8 @@ class CrazyflieLink(CtbrVehicleLink):
 
     # ---- VehicleLink --------------------------------------------------------------------
     def connect(self) -> None:
+        if self._given_cf is None:
+            check_uri(self.uri)
         crtp, Crazyflie, LogConfig = _cflib()
         self.close()
         self._reset_state()

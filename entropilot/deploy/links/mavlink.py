@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import threading
 import time
 
 import numpy as np
 
 from entropilot.deploy.links.base import Clock, CtbrVehicleLink, LinkError, Telemetry
+from entropilot.inputs import InputError, host_port, resolvable_host
 from entropilot.vehicle.frames import (
     FLIP,
     rotation_from_quaternion,
@@ -37,6 +39,7 @@ __all__ = [
     "PX4_MODES",
     "action_from_attitude_target",
     "attitude_target_from_action",
+    "check_connection",
     "px4_custom_mode",
     "px4_mode_name",
 ]
@@ -83,6 +86,29 @@ def action_from_attitude_target(thrust: float, rates_frd, max_body_rate: float) 
 
 
 # ---- the link -------------------------------------------------------------------------------
+# pymavlink's network connection kinds (HOST:PORT after the colon); anything else must be a serial device.
+NETWORK_KINDS = ("udpin", "udpout", "udp", "udpbcast", "tcp", "tcpin")
+_SERIAL = re.compile(r"(/dev/[^,\s]+|COM[0-9]+)(,[0-9]+)?")
+
+
+def check_connection(text: str, name: str = "connection") -> str:
+    """A pymavlink connection string (KIND:HOST:PORT with a host that resolves, or a serial device[,BAUD]), else
+    InputError naming ``name``: pymavlink itself raises ValueError, OverflowError or gaierror tracebacks for these."""
+    kind, sep, rest = text.partition(":")
+    if sep and kind in NETWORK_KINDS:
+        try:
+            host, _ = host_port(rest, name, form=f"{kind}:HOST:PORT")
+        except InputError as err:
+            raise InputError(name, text, err.allowed) from None
+        resolvable_host(host, name)
+        return text
+    if not _SERIAL.fullmatch(text):
+        raise InputError(
+            name, text, "write udpin:HOST:PORT, udpout:HOST:PORT, tcp:HOST:PORT or a serial device /dev/ttyACM0[,BAUD]"
+        )
+    return text
+
+
 class MavlinkLink(CtbrVehicleLink):
     """A PX4-style autopilot over MAVLink (``connection`` in pymavlink's syntax: ``udpout:127.0.0.1:14540`` sends to
     a vehicle/SITL listening there, ``udpin:127.0.0.1:14540`` listens for one that sends to us).
@@ -152,6 +178,7 @@ class MavlinkLink(CtbrVehicleLink):
 
     # ---- VehicleLink --------------------------------------------------------------------
     def connect(self) -> None:
+        check_connection(self.connection_string)
         self.close()
         self._reset_state()
         self._stop.clear()

@@ -16,7 +16,7 @@ from entropilot.platform.config.loading import (
 from entropilot.platform.config.overrides import ALIASES, canonical_path, parse_override, parse_overrides, read_yaml
 from entropilot.platform.config.schema import (
     DEFAULT_TRACKING_URI,
-    LIVE,
+    TARGET_MODES,
     AlgorithmConfig,
     CheckpointConfig,
     CollapseConfig,
@@ -36,9 +36,9 @@ from entropilot.platform.config.schema import (
 __all__ = [
     "ALIASES",
     "DEFAULT_TRACKING_URI",
-    "LIVE",
     "MLFLOW_PARAM_MAX_CHARS",
     "RESUMABLE_SECTION",
+    "TARGET_MODES",
     "AlgorithmConfig",
     "CheckpointConfig",
     "CollapseConfig",

@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from entropilot.errors import EntropilotError, one_line
+
 
 class _NoValue:
     """The value of a problem that is about a whole section or a missing file, not a value someone gave."""
@@ -31,7 +33,7 @@ class Problem(NamedTuple):
         return f"{self.path or '<top>'}: {self.message}{got}"
 
 
-class ConfigError(ValueError):
+class ConfigError(EntropilotError, ValueError):
     """A config that cannot be used. `problems` lists every `Problem` found; the message has one line per problem."""
 
     def __init__(self, problems: list[Problem] | list[tuple], source: str | None = None):
@@ -41,6 +43,11 @@ class ConfigError(ValueError):
         lines = [f"invalid experiment config{where}:"]
         lines += [f"  - {problem.describe()}" for problem in self.problems]
         super().__init__("\n".join(lines))
+
+    def lines(self) -> list[str]:
+        where = f"{self.source}: " if self.source else ""
+        # A problem with the whole file (path "") reads better without the "<top>" placeholder of `describe`.
+        return [one_line(f"{where}{problem.describe().removeprefix('<top>: ')}") for problem in self.problems]
 
 
 class FieldProblem(ValueError):

@@ -40,8 +40,12 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
             data = read_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError([Problem("", f"not valid YAML: {exc}")], source) from None
-        if data is None:
-            data = {}
+        if data is None or data == {}:
+            # Most likely the wrong or a truncated file: training on every default would hide that.
+            raise ConfigError(
+                [Problem("", "the file holds no settings (empty or only comments); give at least one section")],
+                source,
+            )
         if not isinstance(data, dict):
             raise ConfigError([Problem("", "the file must hold a mapping of sections", data)], source)
     return parse_config(data, overrides, source=source)

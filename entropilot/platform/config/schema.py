@@ -1,6 +1,7 @@
 """The experiment schema: one pydantic model per config section, and `ExperimentConfig`, the only place defaults live.
 
 Light (pydantic only): a bad value fails, naming the field and the allowed range, before Ray or torch is imported.
+Over 450 lines: every section with its defaults and their reasons is kept in one file on purpose.
 """
 
 from __future__ import annotations
@@ -12,17 +13,25 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from entropilot.inputs import InputError, host_port, name_problem, tracking_uri_problem
 from entropilot.platform.config.errors import FieldProblem, conflict
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# json_schema_extra of a field a running training may change (entropy.control's, from MLflow tags).
-LIVE = {"live": True}
+# Control modes with a target entropy (lower_bound: a minimum; track: followed from both sides).
+TARGET_MODES = ("lower_bound", "track")
+
+
+def live(*modes: str) -> dict[str, list[str]]:
+    """json_schema_extra of a field a running training takes from its MLflow run's tags in entropy.control's `modes`
+    (platform/live_tuning.py): in those modes the field means something to a running controller."""
+    return {"live": list(modes)}
 
 
 class _Section(BaseModel):
     # extra="forbid": a typo in a key fails instead of silently using the default.
     # validate_assignment: programmatic edits (sweeps) get the same checks as YAML.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float field means a finite number (.inf or .nan would train on, or hang, silently).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------- env
@@ -110,125 +119,167 @@ class AlgorithmConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The policy/value MLP and its Gaussian's log standard deviation."""
+    """The policy/value MLP, its Gaussian's log standard deviation and how its initial weights are drawn."""
 
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=lambda: [64, 64], min_length=1, max_length=16
     )
     activation: Literal["tanh", "relu", "silu"] = "tanh"
-    # State-independent log std: the entropy is then a parameter the controllers can read and steer.
+    # State-independent log std: the entropy is then a parameter the controllers can read and steer. False: the
+    # policy head outputs a log std per state (its weights then also decide each draw's exploration).
     free_log_std: bool = True
+    # Init family (PPO; policies/initial_weights.py): the policy head's last layer is multiplied by output_gain as
+    # drawn (0.01: the "small last layer", every draw's mean ~0; 1: RLlib's default; larger spreads the draws'
+    # means, and with free_log_std false their stds, so entropy-aware init has draws to reject), and initial_std
+    # sets the Gaussian's std at init, in action half-widths (null: as drawn; RLlib's free log std starts at std 1).
+    output_gain: float = Field(1.0, gt=0.0, le=100.0)
+    initial_std: float | None = Field(None, gt=0.0, le=100.0)
+    # Torch seed of the initial weights, apart from `seed` (envs, sampling): draw k of the init uses
+    # 1000 * weight_seed + k, and a run without entropy-aware init starts from draw 0, so two arms with the same
+    # weight_seed start from the same weights wherever the init keeps draw 0. null: the experiment's seed.
+    weight_seed: int | None = Field(None, ge=0, le=2**31 - 1)
 
 
 # ------------------------------------------------------------------------------------------ entropy
 
 
 class EntropyInitConfig(_Section):
-    """Entropy-aware initialization: redraw the initial policy until its executed actions are diverse enough."""
+    """Entropy-aware initialization: redraw the initial policy until it explores enough on the states it visits.
+
+    `threshold` is in nats of `entropy.measure`, the mean over a short rollout summed over action dims. With the
+    effective measure, t nats over d dims means a per-dim std of exp(t/d - 1.42) action half-widths where the
+    bounds do not bite (4 dims: -6.3 = std 0.05, -3.5 = 0.1, -0.8 = 0.2, 0.9 = 0.3, 2.9 = 0.5 unclipped), lower
+    where the executed actions clip; a centred std-1 policy scores 4.35, a policy pinned past a bound -21.96.
+    A threshold outside the measure's reachable range (4 dims: [-21.96, 5.68]) is refused.
+    """
 
     enabled: bool = True
-    # Nats of the executed (clipped) actions over a short rollout, summed over action dims, at 1e-3 actuator
-    # resolution (policies/entropy.py): a centred std-1 policy scores about -3.6 on 4 dims, a saturated one far less.
-    threshold: float = Field(-4.0, ge=-100.0, le=100.0)
+    threshold: float = Field(2.0, ge=-100.0, le=100.0)
     max_draws: int = Field(10, ge=1, le=1000)
     rollout_steps: int = Field(1000, ge=1)
 
 
 class ControlConfig(_Section):
-    """Closed-loop control of the entropy coefficient toward a target policy entropy (nats).
+    """Entropy control in PPO, in nats of `entropy.measure`. One line picks the mode:
 
-    Mirrors `policies.entropy_control.EntropyCoefficientController` (see its docstring for the
-    stability reasoning behind the defaults): once per iteration, with e = target - measured,
-    coef += gain * e + damping * (e - e_previous), the step clamped to +-max_step and coef to
-    [coef_min, coef_max]. The coefficient is signed: negative is an entropy penalty, needed to bring
-    entropy *down* to a target below what the policy has by itself.
+    - lower_bound (default): `target` is a minimum; the coefficient stays in [0, coef_max] (dual ascent, as SAC's
+      temperature): 0 while the policy is above it, rising while it is below. Never an entropy penalty.
+    - track: `target` is followed from both sides, coefficient in [coef_min, coef_max] with coef_min < 0 allowed.
+      A target below the entropy the policy has by itself takes a penalty, which rewards certainty: it can drive
+      the policy into entropy collapse (bound it with coef_min, watch entropy.collapse).
+    - fixed: the coefficient `coef` throughout (0: plain PPO).
+    - sigma_schedule: no coefficient (0); the Gaussian's std follows `sigma` (needs model.free_log_std).
+    lower_bound/track, once per iteration with e = target - measured: coef += gain * e + damping *
+    (e - e_previous), the step clamped to +-max_step and coef to [coef_min, coef_max] (see
+    `policies.entropy_control.EntropyCoefficientController` for the stability reasoning behind the defaults).
     """
 
     # None = on for PPO, off for SAC (SAC tunes its own alpha); resolved by ExperimentConfig.
     enabled: bool | None = None
-    # Fields marked LIVE are what a running training takes from its MLflow run's tags (platform/live_tuning.py):
-    # their description is what the run's page says about them.
+    mode: Literal["lower_bound", "track", "fixed", "sigma_schedule"] = "lower_bound"
+    # Fields marked live(...) are what a running training takes from its MLflow run's tags in those modes
+    # (platform/live_tuning.py): their description is what the run's page says about them.
+    # Must be reachable: at most the measure's maximum (4 dims, effective: 5.68).
     target: float | list[tuple[int, float]] = Field(
-        1.0,
-        description="target policy entropy in nats: a number, or a schedule [[env_steps, nats], ...] (linear between "
-        "points, env steps of the whole run); every value above entropy.collapse.floor",
-        json_schema_extra=LIVE,
+        0.0,
+        description="target policy entropy in nats of entropy.measure (lower_bound: a minimum; track: followed from "
+        "both sides): a number, or a schedule [[env_steps, nats], ...] (linear between points, env steps of the whole "
+        "run); every value above entropy.collapse.floor and reachable by the measure",
+        json_schema_extra=live(*TARGET_MODES),
     )
-    # PPO loss term -coef * entropy: coef < 0 penalizes entropy. |coef| ~ 1 would swamp PPO's policy
-    # gradient (advantages are standardized); useful values are of order +-0.01. coef_min bounds the
-    # penalty, i.e. how hard the controller may push toward collapse.
-    coef_init: float = Field(0.0, ge=-1.0, le=1.0, allow_inf_nan=False)
-    coef_min: float = Field(
-        -0.05,
+    # |coef| ~ 1 would swamp PPO's policy gradient (advantages are standardized).
+    coef: float = Field(
+        0.0,
         ge=-1.0,
         le=1.0,
-        allow_inf_nan=False,
-        description="lowest coefficient, the strongest entropy penalty: how fast entropy can be pushed down; "
-        "at most coef_max",
-        json_schema_extra=LIVE,
+        description="entropy coefficient of PPO's loss term -coef * entropy: held throughout (fixed), where the "
+        "controller starts (lower_bound, track); 0 is plain PPO, useful values are of order 0.01",
+        json_schema_extra=live("fixed"),
+    )
+    # None: 0 for lower_bound (which refuses less), -0.05 for track (the strongest penalty it may apply).
+    coef_min: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="lowest coefficient (null: 0 for lower_bound, -0.05 for track); below 0 an entropy penalty (track "
+        "only): how fast entropy can be pushed down; at most coef_max",
+        json_schema_extra=live(*TARGET_MODES),
     )
     coef_max: float = Field(
         0.05,
         ge=-1.0,
         le=1.0,
-        allow_inf_nan=False,
         description="highest coefficient, the strongest entropy bonus: how fast entropy can be pushed up; "
         "at least coef_min",
-        json_schema_extra=LIVE,
+        json_schema_extra=live(*TARGET_MODES),
     )
     gain: float = Field(
         0.003,
         gt=0.0,
         le=1.0,
-        allow_inf_nan=False,
         description="integral action: coefficient change per nat of entropy error per iteration",
-        json_schema_extra=LIVE,
+        json_schema_extra=live(*TARGET_MODES),
     )
     # Stable while b * (gain + 2 * damping) < 4, b = plant gain, ~1 on hover.
     damping: float = Field(
         0.08,
         ge=0.0,
         le=1.0,
-        allow_inf_nan=False,
         description="proportional action on the change of the error; keeps the loop from oscillating (entropy "
         "integrates the coefficient)",
-        json_schema_extra=LIVE,
+        json_schema_extra=live(*TARGET_MODES),
     )
     max_step: float = Field(
         0.005,
         gt=0.0,
         le=1.0,
-        allow_inf_nan=False,
         description="largest coefficient change per iteration",
-        json_schema_extra=LIVE,
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    sigma: float | list[tuple[int, float]] = Field(
+        default_factory=lambda: [(0, 1.0), (400_000, 0.3)],
+        description="the policy's std per action dim in action half-widths (sigma_schedule): a number, or a schedule "
+        "[[env_steps, std], ...] (linear between points, env steps of the whole run); every std in (0, 100]",
+        json_schema_extra=live("sigma_schedule"),
     )
 
-    def controller_kwargs(self) -> dict:
-        """Keyword arguments of `policies.entropy_control.EntropyCoefficientController` for this section."""
+    def controller_settings(self, measure: str) -> dict:
+        """The `entropy_control` settings of `policies.ppo_learner.EntropyControlledPPOLearner` for this section."""
+        if self.mode == "sigma_schedule":
+            return {"mode": self.mode, "measure": measure, "sigma": self.sigma}
         return {
-            "target": self.target,
-            "initial_coef": self.coef_init,
-            "coef_min": self.coef_min,
+            "mode": self.mode,
+            "measure": measure,
+            "target": None if self.mode == "fixed" else self.target,
+            "initial_coef": self.coef,
+            "coef_min": self.resolved_coef_min,
             "coef_max": self.coef_max,
             "gain": self.gain,
             "damping": self.damping,
             "max_step": self.max_step,
         }
 
-    @field_validator("target", mode="before")
+    @property
+    def resolved_coef_min(self) -> float:
+        if self.coef_min is not None:
+            return self.coef_min
+        return -0.05 if self.mode == "track" else min(0.0, self.coef_max)
+
+    @field_validator("target", "sigma", mode="before")
     @classmethod
-    def _number_or_schedule(cls, value: Any) -> Any:
+    def _number_or_schedule(cls, value: Any, info) -> Any:
         # Hand-checked for one clear message per problem (a plain union reports every member's error).
+        unit = "nats" if info.field_name == "target" else "std"
         if _is_number(value):
             return float(value)
         if not isinstance(value, (list, tuple)) or not value:
-            raise ValueError("must be a number of nats or a non-empty schedule [[env_steps, nats], ...]")
+            raise ValueError(f"must be a number ({unit}) or a non-empty schedule [[env_steps, {unit}], ...]")
         pairs = []
         for i, pair in enumerate(value):
             ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_number(pair[1])
             step = pair[0] if ok else None
             if not ok or isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                raise FieldProblem(f"{i}", "schedule entries must be [env_steps (int >= 0), nats]", pair)
+                raise FieldProblem(f"{i}", f"schedule entries must be [env_steps (int >= 0), {unit}]", pair)
             pairs.append((step, float(pair[1])))
         if pairs[0][0] != 0:
             raise FieldProblem("0", "schedule must start at env step 0", list(value[0]))
@@ -237,51 +288,91 @@ class ControlConfig(_Section):
                 raise FieldProblem(f"{i}", "schedule env steps must be strictly increasing", list(value[i]))
         return pairs
 
+    @field_validator("sigma")
+    @classmethod
+    def _positive_std(cls, value: Any) -> Any:
+        stds = [value] if isinstance(value, float) else [std for _, std in value]
+        if not all(0 < std <= 100 for std in stds):
+            raise ValueError("every std must be in (0, 100] action half-widths")
+        return value
+
     @model_validator(mode="after")
     def _coef_bounds(self) -> ControlConfig:
-        if self.coef_min > self.coef_max:
+        # Each rule is stated about every field it involves (`conflict`): whichever one a person changed, one
+        # problem speaks about it.
+        low, high = self.resolved_coef_min, self.coef_max
+        if low > high:
             raise conflict(
                 "ControlConfig",
-                FieldProblem("coef_min", f"must be <= coef_max ({self.coef_max})", self.coef_min),
-                FieldProblem("coef_max", f"must be >= coef_min ({self.coef_min})", self.coef_max),
+                FieldProblem("coef_min", f"must be <= coef_max ({high})", low),
+                FieldProblem("coef_max", f"must be >= coef_min ({low})", high),
             )
-        if not self.coef_min <= self.coef_init <= self.coef_max:
-            raise FieldProblem(
-                "coef_init", f"must be within [coef_min, coef_max] = [{self.coef_min}, {self.coef_max}]", self.coef_init
+        if self.mode == "lower_bound" and low < 0:
+            raise conflict(
+                "ControlConfig",
+                FieldProblem(
+                    "coef_min", "a lower_bound controller never goes below zero (a penalty needs mode track)", low
+                ),
+                FieldProblem("mode", f"lower_bound never goes below zero: coef_min {low} needs mode track", self.mode),
             )
+        if self.mode in TARGET_MODES and not low <= self.coef <= high:
+            bound, value, side = ("coef_min", low, "<=") if self.coef < low else ("coef_max", high, ">=")
+            problems = [FieldProblem("coef", f"must be within [coef_min, coef_max] = [{low}, {high}]", self.coef)]
+            if not (self.mode == "lower_bound" and bound == "coef_min"):  # lower_bound's floor is 0: coef must move
+                where = f"where the {self.mode} controller starts"
+                problems.append(FieldProblem(bound, f"must be {side} coef ({self.coef}), {where}", value))
+            raise conflict("ControlConfig", *problems)
         return self
 
     def target_at(self, env_steps: int) -> float:
         """The target entropy (nats) after `env_steps`: linear between schedule points, held past the last."""
-        if isinstance(self.target, float):
-            return self.target
-        points = self.target
-        if env_steps >= points[-1][0]:
-            return points[-1][1]
-        for (s0, v0), (s1, v1) in zip(points, points[1:]):
-            if s0 <= env_steps < s1:
-                return v0 + (v1 - v0) * (env_steps - s0) / (s1 - s0)
-        return points[0][1]
+        return _schedule_at(self.target, env_steps)
+
+    def sigma_at(self, env_steps: int) -> float:
+        return _schedule_at(self.sigma, env_steps)
 
     def min_target(self) -> float:
         return self.target if isinstance(self.target, float) else min(v for _, v in self.target)
 
+    def max_target(self) -> float:
+        return self.target if isinstance(self.target, float) else max(v for _, v in self.target)
+
+
+def _schedule_at(schedule: float | list[tuple[int, float]], env_steps: int) -> float:
+    if isinstance(schedule, float):
+        return schedule
+    if env_steps >= schedule[-1][0]:
+        return schedule[-1][1]
+    for (s0, v0), (s1, v1) in zip(schedule, schedule[1:]):
+        if s0 <= env_steps < s1:
+            return v0 + (v1 - v0) * (env_steps - s0) / (s1 - s0)
+    return schedule[0][1]
+
 
 class CollapseConfig(_Section):
-    """Entropy-collapse detection (nats); None switches a check off."""
+    """Entropy-collapse detection, in nats of `entropy.measure`; None switches a check off."""
 
-    floor: float | None = -1.0
+    floor: float | None = -8.0
     # Per million env steps (a least-squares slope over the last 500k), so it means the same at any batch size.
-    # Hover's schedule lowers entropy ~13 nats per 1M steps on purpose; a collapse is much faster.
     max_drop_per_million_steps: float | None = Field(30.0, gt=0.0)
 
 
 class CovarianceConfig(_Section):
-    """Covariance-based entropy regularization (PPO): Clip-Cov or KL-Cov on the tokens with largest covariance."""
+    """Clip-Cov / KL-Cov (PPO; Cui et al. 2025, policies/covariance.py): their policy term replaces PPO's clipped one.
+
+    clip_cov: of the samples PPO did not clip whose logp-advantage covariance lies in (lower, upper), a random
+    `fraction` of the minibatch gets no gradient. kl_cov: the unclipped surrogate, plus kl_coef * |logp - logp_old|
+    on the top `fraction` by covariance. per_dimension: (sample, action dim) pairs instead of samples, scored by the
+    covariance of the advantage with -z^2/2 (the pairs whose gradient shrinks that dim's std).
+    """
 
     mode: Literal["off", "clip_cov", "kl_cov"] = "off"
-    # Share of samples with the largest logp/advantage covariance that get clipped or KL-penalized.
-    fraction: float = Field(0.002, gt=0.0, le=0.1)
+    per_dimension: bool = False
+    # Share of the minibatch selected, at least one: 0.02 = 10 of hover's 512-sample minibatches (40 of its 2048
+    # sample-dimension pairs), 5 of the default 256.
+    fraction: float = Field(0.02, gt=0.0, le=1.0)
+    lower: float = Field(1.0)
+    upper: float = Field(5.0)
     kl_coef: float = Field(1.0, ge=0.0)
 
     @field_validator("mode", mode="before")
@@ -289,8 +380,24 @@ class CovarianceConfig(_Section):
     def _off_is_not_false(cls, value: Any) -> Any:
         return _yaml_switch(value)
 
+    @model_validator(mode="after")
+    def _band(self) -> CovarianceConfig:
+        if not self.lower < self.upper:
+            raise FieldProblem("lower", f"must be < upper ({self.upper})", self.lower)
+        return self
+
+    def settings(self, seed: int) -> dict | None:
+        """`policies.covariance.CovarianceSettings` keywords, or None when off."""
+        if self.mode == "off":
+            return None
+        return {**self.model_dump(), "seed": seed}
+
 
 class EntropyConfig(_Section):
+    # The entropy the init threshold, the control target and the collapse floor are in (policies/entropy.py):
+    # effective = the Gaussian entropy of the executed (clipped) action's spread, bounded by 1.42 nats per dim;
+    # gaussian = the pre-clip Gaussian's, unbounded (it counts mass beyond the action bounds as exploration).
+    measure: Literal["effective", "gaussian"] = "effective"
     init: EntropyInitConfig = Field(default_factory=EntropyInitConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     collapse: CollapseConfig = Field(default_factory=CollapseConfig)
@@ -307,6 +414,12 @@ class ResourcesConfig(_Section):
     envs_per_runner: int = Field(4, ge=1, le=1024)
     num_cpus_per_env_runner: float = Field(1.0, gt=0.0)
     num_learners: int = Field(0, ge=0, le=1024)
+    # How env runners sample: RLlib's own loop (stock), or one batched policy forward per vector step (bulk;
+    # single-drone envs, same loss inputs as stock).
+    sampler: Literal["stock", "bulk"] = "stock"
+    # A runner's envs: Gymnasium's SyncVectorEnv of single envs (sync), or all its drones in one PyBullet world
+    # (batched, envs.vector.DroneVectorEnv; single-drone envs, each drone flies as the single env would).
+    vector_env: Literal["sync", "batched"] = "sync"
     # auto: use one GPU if Ray's cluster resources show one.
     gpu: Literal["auto", "on", "off"] = "auto"
     # None: RAY_ADDRESS if set (a submitted job has it), else a new in-process Ray.
@@ -316,6 +429,17 @@ class ResourcesConfig(_Section):
     @classmethod
     def _on_off_are_not_bools(cls, value: Any) -> Any:
         return _yaml_switch(value)
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_form(cls, address: str | None) -> str | None:
+        if address is None or address in ("local", "auto"):
+            return address
+        try:
+            host_port(address.removeprefix("ray://"), "resources.ray_address")
+        except InputError:
+            raise ValueError("write local, auto, HOST:PORT (the head's GCS) or ray://HOST:PORT (Ray Client)") from None
+        return address
 
     def resolve_ray_address(self) -> str:
         """The address to pass to `ray.init`: this field, else RAY_ADDRESS, else "local" (start Ray in-process).
@@ -338,14 +462,22 @@ class MlflowConfig(_Section):
     video: bool = False
     system_metrics: bool = False
 
+    @field_validator("run_name")
+    @classmethod
+    def _folder_name(cls, name: str | None) -> str | None:
+        # The run's checkpoints go to runs/<run name> unless checkpoint.dir says otherwise.
+        problem = None if name is None else name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
     @field_validator("tracking_uri")
     @classmethod
     def _not_a_file_store(cls, uri: str | None) -> str | None:
         # MLflow 3.17 refuses plain-directory stores ("filesystem tracking backend is in maintenance mode").
-        if uri is not None and (uri.startswith("file:") or "://" not in uri):
-            raise ValueError(
-                f"file stores are refused by MLflow 3; use e.g. {DEFAULT_TRACKING_URI} or http://host:port"
-            )
+        problem = None if uri is None else tracking_uri_problem(uri)
+        if problem:
+            raise ValueError(problem)
         return uri
 
     def resolve_tracking_uri(self) -> str:
@@ -421,8 +553,21 @@ class ExperimentConfig(_Section):
                     "covariance control works with PPO only; set it to off for SAC",
                     self.entropy.covariance.mode,
                 )
+        self._entropy_reachable()
+        self._init_family_fits()
+        for field, fast, slow in (("sampler", "bulk", "stock"), ("vector_env", "batched", "sync")):
+            value = getattr(self.resources, field)
+            if value == fast:
+                from entropilot.envs import SINGLE_AGENT_IDS
+
+                if self.env.id not in SINGLE_AGENT_IDS:
+                    raise FieldProblem(
+                        f"resources.{field}",
+                        f"{fast} is for the single-drone envs {list(SINGLE_AGENT_IDS)}; {self.env.id} needs {slow}",
+                        value,
+                    )
         floor = self.entropy.collapse.floor
-        if control.enabled and floor is not None and floor >= control.min_target():
+        if control.enabled and control.mode in TARGET_MODES and floor is not None and floor >= control.min_target():
             # A target under the floor would make every iteration a "collapse".
             if isinstance(control.target, float):
                 where, value = "entropy.control.target", control.target
@@ -451,7 +596,74 @@ class ExperimentConfig(_Section):
             )
         return self
 
+    def _entropy_reachable(self) -> None:
+        """Refuse an init threshold or a control target the configured measure can't reach on this env's actions."""
+        space = _action_space(self.env)
+        if space is None:
+            return
+        from entropilot.policies.entropy_range import measure_range
+
+        measure = self.entropy.measure
+        low, high = measure_range(measure, space)
+        reach = f"the {measure} entropy of {space} lies in [{low:.2f}, {high:.2f}] nats"
+        threshold = self.entropy.init.threshold
+        if self.entropy.init.enabled and self.algorithm.name == "PPO" and not low <= threshold <= high:
+            raise FieldProblem("entropy.init.threshold", f"unreachable: {reach}", threshold)
+        control = self.entropy.control
+        if control.enabled and control.mode in TARGET_MODES:
+            for value in (control.max_target(), control.min_target()):
+                if not low <= value <= high:
+                    raise FieldProblem("entropy.control.target", f"unreachable: {reach}", control.target)
+
+    def _init_family_fits(self) -> None:
+        model, control = self.model, self.entropy.control
+        if self.algorithm.name != "PPO":
+            for name, value, default in (
+                ("output_gain", model.output_gain, 1.0),
+                ("initial_std", model.initial_std, None),
+            ):
+                if value != default:
+                    raise FieldProblem(f"model.{name}", "the init family applies to PPO's policy head only", value)
+        if control.enabled and control.mode == "sigma_schedule":
+            if not model.free_log_std:
+                raise FieldProblem(
+                    "entropy.control.mode",
+                    "sigma_schedule sets a free log std: needs model.free_log_std true",
+                    control.mode,
+                )
+            start = control.sigma_at(0)
+            if model.initial_std is not None and model.initial_std != start:
+                sigma, where = control.sigma, "entropy.control.sigma"
+                if not isinstance(sigma, float):
+                    sigma, where = list(sigma[0]), f"{where}.0"
+                raise conflict(
+                    "ExperimentConfig",
+                    FieldProblem(
+                        "model.initial_std",
+                        f"sigma_schedule starts at entropy.control.sigma's {start}",
+                        model.initial_std,
+                    ),
+                    FieldProblem(
+                        where,
+                        f"must start at model.initial_std ({model.initial_std}), or model.initial_std be null",
+                        sigma,
+                    ),
+                )
+
     # -- derived values the platform needs --------------------------------------------------------
+
+    @property
+    def weight_seed(self) -> int:
+        """The torch seed family of the initial weights: model.weight_seed, else the experiment's seed."""
+        return self.seed if self.model.weight_seed is None else self.model.weight_seed
+
+    @property
+    def initial_std(self) -> float | None:
+        """The policy's std at init: the sigma schedule's start in sigma_schedule mode, else model.initial_std."""
+        control = self.entropy.control
+        if control.enabled and control.mode == "sigma_schedule":
+            return control.sigma_at(0)
+        return self.model.initial_std
 
     @property
     def run_name(self) -> str:
@@ -460,6 +672,18 @@ class ExperimentConfig(_Section):
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoint.dir or f"runs/{self.run_name}")
+
+
+def _action_space(env: EnvConfig):
+    """One agent's action space of `env`, told by the envs room without starting a simulator; None if it can't."""
+    try:
+        from entropilot.envs import action_space
+    except ImportError:
+        return None
+    try:
+        return action_space(env.id, dict(env.kwargs))
+    except (ValueError, TypeError):
+        return None  # the env id or kwargs are wrong: their own validator says so
 
 
 # ---------------------------------------------------------------------------------------- internals

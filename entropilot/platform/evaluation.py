@@ -1,0 +1,101 @@
+"""Greedy evaluation of a training run's policy on held-out seeds: `GreedyPolicy` (the policy as a plain
+obs -> action function, what export puts in its graph) and `Evaluation` (all episodes at once in a vector env)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from entropilot.platform.config import ExperimentConfig
+from entropilot.platform.train import is_multi_agent, module_id
+
+
+class GreedyPolicy:
+    """The trained policy as a plain obs -> action function: normalize, forward, Gaussian mean, clip.
+
+    For SAC's tanh-squashed Gaussian the deterministic action is tanh(mean) (RLlib's own
+    ``to_deterministic`` returns the pre-tanh mean, ray-project/ray#51544), which for our [-1, 1]
+    action boxes is already the env action.
+
+    The same computation the ONNX export puts in its graph; used here for evaluation and videos. In a
+    swarm run it is the shared policy, normalizing with the filter statistics pooled over all drones
+    (see `algorithm.observation_filter_stats`), and flies every drone.
+    """
+
+    def __init__(self, module, filter_stats):
+        import torch
+        from ray.rllib.models.torch.torch_distributions import TorchSquashedGaussian
+
+        self._torch = torch
+        self.module = module
+        self.filter = filter_stats
+        self.squashed = issubclass(module.get_inference_action_dist_cls(), TorchSquashedGaussian)
+
+    @classmethod
+    def from_algo(cls, algo) -> GreedyPolicy:
+        from entropilot.platform.algorithm import observation_filter_stats
+
+        return cls(algo.get_module(module_id(algo)), observation_filter_stats(algo))
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """The action for one observation (obs,), or the actions for a batch of them (N, obs), in one forward."""
+        torch = self._torch
+        obs = np.asarray(obs)
+        x = self.filter.normalize(obs) if self.filter is not None else obs
+        batch = np.asarray(x, dtype=np.float32).reshape(-1, obs.shape[-1])
+        with torch.no_grad():
+            out = self.module.forward_inference({"obs": torch.as_tensor(batch)})
+        inputs = out["action_dist_inputs"].numpy()
+        mean = inputs[:, : inputs.shape[1] // 2]
+        actions = np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
+        return actions if obs.ndim == 2 else actions[0]
+
+
+class Evaluation:
+    """Greedy episodes on held-out seeds (``evaluation.seed`` onward, episode k on seed + k) in local envs.
+
+    A single-drone env flies all episodes at once in a vector env (`resources.vector_env`'s kind), the policy acting
+    on all drones in one forward (`run_vector_episodes`); the vector env is built on first use and kept for later
+    evaluations (each resets it with the same seeds). With ``record_frames`` (the video) and in a swarm, episode
+    after episode in a fresh env.
+    One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared policy),
+    so the mean of ``success`` is the fraction of drones that succeeded.
+    """
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self._vector_env = None
+
+    def run(self, algo, record_frames: bool = False):
+        from entropilot.envs import make_env
+        from entropilot.envs.evaluate import run_episodes, run_swarm_episodes, run_vector_episodes
+
+        cfg, e = self.cfg, self.cfg.evaluation
+        policy = GreedyPolicy.from_algo(algo)
+        if is_multi_agent(cfg) or record_frames:
+            run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
+            env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
+            try:
+                return run(env, policy, e.episodes, e.seed, record_frames)
+            finally:
+                env.close()
+        if self._vector_env is None:
+            import gymnasium as gym
+
+            # The kind of vector env the runners sample with: batched (one world) or sync (single envs).
+            mode = "vector_entry_point" if cfg.resources.vector_env == "batched" else "sync"
+            self._vector_env = gym.make_vec(cfg.env.id, num_envs=e.episodes, vectorization_mode=mode, **cfg.env.kwargs)
+        return run_vector_episodes(self._vector_env, policy, e.seed)
+
+    def close(self) -> None:
+        if self._vector_env is not None:
+            self._vector_env.close()
+            self._vector_env = None
+
+
+def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
+    """One `Evaluation` of ``algo``'s greedy policy (see there)."""
+    evaluation = Evaluation(cfg)
+    try:
+        return evaluation.run(algo, record_frames)
+    finally:
+        evaluation.close()
