@@ -99,10 +99,11 @@ def _how_fast(control: ControlConfig) -> str:
             "start: points already passed are not replayed)."
         )
     return (
-        f"The coefficient follows the error at once but moves at most `max_step` ({control.max_step:g}) per "
-        f"iteration and stays within [`coef_min`, `coef_max`] = [{control.resolved_coef_min:g}, {control.coef_max:g}]; "
-        "entropy moves only as fast as the coefficient pushes it. A target change shows in the entropy curve within "
-        "a few iterations only when the coefficient is not already at its bound: for a faster response lower "
-        "`coef_min` (to go down, track mode) or raise `coef_max` (to go up), and raise `max_step`. A measured "
-        "example: docs/mlflow-ui.md in entropilot."
+        "Each iteration the coefficient moves by `gain` x the entropy error plus `damping` x its change, at most "
+        f"`max_step` ({control.max_step:g}) per iteration, within [`coef_min`, `coef_max`] = "
+        f"[{control.resolved_coef_min:g}, {control.coef_max:g}]; entropy moves only as fast as the coefficient pushes "
+        "it. With the default gains that is slow (on hover, a minimum raised 0.35 nats above the entropy lifted the "
+        "coefficient ~0.0025 per iteration and not the entropy within 20 iterations; ten times `gain` and `damping`, "
+        "with `coef_max` 0.2, lifted it 0.3 nats). For a faster response raise `gain` and `damping` together, and "
+        "`coef_max` (or lower `coef_min`, track mode) for room. Measured: docs/mlflow-ui.md in entropilot."
     )
