@@ -26,11 +26,13 @@ import yaml
 from click.testing import CliRunner
 
 from entropilot.cli import main as cli
+from entropilot.envs import HOVER_DISCRETE_ID
 from entropilot.platform.checkpoints import STATE_FILE
 from entropilot.platform.config import dump_config, parse_config
 
 HEX_ID = "0123456789abcdef0123456789abcdef"  # the form of an MLflow run id; no store knows it
 SMALL = {"stop": {"iterations": 1}, "entropy": {"init": {"enabled": False}}}
+SAC = "--set algorithm.name=SAC --set entropy.control.enabled=false"  # the small config as a SAC run
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,99 @@ TRAIN = [
     ),
     case("stop-emptied", "train {hover} --set stop={{}}", "stop", "never ends"),
     case("two-problems", "train {hover} --set algorithm.lr=-1 --set stop.iterations=0", "hover.yaml", errors=2),
+    case(
+        "discrete-levels-not-increasing",
+        "train {hover} --set env.id={discrete} --set env.kwargs.velocity_levels=[0.5,-0.5]",
+        "velocity_levels",
+        "strictly increasing",
+        "[0.5, -0.5]",
+    ),
+    case(
+        "discrete-levels-too-fast",
+        "train {hover} --set env.id={discrete} --set env.kwargs.velocity_levels=[-5,0,5]",
+        "velocity_levels",
+        "3.0 m/s",
+    ),
+    case(
+        "discrete-levels-one",
+        "train {hover} --set env.id={discrete} --set env.kwargs.velocity_levels=[0]",
+        "velocity_levels",
+        "2 to 15 finite speeds",
+    ),
+    case(
+        "discrete-levels-nan",
+        "train {hover} --set env.id={discrete} --set env.kwargs.velocity_levels=[.nan,0]",
+        "velocity_levels",
+        "finite",
+    ),
+    case(
+        "discrete-repeat-zero",
+        "train {hover} --set env.id={discrete} --set env.kwargs.command_repeat=0",
+        "command_repeat",
+        "an integer in [1,",
+    ),
+    case(
+        "discrete-motors",
+        "train {hover} --set env.id={discrete} --set env.kwargs.action_mode=motors",
+        "action_mode",
+        "'ctbr'",
+    ),
+    case(
+        "discrete-threshold-unreachable",
+        "train {hover} --set env.id={discrete} --set entropy.init.enabled=true --set entropy.init.threshold=5",
+        "entropy.init.threshold",
+        "categorical entropy",
+        "[0.00, 4.83]",
+    ),
+    case(
+        "discrete-target-unreachable",
+        "train {hover} --set env.id={discrete} --set entropy.control.target=5",
+        "entropy.control.target",
+        "categorical entropy",
+        "[0.00, 4.83]",
+    ),
+    case(
+        "discrete-initial-std",
+        "train {hover} --set env.id={discrete} --set model.initial_std=0.5",
+        "model.initial_std",
+        "no Gaussian std",
+    ),
+    case(
+        "discrete-sigma-schedule",
+        "train {hover} --set env.id={discrete} --set entropy.control.mode=sigma_schedule",
+        "entropy.control.mode",
+        "no Gaussian std",
+    ),
+    case(
+        "discrete-batched-world",
+        "train {hover} --set env.id={discrete} --set resources.vector_env=batched",
+        "resources.vector_env",
+        "HoverDiscrete-v0 needs sync",
+    ),
+    case(
+        "sac-with-entropy-control",
+        "train {hover} --set algorithm.name=SAC",
+        "entropy.control.enabled",
+        "SAC tunes its own",
+    ),
+    case(
+        "sac-target-entropy-word",
+        "train {hover} " + SAC + " --set algorithm.target_entropy=high",
+        "algorithm.target_entropy",
+        '"auto" or a finite number',
+    ),
+    case(
+        "sac-learning-starts-negative",
+        "train {hover} " + SAC + " --set algorithm.learning_starts=-1",
+        "algorithm.learning_starts",
+        "-1",
+    ),
+    case(
+        "sac-replay-below-batch",
+        "train {hover} " + SAC + " --set algorithm.replay_capacity=10",
+        "replay_capacity",
+        "train_batch_size",
+    ),
     case("neither-config-nor-resume", "train", "give a CONFIG file, or --resume", exit=2),
     case("config-and-resume", "train {hover} --resume {ws}/runs/done", "give a CONFIG file, or --resume", exit=2),
 ]
@@ -421,7 +516,7 @@ class Workspace:
     long_file: str = "p" * 300 + ".onnx"
 
     def args(self, command: str) -> list[str]:
-        fields = {**vars(self), "hover": self.ws / "hover.yaml", "hex_id": HEX_ID}
+        fields = {**vars(self), "hover": self.ws / "hover.yaml", "hex_id": HEX_ID, "discrete": HOVER_DISCRETE_ID}
         return [arg.format(**fields) for arg in command.split()]
 
 

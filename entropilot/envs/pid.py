@@ -2,26 +2,25 @@
 
 It reads the same observation a policy reads and emits the same normalized action, so it is the
 physics sanity check (if it cannot hover, the model is wrong), the baseline RL is compared to, and
-what the demo flies until a trained policy exists.
+what the demo flies until a trained policy exists. Its attitude and thrust stages are the vehicle's
+(``entropilot.vehicle.control.AttitudeThrust``), shared with the velocity loop of the discrete-command tasks.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from entropilot.envs.physics import Mixer, RateController
-from entropilot.vehicle.airframe import GRAVITY, Airframe, get_airframe
+from entropilot.vehicle.airframe import Airframe, get_airframe
+from entropilot.vehicle.control import AttitudeThrust
 
 
 class CascadedPID:
     """obs -> action for ``ctbr`` or ``motors`` mode.
 
-    Outer loop: desired acceleration a = -kp e - kd v - ki int(e) + g z (tilt-limited).
-    Collective thrust = m a . body_z. Attitude loop: geometric error between the body z axis and
-    a's direction (yaw held at 0), desired body rates = -k_att e_R. In ``motors`` mode the rates go
-    through the same nominal rate controller and mixer the simulator uses for ``ctbr``.
+    Outer loop: desired acceleration a = -kp e - kd v - ki int(e) (+ g z); ``AttitudeThrust`` turns it into
+    collective thrust and body rates (yaw held at 0). In ``motors`` mode the rates go through the same nominal
+    rate controller and mixer the simulator uses for ``ctbr``.
     """
 
     def __init__(
@@ -40,11 +39,11 @@ class CascadedPID:
         self.airframe = get_airframe(airframe)
         self.action_mode = action_mode
         self.dt = 1.0 / control_hz
-        self.max_body_rate = max_body_rate
         self.kp, self.kd, self.ki = np.array(kp), np.array(kd), np.array(ki)
-        self.k_attitude, self.k_yaw = k_attitude, k_yaw
-        self.max_horizontal = GRAVITY * math.tan(math.radians(max_tilt_deg))
         self.max_total_thrust = 4.0 * self.airframe.max_thrust_per_motor
+        self.attitude = AttitudeThrust(
+            self.airframe.mass, self.max_total_thrust, max_body_rate, k_attitude, k_yaw, max_tilt_deg
+        )
         self.mixer = Mixer(self.airframe)
         self.rate_controller = RateController(self.airframe)
         self.integral = np.zeros(3)
@@ -59,29 +58,12 @@ class CascadedPID:
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float64)
-        pos_err, rotation, velocity, body_rates = obs[0:3], obs[3:12].reshape(3, 3), obs[12:15], obs[15:18]
+        pos_err, velocity, body_rates = obs[0:3], obs[12:15], obs[15:18]
         self.integral = np.clip(self.integral + pos_err * self.dt, -1.0, 1.0)
         accel = -self.kp * pos_err - self.kd * velocity - self.ki * self.integral
-        horizontal = math.hypot(accel[0], accel[1])
-        if horizontal > self.max_horizontal:
-            accel[:2] *= self.max_horizontal / horizontal
-        accel[2] = max(accel[2] + GRAVITY, 0.2 * GRAVITY)  # never command free fall
-
-        body_z = rotation[:, 2]
-        thrust = self.airframe.mass * float(accel @ body_z)
-        desired_z = accel / np.linalg.norm(accel)
-        # Attitude error (body frame): rotate body z onto desired z; yaw error from body x's heading.
-        error_world = np.cross(body_z, desired_z)
-        error_body = rotation.T @ error_world
-        rates = self.k_attitude * error_body
-        rates[2] = -self.k_yaw * math.atan2(rotation[1, 0], rotation[0, 0])
-        rates = np.clip(rates, -self.max_body_rate, self.max_body_rate)
-
-        collective = np.clip(thrust, 0.0, self.max_total_thrust)
+        collective, rates = self.attitude(obs[3:12].tolist(), accel.tolist())
         if self.action_mode == "ctbr":
-            action = np.concatenate([[2.0 * collective / self.max_total_thrust - 1.0], rates / self.max_body_rate])
-        else:
-            torque = self.rate_controller.torque(rates[None, :], body_rates[None, :])
-            rotor = self.mixer.rotor_thrusts(np.array([collective]), torque)[0]
-            action = 2.0 * rotor / self.airframe.max_thrust_per_motor - 1.0
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+            return np.array(self.attitude.ctbr_action(collective, rates), dtype=np.float32)
+        torque = self.rate_controller.torque(np.array([rates]), body_rates[None, :])
+        rotor = self.mixer.rotor_thrusts(np.array([collective]), torque)[0]
+        return np.clip(2.0 * rotor / self.airframe.max_thrust_per_motor - 1.0, -1.0, 1.0).astype(np.float32)

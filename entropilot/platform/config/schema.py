@@ -82,11 +82,19 @@ class AlgorithmConfig(_Section):
     lambda_: float = Field(0.95, ge=0.0, le=1.0)
     grad_clip: float | None = Field(0.5, gt=0.0)
     vf_loss_coeff: float = Field(0.5, ge=0.0)
-    # SAC only (ignored by PPO).
+    # PPO extras of RLlib that CleanRL and Stable-Baselines3 do without: the adaptive KL penalty's starting
+    # coefficient (0 = no KL term), and a clamp on each sample's squared value error (null = none; RLlib's 10 stops
+    # the value gradient of every sample more than ~3.2 off, which on returns of ~100 is most of them early on).
+    kl_coeff: float = Field(0.2, ge=0.0, le=100.0)
+    vf_clip: float | None = Field(10.0, gt=0.0)
+    # SAC only (ignored by PPO; all five reach RLlib's SACConfig): target-network Polyak rate, starting temperature,
+    # the entropy (nats) the temperature steers toward ("auto" = -(action dims)), replay buffer size (env steps) and
+    # env steps sampled before the first update.
     tau: float = Field(0.005, gt=0.0, le=1.0)
     initial_alpha: float = Field(1.0, gt=0.0)
     target_entropy: Literal["auto"] | float = "auto"
     replay_capacity: int = Field(100_000, ge=1)
+    learning_starts: int = Field(1000, ge=0)
 
     @field_validator("target_entropy", mode="before")
     @classmethod
@@ -126,7 +134,8 @@ class ModelConfig(_Section):
     )
     activation: Literal["tanh", "relu", "silu"] = "tanh"
     # State-independent log std: the entropy is then a parameter the controllers can read and steer. False: the
-    # policy head outputs a log std per state (its weights then also decide each draw's exploration).
+    # policy head outputs a log std per state (its weights then also decide each draw's exploration). PPO's Gaussian
+    # head only: SAC's squashed Gaussian and a categorical policy (a discrete-command env) are built without it.
     free_log_std: bool = True
     # Init family (PPO; policies/initial_weights.py): the policy head's last layer is multiplied by output_gain as
     # drawn (0.01: the "small last layer", every draw's mean ~0; 1: RLlib's default; larger spreads the draws'
@@ -157,6 +166,10 @@ class EntropyInitConfig(_Section):
     threshold: float = Field(2.0, ge=-100.0, le=100.0)
     max_draws: int = Field(10, ge=1, le=1000)
     rollout_steps: int = Field(1000, ge=1)
+    # first_clearing: the first draw at or above the threshold, else the best of max_draws (the method).
+    # lowest: the least exploring of all max_draws draws, the method turned upside down (the entropy study's
+    # worst-of-N arm: if clearing a threshold helps, keeping the lowest should hurt).
+    keep: Literal["first_clearing", "lowest"] = "first_clearing"
 
 
 class ControlConfig(_Section):
@@ -350,7 +363,8 @@ def _schedule_at(schedule: float | list[tuple[int, float]], env_steps: int) -> f
 
 
 class CollapseConfig(_Section):
-    """Entropy-collapse detection, in nats of `entropy.measure`; None switches a check off."""
+    """Entropy-collapse detection, in nats of `entropy.measure`; None switches a check off. PPO only: SAC's
+    temperature holds its entropy at algorithm.target_entropy (its -E[log pi] is logged as `entropy` all the same)."""
 
     floor: float | None = -8.0
     # Per million env steps (a least-squares slope over the last 500k), so it means the same at any batch size.
@@ -554,18 +568,9 @@ class ExperimentConfig(_Section):
                     self.entropy.covariance.mode,
                 )
         self._entropy_reachable()
+        self._gaussian_only_settings()
         self._init_family_fits()
-        for field, fast, slow in (("sampler", "bulk", "stock"), ("vector_env", "batched", "sync")):
-            value = getattr(self.resources, field)
-            if value == fast:
-                from entropilot.envs import SINGLE_AGENT_IDS
-
-                if self.env.id not in SINGLE_AGENT_IDS:
-                    raise FieldProblem(
-                        f"resources.{field}",
-                        f"{fast} is for the single-drone envs {list(SINGLE_AGENT_IDS)}; {self.env.id} needs {slow}",
-                        value,
-                    )
+        self._fast_paths_serve_env()
         floor = self.entropy.collapse.floor
         if control.enabled and control.mode in TARGET_MODES and floor is not None and floor >= control.min_target():
             # A target under the floor would make every iteration a "collapse".
@@ -601,11 +606,11 @@ class ExperimentConfig(_Section):
         space = _action_space(self.env)
         if space is None:
             return
-        from entropilot.policies.entropy_range import measure_range
+        from entropilot.policies.entropy_range import entropy_key, measure_range
 
         measure = self.entropy.measure
         low, high = measure_range(measure, space)
-        reach = f"the {measure} entropy of {space} lies in [{low:.2f}, {high:.2f}] nats"
+        reach = f"the {entropy_key(measure, space)} entropy of {space} lies in [{low:.2f}, {high:.2f}] nats"
         threshold = self.entropy.init.threshold
         if self.entropy.init.enabled and self.algorithm.name == "PPO" and not low <= threshold <= high:
             raise FieldProblem("entropy.init.threshold", f"unreachable: {reach}", threshold)
@@ -614,6 +619,40 @@ class ExperimentConfig(_Section):
             for value in (control.max_target(), control.min_target()):
                 if not low <= value <= high:
                     raise FieldProblem("entropy.control.target", f"unreachable: {reach}", control.target)
+
+    def _fast_paths_serve_env(self) -> None:
+        """Refuse the bulk sampler on a multi-drone env and the batched world on an env without a batched form."""
+        from entropilot.envs import SINGLE_AGENT_IDS, VECTOR_ENTRY_POINTS
+
+        for field, fast, slow, kind, ids in (
+            ("sampler", "bulk", "stock", "the single-drone envs", SINGLE_AGENT_IDS),
+            ("vector_env", "batched", "sync", "the envs with a batched world", tuple(VECTOR_ENTRY_POINTS)),
+        ):
+            value = getattr(self.resources, field)
+            if value == fast and self.env.id not in ids:
+                raise FieldProblem(
+                    f"resources.{field}", f"{fast} is for {kind} {list(ids)}; {self.env.id} needs {slow}", value
+                )
+
+    def _gaussian_only_settings(self) -> None:
+        """Refuse settings that act on a Gaussian's std when the env's policy is categorical (a command env)."""
+        space = _action_space(self.env)
+        if space is None:
+            return
+        from entropilot.policies.entropy_range import categorical_sizes
+
+        if categorical_sizes(space) is None:
+            return
+        why = f"{self.env.id} acts with {space}: a categorical policy has no Gaussian std"
+        control = self.entropy.control
+        if self.model.initial_std is not None:
+            raise FieldProblem("model.initial_std", f"sets a Gaussian's std; {why}", self.model.initial_std)
+        if control.enabled and control.mode == "sigma_schedule":
+            raise FieldProblem("entropy.control.mode", f"sigma_schedule sets a Gaussian's std; {why}", control.mode)
+        if self.entropy.covariance.mode != "off" and self.entropy.covariance.per_dimension:
+            raise FieldProblem(
+                "entropy.covariance.per_dimension", f"scores a Gaussian's action dims (set it to false); {why}", True
+            )
 
     def _init_family_fits(self) -> None:
         model, control = self.model, self.entropy.control
@@ -656,6 +695,29 @@ class ExperimentConfig(_Section):
     def weight_seed(self) -> int:
         """The torch seed family of the initial weights: model.weight_seed, else the experiment's seed."""
         return self.seed if self.model.weight_seed is None else self.model.weight_seed
+
+    @property
+    def free_log_std(self) -> bool:
+        """model.free_log_std where it applies, PPO's Gaussian head: RLlib (2.60) asserts on a free log std for SAC's
+        squashed Gaussian, and a categorical head (a command env) has no log std at all."""
+        import gymnasium as gym
+
+        return (
+            self.model.free_log_std
+            and self.algorithm.name == "PPO"
+            and isinstance(_action_space(self.env), gym.spaces.Box)
+        )
+
+    @property
+    def entropy_name(self) -> str:
+        """The entropy the init threshold, control target and collapse floor are in, as the learner's metrics name
+        it (`entropy_<name>`): entropy.measure, or categorical for a categorical policy (a command env)."""
+        space = _action_space(self.env)
+        if space is None:
+            return self.entropy.measure
+        from entropilot.policies.entropy_range import entropy_key
+
+        return entropy_key(self.entropy.measure, space)
 
     @property
     def initial_std(self) -> float | None:
