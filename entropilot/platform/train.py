@@ -257,7 +257,8 @@ def train(
     from entropilot.platform.evaluation import Evaluation
     from entropilot.platform.live_tuning import LiveTuner
     from entropilot.platform.phases import PhaseClock
-    from entropilot.platform.plots import plot_entropy, plot_learning
+    from entropilot.platform.plots import save_progress_plots
+    from entropilot.platform.run_page import first_charts, start_tags, where_to_look
     from entropilot.platform.tracking import RunTracker
 
     start = time.perf_counter()  # wall time from `entropilot train` start: Ray, init and evaluations count
@@ -272,10 +273,13 @@ def train(
     try:
         if checkpoint is not None:
             _restore(algo, checkpoint)  # before MLflow: a checkpoint RLlib cannot read leaves the run's status alone
-        tracker = RunTracker.start(cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id)
+        tracker = RunTracker.start(
+            cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id, extra_tags=start_tags(cfg)
+        )
     except BaseException:
         algo.stop()
         raise
+    echo(where_to_look(tracker.tracking_uri, tracker.experiment_id, tracker.run_id))
     if resumed_with:
         tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
     status = "FAILED"
@@ -306,8 +310,8 @@ def train(
         state["phases"] = clock.totals
         while stopped is None:
             with clock.measure("logging"):
-                live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
-            state["live_tags"] = live.applied_tags
+                live.poll(tracker, algo, state["iteration"] + 1)
+            state["live_tags"] = live.tags_in_force
             result = algo.train()
             state["iteration"] += 1
             it = state["iteration"]
@@ -332,20 +336,16 @@ def train(
             metrics.update(clock.close_at(metrics["time_s"]))
             history.append(metrics)
             with clock.measure("logging"):
-                tracker.log_metrics(metrics, step=it)
+                tracker.log_metrics({**metrics, **first_charts(metrics), **live.metrics(metrics)}, step=it)
                 echo(_progress_line(it, metrics, success, elapsed, cfg))
             stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics.get("success_rate"))
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
                 with clock.measure("logging"):
                     checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
+                    for png in save_progress_plots(history, root / "plots", cfg.run_name):  # seen during the run too
+                        tracker.log_artifact(png, "plots")
             if on_iteration is not None:
                 on_iteration(it, metrics, stopped)
-        plots = root / "plots"
-        plots.mkdir(exist_ok=True)
-        plot_entropy(history, str(plots / "entropy.png"), title=cfg.run_name)
-        plot_learning(history, str(plots / "learning.png"), title=cfg.run_name)
-        for png in plots.glob("*.png"):
-            tracker.log_artifact(png, "plots")
         if cfg.mlflow.video:
             _log_video(algo, cfg, tracker, root)
         tracker.log_artifact(checkpoint, "checkpoint")

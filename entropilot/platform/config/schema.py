@@ -14,9 +14,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from entropilot.inputs import InputError, host_port, name_problem, tracking_uri_problem
-from entropilot.platform.config.errors import FieldProblem
+from entropilot.platform.config.errors import FieldProblem, conflict
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Control modes with a target entropy (lower_bound: a minimum; track: followed from both sides).
+TARGET_MODES = ("lower_bound", "track")
+
+
+def live(*modes: str) -> dict[str, list[str]]:
+    """json_schema_extra of a field a running training takes from its MLflow run's tags in entropy.control's `modes`
+    (platform/live_tuning.py): in those modes the field means something to a running controller."""
+    return {"live": list(modes)}
 
 
 class _Section(BaseModel):
@@ -182,24 +190,71 @@ class ControlConfig(_Section):
     # None = on for PPO, off for SAC (SAC tunes its own alpha); resolved by ExperimentConfig.
     enabled: bool | None = None
     mode: Literal["lower_bound", "track", "fixed", "sigma_schedule"] = "lower_bound"
-    # A constant, or a piecewise-linear schedule [[env_steps, nats], ...] starting at step 0. Must be reachable:
-    # at most the measure's maximum (4 dims, effective: 5.68).
-    target: float | list[tuple[int, float]] = 0.0
-    # PPO loss term -coef * entropy: where the coefficient starts (lower_bound, track) or stays (fixed). |coef| ~ 1
-    # would swamp PPO's policy gradient (advantages are standardized); useful values are of order 0.01.
-    coef: float = Field(0.0, ge=-1.0, le=1.0)
+    # Fields marked live(...) are what a running training takes from its MLflow run's tags in those modes
+    # (platform/live_tuning.py): their description is what the run's page says about them.
+    # Must be reachable: at most the measure's maximum (4 dims, effective: 5.68).
+    target: float | list[tuple[int, float]] = Field(
+        0.0,
+        description="target policy entropy in nats of entropy.measure (lower_bound: a minimum; track: followed from "
+        "both sides): a number, or a schedule [[env_steps, nats], ...] (linear between points, env steps of the whole "
+        "run); every value above entropy.collapse.floor and reachable by the measure",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    # |coef| ~ 1 would swamp PPO's policy gradient (advantages are standardized).
+    coef: float = Field(
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="entropy coefficient of PPO's loss term -coef * entropy: held throughout (fixed), where the "
+        "controller starts (lower_bound, track); 0 is plain PPO, useful values are of order 0.01",
+        json_schema_extra=live("fixed"),
+    )
     # None: 0 for lower_bound (which refuses less), -0.05 for track (the strongest penalty it may apply).
-    coef_min: float | None = Field(None, ge=-1.0, le=1.0)
-    coef_max: float = Field(0.05, ge=-1.0, le=1.0)
-    # Integral action: coefficient change per nat of entropy error per iteration.
-    gain: float = Field(0.003, gt=0.0, le=1.0)
-    # Proportional action on the error's change; > 0 is what keeps the loop from oscillating (the entropy
-    # integrates the coefficient). Stable while b * (gain + 2 * damping) < 4, b = plant gain, ~1 on hover.
-    damping: float = Field(0.08, ge=0.0, le=1.0)
-    # Largest coefficient change per iteration.
-    max_step: float = Field(0.005, gt=0.0, le=1.0)
-    # sigma_schedule: the std per action dim over env steps (action half-widths), a constant or [[env_steps, std]].
-    sigma: float | list[tuple[int, float]] = Field(default_factory=lambda: [(0, 1.0), (400_000, 0.3)])
+    coef_min: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="lowest coefficient (null: 0 for lower_bound, -0.05 for track); below 0 an entropy penalty (track "
+        "only): how fast entropy can be pushed down; at most coef_max",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    coef_max: float = Field(
+        0.05,
+        ge=-1.0,
+        le=1.0,
+        description="highest coefficient, the strongest entropy bonus: how fast entropy can be pushed up; "
+        "at least coef_min",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    gain: float = Field(
+        0.003,
+        gt=0.0,
+        le=1.0,
+        description="integral action: coefficient change per nat of entropy error per iteration",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    # Stable while b * (gain + 2 * damping) < 4, b = plant gain, ~1 on hover.
+    damping: float = Field(
+        0.08,
+        ge=0.0,
+        le=1.0,
+        description="proportional action on the change of the error; keeps the loop from oscillating (entropy "
+        "integrates the coefficient)",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    max_step: float = Field(
+        0.005,
+        gt=0.0,
+        le=1.0,
+        description="largest coefficient change per iteration",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    sigma: float | list[tuple[int, float]] = Field(
+        default_factory=lambda: [(0, 1.0), (400_000, 0.3)],
+        description="the policy's std per action dim in action half-widths (sigma_schedule): a number, or a schedule "
+        "[[env_steps, std], ...] (linear between points, env steps of the whole run); every std in (0, 100]",
+        json_schema_extra=live("sigma_schedule"),
+    )
 
     def controller_settings(self, measure: str) -> dict:
         """The `entropy_control` settings of `policies.ppo_learner.EntropyControlledPPOLearner` for this section."""
@@ -256,15 +311,30 @@ class ControlConfig(_Section):
 
     @model_validator(mode="after")
     def _coef_bounds(self) -> ControlConfig:
-        low = self.resolved_coef_min
-        if low > self.coef_max:
-            raise FieldProblem("coef_min", f"must be <= coef_max ({self.coef_max})", low)
-        if self.mode == "lower_bound" and low < 0:
-            raise FieldProblem(
-                "coef_min", "a lower_bound controller never goes below zero (a penalty needs mode track)", low
+        # Each rule is stated about every field it involves (`conflict`): whichever one a person changed, one
+        # problem speaks about it.
+        low, high = self.resolved_coef_min, self.coef_max
+        if low > high:
+            raise conflict(
+                "ControlConfig",
+                FieldProblem("coef_min", f"must be <= coef_max ({high})", low),
+                FieldProblem("coef_max", f"must be >= coef_min ({low})", high),
             )
-        if self.mode in ("lower_bound", "track") and not low <= self.coef <= self.coef_max:
-            raise FieldProblem("coef", f"must be within [coef_min, coef_max] = [{low}, {self.coef_max}]", self.coef)
+        if self.mode == "lower_bound" and low < 0:
+            raise conflict(
+                "ControlConfig",
+                FieldProblem(
+                    "coef_min", "a lower_bound controller never goes below zero (a penalty needs mode track)", low
+                ),
+                FieldProblem("mode", f"lower_bound never goes below zero: coef_min {low} needs mode track", self.mode),
+            )
+        if self.mode in TARGET_MODES and not low <= self.coef <= high:
+            bound, value, side = ("coef_min", low, "<=") if self.coef < low else ("coef_max", high, ">=")
+            problems = [FieldProblem("coef", f"must be within [coef_min, coef_max] = [{low}, {high}]", self.coef)]
+            if not (self.mode == "lower_bound" and bound == "coef_min"):  # lower_bound's floor is 0: coef must move
+                where = f"where the {self.mode} controller starts"
+                problems.append(FieldProblem(bound, f"must be {side} coef ({self.coef}), {where}", value))
+            raise conflict("ControlConfig", *problems)
         return self
 
     def target_at(self, env_steps: int) -> float:
@@ -503,10 +573,20 @@ class ExperimentConfig(_Section):
         self._fast_paths_serve_env()
         floor = self.entropy.collapse.floor
         if control.enabled and control.mode in TARGET_MODES and floor is not None and floor >= control.min_target():
-            raise FieldProblem(
-                "entropy.collapse.floor",
-                f"must be below the lowest entropy.control.target ({control.min_target()})",
-                floor,
+            # A target under the floor would make every iteration a "collapse".
+            if isinstance(control.target, float):
+                where, value = "entropy.control.target", control.target
+            else:
+                index = min(range(len(control.target)), key=lambda i: control.target[i][1])
+                where, value = f"entropy.control.target.{index}", list(control.target[index])
+            raise conflict(
+                "ExperimentConfig",
+                FieldProblem(
+                    "entropy.collapse.floor",
+                    f"must be below the lowest entropy.control.target ({control.min_target()})",
+                    floor,
+                ),
+                FieldProblem(where, f"must be above entropy.collapse.floor ({floor})", value),
             )
         # RLlib (2.60) seeds runner i's vector env with seed + i, its sub-env j with seed + i + j (runner 0 =
         # the local one); held-out evaluation seeds must stay outside that range.
@@ -592,8 +672,21 @@ class ExperimentConfig(_Section):
                 )
             start = control.sigma_at(0)
             if model.initial_std is not None and model.initial_std != start:
-                raise FieldProblem(
-                    "model.initial_std", f"sigma_schedule starts at entropy.control.sigma's {start}", model.initial_std
+                sigma, where = control.sigma, "entropy.control.sigma"
+                if not isinstance(sigma, float):
+                    sigma, where = list(sigma[0]), f"{where}.0"
+                raise conflict(
+                    "ExperimentConfig",
+                    FieldProblem(
+                        "model.initial_std",
+                        f"sigma_schedule starts at entropy.control.sigma's {start}",
+                        model.initial_std,
+                    ),
+                    FieldProblem(
+                        where,
+                        f"must start at model.initial_std ({model.initial_std}), or model.initial_std be null",
+                        sigma,
+                    ),
                 )
 
     # -- derived values the platform needs --------------------------------------------------------
@@ -641,10 +734,6 @@ class ExperimentConfig(_Section):
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoint.dir or f"runs/{self.run_name}")
-
-
-# Control modes with a target entropy (lower_bound: a minimum; track: followed from both sides).
-TARGET_MODES = ("lower_bound", "track")
 
 
 def _action_space(env: EnvConfig):
