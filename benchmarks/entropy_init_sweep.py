@@ -6,6 +6,7 @@ Re-run (hover: 20 weight seeds x 10 draws x 1000 env steps, ~3 minutes on a 2-co
 
     .venv/bin/python benchmarks/entropy_init_sweep.py
     .venv/bin/python benchmarks/entropy_init_sweep.py configs/hover.yaml --searches 40 --set model.output_gain=1
+    .venv/bin/python benchmarks/entropy_init_sweep.py configs/hover_discrete.yaml --set model.output_gain=8
 
 Every search runs the init as `entropilot train` does (same env seed, same family, same measure): weight seed s
 draws torch seeds 1000 s + k. Each draw is measured once and every threshold's search is read off those draws
@@ -16,6 +17,7 @@ what a run with that threshold would keep (the draws' rollouts share env resets 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from entropilot.envs import action_space
 from entropilot.platform.config import load_config
 from entropilot.platform.train import build_from_config
 from entropilot.policies.entropy_init import measure_draw, search_outcome
-from entropilot.policies.entropy_range import measure_range, std_per_dim
+from entropilot.policies.entropy_range import categorical_sizes, measure_range, std_per_dim
 from entropilot.policies.initial_weights import InitFamily, draw_seed
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
@@ -42,14 +44,15 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
     init, measure = cfg.entropy.init, cfg.entropy.measure
-    dims = action_space(cfg.env.id, cfg.env.kwargs).shape[0]
+    space = action_space(cfg.env.id, cfg.env.kwargs)
+    dims = space.shape[0]
+    categorical = categorical_sizes(space) is not None
     family = InitFamily(cfg.model.output_gain, cfg.initial_std)
+    low, high = measure_range(measure, space)
     print(
         f"{cfg.name}: {args.searches} weight seeds x {init.max_draws} draws x {init.rollout_steps} env steps; "
         f"family output_gain {family.output_gain}, initial_std {family.initial_std}, free_log_std "
-        f"{cfg.model.free_log_std}; {measure} entropy, reachable range "
-        f"[{measure_range(measure, action_space(cfg.env.id, cfg.env.kwargs))[0]:.2f}, "
-        f"{measure_range(measure, action_space(cfg.env.id, cfg.env.kwargs))[1]:.2f}] nats"
+        f"{cfg.model.free_log_std}; {cfg.entropy_name} entropy, reachable range [{low:.2f}, {high:.2f}] nats"
     )
     algo = build_from_config(cfg)
     try:
@@ -72,11 +75,15 @@ def main() -> None:
     if args.thresholds:
         thresholds = [float(t) for t in args.thresholds.split(",")]
     else:
-        thresholds = [pooled[0] - 0.5, *quantiles[::2], pooled[-1] + 0.5]
+        # Within the reachable range: thresholds a run could be given (a categorical policy's top is sum of ln K).
+        thresholds = [max(pooled[0] - 0.5, low), *quantiles[::2], min(pooled[-1] + 0.5, high)]
     baseline = [draws[0].entropy for draws in searches]
     print()
+    # What a threshold means per action dim: a Gaussian's std (action half-widths), or a categorical sub-action's
+    # perplexity exp(H / dims), the number of equally likely choices with that entropy.
+    meaning = "choices per sub-action" if categorical else "std_eff per dim"
     print(
-        "| threshold (nats) | std_eff per dim | draws clearing it | searches cleared | draws made (mean) | "
+        f"| threshold (nats) | {meaning} | draws clearing it | searches cleared | draws made (mean) | "
         "kept policy's entropy: mean [min, max] |"
     )
     print("|---|---|---|---|---|---|")
@@ -88,7 +95,7 @@ def main() -> None:
         outcomes = [search_outcome(draws, threshold) for draws in searches]
         kept = [o.chosen.entropy for o in outcomes]
         print(
-            f"| {threshold:.2f} | {std_per_dim(threshold, dims):.3f} "
+            f"| {threshold:.2f} | {math.exp(threshold / dims) if categorical else std_per_dim(threshold, dims):.3f} "
             f"| {sum(e >= threshold for e in pooled) / len(pooled):.0%} "
             f"| {sum(o.cleared for o in outcomes)}/{len(outcomes)} "
             f"| {statistics.mean(len(o.draws) for o in outcomes):.1f} "

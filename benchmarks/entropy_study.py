@@ -73,13 +73,41 @@ class RunResult:
     tracking_rms: float | None  # RMS of entropy - target after the first quarter of the run (controller arms)
     wall_s: float
     run_id: str
+    mean_coef: float | None = None  # the entropy coefficient averaged over iterations (the fixed arm copies it)
+    clipped_fraction: float | None = None  # mean share of sampled action components the env clipped
+    entropy_slope: float | None = None  # nats per million env steps, least squares over the run
 
 
 def load_design(smoke: bool) -> dict:
     return SMOKE if smoke else yaml.safe_load(DESIGN.read_text())
 
 
-def config_for(design: dict, task: str, arm: str, seed: int, study_dir: Path, tracking_uri: str):
+def arm_overrides(design: dict, task: str, arm: str, results: list[RunResult]) -> list[str]:
+    """The arm's overrides with its placeholders filled: {median_threshold} from the task's spec (the median draw of
+    its init family, measured with benchmarks/entropy_init_sweep.py), {mean_coef} from the finished runs of the
+    task's `fixed_coef_from` arm (the time-averaged coefficient of the controller the fixed arm mirrors)."""
+    spec = design["tasks"][task]
+    values = {"median_threshold": spec.get("median_threshold")}
+    source = design.get("fixed_coef_from")
+    coefs = [r.mean_coef for r in results if r.task == task and r.arm == source and r.mean_coef is not None]
+    values["mean_coef"] = f"{statistics.fmean(coefs):.6f}" if coefs else None
+    filled = []
+    for override in design["arms"][arm]:
+        for name, value in values.items():
+            if "{" + name + "}" in override:
+                if value is None:
+                    raise SystemExit(
+                        f"arm {arm} on task {task} needs {{{name}}}: "
+                        + ("set median_threshold in the task" if name == "median_threshold" else f"run {source} first")
+                    )
+                override = override.replace("{" + name + "}", str(value))
+        filled.append(override)
+    return filled
+
+
+def config_for(
+    design: dict, task: str, arm: str, seed: int, study_dir: Path, tracking_uri: str, results: list[RunResult] = ()
+):
     """The experiment config of one run: the task's file, the common and task overrides, the arm's, then the seed,
     budget and where it writes (validated before anything runs)."""
     from entropilot.platform.config import load_config
@@ -90,7 +118,7 @@ def config_for(design: dict, task: str, arm: str, seed: int, study_dir: Path, tr
         [
             *design["common"],
             *spec.get("overrides", []),
-            *design["arms"][arm],
+            *arm_overrides(design, task, arm, list(results)),
             f"seed={seed}",
             f"stop.env_steps={spec['budget_env_steps']}",
             f"stop.success_rate={design['success_threshold']}",
@@ -122,7 +150,22 @@ def run_one(cfg, task: str, arm: str, seed: int, threshold: float, parent_run_id
         tracking_rms=_tracking_rms(history),
         wall_s=time.perf_counter() - start,
         run_id=result.run_id,
+        mean_coef=_mean_of(history, "entropy_coeff"),
+        clipped_fraction=_mean_of(history, "clipped_fraction"),
+        entropy_slope=_entropy_slope(history),
     )
+
+
+def _mean_of(history: list[dict], key: str) -> float | None:
+    values = [h[key] for h in history if key in h]
+    return statistics.fmean(values) if values else None
+
+
+def _entropy_slope(history: list[dict]) -> float | None:
+    points = [(h["env_steps"] / 1e6, h["entropy"]) for h in history if "entropy" in h and "env_steps" in h]
+    if len(points) < 2 or len({x for x, _ in points}) < 2:
+        return None
+    return statistics.linear_regression(*zip(*points)).slope
 
 
 def _tracking_rms(history: list[dict]) -> float | None:
@@ -177,13 +220,23 @@ class Study:
         echo(f"{len(plan)} run(s) planned, {len(plan) - len(todo)} already done, {len(todo)} to run")
         if not todo:
             return
-        configs = {key: config_for(self.design, *key, self.folder, self.tracking_uri) for key in todo}  # all valid?
+        # Every config is checked before the first run; an arm that copies another's numbers is built when its
+        # turn comes (the plan puts it last), and checked up front only where those numbers exist already.
+        later = {key for key in todo if any("{mean_coef}" in o for o in self.design["arms"][key[1]])}
+        for key in todo:
+            if key not in later or self._has_source(key[0]):
+                config_for(self.design, *key, self.folder, self.tracking_uri, self.results())
         parent = self.parent_run_id()
         for k, key in enumerate(todo, 1):
-            result = run_one(configs[key], *key, self.design["success_threshold"], parent)
+            cfg = config_for(self.design, *key, self.folder, self.tracking_uri, self.results())
+            result = run_one(cfg, *key, self.design["success_threshold"], parent)
             self.record(result)
             outcome = f"success at {result.env_steps_to_success:.0f} steps" if result.succeeded else "FAILED"
             echo(f"[{k}/{len(todo)}] {key[0]} {key[1]} seed {key[2]}: {outcome} ({result.wall_s:.0f} s)")
+
+    def _has_source(self, task: str) -> bool:
+        source = self.design.get("fixed_coef_from")
+        return any(r.task == task and r.arm == source for r in self.results())
 
 
 def screened_tasks(study: Study) -> list[str]:
@@ -227,9 +280,10 @@ def report(study: Study, echo=print) -> Path:
             lines.append("")
         lines.append(
             "| arm | failures / seeds | p (Fisher vs plain) | median steps to success (KM) | p (log-rank vs plain) "
-            "| final success | tracking RMS (nats) | wall s / run |"
+            "| final success | tracking RMS (nats) | entropy slope (nats/M steps) | mean coef | clipped "
+            "| wall s / run |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         curves = {}
         for arm in dict.fromkeys(r.arm for r in rows):
             runs = [r for r in rows if r.arm == arm]
@@ -246,7 +300,9 @@ def report(study: Study, echo=print) -> Path:
             lines.append(
                 f"| {arm} | {failures}/{len(runs)} | {_p(p_fisher)} | {_steps(curves[arm].median())} | "
                 f"{_p(p_logrank)} | {_mean([r.final_success for r in runs])} | "
-                f"{_mean([r.tracking_rms for r in runs])} | {_mean([r.wall_s for r in runs], '.0f')} |"
+                f"{_mean([r.tracking_rms for r in runs])} | {_mean_sd([r.entropy_slope for r in runs])} | "
+                f"{_mean([r.mean_coef for r in runs], '.4f')} | {_mean([r.clipped_fraction for r in runs])} | "
+                f"{_mean([r.wall_s for r in runs], '.0f')} |"
             )
         lines.append("")
         plots.append(_plot_survival(task, curves, budget, study.folder / f"survival_{task}.png"))
@@ -261,6 +317,14 @@ def report(study: Study, echo=print) -> Path:
 def _mean(values: list, spec: str = ".2f") -> str:
     values = [v for v in values if v is not None]
     return format(statistics.fmean(values), spec) if values else "-"
+
+
+def _mean_sd(values: list) -> str:
+    """Mean ± the seed-to-seed standard deviation (what a no-op is judged against)."""
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return _mean(values)
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _p(value: float) -> str:
@@ -314,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = (args.dir or ROOT / "runs" / ("entropy-study-smoke" if args.smoke else "entropy-study")).resolve()
     study = Study(folder, args.tracking_uri or f"sqlite:///{folder}/mlflow.db", design)
     if args.step == "screen":
-        plan = [(task, REFERENCE_ARM, s) for task in design["tasks"] for s in range(design["screen_seeds"])]
+        tasks = args.tasks or list(design["tasks"])
+        plan = [(task, REFERENCE_ARM, s) for task in tasks for s in range(design["screen_seeds"])]
         study.run(plan)
         print(f"kept for the study (plain PPO fails {design['keep_failure_rate']}): {screened_tasks(study)}")
     elif args.step == "study":
@@ -323,8 +388,11 @@ def main(argv: list[str] | None = None) -> int:
             print("no task to study: run the screen first (or name --tasks)", file=sys.stderr)
             return 2
         arms = args.arms or list(design["arms"])
+        # Seed by seed, so a study stopped early still holds paired seeds across every arm; within a seed the arm that
+        # copies another's time-averaged coefficient runs after it.
+        arms.sort(key=lambda arm: any("{mean_coef}" in o for o in design["arms"][arm]))
         seeds = design["screen_seeds"] if args.smoke else args.seeds
-        study.run([(task, arm, s) for task in tasks for arm in arms for s in range(seeds)])
+        study.run([(task, arm, s) for s in range(seeds) for task in tasks for arm in arms])
         report(study)
     else:
         report(study)

@@ -1,23 +1,26 @@
 """Training speed on hover: wall time until the evaluation success rate first reaches 0.95, and where it went
 (start-up, init, sampling, learning, evaluation, logging, other), for `configs/hover.yaml` with RLlib's stock
-sampler and with entropilot's bulk sampler, beside Stable-Baselines3 PPO on the same env and recipe, in one run.
+sampler and with entropilot's bulk sampler, beside Stable-Baselines3 PPO on the same env and recipe, in one run;
+`--config` takes any hover-style experiment through the same arms (the discrete-command task, SAC).
 
 Re-run (each run stops at 0.95 success or the budget; on a 2-core laptop about 15-25 minutes for the default):
 
     .venv/bin/python benchmarks/train_hover.py                       # stock, bulk and sb3 on seeds 0-4
     .venv/bin/python benchmarks/train_hover.py --arms bulk sb3 --seeds 0 1 --budget 300
     .venv/bin/python benchmarks/train_hover.py --set resources.envs_per_runner=32 --set algorithm.num_epochs=5
+    .venv/bin/python benchmarks/train_hover.py --config configs/hover_discrete.yaml --arms stock plain --budget 3600
+    .venv/bin/python benchmarks/train_hover.py --config configs/hover_sac.yaml --arms stock --budget 3600
 
 The arms run seed by seed, interleaved, so load from elsewhere that comes and goes hits every arm alike.
 
 - stock / bulk: `entropilot train configs/hover.yaml` (the function the command calls, in this process, a fresh Ray
   each run) on RLlib's own path (`resources.sampler=stock`, `vector_env=sync`: SyncVectorEnv of single envs) or on
   entropilot's (`sampler=bulk`, `vector_env=batched`: one batched forward per step over all drones in one PyBullet
-  world); `plain` (optional) is stock without entropy-aware init, entropy control or the init family (RLlib's own init),
-  plain RLlib PPO. Time to 0.95
-  is wall time from the start of `train()`: Ray start-up, the algorithm's build, entropy-aware init and the periodic
-  evaluations all count; the phases are the run's own `time_<phase>_s` metrics at that iteration (they add up to
-  it).
+  world; an env without a batched world, the discrete-command task, keeps `vector_env=sync`); `plain`
+  (optional) is stock without entropy-aware init, entropy control or the init family (RLlib's own init), plain
+  RLlib PPO. Time to 0.95 is wall time from the start of `train()`: Ray start-up, the algorithm's build,
+  entropy-aware init and the periodic evaluations all count; the phases are the run's own `time_<phase>_s` metrics
+  at that iteration (they add up to it).
 - sb3: Stable-Baselines3 PPO (`pip install '.[bench]'`) with the config's recipe: the same env and options, as
   many envs (DummyVecEnv) and steps per iteration, epochs, minibatch, lr, gamma, GAE lambda, clip, grad clip,
   value coefficient, network (tanh MLP, state-independent log std starting at std 1), observation
@@ -25,6 +28,7 @@ The arms run seed by seed, interleaved, so load from elsewhere that comes and go
   held-out seeds, every `evaluation.interval` iterations, all episodes at once in a vector env). Its phases:
   start-up (model and envs), sampling (`collect_rollouts`), learning (`train`), evaluation, other. Torch runs
   with its default threads, as for a user who writes those lines.
+  PPO configs only.
 --set overrides apply to every arm (sb3 reads the same recipe fields).
 """
 
@@ -39,6 +43,7 @@ from pathlib import Path
 
 import ray
 
+from entropilot.envs import VECTOR_ENTRY_POINTS
 from entropilot.platform.config import load_config
 from entropilot.platform.phases import PHASES
 from entropilot.platform.train import train
@@ -61,9 +66,12 @@ RLLIB_ARMS = {
 ARMS = (*RLLIB_ARMS, "sb3")
 
 
-def rllib_run(arm: str, seed: int, budget: float, overrides: list[str], workdir: Path) -> dict:
+def rllib_run(config: Path, arm: str, seed: int, budget: float, overrides: list[str], workdir: Path) -> dict:
+    arm_overrides = RLLIB_ARMS[arm]
+    if arm == "bulk" and load_config(config, overrides).env.id not in VECTOR_ENTRY_POINTS:
+        arm_overrides = ["resources.sampler=bulk", "resources.vector_env=sync"]  # no batched world for this env
     cfg = load_config(
-        CONFIG,
+        config,
         [
             f"seed={seed}",
             f"stop.time_s={budget}",
@@ -73,7 +81,7 @@ def rllib_run(arm: str, seed: int, budget: float, overrides: list[str], workdir:
             f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
             f"checkpoint.dir={workdir}/{arm}-{seed}",
             *overrides,
-            *RLLIB_ARMS[arm],
+            *arm_overrides,
         ],
     )
     result = train(cfg, echo=lambda line: None)
@@ -91,7 +99,7 @@ def rllib_run(arm: str, seed: int, budget: float, overrides: list[str], workdir:
     }
 
 
-def sb3_run(seed: int, budget: float, overrides: list[str]) -> dict:
+def sb3_run(config: Path, seed: int, budget: float, overrides: list[str]) -> dict:
     import gymnasium as gym
     import torch
     from stable_baselines3 import PPO
@@ -102,8 +110,10 @@ def sb3_run(seed: int, budget: float, overrides: list[str]) -> dict:
     from entropilot.envs.evaluate import run_vector_episodes
 
     start = time.perf_counter()
-    cfg = load_config(CONFIG, [f"seed={seed}", *overrides])
+    cfg = load_config(config, [f"seed={seed}", *overrides])
     a, e, n_envs = cfg.algorithm, cfg.evaluation, cfg.resources.envs_per_runner
+    if a.name != "PPO":
+        raise ValueError(f"sb3: the arm is Stable-Baselines3 PPO on the config's PPO recipe; {config} trains {a.name}")
     if a.train_batch_size % n_envs:
         raise ValueError(f"sb3: train_batch_size {a.train_batch_size} must be a multiple of {n_envs} envs")
     envs = VecNormalize(
@@ -191,6 +201,7 @@ def _spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=CONFIG, help="any hover-style experiment (hover_discrete.yaml)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=["stock", "bulk", "sb3"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per training run")
@@ -202,9 +213,9 @@ def main() -> None:
         for seed in args.seeds:
             for arm in args.arms:
                 if arm == "sb3":
-                    row = sb3_run(seed, args.budget, args.overrides)
+                    row = sb3_run(args.config, seed, args.budget, args.overrides)
                 else:
-                    row = rllib_run(arm, seed, args.budget, args.overrides, Path(tmp))
+                    row = rllib_run(args.config, arm, seed, args.budget, args.overrides, Path(tmp))
                 rows.append(row)
                 reached = "not reached" if row["time_s"] is None else f"{row['time_s']:.1f} s"
                 parts = ", ".join(f"{p} {row['phases'][p]:.1f}" for p in PHASES)
@@ -216,9 +227,9 @@ def main() -> None:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"\nHover: wall time to evaluation success {TARGET} ({len(args.seeds)} seeds, budget {args.budget:.0f} s, "
-        f"overrides {args.overrides or 'none'}, load {load:.1f}); phases: median seconds over the seeds that "
-        "reached it\n"
+        f"\n{args.config.name}: wall time to evaluation success {TARGET} ({len(args.seeds)} seeds, "
+        f"budget {args.budget:.0f} s, overrides {args.overrides or 'none'}, load {load:.1f}); phases: median "
+        "seconds over the seeds that reached it\n"
     )
     print("| arm | seeds reaching | median time (s) | spread (s) | median env steps | " + " | ".join(PHASES) + " |")
     print("|---|---|---:|---:|---:|" + "---:|" * len(PHASES))

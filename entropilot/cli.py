@@ -24,11 +24,15 @@ def main() -> None:
 @main.command()
 def envs() -> None:
     """List the environment ids with their spaces and rewards, and whether the simulator runs compiled."""
-    from entropilot.envs import ENVIRONMENTS, OBSERVATION_SIZE, compiled
+    import gymnasium as gym
+
+    from entropilot.envs import ENVIRONMENTS, OBSERVATION_SIZE, action_space, compiled
 
     for env_id, (_, settings_cls) in ENVIRONMENTS.items():
         doc = (settings_cls.__doc__ or "").strip().splitlines()[0]
-        click.echo(f"{env_id:26s} obs Box({OBSERVATION_SIZE},)  action Box(4,) in [-1, 1]  {doc}")
+        space = action_space(env_id)
+        action = "Box(4,) in [-1, 1]" if isinstance(space, gym.spaces.Box) else f"MultiDiscrete({space.nvec.tolist()})"
+        click.echo(f"{env_id:28s} obs Box({OBSERVATION_SIZE},)  action {action:24s} {doc}")
     click.echo(
         "batched: gymnasium.make_vec(id, num_envs=N) or entropilot.envs.make_vector_env(id, N) puts N drones of "
         "Hover-v0 or Waypoint-v0 in one PyBullet world (a Gymnasium VectorEnv)"
@@ -51,10 +55,12 @@ def envs() -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a trajectory plot (PNG).")
 @click.option("--video", type=click.Path(dir_okay=False), default=None, help="Save the first episode as a GIF.")
 def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | None, video: str | None) -> None:
-    """Fly the cascaded-PID baseline in the PyBullet simulator and report each flight."""
+    """Fly the cascaded-PID baseline in the PyBullet simulator and report each flight (a discrete-command env: the
+    nearest-command baseline over its velocity loop)."""
     import gymnasium as gym
 
-    from entropilot.envs import SINGLE_AGENT_IDS
+    from entropilot.envs import COMMAND_ENVS, SINGLE_AGENT_IDS
+    from entropilot.envs.commands import NearestCommand
     from entropilot.envs.evaluate import report_flights, run_episodes
     from entropilot.envs.pid import CascadedPID
 
@@ -64,11 +70,12 @@ def demo(env_id: str, action_mode: str, episodes: int, seed: int, plot: str | No
         )
     check_outputs(plot=plot, video=video)
     env = gym.make(env_id, action_mode=action_mode, render_mode="rgb_array" if video else None)
-    pid = CascadedPID.for_env(env)
-    click.echo(f"Flying {episodes} episode(s) of {env_id} ({action_mode}) with the cascaded PID baseline")
+    pid = NearestCommand.for_env(env) if env_id in COMMAND_ENVS else CascadedPID.for_env(env)
+    baseline = "nearest-command" if env_id in COMMAND_ENVS else "cascaded PID"
+    click.echo(f"Flying {episodes} episode(s) of {env_id} ({action_mode}) with the {baseline} baseline")
     start = time.perf_counter()
     results = run_episodes(env, pid, episodes, seed, record_frames=bool(video), reset_controller=pid.reset)
-    title = f"{env_id} ({action_mode}), PID baseline"
+    title = f"{env_id} ({action_mode}), {baseline} baseline"
     stats = report_flights(results, start, env.unwrapped.settings.control_hz, plot, video, title, echo=click.echo)
     env.close()
     sys.exit(0 if stats["success_rate"] > 0 else 1)
@@ -578,9 +585,13 @@ def _export_onnx(
         f"  {m['env_id']}, action mode {m['action_mode']}, {m['control_hz']} Hz, training run {result.training_run_id}"
     )
     click.echo(f"  sha256 {result.sha256}")
-    click.echo(
-        f"  parity: max |onnxruntime - torch| = {result.parity_error:.2e} over {result.parity_samples} observations"
-    )
+    if "command" in m:  # a categorical policy: its indices, which may differ only at logit ties
+        differ = round(result.parity_error * result.parity_samples)
+        click.echo(f"  parity: command indices differ on {differ} of {result.parity_samples} observations")
+    else:
+        click.echo(
+            f"  parity: max |onnxruntime - torch| = {result.parity_error:.2e} over {result.parity_samples} observations"
+        )
     if registered_model:
         # Only a policy that clears the readiness gate (or --force) is registered, with the report inside it (see
         # deploy/readiness_record.py for the hash order).

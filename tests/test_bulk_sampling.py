@@ -23,7 +23,8 @@ from entropilot.platform.train import make_env_creator
 from entropilot.rllib_internals import learner_connector_batch
 
 # Short hover episodes (24 steps at 48 Hz), so fragments hold finished, continued and freshly reset episodes.
-HOVER = (make_env_creator("entropilot/Hover-v0"), {"episode_seconds": 0.5, "success_seconds": 0.25})
+SHORT = {"episode_seconds": 0.5, "success_seconds": 0.25}
+HOVER = (make_env_creator("entropilot/Hover-v0"), SHORT)
 # name -> (env, env_config, vector_env): the runners' vector env is Gymnasium's SyncVectorEnv, or for hover also
 # the batched DroneVectorEnv (all drones in one PyBullet world).
 ENVS = {
@@ -31,6 +32,8 @@ ENVS = {
     "hover-batched": (*HOVER, "batched"),
     "pendulum": ("Pendulum-v1", {"max_episode_steps": 40}, "sync"),  # Box(-2, 2): RLlib unsquashes; truncations
     "cartpole": ("CartPole-v1", {}, "sync"),  # Discrete: a categorical head
+    # MultiDiscrete velocity commands (a multi-categorical head) over the velocity loop; no batched world.
+    "hover-discrete": (make_env_creator("entropilot/HoverDiscrete-v0"), SHORT, "sync"),
 }
 
 
@@ -292,3 +295,12 @@ def test_bulk_sampler_and_batched_envs_are_single_agent():
     for field, value in (("sampler", "bulk"), ("vector_env", "batched")):
         with pytest.raises(ConfigError, match=f"resources.{field}"):
             parse_config({"env": {"id": "entropilot/Swarm-v0"}, "resources": {field: value}})
+    # The discrete-command task samples in bulk from single envs; it has no batched world.
+    discrete = {"id": "entropilot/HoverDiscrete-v0"}
+    assert parse_config({"env": discrete, "resources": {"sampler": "bulk"}}).resources.sampler == "bulk"
+    message = (
+        r"resources.vector_env: batched is for the envs with a batched world \['entropilot/Hover-v0', "
+        r"'entropilot/Waypoint-v0'\]; entropilot/HoverDiscrete-v0 needs sync \(got 'batched'\)"
+    )
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"env": discrete, "resources": {"sampler": "bulk", "vector_env": "batched"}})

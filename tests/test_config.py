@@ -57,7 +57,9 @@ def test_hover_is_small_and_fast():
     cfg = load_config(CONFIGS / "hover.yaml")
     assert cfg.algorithm.name == "PPO" and cfg.env.kwargs["action_mode"] == "ctbr"
     assert (cfg.algorithm.train_batch_size, cfg.algorithm.minibatch_size, cfg.algorithm.num_epochs) == (4000, 512, 10)
-    assert (cfg.resources.num_env_runners, cfg.resources.envs_per_runner) == (1, 8)
+    r = cfg.resources
+    assert (r.num_env_runners, r.envs_per_runner, r.sampler, r.vector_env) == (0, 8, "bulk", "batched")
+    assert (cfg.algorithm.kl_coeff, cfg.algorithm.vf_clip) == (0.0, None)
     assert cfg.stop.success_rate == 0.95 and cfg.stop.time_s <= 900
 
 
@@ -464,3 +466,28 @@ def test_assignment_is_validated():
     cfg = ExperimentConfig()
     with pytest.raises(ValueError):
         cfg.algorithm.lr = -1.0
+
+
+def test_algorithm_settings_carry_the_sac_options_and_a_log_std_only_where_it_applies():
+    from entropilot.platform.train import algorithm_settings
+
+    sac = parse_config(
+        {
+            "algorithm": {
+                "name": "SAC",
+                "tau": 0.02,
+                "initial_alpha": 0.3,
+                "target_entropy": -2.5,
+                "replay_capacity": 5000,
+                "learning_starts": 7,
+            },
+            "entropy": {"control": {"enabled": False}},
+        }
+    )
+    settings = algorithm_settings(sac)
+    assert (settings["tau"], settings["initial_alpha"], settings["target_entropy"]) == (0.02, 0.3, -2.5)
+    assert (settings["replay_capacity"], settings["learning_starts"], settings["entropy_control"]) == (5000, 7, None)
+    assert settings["free_log_std"] is False  # RLlib asserts on a free log std for SAC's squashed Gaussian
+    discrete = algorithm_settings(parse_config({"env": {"id": "entropilot/HoverDiscrete-v0"}}))
+    assert discrete["free_log_std"] is False and discrete["entropy_control"]["measure"] == "effective"
+    assert algorithm_settings(parse_config({}))["free_log_std"] is True  # PPO's Gaussian head

@@ -186,8 +186,8 @@ def test_measured_entropies_of_rllib_gaussian_inputs():
     # Without normalization the policy acts in env units: std 0.05 of a half-width 2 is 0.025 of one.
     raw = measured_entropies(inputs, space, normalize_actions=False)["effective"]
     torch.testing.assert_close(raw, both["effective"] + math.log(0.5), atol=2e-3, rtol=0)
-    with pytest.raises(ValueError, match="supported: Box"):
-        measured_entropies(inputs, gym.spaces.Discrete(3), normalize_actions=True)
+    with pytest.raises(ValueError, match="supported: Box, Discrete, MultiDiscrete"):
+        measured_entropies(inputs, gym.spaces.Tuple([space, space]), normalize_actions=True)
 
 
 def test_policy_bounds():

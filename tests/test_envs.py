@@ -8,6 +8,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from entropilot.envs import (
+    COMMAND_ENVS,
     HOVER_ID,
     OBSERVATION_NAMES,
     OBSERVATION_SIZE,
@@ -24,13 +25,17 @@ from entropilot.envs.pid import CascadedPID
 @pytest.mark.parametrize("env_id", SINGLE_AGENT_IDS)
 @pytest.mark.parametrize("action_mode", ["ctbr", "motors"])
 def test_check_env_passes(env_id, action_mode):
+    if env_id in COMMAND_ENVS and action_mode == "motors":
+        with pytest.raises(ValueError, match="action_mode='motors' is invalid: must be 'ctbr'"):
+            gym.make(env_id, action_mode=action_mode)  # its velocity loop commands thrust + body rates
+        return
     env = gym.make(env_id, action_mode=action_mode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unbounded-Box warning is expected for physical quantities
         check_env(env.unwrapped, skip_render_check=True)
     assert env.observation_space.shape == (OBSERVATION_SIZE,) == (len(OBSERVATION_NAMES),)
-    assert env.action_space.shape == (4,)
     assert env.action_space == action_space(env_id, {"action_mode": action_mode})  # what config validation reads
+    assert env.action_space.shape == ((4,) if env_id not in COMMAND_ENVS else (3,))
     env.close()
 
 

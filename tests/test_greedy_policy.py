@@ -1,5 +1,5 @@
 """GreedyPolicy, the deterministic policy training evaluates (and export reproduces): mean for PPO, tanh(mean) for
-SAC."""
+SAC, the argmax of each sub-action for a categorical policy."""
 
 import gymnasium as gym
 import numpy as np
@@ -7,14 +7,14 @@ import torch
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac import SACConfig
 
-from entropilot.envs import HOVER_ID
+from entropilot.envs import HOVER_DISCRETE_ID, HOVER_ID
 from entropilot.platform.algorithm import ObservationFilterStats
 from entropilot.platform.evaluation import GreedyPolicy
 
 
-def module_and_obs(config):
-    env = gym.make(HOVER_ID)
-    module = config.environment(HOVER_ID).get_rl_module_spec(env=env.unwrapped).build()
+def module_and_obs(config, env_id=HOVER_ID):
+    env = gym.make(env_id)
+    module = config.environment(env_id).get_rl_module_spec(env=env.unwrapped).build()
     obs, _ = env.reset(seed=0)
     return module, obs
 
@@ -56,3 +56,18 @@ def test_a_batch_of_observations_is_one_forward_pass_with_the_same_actions():
     actions = policy(batch)
     assert actions.shape == (3, 4) and policy(obs).shape == (4,)
     np.testing.assert_allclose(actions, np.stack([policy(o) for o in batch]), atol=1e-6)
+
+
+def test_categorical_greedy_action_is_each_sub_actions_argmax():
+    config = PPOConfig().rl_module(model_config={"free_log_std": False})
+    module, obs = module_and_obs(config, HOVER_DISCRETE_ID)
+    with torch.no_grad():  # large logits, so the argmax is not a near-tie
+        module.pi.net.mlp[-1].weight.mul_(100.0)
+    policy = GreedyPolicy(module, None)
+    assert policy.categorical_sizes == (5, 5, 5) and not policy.squashed
+    rng = np.random.default_rng(0)
+    for o in [obs, *rng.normal(size=(20, 22)).astype(np.float32)]:
+        logits = dist_inputs(module, o).reshape(3, 5)
+        action = policy(o)
+        assert action.dtype == np.int64 and action.shape == (3,)
+        np.testing.assert_array_equal(action, logits.argmax(axis=1))

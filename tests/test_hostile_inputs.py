@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,13 @@ from click.testing import CliRunner
 from conftest import write_linear_policy
 
 from entropilot.cli import main as cli
+from entropilot.envs import HOVER_DISCRETE_ID
 from entropilot.platform.checkpoints import STATE_FILE
 from entropilot.platform.config import dump_config, parse_config
 
 HEX_ID = "0123456789abcdef0123456789abcdef"  # the form of an MLflow run id; no store knows it
 SMALL = {"stop": {"iterations": 1}, "entropy": {"init": {"enabled": False}}}
+SAC = "--set algorithm.name=SAC --set entropy.control.enabled=false"  # the small config as a SAC run
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,99 @@ TRAIN = [
     ),
     case("stop-emptied", "train {hover} --set stop={{}}", "stop", "never ends"),
     case("two-problems", "train {hover} --set algorithm.lr=-1 --set stop.iterations=0", "hover.yaml", errors=2),
+    case(
+        "discrete-levels-not-increasing",
+        "train {hover} --set env.id={discrete} --set env.kwargs.velocity_levels=[0.5,-0.5]",
+        "velocity_levels",
+        "strictly increasing",
+        "[0.5, -0.5]",
+    ),
+    case(
+        "discrete-levels-too-fast",
+        "train {hover} --set env.id={discrete} --set env.kwargs.velocity_levels=[-5,0,5]",
+        "velocity_levels",
+        "3.0 m/s",
+    ),
+    case(
+        "discrete-levels-one",
+        "train {hover} --set env.id={discrete} --set env.kwargs.velocity_levels=[0]",
+        "velocity_levels",
+        "2 to 15 finite speeds",
+    ),
+    case(
+        "discrete-levels-nan",
+        "train {hover} --set env.id={discrete} --set env.kwargs.velocity_levels=[.nan,0]",
+        "velocity_levels",
+        "finite",
+    ),
+    case(
+        "discrete-repeat-zero",
+        "train {hover} --set env.id={discrete} --set env.kwargs.command_repeat=0",
+        "command_repeat",
+        "an integer in [1,",
+    ),
+    case(
+        "discrete-motors",
+        "train {hover} --set env.id={discrete} --set env.kwargs.action_mode=motors",
+        "action_mode",
+        "'ctbr'",
+    ),
+    case(
+        "discrete-threshold-unreachable",
+        "train {hover} --set env.id={discrete} --set entropy.init.enabled=true --set entropy.init.threshold=5",
+        "entropy.init.threshold",
+        "categorical entropy",
+        "[0.00, 4.83]",
+    ),
+    case(
+        "discrete-target-unreachable",
+        "train {hover} --set env.id={discrete} --set entropy.control.target=5",
+        "entropy.control.target",
+        "categorical entropy",
+        "[0.00, 4.83]",
+    ),
+    case(
+        "discrete-initial-std",
+        "train {hover} --set env.id={discrete} --set model.initial_std=0.5",
+        "model.initial_std",
+        "no Gaussian std",
+    ),
+    case(
+        "discrete-sigma-schedule",
+        "train {hover} --set env.id={discrete} --set entropy.control.mode=sigma_schedule",
+        "entropy.control.mode",
+        "no Gaussian std",
+    ),
+    case(
+        "discrete-batched-world",
+        "train {hover} --set env.id={discrete} --set resources.vector_env=batched",
+        "resources.vector_env",
+        "HoverDiscrete-v0 needs sync",
+    ),
+    case(
+        "sac-with-entropy-control",
+        "train {hover} --set algorithm.name=SAC",
+        "entropy.control.enabled",
+        "SAC tunes its own",
+    ),
+    case(
+        "sac-target-entropy-word",
+        "train {hover} " + SAC + " --set algorithm.target_entropy=high",
+        "algorithm.target_entropy",
+        '"auto" or a finite number',
+    ),
+    case(
+        "sac-learning-starts-negative",
+        "train {hover} " + SAC + " --set algorithm.learning_starts=-1",
+        "algorithm.learning_starts",
+        "-1",
+    ),
+    case(
+        "sac-replay-below-batch",
+        "train {hover} " + SAC + " --set algorithm.replay_capacity=10",
+        "replay_capacity",
+        "train_batch_size",
+    ),
     case("neither-config-nor-resume", "train", "give a CONFIG file, or --resume", exit=2),
     case("config-and-resume", "train {hover} --resume {ws}/runs/done", "give a CONFIG file, or --resume", exit=2),
 ]
@@ -383,7 +479,7 @@ EVALUATE = [
     case("evaluate-registered-no-store", "evaluate models:/m@a", "no MLflow store", cwd="bare"),
     case("evaluate-bad-model-uri", "evaluate models:/", "models:/", "models:/NAME@ALIAS"),
     case("evaluate-stamp-registered", "evaluate models:/m@a --stamp", "never changed", "Drop --stamp"),
-    case("evaluate-swarm-policy", "evaluate {ws}/swarm.onnx", "single-drone policies", "Swarm-v0"),
+    case("evaluate-swarm-policy", "evaluate {ws}/swarm.onnx", "readiness flies the policies of", "Swarm-v0"),
     case(
         "evaluate-conditions-missing",
         "evaluate {policy} --conditions {ws}/nope.yaml",
@@ -582,7 +678,7 @@ class Workspace:
     long_file: str = "p" * 300 + ".onnx"
 
     def args(self, command: str) -> list[str]:
-        fields = {**vars(self), "hover": self.ws / "hover.yaml", "hex_id": HEX_ID}
+        fields = {**vars(self), "hover": self.ws / "hover.yaml", "hex_id": HEX_ID, "discrete": HOVER_DISCRETE_ID}
         return [arg.format(**fields) for arg in command.split()]
 
 
@@ -818,6 +914,94 @@ def test_refused_with_a_real_run_leaves_it_as_it_was(case, trained, isolated_mlf
     result = run_cli(args, root, {"MLFLOW_TRACKING_URI": uri})
     assert_refused(result, case, before, snapshot(root))
     assert run_status(uri, run_id) == status
+
+
+# Bad live tags set on a running training from outside (as from the MLflow UI): each is refused, the console and the
+# run's tag `entropilot.live_error` saying why in the person's terms, and training goes on with the settings in force.
+# `command` is TAG=TEXT; `says` what the error tag must hold. The run's mode is lower_bound (the default): target 0,
+# coef_min 0, collapse floor -8.
+LIVE_TAGS = [
+    case(
+        "live-field-not-in-mode",
+        "entropy.control.sigma=0.5",
+        "sigma=0.5",
+        "not used in entropy.control.mode lower_bound",
+    ),
+    case("live-fixed-coef-in-lower-bound", "entropy.control.coef=0.01", "coef=0.01", "(live there: target, coef_min"),
+    case("live-not-a-setting", "entropy.control.coef_init=0.01", "coef_init=0.01", "not a live setting"),
+    case("live-not-a-number", "entropy.control.gain=fast", "gain=fast", "needs a number in (0, 1]"),
+    case("live-out-of-range", "entropy.control.max_step=2", "max_step=2", "needs (0, 1]"),
+    case("live-bounds-crossed", "entropy.control.coef_max=-0.01", "coef_max=-0.01", "needs [0, 1]"),
+    case("live-penalty-in-lower-bound", "entropy.control.coef_min=-0.01", "coef_min=-0.01", "needs [0, 0.05]"),
+    case("live-target-under-floor", "entropy.target=-9", "target=-9", "needs (-8, 5.67576)"),
+    case(
+        "live-bad-schedule",
+        "entropy.control.target=[[5, 1]]",
+        "target=[[5, 1]]",
+        "[0] schedule must start at env step 0",
+    ),
+]
+
+
+def test_bad_live_tags_are_refused_in_the_run_while_training_goes_on(tmp_path, mlflow_server, ray_session):
+    import mlflow
+    from conftest import restored_mlflow_env
+
+    from entropilot.platform.live_tuning import ERROR_TAG, LIVE_TAG_PREFIX
+    from entropilot.platform.train import train
+
+    client = mlflow.MlflowClient(mlflow_server)
+    cfg = {
+        "name": "hostile-live",
+        "env": {"kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
+        "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+        "entropy": {"init": {"enabled": False}},
+        "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+        "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-hostile-live"},
+        "stop": {"iterations": len(LIVE_TAGS) + 1},
+        "evaluation": {"interval": None},
+        "checkpoint": {"interval": None, "dir": str(tmp_path / "run")},
+    }
+    lines, shown = [], {}
+
+    def run_id():
+        experiment = client.get_experiment_by_name("test-hostile-live")
+        return client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")[0].info.run_id
+
+    def error_tag(run, case):  # the tracker sends tags in the background: wait for this case's text to arrive
+        for _ in range(600):
+            text = client.get_run(run).data.tags.get(ERROR_TAG, "")
+            if text.startswith(case.says[0]):
+                return text
+            time.sleep(0.1)
+        return text
+
+    def echo(line):  # after iteration i's line, case i-1's refusal is in; then case i's tag goes in
+        lines.append(line)
+        if not line.startswith("iter "):
+            return
+        i, run = int(line.split()[1]), run_id()
+        if i > 1:
+            before = LIVE_TAGS[i - 2]
+            shown[before.id] = error_tag(run, before)
+            client.delete_tag(run, LIVE_TAG_PREFIX + before.command.split("=")[0])
+        if i <= len(LIVE_TAGS):
+            tag, text = LIVE_TAGS[i - 1].command.split("=", 1)
+            client.set_tag(run, LIVE_TAG_PREFIX + tag, text)
+
+    with restored_mlflow_env():
+        result = train(parse_config(cfg), echo=echo)
+    assert result.iterations == len(LIVE_TAGS) + 1 and run_status(mlflow_server, result.run_id) == "FINISHED"
+    warnings = [line for line in lines if line.startswith("WARNING: live settings not applied")]
+    assert len(warnings) == len(LIVE_TAGS)
+    for i, (case, warning) in enumerate(zip(LIVE_TAGS, warnings), start=2):
+        tag, text = case.command.split("=", 1)
+        assert warning.startswith(f"WARNING: live settings not applied at iteration {i}, the ones in force stay: ")
+        assert f"{LIVE_TAG_PREFIX}{tag} = {text}: " in warning, warning
+        assert all(fragment in shown[case.id] for fragment in case.says), (case.id, shown[case.id])
+    assert not [line for line in lines if line.startswith("live:")]  # nothing was applied
+    entropy = client.get_metric_history(result.run_id, "entropy")
+    assert [m.step for m in entropy] == list(range(1, len(LIVE_TAGS) + 2))  # every iteration trained
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(trained, isolated_mlflow_env):

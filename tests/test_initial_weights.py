@@ -74,3 +74,15 @@ def test_draw_seeds_never_collide():
     assert len(seeds) == 20 * 1000
     with pytest.raises(ValueError, match="draw must be in"):
         draw_seed(1, 1000)
+
+
+def test_search_outcome_keeps_the_first_clearing_draw_or_the_lowest():
+    from entropilot.policies.entropy_init import InitDraw, search_outcome
+
+    draws = [InitDraw(seed, entropy, (entropy,)) for seed, entropy in enumerate([1.0, 3.0, 0.5, 4.0])]
+    first = search_outcome(draws, threshold=2.0)
+    assert (first.chosen.seed, len(first.draws), first.cleared) == (1, 2, True)
+    best = search_outcome(draws, threshold=9.0)
+    assert (best.chosen.seed, len(best.draws), best.cleared) == (3, 4, False)
+    lowest = search_outcome(draws, threshold=2.0, keep="lowest")
+    assert (lowest.chosen.seed, len(lowest.draws), lowest.cleared) == (2, 4, False)

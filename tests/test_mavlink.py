@@ -154,11 +154,24 @@ def _tiny_onnx_policy(tmp_path):
     return OnnxPolicy(path)
 
 
-@pytest.mark.parametrize("kind", ["pid", "onnx"])
+def _command_policy():
+    """A discrete-command policy (the nearest-command baseline) flown through its velocity loop on board: the
+    MAVLink link gets the loop's ctbr action, as from any ctbr policy."""
+    from entropilot.deploy.command import CommandPolicy
+    from entropilot.envs.commands import NearestCommand
+    from entropilot.envs.discrete import command_contract
+    from entropilot.envs.settings import HoverDiscreteSettings
+
+    settings = HoverDiscreteSettings()
+    return CommandPolicy(NearestCommand(settings.velocity_levels), command_contract(settings), HZ)
+
+
+@pytest.mark.parametrize("kind", ["pid", "onnx", "command"])
 def test_a_policy_hovers_through_mavlink_then_lands_and_disarms(sitl, tmp_path, kind):
     link = link_to(sitl)
-    policy = pid_policy() if kind == "pid" else _tiny_onnx_policy(tmp_path)
-    target = TARGET if kind == "pid" else (0.3, -0.2, 1.0)  # the tiny policy only controls altitude
+    policies = {"pid": pid_policy, "onnx": lambda: _tiny_onnx_policy(tmp_path), "command": _command_policy}
+    policy = policies[kind]()
+    target = (0.3, -0.2, 1.0) if kind == "onnx" else TARGET  # the tiny policy only controls altitude
     try:
         # wall-clock flight with the vehicle in this process: allow a loaded CI machine's scheduling hiccups
         log = Autopilot(policy, link, target, max_landing_s=8.0, max_telemetry_age_s=0.2).run(duration_s=3.0)

@@ -269,6 +269,12 @@ def test_a_threshold_sweep_moves_the_kept_entropy_and_the_acceptance_rate():
         median = pooled[len(pooled) // 2]
         live = entropy_aware_init(algo, threshold=median, weight_seed=2, max_draws=5, family=family, rollout_steps=200)
         assert live == search_outcome(searches[2], median)
+        # Upside down (the study's worst-of-N arm): every draw is made and the lowest kept, whatever the threshold.
+        worst = entropy_aware_init(
+            algo, threshold=median, weight_seed=2, max_draws=5, family=family, rollout_steps=200, keep="lowest"
+        )
+        assert worst == search_outcome(searches[2], median, "lowest")
+        assert len(worst.draws) == 5 and worst.chosen.entropy == min(d.entropy for d in searches[2])
     finally:
         algo.stop()
 
@@ -419,3 +425,57 @@ def test_a_single_gpu_learner_needs_the_gpu_in_this_process(caplog):
         local_gpu_learner_or_cpu(resolve_learner_resources("on", 0, available_gpus=1), "on", visible_gpus=0)
     remote = resolve_learner_resources("on", 0, available_gpus=2)  # remote learners get their GPUs from Ray
     assert local_gpu_learner_or_cpu(remote, "on", visible_gpus=0) == remote
+
+
+CARTPOLE = {**PPO, "env": "CartPole-v1"}  # Discrete(2): a categorical head, at most ln 2 nats
+
+
+def test_a_categorical_policy_goes_through_the_same_measure_and_controller():
+    # The configured measure is the effective one; a categorical policy has one entropy, which the controller reads.
+    control = {"measure": "effective", "target": math.log(2), "gain": 0.5}  # the default mode: lower_bound
+    algo = build_algorithm(**CARTPOLE, entropy_control=control)
+    try:
+        results = [algo.train()["learners"][MODULE] for _ in range(2)]
+        last_error = on_learners(algo, controller_state)[0]["last_error"]
+    finally:
+        algo.stop()
+    for r in results:
+        assert "entropy_effective" not in r and "entropy_gaussian" not in r and "clipped_fraction" not in r
+        assert 0 < r["entropy_categorical"] == r["entropy_categorical_dim0"] <= math.log(2)
+        assert r["entropy_categorical"] == pytest.approx(r["entropy"], abs=0.05)  # PPO's own, last minibatch
+        assert r["entropy_target"] == pytest.approx(math.log(2))
+    assert last_error == pytest.approx(math.log(2) - results[-1]["entropy_categorical"])
+    assert results[-1]["curr_entropy_coeff"] > 0  # below the minimum: pushed up, never a penalty
+
+
+def test_a_threshold_sweep_moves_a_categorical_policys_kept_entropy():
+    """The init family's output gain spreads a categorical head's draws too, so the threshold decides what is kept."""
+    algo = build_algorithm(**CARTPOLE)
+    family = InitFamily(output_gain=8.0)
+    try:
+        searches = [
+            [measure_draw(algo, draw_seed(seed, k), family, "effective", 200, 0) for k in range(5)] for seed in range(6)
+        ]
+    finally:
+        algo.stop()
+    pooled = sorted(d.entropy for draws in searches for d in draws)
+    assert 0 <= pooled[0] and pooled[-1] <= math.log(2)
+    median = pooled[len(pooled) // 2]
+    kept = {
+        threshold: float(np.mean([search_outcome(draws, threshold).chosen.entropy for draws in searches]))
+        for threshold in (pooled[0], median, pooled[-1])
+    }
+    # Measured: draws 0.24-0.66 nats, kept 0.44 / 0.59 / 0.61 (a quarter of the ln 2 range).
+    assert kept[pooled[0]] < kept[median] < kept[pooled[-1]] and kept[pooled[-1]] - kept[pooled[0]] >= 0.1
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"entropy_control": {"mode": "sigma_schedule", "sigma": 0.5}}, "sigma_schedule sets a Gaussian's std"),
+        ({"covariance_control": {"mode": "clip_cov", "per_dimension": True}}, "per_dimension scores a Gaussian's"),
+    ],
+)
+def test_gaussian_only_learner_settings_refuse_a_categorical_policy(settings, message):
+    with pytest.raises(ValueError, match=rf"{message}.*'default_policy' acts on Discrete\(2\)"):
+        build_algorithm(**{**CARTPOLE, "num_env_runners": 0}, **settings)

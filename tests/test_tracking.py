@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from entropilot.platform.config import from_flat_params, parse_config, to_flat_params
 from entropilot.platform.plots import plot_entropy, plot_learning
-from entropilot.platform.tracking import ConfigMismatchError, RunTracker
+from entropilot.platform.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, ConfigMismatchError, RunTracker
 
 pytestmark = pytest.mark.usefixtures("isolated_mlflow_env")
 
@@ -70,6 +70,22 @@ def test_new_run_has_config_metrics_tags_and_artifacts(mlflow_server, tmp_path):
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints/final")] == ["checkpoints/final/weights.bin"]
     downloaded = client.download_artifacts(run_id, "config/extra.yaml", str(tmp_path / "download"))
     assert open(downloaded).read() == "a: 1\n"
+
+
+def test_experiments_open_in_the_model_training_view(mlflow_server):
+    client = MlflowClient(mlflow_server)
+    experiment = lambda name: {"tracking_uri": mlflow_server, "experiment": name}  # noqa: E731
+    with RunTracker.start(make_cfg(mlflow_server, mlflow=experiment("kind-new"))):
+        pass
+    assert client.get_experiment_by_name("kind-new").tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    # An experiment made before (by an older entropilot) gets the kind; one that says what it is keeps it.
+    client.create_experiment("kind-old")
+    client.create_experiment("kind-genai", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    for name in ("kind-old", "kind-genai"):
+        with RunTracker.start(make_cfg(mlflow_server, mlflow=experiment(name))):
+            pass
+    assert client.get_experiment_by_name("kind-old").tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    assert client.get_experiment_by_name("kind-genai").tags[EXPERIMENT_KIND_TAG] == "genai_development"
 
 
 def test_tracking_uri_comes_from_the_environment(mlflow_server, monkeypatch):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from entropilot.deploy.command import flight_policy
 from entropilot.deploy.contract import PolicyContractError
 from entropilot.deploy.links.base import (
     OBSERVATION_NAMES,
@@ -197,7 +198,9 @@ class FlightLog:
 # ---- the loop --------------------------------------------------------------------------------
 class Autopilot:
     """Flies ``policy`` (``obs[22] -> action[4]``: an ``OnnxPolicy`` or a ``CallablePolicy``) on ``link`` toward
-    ``target`` (world x, y, z) at the vehicle's control rate.
+    ``target`` (world x, y, z) at the vehicle's control rate. A command policy (an ``OnnxPolicy`` of a categorical
+    policy, whose output is command indices) flies through its inner loop (``command.CommandPolicy``): the guards
+    below act on the action that loop sends the vehicle, and an index outside its table is a policy error.
 
     Every tick: read telemetry (none -> link loss; non-finite; older than ``max_telemetry_age_s`` -> stale;
     outside ``geofence`` -> geofence), build the observation, call the policy (an exception or non-finite output
@@ -233,7 +236,7 @@ class Autopilot:
         max_landing_s: float = 20.0,
         clock: Clock | None = None,
     ):
-        self.policy = policy
+        self.policy = flight_policy(policy)
         self.link = link
         self.target = np.array(target, dtype=np.float64).reshape(3)
         if not all_finite(self.target):

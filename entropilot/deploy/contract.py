@@ -11,10 +11,25 @@ from entropilot.errors import EntropilotError
 
 SCHEMA_VERSION = 1
 INPUT_NAME = "observation"  # float32 [batch, len(observation_names)]
-OUTPUT_NAME = "action"  # float32 [batch, 4], inside [action_low, action_high]
+OUTPUT_NAME = "action"  # float32 [batch, 4] inside [action_low, action_high]; a command policy: int64 (see below)
 BATCH_DIM = "batch"
 ACTION_SIZE = 4
+# How the file's output was made from the trained distribution (metadata "deterministic_action"). A continuous
+# policy outputs the vehicle's action, float32 [batch, ACTION_SIZE] in [action_low, action_high].
 DETERMINISTIC_ACTION = "Gaussian mean, clipped to [action_low, action_high]"
+SQUASHED_DETERMINISTIC_ACTION = "tanh of the squashed Gaussian's mean, clipped to [action_low, action_high]"
+CONTINUOUS_ACTIONS = (DETERMINISTIC_ACTION, SQUASHED_DETERMINISTIC_ACTION)
+# A categorical (discrete-command) policy outputs int64 [batch, len(command["sizes"])]: per sub-action the index
+# of its largest logit. Its metadata holds "command" (COMMAND_KEYS): what each index commands and the inner loop
+# that turns the command into the vehicle's action (action_mode, action_low/high, action_meaning describe that
+# action), run on board by ``deploy.command.CommandPolicy`` with the code the policy trained over: "levels" are the
+# speeds (m/s) index 0, 1, ... commands along each axis, "repeat" the control periods each command is held,
+# "inner_loop" {"name": a loop of ``entropilot.vehicle.control``, "parameters": its constructor's keywords}.
+CATEGORICAL_DETERMINISTIC_ACTION = (
+    "argmax of each sub-action's logits (the first index on a tie), int64 [batch, sub-actions]; "
+    "flown through the inner loop named in command"
+)
+COMMAND_KEYS = ("type", "sizes", "levels", "repeat", "meaning", "inner_loop")
 FRAME_CONVENTION = {
     "world": "z up (gravity along -z), metres",
     "body": "x forward, y left, z up",

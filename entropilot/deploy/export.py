@@ -1,11 +1,9 @@
 """Export a trained policy to one self-contained ONNX file: MeanStdFilter normalization, the RLModule's
-policy network and the deterministic action (Gaussian mean, clipped) in the graph; the contract in its
-metadata; parity against the training-side greedy policy checked on real observations before it is kept.
+policy network and the deterministic action in the graph (a Gaussian's mean, a squashed Gaussian's tanh(mean),
+clipped; a categorical policy's argmax per sub-action); the contract in its metadata; parity against the
+training-side greedy policy checked on real observations before it is kept.
 
-The exporter is torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``) on a strict
-``torch.export`` program: the TorchScript one (``dynamo=False``) bakes the example's batch size into
-RLlib's free-log-std head when it traces ``forward_inference`` (``len(mean)`` becomes a constant), so
-its file fails on any other batch size although the batch axis is declared dynamic.
+The graph itself (the module to export and its capture by torch's exporter) is ``policy_graph``'s.
 """
 
 from __future__ import annotations
@@ -25,8 +23,6 @@ import torch
 
 from entropilot.deploy.contract import (
     ACTION_SIZE,
-    BATCH_DIM,
-    DETERMINISTIC_ACTION,
     FRAME_CONVENTION,
     INPUT_NAME,
     OUTPUT_NAME,
@@ -37,6 +33,7 @@ from entropilot.deploy.contract import (
     sha256_hex,
 )
 from entropilot.deploy.export_inputs import ExportError, check_output, resolve_checkpoint
+from entropilot.deploy.policy_graph import PolicyGraph, load_rl_module, opset, to_onnx
 
 __all__ = [
     "CheckpointInfo",
@@ -52,8 +49,9 @@ __all__ = [
     "resolve_checkpoint",
 ]
 
+# Continuous: max |action difference|. Categorical: the indices must agree except where the two largest logits of
+# a sub-action lie within this of each other (a tie to rounding, which either runtime may break either way).
 PARITY_TOLERANCE = 1e-5
-RL_MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
 # Out-of-range probes added to the real observations: they drive the normalization into its clip.
 _PROBE_SCALES = (-1e3, -30.0, 30.0, 1e3)
 
@@ -63,7 +61,9 @@ class ExportResult:
     path: Path
     sha256: str  # of the whole file, as written
     size_bytes: int
-    parity_error: float  # max |onnxruntime action - torch greedy action| over the parity observations
+    # Max |onnxruntime action - torch greedy action| over the parity observations; a categorical policy: the share
+    # of observations whose indices differ (only at logit ties, see PARITY_TOLERANCE).
+    parity_error: float
     parity_samples: int  # real observations (rolled out in the training env) + out-of-range probes
     checkpoint: Path
     training_run_id: str | None
@@ -116,7 +116,10 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
     env = make_env(info.env_id, **info.env_kwargs)
     try:
         settings = env.unwrapped.settings
-        if tuple(env.unwrapped.observation_names) != OBSERVATION_NAMES or env.action_space.shape != (ACTION_SIZE,):
+        command = getattr(env.unwrapped, "inner_loop", None) is not None
+        if tuple(env.unwrapped.observation_names) != OBSERVATION_NAMES or (
+            graph.categorical_sizes is None if command else env.action_space.shape != (ACTION_SIZE,)
+        ):
             raise ExportError(
                 f"{info.env_id}: observation/action layout differs from entropilot.envs'; cannot describe it"
             )
@@ -126,9 +129,17 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
     finally:
         env.close()
 
-    model = _to_onnx(graph, torch.as_tensor(observations[:2]))
-    exporter = f"torch.onnx.export(dynamo=True) torch {torch.__version__}, opset {_opset(model)}"
-    low, high = env.action_space.low.astype(float).tolist(), env.action_space.high.astype(float).tolist()
+    model = to_onnx(graph, torch.as_tensor(observations[:2]))
+    exporter = f"torch.onnx.export(dynamo=True) torch {torch.__version__}, opset {opset(model)}"
+    # A command policy's inner loop emits the simulator's action in [-1, 1] (what a vehicle link receives).
+    low, high = (
+        ([-1.0] * ACTION_SIZE, [1.0] * ACTION_SIZE)
+        if command
+        else (
+            env.action_space.low.astype(float).tolist(),
+            env.action_space.high.astype(float).tolist(),
+        )
+    )
     metadata = {
         "schema_version": SCHEMA_VERSION,
         "observation_names": list(OBSERVATION_NAMES),
@@ -144,7 +155,7 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "target": list(settings.target),
         "episode_seconds": settings.episode_seconds,
         "frame_convention": FRAME_CONVENTION,
-        "deterministic_action": DETERMINISTIC_ACTION,
+        "deterministic_action": graph.convention,
         "env_id": info.env_id,
         "env_kwargs": info.env_kwargs,
         "training_run_id": state.get("run_id"),
@@ -156,13 +167,20 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "entropilot_version": entropilot.__version__,
         "exporter": exporter,
     }
+    if command:
+        from entropilot.envs.discrete import command_contract
+
+        metadata["command"] = command_contract(settings)
     del model.metadata_props[:]
     for key, value in encode_metadata(metadata).items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "entropilot", entropilot.__version__
+    signature = f"{OUTPUT_NAME}[batch, {ACTION_SIZE}]"
+    if command:
+        signature = f"{OUTPUT_NAME} int64[batch, {len(graph.categorical_sizes)}] (command indices)"
     model.doc_string = (
         f"entropilot policy for {info.env_id} ({settings.action_mode}, {settings.control_hz} Hz): "
-        f"{INPUT_NAME}[batch, {len(OBSERVATION_NAMES)}] -> {OUTPUT_NAME}[batch, {ACTION_SIZE}]"
+        f"{INPUT_NAME}[batch, {len(OBSERVATION_NAMES)}] -> {signature}"
     )
     onnx.checker.check_model(model, full_check=True)
     data = seal(model.SerializeToString())
@@ -261,71 +279,6 @@ def _seed_ranges(
     }
 
 
-def load_rl_module(checkpoint: Path, module_id: str):
-    """The trained RLModule from an Algorithm checkpoint, without Ray running (the learner's copy: the newest
-    weights)."""
-    from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    path = checkpoint / RL_MODULE_SUBDIR / module_id
-    if not path.is_dir():
-        raise ExportError(
-            f"{checkpoint}: no RLModule at {path.relative_to(checkpoint)} (is it an RLlib Algorithm checkpoint?)"
-        )
-    # pyarrow's filesystem lookup needs an absolute path.
-    module = RLModule.from_checkpoint(str(path.resolve()))
-    module.eval()
-    dist = module.get_inference_action_dist_cls()
-    if not (isinstance(dist, type) and issubclass(dist, TorchDiagGaussian)):
-        raise ExportError(
-            f"{checkpoint}: the policy's action distribution is {getattr(dist, '__name__', dist)}; "
-            f"export supports the diagonal Gaussian (PPO) only, flown as its mean"
-        )
-    return module
-
-
-class PolicyGraph(torch.nn.Module):
-    """obs [N, n] float32 -> clip((obs - mean) / (std + eps), -clip, clip) -> the RLModule's policy network -> the
-    Gaussian mean -> clip to [-1, 1]: what ``GreedyPolicy`` computes, as one torch module to export.
-
-    The network runs as ``forward_inference`` does; for PPO's usual module (separate actor encoder, free log
-    std head) only the actor path is taken, because the free-log-std head concatenates a tiled log std
-    that is sliced off again (5 ONNX nodes, ~25 % of the file's latency, for nothing). Parity with
-    ``forward_inference`` is checked on every export either way.
-    """
-
-    def __init__(self, module, stats):
-        from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
-
-        super().__init__()
-        self.module = module
-        self.normalize = stats is not None
-        if self.normalize:
-            self.register_buffer("obs_mean", torch.as_tensor(np.asarray(stats.mean, dtype=np.float32)))
-            self.register_buffer("obs_scale", torch.as_tensor(np.asarray(stats.std + stats.epsilon, dtype=np.float32)))
-            self.clip = None if stats.clip is None else float(stats.clip)
-        encoder = getattr(module, "encoder", None)
-        self.actor_path = (
-            isinstance(getattr(module, "pi", None), TorchFreeLogStdMLPHead)
-            and getattr(encoder, "actor_encoder", None) is not None
-        )
-
-    def forward(self, obs):
-        from ray.rllib.core.columns import Columns
-        from ray.rllib.core.models.base import ENCODER_OUT
-
-        x = obs
-        if self.normalize:
-            x = (obs - self.obs_mean) / self.obs_scale
-            if self.clip is not None:
-                x = torch.clamp(x, -self.clip, self.clip)
-        if self.actor_path:
-            mean = self.module.pi.net(self.module.encoder.actor_encoder({Columns.OBS: x})[ENCODER_OUT])
-        else:
-            mean = self.module.forward_inference({Columns.OBS: x})[Columns.ACTION_DIST_INPUTS][:, :ACTION_SIZE]
-        return torch.clamp(mean, -1.0, 1.0)
-
-
 def _greedy_policy(module, stats):
     """``GreedyPolicy`` (platform/evaluation.py) on a restored module and filter: what training evaluates with,
     and the one the file must reproduce."""
@@ -335,12 +288,14 @@ def _greedy_policy(module, stats):
 
 
 def _rollout(env, policy, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``steps`` real observations (float32) met while flying ``policy`` in ``env``, and its actions for them."""
+    """``steps`` real observations (float32) met while flying ``policy`` in ``env``, and its actions for them
+    (float32, or a categorical policy's int64 indices)."""
     observations, actions = [], []
     obs, _ = env.reset(seed=seed)
     episode = 0
     while len(observations) < steps:
-        action = np.asarray(policy(obs), dtype=np.float32)
+        action = np.asarray(policy(obs))
+        action = action if action.dtype.kind in "iu" else action.astype(np.float32)
         observations.append(np.asarray(obs, dtype=np.float32))
         actions.append(action)
         obs, _, terminated, truncated, _ = env.step(action)
@@ -349,12 +304,14 @@ def _rollout(env, policy, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray
             obs, _ = env.reset(seed=seed + episode)
     observations = np.stack(observations)
     probes = np.concatenate([observations[:1] * s for s in _PROBE_SCALES])
-    probe_actions = np.stack([policy(o) for o in probes]).astype(np.float32)
-    return np.concatenate([observations, probes]), np.concatenate([np.stack(actions), probe_actions])
+    actions = np.stack(actions)
+    probe_actions = np.stack([policy(o) for o in probes]).astype(actions.dtype)
+    return np.concatenate([observations, probes]), np.concatenate([actions, probe_actions])
 
 
 def _parity(path: Path, observations: np.ndarray, reference: np.ndarray, graph, tolerance: float) -> float:
-    """Max |action difference| between the file run by the flight runtime and the greedy torch policy."""
+    """Max |action difference| between the file run by the flight runtime and the greedy torch policy (categorical:
+    the share of observations whose indices differ, see ``_categorical_parity``)."""
     from entropilot.deploy.onnx_policy import OnnxPolicy
 
     policy = OnnxPolicy(path)  # also proves the file passes the flight runtime's contract checks
@@ -362,6 +319,8 @@ def _parity(path: Path, observations: np.ndarray, reference: np.ndarray, graph, 
     single = np.stack([policy(o) for o in observations[:8]])  # the one-sample path the vehicle uses
     with torch.no_grad():
         graph_actions = graph(torch.as_tensor(observations)).numpy()
+    if graph.categorical_sizes is not None:
+        return _categorical_parity(observations, reference, onnx_actions, single, graph, tolerance)
     error = float(max(np.abs(onnx_actions - reference).max(), np.abs(single - reference[:8]).max()))
     if not error <= tolerance:
         worst = int(np.abs(onnx_actions - reference).max(axis=1).argmax())
@@ -373,81 +332,27 @@ def _parity(path: Path, observations: np.ndarray, reference: np.ndarray, graph, 
     return error
 
 
-def _to_onnx(graph: torch.nn.Module, example: torch.Tensor):
-    """The graph as an ONNX ModelProto with a symbolic batch axis named BATCH_DIM, weights inside.
-
-    torch.export runs first, explicitly and strict: RLlib's free-log-std head tiles its log std with
-    ``len(mean)``, which non-strict tracing specializes to the example's batch size. Left to itself,
-    torch.onnx.export tries non-strict, then falls back (printing ❌), and with a named Dim it came
-    out with a fixed batch of 2.
-    """
+def _categorical_parity(observations, reference, onnx_actions, single, graph, tolerance: float) -> float:
+    """The share of observations where onnxruntime's indices differ from the greedy torch policy's. A difference is
+    allowed only in a sub-action whose two largest torch logits lie within ``tolerance``: a tie to rounding."""
     with torch.no_grad():
-        try:
-            program = torch.export.export(
-                graph, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
-            )
-        except Exception as err:
-            raise ExportError(f"torch.export could not capture the policy with a dynamic batch axis: {err}") from err
-        onnx_program = torch.onnx.export(
-            program,
-            (example,),
-            None,
-            dynamo=True,
-            external_data=False,
-            optimize=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            verbose=False,
-        )
-    model = onnx_program.model_proto
-    # The exporter annotates nodes with stack traces and source paths: drop them, so the file (and its
-    # SHA-256) depends on the policy alone, not on where or from which source line it was exported.
-    graph_proto = model.graph
-    for item in (
-        *graph_proto.node,
-        *graph_proto.input,
-        *graph_proto.output,
-        *graph_proto.value_info,
-        *graph_proto.initializer,
-    ):
-        del item.metadata_props[:]
-    for node in graph_proto.node:
-        node.ClearField("doc_string")
-    del graph_proto.metadata_props[:]
-    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
-    if batch:
-        for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-            for dim in value.type.tensor_type.shape.dim:
-                if dim.dim_param == batch:
-                    dim.dim_param = BATCH_DIM
-    _check_graph(model)
-    return model
-
-
-def _check_graph(model) -> None:
-    for tensor in model.graph.initializer:
-        if tensor.data_location == tensor.EXTERNAL or tensor.external_data:
-            raise ExportError(
-                f"exporter left initializer {tensor.name!r} in external data; expected one self-contained file"
-            )
-    dims = [
-        [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in (*model.graph.input, *model.graph.output)
-    ]
-    if (
-        [v.name for v in model.graph.input] != [INPUT_NAME]
-        or [v.name for v in model.graph.output] != [OUTPUT_NAME]
-        or dims[0][0] != BATCH_DIM
-        or dims[1][0] != BATCH_DIM
-    ):
+        logits = graph.logits(torch.as_tensor(observations)).double()
+    gaps = []
+    for part in logits.split(list(graph.categorical_sizes), dim=-1):
+        top = part.topk(2, dim=-1).values
+        gaps.append((top[:, 0] - top[:, 1]).numpy())
+    ties = np.stack(gaps, axis=1) <= tolerance
+    differs = onnx_actions != reference
+    differs[:8] |= single != reference[:8]
+    unexplained = differs & ~ties
+    if unexplained.any():
+        row, column = (int(v[0]) for v in np.nonzero(unexplained))
         raise ExportError(
-            f"exported graph signature is {[v.name for v in model.graph.input]} -> "
-            f"{[v.name for v in model.graph.output]} with dims {dims}; expected a symbolic '{BATCH_DIM}' axis"
+            f"parity check failed: onnxruntime picks index {onnx_actions[row, column]} of sub-action {column} where "
+            f"the torch greedy policy picks {reference[row, column]} (observation #{row}; "
+            f"{int(unexplained.any(axis=1).sum())} observation(s) differ beyond logit ties); the file was not written"
         )
-
-
-def _opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return float(differs.any(axis=1).mean())
 
 
 def _normalization(stats) -> dict[str, Any]:

@@ -12,7 +12,9 @@ import onnxruntime as ort
 
 from entropilot.deploy.contract import (
     ACTION_SIZE,
-    DETERMINISTIC_ACTION,
+    CATEGORICAL_DETERMINISTIC_ACTION,
+    COMMAND_KEYS,
+    CONTINUOUS_ACTIONS,
     INPUT_NAME,
     OUTPUT_NAME,
     SCHEMA_VERSION,
@@ -44,15 +46,18 @@ class NonFiniteError(ArithmeticError):
 
 
 class OnnxPolicy:
-    """``policy(obs[22]) -> action[4]`` from an ``entropilot export`` file.
+    """``policy(obs[22]) -> action[4]`` from an ``entropilot export`` file; for a command policy (a categorical one,
+    ``command`` not None) ``policy(obs[22]) -> int64 command indices``, one per sub-action, which
+    ``deploy.command.CommandPolicy`` (the ``Autopilot`` wraps it so) turns into the vehicle's action.
 
     On load: the file's bytes are checked against ``expected["sha256"]`` (if given) and against the
     content seal export wrote into it (any changed or missing byte is refused); then the graph's
-    signature (``observation`` float32 [batch, n] -> ``action`` float32 [batch, 4]), the schema
-    version, the action convention, and the observation layout (``expected["observation_names"]``,
-    by default ``entropilot.vehicle.layout.OBSERVATION_NAMES``), plus whatever else ``expected`` names (see
-    ``EXPECTABLE``: action mode, control rate, ...). Any mismatch raises ``PolicyContractError``
-    saying what differs. A non-finite observation or action raises ``NonFiniteError``.
+    signature (``observation`` float32 [batch, n] -> ``action`` float32 [batch, 4], or int64
+    [batch, sub-actions] for a command policy), the schema version, the action convention, and the
+    observation layout (``expected["observation_names"]``, by default ``entropilot.vehicle.layout.OBSERVATION_NAMES``),
+    plus whatever else ``expected`` names (see ``EXPECTABLE``: action mode, control rate, ...). Any mismatch
+    raises ``PolicyContractError`` saying what differs. A non-finite observation or action raises
+    ``NonFiniteError``.
     """
 
     def __init__(self, path: str | Path, expected: dict[str, Any] | None = None):
@@ -89,8 +94,11 @@ class OnnxPolicy:
         self.observation_size = len(self.observation_names)
         self.action_mode: str = self.metadata["action_mode"]
         self.control_hz: int = self.metadata["control_hz"]
+        # A command policy's output: what its indices mean (contract.COMMAND_KEYS); None for a continuous policy.
+        self.command: dict[str, Any] | None = self.metadata.get("command") if self._categorical else None
+        output_size, output_type = self._output_signature()
         self._tiny_in = np.full(self.observation_size, 2.0**-100, dtype=np.float32)
-        self._tiny_out = np.full(ACTION_SIZE, 2.0**-100, dtype=np.float32)
+        self._tiny_out = None if self._categorical else np.full(output_size, 2.0**-100, dtype=np.float32)
         self._run = self._session.run
         self._outputs = [OUTPUT_NAME]
         # The one-sample path runs on an IOBinding over two preallocated buffers that onnxruntime reads and writes in
@@ -98,7 +106,7 @@ class OnnxPolicy:
         # none of session.run's per-call Python validation: with its checks it takes less time than a bare session.run
         # (benchmarks/inference_latency.py).
         self._input = np.zeros((1, self.observation_size), dtype=np.float32)
-        self._output = np.zeros((1, ACTION_SIZE), dtype=np.float32)
+        self._output = np.zeros((1, output_size), dtype=output_type)
         self._bound = (ort.OrtValue.ortvalue_from_numpy(self._input), ort.OrtValue.ortvalue_from_numpy(self._output))
         self._binding = self._session.io_binding()
         self._binding.bind_ortvalue_input(INPUT_NAME, self._bound[0])
@@ -107,7 +115,8 @@ class OnnxPolicy:
 
     # ---- flight ---------------------------------------------------------------------------
     def __call__(self, observation: np.ndarray) -> np.ndarray:
-        """One observation (``observation_size`` floats, in ``observation_names`` order) -> 4 actions in [-1, 1].
+        """One observation (``observation_size`` floats, in ``observation_names`` order) -> 4 actions in [-1, 1]
+        (a command policy: its int64 command indices, checked by whoever maps them).
 
         One call at a time (the buffers are the instance's): an autopilot calls it from its one control thread."""
         x = np.asarray(observation, dtype=np.float32)
@@ -124,6 +133,8 @@ class OnnxPolicy:
         self._input[0] = x
         self._run_bound(self._binding)
         action = self._output[0].copy()  # the buffer is overwritten by the next call
+        if self._tiny_out is None:  # integer indices: always finite
+            return action
         try:
             finite = math.isfinite(action.dot(self._tiny_out))
         except (RuntimeWarning, FloatingPointError):
@@ -133,14 +144,14 @@ class OnnxPolicy:
         return action
 
     def batch(self, observations: np.ndarray) -> np.ndarray:
-        """(N, observation_size) -> (N, 4), with the same finiteness checks."""
+        """(N, observation_size) -> (N, 4) (a command policy: (N, sub-actions) int64), with the same checks."""
         x = np.ascontiguousarray(observations, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.observation_size:
             raise ValueError(f"observations must have shape (N, {self.observation_size}); got {x.shape}")
         if not np.isfinite(x).all():
             raise NonFiniteError(f"non-finite observation entries: {self._bad_entries(x)}")
         actions = self._run(self._outputs, {INPUT_NAME: x})[0]
-        if not np.isfinite(actions).all():
+        if self._tiny_out is not None and not np.isfinite(actions).all():
             raise NonFiniteError("the policy returned non-finite actions")
         return actions
 
@@ -187,21 +198,32 @@ class OnnxPolicy:
         names = meta["observation_names"]
         if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
             raise PolicyContractError(f"{where}: observation_names must be a non-empty list of strings; got {names!r}")
-        self._check_signature(len(names), where)
-        if meta["deterministic_action"] != DETERMINISTIC_ACTION:
+        convention = meta["deterministic_action"]
+        if convention not in (*CONTINUOUS_ACTIONS, CATEGORICAL_DETERMINISTIC_ACTION):
             raise PolicyContractError(
-                f"{where}: action convention {meta['deterministic_action']!r}; "
-                f"this runtime flies {DETERMINISTIC_ACTION!r}"
+                f"{where}: action convention {convention!r}; this runtime flies "
+                f"{[*CONTINUOUS_ACTIONS, CATEGORICAL_DETERMINISTIC_ACTION]}"
             )
+        self._categorical = convention == CATEGORICAL_DETERMINISTIC_ACTION
+        if self._categorical:
+            _check_command(meta.get("command"), where)
+        self._check_signature(len(names), where)
         for key in ("action_low", "action_high"):
             if not (isinstance(meta[key], list) and len(meta[key]) == ACTION_SIZE):
                 raise PolicyContractError(f"{where}: {key} must list {ACTION_SIZE} numbers; got {meta[key]!r}")
 
+    def _output_signature(self) -> tuple[int, type]:
+        """(entries per sample, numpy dtype) of the graph's output under this file's action convention."""
+        if self._categorical:
+            return len(self.metadata["command"]["sizes"]), np.int64
+        return ACTION_SIZE, np.float32
+
     def _check_signature(self, observation_size: int, where: str) -> None:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        output_size, output_type = self._output_signature()
         want = {
             "inputs": [(INPUT_NAME, "tensor(float)", observation_size)],
-            "outputs": [(OUTPUT_NAME, "tensor(float)", ACTION_SIZE)],
+            "outputs": [(OUTPUT_NAME, "tensor(int64)" if output_type is np.int64 else "tensor(float)", output_size)],
         }
         for kind, args, wanted in (("inputs", inputs, want["inputs"]), ("outputs", outputs, want["outputs"])):
             got = [(a.name, a.type, a.shape) for a in args]
@@ -227,17 +249,37 @@ class OnnxPolicy:
         )
 
 
+def _check_command(command, where: str) -> None:
+    """A command policy's ``command``: every key of COMMAND_KEYS, sub-action sizes >= 2, one level per index."""
+    if not isinstance(command, dict) or sorted(set(COMMAND_KEYS) - set(command)):
+        raise PolicyContractError(
+            f"{where}: a categorical policy needs metadata 'command' with keys {list(COMMAND_KEYS)}; got {command!r}"
+        )
+    sizes, levels, loop = command["sizes"], command["levels"], command["inner_loop"]
+    ok = isinstance(sizes, list) and sizes and all(isinstance(k, int) and k >= 2 for k in sizes)
+    ok = ok and isinstance(levels, list) and all(len(levels) == k for k in sizes)
+    if not ok:
+        raise PolicyContractError(
+            f"{where}: command sizes {sizes!r} must be integers >= 2, each the length of levels {levels!r}"
+        )
+    if not (isinstance(loop, dict) and isinstance(loop.get("name"), str) and isinstance(loop.get("parameters"), dict)):
+        raise PolicyContractError(f"{where}: command inner_loop must be {{name, parameters}}; got {loop!r}")
+
+
 def expected_for_env(env) -> dict[str, Any]:
-    """What a single-drone env requires of a policy: its observation layout, action mode, rates and bounds."""
+    """What a single-drone env requires of a policy: its observation layout, action mode, rates and the bounds of the
+    simulator's action (a command env's inner loop emits that action in [-1, 1])."""
     base = env.unwrapped
     s = base.settings
+    space = base.action_space
+    low, high = (space.low, space.high) if hasattr(space, "low") else ([-1.0] * ACTION_SIZE, [1.0] * ACTION_SIZE)
     return {
         "observation_names": list(base.observation_names),
         "action_mode": s.action_mode,
         "control_hz": s.control_hz,
         "physics_hz": s.physics_hz,
-        "action_low": [float(v) for v in base.action_space.low],
-        "action_high": [float(v) for v in base.action_space.high],
+        "action_low": [float(v) for v in low],
+        "action_high": [float(v) for v in high],
     }
 
 

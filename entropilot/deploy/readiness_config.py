@@ -132,10 +132,10 @@ def _problem(error: dict) -> str:
 def check_conditions(config: ReadinessConfig, env_id: str, policy_kwargs: dict[str, Any]) -> dict[str, dict]:
     """Every condition's env options for the policy's env, each validated by the envs room (no simulator started):
     {name: options}. ReadinessError naming the condition and the option if one would not build."""
-    from entropilot.envs import SINGLE_AGENT_IDS, validate_env_kwargs
+    from entropilot.envs import VECTOR_ENTRY_POINTS, validate_env_kwargs
 
-    if env_id not in SINGLE_AGENT_IDS:
-        raise ReadinessError(f"readiness flies single-drone policies ({', '.join(SINGLE_AGENT_IDS)}); got {env_id}")
+    if env_id not in VECTOR_ENTRY_POINTS:  # the tasks with a batched world, which the matrix flies in
+        raise ReadinessError(f"readiness flies the policies of {', '.join(VECTOR_ENTRY_POINTS)}; got {env_id}")
     out, problems = {}, []
     for name in config.conditions:
         kwargs = config.condition_kwargs(policy_kwargs, name)

@@ -8,6 +8,8 @@ single-drone id in one PyBullet world.
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 
@@ -15,21 +17,33 @@ from entropilot.envs import compiled
 
 compiled.prefer_current_sources()  # before the compiled modules are first imported
 
-from entropilot.envs.settings import ACTION_MODES, DroneSettings, HoverSettings, SwarmSettings, WaypointSettings  # noqa: E402
+from entropilot.envs.settings import (  # noqa: E402
+    ACTION_MODES,
+    DroneSettings,
+    HoverDiscreteSettings,
+    HoverSettings,
+    SwarmSettings,
+    WaypointSettings,
+)
 from entropilot.vehicle.airframe import CRAZYFLIE_2X, Airframe  # noqa: E402
 from entropilot.vehicle.layout import OBSERVATION_GROUPS, OBSERVATION_NAMES, OBSERVATION_SIZE  # noqa: E402
 
 HOVER_ID = "entropilot/Hover-v0"
 WAYPOINT_ID = "entropilot/Waypoint-v0"
 SWARM_ID = "entropilot/Swarm-v0"
+HOVER_DISCRETE_ID = "entropilot/HoverDiscrete-v0"
 
 # id -> (entry point, settings class); the swarm is an RLlib MultiAgentEnv, so Gymnasium does not make it.
 ENVIRONMENTS: dict[str, tuple[str, type[DroneSettings]]] = {
     HOVER_ID: ("entropilot.envs.single_drone:HoverEnv", HoverSettings),
     WAYPOINT_ID: ("entropilot.envs.single_drone:WaypointEnv", WaypointSettings),
     SWARM_ID: ("entropilot.envs.swarm:SwarmEnv", SwarmSettings),
+    HOVER_DISCRETE_ID: ("entropilot.envs.discrete:HoverDiscreteEnv", HoverDiscreteSettings),
 }
-SINGLE_AGENT_IDS = (HOVER_ID, WAYPOINT_ID)
+SINGLE_AGENT_IDS = (HOVER_ID, WAYPOINT_ID, HOVER_DISCRETE_ID)
+# Single-drone envs whose action is a categorical command flown through an inner loop -> the env of the drone under
+# it (the same task, with the simulator's own action): what a vehicle link simulates for a command policy.
+COMMAND_ENVS = {HOVER_DISCRETE_ID: HOVER_ID}
 # id -> the batched form: N drones in one PyBullet world (vector.py), what gymnasium.make_vec builds with
 # vectorization_mode="vector_entry_point".
 VECTOR_ENTRY_POINTS = {
@@ -45,7 +59,7 @@ for _id in SINGLE_AGENT_IDS:
         gym.register(
             id=_id,
             entry_point=ENVIRONMENTS[_id][0],
-            vector_entry_point=VECTOR_ENTRY_POINTS[_id],
+            vector_entry_point=VECTOR_ENTRY_POINTS.get(_id),  # the command task has no batched form yet
             disable_env_checker=True,
         )
 
@@ -63,9 +77,24 @@ def validate_env_kwargs(env_id: str, kwargs: dict) -> None:
 
 def action_space(env_id: str, kwargs: dict | None = None) -> gym.spaces.Space:
     """One agent's action space of ``env_id`` with ``kwargs``, without starting a simulator (config validation
-    uses it). Every drone task acts with Box([-1, 1]^4) in both action modes."""
-    validate_env_kwargs(env_id, dict(kwargs or {}))
-    return gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+    uses it): Box([-1, 1]^4) in both action modes, MultiDiscrete for a command task."""
+    from entropilot.envs.commands import command_space
+
+    _known(env_id)
+    settings = ENVIRONMENTS[env_id][1].from_kwargs({k: v for k, v in (kwargs or {}).items() if k != "render_mode"})
+    levels = getattr(settings, "velocity_levels", None)
+    return command_space(levels) if levels is not None else gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+
+
+def vehicle_env(env_id: str, kwargs: dict) -> tuple[str, dict]:
+    """(id, kwargs) of the env a command env (``COMMAND_ENVS``) flies over, its command options dropped; any other
+    env is its own vehicle."""
+    _known(env_id)
+    if env_id not in COMMAND_ENVS:
+        return env_id, dict(kwargs)
+    vehicle = COMMAND_ENVS[env_id]
+    options = {f.name for f in dataclasses.fields(ENVIRONMENTS[vehicle][1])} | {"render_mode"}
+    return vehicle, {k: v for k, v in kwargs.items() if k in options}
 
 
 def make_env(env_id: str, **kwargs):
@@ -93,7 +122,11 @@ __all__ = [
     "Airframe",
     "DroneSettings",
     "ENVIRONMENTS",
+    "action_space",
+    "COMMAND_ENVS",
+    "HOVER_DISCRETE_ID",
     "HOVER_ID",
+    "HoverDiscreteSettings",
     "HoverSettings",
     "OBSERVATION_GROUPS",
     "OBSERVATION_NAMES",
@@ -108,4 +141,5 @@ __all__ = [
     "make_env",
     "make_vector_env",
     "validate_env_kwargs",
+    "vehicle_env",
 ]

@@ -35,7 +35,9 @@ class EpisodeResult:
     # When the drone entered the success radius of its reference for good (stayed inside to the end), s from the
     # start; None if it ended outside.
     settling_time: float | None = None
-    saturated_fraction: float = math.nan  # of the steps, those with an action component at or beyond +-1
+    # Of the steps, those whose executed action (what the rotors were commanded: the policy's, clipped to [-1, 1], or
+    # a command task's inner loop's) has a component at +-1.
+    saturated_fraction: float = math.nan
 
 
 def run_episodes(
@@ -125,13 +127,14 @@ class _Recorder:
         start_distance = math.dist(drone.position, target)
         self.inside_since = 0 if start_distance <= self.radius else None  # the step since which it stays inside
 
-    def step(self, reward: float, info: dict, saturated: bool, target: np.ndarray | None = None) -> None:
-        """After a step: its reward and info, whether its action saturated, the reference (kept with the path)."""
+    def step(self, reward: float, info: dict, target: np.ndarray | None = None) -> None:
+        """After a step: its reward and info, the reference (kept with the path)."""
         self.total += reward
         self.steps += 1
         self.info = info
-        self.min_tilt_cos = min(self.min_tilt_cos, self.sim.drones[self.index].rotation[8])
-        self.saturated += saturated
+        drone = self.sim.drones[self.index]
+        self.min_tilt_cos = min(self.min_tilt_cos, drone.rotation[8])
+        self.saturated += any(abs(a) >= 1.0 for a in drone.action)
         inside = info["distance"] <= self.radius
         self.inside_since = (self.inside_since if self.inside_since is not None else self.steps) if inside else None
         if self.positions is not None:
@@ -174,7 +177,7 @@ def _fly(
             actions = {a: controller(obs[a]) for a in live}
             obs, rewards, dones, infos, done = world.step(actions)
             for a, reward in rewards.items():
-                books[a].step(reward, infos[a], _saturated(actions[a]), world.target(index[a]))
+                books[a].step(reward, infos[a], world.target(index[a]))
             if record_frames:
                 frames.append(world.env.render())
             live = [a for a in live if not dones.get(a, False)]
@@ -211,13 +214,11 @@ def run_vector_episodes(
         books = [_Recorder(s, None, d.sim, d.index, np.array(d.target), record_paths) for s, d in zip(chunk, drones)]
         live = list(range(len(chunk)))
         while live:
-            actions = controller(obs)
-            saturated = (np.abs(actions) >= 1.0).any(axis=1).tolist()
-            obs, rewards, terminated, truncated, infos = env.step(actions)
+            obs, rewards, terminated, truncated, infos = env.step(controller(obs))
             ended = (terminated | truncated).tolist()
             for k in live:
                 target = np.array(drones[k].target) if record_paths else None
-                books[k].step(float(rewards[k]), vector_info(infos, k), saturated[k], target)
+                books[k].step(float(rewards[k]), vector_info(infos, k), target)
             live = [k for k in live if not ended[k]]
         results += [book.result([]) for book in books]
     return results
@@ -243,11 +244,6 @@ def lockstep_drones(episodes: int, most: int) -> int:
     """How many drones fly ``episodes`` episodes in the fewest batches of at most ``most``, the batches as even as they
     can be (150 at most 100: 75 drones, twice), so few drones fly unrecorded."""
     return math.ceil(episodes / math.ceil(episodes / most))
-
-
-def _saturated(action) -> bool:
-    """Whether a component of ``action`` is at or beyond the [-1, 1] bounds (what the env clips)."""
-    return bool(np.any(np.abs(action) >= 1.0))
 
 
 def summarize(results: list[EpisodeResult]) -> dict[str, float]:

@@ -292,6 +292,44 @@ class HoverSettings(DroneSettings):
         )
 
 
+VELOCITY_LEVELS_LIMIT = 3.0  # m/s: the largest speed a discrete velocity command may ask for
+
+
+@dataclass(frozen=True)
+class HoverDiscreteSettings(HoverSettings):
+    """Hover with discrete velocity commands: per world axis, an index into ``velocity_levels`` (m/s)."""
+
+    velocity_levels: tuple[float, ...] = (-0.5, -0.1, 0.0, 0.1, 0.5)
+    command_repeat: int = 1  # control periods each command is held: the policy decides at control_hz / this
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(
+            self.action_mode == "ctbr",
+            "action_mode",
+            self.action_mode,
+            "'ctbr': the velocity loop commands collective thrust + body rates (what a vehicle's offboard mode takes)",
+        )
+        levels = self.velocity_levels
+        ok = isinstance(levels, (list, tuple)) and 2 <= len(levels) <= 15
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in levels)
+        _check(ok, "velocity_levels", levels, "a list of 2 to 15 finite speeds in m/s")
+        _check(
+            all(a < b for a, b in zip(levels, levels[1:])) and max(abs(v) for v in levels) <= VELOCITY_LEVELS_LIMIT,
+            "velocity_levels",
+            levels,
+            f"strictly increasing, each within +-{VELOCITY_LEVELS_LIMIT} m/s",
+        )
+        object.__setattr__(self, "velocity_levels", tuple(float(v) for v in levels))
+        repeat = self.command_repeat
+        _check(
+            isinstance(repeat, int) and not isinstance(repeat, bool) and 1 <= repeat <= self.max_episode_steps,
+            "command_repeat",
+            repeat,
+            f"an integer in [1, {self.max_episode_steps}] (control periods per episode)",
+        )
+
+
 @dataclass(frozen=True)
 class WaypointSettings(HoverSettings):
     """Waypoints: visit targets in order (switch when within `switch_radius`), or track a smooth curve."""

@@ -18,7 +18,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from entropilot.envs import HOVER_ID, SINGLE_AGENT_IDS, SWARM_ID, WAYPOINT_ID
+from entropilot.envs import HOVER_ID, SWARM_ID, WAYPOINT_ID
 from entropilot.envs.simulator import DroneSimulator
 from entropilot.envs.single_drone import HoverEnv, WaypointEnv, drone_spaces
 from entropilot.envs.tasks import EpisodeBatch, HoverRules
@@ -44,7 +44,7 @@ class DroneVectorEnv(VectorEnv):
         if env_id not in SINGLE_ENVS:
             hint = f"; the swarm already holds N drones in one world: make_env({SWARM_ID!r}, num_drones=N)"
             raise ValueError(
-                f"DroneVectorEnv batches the single-drone envs {list(SINGLE_AGENT_IDS)}, got env_id={env_id!r}"
+                f"DroneVectorEnv batches the single-drone envs {list(SINGLE_ENVS)}, got env_id={env_id!r}"
                 + (hint if env_id == SWARM_ID else "")
             )
         if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:

@@ -3,6 +3,7 @@ shared by all agents) from explicit settings, and read the observation-normaliza
 out of a running algorithm or a checkpoint."""
 
 import logging
+import math
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -141,11 +142,17 @@ def algorithm_config(
     lambda_: float = 0.95,
     grad_clip: float | None = 0.5,
     vf_loss_coeff: float = 0.5,
+    kl_coeff: float = 0.2,
+    vf_clip: float | None = 10.0,
     free_log_std: bool = False,
     entropy_coeff: float = 0.0,
     entropy_control: dict | None = None,
     covariance_control: dict | None = None,
     learning_starts: int = 1000,
+    tau: float = 0.005,
+    initial_alpha: float = 1.0,
+    target_entropy: float | str = "auto",
+    replay_capacity: int = 100_000,
     num_env_runners: int = 1,
     envs_per_runner: int = 1,
     num_cpus_per_env_runner: float = 1,
@@ -168,7 +175,11 @@ def algorithm_config(
     there; `entropy_coeff` is PPO's fixed coefficient when no controller is set); `train_batch_size`,
     `minibatch_size`, `num_epochs` are per learner. SAC uses `ResumableSACLearner`; `lr` sets the
     actor, critic and temperature rates, `train_batch_size` the replay batch per learner,
-    `learning_starts` the env steps sampled before the first update. `gpu` and `num_learners` are
+    `learning_starts` the env steps sampled before the first update, `tau` the target networks' Polyak rate,
+    `initial_alpha` the starting temperature, `target_entropy` the entropy its temperature steers toward (nats;
+    "auto" = -(action dims), RLlib's default) and `replay_capacity` the replay buffer's size in env steps (RLlib's
+    prioritized episode buffer, whose own default is 1e6); PPO's own settings do not reach SAC, nor these PPO.
+    `gpu` and `num_learners` are
     resolved by `resolve_learner_resources`; remote learners take `num_cpus_per_learner` CPUs each
     ("auto": 1 without GPU, 0 with). Observations are normalized with RLlib's MeanStdFilter
     unless `normalize_observations=False`. `learner_class` replaces our learner (e.g. RLlib's stock one).
@@ -215,6 +226,9 @@ def algorithm_config(
             lambda_=lambda_,
             grad_clip=grad_clip,
             vf_loss_coeff=vf_loss_coeff,
+            use_kl_loss=kl_coeff > 0,
+            kl_coeff=kl_coeff,
+            vf_clip_param=math.inf if vf_clip is None else vf_clip,
             entropy_coeff=entropy_coeff,
         )
         default_learner = EntropyControlledPPOLearner
@@ -227,6 +241,10 @@ def algorithm_config(
             gamma=gamma,
             train_batch_size_per_learner=train_batch_size,
             num_steps_sampled_before_learning_starts=learning_starts,
+            tau=tau,
+            initial_alpha=initial_alpha,
+            target_entropy=target_entropy,
+            replay_buffer_config={"capacity": replay_capacity},
         )
         default_learner = ResumableSACLearner
         learner_config = {}

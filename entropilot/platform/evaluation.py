@@ -22,7 +22,9 @@ class GreedyPolicy:
 
     For SAC's tanh-squashed Gaussian the deterministic action is tanh(mean) (RLlib's own
     ``to_deterministic`` returns the pre-tanh mean, ray-project/ray#51544), which for our [-1, 1]
-    action boxes is already the env action.
+    action boxes is already the env action. For a categorical policy (Discrete, MultiDiscrete actions) it is
+    the most likely index of each sub-action (argmax of its logits; the first on a tie, as torch's argmax),
+    int64 (a scalar per observation for Discrete).
 
     The same computation the ONNX export puts in its graph; used here for evaluation and videos. In a
     swarm run it is the shared policy, normalizing with the filter statistics pooled over all drones
@@ -33,9 +35,12 @@ class GreedyPolicy:
         import torch
         from ray.rllib.models.torch.torch_distributions import TorchSquashedGaussian
 
+        from entropilot.policies.entropy_range import categorical_sizes
+
         self._torch = torch
         self.module = module
         self.filter = filter_stats
+        self.categorical_sizes = categorical_sizes(module.action_space)
         self.squashed = issubclass(module.get_inference_action_dist_cls(), TorchSquashedGaussian)
 
     @classmethod
@@ -52,9 +57,16 @@ class GreedyPolicy:
         batch = np.asarray(x, dtype=np.float32).reshape(-1, obs.shape[-1])
         with torch.no_grad():
             out = self.module.forward_inference({"obs": torch.as_tensor(batch)})
-        inputs = out["action_dist_inputs"].numpy()
-        mean = inputs[:, : inputs.shape[1] // 2]
-        actions = np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
+        inputs = out["action_dist_inputs"]
+        if self.categorical_sizes is not None:
+            parts = inputs.split(list(self.categorical_sizes), dim=-1)
+            actions = torch.stack([part.argmax(-1) for part in parts], dim=-1).numpy().astype(np.int64)
+            if not self.module.action_space.shape:  # Discrete: one index per observation
+                actions = actions[:, 0]
+        else:
+            inputs = inputs.numpy()
+            mean = inputs[:, : inputs.shape[1] // 2]
+            actions = np.clip(np.tanh(mean) if self.squashed else mean, -1.0, 1.0)
         return actions if obs.ndim == 2 else actions[0]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 # Figure without pyplot renders with Agg and leaves the process's backend and pyplot state alone
@@ -13,9 +14,18 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-__all__ = ["finite_or_none", "plot_entropy", "plot_learning"]
+__all__ = ["finite_or_none", "plot_entropy", "plot_learning", "save_progress_plots"]
 
 _PER_DIM = re.compile(r"^entropy_per_dim/(\d+)$")
+
+
+def save_progress_plots(history: Sequence[Mapping[str, Any]], folder: Path, title: str = "") -> list[Path]:
+    """`entropy.png` and `learning.png` in `folder` (replacing what is there), drawn from the history so far."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "entropy.png", folder / "learning.png"]
+    plot_entropy(history, str(paths[0]), title)
+    plot_learning(history, str(paths[1]), title)
+    return paths
 
 
 def plot_entropy(history: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:

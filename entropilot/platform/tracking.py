@@ -41,6 +41,10 @@ MAX_BUFFERED_POINTS = 100_000
 # Retry spacing while the server is away: doubles from the first to the last value.
 RETRY_DELAYS_S = (1.0, 30.0)
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# How MLflow 3 records what an experiment is (its UI's own experiment-type setting writes this tag; values from
+# MLflow 3.17.2's UI bundle). Its sidebar switch GenAI | Model training picks the view per browser, though.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 @contextlib.contextmanager
@@ -81,6 +85,7 @@ class RunTracker:
         self.tracking_uri: str = client.tracking_uri
         self.run_id: str = run.info.run_id
         self.artifact_uri: str = run.info.artifact_uri
+        self.experiment_id: str = run.info.experiment_id
         self._max_points = max_buffered_points
         self._lock = threading.Lock()  # guards the queues, the tag cache and the outage state
         self._send_lock = threading.Lock()  # one sender at a time, so nothing is sent twice
@@ -112,6 +117,7 @@ class RunTracker:
         max_buffered_points: int = MAX_BUFFERED_POINTS,
         parent_run_id: str | None = None,
         extra_params: Mapping[str, str] | None = None,
+        extra_tags: Mapping[str, str] | None = None,
     ) -> RunTracker:
         """Start a new run logging `cfg` as params, or re-open `resume_run_id` after checking its params equal
         `to_flat_params(cfg)` but for the stop criteria, which a resume may change (raises ConfigMismatchError naming
@@ -119,7 +125,8 @@ class RunTracker:
         tracking store cannot be reached: better to fail before training than to train untracked.
 
         `parent_run_id` makes the new run a child of that run (the MLflow UI nests it there, as a sweep's
-        trials under the sweep); `extra_params` are logged beside the config's (a sweep's search space)."""
+        trials under the sweep); `extra_params` are logged beside the config's (a sweep's search space), `extra_tags`
+        are a new run's first tags (its description, the live settings)."""
         for name, value in FAIL_FAST_HTTP_ENV.items():
             os.environ.setdefault(name, value)
         uri = cfg.mlflow.resolve_tracking_uri()
@@ -129,7 +136,11 @@ class RunTracker:
         run = None
         try:
             if resume_run_id is None:
-                tags = {**_run_tags(cfg), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+                tags = {
+                    **_run_tags(cfg),
+                    **(extra_tags or {}),
+                    **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
+                }
                 run = client.create_run(_experiment_id(client, cfg.mlflow.experiment), run_name=cfg.run_name, tags=tags)
                 _log_params(client, run.info.run_id, params)
             else:
@@ -451,16 +462,19 @@ class RunTracker:
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment `name`, created if missing; marked as model training unless it says what it is already."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         except MlflowException:
             experiment = client.get_experiment_by_name(name)  # created meanwhile by a parallel run of a sweep
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in the UI or choose another name")
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return experiment.experiment_id
 
 

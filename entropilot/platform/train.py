@@ -111,7 +111,14 @@ def algorithm_settings(cfg: ExperimentConfig) -> dict:
         lambda_=a.lambda_,
         grad_clip=a.grad_clip,
         vf_loss_coeff=a.vf_loss_coeff,
-        free_log_std=cfg.model.free_log_std,
+        kl_coeff=a.kl_coeff,
+        vf_clip=a.vf_clip,
+        free_log_std=cfg.free_log_std,
+        tau=a.tau,
+        initial_alpha=a.initial_alpha,
+        target_entropy=a.target_entropy,
+        replay_capacity=a.replay_capacity,
+        learning_starts=a.learning_starts,
         entropy_control=control,
         covariance_control=covariance,
         num_env_runners=cfg.resources.num_env_runners,
@@ -145,19 +152,22 @@ def build_from_config(cfg: ExperimentConfig):
 def iteration_metrics(result: dict, module: str = MODULE_ID, measure: str = "effective") -> dict[str, float]:
     """The per-iteration numbers a person reads, from RLlib's nested result dict; learner numbers of ``module``.
 
-    `entropy` (and `entropy_per_dim/i`) is the ``measure`` the target, threshold and collapse floor are in; both
-    measures are there as `entropy_effective` and `entropy_gaussian`."""
+    `entropy` (and `entropy_per_dim/i`) is the ``measure`` the target, threshold and collapse floor are in
+    (`ExperimentConfig.entropy_name`: effective, gaussian, or categorical for a categorical policy; SAC's is
+    -E[log pi]); a Gaussian policy's two measures are also there as `entropy_effective` and `entropy_gaussian`."""
     runners = result.get("env_runners", {})
     learner = result.get("learners", {}).get(module, {})
+    # SAC: its entropy is -E[log pi] of the squashed Gaussian (sampled), steered by its temperature alpha.
+    sac_entropy = -learner["logps"] if "logps" in learner else None
     metrics = {
         "env_steps": runners.get("num_env_steps_sampled_lifetime"),
         "episode_return_mean": runners.get("episode_return_mean"),
         "episode_len_mean": runners.get("episode_len_mean"),
-        "entropy": learner.get(f"entropy_{measure}"),
+        "entropy": learner.get(f"entropy_{measure}", sac_entropy),
         "entropy_effective": learner.get("entropy_effective"),
         "entropy_gaussian": learner.get("entropy_gaussian"),
-        "entropy_target": learner.get("entropy_target"),
-        "entropy_coeff": learner.get("curr_entropy_coeff"),
+        "entropy_target": learner.get("entropy_target", learner.get("target_entropy")),
+        "entropy_coeff": learner.get("curr_entropy_coeff", learner.get("alpha_value")),
         "sigma_target": learner.get("sigma_target"),
         "clipped_fraction": learner.get("clipped_fraction"),
         "cov_num_selected": learner.get("cov_num_selected"),
@@ -246,7 +256,8 @@ def train(
     from entropilot.platform.evaluation import Evaluation, EvaluationSummary
     from entropilot.platform.live_tuning import LiveTuner
     from entropilot.platform.phases import PhaseClock
-    from entropilot.platform.plots import plot_entropy, plot_learning
+    from entropilot.platform.plots import save_progress_plots
+    from entropilot.platform.run_page import first_charts, start_tags, where_to_look
     from entropilot.platform.tracking import RunTracker
 
     start = time.perf_counter()  # wall time from `entropilot train` start: Ray, init and evaluations count
@@ -261,10 +272,13 @@ def train(
     try:
         if checkpoint is not None:
             _restore(algo, checkpoint)  # before MLflow: a checkpoint RLlib cannot read leaves the run's status alone
-        tracker = RunTracker.start(cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id)
+        tracker = RunTracker.start(
+            cfg, resume_run_id=state["run_id"], parent_run_id=parent_run_id, extra_tags=start_tags(cfg)
+        )
     except BaseException:
         algo.stop()
         raise
+    echo(where_to_look(tracker.tracking_uri, tracker.experiment_id, tracker.run_id))
     if resumed_with:
         tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
     status = "FAILED"
@@ -295,12 +309,12 @@ def train(
         state["phases"] = clock.totals
         while stopped is None:
             with clock.measure("logging"):
-                live.poll(tracker, algo, state["iteration"] + 1, history[-1].get("env_steps", 0) if history else 0)
-            state["live_tags"] = live.applied_tags
+                live.poll(tracker, algo, state["iteration"] + 1)
+            state["live_tags"] = live.tags_in_force
             result = algo.train()
             state["iteration"] += 1
             it = state["iteration"]
-            metrics = iteration_metrics(result, policy, cfg.entropy.measure)
+            metrics = iteration_metrics(result, policy, cfg.entropy_name)
             clock.add("sampling", metrics.get("sampling_time_s", 0.0))
             clock.add("learning", metrics.get("learner_time_s", 0.0))
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
@@ -326,20 +340,16 @@ def train(
             metrics.update(clock.close_at(metrics["time_s"]))
             history.append(metrics)
             with clock.measure("logging"):
-                tracker.log_metrics(metrics, step=it)
+                tracker.log_metrics({**metrics, **first_charts(metrics), **live.metrics(metrics)}, step=it)
                 echo(_progress_line(it, metrics, success, elapsed, cfg))
             stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics)
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
                 with clock.measure("logging"):
                     checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
+                    for png in save_progress_plots(history, root / "plots", cfg.run_name):  # seen during the run too
+                        tracker.log_artifact(png, "plots")
             if on_iteration is not None:
                 on_iteration(it, metrics, stopped)
-        plots = root / "plots"
-        plots.mkdir(exist_ok=True)
-        plot_entropy(history, str(plots / "entropy.png"), title=cfg.run_name)
-        plot_learning(history, str(plots / "learning.png"), title=cfg.run_name)
-        for png in plots.glob("*.png"):
-            tracker.log_artifact(png, "plots")
         if cfg.mlflow.video:
             _log_video(algo, cfg, tracker, root)
         tracker.log_artifact(checkpoint, "checkpoint")
@@ -391,12 +401,17 @@ def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str],
         measure=cfg.entropy.measure,
         rollout_steps=init.rollout_steps,
         noise_seed=cfg.seed,
+        keep=init.keep,
     )
     tracker.log_entropy_init(result)
+    if init.keep == "lowest":
+        why = "the lowest of them, keep=lowest"
+    else:
+        why = f"threshold {result.threshold:.2f}{'' if result.cleared else ', not cleared: kept the best'}"
     echo(
         f"entropy-aware init: {len(result.draws)} draw(s), kept draw {result.draws.index(result.chosen)} "
-        f"(torch seed {result.chosen.seed}) with {result.chosen.entropy:.2f} nats of {cfg.entropy.measure} entropy "
-        f"(threshold {result.threshold:.2f}{'' if result.cleared else ', not cleared: kept the best'})"
+        f"(torch seed {result.chosen.seed}) with {result.chosen.entropy:.2f} nats of {cfg.entropy_name} entropy "
+        f"({why})"
     )
 
 
@@ -405,8 +420,8 @@ def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
     from entropilot.policies.entropy_control import EntropyCollapseDetector
 
     c = cfg.entropy.collapse
-    if c.floor is None and c.max_drop_per_million_steps is None:
-        return None
+    if cfg.algorithm.name != "PPO" or (c.floor is None and c.max_drop_per_million_steps is None):
+        return None  # SAC's temperature holds its entropy at its target (config.CollapseConfig)
     detector = EntropyCollapseDetector(floor=c.floor, max_drop_per_million_steps=c.max_drop_per_million_steps)
     for past in history:
         if "entropy" in past:

@@ -2,6 +2,7 @@
 and the effective entropy of the clipped action the environment executes. Plain torch: differentiable, no Ray."""
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from entropilot.policies.entropy_range import HALF_LOG_2PI_E, RESOLUTION
+from entropilot.policies.entropy_range import CATEGORICAL, HALF_LOG_2PI_E, RESOLUTION, categorical_sizes
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 # Beyond 40 standard deviations every tail probability underflows even in float64; clamping the
@@ -75,6 +76,18 @@ def categorical_entropy(logits: Tensor) -> Tensor:
     """Entropy of a categorical distribution from unnormalized logits; -inf logits (masked actions) add 0."""
     log_p = torch.log_softmax(logits, dim=-1).clamp_min(torch.finfo(logits.dtype).min)
     return -(log_p.exp() * log_p).sum(-1)
+
+
+def multi_categorical_entropy(logits: Tensor, sizes: Sequence[int]) -> EntropyEstimate:
+    """Entropy of independent categorical sub-actions (a MultiDiscrete action; a Discrete one is one sub-action)
+    from their logits concatenated on the last axis, as RLlib's (Multi)Categorical takes them: `per_dim` holds each
+    sub-action's entropy (at most log K_i nats), `total` their sum (the joint entropy, as they are independent)."""
+    if logits.shape[-1] != sum(sizes):
+        raise ValueError(
+            f"logits have {logits.shape[-1]} entries on the last axis; sub-action sizes {list(sizes)} need {sum(sizes)}"
+        )
+    per_dim = torch.stack([categorical_entropy(part) for part in logits.split(list(sizes), dim=-1)], dim=-1)
+    return EntropyEstimate(per_dim.sum(-1), per_dim)
 
 
 def effective_entropy(
@@ -156,12 +169,17 @@ def policy_bounds(action_space: gym.spaces.Box, normalize_actions: bool) -> tupl
 def measured_entropies(
     action_dist_inputs: Tensor, action_space: gym.spaces.Space, normalize_actions: bool
 ) -> dict[str, Tensor]:
-    """Per sample and action dimension (rows x dims), each measure in `entropy_range.MEASURES` of the
-    policy that `action_dist_inputs` (RLlib's distribution parameters) describe on `action_space`.
+    """Per sample and action dimension or sub-action (rows x dims), each entropy of the policy that
+    `action_dist_inputs` (RLlib's distribution parameters) describe on `action_space`, by name.
 
     Box (RLlib's diagonal Gaussian): `gaussian` (closed form, the one PPO's entropy term acts on) and
-    `effective` (`effective_entropy`). A categorical head would add its branch here.
+    `effective` (`effective_entropy`). Discrete/MultiDiscrete (RLlib's (multi-)categorical): `categorical`, one
+    column per sub-action (`multi_categorical_entropy`); there is nothing to clip, so it is every measure's
+    (`entropy_range.entropy_key`).
     """
+    sizes = categorical_sizes(action_space)
+    if sizes is not None:
+        return {CATEGORICAL: multi_categorical_entropy(action_dist_inputs, sizes).per_dim}
     if isinstance(action_space, gym.spaces.Box):
         mean, log_std = split_diag_gaussian_inputs(action_dist_inputs)
         low, high = (bound.to(mean.device) for bound in policy_bounds(action_space, normalize_actions))
@@ -169,7 +187,7 @@ def measured_entropies(
             "gaussian": diag_gaussian_entropy(log_std).per_dim,
             "effective": effective_entropy(mean, log_std, low, high).per_dim,
         }
-    raise ValueError(f"no entropy measures for action space {action_space}; supported: Box")
+    raise ValueError(f"no entropy measures for action space {action_space}; supported: Box, Discrete, MultiDiscrete")
 
 
 def _std_normal_pdf(z: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """Entropy-aware initialization (Jang & Kim 2021, arXiv 2108.10533): before training, redraw the
-policy's initial weights until the policy explores enough on the states it visits in the real env."""
+policy's initial weights until the policy explores enough on the states it visits in the real env (for a
+categorical policy, as in the paper: the mean entropy of its action distribution over real rollouts)."""
 
 import math
 from collections.abc import Sequence
@@ -11,10 +12,13 @@ import torch
 from ray.rllib.core.columns import Columns
 
 from entropilot.policies.entropy import EntropyEstimate, measured_entropies
+from entropilot.policies.entropy_range import entropy_key
 from entropilot.policies.initial_weights import DEFAULT_FAMILY, InitFamily, draw_seed, reinitialize_policy
 from entropilot.rllib_internals import request_seeded_reset
 
 _RUNNER_CONNECTORS = ["env_to_module_connector", "module_to_env_connector"]
+# Which draw the init keeps: the first clearing the threshold (else the best), or the lowest of all (a study arm).
+KEEP = ("first_clearing", "lowest")
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,15 @@ def entropy_aware_init(
     measure: str = "effective",
     rollout_steps: int = 1000,
     noise_seed: int = 0,
+    keep: str = "first_clearing",
 ) -> EntropyInitResult:
     """Draw k = 0..max_draws-1 reinitializes the policy with `draw_seed(weight_seed, k)` in `family`,
     samples about `rollout_steps` env steps on the algorithm's env runners and measures the policy's
-    mean entropy (`measure`, see `entropy.measured_entropies`) over the visited states. Stops at the
+    mean entropy (`measure`, see `entropy.measured_entropies`; a categorical policy's entropy whatever
+    `measure` says, `entropy_range.entropy_key`) over the visited states. Stops at the
     first draw whose entropy is >= `threshold`; otherwise the best draw is re-applied (`search_outcome`).
+    `keep="lowest"` is the init turned upside down, for dose-response studies: all `max_draws` draws are made
+    and the least exploring one is kept (the threshold then decides nothing).
     Call before the first `algo.train()` (the optimizer state is not reset).
 
     Common random numbers: every draw meets the same env resets and, with `noise_seed`, the same action
@@ -72,22 +80,26 @@ def entropy_aware_init(
     """
     if max_draws < 1:
         raise ValueError(f"max_draws must be >= 1; got {max_draws}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}; got {keep!r}")
     draws = []
     for k in range(max_draws):
         draws.append(measure_draw(algo, draw_seed(weight_seed, k), family, measure, rollout_steps, noise_seed))
-        if draws[-1].entropy >= threshold:
+        if keep == "first_clearing" and draws[-1].entropy >= threshold:
             break
-    result = search_outcome(draws, threshold)
+    result = search_outcome(draws, threshold, keep)
     if result.chosen is not draws[-1]:
         reinitialize_policy(algo, result.chosen.seed, family)
     return result
 
 
-def search_outcome(draws: Sequence[InitDraw], threshold: float) -> EntropyInitResult:
+def search_outcome(draws: Sequence[InitDraw], threshold: float, keep: str = "first_clearing") -> EntropyInitResult:
     """What the search keeps of `draws` (in drawing order): the first that clears `threshold` (the search
-    makes no later draw), else the one with the highest entropy."""
+    makes no later draw), else the one with the highest entropy; with `keep="lowest"`, the lowest."""
     if not draws:
         raise ValueError("search_outcome needs at least one draw")
+    if keep == "lowest":
+        return EntropyInitResult(tuple(draws), min(draws, key=lambda draw: draw.entropy), threshold)
     for i, draw in enumerate(draws):
         if draw.entropy >= threshold:
             return EntropyInitResult(tuple(draws[: i + 1]), draw, threshold)
@@ -152,7 +164,9 @@ def sample_action_dist_inputs(algo, num_steps: int, noise_seed: int | None = Non
 
 
 def entropy_of_rollouts(sample: RolloutSample, measure: str, normalize_actions: bool) -> EntropyEstimate:
-    """Mean entropy (`measure`) of the policy over the sampled steps: `total` a scalar, `per_dim` [dims]."""
+    """Mean entropy (`measure`) of the policy over the sampled steps: `total` a scalar, `per_dim` [dims or
+    sub-actions]."""
     inputs = torch.as_tensor(sample.action_dist_inputs, dtype=torch.float64)
-    per_dim = measured_entropies(inputs, sample.action_space, normalize_actions)[measure].mean(0)
+    entropies = measured_entropies(inputs, sample.action_space, normalize_actions)
+    per_dim = entropies[entropy_key(measure, sample.action_space)].mean(0)
     return EntropyEstimate(per_dim.sum(), per_dim)

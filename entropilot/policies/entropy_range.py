@@ -14,6 +14,26 @@ RESOLUTION = 1e-3
 LOG_STD_CLIP = 20.0
 # Names of the measures of a Gaussian policy (see policies/entropy.py); a categorical policy has one entropy.
 MEASURES = ("effective", "gaussian")
+# What a categorical policy's one entropy is called wherever a measure's name appears (metrics, measured_entropies).
+CATEGORICAL = "categorical"
+
+
+def categorical_sizes(action_space: gym.spaces.Space) -> tuple[int, ...] | None:
+    """The sub-action sizes K_i of a categorical action space (Discrete: one; MultiDiscrete: one per entry, in
+    RLlib's flattened order), or None for any other space."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return (int(action_space.n),)
+    if isinstance(action_space, gym.spaces.MultiDiscrete):
+        return tuple(int(k) for k in action_space.nvec.flat)
+    return None
+
+
+def entropy_key(measure: str, action_space: gym.spaces.Space) -> str:
+    """The entropy `measure` reads on `action_space`, as `entropy.measured_entropies` names it: the measure itself
+    for a Gaussian policy (Box), `categorical` for a categorical one (it has one entropy, whatever the measure)."""
+    if measure not in MEASURES:
+        raise ValueError(f"entropy measure must be one of {MEASURES}; got {measure!r}")
+    return CATEGORICAL if categorical_sizes(action_space) is not None else measure
 
 
 def measure_range(measure: str, action_space: gym.spaces.Space) -> tuple[float, float]:
@@ -24,12 +44,8 @@ def measure_range(measure: str, action_space: gym.spaces.Space) -> tuple[float, 
     `gaussian` in d * [1.42 - 20, 1.42 + 20] (RLlib's log-std clip). Discrete(K): [0, log K], MultiDiscrete:
     the sum over its components (a categorical policy's entropy, whatever `measure` says).
     """
-    if measure not in MEASURES:
-        raise ValueError(f"entropy measure must be one of {MEASURES}; got {measure!r}")
-    if isinstance(action_space, gym.spaces.Discrete):
-        return 0.0, math.log(int(action_space.n))
-    if isinstance(action_space, gym.spaces.MultiDiscrete):
-        return 0.0, float(sum(math.log(int(n)) for n in action_space.nvec.flat))
+    if entropy_key(measure, action_space) == CATEGORICAL:
+        return 0.0, float(sum(math.log(k) for k in categorical_sizes(action_space)))
     if isinstance(action_space, gym.spaces.Box):
         dims = math.prod(action_space.shape)
         if measure == "effective":

@@ -19,7 +19,7 @@ from entropilot.policies.covariance import (
 )
 from entropilot.policies.entropy import measured_entropies, policy_bounds, split_diag_gaussian_inputs
 from entropilot.policies.entropy_control import CONTROL_MODES, EntropyCoefficientController, Schedule
-from entropilot.policies.entropy_range import MEASURES
+from entropilot.policies.entropy_range import CATEGORICAL, MEASURES, categorical_sizes, entropy_key
 
 # Keys of `config.learners(learner_config_dict=...)` this learner reads.
 ENTROPY_CONTROL = "entropy_control"
@@ -28,8 +28,10 @@ COVARIANCE_CONTROL = "covariance_control"
 CONTROLLER_STATE = "entropy_controllers"
 LIVE_SETTINGS_STATE = "entropy_control_live_settings"
 COVARIANCE_RNG_STATE = "covariance_rng"
-# What is averaged over every update's samples, per action dimension: the measures and the clipped share.
-_STATS = (*MEASURES, "clipped")
+# What is averaged over every update's samples, per action dimension: a Gaussian policy's measures and the clipped
+# share, a categorical policy's entropy (per sub-action).
+_GAUSSIAN_STATS = (*MEASURES, "clipped")
+_CATEGORICAL_STATS = (CATEGORICAL,)
 
 
 class ControlledEntropyCoefficient:
@@ -84,10 +86,14 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
     bounds/gains (or the fixed coefficient, or the sigma schedule) in place, also for modules whose
     controller is created later; the settings are part of `get_state`, so a checkpoint keeps them.
 
+    Categorical policies (Discrete, MultiDiscrete actions) go through the same code: their one measure is
+    `entropy_categorical` (a `_dim{i}` part per sub-action, each at most log K_i nats), which the controller
+    follows whatever `measure` says (`entropy_range.entropy_key`: there is nothing to clip).
+
     Metrics, per module and iteration: `entropy_effective`, `entropy_gaussian` and `clipped_fraction`
-    with their `_dim{i}` parts; with control on `entropy_target` (lower_bound, track), `sigma_target`
-    (sigma_schedule) and `curr_entropy_coeff`; with covariance control `cov_num_selected`,
-    `cov_num_candidates` and `cov_policy_loss` (last minibatch).
+    with their `_dim{i}` parts (Box actions) or `entropy_categorical` and its parts; with control on
+    `entropy_target` (lower_bound, track), `sigma_target` (sigma_schedule) and `curr_entropy_coeff`; with
+    covariance control `cov_num_selected`, `cov_num_candidates` and `cov_policy_loss` (last minibatch).
     """
 
     def build(self) -> None:
@@ -115,11 +121,17 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         covariance = self.config.learner_config_dict.get(COVARIANCE_CONTROL)
         self._cov = CovarianceSettings(**covariance) if covariance else None
         self._cov_rng = torch.Generator().manual_seed(self._cov.seed) if self._cov else None
+        others = sorted(set(self.module.keys()) - set(self._gaussian_module_ids()))
+        if self._cov is not None and self._cov.per_dimension and others:
+            raise ValueError(
+                f"covariance_control per_dimension scores a Gaussian's action dims; module {others[0]!r} acts on "
+                f"{self.module[others[0]].unwrapped().action_space} (use per_dimension=False)"
+            )
         self._sums = {}
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
-        if module_id not in self._gaussian_module_ids():
+        if module_id not in self._measured_module_ids():
             return loss
         mask = batch.get(Columns.LOSS_MASK)
         dist_inputs = fwd_out[Columns.ACTION_DIST_INPUTS]
@@ -141,7 +153,8 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             if self._mode is None:
                 continue
             controller = self.entropy_coeff_schedulers_per_module[module_id].controller
-            controller.update(means[self._measure].sum().item(), env_steps)
+            measured = means[entropy_key(self._measure, self.module[module_id].unwrapped().action_space)]
+            controller.update(measured.sum().item(), env_steps)
             if controller.target(env_steps) is not None:
                 self.metrics.log_value((module_id, "entropy_target"), controller.target(env_steps), window=1)
         if self._sigma is not None:
@@ -206,15 +219,37 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         return controller
 
     def _gaussian_module_ids(self) -> list:
-        """Modules with Box actions, i.e. a diagonal-Gaussian policy: the ones we measure, sorted."""
+        """Modules with Box actions, i.e. a diagonal-Gaussian policy, sorted."""
         return sorted(
             module_id
             for module_id in self.module.keys()
             if isinstance(self.module[module_id].unwrapped().action_space, gym.spaces.Box)
         )
 
+    def _measured_module_ids(self) -> list:
+        """Modules whose entropy we measure, sorted: a diagonal-Gaussian (Box) or categorical (Discrete,
+        MultiDiscrete) policy."""
+        return sorted(module_id for module_id in self.module.keys() if self._stats(module_id) is not None)
+
+    def _stats(self, module_id) -> tuple[tuple[str, ...], int] | None:
+        """The names averaged per update for a module's policy and how many columns each has (action dims or
+        sub-actions); None for a policy we do not measure."""
+        action_space = self.module[module_id].unwrapped().action_space
+        sizes = categorical_sizes(action_space)
+        if sizes is not None:
+            return _CATEGORICAL_STATS, len(sizes)
+        if isinstance(action_space, gym.spaces.Box):
+            return _GAUSSIAN_STATS, math.prod(action_space.shape)
+        return None
+
     def _set_log_std(self, env_steps: float) -> None:
         """sigma_schedule: put log sigma(env_steps) into every Gaussian module's free log-std parameter."""
+        others = sorted(set(self.module.keys()) - set(self._gaussian_module_ids()))
+        if others:
+            raise ValueError(
+                f"entropy_control mode sigma_schedule sets a Gaussian's std; module {others[0]!r} acts on "
+                f"{self.module[others[0]].unwrapped().action_space} (no Gaussian)"
+            )
         for module_id in self._gaussian_module_ids():
             log_std = getattr(self.module[module_id].unwrapped().pi, "log_std", None)
             if not isinstance(log_std, torch.nn.Parameter):
@@ -229,9 +264,11 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
     def _accumulate(self, module_id, dist_inputs, actions, mask) -> None:
         action_space = self.module[module_id].unwrapped().action_space
         stats = measured_entropies(dist_inputs, action_space, self.config.normalize_actions)
-        low, high = (bound.to(actions.device) for bound in policy_bounds(action_space, self.config.normalize_actions))
-        stats["clipped"] = ((actions < low) | (actions > high)).to(dist_inputs.dtype)
-        rows = torch.cat([stats[name] for name in _STATS], dim=-1)
+        if isinstance(action_space, gym.spaces.Box):
+            bounds = policy_bounds(action_space, self.config.normalize_actions)
+            low, high = (bound.to(actions.device) for bound in bounds)
+            stats["clipped"] = ((actions < low) | (actions > high)).to(dist_inputs.dtype)
+        rows = torch.cat([stats[name] for name in self._stats(module_id)[0]], dim=-1)
         if mask is not None:
             rows = rows[mask]
         sums = torch.cat([rows.sum(0), rows.new_tensor([rows.shape[0]])])
@@ -242,16 +279,17 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         sums, self._sums = self._sums, {}
         if _num_learner_processes() > 1:
             # Every learner must call all_reduce the same number of times, in the same order.
-            for module_id in self._gaussian_module_ids():
-                act_dim = math.prod(self.module[module_id].unwrapped().action_space.shape)
-                local = sums.get(module_id, torch.zeros(len(_STATS) * act_dim + 1, device=self._device))
+            for module_id in self._measured_module_ids():
+                names, dims = self._stats(module_id)
+                local = sums.get(module_id, torch.zeros(len(names) * dims + 1, device=self._device))
                 torch.distributed.all_reduce(local)
                 sums[module_id] = local
         means = {}
         for module_id, total in sums.items():
             count = total[-1].item()
             if count > 0:
-                means[module_id] = dict(zip(_STATS, (total[:-1] / count).cpu().chunk(len(_STATS))))
+                names = self._stats(module_id)[0]
+                means[module_id] = dict(zip(names, (total[:-1] / count).cpu().chunk(len(names))))
         return means
 
     def _covariance_correction(self, module_id, config, batch, dist_inputs, mask):

@@ -53,6 +53,11 @@ class SimLink(VehicleLink):
         realtime: bool = False,
     ):
         base = env.unwrapped
+        if getattr(base, "inner_loop", None) is not None:
+            raise ValueError(
+                f"{type(base).__name__} takes command indices; a SimLink flies the vehicle's own action: give it the "
+                "env under the commands (entropilot.envs.vehicle_env), and the policy to an Autopilot"
+            )
         if not hasattr(base, "sim") or base.sim.num_drones != 1:
             raise ValueError(
                 "SimLink flies a single-drone entropilot env (entropilot/Hover-v0, entropilot/Waypoint-v0)"
@@ -97,8 +102,9 @@ class SimLink(VehicleLink):
 
     @classmethod
     def from_policy_metadata(cls, metadata: dict[str, Any], *, render_mode: str | None = None, **kwargs) -> SimLink:
-        """The env an exported policy names (its env id and kwargs, action mode and rates), as a vehicle."""
-        from entropilot.envs import make_env
+        """The env an exported policy names (its env id and kwargs, action mode and rates), as a vehicle. For a
+        command policy, the env under its command layer (``envs.vehicle_env``): its inner loop flies on board."""
+        from entropilot.envs import make_env, vehicle_env
 
         env_kwargs = {
             **metadata["env_kwargs"],
@@ -106,7 +112,8 @@ class SimLink(VehicleLink):
             "control_hz": metadata["control_hz"],
             "physics_hz": metadata["physics_hz"],
         }
-        return cls(make_env(metadata["env_id"], render_mode=render_mode, **env_kwargs), close_env=True, **kwargs)
+        env_id, env_kwargs = vehicle_env(metadata["env_id"], env_kwargs)
+        return cls(make_env(env_id, render_mode=render_mode, **env_kwargs), close_env=True, **kwargs)
 
     @property
     def target(self) -> np.ndarray:

@@ -5,6 +5,7 @@ from entropilot.platform.config.errors import ConfigError, Problem
 from entropilot.platform.config.loading import (
     MLFLOW_PARAM_MAX_CHARS,
     RESUMABLE_SECTION,
+    allowed_range,
     dump_config,
     from_flat_params,
     load_config,
@@ -15,6 +16,7 @@ from entropilot.platform.config.loading import (
 from entropilot.platform.config.overrides import ALIASES, canonical_path, parse_override, parse_overrides, read_yaml
 from entropilot.platform.config.schema import (
     DEFAULT_TRACKING_URI,
+    TARGET_MODES,
     AlgorithmConfig,
     CheckpointConfig,
     CollapseConfig,
@@ -36,6 +38,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "MLFLOW_PARAM_MAX_CHARS",
     "RESUMABLE_SECTION",
+    "TARGET_MODES",
     "AlgorithmConfig",
     "CheckpointConfig",
     "CollapseConfig",
@@ -52,6 +55,7 @@ __all__ = [
     "Problem",
     "ResourcesConfig",
     "StopConfig",
+    "allowed_range",
     "canonical_path",
     "dump_config",
     "from_flat_params",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
 from entropilot.errors import EntropilotError, one_line
 
 
@@ -56,6 +59,22 @@ class FieldProblem(ValueError):
         self.field = field
         self.message = message
         self.value = value
+
+
+def conflict(model: str, *problems: FieldProblem) -> ValidationError:
+    """One rule that several fields break together, stated once in each field's own terms (raise it from a model
+    validator): whichever of them a person changed (a sweep's value, a live tag), one problem speaks about it."""
+    return ValidationError.from_exception_data(
+        model,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", problem.message),  # no context: braces stay text
+                loc=tuple(problem.field.split(".")),
+                input=problem.value,
+            )
+            for problem in problems
+        ],
+    )
 
 
 def short_repr(value: Any, limit: int = 120) -> str:

@@ -120,8 +120,8 @@ def _problems_from(exc: ValidationError) -> list[Problem]:
             message = message[len("Value error, ") :]
             if isinstance(value, (dict, BaseModel)):
                 value = NO_VALUE  # a section-level rule: the section itself is no useful "got"
-        if err["type"] in _BOUND_ERRORS:
-            allowed = _allowed_range(loc)
+        if err["type"] in _RANGE_ERRORS:
+            allowed = allowed_range(loc)
             if allowed:
                 message = f"{message}; allowed: {allowed}"
         if err["type"] == "extra_forbidden":
@@ -132,11 +132,23 @@ def _problems_from(exc: ValidationError) -> list[Problem]:
     return problems
 
 
-_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+# Errors after which the field's range is worth saying: out of range, or not a number at all.
+_RANGE_ERRORS = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "finite_number",
+    "float_parsing",
+    "float_type",
+    "int_parsing",
+    "int_type",
+}
 
 
-def _allowed_range(loc: list[Any]) -> str:
-    """'0 < value <= 1' from the field's Field(gt/ge/lt/le) constraints, so the message shows both ends."""
+def allowed_range(loc: list[Any]) -> str:
+    """'0 < value <= 1' from the Field(gt/ge/lt/le) constraints of the field at `loc` (`["algorithm", "lr"]`), so a
+    message shows both ends; "" for a field without them."""
     model = section_at(loc[:-1])
     if model is None or loc[-1] not in model.model_fields:
         return ""

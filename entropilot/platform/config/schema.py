@@ -14,9 +14,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from entropilot.inputs import InputError, host_port, name_problem, tracking_uri_problem
-from entropilot.platform.config.errors import FieldProblem
+from entropilot.platform.config.errors import FieldProblem, conflict
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Control modes with a target entropy (lower_bound: a minimum; track: followed from both sides).
+TARGET_MODES = ("lower_bound", "track")
+
+
+def live(*modes: str) -> dict[str, list[str]]:
+    """json_schema_extra of a field a running training takes from its MLflow run's tags in entropy.control's `modes`
+    (platform/live_tuning.py): in those modes the field means something to a running controller."""
+    return {"live": list(modes)}
 
 
 class _Section(BaseModel):
@@ -74,11 +82,19 @@ class AlgorithmConfig(_Section):
     lambda_: float = Field(0.95, ge=0.0, le=1.0)
     grad_clip: float | None = Field(0.5, gt=0.0)
     vf_loss_coeff: float = Field(0.5, ge=0.0)
-    # SAC only (ignored by PPO).
+    # PPO extras of RLlib that CleanRL and Stable-Baselines3 do without: the adaptive KL penalty's starting
+    # coefficient (0 = no KL term), and a clamp on each sample's squared value error (null = none; RLlib's 10 stops
+    # the value gradient of every sample more than ~3.2 off, which on returns of ~100 is most of them early on).
+    kl_coeff: float = Field(0.2, ge=0.0, le=100.0)
+    vf_clip: float | None = Field(10.0, gt=0.0)
+    # SAC only (ignored by PPO; all five reach RLlib's SACConfig): target-network Polyak rate, starting temperature,
+    # the entropy (nats) the temperature steers toward ("auto" = -(action dims)), replay buffer size (env steps) and
+    # env steps sampled before the first update.
     tau: float = Field(0.005, gt=0.0, le=1.0)
     initial_alpha: float = Field(1.0, gt=0.0)
     target_entropy: Literal["auto"] | float = "auto"
     replay_capacity: int = Field(100_000, ge=1)
+    learning_starts: int = Field(1000, ge=0)
 
     @field_validator("target_entropy", mode="before")
     @classmethod
@@ -118,7 +134,8 @@ class ModelConfig(_Section):
     )
     activation: Literal["tanh", "relu", "silu"] = "tanh"
     # State-independent log std: the entropy is then a parameter the controllers can read and steer. False: the
-    # policy head outputs a log std per state (its weights then also decide each draw's exploration).
+    # policy head outputs a log std per state (its weights then also decide each draw's exploration). PPO's Gaussian
+    # head only: SAC's squashed Gaussian and a categorical policy (a discrete-command env) are built without it.
     free_log_std: bool = True
     # Init family (PPO; policies/initial_weights.py): the policy head's last layer is multiplied by output_gain as
     # drawn (0.01: the "small last layer", every draw's mean ~0; 1: RLlib's default; larger spreads the draws'
@@ -149,6 +166,10 @@ class EntropyInitConfig(_Section):
     threshold: float = Field(2.0, ge=-100.0, le=100.0)
     max_draws: int = Field(10, ge=1, le=1000)
     rollout_steps: int = Field(1000, ge=1)
+    # first_clearing: the first draw at or above the threshold, else the best of max_draws (the method).
+    # lowest: the least exploring of all max_draws draws, the method turned upside down (the entropy study's
+    # worst-of-N arm: if clearing a threshold helps, keeping the lowest should hurt).
+    keep: Literal["first_clearing", "lowest"] = "first_clearing"
 
 
 class ControlConfig(_Section):
@@ -169,24 +190,71 @@ class ControlConfig(_Section):
     # None = on for PPO, off for SAC (SAC tunes its own alpha); resolved by ExperimentConfig.
     enabled: bool | None = None
     mode: Literal["lower_bound", "track", "fixed", "sigma_schedule"] = "lower_bound"
-    # A constant, or a piecewise-linear schedule [[env_steps, nats], ...] starting at step 0. Must be reachable:
-    # at most the measure's maximum (4 dims, effective: 5.68).
-    target: float | list[tuple[int, float]] = 0.0
-    # PPO loss term -coef * entropy: where the coefficient starts (lower_bound, track) or stays (fixed). |coef| ~ 1
-    # would swamp PPO's policy gradient (advantages are standardized); useful values are of order 0.01.
-    coef: float = Field(0.0, ge=-1.0, le=1.0)
+    # Fields marked live(...) are what a running training takes from its MLflow run's tags in those modes
+    # (platform/live_tuning.py): their description is what the run's page says about them.
+    # Must be reachable: at most the measure's maximum (4 dims, effective: 5.68).
+    target: float | list[tuple[int, float]] = Field(
+        0.0,
+        description="target policy entropy in nats of entropy.measure (lower_bound: a minimum; track: followed from "
+        "both sides): a number, or a schedule [[env_steps, nats], ...] (linear between points, env steps of the whole "
+        "run); every value above entropy.collapse.floor and reachable by the measure",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    # |coef| ~ 1 would swamp PPO's policy gradient (advantages are standardized).
+    coef: float = Field(
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="entropy coefficient of PPO's loss term -coef * entropy: held throughout (fixed), where the "
+        "controller starts (lower_bound, track); 0 is plain PPO, useful values are of order 0.01",
+        json_schema_extra=live("fixed"),
+    )
     # None: 0 for lower_bound (which refuses less), -0.05 for track (the strongest penalty it may apply).
-    coef_min: float | None = Field(None, ge=-1.0, le=1.0)
-    coef_max: float = Field(0.05, ge=-1.0, le=1.0)
-    # Integral action: coefficient change per nat of entropy error per iteration.
-    gain: float = Field(0.003, gt=0.0, le=1.0)
-    # Proportional action on the error's change; > 0 is what keeps the loop from oscillating (the entropy
-    # integrates the coefficient). Stable while b * (gain + 2 * damping) < 4, b = plant gain, ~1 on hover.
-    damping: float = Field(0.08, ge=0.0, le=1.0)
-    # Largest coefficient change per iteration.
-    max_step: float = Field(0.005, gt=0.0, le=1.0)
-    # sigma_schedule: the std per action dim over env steps (action half-widths), a constant or [[env_steps, std]].
-    sigma: float | list[tuple[int, float]] = Field(default_factory=lambda: [(0, 1.0), (400_000, 0.3)])
+    coef_min: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="lowest coefficient (null: 0 for lower_bound, -0.05 for track); below 0 an entropy penalty (track "
+        "only): how fast entropy can be pushed down; at most coef_max",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    coef_max: float = Field(
+        0.05,
+        ge=-1.0,
+        le=1.0,
+        description="highest coefficient, the strongest entropy bonus: how fast entropy can be pushed up; "
+        "at least coef_min",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    gain: float = Field(
+        0.003,
+        gt=0.0,
+        le=1.0,
+        description="integral action: coefficient change per nat of entropy error per iteration",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    # Stable while b * (gain + 2 * damping) < 4, b = plant gain, ~1 on hover.
+    damping: float = Field(
+        0.08,
+        ge=0.0,
+        le=1.0,
+        description="proportional action on the change of the error; keeps the loop from oscillating (entropy "
+        "integrates the coefficient)",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    max_step: float = Field(
+        0.005,
+        gt=0.0,
+        le=1.0,
+        description="largest coefficient change per iteration",
+        json_schema_extra=live(*TARGET_MODES),
+    )
+    sigma: float | list[tuple[int, float]] = Field(
+        default_factory=lambda: [(0, 1.0), (400_000, 0.3)],
+        description="the policy's std per action dim in action half-widths (sigma_schedule): a number, or a schedule "
+        "[[env_steps, std], ...] (linear between points, env steps of the whole run); every std in (0, 100]",
+        json_schema_extra=live("sigma_schedule"),
+    )
 
     def controller_settings(self, measure: str) -> dict:
         """The `entropy_control` settings of `policies.ppo_learner.EntropyControlledPPOLearner` for this section."""
@@ -243,15 +311,30 @@ class ControlConfig(_Section):
 
     @model_validator(mode="after")
     def _coef_bounds(self) -> ControlConfig:
-        low = self.resolved_coef_min
-        if low > self.coef_max:
-            raise FieldProblem("coef_min", f"must be <= coef_max ({self.coef_max})", low)
-        if self.mode == "lower_bound" and low < 0:
-            raise FieldProblem(
-                "coef_min", "a lower_bound controller never goes below zero (a penalty needs mode track)", low
+        # Each rule is stated about every field it involves (`conflict`): whichever one a person changed, one
+        # problem speaks about it.
+        low, high = self.resolved_coef_min, self.coef_max
+        if low > high:
+            raise conflict(
+                "ControlConfig",
+                FieldProblem("coef_min", f"must be <= coef_max ({high})", low),
+                FieldProblem("coef_max", f"must be >= coef_min ({low})", high),
             )
-        if self.mode in ("lower_bound", "track") and not low <= self.coef <= self.coef_max:
-            raise FieldProblem("coef", f"must be within [coef_min, coef_max] = [{low}, {self.coef_max}]", self.coef)
+        if self.mode == "lower_bound" and low < 0:
+            raise conflict(
+                "ControlConfig",
+                FieldProblem(
+                    "coef_min", "a lower_bound controller never goes below zero (a penalty needs mode track)", low
+                ),
+                FieldProblem("mode", f"lower_bound never goes below zero: coef_min {low} needs mode track", self.mode),
+            )
+        if self.mode in TARGET_MODES and not low <= self.coef <= high:
+            bound, value, side = ("coef_min", low, "<=") if self.coef < low else ("coef_max", high, ">=")
+            problems = [FieldProblem("coef", f"must be within [coef_min, coef_max] = [{low}, {high}]", self.coef)]
+            if not (self.mode == "lower_bound" and bound == "coef_min"):  # lower_bound's floor is 0: coef must move
+                where = f"where the {self.mode} controller starts"
+                problems.append(FieldProblem(bound, f"must be {side} coef ({self.coef}), {where}", value))
+            raise conflict("ControlConfig", *problems)
         return self
 
     def target_at(self, env_steps: int) -> float:
@@ -280,7 +363,8 @@ def _schedule_at(schedule: float | list[tuple[int, float]], env_steps: int) -> f
 
 
 class CollapseConfig(_Section):
-    """Entropy-collapse detection, in nats of `entropy.measure`; None switches a check off."""
+    """Entropy-collapse detection, in nats of `entropy.measure`; None switches a check off. PPO only: SAC's
+    temperature holds its entropy at algorithm.target_entropy (its -E[log pi] is logged as `entropy` all the same)."""
 
     floor: float | None = -8.0
     # Per million env steps (a least-squares slope over the last 500k), so it means the same at any batch size.
@@ -499,24 +583,25 @@ class ExperimentConfig(_Section):
                     self.entropy.covariance.mode,
                 )
         self._entropy_reachable()
+        self._gaussian_only_settings()
         self._init_family_fits()
-        for field, fast, slow in (("sampler", "bulk", "stock"), ("vector_env", "batched", "sync")):
-            value = getattr(self.resources, field)
-            if value == fast:
-                from entropilot.envs import SINGLE_AGENT_IDS
-
-                if self.env.id not in SINGLE_AGENT_IDS:
-                    raise FieldProblem(
-                        f"resources.{field}",
-                        f"{fast} is for the single-drone envs {list(SINGLE_AGENT_IDS)}; {self.env.id} needs {slow}",
-                        value,
-                    )
+        self._fast_paths_serve_env()
         floor = self.entropy.collapse.floor
         if control.enabled and control.mode in TARGET_MODES and floor is not None and floor >= control.min_target():
-            raise FieldProblem(
-                "entropy.collapse.floor",
-                f"must be below the lowest entropy.control.target ({control.min_target()})",
-                floor,
+            # A target under the floor would make every iteration a "collapse".
+            if isinstance(control.target, float):
+                where, value = "entropy.control.target", control.target
+            else:
+                index = min(range(len(control.target)), key=lambda i: control.target[i][1])
+                where, value = f"entropy.control.target.{index}", list(control.target[index])
+            raise conflict(
+                "ExperimentConfig",
+                FieldProblem(
+                    "entropy.collapse.floor",
+                    f"must be below the lowest entropy.control.target ({control.min_target()})",
+                    floor,
+                ),
+                FieldProblem(where, f"must be above entropy.collapse.floor ({floor})", value),
             )
         judged = [
             name
@@ -547,11 +632,11 @@ class ExperimentConfig(_Section):
         space = _action_space(self.env)
         if space is None:
             return
-        from entropilot.policies.entropy_range import measure_range
+        from entropilot.policies.entropy_range import entropy_key, measure_range
 
         measure = self.entropy.measure
         low, high = measure_range(measure, space)
-        reach = f"the {measure} entropy of {space} lies in [{low:.2f}, {high:.2f}] nats"
+        reach = f"the {entropy_key(measure, space)} entropy of {space} lies in [{low:.2f}, {high:.2f}] nats"
         threshold = self.entropy.init.threshold
         if self.entropy.init.enabled and self.algorithm.name == "PPO" and not low <= threshold <= high:
             raise FieldProblem("entropy.init.threshold", f"unreachable: {reach}", threshold)
@@ -560,6 +645,40 @@ class ExperimentConfig(_Section):
             for value in (control.max_target(), control.min_target()):
                 if not low <= value <= high:
                     raise FieldProblem("entropy.control.target", f"unreachable: {reach}", control.target)
+
+    def _fast_paths_serve_env(self) -> None:
+        """Refuse the bulk sampler on a multi-drone env and the batched world on an env without a batched form."""
+        from entropilot.envs import SINGLE_AGENT_IDS, VECTOR_ENTRY_POINTS
+
+        for field, fast, slow, kind, ids in (
+            ("sampler", "bulk", "stock", "the single-drone envs", SINGLE_AGENT_IDS),
+            ("vector_env", "batched", "sync", "the envs with a batched world", tuple(VECTOR_ENTRY_POINTS)),
+        ):
+            value = getattr(self.resources, field)
+            if value == fast and self.env.id not in ids:
+                raise FieldProblem(
+                    f"resources.{field}", f"{fast} is for {kind} {list(ids)}; {self.env.id} needs {slow}", value
+                )
+
+    def _gaussian_only_settings(self) -> None:
+        """Refuse settings that act on a Gaussian's std when the env's policy is categorical (a command env)."""
+        space = _action_space(self.env)
+        if space is None:
+            return
+        from entropilot.policies.entropy_range import categorical_sizes
+
+        if categorical_sizes(space) is None:
+            return
+        why = f"{self.env.id} acts with {space}: a categorical policy has no Gaussian std"
+        control = self.entropy.control
+        if self.model.initial_std is not None:
+            raise FieldProblem("model.initial_std", f"sets a Gaussian's std; {why}", self.model.initial_std)
+        if control.enabled and control.mode == "sigma_schedule":
+            raise FieldProblem("entropy.control.mode", f"sigma_schedule sets a Gaussian's std; {why}", control.mode)
+        if self.entropy.covariance.mode != "off" and self.entropy.covariance.per_dimension:
+            raise FieldProblem(
+                "entropy.covariance.per_dimension", f"scores a Gaussian's action dims (set it to false); {why}", True
+            )
 
     def _init_family_fits(self) -> None:
         model, control = self.model, self.entropy.control
@@ -579,8 +698,21 @@ class ExperimentConfig(_Section):
                 )
             start = control.sigma_at(0)
             if model.initial_std is not None and model.initial_std != start:
-                raise FieldProblem(
-                    "model.initial_std", f"sigma_schedule starts at entropy.control.sigma's {start}", model.initial_std
+                sigma, where = control.sigma, "entropy.control.sigma"
+                if not isinstance(sigma, float):
+                    sigma, where = list(sigma[0]), f"{where}.0"
+                raise conflict(
+                    "ExperimentConfig",
+                    FieldProblem(
+                        "model.initial_std",
+                        f"sigma_schedule starts at entropy.control.sigma's {start}",
+                        model.initial_std,
+                    ),
+                    FieldProblem(
+                        where,
+                        f"must start at model.initial_std ({model.initial_std}), or model.initial_std be null",
+                        sigma,
+                    ),
                 )
 
     # -- derived values the platform needs --------------------------------------------------------
@@ -589,6 +721,29 @@ class ExperimentConfig(_Section):
     def weight_seed(self) -> int:
         """The torch seed family of the initial weights: model.weight_seed, else the experiment's seed."""
         return self.seed if self.model.weight_seed is None else self.model.weight_seed
+
+    @property
+    def free_log_std(self) -> bool:
+        """model.free_log_std where it applies, PPO's Gaussian head: RLlib (2.60) asserts on a free log std for SAC's
+        squashed Gaussian, and a categorical head (a command env) has no log std at all."""
+        import gymnasium as gym
+
+        return (
+            self.model.free_log_std
+            and self.algorithm.name == "PPO"
+            and isinstance(_action_space(self.env), gym.spaces.Box)
+        )
+
+    @property
+    def entropy_name(self) -> str:
+        """The entropy the init threshold, control target and collapse floor are in, as the learner's metrics name
+        it (`entropy_<name>`): entropy.measure, or categorical for a categorical policy (a command env)."""
+        space = _action_space(self.env)
+        if space is None:
+            return self.entropy.measure
+        from entropilot.policies.entropy_range import entropy_key
+
+        return entropy_key(self.entropy.measure, space)
 
     @property
     def initial_std(self) -> float | None:
@@ -605,10 +760,6 @@ class ExperimentConfig(_Section):
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoint.dir or f"runs/{self.run_name}")
-
-
-# Control modes with a target entropy (lower_bound: a minimum; track: followed from both sides).
-TARGET_MODES = ("lower_bound", "track")
 
 
 def _action_space(env: EnvConfig):
