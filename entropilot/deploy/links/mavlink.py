@@ -147,8 +147,9 @@ class MavlinkLink(CtbrVehicleLink):
         resend_s: float = 0.5,
         clock: Clock | None = None,
     ):
-        super().__init__(control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock)
-        self.connection_string = connection
+        super().__init__(
+            connection, control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock
+        )
         self.target_system, self.target_component = int(target_system), int(target_component)
         self.source_system, self.source_component = int(source_system), int(source_component)
         self.telemetry_timeout_s = float(telemetry_timeout_s)
@@ -178,16 +179,16 @@ class MavlinkLink(CtbrVehicleLink):
 
     # ---- VehicleLink --------------------------------------------------------------------
     def connect(self) -> None:
-        check_connection(self.connection_string)
+        check_connection(self.address)
         self.close()
         self._reset_state()
         self._stop.clear()
         try:
             self._conn = mavutil.mavlink_connection(
-                self.connection_string, source_system=self.source_system, source_component=self.source_component
+                self.address, source_system=self.source_system, source_component=self.source_component
             )
         except OSError as err:
-            raise LinkError(f"cannot open {self.connection_string}: {err}") from err
+            raise LinkError(f"cannot open {self.address}: {err}") from err
         self._threads = [
             threading.Thread(target=self._receive_loop, name="mavlink-rx", daemon=True),
             threading.Thread(target=self._heartbeat_loop, name="mavlink-heartbeat", daemon=True),
@@ -202,8 +203,7 @@ class MavlinkLink(CtbrVehicleLink):
             time.sleep(0.02)
         self.close()
         raise LinkError(
-            f"no HEARTBEAT and state estimate from the vehicle on {self.connection_string} "
-            f"within {self.connect_timeout_s:g} s"
+            f"no HEARTBEAT and state estimate from the vehicle on {self.address} within {self.connect_timeout_s:g} s"
         )
 
     def read_telemetry(self) -> Telemetry | None:
@@ -383,7 +383,7 @@ class MavlinkLink(CtbrVehicleLink):
             try:
                 write(self._conn.mav)
             except OSError as err:
-                raise LinkError(f"sending on {self.connection_string} failed: {err}") from err
+                raise LinkError(f"sending on {self.address} failed: {err}") from err
 
     def _require_connection(self) -> None:
         if self._conn is None:
@@ -444,7 +444,4 @@ class MavlinkLink(CtbrVehicleLink):
                     self._acks[msg.command] = (msg.result, now)
 
     def __repr__(self) -> str:
-        return (
-            f"MavlinkLink({self.connection_string!r}, control_hz={self.control_hz}, "
-            f"max_body_rate={self.max_body_rate:g})"
-        )
+        return f"MavlinkLink({self.address!r}, control_hz={self.control_hz}, max_body_rate={self.max_body_rate:g})"
