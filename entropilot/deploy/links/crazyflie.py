@@ -130,8 +130,8 @@ def telemetry_from_log(
     values: dict[str, float], timestamp: float, *, armed: bool = False, mode: str = "unknown", landed: bool = False
 ) -> Telemetry:
     """Log values (the names in LOG_POSITION + LOG_ATTITUDE, in the Crazyflie's units) -> Telemetry (ours)."""
-    position = [values[f"stateEstimate.{k}"] for k in ("x", "y", "z")]
-    velocity = [values[f"stateEstimate.{k}"] for k in ("vx", "vy", "vz")]
+    position = np.array([values[f"stateEstimate.{k}"] for k in ("x", "y", "z")])
+    velocity = np.array([values[f"stateEstimate.{k}"] for k in ("vx", "vy", "vz")])
     rotation = rotation_from_stabilizer(values["stabilizer.roll"], values["stabilizer.pitch"], values["stabilizer.yaw"])
     rates = np.radians([values["gyro.x"], values["gyro.y"], values["gyro.z"]])
     return Telemetry(timestamp, position, velocity, rotation, rates, armed, mode, landed)
@@ -215,8 +215,13 @@ class CrazyflieLink(CtbrVehicleLink):
             crtp.init_drivers()
             self.cf, self._owns_cf = Crazyflie(rw_cache="./cache"), True
             ready, failed = threading.Event(), []
+
+            def on_failure(uri: str, msg: str) -> None:
+                failed.append(msg)
+                ready.set()
+
             self.cf.fully_connected.add_callback(lambda uri: ready.set())
-            self.cf.connection_failed.add_callback(lambda uri, msg: (failed.append(msg), ready.set()))
+            self.cf.connection_failed.add_callback(on_failure)
             self.cf.open_link(self.address)
             if not ready.wait(self.connect_timeout_s) or failed:
                 self.close()
@@ -380,11 +385,12 @@ class CrazyflieLink(CtbrVehicleLink):
         if entering:
             if "stateEstimate.x" not in values:
                 raise LinkError(f"cannot {mode}: no state estimate yet")
-            target = np.array([values[f"stateEstimate.{k}"] for k in ("x", "y", "z")])
+            here = np.array([values[f"stateEstimate.{k}"] for k in ("x", "y", "z")])
             with self._lock:
-                self._mode, self._mode_target, self._mode_since = mode, target, now
+                self._mode, self._mode_target, self._mode_since = mode, here, now
                 self._last_request = -math.inf
         target, since = self._mode_target, self._mode_since
+        assert target is not None  # set (above, now or on an earlier call) whenever _mode is hold or land
         yaw = math.radians(values.get("stabilizer.yaw", 0.0))
         try:
             if self._streaming and self.use_high_level:

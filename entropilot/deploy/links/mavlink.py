@@ -158,7 +158,7 @@ class MavlinkLink(CtbrVehicleLink):
         self.offboard_warmup_s = float(offboard_warmup_s)
         self.resend_s = float(resend_s)
         self.setpoints_sent = 0
-        self._conn = None
+        self._conn: mavutil.mavfile | None = None
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
@@ -166,7 +166,9 @@ class MavlinkLink(CtbrVehicleLink):
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._position = self._velocity = self._quaternion = None
+        self._position: np.ndarray | None = None
+        self._velocity: np.ndarray | None = None
+        self._quaternion: np.ndarray | None = None
         self._rates: np.ndarray | None = None
         self._position_rx: float | None = None
         self._heartbeat_rx: float | None = None
@@ -230,7 +232,7 @@ class MavlinkLink(CtbrVehicleLink):
             raise LinkError(f"refusing action {action.tolist()}: need 4 finite numbers")
         with self._lock:
             mode, since, heard = self._mode, self._offboard_since, self._heartbeat_rx
-        if since is not None and mode != "offboard" and heard > since:
+        if since is not None and heard is not None and mode != "offboard" and heard > since:
             raise LinkError(f"the vehicle left offboard on its own (now in {mode}): its failsafe has control")
         self._send_setpoint(action)
 
@@ -378,16 +380,18 @@ class MavlinkLink(CtbrVehicleLink):
         self.setpoints_sent += 1
 
     def _send(self, write) -> None:
-        self._require_connection()
+        conn = self._require_connection()  # once: close() on another thread may clear self._conn meanwhile
         with self._send_lock:
             try:
-                write(self._conn.mav)
+                write(conn.mav)
             except OSError as err:
                 raise LinkError(f"sending on {self.address} failed: {err}") from err
 
-    def _require_connection(self) -> None:
-        if self._conn is None:
+    def _require_connection(self) -> mavutil.mavfile:
+        conn = self._conn
+        if conn is None:
             raise LinkError("not connected")
+        return conn
 
     # ---- threads -------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -411,6 +415,7 @@ class MavlinkLink(CtbrVehicleLink):
     def _receive_loop(self) -> None:
         mav = mavutil.mavlink
         conn = self._conn
+        assert conn is not None, "connect() opens the connection before it starts this thread"
         while not self._stop.is_set():
             try:
                 msg = conn.recv_match(blocking=True, timeout=0.05)
