@@ -3,7 +3,7 @@
 #   bash quickstart.sh         set up .venv and run the main job
 #   bash quickstart.sh test    set up .venv and run the test suite (both tiers)
 #   bash quickstart.sh unit    the unit tier only: no Ray, no MLflow server, about a minute
-#   bash quickstart.sh lint    ruff's lint and format checks (CI runs them before the tests)
+#   bash quickstart.sh lint    ruff's lint and format checks and mypy's type check (CI runs them before the tests)
 # The set-up installs the CPU build of torch first (a loose pin would pull a multi-GB CUDA build),
 # then entropilot with its test extras (compiling the simulator's hot path with Cython: see setup.py);
 # it is skipped when .venv is already up to date.
@@ -53,6 +53,7 @@ case "${1:-run}" in
   lint)
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
+    "$VENV/bin/mypy"  # what and how: [tool.mypy] in pyproject.toml
     ;;
   *)
     echo "usage: bash quickstart.sh [run|test|unit [pytest args...]|lint]" >&2

@@ -127,6 +127,13 @@ def test_per_dimension_kl_cov():
     assert result.loss.item() == pytest.approx(sum(losses) / 4)
 
 
+def test_a_per_dimension_logp_without_its_score_is_refused():
+    logp_dims, _, _ = current_logp_dims()
+    settings = CovarianceSettings("kl_cov", per_dimension=True, fraction=0.25)
+    with pytest.raises(ValueError, match=r"per-dimension logp \[4, 2\] needs its score"):
+        kl_cov_loss(logp_dims, logp_dims.detach(), DIM_ADVANTAGES, DIM_VALID, settings)
+
+
 def test_per_dimension_clip_cov_stops_only_the_selected_pairs_gradient():
     logp_dims, z, (mean, log_std) = current_logp_dims()
     logp_old = logp_dims.detach().sum(-1) - torch.tensor([math.log(1.5), 0.0, 0.0, 0.0])  # sample 0: PPO clips it

@@ -311,11 +311,14 @@ class Autopilot:
         """Arm (if not armed) and fly for ``duration_s`` (or ``steps`` ticks) of policy control, then ``end``:
         "land" (land and disarm on the ground) or "hold" (leave the vehicle holding). After a failsafe the loop
         goes on until the ladder has disarmed on the ground, or ``hold_s + max_landing_s`` more have passed."""
-        if (duration_s is None) == (steps is None):
+        if steps is not None and duration_s is None:
+            flight_ticks = int(steps)
+        elif duration_s is not None and steps is None:
+            flight_ticks = int(round(float(duration_s) * self.control_hz))
+        else:
             raise ValueError("give duration_s or steps")
         if end not in ("land", "hold"):
             raise ValueError(f"end={end!r}: 'land' or 'hold'")
-        flight_ticks = int(steps) if steps is not None else int(round(float(duration_s) * self.control_hz))
         if self.ladder.state is FlightState.DISARMED:
             self.arm()
         elif len(self.ladder.transitions) > 1 or self.log.steps:
@@ -377,7 +380,7 @@ class Autopilot:
         t = self.clock.now()
         raised: dict[Fault, str] = {}
         telemetry = self._read()
-        usable = False
+        usable: Telemetry | None = None  # the telemetry, if no fault was raised on it
         if telemetry is None:
             raised[Fault.LINK_LOSS] = "no telemetry"
         elif not telemetry_is_finite(telemetry):
@@ -385,7 +388,7 @@ class Autopilot:
         elif (age := telemetry_age(telemetry.timestamp, t)) > self.max_telemetry_age_s:
             raised[Fault.STALE_TELEMETRY] = f"telemetry {age:.3f} s old (max {self.max_telemetry_age_s:.3f} s)"
         else:
-            usable = True
+            usable = telemetry
             where = self.geofence.violation(telemetry.position)
             if where is not None:
                 raised[Fault.GEOFENCE] = where
@@ -395,13 +398,14 @@ class Autopilot:
             self.ladder.complete(
                 t, "flight time complete" + (": landing" if then is FlightState.LAND else ": holding"), then
             )
-        landed = telemetry.landed if usable else None
+        landed = usable.landed if usable is not None else None
         self.ladder.update(t, landed)
 
         policy_action = action = inference_s = compute_s = None
         command = "none"
         if self.ladder.state is FlightState.FLYING:
-            policy_action, action, inference_s, compute_s = self._infer(t, telemetry, raised)
+            assert usable is not None, "every telemetry fault ends FLYING (FAULT_RESPONSE)"
+            policy_action, action, inference_s, compute_s = self._infer(t, usable, raised)
         state = self.ladder.state
         try:
             if self.dry_run:

@@ -373,16 +373,16 @@ class _Lowering:
 
     def op_slice(self, node) -> None:
         x = self.value(node, 0)
-        if self.opset < 10:
-            starts, ends = self.attr(node, "starts"), self.attr(node, "ends")
-            axes, steps = self.attr(node, "axes", [1]), [1]
-        else:
-            params = [self.const(node, k) for k in range(1, 5)]
-            if any(p is None for p, name in zip(params, node.input[1:5]) if name):
+        if self.opset >= 10:
+            starts, ends, given_axes, given_steps = (self.const(node, k) for k in range(1, 5))
+            optional = zip((given_axes, given_steps), node.input[3:5])
+            if starts is None or ends is None or any(p is None for p, name in optional if name):
                 raise CodegenError(f"{self.describe(node)}: starts, ends, axes and steps must be constants")
-            starts, ends = params[0], params[1]
-            axes = list(range(len(starts))) if params[2] is None else params[2]
-            steps = [1] * len(starts) if params[3] is None else params[3]
+            axes = np.arange(len(starts)) if given_axes is None else given_axes
+            steps = np.ones(len(starts), dtype=np.int64) if given_steps is None else given_steps
+        else:
+            starts, ends = self.attr(node, "starts"), self.attr(node, "ends")
+            axes, steps = self.attr(node, "axes", [1]), np.ones(1, dtype=np.int64)
         if len(starts) != 1 or list(np.ravel(steps)) != [1]:
             raise CodegenError(f"{self.describe(node)}: only a step-1 slice of the feature axis is generated")
         self.feature_axis(node, int(np.ravel(axes)[0]))

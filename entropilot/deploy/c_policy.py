@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ class CPolicy:
     parity checks compare with). A non-finite observation or action raises ``NonFiniteError``.
     """
 
-    def __init__(self, library: str | Path, onnx_path: str | Path, expected: dict[str, Any] | None = None):
+    def __init__(
+        self, library: str | os.PathLike[str], onnx_path: str | os.PathLike[str], expected: dict[str, Any] | None = None
+    ):
         self.onnx = OnnxPolicy(onnx_path, expected)
         self.library_path = Path(library)
         try:

@@ -236,17 +236,17 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
         raise ExportError(f"{checkpoint}: no {CONFIG_FILE} beside the checkpoint") from None
     except ConfigError as err:
         raw = yaml.safe_load(path.read_text()) or {}
-        env, r, e = raw.get("env") or {}, raw.get("resources") or {}, raw.get("evaluation") or {}
+        env, raw_r, raw_e = raw.get("env") or {}, raw.get("resources") or {}, raw.get("evaluation") or {}
         try:
             resources, evaluation = ResourcesConfig(), EvaluationConfig()  # the defaults of what the file leaves out
             seed = int(raw.get("seed", ExperimentConfig.model_fields["seed"].default))
-            evaluation_seed = int(e.get("seed", evaluation.seed))
+            evaluation_seed = int(raw_e.get("seed", evaluation.seed))
             seeds = _seed_ranges(
                 seed,
-                int(r.get("num_env_runners", resources.num_env_runners)),
-                int(r.get("envs_per_runner", resources.envs_per_runner)),
+                int(raw_r.get("num_env_runners", resources.num_env_runners)),
+                int(raw_r.get("envs_per_runner", resources.envs_per_runner)),
                 evaluation_seed,
-                int(e.get("episodes", evaluation.episodes)),
+                int(raw_e.get("episodes", evaluation.episodes)),
             )
             info = CheckpointInfo(
                 env["id"],
@@ -290,21 +290,22 @@ def _greedy_policy(module, stats):
 def _rollout(env, policy, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``steps`` real observations (float32) met while flying ``policy`` in ``env``, and its actions for them
     (float32, or a categorical policy's int64 indices)."""
-    observations, actions = [], []
+    met: list[np.ndarray] = []
+    taken: list[np.ndarray] = []
     obs, _ = env.reset(seed=seed)
     episode = 0
-    while len(observations) < steps:
+    while len(met) < steps:
         action = np.asarray(policy(obs))
         action = action if action.dtype.kind in "iu" else action.astype(np.float32)
-        observations.append(np.asarray(obs, dtype=np.float32))
-        actions.append(action)
+        met.append(np.asarray(obs, dtype=np.float32))
+        taken.append(action)
         obs, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             episode += 1
             obs, _ = env.reset(seed=seed + episode)
-    observations = np.stack(observations)
+    observations = np.stack(met)
     probes = np.concatenate([observations[:1] * s for s in _PROBE_SCALES])
-    actions = np.stack(actions)
+    actions = np.stack(taken)
     probe_actions = np.stack([policy(o) for o in probes]).astype(actions.dtype)
     return np.concatenate([observations, probes]), np.concatenate([actions, probe_actions])
 

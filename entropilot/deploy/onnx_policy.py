@@ -4,6 +4,7 @@ finite numbers checked on every call. Imports neither torch nor ray."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from entropilot.deploy.contract import (
     sha256_hex,
     verify_seal,
 )
+from entropilot.vehicle.layout import OBSERVATION_NAMES
 
 __all__ = ["EXPECTABLE", "NonFiniteError", "OnnxPolicy", "PolicyContractError", "expected_for_env"]
 
@@ -60,7 +62,7 @@ class OnnxPolicy:
     ``NonFiniteError``.
     """
 
-    def __init__(self, path: str | Path, expected: dict[str, Any] | None = None):
+    def __init__(self, path: str | os.PathLike[str], expected: dict[str, Any] | None = None):
         self.path = Path(path)
         expected = dict(expected or {})
         unknown = sorted(set(expected) - set(EXPECTABLE))
@@ -106,7 +108,7 @@ class OnnxPolicy:
         # none of session.run's per-call Python validation: with its checks it takes less time than a bare session.run
         # (benchmarks/inference_latency.py).
         self._input = np.zeros((1, self.observation_size), dtype=np.float32)
-        self._output = np.zeros((1, output_size), dtype=output_type)
+        self._output: np.ndarray = np.zeros((1, output_size), dtype=output_type)
         self._bound = (ort.OrtValue.ortvalue_from_numpy(self._input), ort.OrtValue.ortvalue_from_numpy(self._output))
         self._binding = self._session.io_binding()
         self._binding.bind_ortvalue_input(INPUT_NAME, self._bound[0])
@@ -176,7 +178,7 @@ class OnnxPolicy:
         names = meta["observation_names"]
         want_names = expected.get("observation_names")
         if want_names is None:
-            from entropilot.vehicle.layout import OBSERVATION_NAMES as want_names
+            want_names = OBSERVATION_NAMES
         if list(names) != list(want_names):
             raise PolicyContractError(
                 f"{where}: observation layout differs from the vehicle's: {_layout_difference(names, want_names)}"

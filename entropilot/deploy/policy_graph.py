@@ -43,6 +43,7 @@ def load_rl_module(checkpoint: Path, module_id: str):
     """The trained RLModule from an Algorithm checkpoint, without Ray running (the learner's copy: the newest
     weights)."""
     from ray.rllib.core.rl_module.rl_module import RLModule
+    from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
     path = checkpoint / RL_MODULE_SUBDIR / module_id
     if not path.is_dir():
@@ -51,6 +52,8 @@ def load_rl_module(checkpoint: Path, module_id: str):
         )
     # pyarrow's filesystem lookup needs an absolute path.
     module = RLModule.from_checkpoint(str(path.resolve()))
+    if not isinstance(module, TorchRLModule):
+        raise ExportError(f"{checkpoint}: the RLModule is a {type(module).__name__}; export takes a torch one")
     module.eval()
     if deterministic_convention(module) is None:
         dist = module.get_inference_action_dist_cls()
@@ -170,6 +173,7 @@ def to_onnx(graph: torch.nn.Module, example: torch.Tensor):
             output_names=[OUTPUT_NAME],
             verbose=False,
         )
+    assert onnx_program is not None  # typed Optional by torch: only dynamo=False returns None
     model = onnx_program.model_proto
     # The exporter annotates nodes with stack traces and source paths: drop them, so the file (and its
     # SHA-256) depends on the policy alone, not on where or from which source line it was exported.

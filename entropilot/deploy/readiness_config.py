@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from entropilot.errors import EntropilotError, one_line
 
@@ -118,7 +119,7 @@ def load_readiness_config(path: str | os.PathLike | None = None) -> ReadinessCon
         raise ReadinessError(f"invalid readiness conditions ({path or DEFAULT_CONDITIONS}):", problems) from None
 
 
-def _problem(error: dict) -> str:
+def _problem(error: ErrorDetails) -> str:
     """One pydantic error as "field: what is wrong"; an unknown key lists the keys its section takes."""
     loc = error["loc"]
     field = ".".join(str(p) for p in loc)

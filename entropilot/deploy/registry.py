@@ -10,6 +10,7 @@ to the vehicle, which then needs neither mlflow nor a network (see README, Deplo
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -43,7 +44,7 @@ class RegisteredPolicy:
     uri: str  # as asked: models:/name@alias or models:/name/version
     name: str
     version: int
-    run_id: str  # the run the model version was logged to (export logs to the training run)
+    run_id: str | None  # the run the model version was logged to (export logs to the training run; None: no run)
     sha256: str  # recorded at export; the file at ``path`` has it
     path: Path  # the verified local copy
     downloaded: bool  # False: served from the cache
@@ -112,12 +113,14 @@ def _pull(
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):  # it names the cache file, too
         raise RegistryError(f"{uri}: its {SHA256_TAG} tag {sha256[:80]!r} is not a SHA-256 (64 hex digits)")
     number = int(model_version.version)
-    found = dict(uri=uri, name=name, version=number, run_id=model_version.run_id, sha256=sha256)
+    found = functools.partial(
+        RegisteredPolicy, uri=uri, name=name, version=number, run_id=model_version.run_id, sha256=sha256
+    )
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cached = cache / f"{sha256}.onnx"
     if cached.is_file() and sha256_hex(cached.read_bytes()) == sha256:
-        return RegisteredPolicy(**found, path=cached, downloaded=False)
+        return found(path=cached, downloaded=False)
 
     where = f"{uri} (version {number} at {tracking_uri})"
     with tempfile.TemporaryDirectory(prefix="entropilot-pull-") as tmp:
@@ -145,7 +148,7 @@ def _pull(
         os.replace(staged, cached)
     finally:
         staged.unlink(missing_ok=True)
-    return RegisteredPolicy(**found, path=cached, downloaded=True)
+    return found(path=cached, downloaded=True)
 
 
 def check_registry_names(name: str | None, alias: str | None) -> None:

@@ -22,6 +22,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,11 @@ from entropilot.vehicle.frames import (
     quaternion_from_rotation,
     rotation_ned_from_world,
 )
+
+if TYPE_CHECKING:
+    from pymavlink import mavutil
+
+    from entropilot.deploy.links.base import Telemetry
 
 __all__ = ["MavlinkSitl", "SitlEvent", "check_sitl"]
 
@@ -57,7 +63,9 @@ def check_sitl(
         validate_env_kwargs(env_id, _env_kwargs(env_kwargs, rate_hz))
     except ValueError as err:
         start = (env_kwargs or {}).get("start_low")
-        raise InputError(*(("--start", start) if start else ("--env", env_id)), str(err)) from None
+        if start:
+            raise InputError("--start", start, str(err)) from None
+        raise InputError("--env", env_id, str(err)) from None
     resolvable_host(host, "--host")
     free_udp_port(host, port, "--port")
 
@@ -116,7 +124,7 @@ class MavlinkSitl:
         self.setpoints_received = 0
         self.mode = "hold"
         self.armed = False
-        self._conn = None
+        self._conn: mavutil.mavfile | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
@@ -170,7 +178,7 @@ class MavlinkSitl:
 
     @property
     def landed(self) -> bool:
-        return self.vehicle.read_telemetry().landed
+        return self._telemetry().landed
 
     def now(self) -> float:
         return time.monotonic() - self._t0
@@ -194,8 +202,9 @@ class MavlinkSitl:
     def tick(self) -> None:
         """One period: messages in, state machine, physics, telemetry out."""
         now = self.now()
+        conn = self._connection()
         while True:
-            msg = self._conn.recv_match(blocking=False)
+            msg = conn.recv_match(blocking=False)
             if msg is None:
                 break
             self._handle(msg, now)
@@ -219,7 +228,7 @@ class MavlinkSitl:
             if msg.target_system not in (0, self.system_id):
                 return
             result = self._command(msg, now)
-            self._conn.mav.command_ack_send(msg.command, result)
+            self._connection().mav.command_ack_send(msg.command, result)
         elif kind == "SET_MODE":
             if msg.target_system == self.system_id:
                 self._set_mode(msg.custom_mode, now)
@@ -261,8 +270,9 @@ class MavlinkSitl:
             return mav.MAV_RESULT_UNSUPPORTED
         if name == "offboard":
             streaming = self._last_setpoint is not None and now - self._last_setpoint <= self.setpoint_timeout_s
-            if not streaming or now - self._stream_since < self.offboard_warmup_s - 1e-3:
-                have = 0.0 if not streaming else now - self._stream_since
+            # A stream starts with its first setpoint: _stream_since is set whenever _last_setpoint is.
+            have = now - self._stream_since if streaming and self._stream_since is not None else 0.0
+            if not streaming or have < self.offboard_warmup_s - 1e-3:
                 self._event(
                     now,
                     "rejected",
@@ -326,11 +336,12 @@ class MavlinkSitl:
         from pymavlink import mavutil
 
         mav = mavutil.mavlink
-        t = self.vehicle.read_telemetry()
+        t = self._telemetry()
         boot_ms = int(now * 1000) & 0xFFFFFFFF
         base = mav.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED | (mav.MAV_MODE_FLAG_SAFETY_ARMED if self.armed else 0)
-        out = self._conn.mav
-        if not getattr(self._conn, "clients", None) and self._conn.last_address is None:
+        conn = self._connection()
+        out = conn.mav
+        if not getattr(conn, "clients", None) and conn.last_address is None:
             return  # nobody has spoken to us yet: nowhere to send
         try:
             out.heartbeat_send(
@@ -359,7 +370,17 @@ class MavlinkSitl:
             pass  # the peer went away; keep flying on our own
 
     def _event(self, now: float, kind: str, detail: str) -> None:
-        self.events.append(SitlEvent(now, kind, detail, tuple(float(x) for x in self.position)))
+        x, y, z = map(float, self.position)
+        self.events.append(SitlEvent(now, kind, detail, (x, y, z)))
+
+    def _connection(self) -> mavutil.mavfile:
+        assert self._conn is not None, "open() first"
+        return self._conn
+
+    def _telemetry(self) -> Telemetry:
+        telemetry = self.vehicle.read_telemetry()
+        assert telemetry is not None, "open() first"  # a connected SimLink always has a state
+        return telemetry
 
 
 def serve(port: int, host: str = "127.0.0.1", *, duration_s: float | None = None, echo=print, **kwargs) -> MavlinkSitl:

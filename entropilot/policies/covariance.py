@@ -88,6 +88,16 @@ def centered_covariance(score: Tensor, advantages: Tensor, valid: Tensor) -> Ten
     return torch.where(valid, covariance, torch.full_like(covariance, -math.inf))
 
 
+def _covariance_of(logp: Tensor, joint_logp: Tensor, score: Tensor | None) -> Tensor:
+    """What is correlated with the advantage: the score [N, d] of a per-dimension `logp` [N, d], else the joint
+    log-probability [N]."""
+    if logp.dim() != 2:
+        return joint_logp
+    if score is None:
+        raise ValueError(f"a per-dimension logp {list(logp.shape)} needs its score [N, d] (-z^2/2)")
+    return score
+
+
 def clip_cov_loss(
     logp: Tensor,
     logp_old: Tensor,
@@ -103,7 +113,7 @@ def clip_cov_loss(
     joint_logp = logp.sum(-1) if per_dimension else logp
     ratio = torch.exp(joint_logp - logp_old)
     ppo_clipped = _ppo_clipped(ratio, advantages, clip_param) & valid
-    covariance = centered_covariance(score if per_dimension else joint_logp, advantages, valid)
+    covariance = centered_covariance(_covariance_of(logp, joint_logp, score), advantages, valid)
     eligible = valid & ~ppo_clipped
     if per_dimension:
         eligible = eligible.unsqueeze(-1)
@@ -130,7 +140,7 @@ def kl_cov_loss(
     joint = logp.sum(-1) if per_dimension else logp
     joint_old = logp_old.sum(-1) if per_dimension else logp_old
     losses = -advantages * torch.exp(joint - joint_old)
-    covariance = centered_covariance(score if per_dimension else joint, advantages, valid)
+    covariance = centered_covariance(_covariance_of(logp, joint, score), advantages, valid)
     top = torch.topk(covariance.reshape(-1), _num_selected(settings.fraction, covariance)).indices
     selected = torch.zeros(covariance.numel(), dtype=torch.bool, device=covariance.device)
     selected[top] = True

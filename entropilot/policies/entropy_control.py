@@ -238,9 +238,9 @@ class EntropyCoefficientController:
             self._num_ignored += 1
             return self._coef
         self._num_updates += 1
-        if self._mode == "fixed":
+        if self._schedule is None:  # a fixed coefficient: nothing to follow
             return self._coef
-        error = self.target(env_steps) - measured
+        error = self._schedule(env_steps) - measured
         self._last_error = error
         integral = self._integral + self._gain * error
         if self._mode == "lower_bound":

@@ -44,8 +44,9 @@ def measure_range(measure: str, action_space: gym.spaces.Space) -> tuple[float, 
     `gaussian` in d * [1.42 - 20, 1.42 + 20] (RLlib's log-std clip). Discrete(K): [0, log K], MultiDiscrete:
     the sum over its components (a categorical policy's entropy, whatever `measure` says).
     """
-    if entropy_key(measure, action_space) == CATEGORICAL:
-        return 0.0, float(sum(math.log(k) for k in categorical_sizes(action_space)))
+    sizes = categorical_sizes(action_space)
+    if entropy_key(measure, action_space) == CATEGORICAL and sizes is not None:  # (the key refuses a bad measure)
+        return 0.0, float(sum(math.log(k) for k in sizes))
     if isinstance(action_space, gym.spaces.Box):
         dims = math.prod(action_space.shape)
         if measure == "effective":

@@ -2,6 +2,7 @@
 bound, signed tracker, fixed) or the policy's std (a schedule); optionally Clip-Cov / KL-Cov."""
 
 import math
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -105,14 +106,14 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         self._mode = control.pop("mode", "lower_bound") if control else None
         if self._mode is not None and self._mode not in CONTROL_MODES:
             raise ValueError(f"entropy_control.mode must be one of {CONTROL_MODES}; got {self._mode!r}")
-        self._sigma = None
+        self._sigma: Schedule | None = None
         if self._mode == "sigma_schedule":
             self._sigma = Schedule(control.pop("sigma"), "sigma")
             control = {"target": None, "mode": "fixed", "initial_coef": 0.0}
-            self._set_log_std(0)
+            self._set_log_std(self._sigma(0))
         elif self._mode is not None:
             control["mode"] = self._mode
-        self._live_settings = {}
+        self._live_settings: dict[str, Any] = {}
         if self._mode is not None:
             # Replaces PPOLearner's per-module Scheduler dict; the loss and the PPO hook use it as-is.
             self.entropy_coeff_schedulers_per_module = LambdaDefaultDict(
@@ -125,9 +126,9 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         if self._cov is not None and self._cov.per_dimension and others:
             raise ValueError(
                 f"covariance_control per_dimension scores a Gaussian's action dims; module {others[0]!r} acts on "
-                f"{self.module[others[0]].unwrapped().action_space} (use per_dimension=False)"
+                f"{self._action_space(others[0])} (use per_dimension=False)"
             )
-        self._sums = {}
+        self._sums: dict[str, torch.Tensor] = {}
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
@@ -152,13 +153,13 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
                     self.metrics.log_value((module_id, f"{key}_dim{i}"), part, window=1)
             if self._mode is None:
                 continue
-            controller = self.entropy_coeff_schedulers_per_module[module_id].controller
-            measured = means[entropy_key(self._measure, self.module[module_id].unwrapped().action_space)]
+            controller = self._controller(module_id)
+            measured = means[entropy_key(self._measure, self._action_space(module_id))]
             controller.update(measured.sum().item(), env_steps)
             if controller.target(env_steps) is not None:
                 self.metrics.log_value((module_id, "entropy_target"), controller.target(env_steps), window=1)
         if self._sigma is not None:
-            self._set_log_std(env_steps)
+            self._set_log_std(self._sigma(env_steps))
             for module_id in self._gaussian_module_ids():
                 self.metrics.log_value((module_id, "sigma_target"), self._sigma(env_steps), window=1)
         # PPO's hook now reads the new coefficient via `ControlledEntropyCoefficient.update()`.
@@ -181,7 +182,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             # Touching each module creates its controller, so none misses the change; the first retune
             # checks the settings before any controller changes (they all get the same ones).
             for module_id in sorted(self.module.keys()):
-                self.entropy_coeff_schedulers_per_module[module_id].controller.retune(**settings)
+                self._controller(module_id).retune(**settings)
         self._live_settings = {**self._live_settings, **settings}
 
     def get_state(self, components=None, *, not_components=None, **kwargs):
@@ -208,7 +209,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             else:
                 self._live_settings = live
             for module_id, controller_state in state[CONTROLLER_STATE].items():
-                self.entropy_coeff_schedulers_per_module[module_id].controller.load_state_dict(controller_state)
+                self._controller(module_id).load_state_dict(controller_state)
         if self._cov_rng is not None and COVARIANCE_RNG_STATE in state:
             self._cov_rng.set_state(state[COVARIANCE_RNG_STATE])
 
@@ -218,12 +219,21 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             controller.retune(**self._live_settings)
         return controller
 
+    def _controller(self, module_id) -> EntropyCoefficientController:
+        scheduler = self.entropy_coeff_schedulers_per_module[module_id]
+        # RLlib types the dict as its Scheduler's; build() filled it with ours.
+        assert isinstance(scheduler, ControlledEntropyCoefficient)
+        return scheduler.controller
+
+    def _action_space(self, module_id) -> gym.spaces.Space:
+        action_space = self.module[module_id].unwrapped().action_space
+        assert action_space is not None  # RLModule types it Optional; a learner's modules are built with their spaces
+        return action_space
+
     def _gaussian_module_ids(self) -> list:
         """Modules with Box actions, i.e. a diagonal-Gaussian policy, sorted."""
         return sorted(
-            module_id
-            for module_id in self.module.keys()
-            if isinstance(self.module[module_id].unwrapped().action_space, gym.spaces.Box)
+            module_id for module_id in self.module.keys() if isinstance(self._action_space(module_id), gym.spaces.Box)
         )
 
     def _measured_module_ids(self) -> list:
@@ -234,7 +244,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
     def _stats(self, module_id) -> tuple[tuple[str, ...], int] | None:
         """The names averaged per update for a module's policy and how many columns each has (action dims or
         sub-actions); None for a policy we do not measure."""
-        action_space = self.module[module_id].unwrapped().action_space
+        action_space = self._action_space(module_id)
         sizes = categorical_sizes(action_space)
         if sizes is not None:
             return _CATEGORICAL_STATS, len(sizes)
@@ -242,16 +252,22 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             return _GAUSSIAN_STATS, math.prod(action_space.shape)
         return None
 
-    def _set_log_std(self, env_steps: float) -> None:
-        """sigma_schedule: put log sigma(env_steps) into every Gaussian module's free log-std parameter."""
+    def _measured_stats(self, module_id) -> tuple[tuple[str, ...], int]:
+        stats = self._stats(module_id)
+        assert stats is not None, f"module {module_id!r} is not one whose entropy is measured"
+        return stats
+
+    def _set_log_std(self, sigma: float) -> None:
+        """sigma_schedule: put log sigma into every Gaussian module's free log-std parameter."""
         others = sorted(set(self.module.keys()) - set(self._gaussian_module_ids()))
         if others:
             raise ValueError(
                 f"entropy_control mode sigma_schedule sets a Gaussian's std; module {others[0]!r} acts on "
-                f"{self.module[others[0]].unwrapped().action_space} (no Gaussian)"
+                f"{self._action_space(others[0])} (no Gaussian)"
             )
         for module_id in self._gaussian_module_ids():
-            log_std = getattr(self.module[module_id].unwrapped().pi, "log_std", None)
+            pi = self.module[module_id].unwrapped().pi  # type: ignore[attr-defined]  # PPO's, undeclared by RLModule
+            log_std = getattr(pi, "log_std", None)
             if not isinstance(log_std, torch.nn.Parameter):
                 raise ValueError(
                     f"entropy_control mode sigma_schedule sets a free log std; module {module_id!r} has a "
@@ -259,16 +275,16 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
                 )
             log_std.requires_grad_(False)
             with torch.no_grad():
-                log_std.fill_(math.log(self._sigma(env_steps)))
+                log_std.fill_(math.log(sigma))
 
     def _accumulate(self, module_id, dist_inputs, actions, mask) -> None:
-        action_space = self.module[module_id].unwrapped().action_space
+        action_space = self._action_space(module_id)
         stats = measured_entropies(dist_inputs, action_space, self.config.normalize_actions)
         if isinstance(action_space, gym.spaces.Box):
             bounds = policy_bounds(action_space, self.config.normalize_actions)
             low, high = (bound.to(actions.device) for bound in bounds)
             stats["clipped"] = ((actions < low) | (actions > high)).to(dist_inputs.dtype)
-        rows = torch.cat([stats[name] for name in self._stats(module_id)[0]], dim=-1)
+        rows = torch.cat([stats[name] for name in self._measured_stats(module_id)[0]], dim=-1)
         if mask is not None:
             rows = rows[mask]
         sums = torch.cat([rows.sum(0), rows.new_tensor([rows.shape[0]])])
@@ -280,7 +296,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         if _num_learner_processes() > 1:
             # Every learner must call all_reduce the same number of times, in the same order.
             for module_id in self._measured_module_ids():
-                names, dims = self._stats(module_id)
+                names, dims = self._measured_stats(module_id)
                 local = sums.get(module_id, torch.zeros(len(names) * dims + 1, device=self._device))
                 torch.distributed.all_reduce(local)
                 sums[module_id] = local
@@ -288,7 +304,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
         for module_id, total in sums.items():
             count = total[-1].item()
             if count > 0:
-                names = self._stats(module_id)[0]
+                names = self._measured_stats(module_id)[0]
                 means[module_id] = dict(zip(names, (total[:-1] / count).cpu().chunk(len(names))))
         return means
 

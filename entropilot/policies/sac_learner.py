@@ -26,5 +26,6 @@ class ResumableSACLearner(SACTorchLearner):
         super().set_state(state)
         for module_id, value in state.get(LOG_ALPHA_STATE, {}).items():
             log_alpha = self.curr_log_alpha[module_id]
+            assert isinstance(log_alpha, torch.Tensor)  # RLlib types it for any framework; the torch learner's
             with torch.no_grad():
                 log_alpha.copy_(torch.as_tensor(value, dtype=log_alpha.dtype))

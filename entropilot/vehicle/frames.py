@@ -65,9 +65,9 @@ def quaternion_from_rotation(rotation) -> np.ndarray:
     else:
         s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
         q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[0] < 0 else q
+    quaternion = np.array(q)
+    quaternion /= np.linalg.norm(quaternion)
+    return -quaternion if quaternion[0] < 0 else quaternion
 
 
 def rotation_from_euler(roll: float, pitch: float, yaw: float) -> np.ndarray:

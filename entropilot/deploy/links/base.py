@@ -10,7 +10,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 
@@ -210,13 +210,15 @@ def ctbr_hover_action(airframe: str = "cf2x") -> list[float]:
 
 
 class CtbrVehicleLink(VehicleLink):
-    """A real vehicle flown by collective thrust + body rates (MAVLink, Crazyflie): the settings an exported ctbr
-    policy fixes (control rate, body-rate scale, the airframe's hover action) and the wall clock by default."""
+    """A real vehicle flown by collective thrust + body rates (MAVLink, Crazyflie) at ``address`` (in its link
+    library's syntax): the settings an exported ctbr policy fixes (control rate, body-rate scale, the airframe's
+    hover action) and the wall clock by default."""
 
     action_mode = "ctbr"
     link_name = "ctbr"  # as error messages name the link
 
-    def __init__(self, *, control_hz: int, max_body_rate: float, hover_action, clock: Clock | None):
+    def __init__(self, address: str, *, control_hz: int, max_body_rate: float, hover_action, clock: Clock | None):
+        self.address = address
         self.control_hz = int(control_hz)
         self.max_body_rate = float(max_body_rate)
         if hover_action is None:  # the Crazyflie's: thrust balancing the weight, no rotation
@@ -225,7 +227,7 @@ class CtbrVehicleLink(VehicleLink):
         self.clock: Clock = clock if clock is not None else WallClock()
 
     @classmethod
-    def from_policy_metadata(cls, metadata: dict[str, Any], address: str, **kwargs):
+    def from_policy_metadata(cls, metadata: dict[str, Any], address: str, **kwargs) -> Self:
         """The link at ``address`` that an exported policy needs: its control rate, body-rate scale and airframe's
         hover thrust. Raises LinkError for a policy of another action mode."""
         if metadata["action_mode"] != "ctbr":

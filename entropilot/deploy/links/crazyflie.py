@@ -130,8 +130,8 @@ def telemetry_from_log(
     values: dict[str, float], timestamp: float, *, armed: bool = False, mode: str = "unknown", landed: bool = False
 ) -> Telemetry:
     """Log values (the names in LOG_POSITION + LOG_ATTITUDE, in the Crazyflie's units) -> Telemetry (ours)."""
-    position = [values[f"stateEstimate.{k}"] for k in ("x", "y", "z")]
-    velocity = [values[f"stateEstimate.{k}"] for k in ("vx", "vy", "vz")]
+    position = np.array([values[f"stateEstimate.{k}"] for k in ("x", "y", "z")])
+    velocity = np.array([values[f"stateEstimate.{k}"] for k in ("vx", "vy", "vz")])
     rotation = rotation_from_stabilizer(values["stabilizer.roll"], values["stabilizer.pitch"], values["stabilizer.yaw"])
     rates = np.radians([values["gyro.x"], values["gyro.y"], values["gyro.z"]])
     return Telemetry(timestamp, position, velocity, rotation, rates, armed, mode, landed)
@@ -169,8 +169,9 @@ class CrazyflieLink(CtbrVehicleLink):
         resend_s: float = 1.0,
         wait_for_telemetry: bool = True,
     ):
-        super().__init__(control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock)
-        self.uri = uri
+        super().__init__(
+            uri, control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock
+        )
         self.use_high_level = bool(use_high_level)
         self.log_period_ms = int(log_period_ms)
         self.telemetry_timeout_s = float(telemetry_timeout_s)
@@ -204,7 +205,7 @@ class CrazyflieLink(CtbrVehicleLink):
     # ---- VehicleLink --------------------------------------------------------------------
     def connect(self) -> None:
         if self._given_cf is None:
-            check_uri(self.uri)
+            check_uri(self.address)
         crtp, Crazyflie, LogConfig = _cflib()
         self.close()
         self._reset_state()
@@ -214,9 +215,14 @@ class CrazyflieLink(CtbrVehicleLink):
             crtp.init_drivers()
             self.cf, self._owns_cf = Crazyflie(rw_cache="./cache"), True
             ready, failed = threading.Event(), []
+
+            def on_failure(uri: str, msg: str) -> None:
+                failed.append(msg)
+                ready.set()
+
             self.cf.fully_connected.add_callback(lambda uri: ready.set())
-            self.cf.connection_failed.add_callback(lambda uri, msg: (failed.append(msg), ready.set()))
-            self.cf.open_link(self.uri)
+            self.cf.connection_failed.add_callback(on_failure)
+            self.cf.open_link(self.address)
             if not ready.wait(self.connect_timeout_s) or failed:
                 self.close()
                 # cflib's message carries a whole traceback: its first line says what failed.
@@ -225,13 +231,13 @@ class CrazyflieLink(CtbrVehicleLink):
                     if failed
                     else f"not connected within {self.connect_timeout_s:g} s"
                 )
-                raise LinkError(f"cannot connect to the Crazyflie at {self.uri}: {why}")
+                raise LinkError(f"cannot connect to the Crazyflie at {self.address}: {why}")
         self._connected = True
         try:
             self._start_logging(LogConfig)
         except Exception as err:  # cflib raises KeyError / AttributeError / plain Exception
             self.close()
-            raise LinkError(f"cannot set up the Crazyflie at {self.uri}: {err}") from err
+            raise LinkError(f"cannot set up the Crazyflie at {self.address}: {err}") from err
         if not self.wait_for_telemetry:
             return
         deadline = self.clock.now() + self.connect_timeout_s
@@ -240,7 +246,7 @@ class CrazyflieLink(CtbrVehicleLink):
                 return
             self.clock.sleep(0.02)
         self.close()
-        raise LinkError(f"no state estimate from the Crazyflie at {self.uri} within {self.connect_timeout_s:g} s")
+        raise LinkError(f"no state estimate from the Crazyflie at {self.address} within {self.connect_timeout_s:g} s")
 
     def read_telemetry(self) -> Telemetry | None:
         with self._lock:
@@ -271,7 +277,7 @@ class CrazyflieLink(CtbrVehicleLink):
         try:
             self._unlock()
         except Exception as err:
-            raise LinkError(f"sending to {self.uri} failed: {err}") from err
+            raise LinkError(f"sending to {self.address} failed: {err}") from err
         with self._lock:
             if self._mode == "stopped":
                 self._mode = "idle"
@@ -292,7 +298,7 @@ class CrazyflieLink(CtbrVehicleLink):
                 self.cf.high_level_commander.stop()
             self.cf.commander.send_stop_setpoint()
         except Exception as err:
-            raise LinkError(f"sending to {self.uri} failed: {err}") from err
+            raise LinkError(f"sending to {self.address} failed: {err}") from err
         with self._lock:
             self._mode, self._streaming = "stopped", False
 
@@ -364,7 +370,7 @@ class CrazyflieLink(CtbrVehicleLink):
             self._unlock()
             self.cf.commander.send_setpoint(roll, pitch, yawrate, int(thrust))
         except Exception as err:
-            raise LinkError(f"sending to {self.uri} failed: {err}") from err
+            raise LinkError(f"sending to {self.address} failed: {err}") from err
         self._streaming = True
         self.setpoints_sent += 1
 
@@ -379,11 +385,12 @@ class CrazyflieLink(CtbrVehicleLink):
         if entering:
             if "stateEstimate.x" not in values:
                 raise LinkError(f"cannot {mode}: no state estimate yet")
-            target = np.array([values[f"stateEstimate.{k}"] for k in ("x", "y", "z")])
+            here = np.array([values[f"stateEstimate.{k}"] for k in ("x", "y", "z")])
             with self._lock:
-                self._mode, self._mode_target, self._mode_since = mode, target, now
+                self._mode, self._mode_target, self._mode_since = mode, here, now
                 self._last_request = -math.inf
         target, since = self._mode_target, self._mode_since
+        assert target is not None  # set (above, now or on an earlier call) whenever _mode is hold or land
         yaw = math.radians(values.get("stabilizer.yaw", 0.0))
         try:
             if self._streaming and self.use_high_level:
@@ -407,11 +414,11 @@ class CrazyflieLink(CtbrVehicleLink):
                 self.cf.commander.send_position_setpoint(float(target[0]), float(target[1]), z, math.degrees(yaw))
                 self._streaming = True
         except Exception as err:
-            raise LinkError(f"sending to {self.uri} failed: {err}") from err
+            raise LinkError(f"sending to {self.address} failed: {err}") from err
 
     def _require_connection(self) -> None:
         if self.cf is None or not self._connected:
             raise LinkError("not connected")
 
     def __repr__(self) -> str:
-        return f"CrazyflieLink({self.uri!r}, control_hz={self.control_hz}, max_body_rate={self.max_body_rate:g})"
+        return f"CrazyflieLink({self.address!r}, control_hz={self.control_hz}, max_body_rate={self.max_body_rate:g})"

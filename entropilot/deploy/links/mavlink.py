@@ -147,8 +147,9 @@ class MavlinkLink(CtbrVehicleLink):
         resend_s: float = 0.5,
         clock: Clock | None = None,
     ):
-        super().__init__(control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock)
-        self.connection_string = connection
+        super().__init__(
+            connection, control_hz=control_hz, max_body_rate=max_body_rate, hover_action=hover_action, clock=clock
+        )
         self.target_system, self.target_component = int(target_system), int(target_component)
         self.source_system, self.source_component = int(source_system), int(source_component)
         self.telemetry_timeout_s = float(telemetry_timeout_s)
@@ -157,7 +158,7 @@ class MavlinkLink(CtbrVehicleLink):
         self.offboard_warmup_s = float(offboard_warmup_s)
         self.resend_s = float(resend_s)
         self.setpoints_sent = 0
-        self._conn = None
+        self._conn: mavutil.mavfile | None = None
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
@@ -165,7 +166,9 @@ class MavlinkLink(CtbrVehicleLink):
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._position = self._velocity = self._quaternion = None
+        self._position: np.ndarray | None = None
+        self._velocity: np.ndarray | None = None
+        self._quaternion: np.ndarray | None = None
         self._rates: np.ndarray | None = None
         self._position_rx: float | None = None
         self._heartbeat_rx: float | None = None
@@ -178,16 +181,16 @@ class MavlinkLink(CtbrVehicleLink):
 
     # ---- VehicleLink --------------------------------------------------------------------
     def connect(self) -> None:
-        check_connection(self.connection_string)
+        check_connection(self.address)
         self.close()
         self._reset_state()
         self._stop.clear()
         try:
             self._conn = mavutil.mavlink_connection(
-                self.connection_string, source_system=self.source_system, source_component=self.source_component
+                self.address, source_system=self.source_system, source_component=self.source_component
             )
         except OSError as err:
-            raise LinkError(f"cannot open {self.connection_string}: {err}") from err
+            raise LinkError(f"cannot open {self.address}: {err}") from err
         self._threads = [
             threading.Thread(target=self._receive_loop, name="mavlink-rx", daemon=True),
             threading.Thread(target=self._heartbeat_loop, name="mavlink-heartbeat", daemon=True),
@@ -202,8 +205,7 @@ class MavlinkLink(CtbrVehicleLink):
             time.sleep(0.02)
         self.close()
         raise LinkError(
-            f"no HEARTBEAT and state estimate from the vehicle on {self.connection_string} "
-            f"within {self.connect_timeout_s:g} s"
+            f"no HEARTBEAT and state estimate from the vehicle on {self.address} within {self.connect_timeout_s:g} s"
         )
 
     def read_telemetry(self) -> Telemetry | None:
@@ -230,7 +232,7 @@ class MavlinkLink(CtbrVehicleLink):
             raise LinkError(f"refusing action {action.tolist()}: need 4 finite numbers")
         with self._lock:
             mode, since, heard = self._mode, self._offboard_since, self._heartbeat_rx
-        if since is not None and mode != "offboard" and heard > since:
+        if since is not None and heard is not None and mode != "offboard" and heard > since:
             raise LinkError(f"the vehicle left offboard on its own (now in {mode}): its failsafe has control")
         self._send_setpoint(action)
 
@@ -378,16 +380,18 @@ class MavlinkLink(CtbrVehicleLink):
         self.setpoints_sent += 1
 
     def _send(self, write) -> None:
-        self._require_connection()
+        conn = self._require_connection()  # once: close() on another thread may clear self._conn meanwhile
         with self._send_lock:
             try:
-                write(self._conn.mav)
+                write(conn.mav)
             except OSError as err:
-                raise LinkError(f"sending on {self.connection_string} failed: {err}") from err
+                raise LinkError(f"sending on {self.address} failed: {err}") from err
 
-    def _require_connection(self) -> None:
-        if self._conn is None:
+    def _require_connection(self) -> mavutil.mavfile:
+        conn = self._conn
+        if conn is None:
             raise LinkError("not connected")
+        return conn
 
     # ---- threads -------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -411,6 +415,7 @@ class MavlinkLink(CtbrVehicleLink):
     def _receive_loop(self) -> None:
         mav = mavutil.mavlink
         conn = self._conn
+        assert conn is not None, "connect() opens the connection before it starts this thread"
         while not self._stop.is_set():
             try:
                 msg = conn.recv_match(blocking=True, timeout=0.05)
@@ -444,7 +449,4 @@ class MavlinkLink(CtbrVehicleLink):
                     self._acks[msg.command] = (msg.result, now)
 
     def __repr__(self) -> str:
-        return (
-            f"MavlinkLink({self.connection_string!r}, control_hz={self.control_hz}, "
-            f"max_body_rate={self.max_body_rate:g})"
-        )
+        return f"MavlinkLink({self.address!r}, control_hz={self.control_hz}, max_body_rate={self.max_body_rate:g})"
