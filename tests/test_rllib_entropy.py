@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import ray
 import torch
-from conftest import RAY_TEST_INIT
+from conftest import RAY_TEST_INIT, rllib_settings
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -29,15 +29,23 @@ pytestmark = pytest.mark.integration  # every test here runs under the module's 
 
 MODULE = "default_policy"
 BATCH = 256
-PPO = dict(
+# Pendulum-v1, with the settings these tests were measured with where the schema's defaults differ: one env per
+# runner (a 256-step batch then holds whole 200-step episodes), a state-dependent log std, and no entropy controller
+# unless a test sets one.
+PPO = rllib_settings(
+    {
+        "model.hidden": [32, 32],
+        "algorithm.train_batch_size": BATCH,
+        "algorithm.minibatch_size": 128,
+        "algorithm.num_epochs": 1,
+        "resources.num_env_runners": 1,
+        "resources.envs_per_runner": 1,
+        "resources.num_cpus_per_env_runner": 0.5,
+        "model.free_log_std": False,
+        "entropy.control.enabled": False,
+    },
     env="Pendulum-v1",
-    hidden_sizes=(32, 32),
-    train_batch_size=BATCH,
-    minibatch_size=128,
-    num_epochs=1,
-    num_env_runners=1,
-    num_cpus_per_env_runner=0.5,
-    seed=0,
+    env_config={},
 )
 # A minimum far above Pendulum's ~1.4 nats: the lower-bound controller must raise the coefficient every iteration.
 CONTROL = {"measure": "gaussian", "target": 10.0, "initial_coef": 0.1, "coef_max": 10.0, "gain": 0.5}
@@ -50,6 +58,11 @@ def ray_cluster():
     ray.init(**RAY_TEST_INIT)
     yield
     ray.shutdown()
+
+
+def build(settings: dict, **changes) -> Algorithm:
+    """`build_algorithm` of ``settings`` with ``changes`` replacing some of them."""
+    return build_algorithm(**{**settings, **changes})
 
 
 def on_learners(algo, fn):
@@ -86,7 +99,7 @@ def coefficient_used(previous, current, vf_loss_coeff):
 
 @pytest.fixture(scope="module")
 def controlled_ppo():
-    algo = build_algorithm(**PPO, entropy_control=CONTROL)
+    algo = build(PPO, entropy_control=CONTROL)
     results = [algo.train()["learners"][MODULE] for _ in range(3)]
     yield algo, results
     algo.stop()
@@ -158,7 +171,7 @@ def test_observation_filter_stats_after_training_and_restore(controlled_ppo, res
 
 
 def test_no_filter_no_stats():
-    algo = build_algorithm(**PPO, normalize_observations=False)
+    algo = build(PPO, normalize_observations=False)
     try:
         assert observation_filter_stats(algo) is None
     finally:
@@ -169,7 +182,7 @@ def test_learners_share_the_averaged_entropy():
     """Two learners see different shards; all-reduced entropy keeps their controllers identical."""
     control = {**CONTROL, "measure": "effective"}
     # The module fixtures hold 1 of the 2 CPUs; a learner asking for a whole one would wait forever.
-    algo = build_algorithm(**PPO, num_learners=2, num_cpus_per_learner=0.25, entropy_control=control)
+    algo = build(PPO, num_learners=2, num_cpus_per_learner=0.25, entropy_control=control)
     try:
         entropy_aware_init(algo, threshold=1e9, max_draws=2, rollout_steps=100)
         first, second = on_learners(algo, lambda lrn: lrn.module[MODULE].unwrapped().get_state())
@@ -185,7 +198,7 @@ def test_learners_share_the_averaged_entropy():
 
 @pytest.fixture(scope="module", params=SAMPLERS)
 def fresh_ppo(request):
-    algo = build_algorithm(**PPO, sampler=request.param)
+    algo = build(PPO, sampler=request.param)
     yield algo
     algo.stop()
 
@@ -237,7 +250,7 @@ def test_arms_are_paired_when_the_init_keeps_draw_0():
     seeds, and the init's sampling leaves no trace in any random stream."""
 
     def first_iteration(init):
-        algo = build_algorithm(**PPO)
+        algo = build(PPO)
         try:
             init(algo)
             result = algo.train()["learners"][MODULE]
@@ -258,7 +271,7 @@ def test_arms_are_paired_when_the_init_keeps_draw_0():
 def test_a_threshold_sweep_moves_the_kept_entropy_and_the_acceptance_rate():
     """In an init family whose weights matter (a state-dependent log-std head, gain 8), the threshold decides what
     the init keeps: from draw 0 (every draw clears) to the best of the search (none clears), over 1 nat apart."""
-    algo = build_algorithm(**PPO, free_log_std=False)
+    algo = build(PPO, free_log_std=False)
     family = InitFamily(output_gain=8.0, initial_std=0.3)
     try:
         searches = [
@@ -298,7 +311,7 @@ def test_a_threshold_sweep_moves_the_kept_entropy_and_the_acceptance_rate():
     ids=["fixed", "sigma_schedule"],
 )
 def test_fixed_coefficient_and_sigma_schedule(control, tmp_path):
-    algo = build_algorithm(**PPO, free_log_std=True, entropy_control=control)
+    algo = build(PPO, free_log_std=True, entropy_control=control)
 
     def learner_log_std():
         return on_learners(algo, lambda lrn: lrn.module[MODULE].unwrapped().pi.log_std.detach().tolist())[0]
@@ -332,7 +345,7 @@ def test_entropy_init_measures_the_same_through_both_samplers():
     """Same seeds, same weights, same action noise: the bulk runner's rollouts give the stock runner's entropies."""
     results = {}
     for sampler in SAMPLERS:
-        algo = build_algorithm(**PPO, sampler=sampler)
+        algo = build(PPO, sampler=sampler)
         try:
             results[sampler] = entropy_aware_init(algo, threshold=1e9, weight_seed=3, max_draws=2, rollout_steps=300)
         finally:
@@ -344,7 +357,7 @@ def test_entropy_init_measures_the_same_through_both_samplers():
 
 def test_restoring_an_older_checkpoint_into_a_running_algo(tmp_path):
     """RLlib 2.60: the learner takes the old weights, the remote runner (higher seq no) ignores them."""
-    algo = build_algorithm(**PPO, lr=1e-2)
+    algo = build(PPO, lr=1e-2)
     try:
         algo.train()
         older = algo.save_to_path(tmp_path / "older")
@@ -358,21 +371,24 @@ def test_restoring_an_older_checkpoint_into_a_running_algo(tmp_path):
         algo.stop()
 
 
-SAC = dict(
-    algorithm="SAC",
+SAC = rllib_settings(
+    {
+        "algorithm.name": "SAC",
+        "model.hidden": [32, 32],
+        "algorithm.lr": 1e-2,
+        "algorithm.train_batch_size": 32,
+        "algorithm.learning_starts": 32,
+        "resources.num_env_runners": 0,
+        "resources.envs_per_runner": 1,  # as measured (the schema's default is 4)
+    },
     env="Pendulum-v1",
-    hidden_sizes=(32, 32),
-    lr=1e-2,
-    train_batch_size=32,
-    learning_starts=32,
-    num_env_runners=0,
-    seed=0,
+    env_config={},
 )
 
 
 @pytest.mark.parametrize("stock", [True, False], ids=["stock-rllib", "resumable"])
 def test_sac_temperature_after_restore(stock, tmp_path):
-    algo = build_algorithm(**SAC, learner_class=SACTorchLearner if stock else None)
+    algo = build(SAC, learner_class=SACTorchLearner if stock else None)
     restored = None
     try:
         algo.train()
@@ -433,7 +449,7 @@ CARTPOLE = {**PPO, "env": "CartPole-v1"}  # Discrete(2): a categorical head, at 
 def test_a_categorical_policy_goes_through_the_same_measure_and_controller():
     # The configured measure is the effective one; a categorical policy has one entropy, which the controller reads.
     control = {"measure": "effective", "target": math.log(2), "gain": 0.5}  # the default mode: lower_bound
-    algo = build_algorithm(**CARTPOLE, entropy_control=control)
+    algo = build(CARTPOLE, entropy_control=control)
     try:
         results = [algo.train()["learners"][MODULE] for _ in range(2)]
         last_error = on_learners(algo, controller_state)[0]["last_error"]
@@ -450,7 +466,7 @@ def test_a_categorical_policy_goes_through_the_same_measure_and_controller():
 
 def test_a_threshold_sweep_moves_a_categorical_policys_kept_entropy():
     """The init family's output gain spreads a categorical head's draws too, so the threshold decides what is kept."""
-    algo = build_algorithm(**CARTPOLE)
+    algo = build(CARTPOLE)
     family = InitFamily(output_gain=8.0)
     try:
         searches = [
@@ -478,4 +494,4 @@ def test_a_threshold_sweep_moves_a_categorical_policys_kept_entropy():
 )
 def test_gaussian_only_learner_settings_refuse_a_categorical_policy(settings, message):
     with pytest.raises(ValueError, match=rf"{message}.*'default_policy' acts on Discrete\(2\)"):
-        build_algorithm(**{**CARTPOLE, "num_env_runners": 0}, **settings)
+        build(CARTPOLE, num_env_runners=0, **settings)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from entropilot.platform.config import ExperimentConfig
-from entropilot.platform.train import is_multi_agent, module_id
+from entropilot.platform.train import module_id
 
 
 class GreedyPolicy:
@@ -80,6 +80,7 @@ class Evaluation:
     def run(self, algo, record_frames: bool = False):
         from entropilot.envs import make_env
         from entropilot.envs.evaluate import run_episodes, run_swarm_episodes, run_vector_episodes
+        from entropilot.platform.algorithm import is_multi_agent
 
         cfg, e = self.cfg, self.cfg.evaluation
         policy = GreedyPolicy.from_algo(algo)

@@ -35,28 +35,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def make_env_creator(env_id: str) -> Callable[[dict], Any]:
-    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor). RLlib's vector entry point
-    (`vector_env="batched"`) calls it with ``num_envs`` in the config: then it builds that many drones in one world."""
-
-    def create(env_config: dict):
-        from entropilot.envs import make_env, make_vector_env
-
-        kwargs = dict(env_config)
-        num_envs = kwargs.pop("num_envs", None)
-        return make_env(env_id, **kwargs) if num_envs is None else make_vector_env(env_id, num_envs, **kwargs)
-
-    create.__name__ = env_id.split("/")[-1]
-    return create
-
-
-def is_multi_agent(cfg: ExperimentConfig) -> bool:
-    """Whether ``cfg`` trains a multi-agent env (the swarm): one policy shared by all its agents."""
-    from entropilot.envs import SINGLE_AGENT_IDS
-
-    return cfg.env.id not in SINGLE_AGENT_IDS
-
-
 def module_id(algo) -> str:
     """The id of the RLModule ``algo`` trains: "default_policy" single-agent, the shared policy's id multi-agent."""
     from entropilot.platform.algorithm import policy_module_id
@@ -89,58 +67,13 @@ def init_ray(cfg: ExperimentConfig) -> None:
         )
 
 
-def algorithm_settings(cfg: ExperimentConfig) -> dict:
-    """``cfg`` as keyword arguments of `algorithm.build_algorithm` / `algorithm.algorithm_config`.
-
-    A multi-agent env (the swarm) gets one policy shared by all agents (``multi_agent=True``).
-    """
-    a, e = cfg.algorithm, cfg.entropy
-    control = e.control.controller_settings(e.measure) if e.control.enabled else None
-    covariance = e.covariance.settings(seed=cfg.seed)
-    return dict(
-        algorithm=a.name,
-        env=make_env_creator(cfg.env.id),
-        env_config=dict(cfg.env.kwargs),
-        hidden_sizes=cfg.model.hidden,
-        activation=cfg.model.activation,
-        lr=a.lr,
-        gamma=a.gamma,
-        train_batch_size=a.train_batch_size,
-        minibatch_size=a.minibatch_size,
-        num_epochs=a.num_epochs,
-        clip_param=a.clip_param,
-        lambda_=a.lambda_,
-        grad_clip=a.grad_clip,
-        vf_loss_coeff=a.vf_loss_coeff,
-        kl_coeff=a.kl_coeff,
-        vf_clip=a.vf_clip,
-        free_log_std=cfg.free_log_std,
-        tau=a.tau,
-        initial_alpha=a.initial_alpha,
-        target_entropy=a.target_entropy,
-        replay_capacity=a.replay_capacity,
-        learning_starts=a.learning_starts,
-        entropy_control=control,
-        covariance_control=covariance,
-        num_env_runners=cfg.resources.num_env_runners,
-        envs_per_runner=cfg.resources.envs_per_runner,
-        num_cpus_per_env_runner=cfg.resources.num_cpus_per_env_runner,
-        num_learners=cfg.resources.num_learners,
-        gpu=cfg.resources.gpu,
-        seed=cfg.seed,
-        multi_agent=is_multi_agent(cfg),
-        sampler=cfg.resources.sampler,
-        vector_env=cfg.resources.vector_env,
-    )
-
-
 def build_from_config(cfg: ExperimentConfig):
     """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
     Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it waiting forever.
     """
     import ray
 
-    from entropilot.platform.algorithm import build_algorithm
+    from entropilot.platform.algorithm import algorithm_settings, build_algorithm
     from entropilot.platform.resources import run_bundles, runs_that_fit
 
     init_ray(cfg)
@@ -373,6 +306,7 @@ def train(
 def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str], None]) -> None:
     """Draw the PPO policy's initial weights from `cfg.weight_seed` in the config's init family: by entropy-aware
     init if enabled (single-agent envs), else draw 0, so arms that differ only there start from the same weights."""
+    from entropilot.platform.algorithm import is_multi_agent
     from entropilot.policies.initial_weights import InitFamily, draw_seed, reinitialize_policy
 
     family = InitFamily(cfg.model.output_gain, cfg.initial_std)
