@@ -22,12 +22,15 @@ from entropilot.platform.algorithm import (
     observation_filter_stats,
     resolve_learner_resources,
 )
+from entropilot.policies import learner_metrics as lm
 from entropilot.policies.entropy_init import entropy_aware_init, measure_draw, sample_action_dist_inputs, search_outcome
 from entropilot.policies.initial_weights import InitFamily, draw_seed, push_weights_to_env_runners, reinitialize_policy
 
 pytestmark = pytest.mark.integration  # every test here runs under the module's Ray
 
 MODULE = "default_policy"
+# What the learner logs per module (`policies.learner_metrics`), and RLlib's own `entropy` (last minibatch) beside it.
+GAUSSIAN, EFFECTIVE, CATEGORICAL = (lm.entropy_metric(name) for name in ("gaussian", "effective", "categorical"))
 BATCH = 256
 # Pendulum-v1, with the settings these tests were measured with where the schema's defaults differ: one env per
 # runner (a 256-step batch then holds whole 200-step episodes), a state-dependent log std, and no entropy controller
@@ -90,9 +93,9 @@ def coefficient_used(previous, current, vf_loss_coeff):
     coefficient in force was the one logged after the previous update.
     """
     known = (
-        current["policy_loss"]
-        + vf_loss_coeff * current["vf_loss"]
-        + previous["curr_kl_coeff"] * current["mean_kl_loss"]
+        current[lm.POLICY_LOSS]
+        + vf_loss_coeff * current[lm.VF_LOSS]
+        + previous[lm.CURR_KL_COEFF] * current[lm.MEAN_KL_LOSS]
     )
     return (known - current["total_loss"]) / current["entropy"]
 
@@ -116,28 +119,28 @@ def restored_ppo(controlled_ppo, tmp_path_factory):
 
 def test_controller_sets_the_coefficient_ppo_uses(controlled_ppo):
     algo, results = controlled_ppo
-    coefs = [r["curr_entropy_coeff"] for r in results]
+    coefs = [r[lm.CURR_ENTROPY_COEFF] for r in results]
     assert CONTROL["initial_coef"] < coefs[0] < coefs[1] < coefs[2]
     # The loss of each update used the coefficient the controller set after the previous one.
     for previous, current in zip(results, results[1:]):
         used = coefficient_used(previous, current, algo.config.vf_loss_coeff)
-        assert used == pytest.approx(previous["curr_entropy_coeff"], rel=1e-3)
+        assert used == pytest.approx(previous[lm.CURR_ENTROPY_COEFF], rel=1e-3)
     live = on_learners(algo, lambda lrn: lrn.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
     assert live == [pytest.approx(coefs[-1])]
     # The controller was fed the logged (gaussian) entropy.
     assert on_learners(algo, controller_state)[0]["last_error"] == pytest.approx(
-        CONTROL["target"] - results[-1]["entropy_gaussian"]
+        CONTROL["target"] - results[-1][GAUSSIAN]
     )
     for r in results:
-        assert r["entropy_target"] == CONTROL["target"]
-        assert r["entropy_gaussian_dim0"] == pytest.approx(r["entropy_gaussian"])
-        assert r["entropy_effective_dim0"] == pytest.approx(r["entropy_effective"])
+        assert r[lm.ENTROPY_TARGET] == CONTROL["target"]
+        assert r[lm.dim_metric(GAUSSIAN, 0)] == pytest.approx(r[GAUSSIAN])
+        assert r[lm.dim_metric(EFFECTIVE, 0)] == pytest.approx(r[EFFECTIVE])
         # Ours averages every minibatch of the update, PPO's `entropy` is the last minibatch's.
-        assert r["entropy_gaussian"] == pytest.approx(r["entropy"], abs=0.05)
+        assert r[GAUSSIAN] == pytest.approx(r["entropy"], abs=0.05)
         # Std ~1 around a mean ~0 in [-1, 1] units: about a third of the sampled actions lay outside and were
         # clipped by the env (RLlib keeps the unclipped sample in the batch).
-        assert 0.15 < r["clipped_fraction"] == r["clipped_fraction_dim0"] < 0.6
-        assert r["entropy_effective"] < r["entropy_gaussian"]
+        assert 0.15 < r[lm.CLIPPED_FRACTION] == r[lm.dim_metric(lm.CLIPPED_FRACTION, 0)] < 0.6
+        assert r[EFFECTIVE] < r[GAUSSIAN]
 
 
 def test_controller_state_survives_checkpoint(controlled_ppo, restored_ppo):
@@ -147,7 +150,7 @@ def test_controller_state_survives_checkpoint(controlled_ppo, restored_ppo):
     assert before[0]["num_updates"] == len(results)
     assert on_learners(restored, controller_state) == before
     coefficient = on_learners(restored, lambda lrn: lrn.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
-    assert coefficient == [results[-1]["curr_entropy_coeff"]]
+    assert coefficient == [results[-1][lm.CURR_ENTROPY_COEFF]]
 
 
 def test_observation_filter_stats_after_training_and_restore(controlled_ppo, restored_ppo):
@@ -191,7 +194,7 @@ def test_learners_share_the_averaged_entropy():
             result = algo.train()["learners"][MODULE]
         first, second = on_learners(algo, controller_state)
         assert first == second and first["num_updates"] == 2
-        assert first["last_error"] == pytest.approx(control["target"] - result["entropy_effective"])
+        assert first["last_error"] == pytest.approx(control["target"] - result[EFFECTIVE])
     finally:
         algo.stop()
 
@@ -263,7 +266,7 @@ def test_arms_are_paired_when_the_init_keeps_draw_0():
     init, init_weights = first_iteration(
         lambda algo: entropy_aware_init(algo, threshold=-math.inf, weight_seed=7, rollout_steps=300)
     )
-    for key in ("total_loss", "entropy_gaussian", "entropy_effective", "clipped_fraction", "vf_loss"):
+    for key in ("total_loss", GAUSSIAN, EFFECTIVE, lm.CLIPPED_FRACTION, lm.VF_LOSS):
         assert init[key] == plain[key], key
     assert all(torch.equal(torch.as_tensor(init_weights[k]), torch.as_tensor(v)) for k, v in plain_weights.items())
 
@@ -319,22 +322,22 @@ def test_fixed_coefficient_and_sigma_schedule(control, tmp_path):
     try:
         results = [algo.train()["learners"][MODULE] for _ in range(3)]
         if control["mode"] == "fixed":
-            assert [r["curr_entropy_coeff"] for r in results] == [0.02] * 3
-            assert all("entropy_target" not in r for r in results)
+            assert [r[lm.CURR_ENTROPY_COEFF] for r in results] == [0.02] * 3
+            assert all(lm.ENTROPY_TARGET not in r for r in results)
             return
         # After iteration k the std is sigma(env steps so far): the next batch is sampled with it. Coefficient 0.
-        assert [r["sigma_target"] for r in results] == pytest.approx([0.375, 0.25, 0.25])
-        assert [r["curr_entropy_coeff"] for r in results] == [0.0] * 3
+        assert [r[lm.SIGMA_TARGET] for r in results] == pytest.approx([0.375, 0.25, 0.25])
+        assert [r[lm.CURR_ENTROPY_COEFF] for r in results] == [0.0] * 3
         assert learner_log_std() == pytest.approx([math.log(0.25)])
         assert np.allclose(sample_action_dist_inputs(algo, 20).action_dist_inputs[:, 1], math.log(0.25))
         # The first batch was sampled, and its update started, at sigma(0) = 0.5; PPO's gradient moved nothing.
-        assert results[0]["entropy_gaussian"] == pytest.approx(0.5 * math.log(2 * math.pi * math.e) + math.log(0.5))
+        assert results[0][GAUSSIAN] == pytest.approx(0.5 * math.log(2 * math.pi * math.e) + math.log(0.5))
         # A checkpoint holds the std; restored into a running algorithm, training goes on along the schedule.
         older = algo.save_to_path(tmp_path / "older")
         on_learners(algo, lambda lrn: lrn.module[MODULE].unwrapped().pi.log_std.data.fill_(0.0))
         algo.restore_from_path(older)
         assert learner_log_std() == pytest.approx([math.log(0.25)])
-        assert algo.train()["learners"][MODULE]["entropy_gaussian"] == pytest.approx(
+        assert algo.train()["learners"][MODULE][GAUSSIAN] == pytest.approx(
             0.5 * math.log(2 * math.pi * math.e) + math.log(0.25)
         )
     finally:
@@ -456,12 +459,12 @@ def test_a_categorical_policy_goes_through_the_same_measure_and_controller():
     finally:
         algo.stop()
     for r in results:
-        assert "entropy_effective" not in r and "entropy_gaussian" not in r and "clipped_fraction" not in r
-        assert 0 < r["entropy_categorical"] == r["entropy_categorical_dim0"] <= math.log(2)
-        assert r["entropy_categorical"] == pytest.approx(r["entropy"], abs=0.05)  # PPO's own, last minibatch
-        assert r["entropy_target"] == pytest.approx(math.log(2))
-    assert last_error == pytest.approx(math.log(2) - results[-1]["entropy_categorical"])
-    assert results[-1]["curr_entropy_coeff"] > 0  # below the minimum: pushed up, never a penalty
+        assert EFFECTIVE not in r and GAUSSIAN not in r and lm.CLIPPED_FRACTION not in r
+        assert 0 < r[CATEGORICAL] == r[lm.dim_metric(CATEGORICAL, 0)] <= math.log(2)
+        assert r[CATEGORICAL] == pytest.approx(r["entropy"], abs=0.05)  # PPO's own, last minibatch
+        assert r[lm.ENTROPY_TARGET] == pytest.approx(math.log(2))
+    assert last_error == pytest.approx(math.log(2) - results[-1][CATEGORICAL])
+    assert results[-1][lm.CURR_ENTROPY_COEFF] > 0  # below the minimum: pushed up, never a penalty
 
 
 def test_a_threshold_sweep_moves_a_categorical_policys_kept_entropy():

@@ -10,6 +10,15 @@ import pytest
 from mlflow import MlflowClient
 
 from entropilot.platform.config import from_flat_params, parse_config, to_flat_params
+from entropilot.platform.names import (
+    ENTROPY_INIT_TAG_PREFIX,
+    INIT_CHOSEN_ENTROPY,
+    INIT_CLEARED,
+    INIT_DRAW_ENTROPY,
+    INIT_DRAW_ENTROPY_PER_DIM,
+    INIT_DRAWS,
+    VERSION_TAG,
+)
 from entropilot.platform.plots import plot_entropy, plot_learning
 from entropilot.platform.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, ConfigMismatchError, RunTracker
 
@@ -59,7 +68,7 @@ def test_new_run_has_config_metrics_tags_and_artifacts(mlflow_server, tmp_path):
     assert run.data.params == to_flat_params(cfg)
     assert from_flat_params(run.data.params) == cfg
     assert run.data.tags["env_id"] == cfg.env.id and run.data.tags["algorithm"] == "PPO"
-    assert run.data.tags["entropilot.version"]
+    assert run.data.tags[VERSION_TAG]
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40  # the tests run from the git checkout
     assert steps_of(client, run_id, "episode_return_mean") == [0, 1, 2, 3, 4]
     assert steps_of(client, run_id, "entropy_per_dim/3") == [0, 1, 2, 3, 4]
@@ -179,14 +188,14 @@ def test_entropy_init_draws_are_metrics_and_the_choice_tags(mlflow_server):
     tracker.log_entropy_init(SimpleNamespace(draws=draws, chosen=draws[1], threshold=1.0))
     tracker.close()
     client = MlflowClient(mlflow_server)
-    history = sorted(client.get_metric_history(tracker.run_id, "entropy_init/draw_entropy"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(tracker.run_id, INIT_DRAW_ENTROPY), key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(0, 0.2), (1, 0.9), (2, 0.5)]
-    assert steps_of(client, tracker.run_id, "entropy_init/draw_entropy_per_dim/1") == [0, 1, 2]
+    assert steps_of(client, tracker.run_id, f"{INIT_DRAW_ENTROPY_PER_DIM}/1") == [0, 1, 2]
     tags = client.get_run(tracker.run_id).data.tags
-    assert tags["entropy_init.chosen_draw"] == "1" and tags["entropy_init.chosen_seed"] == "11"
-    assert tags["entropy_init.cleared"] == "False"
+    init = {key.removeprefix(ENTROPY_INIT_TAG_PREFIX): value for key, value in tags.items()}
+    assert (init["chosen_draw"], init["chosen_seed"], init["cleared"]) == ("1", "11", "False")
     metrics = client.get_run(tracker.run_id).data.metrics
-    assert (metrics["entropy_init/chosen_entropy"], metrics["entropy_init/draws"], metrics["entropy_init/cleared"]) == (
+    assert (metrics[INIT_CHOSEN_ENTROPY], metrics[INIT_DRAWS], metrics[INIT_CLEARED]) == (
         0.9,
         3,
         0.0,
@@ -195,7 +204,7 @@ def test_entropy_init_draws_are_metrics_and_the_choice_tags(mlflow_server):
     by_index = RunTracker.start(make_cfg(mlflow_server, "entropy-init-index"))
     by_index.log_entropy_init(SimpleNamespace(draws=draws, chosen=2))
     by_index.close()
-    assert client.get_run(by_index.run_id).data.tags["entropy_init.chosen_seed"] == "12"
+    assert client.get_run(by_index.run_id).data.tags[ENTROPY_INIT_TAG_PREFIX + "chosen_seed"] == "12"
 
 
 def test_plots_are_written_even_with_missing_keys(tmp_path):

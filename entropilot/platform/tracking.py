@@ -23,11 +23,23 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 import entropilot
 from entropilot.errors import EntropilotError
 from entropilot.platform.config import RESUMABLE_SECTION, ExperimentConfig, to_flat_params
+from entropilot.platform.names import (
+    ENTROPY_INIT_TAG_PREFIX,
+    GIT_DIRTY_TAG,
+    INIT_CHOSEN_ENTROPY,
+    INIT_CLEARED,
+    INIT_DRAW_ENTROPY,
+    INIT_DRAW_ENTROPY_PER_DIM,
+    INIT_DRAW_SEED,
+    INIT_DRAWS,
+    VERSION_TAG,
+)
 
 __all__ = ["ConfigMismatchError", "RunTracker", "TrackingError", "fail_fast_http"]
 
@@ -139,7 +151,7 @@ class RunTracker:
                 tags = {
                     **_run_tags(cfg),
                     **(extra_tags or {}),
-                    **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
+                    **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}),
                 }
                 run = client.create_run(_experiment_id(client, cfg.mlflow.experiment), run_name=cfg.run_name, tags=tags)
                 _log_params(client, run.info.run_id, params)
@@ -252,9 +264,9 @@ class RunTracker:
         for i, draw in enumerate(draws):
             self.log_metrics(
                 {
-                    "entropy_init/draw_entropy": draw.entropy,
-                    "entropy_init/draw_entropy_per_dim": list(draw.per_dim),
-                    "entropy_init/draw_seed": draw.seed,
+                    INIT_DRAW_ENTROPY: draw.entropy,
+                    INIT_DRAW_ENTROPY_PER_DIM: list(draw.per_dim),
+                    INIT_DRAW_SEED: draw.seed,
                 },
                 step=i,
             )
@@ -264,11 +276,11 @@ class RunTracker:
             tags["threshold"] = result.threshold
             tags["cleared"] = best.entropy >= result.threshold
         for key, value in tags.items():
-            self.set_tag(f"entropy_init.{key}", value)
+            self.set_tag(ENTROPY_INIT_TAG_PREFIX + key, value)
         # Also as metrics, which the runs table, the parallel-coordinates plot and the sweep summary can read.
-        summary = {"entropy_init/chosen_entropy": best.entropy, "entropy_init/draws": len(draws)}
+        summary = {INIT_CHOSEN_ENTROPY: best.entropy, INIT_DRAWS: len(draws)}
         if "cleared" in tags:
-            summary["entropy_init/cleared"] = float(tags["cleared"])
+            summary[INIT_CLEARED] = float(tags["cleared"])
         self.log_metrics(summary, step=0)
 
     # -- sending -----------------------------------------------------------------------------------
@@ -481,13 +493,11 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 def _run_tags(cfg: ExperimentConfig) -> dict[str, str]:
     from mlflow.tracking.context.registry import resolve_tags  # user, source name/type: as mlflow.start_run sets them
 
-    tags = resolve_tags(
-        {"entropilot.version": entropilot.__version__, "env_id": cfg.env.id, "algorithm": cfg.algorithm.name}
-    )
+    tags = resolve_tags({VERSION_TAG: entropilot.__version__, "env_id": cfg.env.id, "algorithm": cfg.algorithm.name})
     commit, dirty = _git_state(Path(entropilot.__file__).parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        tags["entropilot.git_dirty"] = str(dirty).lower()
+        tags[GIT_DIRTY_TAG] = str(dirty).lower()
     return tags
 
 

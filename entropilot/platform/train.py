@@ -15,9 +15,19 @@ from typing import Any
 import numpy as np
 
 from entropilot.inputs import InputError
-from entropilot.platform.checkpoints import CHECKPOINT_TAG, CONFIG_FILE, STATE_FILE
+from entropilot.platform.checkpoints import CONFIG_FILE, STATE_FILE
 from entropilot.platform.config import ExperimentConfig, dump_config
+from entropilot.platform.names import (
+    CHECKPOINT_TAG,
+    ENTROPY_COLLAPSE_TAG,
+    ENTROPY_INIT_TAG,
+    ENTROPY_PER_DIM,
+    ENV_RUNNER_NODES_TAG,
+    RESUMED_WITH_TAG,
+    Metric,
+)
 from entropilot.platform.preflight import prepare_resume, prepare_run  # noqa: F401 (prepare_resume: for the CLI)
+from entropilot.policies import learner_metrics
 
 # The module a single-drone run trains (what checkpoint readers such as the ONNX export load). A swarm run
 # trains one module shared by all drones, `algorithm.SHARED_POLICY_ID`: ask `module_id(algo)` for a live one.
@@ -92,68 +102,39 @@ def iteration_metrics(result: dict, module: str = MODULE_ID, measure: str = "eff
     runners = result.get("env_runners", {})
     learner = result.get("learners", {}).get(module, {})
     # SAC: its entropy is -E[log pi] of the squashed Gaussian (sampled), steered by its temperature alpha.
-    sac_entropy = -learner["logps"] if "logps" in learner else None
+    sac_entropy = -learner[learner_metrics.SAC_LOGPS] if learner_metrics.SAC_LOGPS in learner else None
+    measured = learner_metrics.entropy_metric(measure)
     metrics = {
-        "env_steps": runners.get("num_env_steps_sampled_lifetime"),
-        "episode_return_mean": runners.get("episode_return_mean"),
-        "episode_len_mean": runners.get("episode_len_mean"),
-        "entropy": learner.get(f"entropy_{measure}", sac_entropy),
-        "entropy_effective": learner.get("entropy_effective"),
-        "entropy_gaussian": learner.get("entropy_gaussian"),
-        "entropy_target": learner.get("entropy_target", learner.get("target_entropy")),
-        "entropy_coeff": learner.get("curr_entropy_coeff", learner.get("alpha_value")),
-        "sigma_target": learner.get("sigma_target"),
-        "clipped_fraction": learner.get("clipped_fraction"),
-        "cov_num_selected": learner.get("cov_num_selected"),
-        "cov_num_candidates": learner.get("cov_num_candidates"),
-        "kl": learner.get("mean_kl_loss"),
-        "policy_loss": learner.get("policy_loss"),
-        "vf_loss": learner.get("vf_loss"),
-        "time_this_iter_s": result.get("time_this_iter_s"),
-        "sampling_time_s": result.get("timers", {}).get("env_runner_sampling_timer"),
-        "learner_time_s": result.get("timers", {}).get("learner_update_timer"),
-        # Remote env runners sampling now, and how many times one was restarted after a crash (lifetime).
-        "env_runners_healthy": result.get("fault_tolerance", {}).get("num_healthy_workers"),
-        "env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
+        Metric.ENV_STEPS: runners.get("num_env_steps_sampled_lifetime"),
+        Metric.EPISODE_RETURN_MEAN: runners.get("episode_return_mean"),
+        Metric.EPISODE_LEN_MEAN: runners.get("episode_len_mean"),
+        Metric.ENTROPY: learner.get(measured, sac_entropy),
+        Metric.ENTROPY_EFFECTIVE: learner.get(Metric.ENTROPY_EFFECTIVE),
+        Metric.ENTROPY_GAUSSIAN: learner.get(Metric.ENTROPY_GAUSSIAN),
+        Metric.ENTROPY_TARGET: learner.get(
+            learner_metrics.ENTROPY_TARGET, learner.get(learner_metrics.SAC_TARGET_ENTROPY)
+        ),
+        Metric.ENTROPY_COEFF: learner.get(learner_metrics.CURR_ENTROPY_COEFF, learner.get(learner_metrics.SAC_ALPHA)),
+        Metric.SIGMA_TARGET: learner.get(learner_metrics.SIGMA_TARGET),
+        Metric.CLIPPED_FRACTION: learner.get(learner_metrics.CLIPPED_FRACTION),
+        Metric.COV_NUM_SELECTED: learner.get(learner_metrics.COV_NUM_SELECTED),
+        Metric.COV_NUM_CANDIDATES: learner.get(learner_metrics.COV_NUM_CANDIDATES),
+        Metric.KL: learner.get(learner_metrics.MEAN_KL_LOSS),
+        Metric.POLICY_LOSS: learner.get(learner_metrics.POLICY_LOSS),
+        Metric.VF_LOSS: learner.get(learner_metrics.VF_LOSS),
+        Metric.TIME_THIS_ITER_S: result.get("time_this_iter_s"),
+        Metric.SAMPLING_TIME_S: result.get("timers", {}).get("env_runner_sampling_timer"),
+        Metric.LEARNER_TIME_S: result.get("timers", {}).get("learner_update_timer"),
+        Metric.ENV_RUNNERS_HEALTHY: result.get("fault_tolerance", {}).get("num_healthy_workers"),
+        Metric.ENV_RUNNER_RESTARTS: result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
     }
     for key, value in learner.items():
-        if key.startswith(f"entropy_{measure}_dim"):
-            metrics[f"entropy_per_dim/{key.removeprefix(f'entropy_{measure}_dim')}"] = value
+        if key.startswith(measured + learner_metrics.DIM_SUFFIX):
+            metrics[ENTROPY_PER_DIM + key.removeprefix(measured + learner_metrics.DIM_SUFFIX)] = value
     sampled = runners.get("num_env_steps_sampled")
     if sampled and result.get("time_this_iter_s"):
-        metrics["env_steps_per_s"] = sampled / result["time_this_iter_s"]
+        metrics[Metric.ENV_STEPS_PER_S] = sampled / result["time_this_iter_s"]
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-
-
-# Every metric an iteration logs (what a sweep may optimize): `iteration_metrics`' own, then the training loop's.
-METRICS = (
-    "env_steps",
-    "episode_return_mean",
-    "episode_len_mean",
-    "entropy",
-    "entropy_effective",
-    "entropy_gaussian",
-    "entropy_target",
-    "entropy_coeff",
-    "sigma_target",
-    "clipped_fraction",
-    "cov_num_selected",
-    "cov_num_candidates",
-    "kl",
-    "policy_loss",
-    "vf_loss",
-    "time_this_iter_s",
-    "sampling_time_s",
-    "learner_time_s",
-    "env_runners_healthy",
-    "env_runner_restarts",
-    "env_steps_per_s",
-    "success_rate",
-    "eval_final_distance",
-    "entropy_collapse",
-    "time_s",
-)
-METRIC_PREFIXES = ("entropy_per_dim/",)
 
 
 def _restore(algo, checkpoint: Path) -> None:
@@ -214,7 +195,7 @@ def train(
         raise
     echo(where_to_look(tracker.tracking_uri, tracker.experiment_id, tracker.run_id))
     if resumed_with:
-        tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
+        tracker.set_tag(RESUMED_WITH_TAG, json.dumps(dict(resumed_with)))
     status = "FAILED"
     evaluation = None
     clock = PhaseClock(state.get("phases"))
@@ -230,13 +211,13 @@ def train(
         state["run_id"] = tracker.run_id
         nodes = env_runner_nodes(algo)
         if nodes:
-            tracker.set_tag("entropilot.env_runner_nodes", ",".join(nodes))
+            tracker.set_tag(ENV_RUNNER_NODES_TAG, ",".join(nodes))
             echo(f"env runners on {len(set(nodes))} node(s): {', '.join(nodes)}")
         history: list[dict] = state["history"]
         policy = module_id(algo)
         collapse = _collapse_detector(cfg, history)
         stopped = None
-        success = history[-1].get("success_rate") if history else None
+        success = history[-1].get(Metric.SUCCESS_RATE) if history else None
         live = LiveTuner(cfg, echo, state.get("live_tags"))  # entropy settings from the run's tags (MLflow UI)
         evaluation = Evaluation(cfg)
         clock.add("startup", time.perf_counter() - start - (clock.totals["init"] - session_init))
@@ -249,32 +230,32 @@ def train(
             state["iteration"] += 1
             it = state["iteration"]
             metrics = iteration_metrics(result, policy, cfg.entropy_name)
-            clock.add("sampling", metrics.get("sampling_time_s", 0.0))
-            clock.add("learning", metrics.get("learner_time_s", 0.0))
+            clock.add("sampling", metrics.get(Metric.SAMPLING_TIME_S, 0.0))
+            clock.add("learning", metrics.get(Metric.LEARNER_TIME_S, 0.0))
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
                 with clock.measure("evaluation"):
                     episodes = evaluation.run(algo)
                 success = float(np.mean([e.success for e in episodes]))
-                metrics["success_rate"] = success
-                metrics["eval_final_distance"] = float(np.mean([e.final_distance for e in episodes]))
-            if collapse is not None and "entropy" in metrics:
-                check = collapse.update(metrics["entropy"], metrics.get("env_steps", 0))
-                metrics["entropy_collapse"] = float(check.collapsed)
+                metrics[Metric.SUCCESS_RATE] = success
+                metrics[Metric.EVAL_FINAL_DISTANCE] = float(np.mean([e.final_distance for e in episodes]))
+            if collapse is not None and Metric.ENTROPY in metrics:
+                check = collapse.update(metrics[Metric.ENTROPY], metrics.get(Metric.ENV_STEPS, 0))
+                metrics[Metric.ENTROPY_COLLAPSE] = float(check.collapsed)
                 if check.collapsed:
                     reasons = "; ".join(check.reasons)
                     echo(f"WARNING: entropy collapse at iteration {it}: {reasons}")
-                    tracker.set_tag("entropilot.entropy_collapse", f"iteration {it}: {reasons}")
+                    tracker.set_tag(ENTROPY_COLLAPSE_TAG, f"iteration {it}: {reasons}")
             elapsed = time.perf_counter() - start
-            metrics["time_s"] = state.get("time_s", 0.0) + elapsed  # wall time across resumes
-            metrics.update(clock.close_at(metrics["time_s"]))
+            metrics[Metric.TIME_S] = state.get("time_s", 0.0) + elapsed  # wall time across resumes
+            metrics.update(clock.close_at(metrics[Metric.TIME_S]))
             history.append(metrics)
             with clock.measure("logging"):
                 tracker.log_metrics({**metrics, **first_charts(metrics), **live.metrics(metrics)}, step=it)
                 echo(_progress_line(it, metrics, success, elapsed, cfg))
-            stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics.get("success_rate"))
+            stopped = _stop_reason(cfg, it, metrics.get(Metric.ENV_STEPS, 0), elapsed, metrics.get(Metric.SUCCESS_RATE))
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
                 with clock.measure("logging"):
-                    checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
+                    checkpoint = _save(algo, cfg, {**state, "time_s": metrics[Metric.TIME_S]}, root)
                     for png in save_progress_plots(history, root / "plots", cfg.run_name):  # seen during the run too
                         tracker.log_artifact(png, "plots")
             if on_iteration is not None:
@@ -288,7 +269,7 @@ def train(
             tracker.run_id,
             checkpoint,
             state["iteration"],
-            int(history[-1].get("env_steps", 0)),
+            int(history[-1].get(Metric.ENV_STEPS, 0)),
             success,
             stopped,
             history,
@@ -316,7 +297,7 @@ def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str],
             "entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
             f"{cfg.env.id}); the shared policy starts from draw 0 of weight seed {cfg.weight_seed}"
         )
-        tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
+        tracker.set_tag(ENTROPY_INIT_TAG, "skipped: multi-agent env")
     if not init.enabled or is_multi_agent(cfg):
         reinitialize_policy(algo, draw_seed(cfg.weight_seed, 0), family)
         return
@@ -354,8 +335,8 @@ def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
         return None  # SAC's temperature holds its entropy at its target (config.CollapseConfig)
     detector = EntropyCollapseDetector(floor=c.floor, max_drop_per_million_steps=c.max_drop_per_million_steps)
     for past in history:
-        if "entropy" in past:
-            detector.update(past["entropy"], past.get("env_steps", 0))
+        if Metric.ENTROPY in past:
+            detector.update(past[Metric.ENTROPY], past.get(Metric.ENV_STEPS, 0))
     return detector
 
 
@@ -407,8 +388,8 @@ def _progress_line(it: int, m: dict, success: float | None, elapsed: float, cfg:
         eta = f" left {max(0.0, cfg.stop.time_s - elapsed):4.0f}s"
     fmt = lambda key, spec: format(m[key], spec) if key in m else "-"  # noqa: E731
     return (
-        f"iter {it:4d} | steps {int(m.get('env_steps', 0)):8d} | return {fmt('episode_return_mean', '7.1f')} | "
-        f"success {'-' if success is None else format(success, '.2f')} | entropy {fmt('entropy', '6.2f')} "
-        f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | "
-        f"clipped {fmt('clipped_fraction', '.2f')} | {elapsed:5.0f}s{eta}"
+        f"iter {it:4d} | steps {int(m.get(Metric.ENV_STEPS, 0)):8d} | return {fmt(Metric.EPISODE_RETURN_MEAN, '7.1f')} "
+        f"| success {'-' if success is None else format(success, '.2f')} | entropy {fmt(Metric.ENTROPY, '6.2f')} "
+        f"(target {fmt(Metric.ENTROPY_TARGET, '.2f')}) | coeff {fmt(Metric.ENTROPY_COEFF, '.2e')} | "
+        f"clipped {fmt(Metric.CLIPPED_FRACTION, '.2f')} | {elapsed:5.0f}s{eta}"
     )
