@@ -17,6 +17,7 @@ from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.algorithms.sac import SAC, SACConfig
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.filter import RunningStat
 from ray.rllib.utils.metrics import ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER, TIMERS
 from ray.rllib.utils.numpy import SMALL_NUMBER
@@ -71,6 +72,7 @@ class _RestoresSilentlyRestartedEnvRunners:
     filter. Before each training step, such runners are taken out of service, which makes RLlib's own
     restore path sync them (it pings them and pushes the current state)."""
 
+    @override(Algorithm)
     def restore_env_runners(self, env_runner_group):
         if env_runner_group.num_healthy_remote_env_runners():
             # Bounded like RLlib's health probe: a hung runner must not hang training (it answers nothing here).
@@ -91,6 +93,7 @@ class _TimesEachIteration:
     logs them, `timers/env_runner_sampling_timer` and `timers/learner_update_timer` in each result are that
     iteration's own seconds."""
 
+    @override(Algorithm)
     def setup(self, config):
         super().setup(config)
         for timer in (ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER):

@@ -8,6 +8,7 @@ import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.lambda_defaultdict import LambdaDefaultDict
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
@@ -106,6 +107,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
     covariance control `cov_num_selected`, `cov_num_candidates` and `cov_policy_loss` (last minibatch).
     """
 
+    @override(PPOTorchLearner)
     def build(self) -> None:
         super().build()
         control = dict(self.config.learner_config_dict.get(ENTROPY_CONTROL) or {})
@@ -139,6 +141,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             )
         self._sums = {}
 
+    @override(PPOTorchLearner)
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
         if module_id not in self._measured_module_ids():
@@ -151,6 +154,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             loss = loss + self._covariance_correction(module_id, config, batch, dist_inputs, mask)
         return loss
 
+    @override(PPOTorchLearner)
     def after_gradient_based_update(self, *, timesteps) -> None:
         env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
         for module_id, means in self._global_means().items():
@@ -194,6 +198,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
                 self.entropy_coeff_schedulers_per_module[module_id].controller.retune(**settings)
         self._live_settings = {**self._live_settings, **settings}
 
+    @override(PPOTorchLearner)
     def get_state(self, components=None, *, not_components=None, **kwargs):
         state = super().get_state(components, not_components=not_components, **kwargs)
         if self._mode is not None and self._check_component(CONTROLLER_STATE, components, not_components):
@@ -206,6 +211,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             state[COVARIANCE_RNG_STATE] = self._cov_rng.get_state()
         return state
 
+    @override(PPOTorchLearner)
     def set_state(self, state) -> None:
         super().set_state(state)
         if self._mode is not None and CONTROLLER_STATE in state:
