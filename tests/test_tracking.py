@@ -7,9 +7,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from entropilot.platform.config import from_flat_params, parse_config, to_flat_params
+from entropilot.platform.mlflow_sender import is_outage, is_refusal
 from entropilot.platform.names import (
     ENTROPY_INIT_TAG_PREFIX,
     INIT_CHOSEN_ENTROPY,
@@ -132,7 +135,7 @@ def test_resume_reopens_the_run_and_rejects_a_changed_config(mlflow_server):
 
 def test_metrics_survive_a_server_outage(mlflow_server_process, caplog):
     server = mlflow_server_process
-    caplog.set_level(logging.WARNING, logger="entropilot.platform.tracking")
+    caplog.set_level(logging.WARNING, logger="entropilot.platform")
     tracker = RunTracker.start(make_cfg(server.uri, "outage"))
     small = RunTracker.start(make_cfg(server.uri, "outage-small-buffer"), max_buffered_points=3)
     tracker.log_metrics({"reward": 0.0}, step=0)
@@ -169,6 +172,46 @@ def test_metrics_survive_a_server_outage(mlflow_server_process, caplog):
     assert sum("unreachable" in m for m in messages) == 2  # once per tracker, not once per call
     assert any("is back" in m and "dropped" in m for m in messages)
     assert any("is back" in m and "dropped" not in m for m in messages)
+
+
+def test_only_network_and_server_errors_count_as_an_outage():
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    outages = [
+        MlflowException("API request failed with exception ConnectionRefusedError"),  # MLflow's INTERNAL_ERROR
+        MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE),
+        ConnectionRefusedError(111, "Connection refused"),
+        requests.exceptions.ConnectionError("no route"),
+        requests.exceptions.ReadTimeout("slow"),
+    ]
+    assert all(is_outage(exc) and not is_refusal(exc) for exc in outages)
+    refused = MlflowException("bad tag key", error_code=INVALID_PARAMETER_VALUE)
+    assert is_refusal(refused) and not is_outage(refused)
+    for bug in (TypeError("expected str"), KeyError("run_id"), AttributeError("no such attribute")):
+        assert not is_outage(bug) and not is_refusal(bug)
+
+
+def test_a_programming_error_in_a_logging_call_is_raised_not_buffered(tmp_path, caplog):
+    """Only an outage is waited out: a TypeError inside MLflow's call (an artifact path or a tag key that is not a
+    str, a caller's bug) reaches the caller, whether the caller's thread or the background sender met it, and what
+    caused it is not kept to fail again."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = RunTracker.start(make_cfg(uri, "bug"))
+    note = tmp_path / "note.txt"
+    note.write_text("logged")
+    with pytest.raises(TypeError):
+        tracker.log_artifact(note, artifact_path=5)  # uploaded in the caller's thread
+    tracker.set_tag(5, "not a str key")  # sent by the background thread, or by the flush below if it comes first
+    with pytest.raises(TypeError):
+        tracker.flush()  # raises it if it sends the tag itself,
+        tracker.flush()  # else the next call raises what stopped the background thread
+    tracker.log_metrics({"reward": 1.0}, step=0)
+    tracker.log_artifact(note)
+    assert tracker.flush()
+    tracker.close()
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["reward"] == 1.0
+    assert not any("unreachable" in record.getMessage() for record in caplog.records)
 
 
 def test_system_metrics_are_sampled_when_asked(mlflow_server, monkeypatch):
