@@ -29,13 +29,16 @@ setup() {
 setup
 case "${1:-run}" in
   run)
-    # Physics check (PID baseline) -> train hover to 95 % success -> export ONNX (and C) -> fly it in simulation.
+    # Physics check (PID baseline) -> train hover to 95 % success -> export ONNX (and C) -> flight-readiness report
+    # (exit status 1 when the policy fails the readiness gate: said, not fatal here) -> fly it in simulation.
     run="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
     mkdir -p out
     "$VENV/bin/entropilot" demo --episodes 1
     "$VENV/bin/entropilot" train configs/hover.yaml --set checkpoint.dir="$run"
     "$VENV/bin/entropilot" export "$run" -o out/hover_policy.onnx
     "$VENV/bin/entropilot" export out/hover_policy.onnx --format c -o out/hover_policy_c
+    "$VENV/bin/entropilot" evaluate out/hover_policy.onnx --output-dir out/readiness \
+      || echo "==> the policy does not clear the readiness gate: see out/readiness/readiness.md"
     "$VENV/bin/entropilot" fly out/hover_policy.onnx --link sim --episodes 5 --seed 5000 \
       --plot out/hover_flights.png --video out/hover_flight.gif
     ;;

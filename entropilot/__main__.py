@@ -2,4 +2,5 @@
 
 from entropilot.cli import main
 
-main(prog_name="entropilot")
+if __name__ == "__main__":  # a spawned worker process (entropilot evaluate) imports this module again: no second run
+    main(prog_name="entropilot")

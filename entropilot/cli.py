@@ -1,11 +1,14 @@
-"""The `entropilot` command: parses arguments and calls the rooms; no logic of its own."""
+"""The `entropilot` command: parses arguments and calls the rooms; no logic of its own. (Long only because every
+command and option is declared here with its help text.)"""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -328,6 +331,106 @@ def jobs_stop(job_id: str, address: str | None) -> None:
     click.echo(f"job {job_id}: {'stop requested' if stopped else 'had already ended'}")
 
 
+_CONDITIONS_OPTION = click.option(
+    "--conditions",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The readiness matrix (YAML; `extends: default` adds to the shipped one) [default: "
+    "entropilot/deploy/readiness.yaml].",
+)
+_WORKERS_OPTION = click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=lambda: os.cpu_count() or 1,
+    show_default="the CPU count",
+    help="Conditions flown at once, each in a process of its own.",
+)
+
+
+def _readiness_config(conditions: str | None, episodes: int | None = None):
+    from entropilot.deploy.readiness_config import load_readiness_config
+
+    config = load_readiness_config(conditions)
+    return config if episodes is None else config.model_copy(update={"episodes": episodes})
+
+
+@main.command()
+@click.argument("source", metavar="POLICY.onnx|CHECKPOINT|RUN_DIR|RUN_ID|models:/NAME@ALIAS")
+@_CONDITIONS_OPTION
+@click.option(
+    "--episodes",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Held-out episodes per condition [default: the matrix's].",
+)
+@click.option(
+    "--output-dir",
+    default="readiness",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where readiness.md, .json and .png go (and policy.onnx, exported from a checkpoint or run).",
+)
+@click.option(
+    "--stamp",
+    is_flag=True,
+    help="Write the report and verdict into POLICY.onnx (sealed again: its SHA-256 changes, its network does not); "
+    "`fly` on a vehicle needs it. A file exported here from a checkpoint or run is always stamped.",
+)
+@_WORKERS_OPTION
+@click.option(
+    "--tracking-uri",
+    default=None,
+    metavar="URI",
+    help="MLflow, for a run id, a models:/ source and the logging [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].",
+)
+@click.option(
+    "--mlflow/--no-mlflow",
+    "log_mlflow",
+    default=True,
+    show_default=True,
+    help="Log the report to the training run (and model version).",
+)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="For a models:/ policy, as for fly.")
+def evaluate(
+    source: str,
+    conditions: str | None,
+    episodes: int | None,
+    output_dir: str,
+    stamp: bool,
+    workers: int,
+    tracking_uri: str | None,
+    log_mlflow: bool,
+    cache_dir: str | None,
+) -> None:
+    """Flight readiness: fly a policy and the cascaded PID through a matrix of conditions (nominal, heavier and
+    lighter vehicle, weak thrust, slow motors, wind and gusts, sensor noise, latency, wider starts) on held-out seeds;
+    print the table, write readiness.md/.json/.png, log to MLflow. Exit status 1 if the policy fails the gate."""
+    from entropilot.deploy.readiness_record import evaluate_source
+    from entropilot.inputs import writable_folder
+
+    config = _readiness_config(conditions, episodes)
+    writable_folder(output_dir, "--output-dir")
+    check_tracking_uri(tracking_uri)
+    if cache_dir is not None:
+        writable_folder(cache_dir, "--cache-dir")
+    if tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+    evaluated = evaluate_source(
+        source,
+        config,
+        out_dir=output_dir,
+        stamp=stamp,
+        workers=workers,
+        tracking_uri=tracking_uri,
+        cache_dir=cache_dir,
+        log_mlflow=log_mlflow,
+        echo=click.echo,
+    )
+    sys.exit(0 if evaluated.report["gate"]["passed"] else 1)
+
+
 @main.command()
 @click.argument("source", metavar="CHECKPOINT|RUN_DIR|RUN_ID|models:/NAME@ALIAS|POLICY.onnx")
 @click.option(
@@ -373,6 +476,20 @@ def jobs_stop(job_id: str, address: str | None) -> None:
     help="The MLflow server (or store) for a run id, a models:/ source and --register "
     "[default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].",
 )
+@_CONDITIONS_OPTION
+@click.option(
+    "--readiness-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="With --register: where the readiness report files go [default: OUTPUT's folder/readiness].",
+)
+@_WORKERS_OPTION
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --register: register even if the readiness report fails the gate (recorded as the tag "
+    "entropilot.readiness.forced on the run and the model version).",
+)
 def export(
     source: str,
     output: str,
@@ -382,6 +499,10 @@ def export(
     registered_model: str | None,
     alias: str | None,
     tracking_uri: str | None,
+    conditions: str | None,
+    readiness_dir: str | None,
+    workers: int,
+    force: bool,
 ) -> None:
     """Export a trained policy to one self-contained ONNX file (normalization and action mapping inside), or to C.
 
@@ -393,13 +514,13 @@ def export(
     With --format c, the ONNX file (exported, pulled, or SOURCE itself) is written to OUTPUT/policy.onnx and the C
     generated from it beside it: `entropilot_policy(obs, action)`, the metadata as macros.
     """
-    from pathlib import Path
-
     from entropilot.deploy.export_inputs import check_c_output, check_output
     from entropilot.deploy.registry import check_registry_names, is_model_uri
 
     if alias and not registered_model:
         raise click.UsageError("--alias needs --register NAME")
+    if (force or conditions or readiness_dir) and not registered_model:
+        raise click.UsageError("--force, --conditions and --readiness-dir go with --register NAME")
     check_tracking_uri(tracking_uri)
     onnx_source = source.endswith(".onnx") and Path(source).is_file()
     if output_format == "c":
@@ -412,12 +533,23 @@ def export(
     else:
         check_output(output, overwrite=overwrite)  # a file
     check_registry_names(registered_model, alias)
+    # Registration flies the file through the readiness matrix first (deploy/readiness_record.py: register_if_ready)
+    readiness = None
+    if registered_model:
+        from entropilot.inputs import writable_folder
+
+        readiness = {
+            "config": _readiness_config(conditions),
+            "out_dir": writable_folder(readiness_dir or Path(output).parent / "readiness", "--readiness-dir"),
+            "force": force,
+            "workers": workers,
+        }
     if is_model_uri(source):
         if registered_model:
             raise click.UsageError(f"{source} is registered already; --register applies to a checkpoint or run")
         _export_registered(source, output, tracking_uri)
     elif not onnx_source:
-        _export_onnx(source, output, parity_batch, registered_model, alias, tracking_uri, overwrite)
+        _export_onnx(source, output, parity_batch, registered_model, alias, tracking_uri, overwrite, readiness)
     if output_format == "c":
         _export_c(source if onnx_source else output, str(Path(output).parent), parity_batch)
 
@@ -430,6 +562,7 @@ def _export_onnx(
     alias: str | None,
     tracking_uri: str | None,
     overwrite: bool,
+    readiness: dict | None,
 ) -> None:
     if tracking_uri:
         import mlflow
@@ -439,7 +572,11 @@ def _export_onnx(
 
     with contextlib.ExitStack() as stack:
         checkpoint = resolve_checkpoint(source, stack)  # before torch loads: a bad source is refused at once
-        from entropilot.deploy.export import export_policy, log_to_mlflow
+        if readiness is not None:
+            from entropilot.deploy.readiness_record import check_trained_env
+
+            check_trained_env(readiness["config"], checkpoint)
+        from entropilot.deploy.export import export_policy
 
         result = export_policy(checkpoint, output, parity_batch=parity_batch, overwrite=overwrite)
     m = result.metadata
@@ -456,10 +593,26 @@ def _export_onnx(
             f"  parity: max |onnxruntime - torch| = {result.parity_error:.2e} over {result.parity_samples} observations"
         )
     if registered_model:
-        logged = log_to_mlflow(result, registered_model=registered_model, alias=alias)
+        # Only a policy that clears the readiness gate (or --force) is registered, with the report inside it (see
+        # deploy/readiness_record.py for the hash order).
+        from entropilot.deploy.gate import GateRefused
+        from entropilot.deploy.readiness_record import register_if_ready
+
+        try:
+            logged = register_if_ready(
+                result,
+                registered_model=registered_model,
+                alias=alias,
+                tracking_uri=tracking_uri,
+                echo=click.echo,
+                **readiness,
+            )
+        except GateRefused as err:
+            raise click.ClickException(f"{err}; not registered") from None
         click.echo(
             f"  MLflow: {logged['model_uri']} registered as {registered_model} v{logged['version']}"
             + (f" ({logged['alias_uri']})" if alias else "")
+            + f", sha256 {logged['sha256']}"
         )
 
 
@@ -489,7 +642,6 @@ def _export_registered(source: str, output: str, tracking_uri: str | None) -> No
     """``export models:/...``: the registered file itself, verified, copied to ``output``."""
     import shutil
     import tempfile
-    from pathlib import Path
 
     from entropilot.deploy.fly import pull_registered
 
@@ -551,6 +703,12 @@ def _export_registered(source: str, output: str, tracking_uri: str | None) -> No
 )
 @click.option("--sha256", default=None, help="Refuse the file unless it has this SHA-256.")
 @click.option(
+    "--force",
+    is_flag=True,
+    help="mavlink/crazyflie: fly although the file's readiness report fails its gate or is missing (a warning, "
+    "logged). Without it such a policy is refused before connecting.",
+)
+@click.option(
     "--runtime",
     type=click.Choice(["onnx", "c"]),
     default="onnx",
@@ -584,6 +742,7 @@ def fly(
     dry_run: bool,
     max_action_rate: float,
     sha256: str | None,
+    force: bool,
     runtime: str,
     tracking_uri: str | None,
     cache_dir: str | None,
@@ -594,11 +753,12 @@ def fly(
 
     POLICY is a file from `entropilot export`, or a registered model (models:/NAME@ALIAS, models:/NAME/VERSION): that
     one is pulled from the MLflow registry, checked against the SHA-256 recorded at registration and its seal, and
-    kept in a local cache."""
+    kept in a local cache. On a vehicle (mavlink, crazyflie) the file must carry a readiness report that clears its
+    gate (`entropilot evaluate --stamp`, or `export --register`), or --force."""
     from entropilot.deploy import fly as flights
     from entropilot.inputs import sha256_digest, writable_folder
 
-    flights.check_link_options(link, connection, target, video)
+    flights.check_link_options(link, connection, target, video, force=force)
     point = _xyz(target, "--target") if target is not None else None
     rate_limit = max_action_rate or None
     check_outputs(plot=plot, video=video)
@@ -632,6 +792,7 @@ def fly(
                 echo=click.echo,
             )
             sys.exit(0 if stats["success_rate"] > 0 else 1)
+        flights.check_readiness(policy, force=force, dry_run=dry_run, echo=click.echo)
         vehicle = flights.real_time_link(link, policy.metadata, connection)
         log = flights.fly_on_link(
             policy,

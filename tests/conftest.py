@@ -232,3 +232,89 @@ def exported(checkpoint, tmp_path_factory):
     from entropilot.deploy.export import export_policy
 
     return export_policy(checkpoint, tmp_path_factory.mktemp("onnx") / "policy.onnx", parity_batch=EXPORT_PARITY_BATCH)
+
+
+def sealed_policy_file(path, nodes, constants, *, output_type=None, output_size: int = 4, **metadata) -> Path:
+    """A graph (``nodes`` from ``observation`` to ``action``, ``constants`` {name: array} as initializers) written as
+    export writes a file: export's metadata (``metadata`` adds or replaces entries) and its seal. Made without torch,
+    flown by onnxruntime like any export."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from entropilot.deploy.contract import (
+        DETERMINISTIC_ACTION,
+        FRAME_CONVENTION,
+        INPUT_NAME,
+        OUTPUT_NAME,
+        SCHEMA_VERSION,
+        encode_metadata,
+        seal,
+    )
+    from entropilot.envs import HOVER_ID, OBSERVATION_GROUPS, OBSERVATION_NAMES
+
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", len(OBSERVATION_NAMES)])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, output_type or TensorProto.FLOAT, ["batch", output_size])],
+        [numpy_helper.from_array(np.asarray(v), name) for name, v in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    values = {
+        "schema_version": SCHEMA_VERSION,
+        "observation_names": list(OBSERVATION_NAMES),
+        "observation_groups": [{"group": g, "names": list(n), "meaning": m} for g, n, m in OBSERVATION_GROUPS],
+        "normalization": None,
+        "action_mode": "ctbr",
+        "action_meaning": ["test"] * 4,
+        "action_low": [-1.0] * 4,
+        "action_high": [1.0] * 4,
+        "control_hz": 48,
+        "physics_hz": 240,
+        "frame_convention": FRAME_CONVENTION,
+        "deterministic_action": DETERMINISTIC_ACTION,
+        "env_id": HOVER_ID,
+        "env_kwargs": {},
+        "training_run_id": None,
+        "training_iteration": 0,
+        "algorithm": "none",
+        "entropilot_version": "test",
+        "exporter": "tests/conftest.py",
+        **metadata,
+    }
+    for key, value in encode_metadata(values).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    Path(path).write_bytes(seal(model.SerializeToString()))
+    return Path(path)
+
+
+def write_linear_policy(path, *, action_mode: str = "ctbr", k_z: float = 0.5, k_level: float = 0.0, **metadata) -> Path:
+    """A linear 'policy' (``sealed_policy_file``): hover thrust minus k_z * (altitude error + vertical speed), and with
+    ``k_level`` body rates that level the vehicle (from the rotation's bottom row)."""
+    import numpy as np
+    from onnx import helper
+
+    from entropilot.deploy.contract import INPUT_NAME, OUTPUT_NAME
+    from entropilot.envs import OBSERVATION_NAMES
+
+    hover = -1.0 / 9.0 if action_mode == "ctbr" else None  # 2 / thrust_to_weight(2.25) - 1
+    weights = np.zeros((len(OBSERVATION_NAMES), 4), dtype=np.float32)
+    weights[OBSERVATION_NAMES.index("pos_err_z"), 0] = -k_z
+    weights[OBSERVATION_NAMES.index("vel_z"), 0] = -k_z
+    weights[OBSERVATION_NAMES.index("r32"), 1] = -k_level  # roll rate against the tilt about body x
+    weights[OBSERVATION_NAMES.index("r31"), 2] = k_level  # pitch rate against the tilt about body y
+    nodes = [
+        helper.make_node("MatMul", [INPUT_NAME, "W"], ["wx"]),
+        helper.make_node("Add", ["wx", "b"], ["y"]),
+        helper.make_node("Clip", ["y", "lo", "hi"], [OUTPUT_NAME]),
+    ]
+    constants = {
+        "W": weights,
+        "b": np.array([hover, 0.0, 0.0, 0.0], dtype=np.float32),
+        "lo": np.float32(-1.0),
+        "hi": np.float32(1.0),
+    }
+    return sealed_policy_file(path, nodes, constants, action_mode=action_mode, **metadata)

@@ -10,21 +10,11 @@ import sys
 
 import gymnasium as gym
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from conftest import write_linear_policy
 
 import entropilot.envs  # noqa: F401  (registers the env ids)
 from entropilot.deploy.autopilot import ArmingRefused, Autopilot, CallablePolicy, contract_problems
-from entropilot.deploy.contract import (
-    DETERMINISTIC_ACTION,
-    FRAME_CONVENTION,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    SCHEMA_VERSION,
-    encode_metadata,
-    seal,
-)
 from entropilot.deploy.links.base import LinkError, SimClock, Telemetry, observation_from_telemetry
 from entropilot.deploy.links.sim import SimLink
 from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy
@@ -37,7 +27,7 @@ from entropilot.deploy.safety import (
     RateLimiter,
     UnsafeDisarm,
 )
-from entropilot.envs import HOVER_ID, OBSERVATION_GROUPS, OBSERVATION_NAMES
+from entropilot.envs import HOVER_ID, OBSERVATION_NAMES
 from entropilot.envs.observation import observe
 from entropilot.envs.pid import CascadedPID
 
@@ -333,67 +323,10 @@ def test_refuses_to_arm_a_bare_callable_or_outside_the_geofence_or_without_telem
     assert not link.armed
 
 
-def _tiny_onnx(path, *, action_mode="ctbr", control_hz=HZ, physics_hz=240, k_z=0.5) -> None:
-    """A linear 'policy' (hover thrust minus k_z * altitude error and vertical speed), sealed with export's metadata:
-    exercises OnnxPolicy inside the autopilot without torch."""
-    hover = -1.0 / 9.0 if action_mode == "ctbr" else None  # 2 / thrust_to_weight(2.25) - 1
-    weights = np.zeros((len(OBSERVATION_NAMES), 4), dtype=np.float32)
-    weights[OBSERVATION_NAMES.index("pos_err_z"), 0] = -k_z
-    weights[OBSERVATION_NAMES.index("vel_z"), 0] = -k_z
-    bias = np.array([hover, 0.0, 0.0, 0.0], dtype=np.float32)
-    nodes = [
-        helper.make_node("MatMul", [INPUT_NAME, "W"], ["wx"]),
-        helper.make_node("Add", ["wx", "b"], ["y"]),
-        helper.make_node("Clip", ["y", "lo", "hi"], [OUTPUT_NAME]),
-    ]
-    constants = {"W": weights, "b": bias, "lo": np.float32(-1.0), "hi": np.float32(1.0)}
-    sealed_policy_file(path, nodes, constants, action_mode=action_mode, control_hz=control_hz, physics_hz=physics_hz)
-
-
-def sealed_policy_file(path, nodes, constants, *, output_type=TensorProto.FLOAT, output_size=4, **metadata) -> None:
-    """A graph (``nodes`` from ``observation`` to ``action``, ``constants`` {name: array} as float32 initializers)
-    written as export writes a file: export's metadata (``metadata`` overrides entries) and its seal."""
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", len(OBSERVATION_NAMES)])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, output_type, ["batch", output_size])],
-        [numpy_helper.from_array(np.asarray(v), name) for name, v in constants.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    values = {
-        "schema_version": SCHEMA_VERSION,
-        "observation_names": list(OBSERVATION_NAMES),
-        "observation_groups": [{"group": g, "names": list(n), "meaning": m} for g, n, m in OBSERVATION_GROUPS],
-        "normalization": None,
-        "action_mode": "ctbr",
-        "action_meaning": ["test"] * 4,
-        "action_low": [-1.0] * 4,
-        "action_high": [1.0] * 4,
-        "control_hz": HZ,
-        "physics_hz": 240,
-        "frame_convention": FRAME_CONVENTION,
-        "deterministic_action": DETERMINISTIC_ACTION,
-        "env_id": HOVER_ID,
-        "env_kwargs": {},
-        "training_run_id": None,
-        "training_iteration": 0,
-        "algorithm": "none",
-        "entropilot_version": "test",
-        "exporter": "tests/test_autopilot.py",
-        **metadata,
-    }
-    for key, value in encode_metadata(values).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)
-    path.write_bytes(seal(model.SerializeToString()))
-
-
 def test_an_onnx_policy_flies_and_a_mismatched_file_is_refused(env, tmp_path):
     good, other_physics = tmp_path / "good.onnx", tmp_path / "physics.onnx"
-    _tiny_onnx(good)
-    _tiny_onnx(other_physics, physics_hz=480)
+    write_linear_policy(good)
+    write_linear_policy(other_physics, physics_hz=480)
     log, link, _ = fly(env, OnnxPolicy(good), duration_s=1.0)
     assert log.failsafes == [] and link.commands["action"] == HZ
     assert_safe_record(log, link)
@@ -457,7 +390,7 @@ def test_sim_link_refuses_to_disarm_in_the_air_or_fly_disarmed(env):
 
 def test_one_link_flies_several_flights_and_reports_them_like_episodes(tmp_path):
     path = tmp_path / "policy.onnx"
-    _tiny_onnx(path)
+    write_linear_policy(path)
     policy = OnnxPolicy(path)
     link = SimLink.from_policy_metadata(policy.metadata, render_mode="rgb_array", record_frames=True)
     try:

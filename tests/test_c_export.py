@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import sealed_policy_file, write_linear_policy
 from onnx import TensorProto, helper
-from test_autopilot import sealed_policy_file
 
 from entropilot.cli import main
 from entropilot.deploy.c_export import CExportError, build_c_policy, export_c, generate_c
@@ -107,10 +107,9 @@ def test_generated_c_matches_onnxruntime_through_every_supported_op(tmp_path):
 
 @needs_cc
 def test_the_c_policy_refuses_non_finite_numbers_and_a_library_made_from_another_file(tmp_path):
-    from test_autopilot import _tiny_onnx
 
     _every_op_file(tmp_path / "ops.onnx")
-    _tiny_onnx(tmp_path / "linear.onnx")
+    write_linear_policy(tmp_path / "linear.onnx")
     policy = build_c_policy(tmp_path / "ops.onnx", tmp_path / "ops")
     bad = _observations(1)[0]
     bad[OBSERVATION_NAMES.index("vel_z")] = np.nan

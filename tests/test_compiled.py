@@ -41,9 +41,20 @@ def rollouts() -> dict[str, np.ndarray]:
     actions, resets included."""
     hard = dict(
         sensor_noise=dict(position=0.01, velocity=0.02, attitude=0.01, angular_velocity=0.05),
-        randomization=dict(mass=0.1, inertia=0.1, kf=0.1, km=0.1, motor_time_constant=0.2, noise=0.3),
+        randomization=dict(
+            mass=0.1,
+            inertia=0.1,
+            kf=0.1,
+            km=0.1,
+            motor_time_constant=0.2,
+            noise=0.3,
+            action_delay_steps=1,
+            wind_speed=1.0,
+        ),
         wind=dict(mean=(0.3, -0.2, 0.0), gust_std=0.4),
         start_tilt_deg=20.0,
+        true_airframe=dict(mass=1.1, kf=0.9, max_rpm=0.95),
+        action_delay_steps=1,
     )
     out = {}
     for env_id in (HOVER_ID, WAYPOINT_ID):

@@ -414,7 +414,8 @@ def test_fly_without_cflib_names_the_extra(exported):
         "import sys\n"
         "sys.modules['cflib'] = None  # as if the extra were not installed: importing it fails\n"
         "from entropilot.cli import main\n"
-        f"main(['fly', {str(exported.path)!r}, '--link', 'crazyflie'])\n"
+        # --force: past the readiness gate (the test policy has no report), to where the link needs cflib
+        f"main(['fly', {str(exported.path)!r}, '--link', 'crazyflie', '--force'])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr

@@ -16,8 +16,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import sealed_policy_file
 from onnx import helper
-from test_autopilot import sealed_policy_file
 
 from entropilot.deploy.c_export import generate_c
 from entropilot.deploy.c_toolchain import find_host_compiler

@@ -90,6 +90,22 @@ def test_pid_baseline_hovers_with_success(action_mode):
         assert info["distance"] < 0.1
 
 
+@pytest.mark.parametrize("action_mode", ["ctbr", "motors"])
+def test_pid_flies_a_batch_of_drones_as_it_flies_each_alone(action_mode):
+    envs = [gym.make(HOVER_ID, action_mode=action_mode, start_tilt_deg=40.0) for _ in range(5)]
+    batch_pid, alone = CascadedPID.for_env(envs[0]), [CascadedPID.for_env(env) for env in envs]
+    obs = np.stack([env.reset(seed=seed)[0] for seed, env in enumerate(envs)])
+    for _ in range(30):  # steep starts: the tilt limit and the clips are on the path
+        actions = batch_pid(obs)
+        assert actions.shape == (5, 4) and actions.dtype == np.float32
+        np.testing.assert_array_equal(actions, np.stack([pid(o) for pid, o in zip(alone, obs)]))
+        obs = np.stack([env.step(a)[0] for env, a in zip(envs, actions)])
+    with pytest.raises(ValueError, match="reset"):
+        batch_pid(obs[:3])
+    batch_pid.reset()
+    assert batch_pid(obs[:3]).shape == (3, 4)
+
+
 def test_pid_tracks_waypoints_and_circle():
     for trajectory in ("waypoints", "circle"):
         env = gym.make(WAYPOINT_ID, trajectory=trajectory)
@@ -252,3 +268,36 @@ def test_swarm_downwash_pushes_only_the_drone_below():
     assert below_with[1] == pytest.approx(below_without[1], abs=1e-6)  # the upper drone feels nothing
     beside_with, beside_without = height_after(True, 0.5), height_after(False, 0.5)
     assert beside_with[0] == pytest.approx(beside_without[0], abs=1e-3)  # 0.5 m to the side: outside the wake
+
+
+def test_the_crash_penalty_is_an_option():
+    rewards = {}
+    for penalty in (2.0, 10.0):
+        env = gym.make(HOVER_ID, crash_penalty=penalty)
+        env.reset(seed=0)
+        terminated = False
+        while not terminated:  # no thrust: it falls and hits the ground
+            _, reward, terminated, _, info = env.step(np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32))
+        rewards[penalty] = reward
+        assert info["crash"] == "ground_impact"
+        env.close()
+    assert rewards[10.0] == pytest.approx(rewards[2.0] - 8.0, abs=1e-12) and rewards[2.0] < -1.0
+
+
+def test_randomized_wind_blows_from_any_direction_up_to_its_speed():
+    env = gym.make(HOVER_ID, wind={"mean": [0.2, 0.0, 0.0]}, randomization={"wind_speed": 1.5})
+    winds = []
+    for seed in range(40):
+        env.reset(seed=seed)
+        winds.append(env.unwrapped.sim.air_velocity[0].copy())
+        env.step(env.unwrapped.sim.hover_action())
+        np.testing.assert_array_equal(env.unwrapped.sim.air_velocity[0], winds[-1])  # steady within the episode
+    extra = np.array(winds) - [0.2, 0.0, 0.0]
+    speed = np.linalg.norm(extra, axis=1)
+    assert speed.max() <= 1.5 and speed.max() > 1.0 and (extra[:, 2] == 0).all()
+    assert (extra[:, 0] < -0.3).any() and (extra[:, 1] > 0.3).any() and (extra[:, 1] < -0.3).any()
+    env.close()
+    still = gym.make(HOVER_ID, wind={"mean": [0.2, 0.0, 0.0]})
+    still.reset(seed=0)
+    np.testing.assert_array_equal(still.unwrapped.sim.air_velocity[0], [0.2, 0.0, 0.0])
+    still.close()

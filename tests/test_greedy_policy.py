@@ -48,6 +48,16 @@ def test_filter_statistics_normalize_before_the_network():
     np.testing.assert_allclose(policy(obs), zeros_action, atol=1e-6)  # obs == mean normalizes to zeros
 
 
+def test_a_batch_of_observations_is_one_forward_pass_with_the_same_actions():
+    module, obs = module_and_obs(PPOConfig())
+    stats = ObservationFilterStats(mean=np.zeros(22), std=np.full(22, 2.0), clip=5.0, count=100)
+    policy = GreedyPolicy(module, stats)
+    batch = np.stack([obs, obs * 0.5, obs * 3.0]).astype(np.float32)
+    actions = policy(batch)
+    assert actions.shape == (3, 4) and policy(obs).shape == (4,)
+    np.testing.assert_allclose(actions, np.stack([policy(o) for o in batch]), atol=1e-6)
+
+
 def test_categorical_greedy_action_is_each_sub_actions_argmax():
     config = PPOConfig().rl_module(model_config={"free_log_std": False})
     module, obs = module_and_obs(config, HOVER_DISCRETE_ID)

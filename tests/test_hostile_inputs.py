@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import write_linear_policy
 
 from entropilot.cli import main as cli
 from entropilot.envs import HOVER_DISCRETE_ID
@@ -346,6 +347,45 @@ EXPORT = [
     case("export-c-damaged-policy", "export {ws}/truncated.onnx --format c -o {ws}/c", "truncated.onnx", "seal"),
     case("export-onnx-from-onnx", "export {policy} -o {ws}/p.onnx", "exported file already", exit=2),
     case("export-c-unknown-format", "export {policy} --format rust -o {ws}/c", "--format", "rust", exit=2),
+    # the readiness gate on registration
+    case("export-force-alone", "export {ws}/runs/done -o {ws}/p.onnx --force", "go with --register NAME", exit=2),
+    case(
+        "export-conditions-alone",
+        "export {ws}/runs/done -o {ws}/p.onnx --conditions {ws}/gate_typo.yaml",
+        "go with --register NAME",
+        exit=2,
+    ),
+    case(
+        "export-readiness-dir-alone",
+        "export {ws}/runs/done -o {ws}/p.onnx --readiness-dir {ws}/r",
+        "go with --register NAME",
+        exit=2,
+    ),
+    case(
+        "export-register-conditions-not-yaml",
+        "export {ws}/runs/done -o {ws}/p.onnx --register m --conditions {ws}/broken.yaml",
+        "broken.yaml",
+        "not valid YAML",
+    ),
+    case(
+        "export-register-condition-cannot-fly",
+        "export {ws}/runs/done -o {ws}/p.onnx --register m --conditions {ws}/bad_option.yaml",
+        "condition 'heavy'",
+        "mas",
+    ),
+    case(
+        "export-register-readiness-dir-unwritable",
+        "export {ws}/runs/done -o {ws}/p.onnx --register m --readiness-dir /proc/r",
+        "--readiness-dir",
+        "cannot write in /proc",
+    ),
+    case(
+        "export-register-readiness-dir-a-file",
+        "export {ws}/runs/done -o {ws}/p.onnx --register m --readiness-dir {ws}/notes.txt",
+        "--readiness-dir",
+        "is a file",
+        exit=2,
+    ),
 ]
 
 FLY = [
@@ -405,6 +445,128 @@ FLY = [
     case("fly-c-sha-malformed", "fly {policy} --runtime c --sha256 xyz", "--sha256", "64 hex digits"),
     case("fly-c-truncated-policy", "fly {ws}/truncated.onnx --runtime c", "truncated.onnx", "seal"),
     case("fly-unknown-runtime", "fly {policy} --runtime rust", "--runtime", "rust", exit=2),
+    # the readiness gate on a vehicle
+    case("fly-force-in-sim", "fly {policy} --force", "--force", "--link mavlink or crazyflie"),
+    case(
+        "fly-no-readiness-report",
+        "fly {policy} --link mavlink --connect udpout:127.0.0.1:{free_port}",
+        "readiness gate refuses",
+        "no readiness report",
+        "--force",
+    ),
+    case(
+        "fly-failing-readiness-report",
+        "fly {ws}/failing.onnx --link crazyflie",
+        "readiness gate refuses",
+        "4 crash(es)",
+        "--force",
+    ),
+]
+
+EVALUATE = [
+    case("evaluate-missing-policy", "evaluate {ws}/nope.onnx", "SOURCE", "nope.onnx", "no such file"),
+    case("evaluate-missing-source", "evaluate {ws}/runs/nope", "SOURCE", "no such folder"),
+    case("evaluate-not-onnx", "evaluate {ws}/notes.txt", "notes.txt", "seal"),
+    case("evaluate-truncated-policy", "evaluate {ws}/truncated.onnx", "truncated.onnx", "seal"),
+    case("evaluate-empty-folder", "evaluate {ws}/runs/empty", "SOURCE", "holds no checkpoint"),
+    case(
+        "evaluate-damaged-checkpoint",
+        "evaluate {ws}/runs/broken-module/iter_000001",
+        "damaged checkpoint",
+        "module_state.pkl",
+    ),
+    case("evaluate-run-id-no-store", "evaluate {hex_id}", "SOURCE", "no MLflow store", cwd="bare"),
+    case("evaluate-registered-no-store", "evaluate models:/m@a", "no MLflow store", cwd="bare"),
+    case("evaluate-bad-model-uri", "evaluate models:/", "models:/", "models:/NAME@ALIAS"),
+    case("evaluate-stamp-registered", "evaluate models:/m@a --stamp", "never changed", "Drop --stamp"),
+    case("evaluate-swarm-policy", "evaluate {ws}/swarm.onnx", "readiness flies the policies of", "Swarm-v0"),
+    case(
+        "evaluate-conditions-missing",
+        "evaluate {policy} --conditions {ws}/nope.yaml",
+        "--conditions",
+        "does not exist",
+        exit=2,
+    ),
+    case("evaluate-conditions-not-yaml", "evaluate {policy} --conditions {ws}/broken.yaml", "not valid YAML"),
+    case("evaluate-conditions-a-list", "evaluate {policy} --conditions {ws}/list.yaml", "must hold a mapping"),
+    case("evaluate-conditions-empty", "evaluate {policy} --conditions {ws}/empty.yaml", "must hold a mapping"),
+    case(
+        "evaluate-conditions-not-text", "evaluate {policy} --conditions {ws}/binary.yaml", "binary.yaml", "cannot read"
+    ),
+    case(
+        "evaluate-conditions-unknown-key",
+        "evaluate {policy} --conditions {ws}/typo.yaml",
+        "algorithmm: unknown key; valid keys here: episodes, seed",
+        "conditions: Field required",
+        errors=2,
+    ),
+    case(
+        "evaluate-gate-unknown-condition",
+        "evaluate {policy} --conditions {ws}/gate_typo.yaml",
+        "gate.condition 'nominall' is not a condition",
+    ),
+    case("evaluate-extends-another", "evaluate {policy} --conditions {ws}/extends_other.yaml", "'default'"),
+    case(
+        "evaluate-condition-unknown-option",
+        "evaluate {policy} --conditions {ws}/bad_option.yaml",
+        "condition 'heavy'",
+        "mas",
+    ),
+    case(
+        "evaluate-condition-bad-value",
+        "evaluate {policy} --conditions {ws}/bad_value.yaml",
+        "condition 'empty_tank'",
+        "true_airframe.mass",
+        "[0.1, 10]",
+    ),
+    case(
+        "evaluate-conditions-two-problems",
+        "evaluate {policy} --conditions {ws}/two_problems.yaml",
+        "episodes",
+        "confidence",
+        errors=2,
+    ),
+    case("evaluate-condition-bad-name", "evaluate {policy} --conditions {ws}/bad_name.yaml", "condition names"),
+    case(
+        "evaluate-checkpoint-condition-cannot-fly",  # refused before the export
+        "evaluate {ws}/runs/done --conditions {ws}/bad_option.yaml",
+        "condition 'heavy'",
+    ),
+    case(
+        "evaluate-seeds-overlap",
+        "evaluate {ws}/seeded.onnx --conditions {ws}/overlap.yaml",
+        "held-out seeds [1000000, 1000100) overlap",
+        "evaluation seeds",
+    ),
+    case("evaluate-episodes-zero", "evaluate {policy} --episodes 0", "--episodes", "0", exit=2),
+    case("evaluate-episodes-huge", "evaluate {policy} --episodes 1000000", "--episodes", "1000000", exit=2),
+    case("evaluate-workers-zero", "evaluate {policy} --workers 0", "--workers", "0", exit=2),
+    case(
+        "evaluate-output-dir-unwritable",
+        "evaluate {policy} --output-dir /proc/r",
+        "--output-dir",
+        "cannot write in /proc",
+    ),
+    case(
+        "evaluate-output-dir-a-file",
+        "evaluate {policy} --output-dir {ws}/notes.txt",
+        "--output-dir",
+        "is a file",
+        exit=2,
+    ),
+    case(
+        "evaluate-export-over-a-note",
+        "evaluate {ws}/runs/done --output-dir {ws}/notes",
+        "--output-dir",
+        "policy.onnx entropilot did not write",
+    ),
+    case("evaluate-file-store", "evaluate {policy} --tracking-uri ./mlruns", "--tracking-uri", "file stores"),
+    case(
+        "evaluate-cache-unwritable",
+        "evaluate models:/m@a --cache-dir /proc/cache",
+        "--cache-dir",
+        "cannot write in /proc",
+    ),
 ]
 
 DEMO = [
@@ -497,7 +659,7 @@ OTHERS = [
     case("unknown-command", "fy", "No such command", exit=2),
 ]
 
-CASES = TRAIN + RESUME + EXPORT + FLY + DEMO + SITL + SWEEP + CLUSTER + OTHERS
+CASES = TRAIN + RESUME + EXPORT + FLY + EVALUATE + DEMO + SITL + SWEEP + CLUSTER + OTHERS
 
 
 # ------------------------------------------------------------------------------------------------ workspace
@@ -533,10 +695,22 @@ def write_checkpoint(folder: Path, config: dict, *, run_id: str | None = None) -
     return folder
 
 
+def write_failing_report(policy: Path) -> None:
+    """Stamp into ``policy`` a readiness report of its own network that fails the gate (4 nominal crashes)."""
+    from entropilot.deploy.onnx_policy import OnnxPolicy
+    from entropilot.deploy.readiness_record import stamp_report
+
+    gate = {"condition": "nominal", "max_crashes": 0, "min_success_lower_bound": 0.95}
+    reasons = ["4 crash(es), at most 0 allowed", "success lower bound 0.900 < 0.95"]
+    report = {
+        "policy": {"policy_sha256": OnnxPolicy(policy).policy_sha256},
+        "gate": {**gate, "passed": False, "reasons": reasons},
+    }
+    stamp_report(policy, report)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from test_autopilot import _tiny_onnx  # the sealed linear policy made without torch
-
     ws = tmp_path_factory.mktemp("user")
     (ws / "bare").mkdir()
     config = parse_config(SMALL)
@@ -549,7 +723,24 @@ def workspace(tmp_path_factory):
     (ws / "typo.yaml").write_text("algorithmm:\n  lr: 0.001\n")
     (ws / "notes.txt").write_text("my notes: not a policy\n")
     policy = ws / "policy.onnx"
-    _tiny_onnx(policy)
+    write_linear_policy(policy)  # a sealed policy made without torch
+    write_linear_policy(ws / "swarm.onnx", env_id="entropilot/Swarm-v0")
+    # exported by a run that trained from seed 0 and evaluated on 1,000,000 onward
+    write_linear_policy(ws / "seeded.onnx", seeds={"training": [0, 3], "evaluation": [1_000_000, 1_000_020]})
+    write_failing_report(write_linear_policy(ws / "failing.onnx"))
+    (ws / "notes").mkdir()
+    (ws / "notes" / "policy.onnx").write_text("my own policy notes\n")
+    matrices = {
+        "gate_typo.yaml": {"conditions": {"nominal": {}}, "gate": {"condition": "nominall"}},
+        "extends_other.yaml": {"extends": "mine", "conditions": {"nominal": {}}},
+        "bad_option.yaml": {"conditions": {"nominal": {}, "heavy": {"true_airframe": {"mas": 1.2}}}},
+        "bad_value.yaml": {"conditions": {"nominal": {}, "empty_tank": {"true_airframe": {"mass": 0.0}}}},
+        "bad_name.yaml": {"conditions": {"nominal": {}, "heavy vehicle!": {}}},
+        "two_problems.yaml": {"episodes": 0, "confidence": 2, "conditions": {"nominal": {}}},
+        "overlap.yaml": {"extends": "default", "seed": 1_000_000},
+    }
+    for name, matrix in matrices.items():
+        (ws / name).write_text(yaml.safe_dump(matrix))
     (ws / "truncated.onnx").write_bytes(policy.read_bytes()[:-100])
     (ws / "csrc").mkdir()
     (ws / "csrc" / "policy.c").write_text("/* my own controller */\nint main(void) { return 0; }\n")
@@ -626,7 +817,7 @@ def test_a_plot_into_a_missing_folder_is_made_there(tmp_path):
 
 def test_the_table_covers_every_command():
     commands = {case.command.split()[0] for case in CASES}
-    assert commands >= {"train", "export", "fly", "demo", "sitl", "sweep", "submit", "jobs", "envs"}
+    assert commands >= {"train", "export", "fly", "evaluate", "demo", "sitl", "sweep", "submit", "jobs", "envs"}
     assert len(CASES) >= 100 and len({case.id for case in CASES}) == len(CASES)
 
 

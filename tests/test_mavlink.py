@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import write_linear_policy
 from pymavlink import mavutil
 
 from entropilot.deploy.autopilot import Autopilot, CallablePolicy
@@ -148,10 +149,8 @@ def test_sitl_rejects_offboard_before_a_second_of_setpoints_and_a_disarm_in_the_
 
 # ---- flights --------------------------------------------------------------------------------
 def _tiny_onnx_policy(tmp_path):
-    from test_autopilot import _tiny_onnx  # the sealed linear policy made without torch
-
     path = tmp_path / "tiny.onnx"
-    _tiny_onnx(path)
+    write_linear_policy(path)
     return OnnxPolicy(path)
 
 
@@ -249,10 +248,8 @@ def test_the_sitl_command_fails_safe_when_the_fly_command_is_killed(tmp_path):
     import sys
     import threading
 
-    from test_autopilot import _tiny_onnx
-
     policy = tmp_path / "tiny.onnx"
-    _tiny_onnx(policy)
+    write_linear_policy(policy)
     port = free_udp_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "entropilot.cli"]
@@ -292,6 +289,7 @@ def test_the_sitl_command_fails_safe_when_the_fly_command_is_killed(tmp_path):
                 "0,0,1",
                 "--duration",
                 "20",
+                "--force",  # the linear policy has no readiness report; this test is about the failsafes
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

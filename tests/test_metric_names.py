@@ -1,6 +1,7 @@
 """The names training writes and reads, defined once: RLlib 2.60's learner metrics as its own constants spell them, and
 `names.METRICS` (what a sweep may optimize) as exactly what an iteration logs."""
 
+from entropilot.platform.evaluation import EvaluationSummary
 from entropilot.platform.names import METRIC_PREFIXES, METRICS, Metric
 from entropilot.platform.train import iteration_metrics
 from entropilot.policies import learner_metrics
@@ -51,7 +52,11 @@ def test_metrics_names_what_an_iteration_logs_and_nothing_else():
     logged = iteration_metrics(_EveryNumber(), "default_policy", "effective")
     per_dim = {name for name in logged if name.startswith(METRIC_PREFIXES)}
     assert per_dim == {"entropy_per_dim/0"}
-    # The rest are the training loop's own, logged beside these.
-    loop = {Metric.SUCCESS_RATE, Metric.EVAL_FINAL_DISTANCE, Metric.ENTROPY_COLLAPSE, Metric.TIME_S}
+    # The rest are the training loop's own, logged beside these: an evaluation's, a collapse check's, the wall time.
+    loop = {
+        *EvaluationSummary(episodes=1, successes=1, crashes=0, mean_final_distance=0.1).metrics(),
+        Metric.ENTROPY_COLLAPSE,
+        Metric.TIME_S,
+    }
     assert set(logged) - per_dim == set(METRICS) - loop
     assert len(set(METRICS)) == len(METRICS) and all(type(name) is str for name in METRICS)

@@ -20,13 +20,17 @@ from entropilot.envs.pybullet_world import PyBulletWorld
 from entropilot.envs.single_drone import HoverEnv
 from entropilot.envs.vector import DroneVectorEnv
 
-# Every random stream of an episode in use: domain randomization, noise-level randomization, gusty wind, sensor
-# noise, tilted starts and (waypoints) jittered waypoints.
+# Every random stream of an episode in use: domain randomization (airframe, action delay, extra wind), noise-level
+# randomization, gusty wind, sensor noise, tilted starts and (waypoints) jittered waypoints; on a true airframe that
+# differs from the nominal one.
 HARD = dict(
     sensor_noise=dict(position=0.01, velocity=0.02, attitude=0.01, angular_velocity=0.05),
-    randomization=dict(mass=0.1, inertia=0.1, kf=0.1, km=0.1, motor_time_constant=0.2, noise=0.3),
+    randomization=dict(
+        mass=0.1, inertia=0.1, kf=0.1, km=0.1, motor_time_constant=0.2, noise=0.3, action_delay_steps=1, wind_speed=0.25
+    ),
     wind=dict(mean=(0.3, -0.2, 0.0), gust_std=0.4),
     start_tilt_deg=20.0,
+    true_airframe=dict(mass=0.95),
 )
 WAYPOINT_HARD = {**HARD, "randomize_waypoints": 0.1}
 

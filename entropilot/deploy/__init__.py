@@ -8,6 +8,10 @@
 - ``registry``: a registered model (``models:/name@alias``) pulled from MLflow, checked against the SHA-256 recorded
   at registration and its seal, and cached (imports mlflow only when it pulls).
 - ``autopilot``, ``safety``, ``links``: the onboard loop, its guards and failsafe ladder, the vehicle links.
+- ``readiness`` (flights and statistics), ``readiness_config`` (the condition matrix, ``readiness.yaml``),
+  ``readiness_report`` (table, Markdown, JSON, plot), ``readiness_record`` (the report into the file and MLflow; the
+  gated registration): the ground-side flight-readiness evaluation (uses the simulator).
+- ``gate``: whether a report in a policy file clears its gate (plain Python: the vehicle side checks it).
 
 Importing this package imports nothing heavy; import the submodule you need.
 """

@@ -50,6 +50,7 @@ class CPolicy:
         self.path = self.onnx.path
         self.sha256 = self.onnx.sha256
         self.seal = self.onnx.seal
+        self.policy_sha256 = self.onnx.policy_sha256
         self.metadata = self.onnx.metadata
         self.observation_names = self.onnx.observation_names
         self.observation_size = self.onnx.observation_size

@@ -62,6 +62,10 @@ REQUIRED_KEYS = (
     "exporter",
 )
 
+# Written into the file after export by a flight-readiness evaluation (`entropilot evaluate --stamp`, `export
+# --register`): its report and gate verdict (see `deploy.gate`). Optional: files without one still load.
+READINESS_KEY = "readiness"
+
 # The seal: SHA-256 of the whole file with this entry's value set to SEAL_PLACEHOLDER. Stored as a plain
 # 64-character hex string (not JSON) so that writing it changes no length and no other byte of the file.
 SEAL_KEY = PREFIX + "content_sha256"
@@ -150,3 +154,47 @@ def _seal_value_offset(data: bytes) -> int:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def policy_sha256(data: bytes) -> str:
+    """SHA-256 of the serialized model without its metadata (ModelProto field 14, ``metadata_props``): it names the
+    network, graph and weights, whatever the metadata says, so it is the same before and after a readiness report
+    was written into the file (which changes the file's own SHA-256). Reads the protobuf wire format itself: no onnx
+    needed on the vehicle."""
+    digest, i, n = hashlib.sha256(), 0, len(data)
+    while i < n:
+        start = i
+        key, i = _varint(data, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = _varint(data, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 2:
+            length, i = _varint(data, i)
+            i += length
+        elif wire == 5:
+            i += 4
+        else:
+            raise PolicyContractError(f"not an ONNX model: wire type {wire} at byte {start}")
+        if i > n:
+            raise PolicyContractError(f"not an ONNX model: field {field} runs past the end ({n} bytes)")
+        if field != _METADATA_FIELD:
+            digest.update(data[start:i])
+    return digest.hexdigest()
+
+
+_METADATA_FIELD = 14  # ModelProto.metadata_props
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise PolicyContractError("not an ONNX model: a truncated or overlong varint")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7

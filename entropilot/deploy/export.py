@@ -160,6 +160,9 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
         "env_kwargs": info.env_kwargs,
         "training_run_id": state.get("run_id"),
         "training_iteration": state.get("iteration"),
+        # [first, last + 1) of the seeds training started its envs from and evaluated on: a readiness evaluation
+        # keeps its held-out seeds apart from both.
+        **({"seeds": info.seeds} if info.seeds else {}),
         "algorithm": info.algorithm,
         "entropilot_version": entropilot.__version__,
         "exporter": exporter,
@@ -211,6 +214,7 @@ class CheckpointInfo:
     env_kwargs: dict[str, Any]
     evaluation_seed: int
     algorithm: str
+    seeds: dict[str, list[int]] | None = None  # {"training": [lo, hi), "evaluation": [lo, hi)} when the config says
 
 
 def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
@@ -219,24 +223,37 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
     import yaml
 
     from entropilot.envs import validate_env_kwargs
-    from entropilot.platform.config import ConfigError, EvaluationConfig, load_config
+    from entropilot.platform.config import ConfigError, EvaluationConfig, ExperimentConfig, ResourcesConfig, load_config
     from entropilot.platform.train import CONFIG_FILE
 
     path = checkpoint / CONFIG_FILE
     try:
         cfg = load_config(path)
-        return CheckpointInfo(cfg.env.id, dict(cfg.env.kwargs), cfg.evaluation.seed, cfg.algorithm.name)
+        r, e = cfg.resources, cfg.evaluation
+        seeds = _seed_ranges(cfg.seed, r.num_env_runners, r.envs_per_runner, e.seed, e.episodes)
+        return CheckpointInfo(cfg.env.id, dict(cfg.env.kwargs), e.seed, cfg.algorithm.name, seeds)
     except FileNotFoundError:
         raise ExportError(f"{checkpoint}: no {CONFIG_FILE} beside the checkpoint") from None
     except ConfigError as err:
         raw = yaml.safe_load(path.read_text()) or {}
-        env = raw.get("env") or {}
+        env, r, e = raw.get("env") or {}, raw.get("resources") or {}, raw.get("evaluation") or {}
         try:
+            resources, evaluation = ResourcesConfig(), EvaluationConfig()  # the defaults of what the file leaves out
+            seed = int(raw.get("seed", ExperimentConfig.model_fields["seed"].default))
+            evaluation_seed = int(e.get("seed", evaluation.seed))
+            seeds = _seed_ranges(
+                seed,
+                int(r.get("num_env_runners", resources.num_env_runners)),
+                int(r.get("envs_per_runner", resources.envs_per_runner)),
+                evaluation_seed,
+                int(e.get("episodes", evaluation.episodes)),
+            )
             info = CheckpointInfo(
                 env["id"],
                 dict(env.get("kwargs") or {}),
-                int((raw.get("evaluation") or {}).get("seed", EvaluationConfig().seed)),
+                evaluation_seed,
                 str((raw.get("algorithm") or {}).get("name", "PPO")),
+                seeds,
             )
             validate_env_kwargs(info.env_id, info.env_kwargs)
         except (KeyError, TypeError, ValueError) as env_err:
@@ -249,6 +266,17 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
             "; ".join(problem.describe() for problem in err.problems),
         )
         return info
+
+
+def _seed_ranges(
+    seed: int, num_env_runners: int, envs_per_runner: int, evaluation_seed: int, evaluation_episodes: int
+) -> dict[str, list[int]]:
+    """[first, last + 1) of the seeds a run started its envs from and evaluated on (RLlib 2.60 seeds runner i's
+    sub-env j with seed + i + j; the config's own overlap check says the same)."""
+    return {
+        "training": [seed, seed + num_env_runners + envs_per_runner],
+        "evaluation": [evaluation_seed, evaluation_seed + evaluation_episodes],
+    }
 
 
 def _greedy_policy(module, stats):

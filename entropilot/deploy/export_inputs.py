@@ -48,8 +48,9 @@ def _generated_c(path: Path) -> bool:
 
 
 def resolve_checkpoint(source: str | os.PathLike, stack: contextlib.ExitStack | None = None) -> Path:
-    """A checkpoint folder, a run folder (its newest intact ``iter_*``, warning about newer damaged ones), or an
-    MLflow run id (at MLflow's current tracking URI; never creating a store).
+    """A checkpoint folder, a run folder (the best checkpoint if training kept one with ``checkpoint.keep_best``,
+    else its newest intact ``iter_*``, warning about newer damaged ones), or an MLflow run id (at MLflow's current
+    tracking URI; never creating a store).
 
     For a run id whose checkpoint folder is not on this machine, the run's ``checkpoint`` artifacts are
     downloaded into a temporary folder that lives as long as ``stack``.
@@ -59,11 +60,11 @@ def resolve_checkpoint(source: str | os.PathLike, stack: contextlib.ExitStack | 
     text, name = str(source), "SOURCE"
     warn = logging.getLogger(__name__).warning
     if Path(text).exists() or not RUN_ID.fullmatch(text):
-        return locate_checkpoint(text, name, warn=warn).resolve()
+        return locate_checkpoint(text, name, warn=warn, best=True).resolve()
     run = find_run(text, name)
     folder = run_checkpoint_dir(run, name)
     if Path(folder).is_dir():
-        return locate_checkpoint(folder, name, warn=warn).resolve()
+        return locate_checkpoint(folder, name, warn=warn, best=True).resolve()
     if stack is None:
         raise ExportError(f"MLflow run {source}: checkpoint folder {folder!r} is not on this machine")
     import mlflow
@@ -76,4 +77,4 @@ def resolve_checkpoint(source: str | os.PathLike, stack: contextlib.ExitStack | 
         raise ExportError(
             f"MLflow run {source}: no local checkpoint ({folder!r}) and no 'checkpoint' artifact ({err})"
         ) from None
-    return locate_checkpoint(local, name, warn=warn).resolve()
+    return locate_checkpoint(local, name, warn=warn, best=True).resolve()

@@ -90,6 +90,22 @@ def pull_registered(source: str, *, tracking_uri: str | None, cache_dir: str | N
     return pulled
 
 
+def check_readiness(policy: OnnxPolicy, *, force: bool, dry_run: bool, echo: Echo = print) -> None:
+    """Before a flight on a vehicle: the readiness report in the policy file must name this network and clear its
+    gate (``deploy.gate``), else FlightError, unless ``force`` (then a warning on the console and in the log). A dry
+    run sends nothing, so it only says what the report says."""
+    from entropilot.deploy.gate import GateRefused, enforce, report_problems
+
+    report, problems = report_problems(policy.metadata, policy.policy_sha256)
+    if dry_run:
+        echo(f"dry run: the readiness gate is not applied (nothing is sent); it says: {'; '.join(problems) or 'pass'}")
+        return
+    try:
+        enforce(report, problems, force=force, what=f"fly {policy.path.name} on a vehicle", echo=echo)
+    except GateRefused as err:
+        raise FlightError(str(err)) from None
+
+
 def check_plot_support(plot: str | None) -> None:
     """Refuse ``--plot`` before a flight, not after it: an onboard install may have no matplotlib."""
     if plot and importlib.util.find_spec("matplotlib") is None:
@@ -186,7 +202,7 @@ def fly_on_link(
     return log
 
 
-def check_link_options(link: str, address: str | None, target, video: str | None) -> None:
+def check_link_options(link: str, address: str | None, target, video: str | None, *, force: bool = False) -> None:
     """Refuse, before anything loads, options the chosen link does not use (a forgotten --link) and a malformed
     address (pymavlink and cflib would fail on it mid-connect)."""
     from entropilot.inputs import InputError
@@ -196,6 +212,8 @@ def check_link_options(link: str, address: str | None, target, video: str | None
             raise InputError("--connect", address, "is for --link mavlink or crazyflie; the sim link has no address")
         if target is not None:
             raise InputError("--target", target, "is for --link mavlink or crazyflie; the sim flies the env's target")
+        if force:
+            raise FlightError("--force overrides the readiness gate of --link mavlink or crazyflie; the sim has none")
         return
     if video is not None:
         raise InputError("--video", video, "records the sim's rendering; --link sim only")

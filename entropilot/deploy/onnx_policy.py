@@ -20,6 +20,7 @@ from entropilot.deploy.contract import (
     SCHEMA_VERSION,
     PolicyContractError,
     decode_metadata,
+    policy_sha256,
     sha256_hex,
     verify_seal,
 )
@@ -73,6 +74,7 @@ class OnnxPolicy:
                 f"{where}: SHA-256 is {self.sha256}, expected {expected['sha256']}: not the approved file"
             )
         self.seal = verify_seal(data, where)
+        self.policy_sha256 = policy_sha256(data)  # the network without the metadata (a readiness report names it)
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1

@@ -3,12 +3,14 @@
 ``run_episodes`` flies a single-drone Gymnasium env; ``run_swarm_episodes`` flies every drone of the
 multi-agent swarm with one shared controller. Both run the same loop (``_fly``) over a small adapter
 that presents either env as "agents -> observations", a single-drone env being a swarm of one.
-``run_vector_episodes`` flies one episode on every env of a vector of single-drone envs at once, the
-controller acting on all of them in one call: the results ``run_episodes`` gives episode after episode.
+``run_vector_episodes`` flies episodes on every env of a vector of single-drone envs at once, the controller acting
+on all of them in one call: the results ``run_episodes`` gives episode after episode. Every loop keeps its episodes'
+books with one ``_Recorder``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,10 +26,18 @@ class EpisodeResult:
     length: int
     final_distance: float
     crash: str | None
-    positions: np.ndarray = field(repr=False)  # (T + 1, 3) world positions
-    targets: np.ndarray = field(repr=False)  # (T + 1, 3) the reference point at each step
+    positions: np.ndarray | None = field(repr=False)  # (T + 1, 3) world positions (None: not recorded)
+    targets: np.ndarray | None = field(repr=False)  # (T + 1, 3) the reference point at each step
     frames: list = field(default_factory=list, repr=False)  # in a swarm: one list shared by all drones' results
     agent: str | None = None  # the swarm agent id ("drone_3"); None for a single-drone env
+    # From the true state: the largest angle between body z and world z over the episode.
+    max_tilt_deg: float = math.nan
+    # When the drone entered the success radius of its reference for good (stayed inside to the end), s from the
+    # start; None if it ended outside.
+    settling_time: float | None = None
+    # Of the steps, those whose executed action (what the rotors were commanded: the policy's, clipped to [-1, 1], or
+    # a command task's inner loop's) has a component at +-1.
+    saturated_fraction: float = math.nan
 
 
 def run_episodes(
@@ -58,70 +68,6 @@ def run_swarm_episodes(
     fraction of drones that succeeded. A drone's return, length and trajectory end where it crashed.
     """
     return _fly(_Swarm(env), controller, episodes, seed, record_frames, reset_controller)
-
-
-def run_vector_episodes(env, controller: Callable[[np.ndarray], np.ndarray], seed: int) -> list[EpisodeResult]:
-    """One episode on each of the ``num_envs`` single-drone envs of a Gymnasium vector env, all at once, env k
-    seeded with ``seed + k``; ``controller`` (stateless) maps observations (N, obs) to actions (N, act).
-
-    Equal to ``run_episodes`` of ``num_envs`` episodes from ``seed`` (each env's first episode counts; the
-    vector env's autoreset afterwards is stepped along and ignored).
-    """
-    drones = _VectorDrones(env)
-    n = env.num_envs
-    obs, _ = env.reset(seed=[seed + k for k in range(n)])
-    positions, targets = [[p] for p in drones.positions()], [[t] for t in drones.targets()]
-    totals, steps, final_infos = [0.0] * n, [0] * n, [{}] * n
-    live = np.ones(n, dtype=bool)
-    while live.any():
-        obs, rewards, terminated, truncated, infos = env.step(controller(obs))
-        now_positions, now_targets = drones.positions(), drones.targets()
-        ended = live & (terminated | truncated)
-        for k in np.flatnonzero(live):
-            totals[k] += rewards[k]
-            steps[k] += 1
-            positions[k].append(now_positions[k])
-            targets[k].append(now_targets[k])
-        for k in np.flatnonzero(ended):
-            final_infos[k] = vector_info(infos, k)
-        live &= ~ended
-    return [
-        EpisodeResult(
-            seed + k,
-            bool(info.get("is_success", False)),
-            float(totals[k]),
-            steps[k],
-            info["distance"],
-            info.get("crash"),
-            np.array(positions[k]),
-            np.array(targets[k]),
-        )
-        for k, info in enumerate(final_infos)
-    ]
-
-
-def vector_info(infos: dict, index: int) -> dict:
-    """Env ``index``'s entries of a Gymnasium vector info dict (the keys its ``_key`` mask marks for it)."""
-    return {
-        key: value[index]
-        for key, value in infos.items()
-        if not key.startswith("_") and (f"_{key}" not in infos or infos[f"_{key}"][index])
-    }
-
-
-class _VectorDrones:
-    """Where the drones of a vector of single-drone envs are, and their targets: the batched ``DroneVectorEnv``
-    (one world, one episode per drone) or Gymnasium's ``SyncVectorEnv`` of single envs (one episode each)."""
-
-    def __init__(self, env):
-        inner = env.unwrapped
-        self.episodes = inner.episodes if hasattr(inner, "episodes") else [sub.unwrapped.episode for sub in inner.envs]
-
-    def positions(self) -> list[np.ndarray]:
-        return [episode.sim.position[episode.index].copy() for episode in self.episodes]
-
-    def targets(self) -> list[np.ndarray]:
-        return [np.array(episode.target) for episode in self.episodes]
 
 
 class _SingleDrone:
@@ -166,6 +112,54 @@ class _Swarm:
         return self.env.targets[index]
 
 
+class _Recorder:
+    """One drone's episode, step by step: return, length, trajectory (if kept), the last step's info, how long it has
+    stayed inside the success radius, its largest tilt and its saturated actions."""
+
+    def __init__(self, seed: int, agent, sim, index: int, target: np.ndarray, record_paths: bool = True):
+        self.seed, self.agent, self.sim, self.index = seed, agent, sim, index
+        self.radius, self.dt = sim.settings.success_radius, 1.0 / sim.settings.control_hz
+        self.positions = [sim.position[index].copy()] if record_paths else None
+        self.targets = [target.copy()] if record_paths else None
+        self.total, self.steps, self.info, self.saturated = 0.0, 0, {}, 0
+        drone = sim.drones[index]
+        self.min_tilt_cos = drone.rotation[8]
+        start_distance = math.dist(drone.position, target)
+        self.inside_since = 0 if start_distance <= self.radius else None  # the step since which it stays inside
+
+    def step(self, reward: float, info: dict, target: np.ndarray | None = None) -> None:
+        """After a step: its reward and info, the reference (kept with the path)."""
+        self.total += reward
+        self.steps += 1
+        self.info = info
+        drone = self.sim.drones[self.index]
+        self.min_tilt_cos = min(self.min_tilt_cos, drone.rotation[8])
+        self.saturated += any(abs(a) >= 1.0 for a in drone.action)
+        inside = info["distance"] <= self.radius
+        self.inside_since = (self.inside_since if self.inside_since is not None else self.steps) if inside else None
+        if self.positions is not None:
+            self.positions.append(self.sim.position[self.index].copy())
+            self.targets.append(target.copy())
+
+    def result(self, frames: list) -> EpisodeResult:
+        info = self.info
+        return EpisodeResult(
+            self.seed,
+            bool(info.get("is_success", False)),
+            self.total,
+            self.steps,
+            float(info["distance"]),
+            info.get("crash"),
+            None if self.positions is None else np.array(self.positions),
+            None if self.targets is None else np.array(self.targets),
+            frames,
+            self.agent,
+            math.degrees(math.acos(max(-1.0, min(1.0, self.min_tilt_cos)))),
+            None if self.inside_since is None else self.inside_since * self.dt,
+            self.saturated / max(self.steps, 1),
+        )
+
+
 def _fly(
     world, controller, episodes: int, seed: int, record_frames: bool, reset_controller: Callable[[], None] | None
 ) -> list[EpisodeResult]:
@@ -176,39 +170,80 @@ def _fly(
         obs = world.reset(seed + k)
         if reset_controller is not None:
             reset_controller()
-        positions = {a: [sim.position[index[a]].copy()] for a in agents}
-        targets = {a: [world.target(index[a]).copy()] for a in agents}
+        books = {a: _Recorder(seed + k, a, sim, index[a], world.target(index[a])) for a in agents}
         frames = [world.env.render()] if record_frames else []
-        totals, steps, last_info = dict.fromkeys(agents, 0.0), dict.fromkeys(agents, 0), {}
         live, done = [a for a in agents if a in obs], False
         while not done:
-            obs, rewards, dones, infos, done = world.step({a: controller(obs[a]) for a in live})
+            actions = {a: controller(obs[a]) for a in live}
+            obs, rewards, dones, infos, done = world.step(actions)
             for a, reward in rewards.items():
-                totals[a] += reward
-                steps[a] += 1
-                positions[a].append(sim.position[index[a]].copy())
-                targets[a].append(world.target(index[a]).copy())
-                last_info[a] = infos[a]
+                books[a].step(reward, infos[a], world.target(index[a]))
             if record_frames:
                 frames.append(world.env.render())
             live = [a for a in live if not dones.get(a, False)]
-        for a in agents:
-            info = last_info[a]
-            results.append(
-                EpisodeResult(
-                    seed + k,
-                    bool(info.get("is_success", False)),
-                    totals[a],
-                    steps[a],
-                    info["distance"],
-                    info.get("crash"),
-                    np.array(positions[a]),
-                    np.array(targets[a]),
-                    frames,
-                    a,
-                )
-            )
+        results += [books[a].result(frames) for a in agents]
     return results
+
+
+def run_vector_episodes(
+    env,
+    controller: Callable[[np.ndarray], np.ndarray],
+    seed: int,
+    episodes: int | None = None,
+    *,
+    reset_controller: Callable[[], None] | None = None,
+    record_paths: bool = True,
+) -> list[EpisodeResult]:
+    """``episodes`` episodes (default: one per env) on seeds ``seed, seed + 1, ...``, ``num_envs`` at a time in
+    lockstep on a Gymnasium vector env of single-drone envs (the batched ``DroneVectorEnv`` or a ``SyncVectorEnv``;
+    the caller's: build it once, fly several controllers). Each step calls ``controller`` once on the (N, obs)
+    observations of every env; an env whose episode has ended flies on into its next one, unrecorded (the vector
+    env's autoreset), so a stateful controller such as the batched PID keeps one row per env. ``reset_controller``
+    runs before each batch. Env k of a batch flies its seed as the single env does: the results are ``run_episodes``'
+    on the same seeds (to ~1e-13 m in the batched world, whose drones fly in offset frames; and up to the controller's
+    own batch-size effects); trajectories only with ``record_paths``."""
+    drones = _vector_episodes(env)
+    n = env.num_envs
+    seeds = list(range(seed, seed + (n if episodes is None else episodes)))
+    results = []
+    for start in range(0, len(seeds), n):
+        chunk = seeds[start : start + n]
+        obs, _ = env.reset(seed=chunk + [None] * (n - len(chunk)))  # spare envs fly on, unrecorded
+        if reset_controller is not None:
+            reset_controller()
+        books = [_Recorder(s, None, d.sim, d.index, np.array(d.target), record_paths) for s, d in zip(chunk, drones)]
+        live = list(range(len(chunk)))
+        while live:
+            obs, rewards, terminated, truncated, infos = env.step(controller(obs))
+            ended = (terminated | truncated).tolist()
+            for k in live:
+                target = np.array(drones[k].target) if record_paths else None
+                books[k].step(float(rewards[k]), vector_info(infos, k), target)
+            live = [k for k in live if not ended[k]]
+        results += [book.result([]) for book in books]
+    return results
+
+
+def vector_info(infos: dict, index: int) -> dict:
+    """Env ``index``'s entries of a Gymnasium vector info dict (the keys its ``_key`` mask marks for it)."""
+    return {
+        key: value[index]
+        for key, value in infos.items()
+        if not key.startswith("_") and (f"_{key}" not in infos or infos[f"_{key}"][index])
+    }
+
+
+def _vector_episodes(env) -> list:
+    """The episode (``tasks.HoverEpisode``: its simulator, drone index and reference point) of each env of a vector of
+    single-drone envs: the batched ``DroneVectorEnv`` (one world) or Gymnasium's ``SyncVectorEnv`` of single envs."""
+    inner = env.unwrapped
+    return inner.episodes if hasattr(inner, "episodes") else [sub.unwrapped.episode for sub in inner.envs]
+
+
+def lockstep_drones(episodes: int, most: int) -> int:
+    """How many drones fly ``episodes`` episodes in the fewest batches of at most ``most``, the batches as even as they
+    can be (150 at most 100: 75 drones, twice), so few drones fly unrecorded."""
+    return math.ceil(episodes / math.ceil(episodes / most))
 
 
 def summarize(results: list[EpisodeResult]) -> dict[str, float]:

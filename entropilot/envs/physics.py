@@ -489,11 +489,12 @@ class Aerodynamics:
 class DronePhysics:
     """One drone over one control period: action in [-1, 1]^4 -> body force and torque for the backend.
 
-    Chains the models above: clip the action; map it to rotor speed commands (``motors``: thrust per rotor
-    over [0, max]; ``ctbr``: collective thrust and body rates through the nominal rate loop and mixer, as
-    flight firmware does); advance this drone's rotors; apply the true kf, km and the ground-effect gains;
-    add drag and downwash. The controllers are shared and nominal; ``kf``/``km`` and the rotors are this
-    drone's (domain randomization draws them per episode).
+    Chains the models above: clip the action; hold it back ``action_delay`` control periods if there is a delay;
+    map it to rotor speed commands (``motors``: thrust per rotor over [0, max]; ``ctbr``: collective thrust and body
+    rates through the nominal rate loop and mixer, as flight firmware does), capped at the true motors' top speed;
+    advance this drone's rotors; apply the true kf, km and the ground-effect gains; add drag and downwash. The
+    controllers are shared and nominal; ``kf``/``km``, the top speed and the rotors are this drone's true ones
+    (domain randomization draws them per episode).
     """
 
     rotors = cython.declare(RotorLag, visibility="readonly")
@@ -507,6 +508,8 @@ class DronePhysics:
     _max_body_rate = cython.declare(cython.double)
     _kf = cython.declare(cython.double)
     _km = cython.declare(cython.double)
+    _max_rpm = cython.declare(cython.double)
+    _pending = cython.declare(list)  # the delayed actions, oldest first; empty without a delay
 
     def __init__(
         self,
@@ -524,11 +527,23 @@ class DronePhysics:
         self._mixer, self._rates, self._aero, self._wrench, self.rotors = mixer, rates, aero, wrench, rotors
         self._half_max_thrust = 0.5 * mixer.max_thrust
         self._two_max_thrust = 2.0 * mixer.max_thrust
+        self._pending = []
         self.set_true_airframe(airframe)
 
     def set_true_airframe(self, airframe: Airframe) -> None:
-        """This episode's true thrust and torque coefficients (the rotors' time constant is set on ``rotors``)."""
-        self._kf, self._km = airframe.kf, airframe.km
+        """This episode's true thrust and torque coefficients and motor top speed (the rotors' time constant is set
+        on ``rotors``)."""
+        self._kf, self._km, self._max_rpm = airframe.kf, airframe.km, airframe.max_rpm
+
+    @property
+    def action_delay(self) -> int:
+        """Control periods between an action and the rotors receiving it."""
+        return len(self._pending)
+
+    def reset_action_delay(self, steps: int, action) -> None:
+        """Delay actions by ``steps`` control periods from now on, the rotors receiving ``action`` (4 floats, the
+        hover action at a reset) until the first commanded one arrives."""
+        self._pending = [list(action) for _ in range(steps)]
 
     @cython.ccall
     def rpm_command(
@@ -564,7 +579,7 @@ class DronePhysics:
 
         ``drone``: its state at the period's start (a simulator ``DroneState``); ``air_velocity``: the wind
         there (world, m/s); ``downwash``: the world-z force from drones above [N]. Returns (the clipped action
-        as a list, the body-frame force, the body-frame torque).
+        as a list: the one commanded now, also under a delay; the body-frame force, the body-frame torque).
         """
         # np.clip(a, -1, 1), written out (NaN passes through as it does there)
         a0: cython.double = action[0]
@@ -575,12 +590,20 @@ class DronePhysics:
         a1 = -1.0 if a1 < -1.0 else 1.0 if a1 > 1.0 else a1
         a2 = -1.0 if a2 < -1.0 else 1.0 if a2 > 1.0 else a2
         a3 = -1.0 if a3 < -1.0 else 1.0 if a3 > 1.0 else a3
+        commanded = [a0, a1, a2, a3]
+        if self._pending:  # the rotors get the action of ``action_delay`` periods ago
+            self._pending.append(commanded)
+            delayed = self._pending.pop(0)
+            a0, a1, a2, a3 = delayed[0], delayed[1], delayed[2], delayed[3]
         position, r, velocity, body_rates = drone.position, drone.rotation, drone.velocity, drone.body_rates
         c0: cython.double
         c1: cython.double
         c2: cython.double
         c3: cython.double
         c0, c1, c2, c3 = self.rpm_command(a0, a1, a2, a3, body_rates[0], body_rates[1], body_rates[2])
+        top: cython.double = self._max_rpm  # the mixer caps at the nominal top speed; true motors may stop short
+        c0, c1 = (top if c0 > top else c0), (top if c1 > top else c1)
+        c2, c3 = (top if c2 > top else c2), (top if c3 > top else c3)
         m0: cython.double
         m1: cython.double
         m2: cython.double
@@ -600,7 +623,7 @@ class DronePhysics:
         fy: cython.double
         fz: cython.double
         fx, fy, fz = self._aero.drone_body_force(r, velocity, air_velocity, self.rotors.rpm_sum(), downwash)
-        return [a0, a1, a2, a3], (fx, fy, fz + collective), (tau_x, tau_y, tau_z)
+        return commanded, (fx, fy, fz + collective), (tau_x, tau_y, tau_z)
 
 
 @cython.ccall
@@ -617,13 +640,15 @@ class Wind:
     """Constant wind plus Ornstein-Uhlenbeck gusts, per drone, in world frame [m/s].
 
     Each drone's gust draws from the random stream it is handed: its own in the vector env, the env's in a
-    single-drone env, one shared by all drones in the swarm (drone by drone, the numbers of one (N, 3) draw).
+    single-drone env, one shared by all drones in the swarm (drone by drone, the numbers of one (N, 3) draw). A
+    drone's steady wind is ``mean`` plus the extra one of its episode (``set_extra_wind``: domain randomization).
     """
 
     mean = cython.declare(tuple, visibility="readonly")
     gust_std = cython.declare(cython.double, visibility="readonly")
     gust_time_constant = cython.declare(cython.double, visibility="readonly")
     gusts = cython.declare(list, visibility="readonly")  # per drone: [x, y, z]
+    means = cython.declare(list, visibility="readonly")  # per drone: its steady wind [x, y, z]
 
     def __init__(self, num_drones: int, mean=(0.0, 0.0, 0.0), gust_std: float = 0.0, gust_time_constant: float = 1.0):
         if gust_std < 0 or gust_time_constant <= 0:
@@ -634,16 +659,22 @@ class Wind:
         self.gust_std = float(gust_std)
         self.gust_time_constant = float(gust_time_constant)
         self.gusts = [[0.0, 0.0, 0.0] for _ in range(num_drones)]
+        self.means = [self.mean] * num_drones
 
     @property
     def gust(self) -> np.ndarray:
         """(N, 3) every drone's gust."""
         return np.array(self.gusts)
 
+    def set_extra_wind(self, i: int, extra) -> None:
+        """Drone ``i``'s steady wind is ``mean`` plus ``extra`` (3 floats, world m/s) from now on."""
+        m = self.mean
+        self.means[i] = (m[0] + extra[0], m[1] + extra[1], m[2] + extra[2])
+
     @cython.ccall
     def air_velocity(self, i: cython.Py_ssize_t) -> list:
-        """The air's velocity at drone ``i``: mean wind plus its gust."""
-        m, g = self.mean, self.gusts[i]
+        """The air's velocity at drone ``i``: its steady wind plus its gust."""
+        m, g = self.means[i], self.gusts[i]
         return [m[0] + g[0], m[1] + g[1], m[2] + g[2]]
 
     def reset_drone(self, i: int, rng: np.random.Generator) -> None:

@@ -16,7 +16,8 @@ from entropilot.vehicle.control import AttitudeThrust
 
 
 class CascadedPID:
-    """obs -> action for ``ctbr`` or ``motors`` mode.
+    """obs -> action for ``ctbr`` or ``motors`` mode, for one drone (obs (22,) -> (4,)) or a batch of drones flown
+    in lockstep (obs (N, 22) -> (N, 4), one integrator each); a drone's numbers do not depend on the batch around it.
 
     Outer loop: desired acceleration a = -kp e - kd v - ki int(e) (+ g z); ``AttitudeThrust`` turns it into
     collective thrust and body rates (yaw held at 0). In ``motors`` mode the rates go through the same nominal
@@ -54,16 +55,24 @@ class CascadedPID:
         return cls(s.airframe, s.action_mode, s.control_hz, s.max_body_rate, **gains)
 
     def reset(self) -> None:
-        self.integral[:] = 0.0
+        """Zero the integrator (of every drone, for a batch: its size is taken from the next call)."""
+        self.integral = np.zeros(3)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
+        # Element-wise arithmetic and the attitude stage drone by drone (no matrix products, whose summation order
+        # may depend on the batch): one drone's action is the same alone or in a batch.
         obs = np.asarray(obs, dtype=np.float64)
-        pos_err, velocity, body_rates = obs[0:3], obs[12:15], obs[15:18]
-        self.integral = np.clip(self.integral + pos_err * self.dt, -1.0, 1.0)
-        accel = -self.kp * pos_err - self.kd * velocity - self.ki * self.integral
-        collective, rates = self.attitude(obs[3:12].tolist(), accel.tolist())
+        o = obs.reshape(-1, obs.shape[-1])
+        if self.integral.ndim == 2 and len(self.integral) != len(o):
+            raise ValueError(f"a batch of {len(o)} drones after {len(self.integral)}: reset() before a new batch")
+        integral = np.clip(self.integral + o[:, 0:3] * self.dt, -1.0, 1.0)
+        self.integral = integral.reshape(obs.shape[:-1] + (3,))  # (3,) for one drone, (N, 3) for a batch
+        accel = -self.kp * o[:, 0:3] - self.kd * o[:, 12:15] - self.ki * integral
+        stages = [self.attitude(r, a) for r, a in zip(o[:, 3:12].tolist(), accel.tolist())]  # drone by drone
         if self.action_mode == "ctbr":
-            return np.array(self.attitude.ctbr_action(collective, rates), dtype=np.float32)
-        torque = self.rate_controller.torque(np.array([rates]), body_rates[None, :])
-        rotor = self.mixer.rotor_thrusts(np.array([collective]), torque)[0]
-        return np.clip(2.0 * rotor / self.airframe.max_thrust_per_motor - 1.0, -1.0, 1.0).astype(np.float32)
+            action = np.array([self.attitude.ctbr_action(c, rates) for c, rates in stages], dtype=np.float32)
+        else:
+            collective, rates = np.array([c for c, _ in stages]), np.array([r for _, r in stages])
+            rotor = self.mixer.rotor_thrusts(collective, self.rate_controller.torque(rates, o[:, 15:18]))
+            action = np.clip(2.0 * rotor / self.airframe.max_thrust_per_motor - 1.0, -1.0, 1.0).astype(np.float32)
+        return action.reshape(obs.shape[:-1] + (4,))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from entropilot.vehicle.airframe import Airframe, get_airframe
 
 ACTION_MODES = ("ctbr", "motors")
+MAX_ACTION_DELAY = 10  # control periods
 
 
 def _check(condition: bool, name: str, value, allowed: str) -> None:
@@ -37,6 +38,10 @@ def _vec3(name: str, value) -> tuple[float, float, float]:
     ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
     _check(ok, name, value, "a list of 3 finite numbers")
     return tuple(float(v) for v in value)
+
+
+def _is_delay(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ACTION_DELAY
 
 
 def _build(cls, name: str, value):
@@ -76,8 +81,50 @@ class SensorNoise:
 
 
 @dataclass(frozen=True)
+class TrueAirframe:
+    """How the vehicle really differs from the nominal airframe that the controllers and the policy's action mapping
+    assume: factors on the nominal constants (1 = as nominal). A payload is ``mass: 1.2``, a worn motor ``kf: 0.85``,
+    slow ESCs ``motor_time_constant: 2.0``, motors that top out early ``max_rpm: 0.9``. Nothing that maps an action to
+    rotor speeds sees these, so a policy or the PID must find the difference in flight."""
+
+    mass: float = 1.0
+    inertia: float = 1.0  # all three principal moments
+    kf: float = 1.0  # thrust per rpm^2: with max_rpm, what the motors can push
+    km: float = 1.0
+    motor_time_constant: float = 1.0
+    max_rpm: float = 1.0
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.1 <= value <= 10.0
+            _check(ok, f"true_airframe.{f.name}", value, "a factor on the nominal value in [0.1, 10]")
+
+    def of(self, nominal: Airframe) -> Airframe:
+        """The true airframe of a vehicle whose nominal one is ``nominal``."""
+        if self == TrueAirframe():
+            return nominal
+        try:
+            return nominal.replace(
+                name=f"{nominal.name} (true)",
+                mass=nominal.mass * self.mass,
+                ixx=nominal.ixx * self.inertia,
+                iyy=nominal.iyy * self.inertia,
+                izz=nominal.izz * self.inertia,
+                kf=nominal.kf * self.kf,
+                km=nominal.km * self.km,
+                motor_time_constant=nominal.motor_time_constant * self.motor_time_constant,
+                max_rpm=nominal.max_rpm * self.max_rpm,
+            )
+        except ValueError as err:
+            raise ValueError(f"true_airframe={dataclasses.asdict(self)} is invalid: {err}") from None
+
+
+@dataclass(frozen=True)
 class DomainRandomization:
-    """Relative spreads: each episode draws a factor uniformly from [1 - x, 1 + x] per quantity."""
+    """Per episode: relative spreads, each drawing a factor uniformly from [1 - x, 1 + x] (around the true airframe);
+    ``action_delay_steps``: an extra action delay drawn uniformly from 0 to that many control periods;
+    ``wind_speed``: a horizontal wind added to ``wind.mean``, of any direction and a speed uniform in [0, that] m/s."""
 
     mass: float = 0.0
     inertia: float = 0.0
@@ -85,16 +132,20 @@ class DomainRandomization:
     km: float = 0.0
     motor_time_constant: float = 0.0
     noise: float = 0.0  # scales every sensor-noise standard deviation
+    action_delay_steps: int = 0
+    wind_speed: float = 0.0  # m/s
 
     def __post_init__(self):
         for f in fields(self):
-            value = getattr(self, f.name)
-            _check(
-                isinstance(value, (int, float)) and 0.0 <= value < 1.0,
-                f"randomization.{f.name}",
-                value,
-                "a relative spread in [0, 1)",
-            )
+            name, value = f"randomization.{f.name}", getattr(self, f.name)
+            if f.name == "action_delay_steps":
+                _check(_is_delay(value), name, value, f"an integer in [0, {MAX_ACTION_DELAY}]")
+            elif f.name == "wind_speed":
+                _check(isinstance(value, (int, float)) and 0.0 <= value <= 20.0, name, value, "in [0, 20] m/s")
+            else:
+                _check(
+                    isinstance(value, (int, float)) and 0.0 <= value < 1.0, name, value, "a relative spread in [0, 1)"
+                )
 
     @functools.cached_property  # read every reset
     def enabled(self) -> bool:
@@ -122,12 +173,17 @@ class DroneSettings:
     physics_hz: int = 240
     control_hz: int = 48
     episode_seconds: float = 6.0
-    airframe: str | Airframe = "cf2x"
+    airframe: str | Airframe = "cf2x"  # nominal: what the action mapping (mixer, rate loop) and the PID assume
+    true_airframe: TrueAirframe = field(default_factory=TrueAirframe)  # how the flown vehicle differs from it
     motor_time_constant: float | None = None  # s; None = the airframe's
+    # Control periods between an action and the rotors receiving it (a link or an autopilot's latency). The
+    # observation's previous action is the last one commanded, as on the vehicle.
+    action_delay_steps: int = 0
     max_body_rate: float = 6.0  # rad/s at |action| = 1 in ctbr mode
     drag: bool = True
     ground_effect: bool = True
     max_tilt_deg: float = 80.0  # beyond this the episode terminates as a crash
+    crash_penalty: float = 2.0  # subtracted from the reward of the step that crashes (per-step rewards are in (0, 1])
     arena_half_size: float = 3.0  # m, |x|, |y| limit; z limit is 2 * arena_half_size
     crash_speed: float = 1.0  # m/s: touching the ground faster than this is a crash
     sensor_noise: SensorNoise = field(default_factory=SensorNoise)
@@ -159,8 +215,17 @@ class DroneSettings:
                 "in (0, 1] seconds (Crazyflie: about 0.02-0.15)",
             )
             object.__setattr__(self, "airframe", self.airframe.replace(motor_time_constant=self.motor_time_constant))
+        object.__setattr__(self, "true_airframe", _build(TrueAirframe, "true_airframe", self.true_airframe))
+        self.true_airframe.of(self.airframe)  # fails here if the true vehicle cannot hover
+        _check(
+            _is_delay(self.action_delay_steps),
+            "action_delay_steps",
+            self.action_delay_steps,
+            f"an integer in [0, {MAX_ACTION_DELAY}] (control periods)",
+        )
         _check(self.max_body_rate > 0, "max_body_rate", self.max_body_rate, "> 0")
         _check(0 < self.max_tilt_deg <= 180, "max_tilt_deg", self.max_tilt_deg, "in (0, 180]")
+        _finite_nonneg("crash_penalty", self.crash_penalty)
         _check(self.arena_half_size > 0, "arena_half_size", self.arena_half_size, "> 0")
         _check(self.crash_speed > 0, "crash_speed", self.crash_speed, "> 0")
         object.__setattr__(self, "sensor_noise", _build(SensorNoise, "sensor_noise", self.sensor_noise))
@@ -170,6 +235,12 @@ class DroneSettings:
     @property
     def substeps(self) -> int:
         return self.physics_hz // self.control_hz
+
+    @functools.cached_property
+    def vehicle_airframe(self) -> Airframe:
+        """The airframe the drone really has (before per-episode randomization): the nominal one changed by
+        ``true_airframe``."""
+        return self.true_airframe.of(self.airframe)
 
     @functools.cached_property  # read every step
     def max_episode_steps(self) -> int:

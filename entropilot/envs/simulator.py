@@ -78,6 +78,7 @@ class DroneSimulator:
     physics = cython.declare(list, visibility="readonly")  # one DronePhysics per drone
     drones = cython.declare(list, visibility="readonly")  # one DroneState per drone
     true_airframes = cython.declare(list, visibility="readonly")
+    action_delays = cython.declare(list, visibility="readonly")  # per drone: this episode's, in control periods
     _downwash = cython.declare(cython.bint)
     _no_downwash = cython.declare(list)
     _hover_action_row = cython.declare(list)
@@ -115,8 +116,9 @@ class DroneSimulator:
         ]
         self._hover_action_row = self.hover_action().tolist()
         self.true_airframes = [None] * num_drones
+        self.action_delays = [settings.action_delay_steps] * num_drones
         for i in range(num_drones):
-            self.set_true_airframe(i, self.airframe)
+            self.set_true_airframe(i, settings.vehicle_airframe)
         self._air_rows = [self.wind.air_velocity(i) for i in range(num_drones)]
         self._set_state(self.world.read(), [self._hover_action_row] * num_drones)
 
@@ -160,17 +162,19 @@ class DroneSimulator:
 
     # ---- episodes ------------------------------------------------------------------------
     def randomize(self, rng: np.random.Generator) -> None:
-        """Draw this episode's true airframe of every drone, drone by drone from ``rng``."""
+        """Draw this episode's true airframe, action delay and extra wind of every drone, drone by drone from
+        ``rng``."""
         for i in range(self.num_drones):
             self.randomize_drone(i, rng)
 
     def randomize_drone(self, i: int, rng: np.random.Generator) -> None:
-        """Draw drone ``i``'s true airframe for this episode (the controllers keep the nominal one)."""
-        r = self.settings.randomization
+        """Draw drone ``i``'s true airframe (around ``settings.vehicle_airframe``), action delay and extra wind for this
+        episode (the controllers keep the nominal airframe)."""
+        s = self.settings
+        r, base = s.randomization, s.vehicle_airframe
         if not r.enabled:
-            self.set_true_airframe(i, self.airframe)
+            self.set_true_airframe(i, base)
             return
-        base = self.airframe
         f = rng.uniform(-1.0, 1.0, size=6) * [r.mass, r.inertia, r.inertia, r.kf, r.km, r.motor_time_constant] + 1.0
         self.set_true_airframe(
             i,
@@ -184,6 +188,12 @@ class DroneSimulator:
                 motor_time_constant=base.motor_time_constant * f[5],
             ),
         )
+        if r.action_delay_steps:
+            self.action_delays[i] = s.action_delay_steps + int(rng.integers(0, r.action_delay_steps + 1))
+        if r.wind_speed:
+            speed, heading = rng.uniform(0.0, r.wind_speed), rng.uniform(-math.pi, math.pi)
+            self.wind.set_extra_wind(i, (speed * math.cos(heading), speed * math.sin(heading), 0.0))
+            self._air_rows[i] = self.wind.air_velocity(i)
 
     def set_true_airframe(self, i: int, airframe: Airframe) -> None:
         """Drone ``i`` flies with ``airframe``'s mass, inertia, kf, km and rotor lag from now on."""
@@ -201,8 +211,9 @@ class DroneSimulator:
             self.place_drone(i, rng, positions[i], quaternions[i], velocities[i], body_rates[i])
 
     def place_drone(self, i: int, rng: np.random.Generator, position, quaternion, velocity, body_rates) -> None:
-        """Move drone ``i`` to a start state (no URDF reload), rotors spinning at hover speed, a new gust from
-        ``rng`` (when gusts are on); world-frame position and velocity, quaternion (x, y, z, w), body rates."""
+        """Move drone ``i`` to a start state (no URDF reload), rotors spinning at hover speed, its action delay line
+        holding the hover action, a new gust from ``rng`` (when gusts are on); world-frame position and velocity,
+        quaternion (x, y, z, w), body rates."""
         q = list(map(float, quaternion))
         r = rotation_matrix(q)
         b0, b1, b2 = map(float, body_rates)
@@ -213,7 +224,8 @@ class DroneSimulator:
         )
         self.world.place(i, position, q, velocity, angular_world)
         self.rotors.drones[i].rpm = [float(self.airframe.hover_rpm)] * 4
-        if self.wind.gust_std > 0:  # without gusts the air moves at the mean wind, set once in __init__
+        self.physics[i].reset_action_delay(self.action_delays[i], self._hover_action_row)
+        if self.wind.gust_std > 0:  # without gusts the air moves at the steady wind, set when that is drawn
             self.wind.reset_drone(i, rng)
             self._air_rows[i] = self.wind.air_velocity(i)
         position, quaternion, velocity, angular_velocity = self.world.read_drone(i)

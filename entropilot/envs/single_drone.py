@@ -26,7 +26,7 @@ class HoverEnv(gym.Env):
 
     Observation: ``OBSERVATION_NAMES`` (22 floats). Action: Box([-1, 1]^4): rotor thrusts over
     [0, max] (``motors``) or collective thrust + body rates (``ctbr``). Reward: ``hover_reward``
-    in (0, 1] per step, minus ``CRASH_PENALTY`` on a crash. Terminates on a crash, truncates at
+    in (0, 1] per step, minus ``crash_penalty`` (2) on a crash. Terminates on a crash, truncates at
     ``episode_seconds``. ``info["is_success"]`` at the episode's end: inside ``success_radius`` for
     the last ``success_seconds``.
     """

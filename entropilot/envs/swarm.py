@@ -14,7 +14,7 @@ from ray.rllib.env.multi_agent_env import MultiAgentEnv
 from entropilot.envs.observation import observe
 from entropilot.envs.settings import SwarmSettings
 from entropilot.envs.simulator import DroneSimulator, random_attitude
-from entropilot.envs.tasks import CRASH_PENALTY, HoverRules
+from entropilot.envs.tasks import HoverRules
 from entropilot.vehicle.layout import OBSERVATION_SIZE
 
 
@@ -104,7 +104,7 @@ class SwarmEnv(MultiAgentEnv):
             crash = "collision" if collided[i] else crash
             info = {"distance": distance}
             if crash is not None:
-                reward -= CRASH_PENALTY
+                reward -= self.settings.crash_penalty
                 info["crash"] = crash
                 self.alive[i] = False
             if crash is not None or truncated_all:

@@ -28,7 +28,6 @@ from entropilot.envs.settings import HoverSettings
 from entropilot.envs.simulator import attitude_bounds, uniform
 from entropilot.vehicle.layout import OBSERVATION_SIZE
 
-CRASH_PENALTY = 2.0
 TWO_PI: cython.double = 2.0 * math.pi
 
 
@@ -139,10 +138,11 @@ class HoverRules:
 class HoverEpisode:
     """Drone ``index`` of ``sim`` flies from a random start in a box to the settings' target and holds it.
 
-    ``reset(rng)`` starts an episode, drawing from ``rng`` (the drone's random stream) its true airframe, its
-    sensor-noise level, its start state and gust. After the simulator has stepped the drone, ``step()`` says what
-    the step meant; ``succeeded()`` whether the episode that just ended is a success. ``observe(rng)`` and
-    ``write_observation(out, rng)`` give what the policy sees (noise drawn from ``rng``).
+    ``reset(rng)`` starts an episode, drawing from ``rng`` (the drone's random stream) its true airframe, action delay
+    and extra wind (``sim.randomize_drone``), its sensor-noise level, its start state and gust. After the simulator
+    has stepped the drone, ``step()`` says what the step meant; ``succeeded()`` whether the episode that just ended is
+    a success. ``observe(rng)`` and ``write_observation(out, rng)`` give what the policy sees (noise drawn from
+    ``rng``).
     """
 
     sim = cython.declare(object, visibility="readonly")  # a DroneSimulator
@@ -156,6 +156,7 @@ class HoverEpisode:
     _moving = cython.declare(cython.bint)  # whether advance_target moves the reference (hover's stays)
     _truncated = cython.declare(cython.bint)  # the last step ran out the episode's time
     _max_steps = cython.declare(cython.Py_ssize_t)
+    _crash_penalty = cython.declare(cython.double)
     _start_low = cython.declare(tuple)
     _start_high = cython.declare(tuple)
     _prev_action = cython.declare(list)  # the action executed before the last step (the reward's change cost)
@@ -172,6 +173,7 @@ class HoverEpisode:
         self._moving = False
         self._truncated = False
         self._max_steps = s.max_episode_steps
+        self._crash_penalty = s.crash_penalty
         # A start's position, attitude (roll, pitch, yaw) and velocity come from one draw of 9 uniforms: the
         # numbers and stream of three draws of 3, at a third of the calls into numpy.
         attitude_low, attitude_high = attitude_bounds(s.start_tilt_deg)
@@ -212,7 +214,7 @@ class HoverEpisode:
     @cython.ccall
     def step(self) -> tuple:
         """What the simulator's last step of this drone meant: (reward, distance to the reference point, crash
-        reason or None, terminated, truncated). A crash terminates the episode with ``CRASH_PENALTY`` off the step's
+        reason or None, terminated, truncated). A crash terminates the episode with ``crash_penalty`` off the step's
         reward; ``episode_seconds`` of flight truncate it."""
         drone = self.sim.drones[self.index]
         self.steps += 1
@@ -225,7 +227,7 @@ class HoverEpisode:
         terminated: cython.bint = crash is not None
         self._truncated = not terminated and self.steps >= self._max_steps
         if terminated:
-            reward -= CRASH_PENALTY
+            reward -= self._crash_penalty
         return reward, distance, crash, terminated, self._truncated
 
     @cython.ccall

@@ -15,6 +15,7 @@ from entropilot.platform.names import CHECKPOINT_TAG
 
 STATE_FILE = "entropilot_state.json"  # written last by a save: a checkpoint without it is incomplete
 CONFIG_FILE = "config.yaml"
+BEST_CHECKPOINT = "best"  # with checkpoint.keep_best: the checkpoint of the best evaluation, beside the iter_* ones
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 # What RLlib 2.60's Algorithm.save_to_path writes at the top of every checkpoint (checked: Ray 2.60).
 RLLIB_FILES = ("rllib_checkpoint.json", "algorithm_state.pkl", "learner_group")
@@ -77,12 +78,21 @@ def newest_intact(run_folder: Path, name: str, warn: Warn) -> Path:
     )
 
 
-def locate_checkpoint(target: str, name: str, *, warn: Warn, tracking_uri: str | None = None) -> Path:
+def locate_checkpoint(
+    target: str, name: str, *, warn: Warn, tracking_uri: str | None = None, best: bool = False
+) -> Path:
     """The checkpoint `target` names: a checkpoint folder (refused if damaged), a run folder (its newest intact
-    checkpoint) or an MLflow run id (the folder its `entropilot.checkpoint_dir` tag names, on this machine)."""
+    checkpoint; with ``best``, its best one if training kept an intact one, `checkpoint.keep_best`) or an MLflow run
+    id (the folder its `entropilot.checkpoint_dir` tag names, on this machine)."""
     path = Path(target)
     if path.is_dir():
-        if not ((path / STATE_FILE).exists() or path.name.startswith("iter_")):
+        if not ((path / STATE_FILE).exists() or path.name.startswith("iter_") or path.name == BEST_CHECKPOINT):
+            kept = path / BEST_CHECKPOINT
+            if best and kept.is_dir():
+                problem = checkpoint_problem(kept)
+                if problem is None:
+                    return kept
+                warn(f"WARNING: the best checkpoint {kept} is damaged ({problem}); using the newest intact one")
             return newest_intact(path, name, warn)
         problem = checkpoint_problem(path)
         if problem:
@@ -99,7 +109,7 @@ def locate_checkpoint(target: str, name: str, *, warn: Warn, tracking_uri: str |
     folder = run_checkpoint_dir(find_run(target, name, tracking_uri), name)
     if not Path(folder).is_dir():
         raise InputError(name, target, f"the run's checkpoint folder {folder} is not on this machine")
-    return locate_checkpoint(folder, name, warn=warn)
+    return locate_checkpoint(folder, name, warn=warn, best=best)
 
 
 def find_run(run_id: str, name: str, tracking_uri: str | None = None):

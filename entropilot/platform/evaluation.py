@@ -1,12 +1,21 @@
 """Greedy evaluation of a training run's policy on held-out seeds: `GreedyPolicy` (the policy as a plain
-obs -> action function, what export puts in its graph) and `Evaluation` (all episodes at once in a vector env)."""
+obs -> action function, what export puts in its graph), `Evaluation` (the episodes in lockstep in a vector env) and
+`EvaluationSummary` (success rate with its Wilson lower bound, crashes, final distance: what `stop.*` judges and
+`checkpoint.keep_best` ranks)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from entropilot.platform.config import ExperimentConfig
+from entropilot.platform.names import Metric
+from entropilot.platform.stats import wilson_interval
 from entropilot.platform.train import module_id
+
+CONFIDENCE = 0.95  # of the success rate's lower bound
+BATCH_SIZE = 100  # the most episodes flown in lockstep (one vector env)
 
 
 class GreedyPolicy:
@@ -65,10 +74,10 @@ class GreedyPolicy:
 class Evaluation:
     """Greedy episodes on held-out seeds (``evaluation.seed`` onward, episode k on seed + k) in local envs.
 
-    A single-drone env flies all episodes at once in a vector env (`resources.vector_env`'s kind), the policy acting
-    on all drones in one forward (`run_vector_episodes`); the vector env is built on first use and kept for later
-    evaluations (each resets it with the same seeds). With ``record_frames`` (the video) and in a swarm, episode
-    after episode in a fresh env.
+    A single-drone env flies the episodes in lockstep in a vector env (`resources.vector_env`'s kind; at most
+    `BATCH_SIZE` at a time), the policy acting on all drones in one forward (`run_vector_episodes`); the vector env is
+    built on first use and kept for later evaluations (each resets it with the same seeds). With ``record_frames``
+    (the video) and in a swarm, episode after episode in a fresh env.
     One `EpisodeResult` per episode; in a swarm one per drone and episode (all drones flown by the shared policy),
     so the mean of ``success`` is the fraction of drones that succeeded.
     """
@@ -79,7 +88,7 @@ class Evaluation:
 
     def run(self, algo, record_frames: bool = False):
         from entropilot.envs import make_env
-        from entropilot.envs.evaluate import run_episodes, run_swarm_episodes, run_vector_episodes
+        from entropilot.envs.evaluate import lockstep_drones, run_episodes, run_swarm_episodes, run_vector_episodes
         from entropilot.platform.algorithm import is_multi_agent
 
         cfg, e = self.cfg, self.cfg.evaluation
@@ -96,8 +105,9 @@ class Evaluation:
 
             # The kind of vector env the runners sample with: batched (one world) or sync (single envs).
             mode = "vector_entry_point" if cfg.resources.vector_env == "batched" else "sync"
-            self._vector_env = gym.make_vec(cfg.env.id, num_envs=e.episodes, vectorization_mode=mode, **cfg.env.kwargs)
-        return run_vector_episodes(self._vector_env, policy, e.seed)
+            drones = lockstep_drones(e.episodes, BATCH_SIZE)
+            self._vector_env = gym.make_vec(cfg.env.id, num_envs=drones, vectorization_mode=mode, **cfg.env.kwargs)
+        return run_vector_episodes(self._vector_env, policy, e.seed, e.episodes, record_paths=False)
 
     def close(self) -> None:
         if self._vector_env is not None:
@@ -112,3 +122,45 @@ def evaluate(algo, cfg: ExperimentConfig, record_frames: bool = False):
         return evaluation.run(algo, record_frames)
     finally:
         evaluation.close()
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """What an evaluation's episodes say: successes, crashes, mean final distance; the success rate's Wilson lower bound
+    and the order that picks the best evaluation."""
+
+    episodes: int
+    successes: int
+    crashes: int
+    mean_final_distance: float  # m
+
+    @classmethod
+    def of(cls, results: list) -> EvaluationSummary:
+        """From ``EpisodeResult``s (a swarm's: one per drone and episode)."""
+        return cls(
+            len(results),
+            sum(r.success for r in results),
+            sum(r.crash is not None for r in results),
+            float(np.mean([r.final_distance for r in results])),
+        )
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes
+
+    @property
+    def lower_bound(self) -> float:
+        """The 95 % Wilson lower bound of the success rate: 20/20 says >= 0.84, 100/100 >= 0.96."""
+        return wilson_interval(self.successes, self.episodes, CONFIDENCE)[0]
+
+    def score(self) -> tuple[float, int, float]:
+        """Larger is better: the success lower bound, then fewer crashes, then a smaller final distance."""
+        return (self.lower_bound, -self.crashes, -self.mean_final_distance)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            Metric.SUCCESS_RATE: self.success_rate,
+            Metric.EVAL_SUCCESS_LOWER_BOUND: self.lower_bound,
+            Metric.EVAL_CRASHES: float(self.crashes),
+            Metric.EVAL_FINAL_DISTANCE: self.mean_final_distance,
+        }

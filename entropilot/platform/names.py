@@ -30,8 +30,10 @@ class Metric:
     ENV_RUNNERS_HEALTHY = "env_runners_healthy"  # remote env runners sampling now
     ENV_RUNNER_RESTARTS = "env_runner_restarts"  # how many times one was restarted after a crash (lifetime)
     ENV_STEPS_PER_S = "env_steps_per_s"
-    # The training loop's own.
+    # The training loop's own: an evaluation's (`evaluation.EvaluationSummary`), then the loop's.
     SUCCESS_RATE = "success_rate"
+    EVAL_SUCCESS_LOWER_BOUND = "eval_success_lower_bound"  # the success rate's 95 % Wilson lower bound
+    EVAL_CRASHES = "eval_crashes"
     EVAL_FINAL_DISTANCE = "eval_final_distance"
     ENTROPY_COLLAPSE = "entropy_collapse"
     TIME_S = "time_s"  # wall time since `entropilot train` started, across resumes
@@ -54,6 +56,7 @@ INIT_CLEARED = "entropy_init/cleared"
 VERSION_TAG = "entropilot.version"
 GIT_DIRTY_TAG = "entropilot.git_dirty"
 CHECKPOINT_TAG = "entropilot.checkpoint_dir"  # the run's checkpoint folder: what export and resume by run id read
+BEST_CHECKPOINT_TAG = "entropilot.best_checkpoint"  # with checkpoint.keep_best: where the best one is, its iteration
 RESUMED_WITH_TAG = "entropilot.resumed_with"  # the overrides of the last resume
 ENV_RUNNER_NODES_TAG = "entropilot.env_runner_nodes"
 ENTROPY_COLLAPSE_TAG = "entropilot.entropy_collapse"

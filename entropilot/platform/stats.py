@@ -23,7 +23,8 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     p = successes / trials
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 and `trials` successes the bounds are exactly 0 and 1; computed, they come out a rounding error off.
+    return (0.0 if successes == 0 else centre - half), (1.0 if successes == trials else centre + half)
 
 
 def fisher_exact(failures_a: int, n_a: int, failures_b: int, n_b: int) -> float:

@@ -30,7 +30,12 @@ ASHA_REDUCTION_FACTOR = 2
 # What the sweep sets per trial, or must be the same for all trials so they land side by side.
 SWEEP_OWNED_KEYS = ("checkpoint.dir", "mlflow", "name", "resources.ray_address")
 # Metrics measured only by an evaluation (every `evaluation.interval` iterations).
-EVALUATION_METRICS = (Metric.SUCCESS_RATE, Metric.EVAL_FINAL_DISTANCE)
+EVALUATION_METRICS = (
+    Metric.SUCCESS_RATE,
+    Metric.EVAL_SUCCESS_LOWER_BOUND,
+    Metric.EVAL_CRASHES,
+    Metric.EVAL_FINAL_DISTANCE,
+)
 
 
 class SweepError(EntropilotError, ValueError):

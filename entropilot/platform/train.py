@@ -6,18 +6,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from entropilot.inputs import InputError
-from entropilot.platform.checkpoints import CONFIG_FILE, STATE_FILE
+from entropilot.platform.checkpoints import BEST_CHECKPOINT, CONFIG_FILE, STATE_FILE
 from entropilot.platform.config import ExperimentConfig, dump_config
 from entropilot.platform.names import (
+    BEST_CHECKPOINT_TAG,
     CHECKPOINT_TAG,
     ENTROPY_COLLAPSE_TAG,
     ENTROPY_INIT_TAG,
@@ -168,7 +168,7 @@ def train(
     metrics, stopped_because)`` is called after each iteration's checkpoint, ``stopped_because`` None until the
     last one (a sweep's trial reports to Ray Tune there).
     """
-    from entropilot.platform.evaluation import Evaluation
+    from entropilot.platform.evaluation import Evaluation, EvaluationSummary
     from entropilot.platform.live_tuning import LiveTuner
     from entropilot.platform.phases import PhaseClock
     from entropilot.platform.plots import save_progress_plots
@@ -235,9 +235,14 @@ def train(
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
                 with clock.measure("evaluation"):
                     episodes = evaluation.run(algo)
-                success = float(np.mean([e.success for e in episodes]))
-                metrics[Metric.SUCCESS_RATE] = success
-                metrics[Metric.EVAL_FINAL_DISTANCE] = float(np.mean([e.final_distance for e in episodes]))
+                summary = EvaluationSummary.of(episodes)
+                metrics.update(summary.metrics())
+                success = summary.success_rate
+                if cfg.checkpoint.keep_best and summary.score() > tuple(state.get("best_score", (-1.0,))):
+                    state["best_score"], state["best_iteration"] = list(summary.score()), it
+                    with clock.measure("logging"):
+                        best = _save(algo, cfg, state, root, name=BEST_CHECKPOINT)
+                    tracker.set_tag(BEST_CHECKPOINT_TAG, f"{best.resolve()} (iteration {it})")
             if collapse is not None and Metric.ENTROPY in metrics:
                 check = collapse.update(metrics[Metric.ENTROPY], metrics.get(Metric.ENV_STEPS, 0))
                 metrics[Metric.ENTROPY_COLLAPSE] = float(check.collapsed)
@@ -252,7 +257,7 @@ def train(
             with clock.measure("logging"):
                 tracker.log_metrics({**metrics, **first_charts(metrics), **live.metrics(metrics)}, step=it)
                 echo(_progress_line(it, metrics, success, elapsed, cfg))
-            stopped = _stop_reason(cfg, it, metrics.get(Metric.ENV_STEPS, 0), elapsed, metrics.get(Metric.SUCCESS_RATE))
+            stopped = _stop_reason(cfg, it, metrics.get(Metric.ENV_STEPS, 0), elapsed, metrics)
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
                 with clock.measure("logging"):
                     checkpoint = _save(algo, cfg, {**state, "time_s": metrics[Metric.TIME_S]}, root)
@@ -340,8 +345,11 @@ def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
     return detector
 
 
-def _save(algo, cfg: ExperimentConfig, state: dict, root: Path) -> Path:
-    path = root / f"iter_{state['iteration']:06d}"
+def _save(algo, cfg: ExperimentConfig, state: dict, root: Path, name: str | None = None) -> Path:
+    """A checkpoint in ``root``: ``iter_NNNNNN``, or ``name`` (the best one, replaced each time)."""
+    path = root / (name or f"iter_{state['iteration']:06d}")
+    if name and path.exists():
+        shutil.rmtree(path)
     algo.save_to_path(str(path.resolve()))
     dump_config(cfg, path / CONFIG_FILE)
     # The state file last and whole (written aside, then renamed): a checkpoint without it is known incomplete.
@@ -365,12 +373,16 @@ def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
     tracker.log_artifact(path, "video")
 
 
-def _stop_reason(
-    cfg: ExperimentConfig, iteration: int, env_steps: float, elapsed: float, success: float | None
-) -> str | None:
+def _stop_reason(cfg: ExperimentConfig, iteration: int, env_steps: float, elapsed: float, metrics: dict) -> str | None:
+    """Why training stops after this iteration (None: it goes on); ``metrics`` holds an evaluation's if one ran."""
     s = cfg.stop
-    if s.success_rate is not None and success is not None and success >= s.success_rate:
-        return f"evaluation success rate {success:.2f} >= {s.success_rate}"
+    if Metric.SUCCESS_RATE in metrics and (s.max_crashes is None or metrics[Metric.EVAL_CRASHES] <= s.max_crashes):
+        crashes = "" if s.max_crashes is None else f", {int(metrics[Metric.EVAL_CRASHES])} crash(es)"
+        success, bound = metrics[Metric.SUCCESS_RATE], metrics[Metric.EVAL_SUCCESS_LOWER_BOUND]
+        if s.success_rate is not None and success >= s.success_rate:
+            return f"evaluation success rate {success:.2f} >= {s.success_rate}{crashes}"
+        if s.success_lower_bound is not None and bound >= s.success_lower_bound:
+            return f"evaluation success lower bound {bound:.3f} >= {s.success_lower_bound}{crashes}"
     if s.iterations is not None and iteration >= s.iterations:
         return f"{iteration} iterations"
     if s.env_steps is not None and env_steps >= s.env_steps:
@@ -387,9 +399,13 @@ def _progress_line(it: int, m: dict, success: float | None, elapsed: float, cfg:
     elif cfg.stop.time_s:
         eta = f" left {max(0.0, cfg.stop.time_s - elapsed):4.0f}s"
     fmt = lambda key, spec: format(m[key], spec) if key in m else "-"  # noqa: E731
+    crashes = ""
+    if Metric.EVAL_CRASHES in m:
+        crashes = f" (>= {m[Metric.EVAL_SUCCESS_LOWER_BOUND]:.2f}, {int(m[Metric.EVAL_CRASHES])} crashes)"
     return (
         f"iter {it:4d} | steps {int(m.get(Metric.ENV_STEPS, 0)):8d} | return {fmt(Metric.EPISODE_RETURN_MEAN, '7.1f')} "
-        f"| success {'-' if success is None else format(success, '.2f')} | entropy {fmt(Metric.ENTROPY, '6.2f')} "
-        f"(target {fmt(Metric.ENTROPY_TARGET, '.2f')}) | coeff {fmt(Metric.ENTROPY_COEFF, '.2e')} | "
-        f"clipped {fmt(Metric.CLIPPED_FRACTION, '.2f')} | {elapsed:5.0f}s{eta}"
+        f"| success {'-' if success is None else format(success, '.2f')}{crashes} | "
+        f"entropy {fmt(Metric.ENTROPY, '6.2f')} (target {fmt(Metric.ENTROPY_TARGET, '.2f')}) | "
+        f"coeff {fmt(Metric.ENTROPY_COEFF, '.2e')} | clipped {fmt(Metric.CLIPPED_FRACTION, '.2f')} | "
+        f"{elapsed:5.0f}s{eta}"
     )

@@ -13,7 +13,9 @@ class Airframe:
     """Physical constants of an X-layout quadrotor.
 
     Rotor speeds are in RPM, as in the Crazyflie system-identification literature (Forster 2015):
-    thrust per rotor = ``kf * rpm**2`` [N], reaction torque = ``km * rpm**2`` [N m].
+    thrust per rotor = ``kf * rpm**2`` [N], reaction torque = ``km * rpm**2`` [N m]. The most a rotor can push is
+    a property of the motor and propeller (``kf`` at ``max_rpm``), not of the mass: a heavier vehicle with the same
+    motors has less thrust to spare (``thrust_to_weight`` falls).
     """
 
     name: str
@@ -24,7 +26,7 @@ class Airframe:
     ixx: float  # kg m^2
     iyy: float
     izz: float
-    thrust_to_weight: float
+    max_rpm: float  # the motors' top speed
     prop_radius: float  # m, for the ground-effect model
     motor_time_constant: float  # s, first-order rotor-speed lag
     # Forster 2015 rotor drag: body-frame force = -k * sum(rotor rad/s) * body velocity
@@ -38,14 +40,15 @@ class Airframe:
     collision_half_extents: tuple[float, float, float]  # box used for contacts, m
 
     def __post_init__(self) -> None:
-        positive = ("mass", "arm", "kf", "km", "ixx", "iyy", "izz", "prop_radius", "motor_time_constant")
+        positive = ("mass", "arm", "kf", "km", "ixx", "iyy", "izz", "max_rpm", "prop_radius", "motor_time_constant")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"Airframe '{self.name}': {name} must be a finite number > 0, got {value!r}")
         if not self.thrust_to_weight > 1.0:
             raise ValueError(
-                f"Airframe '{self.name}': thrust_to_weight must be > 1 to hover, got {self.thrust_to_weight!r}"
+                f"Airframe '{self.name}': its motors cannot lift it (thrust-to-weight {self.thrust_to_weight:.3g} "
+                f"at max_rpm {self.max_rpm:g} and mass {self.mass:g} kg; must be > 1 to hover)"
             )
 
     @property
@@ -54,15 +57,15 @@ class Airframe:
 
     @property
     def max_thrust_per_motor(self) -> float:
-        return self.thrust_to_weight * self.weight / 4.0
+        return self.kf * self.max_rpm**2
+
+    @property
+    def thrust_to_weight(self) -> float:
+        return 4.0 * self.max_thrust_per_motor / self.weight
 
     @property
     def hover_rpm(self) -> float:
         return math.sqrt(self.weight / (4.0 * self.kf))
-
-    @property
-    def max_rpm(self) -> float:
-        return math.sqrt(self.max_thrust_per_motor / self.kf)
 
     @property
     def inertia(self) -> tuple[float, float, float]:
@@ -87,7 +90,7 @@ CRAZYFLIE_2X = Airframe(
     ixx=1.4e-5,
     iyy=1.4e-5,
     izz=2.17e-5,
-    thrust_to_weight=2.25,
+    max_rpm=21702.643775251046,  # 1.5 x hover RPM: thrust-to-weight 2.25 at 27 g
     prop_radius=2.31348e-2,
     motor_time_constant=0.05,
     drag_xy=9.1785e-7,

@@ -509,11 +509,23 @@ class StopConfig(_Section):
     env_steps: int | None = Field(None, ge=1)
     time_s: float | None = Field(None, gt=0.0)
     success_rate: float | None = Field(None, gt=0.0, le=1.0)
+    # The evaluation's 95 % Wilson lower bound on its success rate: 20 episodes can only show >= 0.84, 100 >= 0.96.
+    success_lower_bound: float | None = Field(None, gt=0.0, lt=1.0)
+    # A success criterion above stops training only at an evaluation with at most this many crashes.
+    max_crashes: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _something_stops(self) -> StopConfig:
-        if all(v is None for v in (self.iterations, self.env_steps, self.time_s, self.success_rate)):
-            raise ValueError("set at least one of iterations, env_steps, time_s, success_rate, or training never ends")
+        criteria = (self.iterations, self.env_steps, self.time_s, self.success_rate, self.success_lower_bound)
+        if all(v is None for v in criteria):
+            raise ValueError(
+                "set at least one of iterations, env_steps, time_s, success_rate, success_lower_bound, "
+                "or training never ends"
+            )
+        if self.max_crashes is not None and self.success_rate is None and self.success_lower_bound is None:
+            raise FieldProblem(
+                "max_crashes", "qualifies success_rate or success_lower_bound; set one", self.max_crashes
+            )
         return self
 
 
@@ -527,6 +539,9 @@ class EvaluationConfig(_Section):
 class CheckpointConfig(_Section):
     interval: int | None = Field(10, ge=1)  # iterations between checkpoints; None = final checkpoint only
     dir: str | None = Field(None, min_length=1)  # None: runs/<run name>
+    # Keep the checkpoint of the best evaluation so far in <dir>/best (higher success lower bound, then fewer crashes,
+    # then a smaller final distance); `entropilot export <dir>` exports it rather than the last one.
+    keep_best: bool = False
 
 
 # --------------------------------------------------------------------------------------- experiment
@@ -588,6 +603,17 @@ class ExperimentConfig(_Section):
                 ),
                 FieldProblem(where, f"must be above entropy.collapse.floor ({floor})", value),
             )
+        judged = [
+            name
+            for name, on in (
+                ("stop.success_lower_bound", self.stop.success_lower_bound is not None),
+                ("stop.max_crashes", self.stop.max_crashes is not None),
+                ("checkpoint.keep_best", self.checkpoint.keep_best),
+            )
+            if on
+        ]
+        if judged and self.evaluation.interval is None:
+            raise FieldProblem("evaluation.interval", f"{judged[0]} needs evaluations; set an interval", None)
         # RLlib (2.60) seeds runner i's vector env with seed + i, its sub-env j with seed + i + j (runner 0 =
         # the local one); held-out evaluation seeds must stay outside that range.
         train_hi = self.seed + self.resources.num_env_runners + self.resources.envs_per_runner
