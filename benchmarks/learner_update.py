@@ -28,10 +28,9 @@ from pathlib import Path
 import torch
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from entropilot.platform.algorithm import algorithm_config
+from entropilot.platform.algorithm import algorithm_config, algorithm_settings
 from entropilot.platform.bulk_runner import BulkEnvRunner
 from entropilot.platform.config import load_config
-from entropilot.platform.train import algorithm_settings
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
 

@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +49,17 @@ def ray_session():
     ray.init(**RAY_TEST_INIT)
     yield
     ray.shutdown()
+
+
+def rllib_settings(overrides: Iterable[str] | Mapping[str, Any] = (), **settings) -> dict:
+    """Keyword arguments of `algorithm.build_algorithm` / `algorithm_config` from the schema: its defaults with
+    ``overrides`` (``path=value`` texts as `--set` takes them, or {path: value}), then ``settings`` replacing single
+    arguments (an env the schema does not know, a knob it has not). The schema's env is Hover: a test on another env
+    passes ``env`` and ``env_config``, and ``free_log_std=False`` where its actions are not a Box."""
+    from entropilot.platform.algorithm import algorithm_settings
+    from entropilot.platform.config import parse_config
+
+    return {**algorithm_settings(parse_config({}, overrides)), **settings}
 
 
 class MlflowServer:

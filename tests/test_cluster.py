@@ -22,6 +22,7 @@ import pytest
 
 from entropilot.platform.config import parse_config
 from entropilot.platform.jobs import ClusterError, project_root, tracking_uri_for_cluster
+from entropilot.platform.names import ENV_RUNNER_NODES_TAG
 
 pytestmark = pytest.mark.integration  # real Ray clusters of one and two nodes
 
@@ -293,7 +294,7 @@ def test_submitted_training_runs_on_both_nodes_and_logs_to_mlflow(mlflow_server,
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    runner_nodes = run.data.tags["entropilot.env_runner_nodes"].split(",")
+    runner_nodes = run.data.tags[ENV_RUNNER_NODES_TAG].split(",")
     assert len(runner_nodes) == 2
     assert set(runner_nodes) == {node["node_id"] for node in cluster.nodes()}
     assert "env runners on 2 node(s)" in out

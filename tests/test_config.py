@@ -469,7 +469,7 @@ def test_assignment_is_validated():
 
 
 def test_algorithm_settings_carry_the_sac_options_and_a_log_std_only_where_it_applies():
-    from entropilot.platform.train import algorithm_settings
+    from entropilot.platform.algorithm import algorithm_settings
 
     sac = parse_config(
         {
@@ -491,3 +491,22 @@ def test_algorithm_settings_carry_the_sac_options_and_a_log_std_only_where_it_ap
     discrete = algorithm_settings(parse_config({"env": {"id": "entropilot/HoverDiscrete-v0"}}))
     assert discrete["free_log_std"] is False and discrete["entropy_control"]["measure"] == "effective"
     assert algorithm_settings(parse_config({}))["free_log_std"] is True  # PPO's Gaussian head
+
+
+def test_the_schema_is_the_only_place_algorithm_defaults_live():
+    """`algorithm_config` requires every setting `algorithm_settings` fills from the schema; only knobs the schema
+    does not have keep a default there."""
+    import inspect
+
+    from entropilot.platform.algorithm import algorithm_config, algorithm_settings
+
+    settings = algorithm_settings(parse_config({"resources": {"gpu": "off"}}))
+    parameters = inspect.signature(algorithm_config).parameters
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters.values())
+    required = {name for name, p in parameters.items() if p.default is inspect.Parameter.empty}
+    assert required == set(settings)
+    assert set(parameters) - required == {"num_cpus_per_learner", "normalize_observations", "learner_class"}
+    # The schema's defaults reach RLlib's config as they are.
+    config = algorithm_config(**settings)
+    assert (config.train_batch_size_per_learner, config.num_envs_per_env_runner) == (2000, 4)
+    assert config.model_config["free_log_std"] is True

@@ -11,7 +11,7 @@ import numpy as np
 import psutil
 import pytest
 import ray
-from conftest import RAY_TEST_INIT
+from conftest import RAY_TEST_INIT, rllib_settings
 from ray.exceptions import ActorUnavailableError
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
@@ -19,7 +19,7 @@ from ray.rllib.utils.numpy import convert_to_numpy
 
 from entropilot.platform.algorithm import build_algorithm
 from entropilot.platform.config import parse_config
-from entropilot.platform.train import make_env_creator, train
+from entropilot.platform.train import train
 
 RUNNERS = 2
 TINY = {"episode_seconds": 2.0, "success_seconds": 1.0}
@@ -41,15 +41,17 @@ def ray_session():
 @pytest.fixture
 def algo(ray_session):
     algo = build_algorithm(
-        env=make_env_creator("entropilot/Hover-v0"),
-        env_config=TINY,
-        train_batch_size=200,
-        minibatch_size=100,
-        num_epochs=1,
-        num_env_runners=RUNNERS,
-        envs_per_runner=1,
-        num_cpus_per_env_runner=0.5,
-        seed=0,
+        **rllib_settings(
+            {
+                "env.kwargs": TINY,
+                "algorithm.train_batch_size": 200,
+                "algorithm.minibatch_size": 100,
+                "algorithm.num_epochs": 1,
+                "resources.num_env_runners": RUNNERS,
+                "resources.envs_per_runner": 1,
+                "resources.num_cpus_per_env_runner": 0.5,
+            }
+        )
     )
     yield algo
     algo.stop()

@@ -947,7 +947,7 @@ def test_bad_live_tags_are_refused_in_the_run_while_training_goes_on(tmp_path, m
     import mlflow
     from conftest import restored_mlflow_env
 
-    from entropilot.platform.live_tuning import ERROR_TAG, LIVE_TAG_PREFIX
+    from entropilot.platform.names import LIVE_ERROR_TAG, LIVE_TAG_PREFIX
     from entropilot.platform.train import train
 
     client = mlflow.MlflowClient(mlflow_server)
@@ -970,7 +970,7 @@ def test_bad_live_tags_are_refused_in_the_run_while_training_goes_on(tmp_path, m
 
     def error_tag(run, case):  # the tracker sends tags in the background: wait for this case's text to arrive
         for _ in range(600):
-            text = client.get_run(run).data.tags.get(ERROR_TAG, "")
+            text = client.get_run(run).data.tags.get(LIVE_ERROR_TAG, "")
             if text.startswith(case.says[0]):
                 return text
             time.sleep(0.1)
@@ -1037,23 +1037,3 @@ def test_a_cluster_python_is_judged_by_the_project_requirements():
     assert "/usr/bin/python3 -m pip install" in problem and "\n" not in problem
     old = {**bare, "python": "3.8.10"}
     assert "entropilot needs >=3.11" in python_problem(old, requirements, requires_python)
-
-
-def test_a_sweep_metric_is_one_that_training_logs():
-    from entropilot.platform.train import METRIC_PREFIXES, METRICS, iteration_metrics
-
-    class Everything(dict):
-        """An RLlib result holding every number `iteration_metrics` reads."""
-
-        def get(self, key, default=None):
-            return Everything() if isinstance(default, dict) else 1.0
-
-        def __getitem__(self, key):
-            return self.get(key)
-
-        def items(self):
-            return [("entropy_gaussian_dim0", 1.0)]
-
-    logged = iteration_metrics(Everything(), "default_policy")
-    assert len(logged) >= 15
-    assert all(name in METRICS or name.startswith(METRIC_PREFIXES) for name in logged), set(logged) - set(METRICS)

@@ -14,7 +14,6 @@ from ray.rllib.algorithms.ppo import PPOConfig
 
 from entropilot.platform.config import ConfigError, ControlConfig, load_config, parse_config, to_flat_params
 from entropilot.platform.live_tuning import (
-    ERROR_TAG,
     LIVE_FIELDS,
     MODE_FIELDS,
     accepted_range,
@@ -26,6 +25,7 @@ from entropilot.platform.live_tuning import (
     refusal,
     requested_settings,
 )
+from entropilot.platform.names import LIVE_ERROR_TAG
 from entropilot.platform.run_page import DESCRIPTION_TAG, description, first_charts, run_page_url, start_tags
 from entropilot.platform.train import STATE_FILE, prepare_resume, train
 from entropilot.policies.entropy_control import EntropyCoefficientController
@@ -121,7 +121,7 @@ def test_the_run_description_says_what_each_setting_of_the_mode_does_accepts_and
     assert f"`{SHORTCUT}`" in text  # the shortcut is accepted too
     assert "| `coef_min` | `0.0` |" in text and "-1.0 <= coef_min <= 1.0" in text and "0.0 < gain <= 1.0" in text
     assert "at most `max_step` (0.005) per iteration" in text and "[0, 0.05]" in text
-    assert "redrawn every 20 iterations" in text and ERROR_TAG in text
+    assert "redrawn every 20 iterations" in text and LIVE_ERROR_TAG in text
     assert "| `coef_min` | `-0.05` |" in description(TRACK) and "[-0.05, 0.05]" in description(TRACK)
     fixed = description(config(mode="fixed", coef=0.01))
     assert "| `coef` | `0.01` |" in fixed and "`target`" not in fixed and "max_step" not in fixed
@@ -455,7 +455,7 @@ def test_tags_set_during_training_retune_it_and_survive_resume(
         f"WARNING: live settings not applied at iteration 3, the ones in force stay: "
         f"{COEF_MIN} = 0.5: must be <= coef_max (0.05)"
     ]
-    assert client.get_run(first.run_id).data.tags[ERROR_TAG] == "coef_min=0.5: needs [-1, 0.05]"
+    assert client.get_run(first.run_id).data.tags[LIVE_ERROR_TAG] == "coef_min=0.5: needs [-1, 0.05]"
     assert history("live/coef_min") == [(1, -0.05), (2, -0.05), (3, -0.05)]  # a point per iteration: steps
     coefficients = [value for _, value in history("entropy_coeff")]
     assert coefficients[-1] < -0.005  # the controller is pushing entropy down: bounds ahead will clamp it
@@ -490,6 +490,6 @@ def test_tags_set_during_training_retune_it_and_survive_resume(
     assert [step for step, _ in history("entropy")] == [1, 2, 3, 4, 5, 6]  # iteration 6 trained through the outage
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[ERROR_TAG] == "none since iteration 4"
+    assert run.data.tags[LIVE_ERROR_TAG] == "none since iteration 4"
     assert run.data.tags[COEF_MIN] == "-0.05"  # the removed tag is back, with the value in force
     assert run.data.params["entropy.control.target"] == "3.0"  # params keep describing the original config

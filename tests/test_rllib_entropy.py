@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import ray
 import torch
-from conftest import RAY_TEST_INIT
+from conftest import RAY_TEST_INIT, rllib_settings
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -22,22 +22,33 @@ from entropilot.platform.algorithm import (
     observation_filter_stats,
     resolve_learner_resources,
 )
+from entropilot.policies import learner_metrics as lm
 from entropilot.policies.entropy_init import entropy_aware_init, measure_draw, sample_action_dist_inputs, search_outcome
 from entropilot.policies.initial_weights import InitFamily, draw_seed, push_weights_to_env_runners, reinitialize_policy
 
 pytestmark = pytest.mark.integration  # every test here runs under the module's Ray
 
 MODULE = "default_policy"
+# What the learner logs per module (`policies.learner_metrics`), and RLlib's own `entropy` (last minibatch) beside it.
+GAUSSIAN, EFFECTIVE, CATEGORICAL = (lm.entropy_metric(name) for name in ("gaussian", "effective", "categorical"))
 BATCH = 256
-PPO = dict(
+# Pendulum-v1, with the settings these tests were measured with where the schema's defaults differ: one env per
+# runner (a 256-step batch then holds whole 200-step episodes), a state-dependent log std, and no entropy controller
+# unless a test sets one.
+PPO = rllib_settings(
+    {
+        "model.hidden": [32, 32],
+        "algorithm.train_batch_size": BATCH,
+        "algorithm.minibatch_size": 128,
+        "algorithm.num_epochs": 1,
+        "resources.num_env_runners": 1,
+        "resources.envs_per_runner": 1,
+        "resources.num_cpus_per_env_runner": 0.5,
+        "model.free_log_std": False,
+        "entropy.control.enabled": False,
+    },
     env="Pendulum-v1",
-    hidden_sizes=(32, 32),
-    train_batch_size=BATCH,
-    minibatch_size=128,
-    num_epochs=1,
-    num_env_runners=1,
-    num_cpus_per_env_runner=0.5,
-    seed=0,
+    env_config={},
 )
 # A minimum far above Pendulum's ~1.4 nats: the lower-bound controller must raise the coefficient every iteration.
 CONTROL = {"measure": "gaussian", "target": 10.0, "initial_coef": 0.1, "coef_max": 10.0, "gain": 0.5}
@@ -50,6 +61,11 @@ def ray_cluster():
     ray.init(**RAY_TEST_INIT)
     yield
     ray.shutdown()
+
+
+def build(settings: dict, **changes) -> Algorithm:
+    """`build_algorithm` of ``settings`` with ``changes`` replacing some of them."""
+    return build_algorithm(**{**settings, **changes})
 
 
 def on_learners(algo, fn):
@@ -77,16 +93,16 @@ def coefficient_used(previous, current, vf_loss_coeff):
     coefficient in force was the one logged after the previous update.
     """
     known = (
-        current["policy_loss"]
-        + vf_loss_coeff * current["vf_loss"]
-        + previous["curr_kl_coeff"] * current["mean_kl_loss"]
+        current[lm.POLICY_LOSS]
+        + vf_loss_coeff * current[lm.VF_LOSS]
+        + previous[lm.CURR_KL_COEFF] * current[lm.MEAN_KL_LOSS]
     )
     return (known - current["total_loss"]) / current["entropy"]
 
 
 @pytest.fixture(scope="module")
 def controlled_ppo():
-    algo = build_algorithm(**PPO, entropy_control=CONTROL)
+    algo = build(PPO, entropy_control=CONTROL)
     results = [algo.train()["learners"][MODULE] for _ in range(3)]
     yield algo, results
     algo.stop()
@@ -103,28 +119,28 @@ def restored_ppo(controlled_ppo, tmp_path_factory):
 
 def test_controller_sets_the_coefficient_ppo_uses(controlled_ppo):
     algo, results = controlled_ppo
-    coefs = [r["curr_entropy_coeff"] for r in results]
+    coefs = [r[lm.CURR_ENTROPY_COEFF] for r in results]
     assert CONTROL["initial_coef"] < coefs[0] < coefs[1] < coefs[2]
     # The loss of each update used the coefficient the controller set after the previous one.
     for previous, current in zip(results, results[1:]):
         used = coefficient_used(previous, current, algo.config.vf_loss_coeff)
-        assert used == pytest.approx(previous["curr_entropy_coeff"], rel=1e-3)
+        assert used == pytest.approx(previous[lm.CURR_ENTROPY_COEFF], rel=1e-3)
     live = on_learners(algo, lambda lrn: lrn.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
     assert live == [pytest.approx(coefs[-1])]
     # The controller was fed the logged (gaussian) entropy.
     assert on_learners(algo, controller_state)[0]["last_error"] == pytest.approx(
-        CONTROL["target"] - results[-1]["entropy_gaussian"]
+        CONTROL["target"] - results[-1][GAUSSIAN]
     )
     for r in results:
-        assert r["entropy_target"] == CONTROL["target"]
-        assert r["entropy_gaussian_dim0"] == pytest.approx(r["entropy_gaussian"])
-        assert r["entropy_effective_dim0"] == pytest.approx(r["entropy_effective"])
+        assert r[lm.ENTROPY_TARGET] == CONTROL["target"]
+        assert r[lm.dim_metric(GAUSSIAN, 0)] == pytest.approx(r[GAUSSIAN])
+        assert r[lm.dim_metric(EFFECTIVE, 0)] == pytest.approx(r[EFFECTIVE])
         # Ours averages every minibatch of the update, PPO's `entropy` is the last minibatch's.
-        assert r["entropy_gaussian"] == pytest.approx(r["entropy"], abs=0.05)
+        assert r[GAUSSIAN] == pytest.approx(r["entropy"], abs=0.05)
         # Std ~1 around a mean ~0 in [-1, 1] units: about a third of the sampled actions lay outside and were
         # clipped by the env (RLlib keeps the unclipped sample in the batch).
-        assert 0.15 < r["clipped_fraction"] == r["clipped_fraction_dim0"] < 0.6
-        assert r["entropy_effective"] < r["entropy_gaussian"]
+        assert 0.15 < r[lm.CLIPPED_FRACTION] == r[lm.dim_metric(lm.CLIPPED_FRACTION, 0)] < 0.6
+        assert r[EFFECTIVE] < r[GAUSSIAN]
 
 
 def test_controller_state_survives_checkpoint(controlled_ppo, restored_ppo):
@@ -134,7 +150,7 @@ def test_controller_state_survives_checkpoint(controlled_ppo, restored_ppo):
     assert before[0]["num_updates"] == len(results)
     assert on_learners(restored, controller_state) == before
     coefficient = on_learners(restored, lambda lrn: lrn.entropy_coeff_schedulers_per_module[MODULE].get_current_value())
-    assert coefficient == [results[-1]["curr_entropy_coeff"]]
+    assert coefficient == [results[-1][lm.CURR_ENTROPY_COEFF]]
 
 
 def test_observation_filter_stats_after_training_and_restore(controlled_ppo, restored_ppo):
@@ -158,7 +174,7 @@ def test_observation_filter_stats_after_training_and_restore(controlled_ppo, res
 
 
 def test_no_filter_no_stats():
-    algo = build_algorithm(**PPO, normalize_observations=False)
+    algo = build(PPO, normalize_observations=False)
     try:
         assert observation_filter_stats(algo) is None
     finally:
@@ -169,7 +185,7 @@ def test_learners_share_the_averaged_entropy():
     """Two learners see different shards; all-reduced entropy keeps their controllers identical."""
     control = {**CONTROL, "measure": "effective"}
     # The module fixtures hold 1 of the 2 CPUs; a learner asking for a whole one would wait forever.
-    algo = build_algorithm(**PPO, num_learners=2, num_cpus_per_learner=0.25, entropy_control=control)
+    algo = build(PPO, num_learners=2, num_cpus_per_learner=0.25, entropy_control=control)
     try:
         entropy_aware_init(algo, threshold=1e9, max_draws=2, rollout_steps=100)
         first, second = on_learners(algo, lambda lrn: lrn.module[MODULE].unwrapped().get_state())
@@ -178,14 +194,14 @@ def test_learners_share_the_averaged_entropy():
             result = algo.train()["learners"][MODULE]
         first, second = on_learners(algo, controller_state)
         assert first == second and first["num_updates"] == 2
-        assert first["last_error"] == pytest.approx(control["target"] - result["entropy_effective"])
+        assert first["last_error"] == pytest.approx(control["target"] - result[EFFECTIVE])
     finally:
         algo.stop()
 
 
 @pytest.fixture(scope="module", params=SAMPLERS)
 def fresh_ppo(request):
-    algo = build_algorithm(**PPO, sampler=request.param)
+    algo = build(PPO, sampler=request.param)
     yield algo
     algo.stop()
 
@@ -237,7 +253,7 @@ def test_arms_are_paired_when_the_init_keeps_draw_0():
     seeds, and the init's sampling leaves no trace in any random stream."""
 
     def first_iteration(init):
-        algo = build_algorithm(**PPO)
+        algo = build(PPO)
         try:
             init(algo)
             result = algo.train()["learners"][MODULE]
@@ -250,7 +266,7 @@ def test_arms_are_paired_when_the_init_keeps_draw_0():
     init, init_weights = first_iteration(
         lambda algo: entropy_aware_init(algo, threshold=-math.inf, weight_seed=7, rollout_steps=300)
     )
-    for key in ("total_loss", "entropy_gaussian", "entropy_effective", "clipped_fraction", "vf_loss"):
+    for key in ("total_loss", GAUSSIAN, EFFECTIVE, lm.CLIPPED_FRACTION, lm.VF_LOSS):
         assert init[key] == plain[key], key
     assert all(torch.equal(torch.as_tensor(init_weights[k]), torch.as_tensor(v)) for k, v in plain_weights.items())
 
@@ -258,7 +274,7 @@ def test_arms_are_paired_when_the_init_keeps_draw_0():
 def test_a_threshold_sweep_moves_the_kept_entropy_and_the_acceptance_rate():
     """In an init family whose weights matter (a state-dependent log-std head, gain 8), the threshold decides what
     the init keeps: from draw 0 (every draw clears) to the best of the search (none clears), over 1 nat apart."""
-    algo = build_algorithm(**PPO, free_log_std=False)
+    algo = build(PPO, free_log_std=False)
     family = InitFamily(output_gain=8.0, initial_std=0.3)
     try:
         searches = [
@@ -298,7 +314,7 @@ def test_a_threshold_sweep_moves_the_kept_entropy_and_the_acceptance_rate():
     ids=["fixed", "sigma_schedule"],
 )
 def test_fixed_coefficient_and_sigma_schedule(control, tmp_path):
-    algo = build_algorithm(**PPO, free_log_std=True, entropy_control=control)
+    algo = build(PPO, free_log_std=True, entropy_control=control)
 
     def learner_log_std():
         return on_learners(algo, lambda lrn: lrn.module[MODULE].unwrapped().pi.log_std.detach().tolist())[0]
@@ -306,22 +322,22 @@ def test_fixed_coefficient_and_sigma_schedule(control, tmp_path):
     try:
         results = [algo.train()["learners"][MODULE] for _ in range(3)]
         if control["mode"] == "fixed":
-            assert [r["curr_entropy_coeff"] for r in results] == [0.02] * 3
-            assert all("entropy_target" not in r for r in results)
+            assert [r[lm.CURR_ENTROPY_COEFF] for r in results] == [0.02] * 3
+            assert all(lm.ENTROPY_TARGET not in r for r in results)
             return
         # After iteration k the std is sigma(env steps so far): the next batch is sampled with it. Coefficient 0.
-        assert [r["sigma_target"] for r in results] == pytest.approx([0.375, 0.25, 0.25])
-        assert [r["curr_entropy_coeff"] for r in results] == [0.0] * 3
+        assert [r[lm.SIGMA_TARGET] for r in results] == pytest.approx([0.375, 0.25, 0.25])
+        assert [r[lm.CURR_ENTROPY_COEFF] for r in results] == [0.0] * 3
         assert learner_log_std() == pytest.approx([math.log(0.25)])
         assert np.allclose(sample_action_dist_inputs(algo, 20).action_dist_inputs[:, 1], math.log(0.25))
         # The first batch was sampled, and its update started, at sigma(0) = 0.5; PPO's gradient moved nothing.
-        assert results[0]["entropy_gaussian"] == pytest.approx(0.5 * math.log(2 * math.pi * math.e) + math.log(0.5))
+        assert results[0][GAUSSIAN] == pytest.approx(0.5 * math.log(2 * math.pi * math.e) + math.log(0.5))
         # A checkpoint holds the std; restored into a running algorithm, training goes on along the schedule.
         older = algo.save_to_path(tmp_path / "older")
         on_learners(algo, lambda lrn: lrn.module[MODULE].unwrapped().pi.log_std.data.fill_(0.0))
         algo.restore_from_path(older)
         assert learner_log_std() == pytest.approx([math.log(0.25)])
-        assert algo.train()["learners"][MODULE]["entropy_gaussian"] == pytest.approx(
+        assert algo.train()["learners"][MODULE][GAUSSIAN] == pytest.approx(
             0.5 * math.log(2 * math.pi * math.e) + math.log(0.25)
         )
     finally:
@@ -332,7 +348,7 @@ def test_entropy_init_measures_the_same_through_both_samplers():
     """Same seeds, same weights, same action noise: the bulk runner's rollouts give the stock runner's entropies."""
     results = {}
     for sampler in SAMPLERS:
-        algo = build_algorithm(**PPO, sampler=sampler)
+        algo = build(PPO, sampler=sampler)
         try:
             results[sampler] = entropy_aware_init(algo, threshold=1e9, weight_seed=3, max_draws=2, rollout_steps=300)
         finally:
@@ -344,7 +360,7 @@ def test_entropy_init_measures_the_same_through_both_samplers():
 
 def test_restoring_an_older_checkpoint_into_a_running_algo(tmp_path):
     """RLlib 2.60: the learner takes the old weights, the remote runner (higher seq no) ignores them."""
-    algo = build_algorithm(**PPO, lr=1e-2)
+    algo = build(PPO, lr=1e-2)
     try:
         algo.train()
         older = algo.save_to_path(tmp_path / "older")
@@ -358,21 +374,24 @@ def test_restoring_an_older_checkpoint_into_a_running_algo(tmp_path):
         algo.stop()
 
 
-SAC = dict(
-    algorithm="SAC",
+SAC = rllib_settings(
+    {
+        "algorithm.name": "SAC",
+        "model.hidden": [32, 32],
+        "algorithm.lr": 1e-2,
+        "algorithm.train_batch_size": 32,
+        "algorithm.learning_starts": 32,
+        "resources.num_env_runners": 0,
+        "resources.envs_per_runner": 1,  # as measured (the schema's default is 4)
+    },
     env="Pendulum-v1",
-    hidden_sizes=(32, 32),
-    lr=1e-2,
-    train_batch_size=32,
-    learning_starts=32,
-    num_env_runners=0,
-    seed=0,
+    env_config={},
 )
 
 
 @pytest.mark.parametrize("stock", [True, False], ids=["stock-rllib", "resumable"])
 def test_sac_temperature_after_restore(stock, tmp_path):
-    algo = build_algorithm(**SAC, learner_class=SACTorchLearner if stock else None)
+    algo = build(SAC, learner_class=SACTorchLearner if stock else None)
     restored = None
     try:
         algo.train()
@@ -433,24 +452,24 @@ CARTPOLE = {**PPO, "env": "CartPole-v1"}  # Discrete(2): a categorical head, at 
 def test_a_categorical_policy_goes_through_the_same_measure_and_controller():
     # The configured measure is the effective one; a categorical policy has one entropy, which the controller reads.
     control = {"measure": "effective", "target": math.log(2), "gain": 0.5}  # the default mode: lower_bound
-    algo = build_algorithm(**CARTPOLE, entropy_control=control)
+    algo = build(CARTPOLE, entropy_control=control)
     try:
         results = [algo.train()["learners"][MODULE] for _ in range(2)]
         last_error = on_learners(algo, controller_state)[0]["last_error"]
     finally:
         algo.stop()
     for r in results:
-        assert "entropy_effective" not in r and "entropy_gaussian" not in r and "clipped_fraction" not in r
-        assert 0 < r["entropy_categorical"] == r["entropy_categorical_dim0"] <= math.log(2)
-        assert r["entropy_categorical"] == pytest.approx(r["entropy"], abs=0.05)  # PPO's own, last minibatch
-        assert r["entropy_target"] == pytest.approx(math.log(2))
-    assert last_error == pytest.approx(math.log(2) - results[-1]["entropy_categorical"])
-    assert results[-1]["curr_entropy_coeff"] > 0  # below the minimum: pushed up, never a penalty
+        assert EFFECTIVE not in r and GAUSSIAN not in r and lm.CLIPPED_FRACTION not in r
+        assert 0 < r[CATEGORICAL] == r[lm.dim_metric(CATEGORICAL, 0)] <= math.log(2)
+        assert r[CATEGORICAL] == pytest.approx(r["entropy"], abs=0.05)  # PPO's own, last minibatch
+        assert r[lm.ENTROPY_TARGET] == pytest.approx(math.log(2))
+    assert last_error == pytest.approx(math.log(2) - results[-1][CATEGORICAL])
+    assert results[-1][lm.CURR_ENTROPY_COEFF] > 0  # below the minimum: pushed up, never a penalty
 
 
 def test_a_threshold_sweep_moves_a_categorical_policys_kept_entropy():
     """The init family's output gain spreads a categorical head's draws too, so the threshold decides what is kept."""
-    algo = build_algorithm(**CARTPOLE)
+    algo = build(CARTPOLE)
     family = InitFamily(output_gain=8.0)
     try:
         searches = [
@@ -478,4 +497,4 @@ def test_a_threshold_sweep_moves_a_categorical_policys_kept_entropy():
 )
 def test_gaussian_only_learner_settings_refuse_a_categorical_policy(settings, message):
     with pytest.raises(ValueError, match=rf"{message}.*'default_policy' acts on Discrete\(2\)"):
-        build_algorithm(**{**CARTPOLE, "num_env_runners": 0}, **settings)
+        build(CARTPOLE, num_env_runners=0, **settings)

@@ -9,6 +9,7 @@ from entropilot.envs import SWARM_ID, make_env
 from entropilot.envs.evaluate import run_swarm_episodes, summarize
 from entropilot.platform.algorithm import SHARED_POLICY_ID, pool_running_stats
 from entropilot.platform.config import parse_config
+from entropilot.platform.names import ENTROPY_INIT_TAG
 from entropilot.platform.train import STATE_FILE, train
 
 SWARM_KWARGS = {"num_drones": 3, "episode_seconds": 2.0, "success_seconds": 1.0}
@@ -46,7 +47,7 @@ def test_swarm_trains_one_shared_policy_into_mlflow(tmp_path, mlflow_server, iso
     client = mlflow.MlflowClient(mlflow_server)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["entropilot.entropy_init"].startswith("skipped")
+    assert run.data.tags[ENTROPY_INIT_TAG].startswith("skipped")
     # The learner metrics of the shared module arrive: entropy, its parts and the controlled coefficient.
     entropy = client.get_metric_history(result.run_id, "entropy")
     assert [m.step for m in entropy] == [1, 2] and all(np.isfinite(m.value) for m in entropy)

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from entropilot.cli import main
 from entropilot.platform.config import load_config, parse_config
+from entropilot.platform.names import SWEEP_BEST_RUN_ID_TAG
 from entropilot.platform.resources import DoesNotFit, run_bundles, runs_that_fit
 from entropilot.platform.sweep import make_scheduler, run_sweep, tune_search_algorithm
 from entropilot.platform.sweep_plan import (
@@ -182,7 +183,7 @@ def test_grid_sweep_runs_trials_as_child_runs_and_writes_the_best_config(
     parent = client.get_run(result.parent_run_id)
     assert parent.data.params["sweep.space.entropy.init.threshold"] == "grid [-5, -3]"
     assert parent.data.params["sweep.search"] == "grid"
-    assert parent.data.tags["entropilot.sweep.best_run_id"] == result.best.run_id
+    assert parent.data.tags[SWEEP_BEST_RUN_ID_TAG] == result.best.run_id
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert artifacts == {"best_config.yaml", "summary.csv", "summary.md"}
     children = client.search_runs(

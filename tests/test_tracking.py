@@ -7,9 +7,21 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from entropilot.platform.config import from_flat_params, parse_config, to_flat_params
+from entropilot.platform.mlflow_sender import is_outage, is_refusal
+from entropilot.platform.names import (
+    ENTROPY_INIT_TAG_PREFIX,
+    INIT_CHOSEN_ENTROPY,
+    INIT_CLEARED,
+    INIT_DRAW_ENTROPY,
+    INIT_DRAW_ENTROPY_PER_DIM,
+    INIT_DRAWS,
+    VERSION_TAG,
+)
 from entropilot.platform.plots import plot_entropy, plot_learning
 from entropilot.platform.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, ConfigMismatchError, RunTracker
 
@@ -59,7 +71,7 @@ def test_new_run_has_config_metrics_tags_and_artifacts(mlflow_server, tmp_path):
     assert run.data.params == to_flat_params(cfg)
     assert from_flat_params(run.data.params) == cfg
     assert run.data.tags["env_id"] == cfg.env.id and run.data.tags["algorithm"] == "PPO"
-    assert run.data.tags["entropilot.version"]
+    assert run.data.tags[VERSION_TAG]
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40  # the tests run from the git checkout
     assert steps_of(client, run_id, "episode_return_mean") == [0, 1, 2, 3, 4]
     assert steps_of(client, run_id, "entropy_per_dim/3") == [0, 1, 2, 3, 4]
@@ -123,7 +135,7 @@ def test_resume_reopens_the_run_and_rejects_a_changed_config(mlflow_server):
 
 def test_metrics_survive_a_server_outage(mlflow_server_process, caplog):
     server = mlflow_server_process
-    caplog.set_level(logging.WARNING, logger="entropilot.platform.tracking")
+    caplog.set_level(logging.WARNING, logger="entropilot.platform")
     tracker = RunTracker.start(make_cfg(server.uri, "outage"))
     small = RunTracker.start(make_cfg(server.uri, "outage-small-buffer"), max_buffered_points=3)
     tracker.log_metrics({"reward": 0.0}, step=0)
@@ -162,6 +174,46 @@ def test_metrics_survive_a_server_outage(mlflow_server_process, caplog):
     assert any("is back" in m and "dropped" not in m for m in messages)
 
 
+def test_only_network_and_server_errors_count_as_an_outage():
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    outages = [
+        MlflowException("API request failed with exception ConnectionRefusedError"),  # MLflow's INTERNAL_ERROR
+        MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE),
+        ConnectionRefusedError(111, "Connection refused"),
+        requests.exceptions.ConnectionError("no route"),
+        requests.exceptions.ReadTimeout("slow"),
+    ]
+    assert all(is_outage(exc) and not is_refusal(exc) for exc in outages)
+    refused = MlflowException("bad tag key", error_code=INVALID_PARAMETER_VALUE)
+    assert is_refusal(refused) and not is_outage(refused)
+    for bug in (TypeError("expected str"), KeyError("run_id"), AttributeError("no such attribute")):
+        assert not is_outage(bug) and not is_refusal(bug)
+
+
+def test_a_programming_error_in_a_logging_call_is_raised_not_buffered(tmp_path, caplog):
+    """Only an outage is waited out: a TypeError inside MLflow's call (an artifact path or a tag key that is not a
+    str, a caller's bug) reaches the caller, whether the caller's thread or the background sender met it, and what
+    caused it is not kept to fail again."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = RunTracker.start(make_cfg(uri, "bug"))
+    note = tmp_path / "note.txt"
+    note.write_text("logged")
+    with pytest.raises(TypeError):
+        tracker.log_artifact(note, artifact_path=5)  # uploaded in the caller's thread
+    tracker.set_tag(5, "not a str key")  # sent by the background thread, or by the flush below if it comes first
+    with pytest.raises(TypeError):
+        tracker.flush()  # raises it if it sends the tag itself,
+        tracker.flush()  # else the next call raises what stopped the background thread
+    tracker.log_metrics({"reward": 1.0}, step=0)
+    tracker.log_artifact(note)
+    assert tracker.flush()
+    tracker.close()
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["reward"] == 1.0
+    assert not any("unreachable" in record.getMessage() for record in caplog.records)
+
+
 def test_system_metrics_are_sampled_when_asked(mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     cfg = make_cfg(mlflow_server, "system-metrics")
@@ -179,14 +231,14 @@ def test_entropy_init_draws_are_metrics_and_the_choice_tags(mlflow_server):
     tracker.log_entropy_init(SimpleNamespace(draws=draws, chosen=draws[1], threshold=1.0))
     tracker.close()
     client = MlflowClient(mlflow_server)
-    history = sorted(client.get_metric_history(tracker.run_id, "entropy_init/draw_entropy"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(tracker.run_id, INIT_DRAW_ENTROPY), key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(0, 0.2), (1, 0.9), (2, 0.5)]
-    assert steps_of(client, tracker.run_id, "entropy_init/draw_entropy_per_dim/1") == [0, 1, 2]
+    assert steps_of(client, tracker.run_id, f"{INIT_DRAW_ENTROPY_PER_DIM}/1") == [0, 1, 2]
     tags = client.get_run(tracker.run_id).data.tags
-    assert tags["entropy_init.chosen_draw"] == "1" and tags["entropy_init.chosen_seed"] == "11"
-    assert tags["entropy_init.cleared"] == "False"
+    init = {key.removeprefix(ENTROPY_INIT_TAG_PREFIX): value for key, value in tags.items()}
+    assert (init["chosen_draw"], init["chosen_seed"], init["cleared"]) == ("1", "11", "False")
     metrics = client.get_run(tracker.run_id).data.metrics
-    assert (metrics["entropy_init/chosen_entropy"], metrics["entropy_init/draws"], metrics["entropy_init/cleared"]) == (
+    assert (metrics[INIT_CHOSEN_ENTROPY], metrics[INIT_DRAWS], metrics[INIT_CLEARED]) == (
         0.9,
         3,
         0.0,
@@ -195,7 +247,7 @@ def test_entropy_init_draws_are_metrics_and_the_choice_tags(mlflow_server):
     by_index = RunTracker.start(make_cfg(mlflow_server, "entropy-init-index"))
     by_index.log_entropy_init(SimpleNamespace(draws=draws, chosen=2))
     by_index.close()
-    assert client.get_run(by_index.run_id).data.tags["entropy_init.chosen_seed"] == "12"
+    assert client.get_run(by_index.run_id).data.tags[ENTROPY_INIT_TAG_PREFIX + "chosen_seed"] == "12"
 
 
 def test_plots_are_written_even_with_missing_keys(tmp_path):

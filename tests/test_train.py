@@ -5,6 +5,7 @@ import pytest
 
 from entropilot.platform.algorithm import observation_filter_stats
 from entropilot.platform.config import parse_config
+from entropilot.platform.names import ENTROPY_COLLAPSE_TAG, INIT_DRAW_ENTROPY
 from entropilot.platform.phases import PHASES
 from entropilot.platform.train import STATE_FILE, prepare_resume, train
 
@@ -53,7 +54,7 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(
     assert steps == [1, 2]
     coefficients = [m.value for m in client.get_metric_history(first.run_id, "entropy_coeff")]
     assert len(coefficients) == 2 and coefficients[0] != coefficients[1]  # the controller acts every iteration
-    assert "entropilot.entropy_collapse" in run.data.tags
+    assert ENTROPY_COLLAPSE_TAG in run.data.tags
     assert [m.value for m in client.get_metric_history(first.run_id, "entropy_collapse")] == [1.0, 1.0]
     assert [m.step for m in client.get_metric_history(first.run_id, "success_rate")] == [2]
     for timing in ("learner_time_s", "sampling_time_s", "env_steps_per_s"):
@@ -64,7 +65,7 @@ def test_train_logs_to_mlflow_and_resumes_into_the_same_run(
         assert min(phases) >= 0 and sum(phases) == pytest.approx(entry["time_s"])
         assert entry["time_startup_s"] > 0 and entry["time_init_s"] > 0 and entry["time_sampling_s"] > 0
     assert first.history[1]["time_evaluation_s"] > first.history[0]["time_evaluation_s"] == 0
-    draws = client.get_metric_history(first.run_id, "entropy_init/draw_entropy")
+    draws = client.get_metric_history(first.run_id, INIT_DRAW_ENTROPY)
     assert len(draws) == 2  # a threshold no draw clears: every draw is tried, the best kept
     artifacts = {a.path for a in client.list_artifacts(first.run_id)}
     assert {"plots", "checkpoint", "video"} <= artifacts

@@ -2,12 +2,12 @@
 shared by all agents) from explicit settings, and read the observation-normalization statistics back
 out of a running algorithm or a checkpoint."""
 
-import logging
 import math
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -17,21 +17,20 @@ from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.algorithms.sac import SAC, SACConfig
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.filter import RunningStat
 from ray.rllib.utils.metrics import ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER, TIMERS
 from ray.rllib.utils.numpy import SMALL_NUMBER
 from ray.tune.registry import register_env
 
-from entropilot.errors import EntropilotError
 from entropilot.platform.bulk_runner import BulkEnvRunner
+from entropilot.platform.config import ExperimentConfig
+from entropilot.platform.resources import local_gpu_learner_or_cpu, resolve_learner_resources
 from entropilot.policies.ppo_learner import COVARIANCE_CONTROL, ENTROPY_CONTROL, EntropyControlledPPOLearner
 from entropilot.policies.sac_learner import ResumableSACLearner
 from entropilot.rllib_internals import take_out_of_service, weights_seq_no
 
-logger = logging.getLogger(__name__)
-
 ALGORITHMS = ("PPO", "SAC")
-GPU_MODES = ("auto", "on", "off")
 # How env runners sample: RLlib's own per-item loop, or `bulk_runner.BulkEnvRunner` (single-agent envs).
 SAMPLERS = ("stock", "bulk")
 # How a runner's envs are vectorized: Gymnasium's SyncVectorEnv, or the env's own vector entry point (entropilot's
@@ -73,6 +72,7 @@ class _RestoresSilentlyRestartedEnvRunners:
     filter. Before each training step, such runners are taken out of service, which makes RLlib's own
     restore path sync them (it pings them and pushes the current state)."""
 
+    @override(Algorithm)
     def restore_env_runners(self, env_runner_group):
         if env_runner_group.num_healthy_remote_env_runners():
             # Bounded like RLlib's health probe: a hung runner must not hang training (it answers nothing here).
@@ -93,6 +93,7 @@ class _TimesEachIteration:
     logs them, `timers/env_runner_sampling_timer` and `timers/learner_update_timer` in each result are that
     iteration's own seconds."""
 
+    @override(Algorithm)
     def setup(self, config):
         super().setup(config)
         for timer in (ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER):
@@ -105,6 +106,69 @@ class FaultTolerantPPO(_TimesEachIteration, _RestoresSilentlyRestartedEnvRunners
 
 class FaultTolerantSAC(_TimesEachIteration, _RestoresSilentlyRestartedEnvRunners, SAC):
     """RLlib's SAC whose restarted env runners always sample with the current policy."""
+
+
+def make_env_creator(env_id: str) -> Callable[[dict], Any]:
+    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor). RLlib's vector entry point
+    (`vector_env="batched"`) calls it with ``num_envs`` in the config: then it builds that many drones in one world."""
+
+    def create(env_config: dict):
+        from entropilot.envs import make_env, make_vector_env
+
+        kwargs = dict(env_config)
+        num_envs = kwargs.pop("num_envs", None)
+        return make_env(env_id, **kwargs) if num_envs is None else make_vector_env(env_id, num_envs, **kwargs)
+
+    create.__name__ = env_id.split("/")[-1]
+    return create
+
+
+def is_multi_agent(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg`` trains a multi-agent env (the swarm): one policy shared by all its agents."""
+    from entropilot.envs import SINGLE_AGENT_IDS
+
+    return cfg.env.id not in SINGLE_AGENT_IDS
+
+
+def algorithm_settings(cfg: ExperimentConfig) -> dict:
+    """``cfg`` as the keyword arguments of `build_algorithm` / `algorithm_config`: every one they require (the schema
+    is the only place their defaults live). A multi-agent env (the swarm) gets one policy shared by all agents."""
+    a, e, r = cfg.algorithm, cfg.entropy, cfg.resources
+    return dict(
+        algorithm=a.name,
+        env=make_env_creator(cfg.env.id),
+        env_config=dict(cfg.env.kwargs),
+        hidden_sizes=cfg.model.hidden,
+        activation=cfg.model.activation,
+        free_log_std=cfg.free_log_std,
+        lr=a.lr,
+        gamma=a.gamma,
+        train_batch_size=a.train_batch_size,
+        minibatch_size=a.minibatch_size,
+        num_epochs=a.num_epochs,
+        clip_param=a.clip_param,
+        lambda_=a.lambda_,
+        grad_clip=a.grad_clip,
+        vf_loss_coeff=a.vf_loss_coeff,
+        kl_coeff=a.kl_coeff,
+        vf_clip=a.vf_clip,
+        tau=a.tau,
+        initial_alpha=a.initial_alpha,
+        target_entropy=a.target_entropy,
+        replay_capacity=a.replay_capacity,
+        learning_starts=a.learning_starts,
+        entropy_control=e.control.controller_settings(e.measure) if e.control.enabled else None,
+        covariance_control=e.covariance.settings(seed=cfg.seed),
+        num_env_runners=r.num_env_runners,
+        envs_per_runner=r.envs_per_runner,
+        num_cpus_per_env_runner=r.num_cpus_per_env_runner,
+        num_learners=r.num_learners,
+        gpu=r.gpu,
+        sampler=r.sampler,
+        vector_env=r.vector_env,
+        seed=cfg.seed,
+        multi_agent=is_multi_agent(cfg),
+    )
 
 
 def build_algorithm(**settings) -> Algorithm:
@@ -128,64 +192,59 @@ def build_algorithm(**settings) -> Algorithm:
 
 def algorithm_config(
     *,
-    algorithm: str = "PPO",
+    algorithm: str,
     env: str | type | Callable,
-    env_config: dict | None = None,
-    hidden_sizes: Sequence[int] = (64, 64),
-    activation: str = "tanh",
-    lr: float = 3e-4,
-    gamma: float = 0.99,
-    train_batch_size: int = 4000,
-    minibatch_size: int = 256,
-    num_epochs: int = 10,
-    clip_param: float = 0.2,
-    lambda_: float = 0.95,
-    grad_clip: float | None = 0.5,
-    vf_loss_coeff: float = 0.5,
-    kl_coeff: float = 0.2,
-    vf_clip: float | None = 10.0,
-    free_log_std: bool = False,
-    entropy_coeff: float = 0.0,
-    entropy_control: dict | None = None,
-    covariance_control: dict | None = None,
-    learning_starts: int = 1000,
-    tau: float = 0.005,
-    initial_alpha: float = 1.0,
-    target_entropy: float | str = "auto",
-    replay_capacity: int = 100_000,
-    num_env_runners: int = 1,
-    envs_per_runner: int = 1,
-    num_cpus_per_env_runner: float = 1,
-    num_learners: int = 0,
-    num_cpus_per_learner: float | str = "auto",
-    gpu: str = "auto",
-    normalize_observations: bool = True,
-    seed: int | None = None,
-    learner_class: type | None = None,
-    multi_agent: bool = False,
-    sampler: str = "stock",
-    vector_env: str = "sync",
+    env_config: dict,
+    hidden_sizes: Sequence[int],
+    activation: str,
+    free_log_std: bool,
+    lr: float,
+    gamma: float,
+    train_batch_size: int,
+    minibatch_size: int,
+    num_epochs: int,
+    clip_param: float,
+    lambda_: float,
+    grad_clip: float | None,
+    vf_loss_coeff: float,
+    kl_coeff: float,
+    vf_clip: float | None,
+    tau: float,
+    initial_alpha: float,
+    target_entropy: float | str,
+    replay_capacity: int,
+    learning_starts: int,
+    entropy_control: dict | None,
+    covariance_control: dict | None,
+    num_env_runners: int,
+    envs_per_runner: int,
+    num_cpus_per_env_runner: float,
+    num_learners: int,
+    gpu: str,
+    sampler: str,
+    vector_env: str,
+    seed: int | None,
+    multi_agent: bool,
+    # Not in the schema, so with a default here:
+    num_cpus_per_learner: float | str = "auto",  # "auto": 1 per remote learner without GPU, 0 with (RLlib's)
+    normalize_observations: bool = True,  # RLlib's MeanStdFilter; every run has it (False: for a test without it)
+    learner_class: type | None = None,  # None: ours; another replaces it (RLlib's stock one, to compare against)
 ) -> AlgorithmConfig:
     """The RLlib `AlgorithmConfig` of an algorithm (build it with `build_algorithm`, or build its parts, an
-    EnvRunner or a Learner, without Ray).
+    EnvRunner or a Learner, without Ray). `algorithm_settings(cfg)` gives every required keyword from an
+    `ExperimentConfig`, whose schema says what each means; a caller changes single ones from there.
 
     `env` is an env id (Tune-registered or gymnasium), a gym.Env class, or a creator
     `env_config -> gym.Env` (registered under its `__name__`: give different creators different names).
-    PPO uses `EntropyControlledPPOLearner` (`entropy_control` / `covariance_control` go to it, see
-    there; `entropy_coeff` is PPO's fixed coefficient when no controller is set); `train_batch_size`,
+    PPO uses `EntropyControlledPPOLearner` (`entropy_control` / `covariance_control` go to it, see there; without a
+    controller PPO's entropy coefficient is 0, and a fixed one is the controller's `fixed` mode); `train_batch_size`,
     `minibatch_size`, `num_epochs` are per learner. SAC uses `ResumableSACLearner`; `lr` sets the
-    actor, critic and temperature rates, `train_batch_size` the replay batch per learner,
-    `learning_starts` the env steps sampled before the first update, `tau` the target networks' Polyak rate,
-    `initial_alpha` the starting temperature, `target_entropy` the entropy its temperature steers toward (nats;
-    "auto" = -(action dims), RLlib's default) and `replay_capacity` the replay buffer's size in env steps (RLlib's
-    prioritized episode buffer, whose own default is 1e6); PPO's own settings do not reach SAC, nor these PPO.
-    `gpu` and `num_learners` are
-    resolved by `resolve_learner_resources`; remote learners take `num_cpus_per_learner` CPUs each
-    ("auto": 1 without GPU, 0 with). Observations are normalized with RLlib's MeanStdFilter
-    unless `normalize_observations=False`. `learner_class` replaces our learner (e.g. RLlib's stock one).
-    `sampler="bulk"` samples with `BulkEnvRunner` (one batched forward per vector step; single-agent only).
-    `vector_env="batched"` builds each runner's envs through the env's vector entry point (for a creator from
-    `train.make_env_creator`: `DroneVectorEnv`, all of a runner's drones in one PyBullet world).
+    actor, critic and temperature rates, `train_batch_size` the replay batch per learner, `replay_capacity` RLlib's
+    prioritized episode buffer (whose own default is 1e6); PPO's own settings do not reach SAC, nor SAC's PPO.
+    `gpu` and `num_learners` are resolved by `resolve_learner_resources`; remote learners take
+    `num_cpus_per_learner` CPUs each. `sampler="bulk"` samples with `BulkEnvRunner` (one batched forward per vector
+    step; single-agent only). `vector_env="batched"` builds each runner's envs through the env's vector entry point
+    (for a creator from `make_env_creator`: `DroneVectorEnv`, all of a runner's drones in one PyBullet world).
     A crashed env runner is restarted and gets the current policy before it samples again (`FAULT_TOLERANCE`).
 
     `multi_agent=True` is for an RLlib `MultiAgentEnv` whose agents all have the same observation and
@@ -229,7 +288,7 @@ def algorithm_config(
             use_kl_loss=kl_coeff > 0,
             kl_coeff=kl_coeff,
             vf_clip_param=math.inf if vf_clip is None else vf_clip,
-            entropy_coeff=entropy_coeff,
+            entropy_coeff=0.0,  # a coefficient is the controller's (mode fixed: a constant one)
         )
         default_learner = EntropyControlledPPOLearner
         learner_config = {ENTROPY_CONTROL: entropy_control, COVARIANCE_CONTROL: covariance_control}
@@ -250,7 +309,7 @@ def algorithm_config(
         learner_config = {}
 
     config = (
-        config.environment(env, env_config=env_config or {})
+        config.environment(env, env_config=env_config)
         .env_runners(
             num_env_runners=num_env_runners,
             num_envs_per_env_runner=envs_per_runner,
@@ -287,62 +346,6 @@ def policy_module_id(source: Algorithm | AlgorithmConfig) -> str:
     if len(policies) != 1:
         raise ValueError(f"expected one policy shared by all agents; the config has {policies}")
     return policies[0]
-
-
-class GpuUnavailable(EntropilotError, RuntimeError):
-    """resources.gpu is "on" but there is no GPU for the learner."""
-
-
-def resolve_learner_resources(gpu: str, num_learners: int, available_gpus: int | None = None) -> dict:
-    """`num_learners` and `num_gpus_per_learner` for `config.learners(...)`.
-
-    GPUs are counted in `ray.cluster_resources()` (or given as `available_gpus`); none is ever
-    requested where there is none ("auto" falls back to CPU, "on" raises). With k GPUs: k learners
-    (or `num_learners`, if positive and smaller) with one GPU each; a single GPU learner is the local
-    one (`num_learners=0, num_gpus_per_learner=1`), because one remote GPU learner hangs in Ray 2.60.
-    """
-    if gpu not in GPU_MODES:
-        raise ValueError(f"gpu must be one of {GPU_MODES}; got {gpu!r}")
-    if num_learners < 0:
-        raise ValueError(f"num_learners must be >= 0; got {num_learners}")
-    if gpu == "off":
-        return {"num_learners": num_learners, "num_gpus_per_learner": 0}
-    if available_gpus is None:
-        available_gpus = int(ray.cluster_resources().get("GPU", 0))
-    if available_gpus == 0:
-        if gpu == "on":
-            raise GpuUnavailable("resources.gpu 'on': the Ray cluster has no GPU; use gpu='auto' or 'off'")
-        return {"num_learners": num_learners, "num_gpus_per_learner": 0}
-    gpu_learners = min(num_learners, available_gpus) if num_learners > 0 else available_gpus
-    return {"num_learners": 0 if gpu_learners == 1 else gpu_learners, "num_gpus_per_learner": 1}
-
-
-def local_gpu_learner_or_cpu(learners: dict, gpu: str, visible_gpus: int | None = None) -> dict:
-    """`learners` (from `resolve_learner_resources`), unless they put one GPU learner in this process and this
-    process sees no GPU: the cluster's GPU is on another node (a job's driver on a CPU head). Then "auto" trains on
-    the CPU, with a warning, and "on" raises, saying how to run the driver on the GPU node.
-
-    ``visible_gpus``: the CUDA devices this process can use (default: torch's count; Ray sets CUDA_VISIBLE_DEVICES
-    for a job whose entrypoint asked for a GPU, and for a Tune trial's GPU bundle)."""
-    if learners["num_learners"] != 0 or not learners["num_gpus_per_learner"]:
-        return learners
-    if visible_gpus is None:
-        import torch
-
-        visible_gpus = torch.cuda.device_count()
-    if visible_gpus:
-        return learners
-    where = (
-        "the Ray cluster has a GPU, but not on this node; one GPU learner runs in this process (one remote GPU "
-        "learner hangs in Ray 2.60)"
-    )
-    if gpu == "on":
-        raise GpuUnavailable(
-            f"gpu='on': {where}. Run the driver on the GPU node (`entropilot submit` does so for "
-            "gpu: on; a RayJob sets entrypointNumGpus: 1), or use gpu='auto' or 'off'"
-        )
-    logger.warning("gpu='auto': %s: training on the CPU. Submit with resources.gpu=on to train on the GPU", where)
-    return {**learners, "num_gpus_per_learner": 0}
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.env_runner import NUM_ENV_STEP_FAILURES_LIFETIME
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils import force_list
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import ENV_RESET_TIMER, ENV_STEP_TIMER, RLMODULE_INFERENCE_TIMER, WEIGHTS_SEQ_NO
 from ray.rllib.utils.spaces.space_utils import clip_action, get_base_struct_from_space, unsquash_action
 
@@ -83,6 +84,7 @@ class BulkEnvRunner(SingleAgentEnvRunner):
         filters = [c for c in internals.connector_pieces(self)[0] if isinstance(c, MeanStdFilter)]
         self._filter_connector = filters[0] if filters else None
 
+    @override(SingleAgentEnvRunner)
     def make_env(self) -> None:
         super().make_env()
         mode = self.env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
@@ -96,6 +98,7 @@ class BulkEnvRunner(SingleAgentEnvRunner):
         self._actions_for_env = _action_mapping(self.env.single_action_space, self.config)
         self._open_episodes = None
 
+    @override(SingleAgentEnvRunner)
     def _sample(self, *, num_timesteps=None, num_episodes=None, explore, random_actions=False, force_reset=False):
         if num_episodes is not None:
             # Whole episodes from freshly reset envs: RLlib's own loop (it resets first and after, as ours would).

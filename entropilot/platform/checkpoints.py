@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from entropilot.inputs import InputError, missing_store
+from entropilot.platform.names import CHECKPOINT_TAG
 
 STATE_FILE = "entropilot_state.json"  # written last by a save: a checkpoint without it is incomplete
 CONFIG_FILE = "config.yaml"
-CHECKPOINT_TAG = "entropilot.checkpoint_dir"  # set by the training loop on its MLflow run
 BEST_CHECKPOINT = "best"  # with checkpoint.keep_best: the checkpoint of the best evaluation, beside the iter_* ones
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 # What RLlib 2.60's Algorithm.save_to_path writes at the top of every checkpoint (checked: Ray 2.60).

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from entropilot.platform.config import ExperimentConfig
+from entropilot.platform.names import Metric
 from entropilot.platform.stats import wilson_interval
-from entropilot.platform.train import is_multi_agent, module_id
+from entropilot.platform.train import module_id
 
 CONFIDENCE = 0.95  # of the success rate's lower bound
 BATCH_SIZE = 100  # the most episodes flown in lockstep (one vector env)
@@ -88,6 +89,7 @@ class Evaluation:
     def run(self, algo, record_frames: bool = False):
         from entropilot.envs import make_env
         from entropilot.envs.evaluate import lockstep_drones, run_episodes, run_swarm_episodes, run_vector_episodes
+        from entropilot.platform.algorithm import is_multi_agent
 
         cfg, e = self.cfg, self.cfg.evaluation
         policy = GreedyPolicy.from_algo(algo)
@@ -157,8 +159,8 @@ class EvaluationSummary:
 
     def metrics(self) -> dict[str, float]:
         return {
-            "success_rate": self.success_rate,
-            "eval_success_lower_bound": self.lower_bound,
-            "eval_crashes": float(self.crashes),
-            "eval_final_distance": self.mean_final_distance,
+            Metric.SUCCESS_RATE: self.success_rate,
+            Metric.EVAL_SUCCESS_LOWER_BOUND: self.lower_bound,
+            Metric.EVAL_CRASHES: float(self.crashes),
+            Metric.EVAL_FINAL_DISTANCE: self.mean_final_distance,
         }

@@ -21,8 +21,8 @@ from entropilot.platform.config import (
     to_flat_params,
     with_overrides,
 )
+from entropilot.platform.names import LIVE_ERROR_TAG, LIVE_TAG_PREFIX, Metric
 
-LIVE_TAG_PREFIX = "entropilot.live."
 SECTION = "entropy.control"
 
 
@@ -41,8 +41,6 @@ MODE_FIELDS = {
     mode: tuple(field for field in LIVE_FIELDS if mode in _live_modes(field))
     for mode in get_args(ControlConfig.model_fields["mode"].annotation)
 }
-# Outside the prefix, so it is never read back as a setting.
-ERROR_TAG = "entropilot.live_error"
 SOURCE = "MLflow live tags"
 
 
@@ -292,7 +290,7 @@ class LiveTuner:
             self._echo(
                 f"WARNING: live settings not applied at iteration {iteration}, the ones in force stay: {console}"
             )
-            tracker.set_tag(ERROR_TAG, chip)
+            tracker.set_tag(LIVE_ERROR_TAG, chip)
             return
         old, new = live_settings(self._control), live_settings(control)
         changed = [field for field in new if new[field] != old[field]]
@@ -309,8 +307,8 @@ class LiveTuner:
             for name in [name for name in tag_names(field) if name in tags] or [live_tag(field)]:
                 if tags.get(name) != settings[field]:
                     tracker.set_tag(name, settings[field])
-        if not all_tags.get(ERROR_TAG, "none").startswith("none"):  # fixed, removed, or from before a resume
-            tracker.set_tag(ERROR_TAG, f"none since iteration {iteration}")
+        if not all_tags.get(LIVE_ERROR_TAG, "none").startswith("none"):  # fixed, removed, or from before a resume
+            tracker.set_tag(LIVE_ERROR_TAG, f"none since iteration {iteration}")
 
     def metrics(self, iteration_metrics: Mapping[str, float]) -> dict[str, float]:
         """The live settings in force as metrics `live/FIELD`, to log with an iteration's metrics: one point per
@@ -319,7 +317,7 @@ class LiveTuner:
         if not self._cfg.entropy.control.enabled:
             return {}
         values = {f"live/{field}": value for field, value in live_settings(self._control).items()}
-        for field, learners in (("target", "entropy_target"), ("sigma", "sigma_target")):
+        for field, learners in (("target", Metric.ENTROPY_TARGET), ("sigma", Metric.SIGMA_TARGET)):
             if f"live/{field}" in values:
                 values[f"live/{field}"] = iteration_metrics.get(learners)
         return {key: float(value) for key, value in values.items() if _is_number(value)}

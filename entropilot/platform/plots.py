@@ -14,9 +14,11 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from entropilot.platform.names import ENTROPY_PER_DIM, Metric
+
 __all__ = ["finite_or_none", "plot_entropy", "plot_learning", "save_progress_plots"]
 
-_PER_DIM = re.compile(r"^entropy_per_dim/(\d+)$")
+_PER_DIM = re.compile(rf"^{re.escape(ENTROPY_PER_DIM)}(\d+)$")
 
 
 def save_progress_plots(history: Sequence[Mapping[str, Any]], folder: Path, title: str = "") -> list[Path]:
@@ -35,19 +37,19 @@ def plot_entropy(history: Sequence[Mapping[str, Any]], path: str, title: str = "
     ax = fig.subplots()
     dims = sorted({int(m.group(1)) for row in history for k in row if (m := _PER_DIM.match(k))})
     for d in dims:
-        x, y = _series(history, f"entropy_per_dim/{d}")
+        x, y = _series(history, f"{ENTROPY_PER_DIM}{d}")
         _plot(ax, x, y, linewidth=0.8, alpha=0.6, label=f"action dim {d}")
-    x, y = _series(history, "entropy")
+    x, y = _series(history, Metric.ENTROPY)
     if x:
         _plot(ax, x, y, color="black", linewidth=2.0, label="entropy (measured)")
-    x, y = _series(history, "entropy_target")
+    x, y = _series(history, Metric.ENTROPY_TARGET)
     if x:
         _plot(ax, x, y, color="tab:red", linestyle="--", linewidth=1.6, label="target")
     _label_x(ax, history)
     ax.set_ylabel("policy entropy [nats]")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    x, y = _series(history, "entropy_coeff")
+    x, y = _series(history, Metric.ENTROPY_COEFF)
     if x:
         coeff_ax = ax.twinx()
         _plot(
@@ -62,7 +64,7 @@ def plot_entropy(history: Sequence[Mapping[str, Any]], path: str, title: str = "
         # Below the plot: inside it would cover one of the two y axes' lines.
         fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=min(4, len(handles)))
     else:
-        _no_data(ax, "entropy, entropy_target, entropy_coeff, entropy_per_dim/*")
+        _no_data(ax, f"{Metric.ENTROPY}, {Metric.ENTROPY_TARGET}, {Metric.ENTROPY_COEFF}, {ENTROPY_PER_DIM}*")
     ax.set_title(title or "policy entropy")
     _save(fig, path)
 
@@ -71,19 +73,19 @@ def plot_learning(history: Sequence[Mapping[str, Any]], path: str, title: str = 
     """Mean episode return (top) and success rate (bottom) over env steps."""
     fig = Figure(figsize=(9, 6), layout="constrained")
     ret_ax, success_ax = fig.subplots(2, 1, sharex=True)
-    x, y = _series(history, "episode_return_mean")
+    x, y = _series(history, Metric.EPISODE_RETURN_MEAN)
     if x:
         _plot(ret_ax, x, y, color="tab:blue", linewidth=1.6)
     else:
-        _no_data(ret_ax, "episode_return_mean")
+        _no_data(ret_ax, Metric.EPISODE_RETURN_MEAN)
     ret_ax.set_ylabel("mean episode return")
     ret_ax.grid(alpha=0.3)
-    x, y = _series(history, "success_rate")
+    x, y = _series(history, Metric.SUCCESS_RATE)
     if x:
         _plot(success_ax, x, y, color="tab:green", linewidth=1.6)
         success_ax.set_ylim(-0.03, 1.03)
     else:
-        _no_data(success_ax, "success_rate")
+        _no_data(success_ax, Metric.SUCCESS_RATE)
     success_ax.set_ylabel("success rate")
     _label_x(success_ax, history)
     success_ax.grid(alpha=0.3)
@@ -96,7 +98,7 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
     xs, ys = [], []
     for i, row in enumerate(history):
         y = finite_or_none(row.get(key))
-        x = finite_or_none(row.get("env_steps", i))
+        x = finite_or_none(row.get(Metric.ENV_STEPS, i))
         if y is not None and x is not None:
             xs.append(x)
             ys.append(y)
@@ -109,7 +111,7 @@ def _plot(ax, x: list[float], y: list[float], **style) -> None:
 
 
 def _label_x(ax, history: Sequence[Mapping[str, Any]]) -> None:
-    if any("env_steps" in row for row in history):
+    if any(Metric.ENV_STEPS in row for row in history):
         ax.set_xlabel("env steps")
         ax.xaxis.set_major_formatter(EngFormatter())  # 120 k, not 120000 or 1.2e5
     else:

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 
 from entropilot.platform.config import ControlConfig, ExperimentConfig, allowed_range
 from entropilot.platform.live_tuning import (
-    ERROR_TAG,
     config_settings,
     initial_tags,
     live_tag,
     tag_names,
 )
+from entropilot.platform.names import LIVE_ERROR_TAG, Metric
 
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's Description on its Overview tab (markdown)
 # The UI's `mlflow ui` / `mlflow server` address when the tracking URI is not a server (a sqlite file).
@@ -20,10 +20,10 @@ LOCAL_UI = "http://127.0.0.1:5000"
 # The Model metrics tab shows one section per metric-name prefix, alphabetically, and the metrics without a prefix
 # last (MLflow 3.17.2's UI): under `entropy/` these come first, so entropy and its target are the first charts.
 FIRST_CHARTS = {
-    "entropy": "entropy/measured",
-    "entropy_target": "entropy/target",
-    "entropy_coeff": "entropy/coefficient",
-    "sigma_target": "entropy/sigma",
+    Metric.ENTROPY: "entropy/measured",
+    Metric.ENTROPY_TARGET: "entropy/target",
+    Metric.ENTROPY_COEFF: "entropy/coefficient",
+    Metric.SIGMA_TARGET: "entropy/sigma",
 }
 
 
@@ -73,8 +73,8 @@ def description(cfg: ExperimentConfig) -> str:
             f"({control.mode}) the settings below are live; the others of the section mean nothing to it.",
             "",
             "Each tag holds the setting in force, for the rest of the run and a resume; delete one to go back to the "
-            f"config's value. A refused value changes nothing, and the tag `{ERROR_TAG}` says which field, the value "
-            "typed and what would be accepted (the training's console has the whole rule).",
+            f"config's value. A refused value changes nothing, and the tag `{LIVE_ERROR_TAG}` says which field, the "
+            "value typed and what would be accepted (the training's console has the whole rule).",
             "",
             "| FIELD | config value | what it does; accepted |",
             "|---|---|---|",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from entropilot.platform import sweep_summary
+from entropilot.platform.names import SWEEP_DIR_TAG, SWEEP_TAG
 from entropilot.platform.resources import bundle_text, run_bundles, runs_that_fit
 from entropilot.platform.sweep_plan import ASHA_REDUCTION_FACTOR, SweepPlan, config_with
 from entropilot.platform.sweep_summary import SweepResult
@@ -36,8 +37,8 @@ def run_sweep(plan: SweepPlan, echo: Callable[[str], None] = print) -> SweepResu
 
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     with RunTracker.start(parent_cfg, extra_params=plan.search_params()) as parent:
-        parent.set_tag("entropilot.sweep", "parent")
-        parent.set_tag("entropilot.sweep.dir", str(plan.sweep_dir))
+        parent.set_tag(SWEEP_TAG, "parent")
+        parent.set_tag(SWEEP_DIR_TAG, str(plan.sweep_dir))
         echo(
             f"sweep {plan.name}: {plan.search} search over {', '.join(plan.keys)}; {_trial_count(plan)} trial(s), "
             f"{concurrency} at a time (each takes {' + '.join(bundle_text(b) for b in bundles)}); MLflow parent "

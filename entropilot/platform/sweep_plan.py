@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from entropilot.errors import EntropilotError
 from entropilot.inputs import writable_folder
 from entropilot.platform.config import ConfigError, ExperimentConfig, canonical_path, parse_config, read_yaml
-from entropilot.platform.train import METRIC_PREFIXES, METRICS
+from entropilot.platform.names import METRIC_PREFIXES, METRICS, Metric
 
 SEARCHES = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
@@ -30,7 +30,12 @@ ASHA_REDUCTION_FACTOR = 2
 # What the sweep sets per trial, or must be the same for all trials so they land side by side.
 SWEEP_OWNED_KEYS = ("checkpoint.dir", "mlflow", "name", "resources.ray_address")
 # Metrics measured only by an evaluation (every `evaluation.interval` iterations).
-EVALUATION_METRICS = ("success_rate", "eval_final_distance")
+EVALUATION_METRICS = (
+    Metric.SUCCESS_RATE,
+    Metric.EVAL_SUCCESS_LOWER_BOUND,
+    Metric.EVAL_CRASHES,
+    Metric.EVAL_FINAL_DISTANCE,
+)
 
 
 class SweepError(EntropilotError, ValueError):
@@ -186,7 +191,7 @@ def plan_sweep(
     *,
     search: str | None = None,
     samples: int | None = None,
-    metric: str = "success_rate",
+    metric: str = Metric.SUCCESS_RATE,
     mode: str = "max",
     asha: bool = True,
     grace_period: int | None = None,

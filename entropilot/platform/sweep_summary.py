@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from ray.tune import Callback
 
 from entropilot.platform.config import dump_config
+from entropilot.platform.names import SWEEP_BEST_RUN_ID_TAG, SWEEP_BEST_TRIAL_TAG, SWEEP_OUTCOME_TAG, Metric
 from entropilot.platform.plots import finite_or_none
 from entropilot.platform.sweep_plan import SweepPlan, config_with
 
@@ -68,7 +69,7 @@ class TrialEcho(Callback):
         return f"{trial.trial_id} [{_values_text({k: trial.config.get(k) for k in self.keys})}]"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metric, entropy, time_s = (finite_or_none(result.get(k)) for k in (self.metric, "entropy", "time_s"))
+        metric, entropy, time_s = (finite_or_none(result.get(k)) for k in (self.metric, Metric.ENTROPY, Metric.TIME_S))
         self.echo(
             f"  {self._label(trial)} iter {result.get('iteration', 0):3d} | {self.metric} {_cell(metric, '.3g')} "
             f"| entropy {_cell(entropy, '.2f')} | {_cell(time_s, '.0f')} s"
@@ -104,7 +105,7 @@ def collect(results, plan: SweepPlan, tracking_uri: str, parent_run_id: str) -> 
         else:
             outcome, detail = STOPPED_EARLY, f"ASHA at iteration {m.get('iteration', 0)}"
         if run is not None:
-            client.set_tag(run.info.run_id, "entropilot.sweep.outcome", f"{outcome}: {detail}"[:5000])
+            client.set_tag(run.info.run_id, SWEEP_OUTCOME_TAG, f"{outcome}: {detail}"[:5000])
             if run.info.status == "RUNNING" and outcome != FINISHED:
                 client.set_terminated(run.info.run_id, "KILLED" if outcome == STOPPED_EARLY else "FAILED")
         trials.append(
@@ -112,9 +113,9 @@ def collect(results, plan: SweepPlan, tracking_uri: str, parent_run_id: str) -> 
                 trial_id=trial_id,
                 values={k: (result.config or {}).get(k) for k in plan.keys},
                 metric=finite_or_none(m.get(plan.metric)),
-                success_rate=finite_or_none(m.get("success_rate")),
-                time_s=finite_or_none(m.get("time_s")),
-                entropy=finite_or_none(m.get("entropy")),
+                success_rate=finite_or_none(m.get(Metric.SUCCESS_RATE)),
+                time_s=finite_or_none(m.get(Metric.TIME_S)),
+                entropy=finite_or_none(m.get(Metric.ENTROPY)),
                 iterations=int(m.get("iteration", 0)),
                 outcome=outcome,
                 detail=detail,
@@ -153,15 +154,15 @@ def format_table(
 def to_csv(trials: Sequence[TrialSummary], keys: Sequence[str], metric: str) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    extra = [metric] if metric != "success_rate" else []
+    extra = [metric] if metric != Metric.SUCCESS_RATE else []
     writer.writerow(
         [
             "trial",
             *keys,
             *extra,
-            "success_rate",
-            "time_s",
-            "entropy",
+            Metric.SUCCESS_RATE,
+            Metric.TIME_S,
+            Metric.ENTROPY,
             "iterations",
             "outcome",
             "detail",
@@ -210,9 +211,9 @@ def finish(plan: SweepPlan, trials: list[TrialSummary], parent, echo: Callable[[
             best_config,
         )
         files.append(best_config)
-        parent.set_tag("entropilot.sweep.best_trial", best.trial_id)
+        parent.set_tag(SWEEP_BEST_TRIAL_TAG, best.trial_id)
         if best.run_id:
-            parent.set_tag("entropilot.sweep.best_run_id", best.run_id)
+            parent.set_tag(SWEEP_BEST_RUN_ID_TAG, best.run_id)
         parent.log_metrics({f"best_{plan.metric}": best.metric}, step=0)
         echo(
             f"best: {best.trial_id} [{_values_text(best.values)}] {plan.metric} {best.metric:.3g} "
@@ -226,7 +227,7 @@ def finish(plan: SweepPlan, trials: list[TrialSummary], parent, echo: Callable[[
 def _cells(
     trials: Sequence[TrialSummary], keys: Sequence[str], metric: str, best: TrialSummary | None
 ) -> tuple[list[str], list[list[str]]]:
-    extra = [metric] if metric != "success_rate" else []
+    extra = [metric] if metric != Metric.SUCCESS_RATE else []
     header = ["trial", *keys, *extra, "success", "time s", "entropy", "iters", "stopped early"]
     rows = []
     for t in trials:

@@ -1,5 +1,5 @@
-"""The one place training talks to MLflow: `RunTracker` starts or resumes a run, logs the config, metrics,
-tags and artifacts, and keeps what it logs through tracking-server outages (buffered, sent when it is back)."""
+"""The one place training talks to MLflow: `RunTracker` starts or resumes a run, logs the config, metrics, tags and
+artifacts, and ends it; what it logs goes through `mlflow_sender.BufferedSender`, which keeps it through outages."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,26 @@ from typing import Any
 import mlflow
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
 import entropilot
 from entropilot.errors import EntropilotError
 from entropilot.platform.config import RESUMABLE_SECTION, ExperimentConfig, to_flat_params
+from entropilot.platform.mlflow_sender import MAX_BUFFERED_POINTS, BufferedSender, is_outage, is_refusal, short_message
+from entropilot.platform.names import (
+    ENTROPY_INIT_TAG_PREFIX,
+    GIT_DIRTY_TAG,
+    INIT_CHOSEN_ENTROPY,
+    INIT_CLEARED,
+    INIT_DRAW_ENTROPY,
+    INIT_DRAW_ENTROPY_PER_DIM,
+    INIT_DRAW_SEED,
+    INIT_DRAWS,
+    VERSION_TAG,
+)
 
 __all__ = ["ConfigMismatchError", "RunTracker", "TrackingError", "fail_fast_http"]
 
@@ -37,9 +48,6 @@ logger = logging.getLogger(__name__)
 # server fails, and a urllib3 warning per retry); the tracker is the retry layer, so each request fails
 # fast. Set for the whole process (MLflow reads them per request), unless the user set them.
 FAIL_FAST_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-MAX_BUFFERED_POINTS = 100_000
-# Retry spacing while the server is away: doubles from the first to the last value.
-RETRY_DELAYS_S = (1.0, 30.0)
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 # How MLflow 3 records what an experiment is (its UI's own experiment-type setting writes this tag; values from
 # MLflow 3.17.2's UI bundle). Its sidebar switch GenAI | Model training picks the view per browser, though.
@@ -77,8 +85,9 @@ class ConfigMismatchError(TrackingError, ValueError):
 
 
 class RunTracker:
-    """One MLflow run. Metrics, tags and artifacts are queued and sent by a background thread, so no
-    logging call blocks on, or raises from, the tracking server. Use `start`, then `close` (or `with`)."""
+    """One MLflow run. Metrics, tags and artifacts are queued and sent by a background thread, so no logging call
+    blocks on, or raises from, the tracking server (a programming error is raised). Use `start`, then `close` (or
+    `with`)."""
 
     def __init__(self, client: MlflowClient, run, max_buffered_points: int):
         self._client = client
@@ -86,25 +95,14 @@ class RunTracker:
         self.run_id: str = run.info.run_id
         self.artifact_uri: str = run.info.artifact_uri
         self.experiment_id: str = run.info.experiment_id
-        self._max_points = max_buffered_points
-        self._lock = threading.Lock()  # guards the queues, the tag cache and the outage state
-        self._send_lock = threading.Lock()  # one sender at a time, so nothing is sent twice
-        self._metrics: deque[Metric] = deque()
-        self._tags: dict[str, str] = {}
-        self._artifacts: deque[tuple[str, str | None]] = deque()
-        self._tag_cache: dict[str, str] = dict(run.data.tags)
-        self._dropped = 0  # metric points dropped (oldest first) because the buffer was full
-        self._dropped_reported = 0  # drops are reported when the server is back
-        self._outage_since: float | None = None
+        self._system_metrics = None
+        self._sender = BufferedSender(
+            client, self.run_id, dict(run.data.tags), max_buffered_points, on_recovery=self._restart_system_metrics
+        )
         self._skipped_keys: set[str] = set()
         self._staging = Path(tempfile.mkdtemp(prefix="entropilot-mlflow-"))
         self._staged = itertools.count()
-        self._system_metrics = None
         self._closed = False
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._flusher = threading.Thread(target=self._flush_loop, name="entropilot-mlflow-flusher", daemon=True)
-        self._flusher.start()
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -139,7 +137,7 @@ class RunTracker:
                 tags = {
                     **_run_tags(cfg),
                     **(extra_tags or {}),
-                    **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
+                    **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}),
                 }
                 run = client.create_run(_experiment_id(client, cfg.mlflow.experiment), run_name=cfg.run_name, tags=tags)
                 _log_params(client, run.info.run_id, params)
@@ -180,36 +178,15 @@ class RunTracker:
                     logger.warning("metric %r skipped: %r is not a number", key, value)
                 continue
             points.append(Metric(key, number, timestamp, int(step)))
-        with self._lock:
-            self._metrics.extend(points)
-            overflow = len(self._metrics) - self._max_points
-            for _ in range(max(0, overflow)):
-                self._metrics.popleft()
-            if overflow > 0:
-                if self._dropped == self._dropped_reported:  # the first drop since the last report
-                    logger.warning(
-                        "MLflow buffer full (%d metric points): dropping the oldest until %s is back",
-                        self._max_points,
-                        self.tracking_uri,
-                    )
-                self._dropped += overflow
-        self._wake_if_online()
+        self._sender.add_metrics(points)
 
     def set_tag(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._tags[key] = str(value)
-        self._wake_if_online()
+        self._sender.set_tag(key, str(value))
 
     def get_tags(self) -> dict[str, str]:
         """The run's tags as the server has them (including edits made in the UI), with this tracker's
         unsent tags on top. While the server is away, the last tags read."""
-        if self._outage_since is None:
-            try:
-                self._refresh_tags()
-            except Exception as exc:  # noqa: BLE001 - reading tags must not stop training either
-                self._note_failure(exc, "reading tags")
-        with self._lock:
-            return {**self._tag_cache, **self._tags}
+        return self._sender.tags()
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a file or directory now; if the server is away, it is uploaded when it is back (so keep
@@ -217,10 +194,7 @@ class RunTracker:
         local_path = str(local_path)
         if not os.path.exists(local_path):
             raise FileNotFoundError(f"no such file or directory to log as artifact: {local_path}")
-        with self._lock:
-            self._artifacts.append((local_path, artifact_path))
-        if self._outage_since is None:
-            self._send_pending()  # in the caller's thread: once this returns, an uploaded file may be deleted
+        self._sender.add_artifact(local_path, artifact_path)
 
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
         """Save `dictionary` as JSON, or YAML when `artifact_file` ends in .yaml/.yml, at `artifact_file`."""
@@ -252,9 +226,9 @@ class RunTracker:
         for i, draw in enumerate(draws):
             self.log_metrics(
                 {
-                    "entropy_init/draw_entropy": draw.entropy,
-                    "entropy_init/draw_entropy_per_dim": list(draw.per_dim),
-                    "entropy_init/draw_seed": draw.seed,
+                    INIT_DRAW_ENTROPY: draw.entropy,
+                    INIT_DRAW_ENTROPY_PER_DIM: list(draw.per_dim),
+                    INIT_DRAW_SEED: draw.seed,
                 },
                 step=i,
             )
@@ -264,23 +238,18 @@ class RunTracker:
             tags["threshold"] = result.threshold
             tags["cleared"] = best.entropy >= result.threshold
         for key, value in tags.items():
-            self.set_tag(f"entropy_init.{key}", value)
+            self.set_tag(ENTROPY_INIT_TAG_PREFIX + key, value)
         # Also as metrics, which the runs table, the parallel-coordinates plot and the sweep summary can read.
-        summary = {"entropy_init/chosen_entropy": best.entropy, "entropy_init/draws": len(draws)}
+        summary = {INIT_CHOSEN_ENTROPY: best.entropy, INIT_DRAWS: len(draws)}
         if "cleared" in tags:
-            summary["entropy_init/cleared"] = float(tags["cleared"])
+            summary[INIT_CLEARED] = float(tags["cleared"])
         self.log_metrics(summary, step=0)
 
     # -- sending -----------------------------------------------------------------------------------
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Try to send everything queued now, retrying for up to `timeout_s`. True when nothing is left."""
-        deadline = time.monotonic() + timeout_s
-        while not self._send_pending():
-            if time.monotonic() + RETRY_DELAYS_S[0] > deadline:
-                return False
-            time.sleep(RETRY_DELAYS_S[0])
-        return True
+        return self._sender.flush(timeout_s)
 
     def close(self, status: str = "FINISHED", timeout_s: float = 30.0) -> None:
         """Send what is queued (waiting up to `timeout_s` for an absent server), then end the run with
@@ -290,25 +259,29 @@ class RunTracker:
         if self._closed:
             return
         self._closed = True
-        deadline = time.monotonic() + timeout_s
-        self._stopping.set()
-        self._wake.set()
-        self._flusher.join(timeout=timeout_s)
-        sent = self.flush(max(0.0, deadline - time.monotonic()))
+        try:
+            sent = self._sender.stop(timeout_s)
+        except Exception:
+            self._end("FAILED", sent=not any(self._sender.pending()))  # a bug met while sending: the run still ends
+            raise
+        self._end(status, sent)
+        self._sender.raise_failure()
+
+    def _end(self, status: str, sent: bool) -> None:
         if self._system_metrics is not None:
             self._system_metrics.finish()
         try:
             self._client.set_terminated(self.run_id, status=status)
-        except Exception as exc:  # noqa: BLE001 - closing is the end of training; report, don't raise
-            sent = False
-            logger.warning("could not mark MLflow run %s as %s: %s", self.run_id, status, _short(exc))
+        except Exception as exc:
+            if not (is_outage(exc) or is_refusal(exc)):
+                raise
+            sent = False  # closing is the end of training: reported, not raised
+            logger.warning("could not mark MLflow run %s as %s: %s", self.run_id, status, short_message(exc))
         if not sent:
-            with self._lock:
-                lost = (len(self._metrics), len(self._tags), len(self._artifacts))
             logger.warning(
                 "MLflow %s unreachable at close: lost %d metric points, %d tags, %d artifacts of run %s",
                 self.tracking_uri,
-                *lost,
+                *self._sender.pending(),
                 self.run_id,
             )
         shutil.rmtree(self._staging, ignore_errors=True)
@@ -324,124 +297,9 @@ class RunTracker:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _wake_if_online(self) -> None:
-        # During an outage the flusher keeps its own backoff, so a fast training loop does not hammer a
-        # server that is coming back up.
-        if self._outage_since is None:
-            self._wake.set()
-
-    def _flush_loop(self) -> None:
-        delay = RETRY_DELAYS_S[0]
-        while not self._stopping.is_set():
-            self._wake.wait(delay if self._outage_since is not None else RETRY_DELAYS_S[1])
-            self._wake.clear()
-            if self._stopping.is_set():
-                return  # close() does the final flush itself
-            delay = RETRY_DELAYS_S[0] if self._send_pending() else min(2 * delay, RETRY_DELAYS_S[1])
-
-    def _send_pending(self) -> bool:
-        """Send queued metrics and tags (in MLflow's batch sizes), then artifacts, oldest first. Returns False
-        at the first failure that may pass (server away, 5xx); data the server rejects (4xx) is dropped."""
-        with self._send_lock:
-            try:
-                if self._outage_since is not None:
-                    self._probe()
-                while self._send_batch():
-                    pass
-                while self._send_artifact():
-                    pass
-            except Exception as exc:  # noqa: BLE001 - only transient errors get here; training goes on
-                self._note_failure(exc, "sending")
-                return False
-            self._note_success()
-            return True
-
-    def _send_batch(self) -> bool:
-        with self._lock:
-            metrics = list(itertools.islice(self._metrics, MAX_METRICS_PER_BATCH))
-            tags = dict(itertools.islice(self._tags.items(), MAX_PARAMS_TAGS_PER_BATCH))
-            dropped_before = self._dropped
-        if not metrics and not tags:
-            return False
-        try:
-            self._client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
-        except Exception as exc:
-            if _is_transient(exc):
-                raise
-            logger.warning("MLflow rejected %d metric points and %d tags: %s", len(metrics), len(tags), _short(exc))
-        with self._lock:
-            # Overflow drops happen at the left end too: those already gone need no removal.
-            for _ in range(max(0, len(metrics) - (self._dropped - dropped_before))):
-                self._metrics.popleft()
-            for key, value in tags.items():
-                self._tag_cache[key] = value
-                if self._tags.get(key) == value:  # unless set again while sending
-                    del self._tags[key]
-        return True
-
-    def _send_artifact(self) -> bool:
-        with self._lock:
-            if not self._artifacts:
-                return False
-            local_path, artifact_path = self._artifacts[0]
-        try:
-            if os.path.isdir(local_path):
-                self._client.log_artifacts(self.run_id, local_path, artifact_path)
-            elif os.path.exists(local_path):
-                self._client.log_artifact(self.run_id, local_path, artifact_path)
-            else:
-                logger.warning("artifact %s was deleted before MLflow was back; not uploaded", local_path)
-        except Exception as exc:
-            if _is_transient(exc):
-                raise
-            logger.warning("MLflow rejected artifact %s: %s", local_path, _short(exc))
-        with self._lock:
-            self._artifacts.popleft()
-        return True
-
-    def _probe(self) -> None:
-        """Reach the server during an outage, so recovery is noticed even with nothing queued."""
-        try:
-            self._refresh_tags()
-        except Exception as exc:
-            if _is_transient(exc):
-                raise  # any answer from the server, even a refusal, means it is back
-
-    def _refresh_tags(self) -> None:
-        tags = self._client.get_run(self.run_id).data.tags
-        with self._lock:
-            self._tag_cache = dict(tags)
-
-    def _note_failure(self, exc: Exception, doing: str) -> None:
-        """Record an outage (warning once per outage) if `exc` may pass; otherwise just report it."""
-        if not _is_transient(exc):
-            logger.warning("MLflow error while %s, ignored: %s", doing, _short(exc))
-            return
-        with self._lock:
-            first = self._outage_since is None
-            if first:
-                self._outage_since = time.monotonic()
-        if first:
-            logger.warning(
-                "MLflow %s unreachable (%s): training continues; metrics, tags and artifacts are kept "
-                "(up to %d metric points) and sent when it is back",
-                self.tracking_uri,
-                _root_cause(exc),
-                self._max_points,
-            )
-
-    def _note_success(self) -> None:
-        with self._lock:
-            since, self._outage_since = self._outage_since, None
-            dropped, self._dropped_reported = self._dropped - self._dropped_reported, self._dropped
-        if since is None:
-            return
-        lost = f"; {dropped} metric points were dropped (buffer full)" if dropped else ""
-        logger.warning(
-            "MLflow %s is back after %.0f s: buffered data sent%s", self.tracking_uri, time.monotonic() - since, lost
-        )
+    def _restart_system_metrics(self) -> None:
+        # MLflow's monitor thread ends itself at its first failed request; start a new one once the server is back.
         if self._system_metrics is not None:
-            # MLflow's monitor thread ends itself at its first failed request; start a new one.
             self._system_metrics.finish()
             self._start_system_metrics(resume=True)
 
@@ -481,13 +339,11 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 def _run_tags(cfg: ExperimentConfig) -> dict[str, str]:
     from mlflow.tracking.context.registry import resolve_tags  # user, source name/type: as mlflow.start_run sets them
 
-    tags = resolve_tags(
-        {"entropilot.version": entropilot.__version__, "env_id": cfg.env.id, "algorithm": cfg.algorithm.name}
-    )
+    tags = resolve_tags({VERSION_TAG: entropilot.__version__, "env_id": cfg.env.id, "algorithm": cfg.algorithm.name})
     commit, dirty = _git_state(Path(entropilot.__file__).parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        tags["entropilot.git_dirty"] = str(dirty).lower()
+        tags[GIT_DIRTY_TAG] = str(dirty).lower()
     return tags
 
 
@@ -540,32 +396,8 @@ def _as_number(value: Any) -> float | None:
         return None
 
 
-def _is_transient(exc: Exception) -> bool:
-    # MLflow wraps connection failures as INTERNAL_ERROR (500); a 4xx means the data itself is refused.
-    if isinstance(exc, MlflowException):
-        code = exc.get_http_status_code()
-        return code >= 500 or code == 429
-    return True
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = exc.message if isinstance(exc, MlflowException) else str(exc)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _root_cause(exc: BaseException) -> str:
-    # MLflow wraps a refused connection in three layers of requests/urllib3 text; the innermost says it.
-    for _ in range(10):
-        inner = exc.__cause__ or exc.__context__
-        if inner is None:
-            break
-        exc = inner
-    return f"{type(exc).__name__}: {_short(exc)}"
 
 
 def _or_missing(value: str | None) -> str:

@@ -14,9 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from entropilot.inputs import InputError
-from entropilot.platform.checkpoints import BEST_CHECKPOINT, CHECKPOINT_TAG, CONFIG_FILE, STATE_FILE
+from entropilot.platform.checkpoints import BEST_CHECKPOINT, CONFIG_FILE, STATE_FILE
 from entropilot.platform.config import ExperimentConfig, dump_config
+from entropilot.platform.names import (
+    BEST_CHECKPOINT_TAG,
+    CHECKPOINT_TAG,
+    ENTROPY_COLLAPSE_TAG,
+    ENTROPY_INIT_TAG,
+    ENTROPY_PER_DIM,
+    ENV_RUNNER_NODES_TAG,
+    RESUMED_WITH_TAG,
+    Metric,
+)
 from entropilot.platform.preflight import prepare_resume, prepare_run  # noqa: F401 (prepare_resume: for the CLI)
+from entropilot.policies import learner_metrics
 
 # The module a single-drone run trains (what checkpoint readers such as the ONNX export load). A swarm run
 # trains one module shared by all drones, `algorithm.SHARED_POLICY_ID`: ask `module_id(algo)` for a live one.
@@ -32,28 +43,6 @@ class TrainResult:
     success_rate: float | None
     stopped_because: str
     history: list[dict] = field(default_factory=list)
-
-
-def make_env_creator(env_id: str) -> Callable[[dict], Any]:
-    """An RLlib env creator for an entropilot id (imported inside the EnvRunner actor). RLlib's vector entry point
-    (`vector_env="batched"`) calls it with ``num_envs`` in the config: then it builds that many drones in one world."""
-
-    def create(env_config: dict):
-        from entropilot.envs import make_env, make_vector_env
-
-        kwargs = dict(env_config)
-        num_envs = kwargs.pop("num_envs", None)
-        return make_env(env_id, **kwargs) if num_envs is None else make_vector_env(env_id, num_envs, **kwargs)
-
-    create.__name__ = env_id.split("/")[-1]
-    return create
-
-
-def is_multi_agent(cfg: ExperimentConfig) -> bool:
-    """Whether ``cfg`` trains a multi-agent env (the swarm): one policy shared by all its agents."""
-    from entropilot.envs import SINGLE_AGENT_IDS
-
-    return cfg.env.id not in SINGLE_AGENT_IDS
 
 
 def module_id(algo) -> str:
@@ -88,58 +77,13 @@ def init_ray(cfg: ExperimentConfig) -> None:
         )
 
 
-def algorithm_settings(cfg: ExperimentConfig) -> dict:
-    """``cfg`` as keyword arguments of `algorithm.build_algorithm` / `algorithm.algorithm_config`.
-
-    A multi-agent env (the swarm) gets one policy shared by all agents (``multi_agent=True``).
-    """
-    a, e = cfg.algorithm, cfg.entropy
-    control = e.control.controller_settings(e.measure) if e.control.enabled else None
-    covariance = e.covariance.settings(seed=cfg.seed)
-    return dict(
-        algorithm=a.name,
-        env=make_env_creator(cfg.env.id),
-        env_config=dict(cfg.env.kwargs),
-        hidden_sizes=cfg.model.hidden,
-        activation=cfg.model.activation,
-        lr=a.lr,
-        gamma=a.gamma,
-        train_batch_size=a.train_batch_size,
-        minibatch_size=a.minibatch_size,
-        num_epochs=a.num_epochs,
-        clip_param=a.clip_param,
-        lambda_=a.lambda_,
-        grad_clip=a.grad_clip,
-        vf_loss_coeff=a.vf_loss_coeff,
-        kl_coeff=a.kl_coeff,
-        vf_clip=a.vf_clip,
-        free_log_std=cfg.free_log_std,
-        tau=a.tau,
-        initial_alpha=a.initial_alpha,
-        target_entropy=a.target_entropy,
-        replay_capacity=a.replay_capacity,
-        learning_starts=a.learning_starts,
-        entropy_control=control,
-        covariance_control=covariance,
-        num_env_runners=cfg.resources.num_env_runners,
-        envs_per_runner=cfg.resources.envs_per_runner,
-        num_cpus_per_env_runner=cfg.resources.num_cpus_per_env_runner,
-        num_learners=cfg.resources.num_learners,
-        gpu=cfg.resources.gpu,
-        seed=cfg.seed,
-        multi_agent=is_multi_agent(cfg),
-        sampler=cfg.resources.sampler,
-        vector_env=cfg.resources.vector_env,
-    )
-
-
 def build_from_config(cfg: ExperimentConfig):
     """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
     Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it waiting forever.
     """
     import ray
 
-    from entropilot.platform.algorithm import build_algorithm
+    from entropilot.platform.algorithm import algorithm_settings, build_algorithm
     from entropilot.platform.resources import run_bundles, runs_that_fit
 
     init_ray(cfg)
@@ -158,68 +102,39 @@ def iteration_metrics(result: dict, module: str = MODULE_ID, measure: str = "eff
     runners = result.get("env_runners", {})
     learner = result.get("learners", {}).get(module, {})
     # SAC: its entropy is -E[log pi] of the squashed Gaussian (sampled), steered by its temperature alpha.
-    sac_entropy = -learner["logps"] if "logps" in learner else None
+    sac_entropy = -learner[learner_metrics.SAC_LOGPS] if learner_metrics.SAC_LOGPS in learner else None
+    measured = learner_metrics.entropy_metric(measure)
     metrics = {
-        "env_steps": runners.get("num_env_steps_sampled_lifetime"),
-        "episode_return_mean": runners.get("episode_return_mean"),
-        "episode_len_mean": runners.get("episode_len_mean"),
-        "entropy": learner.get(f"entropy_{measure}", sac_entropy),
-        "entropy_effective": learner.get("entropy_effective"),
-        "entropy_gaussian": learner.get("entropy_gaussian"),
-        "entropy_target": learner.get("entropy_target", learner.get("target_entropy")),
-        "entropy_coeff": learner.get("curr_entropy_coeff", learner.get("alpha_value")),
-        "sigma_target": learner.get("sigma_target"),
-        "clipped_fraction": learner.get("clipped_fraction"),
-        "cov_num_selected": learner.get("cov_num_selected"),
-        "cov_num_candidates": learner.get("cov_num_candidates"),
-        "kl": learner.get("mean_kl_loss"),
-        "policy_loss": learner.get("policy_loss"),
-        "vf_loss": learner.get("vf_loss"),
-        "time_this_iter_s": result.get("time_this_iter_s"),
-        "sampling_time_s": result.get("timers", {}).get("env_runner_sampling_timer"),
-        "learner_time_s": result.get("timers", {}).get("learner_update_timer"),
-        # Remote env runners sampling now, and how many times one was restarted after a crash (lifetime).
-        "env_runners_healthy": result.get("fault_tolerance", {}).get("num_healthy_workers"),
-        "env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
+        Metric.ENV_STEPS: runners.get("num_env_steps_sampled_lifetime"),
+        Metric.EPISODE_RETURN_MEAN: runners.get("episode_return_mean"),
+        Metric.EPISODE_LEN_MEAN: runners.get("episode_len_mean"),
+        Metric.ENTROPY: learner.get(measured, sac_entropy),
+        Metric.ENTROPY_EFFECTIVE: learner.get(Metric.ENTROPY_EFFECTIVE),
+        Metric.ENTROPY_GAUSSIAN: learner.get(Metric.ENTROPY_GAUSSIAN),
+        Metric.ENTROPY_TARGET: learner.get(
+            learner_metrics.ENTROPY_TARGET, learner.get(learner_metrics.SAC_TARGET_ENTROPY)
+        ),
+        Metric.ENTROPY_COEFF: learner.get(learner_metrics.CURR_ENTROPY_COEFF, learner.get(learner_metrics.SAC_ALPHA)),
+        Metric.SIGMA_TARGET: learner.get(learner_metrics.SIGMA_TARGET),
+        Metric.CLIPPED_FRACTION: learner.get(learner_metrics.CLIPPED_FRACTION),
+        Metric.COV_NUM_SELECTED: learner.get(learner_metrics.COV_NUM_SELECTED),
+        Metric.COV_NUM_CANDIDATES: learner.get(learner_metrics.COV_NUM_CANDIDATES),
+        Metric.KL: learner.get(learner_metrics.MEAN_KL_LOSS),
+        Metric.POLICY_LOSS: learner.get(learner_metrics.POLICY_LOSS),
+        Metric.VF_LOSS: learner.get(learner_metrics.VF_LOSS),
+        Metric.TIME_THIS_ITER_S: result.get("time_this_iter_s"),
+        Metric.SAMPLING_TIME_S: result.get("timers", {}).get("env_runner_sampling_timer"),
+        Metric.LEARNER_TIME_S: result.get("timers", {}).get("learner_update_timer"),
+        Metric.ENV_RUNNERS_HEALTHY: result.get("fault_tolerance", {}).get("num_healthy_workers"),
+        Metric.ENV_RUNNER_RESTARTS: result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
     }
     for key, value in learner.items():
-        if key.startswith(f"entropy_{measure}_dim"):
-            metrics[f"entropy_per_dim/{key.removeprefix(f'entropy_{measure}_dim')}"] = value
+        if key.startswith(measured + learner_metrics.DIM_SUFFIX):
+            metrics[ENTROPY_PER_DIM + key.removeprefix(measured + learner_metrics.DIM_SUFFIX)] = value
     sampled = runners.get("num_env_steps_sampled")
     if sampled and result.get("time_this_iter_s"):
-        metrics["env_steps_per_s"] = sampled / result["time_this_iter_s"]
+        metrics[Metric.ENV_STEPS_PER_S] = sampled / result["time_this_iter_s"]
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-
-
-# Every metric an iteration logs (what a sweep may optimize): `iteration_metrics`' own, then the training loop's.
-METRICS = (
-    "env_steps",
-    "episode_return_mean",
-    "episode_len_mean",
-    "entropy",
-    "entropy_effective",
-    "entropy_gaussian",
-    "entropy_target",
-    "entropy_coeff",
-    "sigma_target",
-    "clipped_fraction",
-    "cov_num_selected",
-    "cov_num_candidates",
-    "kl",
-    "policy_loss",
-    "vf_loss",
-    "time_this_iter_s",
-    "sampling_time_s",
-    "learner_time_s",
-    "env_runners_healthy",
-    "env_runner_restarts",
-    "env_steps_per_s",
-    "success_rate",
-    "eval_final_distance",
-    "entropy_collapse",
-    "time_s",
-)
-METRIC_PREFIXES = ("entropy_per_dim/",)
 
 
 def _restore(algo, checkpoint: Path) -> None:
@@ -280,7 +195,7 @@ def train(
         raise
     echo(where_to_look(tracker.tracking_uri, tracker.experiment_id, tracker.run_id))
     if resumed_with:
-        tracker.set_tag("entropilot.resumed_with", json.dumps(dict(resumed_with)))
+        tracker.set_tag(RESUMED_WITH_TAG, json.dumps(dict(resumed_with)))
     status = "FAILED"
     evaluation = None
     clock = PhaseClock(state.get("phases"))
@@ -296,13 +211,13 @@ def train(
         state["run_id"] = tracker.run_id
         nodes = env_runner_nodes(algo)
         if nodes:
-            tracker.set_tag("entropilot.env_runner_nodes", ",".join(nodes))
+            tracker.set_tag(ENV_RUNNER_NODES_TAG, ",".join(nodes))
             echo(f"env runners on {len(set(nodes))} node(s): {', '.join(nodes)}")
         history: list[dict] = state["history"]
         policy = module_id(algo)
         collapse = _collapse_detector(cfg, history)
         stopped = None
-        success = history[-1].get("success_rate") if history else None
+        success = history[-1].get(Metric.SUCCESS_RATE) if history else None
         live = LiveTuner(cfg, echo, state.get("live_tags"))  # entropy settings from the run's tags (MLflow UI)
         evaluation = Evaluation(cfg)
         clock.add("startup", time.perf_counter() - start - (clock.totals["init"] - session_init))
@@ -315,8 +230,8 @@ def train(
             state["iteration"] += 1
             it = state["iteration"]
             metrics = iteration_metrics(result, policy, cfg.entropy_name)
-            clock.add("sampling", metrics.get("sampling_time_s", 0.0))
-            clock.add("learning", metrics.get("learner_time_s", 0.0))
+            clock.add("sampling", metrics.get(Metric.SAMPLING_TIME_S, 0.0))
+            clock.add("learning", metrics.get(Metric.LEARNER_TIME_S, 0.0))
             if cfg.evaluation.interval and it % cfg.evaluation.interval == 0:
                 with clock.measure("evaluation"):
                     episodes = evaluation.run(algo)
@@ -327,25 +242,25 @@ def train(
                     state["best_score"], state["best_iteration"] = list(summary.score()), it
                     with clock.measure("logging"):
                         best = _save(algo, cfg, state, root, name=BEST_CHECKPOINT)
-                    tracker.set_tag("entropilot.best_checkpoint", f"{best.resolve()} (iteration {it})")
-            if collapse is not None and "entropy" in metrics:
-                check = collapse.update(metrics["entropy"], metrics.get("env_steps", 0))
-                metrics["entropy_collapse"] = float(check.collapsed)
+                    tracker.set_tag(BEST_CHECKPOINT_TAG, f"{best.resolve()} (iteration {it})")
+            if collapse is not None and Metric.ENTROPY in metrics:
+                check = collapse.update(metrics[Metric.ENTROPY], metrics.get(Metric.ENV_STEPS, 0))
+                metrics[Metric.ENTROPY_COLLAPSE] = float(check.collapsed)
                 if check.collapsed:
                     reasons = "; ".join(check.reasons)
                     echo(f"WARNING: entropy collapse at iteration {it}: {reasons}")
-                    tracker.set_tag("entropilot.entropy_collapse", f"iteration {it}: {reasons}")
+                    tracker.set_tag(ENTROPY_COLLAPSE_TAG, f"iteration {it}: {reasons}")
             elapsed = time.perf_counter() - start
-            metrics["time_s"] = state.get("time_s", 0.0) + elapsed  # wall time across resumes
-            metrics.update(clock.close_at(metrics["time_s"]))
+            metrics[Metric.TIME_S] = state.get("time_s", 0.0) + elapsed  # wall time across resumes
+            metrics.update(clock.close_at(metrics[Metric.TIME_S]))
             history.append(metrics)
             with clock.measure("logging"):
                 tracker.log_metrics({**metrics, **first_charts(metrics), **live.metrics(metrics)}, step=it)
                 echo(_progress_line(it, metrics, success, elapsed, cfg))
-            stopped = _stop_reason(cfg, it, metrics.get("env_steps", 0), elapsed, metrics)
+            stopped = _stop_reason(cfg, it, metrics.get(Metric.ENV_STEPS, 0), elapsed, metrics)
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
                 with clock.measure("logging"):
-                    checkpoint = _save(algo, cfg, {**state, "time_s": metrics["time_s"]}, root)
+                    checkpoint = _save(algo, cfg, {**state, "time_s": metrics[Metric.TIME_S]}, root)
                     for png in save_progress_plots(history, root / "plots", cfg.run_name):  # seen during the run too
                         tracker.log_artifact(png, "plots")
             if on_iteration is not None:
@@ -359,7 +274,7 @@ def train(
             tracker.run_id,
             checkpoint,
             state["iteration"],
-            int(history[-1].get("env_steps", 0)),
+            int(history[-1].get(Metric.ENV_STEPS, 0)),
             success,
             stopped,
             history,
@@ -377,6 +292,7 @@ def train(
 def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str], None]) -> None:
     """Draw the PPO policy's initial weights from `cfg.weight_seed` in the config's init family: by entropy-aware
     init if enabled (single-agent envs), else draw 0, so arms that differ only there start from the same weights."""
+    from entropilot.platform.algorithm import is_multi_agent
     from entropilot.policies.initial_weights import InitFamily, draw_seed, reinitialize_policy
 
     family = InitFamily(cfg.model.output_gain, cfg.initial_std)
@@ -386,7 +302,7 @@ def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str],
             "entropy-aware init skipped: it samples single-agent episodes only (multi-agent env "
             f"{cfg.env.id}); the shared policy starts from draw 0 of weight seed {cfg.weight_seed}"
         )
-        tracker.set_tag("entropilot.entropy_init", "skipped: multi-agent env")
+        tracker.set_tag(ENTROPY_INIT_TAG, "skipped: multi-agent env")
     if not init.enabled or is_multi_agent(cfg):
         reinitialize_policy(algo, draw_seed(cfg.weight_seed, 0), family)
         return
@@ -424,8 +340,8 @@ def _collapse_detector(cfg: ExperimentConfig, history: list[dict]):
         return None  # SAC's temperature holds its entropy at its target (config.CollapseConfig)
     detector = EntropyCollapseDetector(floor=c.floor, max_drop_per_million_steps=c.max_drop_per_million_steps)
     for past in history:
-        if "entropy" in past:
-            detector.update(past["entropy"], past.get("env_steps", 0))
+        if Metric.ENTROPY in past:
+            detector.update(past[Metric.ENTROPY], past.get(Metric.ENV_STEPS, 0))
     return detector
 
 
@@ -460,9 +376,9 @@ def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
 def _stop_reason(cfg: ExperimentConfig, iteration: int, env_steps: float, elapsed: float, metrics: dict) -> str | None:
     """Why training stops after this iteration (None: it goes on); ``metrics`` holds an evaluation's if one ran."""
     s = cfg.stop
-    if "success_rate" in metrics and (s.max_crashes is None or metrics["eval_crashes"] <= s.max_crashes):
-        crashes = "" if s.max_crashes is None else f", {int(metrics['eval_crashes'])} crash(es)"
-        success, bound = metrics["success_rate"], metrics["eval_success_lower_bound"]
+    if Metric.SUCCESS_RATE in metrics and (s.max_crashes is None or metrics[Metric.EVAL_CRASHES] <= s.max_crashes):
+        crashes = "" if s.max_crashes is None else f", {int(metrics[Metric.EVAL_CRASHES])} crash(es)"
+        success, bound = metrics[Metric.SUCCESS_RATE], metrics[Metric.EVAL_SUCCESS_LOWER_BOUND]
         if s.success_rate is not None and success >= s.success_rate:
             return f"evaluation success rate {success:.2f} >= {s.success_rate}{crashes}"
         if s.success_lower_bound is not None and bound >= s.success_lower_bound:
@@ -483,12 +399,13 @@ def _progress_line(it: int, m: dict, success: float | None, elapsed: float, cfg:
     elif cfg.stop.time_s:
         eta = f" left {max(0.0, cfg.stop.time_s - elapsed):4.0f}s"
     fmt = lambda key, spec: format(m[key], spec) if key in m else "-"  # noqa: E731
-    crashes = (
-        f" (>= {m['eval_success_lower_bound']:.2f}, {int(m['eval_crashes'])} crashes)" if "eval_crashes" in m else ""
-    )
+    crashes = ""
+    if Metric.EVAL_CRASHES in m:
+        crashes = f" (>= {m[Metric.EVAL_SUCCESS_LOWER_BOUND]:.2f}, {int(m[Metric.EVAL_CRASHES])} crashes)"
     return (
-        f"iter {it:4d} | steps {int(m.get('env_steps', 0)):8d} | return {fmt('episode_return_mean', '7.1f')} | "
-        f"success {'-' if success is None else format(success, '.2f')}{crashes} | entropy {fmt('entropy', '6.2f')} "
-        f"(target {fmt('entropy_target', '.2f')}) | coeff {fmt('entropy_coeff', '.2e')} | "
-        f"clipped {fmt('clipped_fraction', '.2f')} | {elapsed:5.0f}s{eta}"
+        f"iter {it:4d} | steps {int(m.get(Metric.ENV_STEPS, 0)):8d} | return {fmt(Metric.EPISODE_RETURN_MEAN, '7.1f')} "
+        f"| success {'-' if success is None else format(success, '.2f')}{crashes} | "
+        f"entropy {fmt(Metric.ENTROPY, '6.2f')} (target {fmt(Metric.ENTROPY_TARGET, '.2f')}) | "
+        f"coeff {fmt(Metric.ENTROPY_COEFF, '.2e')} | clipped {fmt(Metric.CLIPPED_FRACTION, '.2f')} | "
+        f"{elapsed:5.0f}s{eta}"
     )

@@ -9,6 +9,7 @@ import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.annotations import override
 from ray.rllib.utils.lambda_defaultdict import LambdaDefaultDict
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
@@ -21,6 +22,16 @@ from entropilot.policies.covariance import (
 from entropilot.policies.entropy import measured_entropies, policy_bounds, split_diag_gaussian_inputs
 from entropilot.policies.entropy_control import CONTROL_MODES, EntropyCoefficientController, Schedule
 from entropilot.policies.entropy_range import CATEGORICAL, MEASURES, categorical_sizes, entropy_key
+from entropilot.policies.learner_metrics import (
+    CLIPPED_FRACTION,
+    COV_NUM_CANDIDATES,
+    COV_NUM_SELECTED,
+    COV_POLICY_LOSS,
+    ENTROPY_TARGET,
+    SIGMA_TARGET,
+    dim_metric,
+    entropy_metric,
+)
 
 # Keys of `config.learners(learner_config_dict=...)` this learner reads.
 ENTROPY_CONTROL = "entropy_control"
@@ -91,12 +102,13 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
     `entropy_categorical` (a `_dim{i}` part per sub-action, each at most log K_i nats), which the controller
     follows whatever `measure` says (`entropy_range.entropy_key`: there is nothing to clip).
 
-    Metrics, per module and iteration: `entropy_effective`, `entropy_gaussian` and `clipped_fraction`
-    with their `_dim{i}` parts (Box actions) or `entropy_categorical` and its parts; with control on
+    Metrics, per module and iteration (named in `learner_metrics`): `entropy_effective`, `entropy_gaussian` and
+    `clipped_fraction` with their `_dim{i}` parts (Box actions) or `entropy_categorical` and its parts; with control on
     `entropy_target` (lower_bound, track), `sigma_target` (sigma_schedule) and `curr_entropy_coeff`; with
     covariance control `cov_num_selected`, `cov_num_candidates` and `cov_policy_loss` (last minibatch).
     """
 
+    @override(PPOTorchLearner)
     def build(self) -> None:
         super().build()
         control = dict(self.config.learner_config_dict.get(ENTROPY_CONTROL) or {})
@@ -130,6 +142,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             )
         self._sums: dict[str, torch.Tensor] = {}
 
+    @override(PPOTorchLearner)
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
         if module_id not in self._measured_module_ids():
@@ -142,26 +155,27 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             loss = loss + self._covariance_correction(module_id, config, batch, dist_inputs, mask)
         return loss
 
+    @override(PPOTorchLearner)
     def after_gradient_based_update(self, *, timesteps) -> None:
         env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
         for module_id, means in self._global_means().items():
             for name, per_dim in means.items():
-                key = "clipped_fraction" if name == "clipped" else f"entropy_{name}"
+                key = CLIPPED_FRACTION if name == "clipped" else entropy_metric(name)
                 value = per_dim.mean() if name == "clipped" else per_dim.sum()
                 self.metrics.log_value((module_id, key), value.item(), window=1)
                 for i, part in enumerate(per_dim.tolist()):
-                    self.metrics.log_value((module_id, f"{key}_dim{i}"), part, window=1)
+                    self.metrics.log_value((module_id, dim_metric(key, i)), part, window=1)
             if self._mode is None:
                 continue
             controller = self._controller(module_id)
             measured = means[entropy_key(self._measure, self._action_space(module_id))]
             controller.update(measured.sum().item(), env_steps)
             if controller.target(env_steps) is not None:
-                self.metrics.log_value((module_id, "entropy_target"), controller.target(env_steps), window=1)
+                self.metrics.log_value((module_id, ENTROPY_TARGET), controller.target(env_steps), window=1)
         if self._sigma is not None:
             self._set_log_std(self._sigma(env_steps))
             for module_id in self._gaussian_module_ids():
-                self.metrics.log_value((module_id, "sigma_target"), self._sigma(env_steps), window=1)
+                self.metrics.log_value((module_id, SIGMA_TARGET), self._sigma(env_steps), window=1)
         # PPO's hook now reads the new coefficient via `ControlledEntropyCoefficient.update()`.
         super().after_gradient_based_update(timesteps=timesteps)
 
@@ -185,6 +199,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
                 self._controller(module_id).retune(**settings)
         self._live_settings = {**self._live_settings, **settings}
 
+    @override(PPOTorchLearner)
     def get_state(self, components=None, *, not_components=None, **kwargs):
         state = super().get_state(components, not_components=not_components, **kwargs)
         if self._mode is not None and self._check_component(CONTROLLER_STATE, components, not_components):
@@ -197,6 +212,7 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             state[COVARIANCE_RNG_STATE] = self._cov_rng.get_state()
         return state
 
+    @override(PPOTorchLearner)
     def set_state(self, state) -> None:
         super().set_state(state)
         if self._mode is not None and CONTROLLER_STATE in state:
@@ -336,9 +352,9 @@ class EntropyControlledPPOLearner(PPOTorchLearner):
             result = clip_cov_loss(logp, logp_old, advantages, valid, self._cov, config.clip_param, self._cov_rng)
         else:
             result = kl_cov_loss(logp, logp_old, advantages, valid, self._cov)
-        self.metrics.log_value((module_id, "cov_num_selected"), int(result.selected.sum()), window=1)
-        self.metrics.log_value((module_id, "cov_num_candidates"), result.num_candidates, window=1)
-        self.metrics.log_value((module_id, "cov_policy_loss"), result.loss.item(), window=1)
+        self.metrics.log_value((module_id, COV_NUM_SELECTED), int(result.selected.sum()), window=1)
+        self.metrics.log_value((module_id, COV_NUM_CANDIDATES), result.num_candidates, window=1)
+        self.metrics.log_value((module_id, COV_POLICY_LOSS), result.loss.item(), window=1)
         return result.loss - ppo_term
 
 

@@ -3,6 +3,7 @@ entropy regularization resumes where it was instead of restarting at `initial_al
 
 import torch
 from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
+from ray.rllib.utils.annotations import override
 
 # Key of the per-module log alpha inside `Learner.get_state()`.
 LOG_ALPHA_STATE = "curr_log_alpha"
@@ -14,6 +15,7 @@ class ResumableSACLearner(SACTorchLearner):
     starts again from `initial_alpha`. We add it to the state and load it in place, because the
     registered alpha optimizer holds that very tensor."""
 
+    @override(SACTorchLearner)
     def get_state(self, components=None, *, not_components=None, **kwargs):
         state = super().get_state(components, not_components=not_components, **kwargs)
         if self._check_component(LOG_ALPHA_STATE, components, not_components):
@@ -22,6 +24,7 @@ class ResumableSACLearner(SACTorchLearner):
             }
         return state
 
+    @override(SACTorchLearner)
     def set_state(self, state) -> None:
         super().set_state(state)
         for module_id, value in state.get(LOG_ALPHA_STATE, {}).items():
