@@ -59,7 +59,7 @@ def test_hover_is_small_and_fast():
     assert (cfg.algorithm.train_batch_size, cfg.algorithm.minibatch_size, cfg.algorithm.num_epochs) == (4000, 512, 10)
     r = cfg.resources
     assert (r.num_env_runners, r.envs_per_runner, r.sampler, r.vector_env) == (0, 8, "bulk", "batched")
-    assert (cfg.algorithm.kl_coeff, cfg.algorithm.vf_clip) == (0.0, None)
+    assert (cfg.algorithm.kl_coeff, cfg.algorithm.vf_clip, cfg.model.output_gain) == (0.0, None, 0.01)
     assert cfg.stop.success_rate == 0.95 and cfg.stop.time_s <= 900
 
 
