@@ -43,9 +43,11 @@ def free_ports(count: int) -> list[int]:
 
 
 def free_port_range(size: int) -> int:
-    """The first port of ``size`` consecutive free ports (the workers' port range of one node)."""
+    """The first port of ``size`` consecutive free ports (the workers' port range of one node), below the kernel's
+    ephemeral range, where `free_ports` (bind to port 0) takes the other ports from: the two must never overlap."""
+    low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     for _ in range(200):
-        start = secrets.randbelow(20000) + 30000
+        start = secrets.randbelow(max(1, low - size - 20000)) + 20000
         if all(_bindable(port) for port in range(start, start + size)):
             return start
     raise RuntimeError("no free port range")
