@@ -1,5 +1,6 @@
 """The onboard loop: telemetry -> observation -> policy -> guarded action -> vehicle, at the policy's control rate,
 with the safety guards and failsafe ladder of ``safety`` around every step. Imports neither torch, ray nor pybullet.
+Over 450 lines: the state machine and its failsafe ladder read best as one piece.
 
     with SimLink(env) as link:
         log = Autopilot(OnnxPolicy("policy.onnx"), link, target=link.target).run(duration_s=10)

@@ -1,7 +1,8 @@
 """Export a trained policy to one self-contained ONNX file: MeanStdFilter normalization, the RLModule's
 policy network and the deterministic action in the graph (a Gaussian's mean, a squashed Gaussian's tanh(mean),
 clipped; a categorical policy's argmax per sub-action); the contract in its metadata; parity against the
-training-side greedy policy checked on real observations before it is kept.
+training-side greedy policy checked on real observations before it is kept. Over 450 lines: one sequence (source,
+graph, metadata, parity, seal) kept together; the graph itself is in policy_graph.py.
 
 The graph itself (the module to export and its capture by torch's exporter) is ``policy_graph``'s.
 """

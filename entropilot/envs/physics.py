@@ -1,4 +1,5 @@
 """The quadrotor physics model shared by every backend: rotors with lag, mixer, rate loop, aerodynamics.
+Over 450 lines: the models of one control period in one compiled module, calling each other at C level.
 
 Each model is written once, per drone, in scalar floats, and ``DronePhysics`` chains them into one control
 period of one drone (action in, body wrench out). The simulator calls that once per drone, so one code path

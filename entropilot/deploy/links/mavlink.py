@@ -1,5 +1,6 @@
 """A PX4-style autopilot as a vehicle: ``MavlinkLink`` flies the policy's ctbr actions as MAVLink offboard
 SET_ATTITUDE_TARGET (thrust + body rates) and reads the autopilot's state estimate back, converted to our frames.
+Over 450 lines: connection, heartbeat, telemetry and commands share one connection's state.
 
 Frames: ours are world z up and body x forward / y left / z up, PX4's NED and FRD; `entropilot.vehicle.frames`
 converts (a 180-degree turn about x, `FLIP`).
