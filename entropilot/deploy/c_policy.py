@@ -5,7 +5,6 @@ checked on every call. Imports numpy, onnxruntime (for the contract) and the sta
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from entropilot.deploy.contract import ACTION_SIZE, PolicyContractError
-from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy
+from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy, finite_dot
 
 __all__ = ["CPolicy"]
 
@@ -71,22 +70,18 @@ class CPolicy:
         x = np.asarray(observation, dtype=np.float32)
         if x.shape != (self.observation_size,):
             raise ValueError(f"observation must have shape ({self.observation_size},); got {x.shape}")
-        if not _finite_dot(x, self._tiny_in):  # see OnnxPolicy.__call__: a NaN or inf carries through the dot
+        if not finite_dot(x, self._tiny_in):
             raise NonFiniteError(f"non-finite observation entries: {self.onnx._bad_entries(x[None])}")
         self._input[:] = x
         self._fn(*self._pointers)
         action = self._output.copy()
-        if not _finite_dot(action, self._tiny_out):
+        if not finite_dot(action, self._tiny_out):
             raise NonFiniteError(f"the policy returned a non-finite action {action.tolist()}")
         return action
 
     def batch(self, observations: np.ndarray) -> np.ndarray:
         """(N, observation_size) -> (N, 4), one C call per row, with the same finiteness checks."""
-        x = np.ascontiguousarray(observations, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.observation_size:
-            raise ValueError(f"observations must have shape (N, {self.observation_size}); got {x.shape}")
-        if not np.isfinite(x).all():
-            raise NonFiniteError(f"non-finite observation entries: {self.onnx._bad_entries(x)}")
+        x = self.onnx.batch_input(observations)
         actions = np.empty((len(x), ACTION_SIZE), dtype=np.float32)
         rows, outs = x.ctypes.data, actions.ctypes.data
         for i in range(len(x)):
@@ -101,10 +96,3 @@ class CPolicy:
             f"CPolicy({str(self.library_path)!r}, from {str(self.path)!r}, env={m['env_id']}, "
             f"action_mode={m['action_mode']}, control_hz={m['control_hz']}, sha256={self.sha256[:12]})"
         )
-
-
-def _finite_dot(x: np.ndarray, tiny: np.ndarray) -> bool:
-    try:
-        return math.isfinite(x.dot(tiny))
-    except (RuntimeWarning, FloatingPointError):  # numpy told to raise on inf - inf
-        return False

@@ -124,38 +124,34 @@ class OnnxPolicy:
         x = np.asarray(observation, dtype=np.float32)
         if x.shape != (self.observation_size,):
             raise ValueError(f"observation must have shape ({self.observation_size},); got {x.shape}")
-        # x . 2^-100 is finite iff every entry is: a NaN or an infinity carries through (no floating-point flag,
-        # unless +inf and -inf meet), finite float32 entries cannot overflow it. A third of np.isfinite(x).all().
-        try:
-            finite = math.isfinite(x.dot(self._tiny_in))
-        except (RuntimeWarning, FloatingPointError):  # numpy told to raise (-W error, np.seterr) on inf - inf
-            finite = False
-        if not finite:
+        if not finite_dot(x, self._tiny_in):
             raise NonFiniteError(f"non-finite observation entries: {self._bad_entries(x[None])}")
         self._input[0] = x
         self._run_bound(self._binding)
         action = self._output[0].copy()  # the buffer is overwritten by the next call
         if self._tiny_out is None:  # integer indices: always finite
             return action
-        try:
-            finite = math.isfinite(action.dot(self._tiny_out))
-        except (RuntimeWarning, FloatingPointError):
-            finite = False
-        if not finite:
+        if not finite_dot(action, self._tiny_out):
             raise NonFiniteError(f"the policy returned a non-finite action {action.tolist()}")
         return action
 
     def batch(self, observations: np.ndarray) -> np.ndarray:
         """(N, observation_size) -> (N, 4) (a command policy: (N, sub-actions) int64), with the same checks."""
+        x = self.batch_input(observations)
+        actions = self._run(self._outputs, {INPUT_NAME: x})[0]
+        if self._tiny_out is not None and not np.isfinite(actions).all():
+            raise NonFiniteError("the policy returned non-finite actions")
+        return actions
+
+    def batch_input(self, observations: np.ndarray) -> np.ndarray:
+        """``observations`` as the contiguous (N, observation_size) float32 array a batch runs on, checked: its shape
+        and every entry finite (`CPolicy.batch` checks through this too)."""
         x = np.ascontiguousarray(observations, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.observation_size:
             raise ValueError(f"observations must have shape (N, {self.observation_size}); got {x.shape}")
         if not np.isfinite(x).all():
             raise NonFiniteError(f"non-finite observation entries: {self._bad_entries(x)}")
-        actions = self._run(self._outputs, {INPUT_NAME: x})[0]
-        if self._tiny_out is not None and not np.isfinite(actions).all():
-            raise NonFiniteError("the policy returned non-finite actions")
-        return actions
+        return x
 
     def _bad_entries(self, x: np.ndarray) -> list[str]:
         rows, cols = np.nonzero(~np.isfinite(x))
@@ -266,6 +262,16 @@ def _check_command(command, where: str) -> None:
         )
     if not (isinstance(loop, dict) and isinstance(loop.get("name"), str) and isinstance(loop.get("parameters"), dict)):
         raise PolicyContractError(f"{where}: command inner_loop must be {{name, parameters}}; got {loop!r}")
+
+
+def finite_dot(x: np.ndarray, tiny: np.ndarray) -> bool:
+    """Whether every entry of ``x`` is finite, as x . tiny (tiny = 2^-100 per entry): a NaN or an infinity carries
+    through (no floating-point flag, unless +inf and -inf meet), finite float32 entries cannot overflow it. A third
+    of np.isfinite(x).all()'s time on one observation."""
+    try:
+        return math.isfinite(x.dot(tiny))
+    except (RuntimeWarning, FloatingPointError):  # numpy told to raise (-W error, np.seterr) on inf - inf
+        return False
 
 
 def expected_for_env(env) -> dict[str, Any]:
