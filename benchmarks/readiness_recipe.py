@@ -68,7 +68,7 @@ def arm_overrides(arm: str) -> list[str]:
     return [o for name in names[: names.index(arm) + 1] for o in LEVERS[name]]
 
 
-def run(task: str, arm: str, seed: int, budget: float, workdir: Path, readiness, smoke: bool) -> dict:
+def run(task: str, arm: str, seed: int, budget: float, workdir: Path, readiness, smoke: bool, extra: list[str]) -> dict:
     import ray
 
     from entropilot.deploy.export import export_policy
@@ -81,6 +81,7 @@ def run(task: str, arm: str, seed: int, budget: float, workdir: Path, readiness,
     overrides = [
         *task_overrides,
         *arm_overrides(arm),
+        *extra,
         f"seed={seed}",
         f"stop.time_s={budget}",
         "mlflow.video=false",
@@ -152,6 +153,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds per training run")
     parser.add_argument("--episodes", type=int, default=None, help="readiness episodes per condition [matrix's]")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides on top of every arm's levers"
+    )
     parser.add_argument("--smoke", action="store_true", help="2 tiny iterations per arm: checks the harness only")
     args = parser.parse_args()
 
@@ -164,10 +168,11 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="readiness-recipe-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(
-        f"readiness recipe on {args.task}: arms {args.arms}, seeds {args.seeds}, budget {args.budget:.0f} s; {workdir}"
+        f"readiness recipe on {args.task}: arms {args.arms}, seeds {args.seeds}, budget {args.budget:.0f} s, "
+        f"overrides {args.set}; {workdir}"
     )
     rows = [
-        run(args.task, arm, seed, args.budget, workdir, readiness, args.smoke)
+        run(args.task, arm, seed, args.budget, workdir, readiness, args.smoke, args.set)
         for seed in args.seeds
         for arm in args.arms
     ]

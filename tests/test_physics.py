@@ -261,6 +261,21 @@ def test_array_interfaces_match_the_per_drone_math():
     np.testing.assert_allclose(wrench, [0.26, 1e-5, -2e-5, 1e-6], rtol=1e-9)
 
 
+def test_mixer_caps_thrust_as_the_firmware_does_keeping_the_torque():
+    mixer = Mixer(CRAZYFLIE_2X)
+    top = mixer.max_thrust
+    torque = (2e-4, -1e-4, 0.0)
+    free = np.array(mixer.drone_rotor_thrusts(2.0 * top, *torque))  # room on every rotor: the allocation inverted
+    full = np.array(mixer.drone_rotor_thrusts(4.0 * top, *torque))  # full collective: the highest rotor at its top
+    assert free.max() < top and full.max() == pytest.approx(top, rel=1e-12)
+    # every rotor gave up the same excess, so the differences between rotors (the torque) are unchanged
+    np.testing.assert_allclose(np.diff(full), np.diff(free), rtol=1e-9)
+    assert full.sum() < 4.0 * top
+    # the excess comes off the top; a rotor pushed below 0 stops at 0
+    low = np.array(mixer.drone_rotor_thrusts(0.0, *torque))
+    assert low.min() == 0.0 and low.max() > 0.0
+
+
 # ---- aerodynamics -------------------------------------------------------------------------------------
 
 

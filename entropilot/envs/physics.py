@@ -295,23 +295,33 @@ class Mixer:
     def drone_rotor_thrusts(
         self, collective: cython.double, tx: cython.double, ty: cython.double, tz: cython.double
     ) -> Floats4:
-        """One drone: thrust [N] and torque (tau_x, tau_y, tau_z) [N m] -> 4 rotor thrusts clipped to [0, max]."""
+        """One drone: thrust [N] and torque (tau_x, tau_y, tau_z) [N m] -> 4 rotor thrusts in [0, max].
+
+        Capped as the Crazyflie firmware caps them (``powerDistributionCap``): when a rotor would exceed its maximum,
+        every rotor gives up that excess, so the torque survives and the collective thrust yields; then none goes
+        below 0. Clipping each rotor on its own instead loses the torque at full thrust (at full collective, all
+        four clip to the maximum and no torque is left to stop a rotation), which is not how a vehicle flies."""
         c, w = self._from_collective, self._from_torque
         t0: cython.double = collective * c[0] + (tx * w[0] + ty * w[1] + tz * w[2])
         t1: cython.double = collective * c[1] + (tx * w[3] + ty * w[4] + tz * w[5])
         t2: cython.double = collective * c[2] + (tx * w[6] + ty * w[7] + tz * w[8])
         t3: cython.double = collective * c[3] + (tx * w[9] + ty * w[10] + tz * w[11])
-        top: cython.double = self.max_thrust
-        # min(max(t, 0), top), written out: in plain Python a builtin call costs more than the comparison.
+        # max(t0, t1, t2, t3) and max(t - excess, 0), written out: in plain Python a builtin call costs more.
+        highest: cython.double = t0 if t0 > t1 else t1
+        highest = highest if highest > t2 else t2
+        highest = highest if highest > t3 else t3
+        excess: cython.double = highest - self.max_thrust
+        if excess > 0.0:
+            t0, t1, t2, t3 = t0 - excess, t1 - excess, t2 - excess, t3 - excess
         return (
-            0.0 if t0 < 0.0 else top if t0 > top else t0,
-            0.0 if t1 < 0.0 else top if t1 > top else t1,
-            0.0 if t2 < 0.0 else top if t2 > top else t2,
-            0.0 if t3 < 0.0 else top if t3 > top else t3,
+            0.0 if t0 < 0.0 else t0,
+            0.0 if t1 < 0.0 else t1,
+            0.0 if t2 < 0.0 else t2,
+            0.0 if t3 < 0.0 else t3,
         )
 
     def rotor_thrusts(self, collective: np.ndarray, torque: np.ndarray) -> np.ndarray:
-        """(N,) thrust [N] and (N, 3) torque [N m] -> (N, 4) rotor thrusts clipped to [0, max]."""
+        """(N,) thrust [N] and (N, 3) torque [N m] -> (N, 4) rotor thrusts in [0, max], capped as one drone's."""
         rows = zip(np.asarray(collective, dtype=float).tolist(), np.asarray(torque, dtype=float).tolist())
         return np.array([self.drone_rotor_thrusts(c, *t) for c, t in rows])
 
