@@ -29,7 +29,7 @@ setup() {
 setup
 case "${1:-run}" in
   run)
-    # Physics check (PID baseline) -> train hover to 95 % success -> export ONNX (and C) -> flight-readiness report
+    # Physics check (PID baseline) -> train hover until flight-ready or 15 min -> export ONNX (and C) -> readiness report
     # (exit status 1 when the policy fails the readiness gate: said, not fatal here) -> fly it in simulation.
     run="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
     mkdir -p out

@@ -68,7 +68,10 @@ def run(label: str, tags: dict[str, str], args, workdir: Path) -> list[dict]:
             f"stop.iterations={args.iterations}",
             "stop.time_s=null",  # iterations only: a busy machine must not cut an arm short
             "stop.success_rate=null",
+            "stop.success_lower_bound=null",
+            "stop.max_crashes=null",
             "evaluation.interval=null",
+            "checkpoint.keep_best=false",
             "mlflow.video=false",
             "mlflow.system_metrics=false",
             f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",

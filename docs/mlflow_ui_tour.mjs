@@ -39,6 +39,7 @@ const lines = [];
 const training = spawn(python, ['-m', 'entropilot', 'train', 'configs/hover.yaml',
   '--set', 'stop.iterations=1000', '--set', 'algorithm.train_batch_size=1000', '--set', 'algorithm.minibatch_size=250',
   '--set', 'algorithm.num_epochs=3', '--set', 'evaluation.interval=null', '--set', 'checkpoint.interval=5',
+  '--set', 'stop.success_lower_bound=null', '--set', 'stop.max_crashes=null', '--set', 'checkpoint.keep_best=false',
   '--set', `checkpoint.dir=${work}/runs/hover`, '--set', 'mlflow.video=false', '--set', 'mlflow.system_metrics=false',
   '--set', 'entropy.init.max_draws=2', '--set', 'entropy.init.rollout_steps=200'],
   { cwd: root, env: { ...process.env, MLFLOW_TRACKING_URI: uri, PYTHONWARNINGS: 'ignore' },

@@ -274,9 +274,12 @@ def test_submitted_training_runs_on_both_nodes_and_logs_to_mlflow(mlflow_server,
         "mlflow.system_metrics=false",
         "stop.iterations=2",
         "stop.success_rate=null",
+        "stop.success_lower_bound=null",
+        "stop.max_crashes=null",
         "stop.time_s=null",
         "evaluation.interval=null",
         "checkpoint.interval=null",
+        "checkpoint.keep_best=false",
     ]
     args = ["submit", HOVER, "--address", cluster.address, *(a for o in overrides for a in ("--set", o))]
     started = time.perf_counter()

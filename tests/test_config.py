@@ -60,7 +60,9 @@ def test_hover_is_small_and_fast():
     r = cfg.resources
     assert (r.num_env_runners, r.envs_per_runner, r.sampler, r.vector_env) == (0, 8, "bulk", "batched")
     assert (cfg.algorithm.kl_coeff, cfg.algorithm.vf_clip, cfg.model.output_gain) == (0.0, None, 0.01)
-    assert cfg.stop.success_rate == 0.95 and cfg.stop.time_s <= 900
+    # flight-ready stop: a 200-episode evaluation with no crash and a success lower bound >= 0.95
+    assert (cfg.stop.success_lower_bound, cfg.stop.max_crashes, cfg.evaluation.episodes) == (0.95, 0, 200)
+    assert cfg.stop.time_s <= 900 and cfg.checkpoint.keep_best
 
 
 def test_overrides_scalars_lists_nested_and_shortcut():
@@ -83,7 +85,7 @@ def test_overrides_scalars_lists_nested_and_shortcut():
     assert cfg.env.kwargs["action_mode"] == "motors"
     assert cfg.env.kwargs["wind"] == {"mean": [0.0, 0.0, 0.0], "gust_std": 0.5}
     assert cfg.mlflow.video is True
-    assert cfg.stop.iterations == 3 and cfg.stop.success_rate == 0.95
+    assert cfg.stop.iterations == 3 and cfg.stop.success_lower_bound == 0.95
     assert cfg.entropy.control.target == 1.2 and cfg.entropy.init.threshold == -3.5
     assert cfg.checkpoint.dir is None
 
@@ -132,7 +134,7 @@ def test_problems_are_data_callers_read_without_parsing_text():
 def test_a_resumed_run_may_change_its_stop_criteria_only():
     cfg = load_config(CONFIGS / "hover.yaml")
     resumed = with_overrides(cfg, ["stop.iterations=40", "stop.time_s=1800"], only=RESUMABLE_SECTION)
-    assert (resumed.stop.iterations, resumed.stop.time_s, resumed.stop.success_rate) == (40, 1800.0, 0.95)
+    assert (resumed.stop.iterations, resumed.stop.time_s, resumed.stop.success_lower_bound) == (40, 1800.0, 0.95)
     assert resumed.model_dump(exclude={"stop"}) == cfg.model_dump(exclude={"stop"})
     with pytest.raises(ConfigError, match=r"algorithm.lr: only stop.\* may change here"):
         with_overrides(cfg, ["algorithm.lr=1e-3"], only=RESUMABLE_SECTION)

@@ -6,12 +6,11 @@ import gymnasium as gym
 import pytest
 import torch
 from ray.rllib.algorithms.ppo import PPOConfig
-from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.torch_utils import clip_gradients
 
-from entropilot.policies.lean_gradients import clip_gradients_foreach
+from entropilot.policies.lean_gradients import clip_gradients_foreach, with_rllib_gradients
 from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
 
 
@@ -38,12 +37,7 @@ def test_clipping_equals_rllibs(clip_by, scale, poison):
         torch.testing.assert_close(norm_ours, norm_theirs)
 
 
-class StockGradientsLearner(EntropyControlledPPOLearner):
-    """Our learner with RLlib's own optimizer, clipping and gradient application: the reference."""
-
-    configure_optimizers_for_module = PPOTorchLearner.configure_optimizers_for_module
-    _get_clip_function = staticmethod(PPOTorchLearner._get_clip_function)
-    apply_gradients = PPOTorchLearner.apply_gradients
+StockGradientsLearner = with_rllib_gradients(EntropyControlledPPOLearner)  # the reference
 
 
 def build_learner(learner_class):

@@ -68,3 +68,17 @@ class LeanGradientsMixin(TorchLearner):
         for module_id, optimizer_names in self._module_optimizers.items():
             for optimizer_name in optimizer_names:
                 self.get_optimizer(module_id, optimizer_name).step()
+
+
+def with_rllib_gradients(learner_class: type) -> type:
+    """``learner_class`` with RLlib's own optimizer, clipping and gradient step in place of the lean ones: the
+    reference the lean path is tested against (same numbers) and benchmarked against (its time)."""
+    return type(
+        f"RLlibGradients{learner_class.__name__}",
+        (learner_class,),
+        {
+            "configure_optimizers_for_module": TorchLearner.configure_optimizers_for_module,
+            "_get_clip_function": staticmethod(TorchLearner._get_clip_function),
+            "apply_gradients": TorchLearner.apply_gradients,
+        },
+    )
