@@ -54,12 +54,11 @@ def main() -> None:
     settings = algorithm_settings(cfg)
     config = algorithm_config(**settings)
     runner = BulkEnvRunner(config=config)
-    learners = {
-        "lean": config.build_learner(spaces=runner.get_spaces()),
-        "rllib": algorithm_config(
-            **settings, learner_class=with_rllib_gradients(EntropyControlledPPOLearner)
-        ).build_learner(spaces=runner.get_spaces()),
+    configs = {
+        "lean": config,
+        "rllib": algorithm_config(**settings, learner_class=with_rllib_gradients(EntropyControlledPPOLearner)),
     }
+    learners = {name: configs[name].build_learner(spaces=runner.get_spaces()) for name in args.gradients}
     runner.sample(num_timesteps=a.train_batch_size)  # past the first episodes' starts
     episodes = runner.sample(num_timesteps=a.train_batch_size)
     variants = list(itertools.product(args.gradients, args.threads, args.minibatch, args.epochs))
