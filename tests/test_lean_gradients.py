@@ -87,3 +87,34 @@ def test_a_ppo_update_equals_rllibs_gradient_step(poison):
     for key in theirs:
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, equal_nan=True)
     assert not any(torch.isnan(value).any() for value in ours.values())
+
+
+def test_an_lr_schedule_in_the_config_reaches_the_optimizer_and_follows_env_steps():
+    """`algorithm.lr: [[env_steps, lr], ...]` is RLlib's piecewise schedule on the lean learner's fused Adam."""
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
+    from entropilot.envs import make_env
+    from entropilot.platform.algorithm import algorithm_config, algorithm_settings
+    from entropilot.platform.config.loading import parse_config
+
+    cfg = parse_config({"resources": {"gpu": "off"}}, ["algorithm.lr=[[0,0.001],[1000,0.0001]]"])
+    learner = algorithm_config(**algorithm_settings(cfg)).build_learner(env=make_env("entropilot/Hover-v0"))
+    optimizer = learner.get_optimizer("default_policy")
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    generator = torch.Generator().manual_seed(0)
+    obs_size = learner.module["default_policy"].observation_space.shape[0]
+    data = {
+        "obs": torch.randn(64, obs_size, generator=generator),
+        "actions": torch.randn(64, 4, generator=generator),
+        "action_logp": torch.randn(64, generator=generator) - 1.0,
+        "action_dist_inputs": torch.randn(64, 8, generator=generator) * 0.1,
+        "advantages": torch.randn(64, generator=generator),
+        "value_targets": torch.randn(64, generator=generator),
+        "vf_preds": torch.randn(64, generator=generator),
+    }
+    seen = []
+    for lifetime_steps in (500, 2000):
+        samples = MultiAgentBatch({"default_policy": SampleBatch(copy.deepcopy(data))}, env_steps=64)
+        learner.update(batch=samples, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: lifetime_steps})
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([5.5e-4, 1e-4])  # linear between the points, held past the last

@@ -1,6 +1,8 @@
 """`entropilot sweep`: search-space parsing and validation (before Ray), trial resources, ASHA, and a real
 2-trial grid sweep on Ray Tune logging child runs under one parent run in a real MLflow server."""
 
+import csv
+
 import mlflow
 import pytest
 import ray
@@ -16,6 +18,14 @@ from entropilot.platform.sweep_plan import (
     parse_grid,
     parse_random,
     plan_sweep,
+)
+from entropilot.platform.sweep_summary import (
+    FINISHED,
+    TrialSummary,
+    format_init_table,
+    format_table,
+    init_groups,
+    to_csv,
 )
 
 
@@ -162,14 +172,16 @@ def test_grid_sweep_runs_trials_as_child_runs_and_writes_the_best_config(
     tmp_path, mlflow_server, isolated_mlflow_env, ray_session
 ):
     plan = plan_sweep(
-        tiny_config(mlflow_server), ["entropy.init.threshold=-5,-3", "entropy.target=4.5"], sweep_dir=tmp_path / "sweep"
+        tiny_config(mlflow_server),
+        ["entropy.init.threshold=-5,5.5", "entropy.target=4.5"],
+        sweep_dir=tmp_path / "sweep",
     )
     lines = []
     result = run_sweep(plan, echo=lines.append)
 
     assert [t.values for t in result.trials] == [
         {"entropy.init.threshold": -5, "entropy.control.target": 4.5},
-        {"entropy.init.threshold": -3, "entropy.control.target": 4.5},
+        {"entropy.init.threshold": 5.5, "entropy.control.target": 4.5},
     ]
     for trial in result.trials:
         assert (trial.outcome, trial.iterations, trial.stopped_early) == ("finished", 2, False)
@@ -181,7 +193,7 @@ def test_grid_sweep_runs_trials_as_child_runs_and_writes_the_best_config(
 
     client = mlflow.MlflowClient(mlflow_server)
     parent = client.get_run(result.parent_run_id)
-    assert parent.data.params["sweep.space.entropy.init.threshold"] == "grid [-5, -3]"
+    assert parent.data.params["sweep.space.entropy.init.threshold"] == "grid [-5, 5.5]"
     assert parent.data.params["sweep.search"] == "grid"
     assert parent.data.tags[SWEEP_BEST_RUN_ID_TAG] == result.best.run_id
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -190,7 +202,19 @@ def test_grid_sweep_runs_trials_as_child_runs_and_writes_the_best_config(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert sorted(c.info.run_id for c in children) == sorted(t.run_id for t in result.trials)
-    assert sorted(c.data.params["entropy.init.threshold"] for c in children) == ["-3.0", "-5.0"]
+    assert sorted(c.data.params["entropy.init.threshold"] for c in children) == ["-5.0", "5.5"]
+    # What entropy-aware init kept, per trial, read from its child run: the one draw (a centred std-0.5 policy,
+    # ~2.7 nats) clears -5 and not 5.5.
+    by_run = {c.info.run_id: c.data.metrics for c in children}
+    for trial, cleared in zip(result.trials, [True, False]):
+        assert trial.init_cleared is cleared and trial.init_draws == 1
+        assert trial.init_entropy == by_run[trial.run_id]["entropy_init/chosen_entropy"]
+        assert -5 < trial.init_entropy < 5.5
+    assert "init entropy" in result.table and "init cleared" in result.table
+    rows = list(csv.DictReader((plan.sweep_dir / "summary.csv").read_text().splitlines()))
+    assert [(row["entropy_init/draws"], row["entropy_init/cleared"]) for row in rows] == [("1", "1"), ("1", "0")]
+    assert [float(row["entropy_init/chosen_entropy"]) for row in rows] == [t.init_entropy for t in result.trials]
+    assert result.init_table == ""  # every setting ran once: no table per setting
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["entropy.control.target"] == "4.5"
@@ -202,3 +226,60 @@ def test_grid_sweep_runs_trials_as_child_runs_and_writes_the_best_config(
     assert best.entropy.control.target == 4.5
     assert best.checkpoint.dir is None and not best.checkpoint_dir.exists()  # a fresh folder for `entropilot train`
     assert best.mlflow.tracking_uri == mlflow_server and best.algorithm.train_batch_size == 200
+
+
+def _trial(threshold, weight_seed, entropy, draws, cleared):
+    return TrialSummary(
+        trial_id=f"t{threshold}-{weight_seed}",
+        values={"entropy.init.threshold": threshold, "model.weight_seed": weight_seed},
+        metric=None,
+        success_rate=None,
+        time_s=1.0,
+        entropy=None,
+        iterations=1,
+        outcome=FINISHED,
+        detail="1 iterations",
+        run_id=None,
+        init_entropy=entropy,
+        init_draws=draws,
+        init_cleared=cleared,
+    )
+
+
+def test_init_table_gives_each_threshold_its_acceptance_rate_and_mean_kept_entropy_over_weight_seeds():
+    trials = [
+        _trial(0.0, 0, 0.5, 1, True),
+        _trial(0.0, 1, 1.5, 2, True),
+        _trial(1.0, 0, 1.25, 3, True),
+        _trial(1.0, 1, 1.0, 10, False),
+        _trial(1.0, 2, None, None, None),  # failed before its init logged: left out
+        _trial(2.0, 0, 1.75, 10, False),
+    ]
+    groups = init_groups(trials, ["entropy.init.threshold", "model.weight_seed"])
+    assert [g.values for g in groups] == [{"entropy.init.threshold": t} for t in (0.0, 1.0, 2.0)]
+    assert [(g.trials, g.cleared, g.acceptance_rate) for g in groups] == [(2, 2, 1.0), (2, 1, 0.5), (1, 0, 0.0)]
+    assert [g.mean_draws for g in groups] == [1.5, 6.5, 10.0]
+    assert [(g.mean_entropy, g.min_entropy, g.max_entropy) for g in groups] == [
+        (1.0, 0.5, 1.5),
+        (1.125, 1.0, 1.25),
+        (1.75, 1.75, 1.75),
+    ]
+    table = format_init_table(groups, markdown=True).splitlines()
+    assert table[0] == (
+        "| entropy.init.threshold | trials | cleared | acceptance | mean draws | kept init entropy: mean [min, max] |"
+    )
+    assert table[2:] == [
+        "| 0 | 2 | 2/2 | 100% | 1.5 | 1.00 [0.50, 1.50] |",
+        "| 1 | 2 | 1/2 | 50% | 6.5 | 1.12 [1.00, 1.25] |",
+        "| 2 | 1 | 0/1 | 0% | 10.0 | 1.75 [1.75, 1.75] |",
+    ]
+
+
+def test_a_metric_the_table_always_shows_gets_no_second_column():
+    trials = [_trial(0.0, 0, 0.5, 1, True)]
+    keys = ["entropy.init.threshold", "model.weight_seed"]
+    plain = format_table(trials, keys, "success_rate").splitlines()[0]
+    for metric in ("entropy", "time_s"):
+        assert format_table(trials, keys, metric).splitlines()[0] == plain
+        assert to_csv(trials, keys, metric).splitlines()[0].split(",").count(metric) == 1
+    assert format_table(trials, keys, "episode_return_mean").splitlines()[0] != plain

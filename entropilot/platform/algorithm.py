@@ -198,7 +198,7 @@ def algorithm_config(
     hidden_sizes: Sequence[int],
     activation: str,
     free_log_std: bool,
-    lr: float,
+    lr: float | Sequence[tuple[int, float]],
     gamma: float,
     train_batch_size: int,
     minibatch_size: int,
@@ -274,6 +274,7 @@ def algorithm_config(
     learners = local_gpu_learner_or_cpu(resolve_learner_resources(gpu, num_learners), gpu)
     model_config = {"fcnet_hiddens": list(hidden_sizes), "fcnet_activation": activation, "free_log_std": free_log_std}
 
+    lr = lr if isinstance(lr, float) else [list(point) for point in lr]  # RLlib's piecewise schedule
     if algorithm == "PPO":
         config = PPOConfig(algo_class=FaultTolerantPPO).training(
             lr=lr,

@@ -1,6 +1,8 @@
 """A sweep's outcome: one row per trial (swept values -> metric, time, entropy at end, iterations, stopped
-early?), printed as a table, written as CSV and markdown, and the best trial's config as a YAML file for
-`entropilot train`; all of it also logged to the sweep's MLflow parent run. `TrialEcho` prints progress."""
+early?, and what entropy-aware init kept: its entropy, draws, whether it cleared the threshold), printed as a
+table, written as CSV and markdown, with a second table of the init per setting over seeds (acceptance rate, mean
+kept entropy), and the best trial's config as a YAML file for `entropilot train`; all of it also logged to the
+sweep's MLflow parent run. `TrialEcho` prints progress."""
 
 from __future__ import annotations
 
@@ -16,16 +18,26 @@ from mlflow import MlflowClient
 from ray.tune import Callback
 
 from entropilot.platform.config import dump_config
-from entropilot.platform.names import SWEEP_BEST_RUN_ID_TAG, SWEEP_BEST_TRIAL_TAG, SWEEP_OUTCOME_TAG, Metric
+from entropilot.platform.names import (
+    INIT_CHOSEN_ENTROPY,
+    INIT_CLEARED,
+    INIT_DRAWS,
+    SWEEP_BEST_RUN_ID_TAG,
+    SWEEP_BEST_TRIAL_TAG,
+    SWEEP_OUTCOME_TAG,
+    Metric,
+)
 from entropilot.platform.plots import finite_or_none
 from entropilot.platform.sweep_plan import SweepPlan, config_with
 
-__all__ = ["TrialEcho", "TrialSummary", "best_trial", "collect", "finish", "format_table"]
+__all__ = ["InitGroup", "TrialEcho", "TrialSummary", "best_trial", "collect", "finish", "format_table", "init_groups"]
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MARKDOWN = "summary.md"
 BEST_CONFIG = "best_config.yaml"
 FINISHED, STOPPED_EARLY, FAILED = "finished", "stopped early", "failed"
+# Swept keys that only repeat a setting with other draws: the init table groups trials over them.
+SEED_KEYS = ("seed", "model.weight_seed")
 
 
 @dataclass
@@ -40,10 +52,31 @@ class TrialSummary:
     outcome: str  # FINISHED, STOPPED_EARLY (by ASHA) or FAILED
     detail: str  # why it finished, or the error
     run_id: str | None  # the trial's MLflow child run
+    # Entropy-aware init, from the child run's metrics (None where the init did not run or logged nothing):
+    init_entropy: float | None = None  # the kept draw's entropy (nats), `entropy_init/chosen_entropy`
+    init_draws: int | None = None  # draws made, `entropy_init/draws`
+    init_cleared: bool | None = None  # whether the kept draw cleared the threshold, `entropy_init/cleared`
 
     @property
     def stopped_early(self) -> bool:
         return self.outcome == STOPPED_EARLY
+
+
+@dataclass
+class InitGroup:
+    """Entropy-aware init over the trials of one setting (the swept values other than seeds)."""
+
+    values: dict[str, Any]  # the swept non-seed keys' values
+    trials: int  # trials of this setting whose init logged its outcome
+    cleared: int  # of them, those whose kept draw cleared the threshold
+    mean_draws: float
+    mean_entropy: float  # the kept draws' entropy (nats)
+    min_entropy: float
+    max_entropy: float
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.cleared / self.trials
 
 
 @dataclass
@@ -57,6 +90,8 @@ class SweepResult:
     best_config: Path | None = None
     table: str = ""
     files: list[Path] = field(default_factory=list)
+    init_groups: list[InitGroup] = field(default_factory=list)
+    init_table: str = ""
 
 
 class TrialEcho(Callback):
@@ -70,8 +105,9 @@ class TrialEcho(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metric, entropy, time_s = (finite_or_none(result.get(k)) for k in (self.metric, Metric.ENTROPY, Metric.TIME_S))
+        shown = "" if self.metric == Metric.ENTROPY else f" | {self.metric} {_cell(metric, '.3g')}"
         self.echo(
-            f"  {self._label(trial)} iter {result.get('iteration', 0):3d} | {self.metric} {_cell(metric, '.3g')} "
+            f"  {self._label(trial)} iter {result.get('iteration', 0):3d}{shown} "
             f"| entropy {_cell(entropy, '.2f')} | {_cell(time_s, '.0f')} s"
         )
 
@@ -108,6 +144,9 @@ def collect(results, plan: SweepPlan, tracking_uri: str, parent_run_id: str) -> 
             client.set_tag(run.info.run_id, SWEEP_OUTCOME_TAG, f"{outcome}: {detail}"[:5000])
             if run.info.status == "RUNNING" and outcome != FINISHED:
                 client.set_terminated(run.info.run_id, "KILLED" if outcome == STOPPED_EARLY else "FAILED")
+        init = run.data.metrics if run is not None else {}
+        cleared = finite_or_none(init.get(INIT_CLEARED))
+        draws = finite_or_none(init.get(INIT_DRAWS))
         trials.append(
             TrialSummary(
                 trial_id=trial_id,
@@ -120,6 +159,9 @@ def collect(results, plan: SweepPlan, tracking_uri: str, parent_run_id: str) -> 
                 outcome=outcome,
                 detail=detail,
                 run_id=run.info.run_id if run else None,
+                init_entropy=finite_or_none(init.get(INIT_CHOSEN_ENTROPY)),
+                init_draws=None if draws is None else int(draws),
+                init_cleared=None if cleared is None else cleared > 0.5,
             )
         )
     return trials
@@ -143,6 +185,10 @@ def format_table(
 ) -> str:
     """The trials as an aligned text table, or a markdown one; the best trial marked with *."""
     header, rows = _cells(trials, keys, metric, best)
+    return _table(header, rows, markdown)
+
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -151,10 +197,54 @@ def format_table(
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
 
 
+def init_groups(trials: Sequence[TrialSummary], keys: Sequence[str]) -> list[InitGroup]:
+    """Entropy-aware init per setting: the trials grouped by their swept values other than seeds (`SEED_KEYS`),
+    in the order settings first appear; trials whose init logged no outcome (failed, or init off) left out."""
+    setting_keys = [k for k in keys if k not in SEED_KEYS]
+    groups: dict[str, list[TrialSummary]] = {}
+    for t in trials:
+        if t.init_entropy is not None and t.init_cleared is not None:
+            groups.setdefault(json.dumps([t.values[k] for k in setting_keys]), []).append(t)
+    result = []
+    for members in groups.values():
+        entropies = [t.init_entropy for t in members]
+        result.append(
+            InitGroup(
+                values={k: members[0].values[k] for k in setting_keys},
+                trials=len(members),
+                cleared=sum(bool(t.init_cleared) for t in members),
+                mean_draws=sum(t.init_draws or 0 for t in members) / len(members),
+                mean_entropy=sum(entropies) / len(entropies),
+                min_entropy=min(entropies),
+                max_entropy=max(entropies),
+            )
+        )
+    return result
+
+
+def format_init_table(groups: Sequence[InitGroup], markdown: bool = False) -> str:
+    """The init per setting: trials, how many cleared the threshold (the acceptance rate), mean draws made and
+    the kept draws' entropy (mean [min, max]); text or markdown, like `format_table`."""
+    keys = list(groups[0].values) if groups else []
+    header = [*keys, "trials", "cleared", "acceptance", "mean draws", "kept init entropy: mean [min, max]"]
+    rows = [
+        [
+            *(_value_text(g.values[k]) for k in keys),
+            str(g.trials),
+            f"{g.cleared}/{g.trials}",
+            f"{g.acceptance_rate:.0%}",
+            f"{g.mean_draws:.1f}",
+            f"{g.mean_entropy:.2f} [{g.min_entropy:.2f}, {g.max_entropy:.2f}]",
+        ]
+        for g in groups
+    ]
+    return _table(header, rows, markdown)
+
+
 def to_csv(trials: Sequence[TrialSummary], keys: Sequence[str], metric: str) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    extra = [metric] if metric != Metric.SUCCESS_RATE else []
+    extra = _metric_column(metric)
     writer.writerow(
         [
             "trial",
@@ -164,6 +254,9 @@ def to_csv(trials: Sequence[TrialSummary], keys: Sequence[str], metric: str) -> 
             Metric.TIME_S,
             Metric.ENTROPY,
             "iterations",
+            INIT_CHOSEN_ENTROPY,
+            INIT_DRAWS,
+            INIT_CLEARED,
             "outcome",
             "detail",
             "mlflow_run_id",
@@ -179,6 +272,9 @@ def to_csv(trials: Sequence[TrialSummary], keys: Sequence[str], metric: str) -> 
                 t.time_s,
                 t.entropy,
                 t.iterations,
+                t.init_entropy,
+                t.init_draws,
+                None if t.init_cleared is None else int(t.init_cleared),
                 t.outcome,
                 t.detail,
                 t.run_id,
@@ -193,9 +289,18 @@ def finish(plan: SweepPlan, trials: list[TrialSummary], parent, echo: Callable[[
     best = best_trial(trials, plan.mode)
     table = format_table(trials, plan.keys, plan.metric, best)
     echo(table)
+    groups = init_groups(trials, plan.keys)
+    # Worth a table of its own where settings repeat over seeds (a grid over model.weight_seed, say).
+    init_table = format_init_table(groups) if groups and len(groups) < sum(g.trials for g in groups) else ""
+    markdown = format_table(trials, plan.keys, plan.metric, best, markdown=True) + "\n"
+    if init_table:
+        seeds = [k for k in plan.keys if k in SEED_KEYS]
+        echo(f"entropy-aware init per setting, over {', '.join(seeds) if seeds else 'its repeated trials'}:")
+        echo(init_table)
+        markdown += "\nEntropy-aware init per setting:\n\n" + format_init_table(groups, markdown=True) + "\n"
     files = [plan.sweep_dir / SUMMARY_CSV, plan.sweep_dir / SUMMARY_MARKDOWN]
     files[0].write_text(to_csv(trials, plan.keys, plan.metric))
-    files[1].write_text(format_table(trials, plan.keys, plan.metric, best, markdown=True) + "\n")
+    files[1].write_text(markdown)
     best_config = None
     if best is None:
         echo(f"no trial measured {plan.metric}: no best config")
@@ -221,29 +326,44 @@ def finish(plan: SweepPlan, trials: list[TrialSummary], parent, echo: Callable[[
         )
     for path in files:
         parent.log_artifact(path)
-    return SweepResult(parent.run_id, plan.sweep_dir, trials, best, best_config, table, files)
+    return SweepResult(
+        parent.run_id, plan.sweep_dir, trials, best, best_config, table, files, groups if init_table else [], init_table
+    )
 
 
 def _cells(
     trials: Sequence[TrialSummary], keys: Sequence[str], metric: str, best: TrialSummary | None
 ) -> tuple[list[str], list[list[str]]]:
-    extra = [metric] if metric != Metric.SUCCESS_RATE else []
-    header = ["trial", *keys, *extra, "success", "time s", "entropy", "iters", "stopped early"]
+    extra = _metric_column(metric)
+    init = any(t.init_entropy is not None for t in trials)
+    header = ["trial", *keys, *extra, "success", "time s", "entropy", "iters"]
+    header += ["init entropy", "init draws", "init cleared"] if init else []
+    header.append("stopped early")
     rows = []
     for t in trials:
-        rows.append(
-            [
-                t.trial_id + (" *" if t is best else ""),
-                *(_value_text(t.values[k]) for k in keys),
-                *([_cell(t.metric, ".3g")] if extra else []),
-                _cell(t.success_rate, ".2f"),
-                _cell(t.time_s, ".0f"),
-                _cell(t.entropy, ".2f"),
-                str(t.iterations),
-                "yes" if t.stopped_early else ("FAILED" if t.outcome == FAILED else "no"),
+        row = [
+            t.trial_id + (" *" if t is best else ""),
+            *(_value_text(t.values[k]) for k in keys),
+            *([_cell(t.metric, ".3g")] if extra else []),
+            _cell(t.success_rate, ".2f"),
+            _cell(t.time_s, ".0f"),
+            _cell(t.entropy, ".2f"),
+            str(t.iterations),
+        ]
+        if init:
+            row += [
+                _cell(t.init_entropy, ".2f"),
+                "-" if t.init_draws is None else str(t.init_draws),
+                "-" if t.init_cleared is None else ("yes" if t.init_cleared else "no"),
             ]
-        )
+        row.append("yes" if t.stopped_early else ("FAILED" if t.outcome == FAILED else "no"))
+        rows.append(row)
     return header, rows
+
+
+def _metric_column(metric: str) -> list[str]:
+    """The optimized metric as a column of its own, unless it is one the table always has."""
+    return [] if metric in (Metric.SUCCESS_RATE, Metric.TIME_S, Metric.ENTROPY) else [metric]
 
 
 def _cell(value: float | None, spec: str) -> str:

@@ -283,10 +283,15 @@ def train(
         status = "KILLED"
         raise
     finally:
-        if evaluation is not None:
-            evaluation.close()
-        tracker.close(status=status)
-        algo.stop()
+        # Each step runs even when one before it raises: a tracker that cannot send must not leave Ray's actors up.
+        try:
+            if evaluation is not None:
+                evaluation.close()
+        finally:
+            try:
+                tracker.close(status=status)
+            finally:
+                algo.stop()
 
 
 def _initial_weights(algo, cfg: ExperimentConfig, tracker, echo: Callable[[str], None]) -> None:

@@ -74,7 +74,10 @@ class AlgorithmConfig(_Section):
 
     name: Literal["PPO", "SAC"] = "PPO"
     gamma: float = Field(0.99, gt=0.0, le=1.0)
-    lr: float = Field(3e-4, gt=0.0, le=1.0)
+    # A number, or a schedule [[env_steps, lr], ...]: linear between points, held past the last (RLlib's own
+    # piecewise schedule, on the env steps of the whole run). A rate that falls once the policy flies lets it settle
+    # instead of wandering between good and bad checkpoints (docs/flight-readiness.md).
+    lr: float | list[tuple[int, float]] = 3e-4
     train_batch_size: int = Field(2000, ge=1)
     minibatch_size: int = Field(256, ge=1)
     num_epochs: int = Field(10, ge=1)
@@ -95,6 +98,14 @@ class AlgorithmConfig(_Section):
     target_entropy: Literal["auto"] | float = "auto"
     replay_capacity: int = Field(100_000, ge=1)
     learning_starts: int = Field(1000, ge=0)
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_number_or_schedule(cls, value: Any) -> Any:
+        lr = number_or_schedule(value, "lr")
+        if not all(0 < v <= 1 for v in ([lr] if isinstance(lr, float) else [v for _, v in lr])):
+            raise ValueError("every learning rate must satisfy 0.0 < value <= 1.0")
+        return lr
 
     @field_validator("target_entropy", mode="before")
     @classmethod
@@ -281,25 +292,7 @@ class ControlConfig(_Section):
     @field_validator("target", "sigma", mode="before")
     @classmethod
     def _number_or_schedule(cls, value: Any, info) -> Any:
-        # Hand-checked for one clear message per problem (a plain union reports every member's error).
-        unit = "nats" if info.field_name == "target" else "std"
-        if _is_number(value):
-            return float(value)
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ValueError(f"must be a number ({unit}) or a non-empty schedule [[env_steps, {unit}], ...]")
-        pairs = []
-        for i, pair in enumerate(value):
-            ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_number(pair[1])
-            step = pair[0] if ok else None
-            if not ok or isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                raise FieldProblem(f"{i}", f"schedule entries must be [env_steps (int >= 0), {unit}]", pair)
-            pairs.append((step, float(pair[1])))
-        if pairs[0][0] != 0:
-            raise FieldProblem("0", "schedule must start at env step 0", list(value[0]))
-        for i in range(1, len(pairs)):
-            if pairs[i][0] <= pairs[i - 1][0]:
-                raise FieldProblem(f"{i}", "schedule env steps must be strictly increasing", list(value[i]))
-        return pairs
+        return number_or_schedule(value, "nats" if info.field_name == "target" else "std")
 
     @field_validator("sigma")
     @classmethod
@@ -349,6 +342,28 @@ class ControlConfig(_Section):
 
     def max_target(self) -> float:
         return self.target if isinstance(self.target, float) else max(v for _, v in self.target)
+
+
+def number_or_schedule(value: Any, unit: str) -> float | list[tuple[int, float]]:
+    """A number, or a schedule [[env_steps, value], ...] starting at env step 0 with strictly increasing steps."""
+    # Hand-checked for one clear message per problem (a plain union reports every member's error).
+    if _is_number(value):
+        return float(value)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"must be a finite number ({unit}) or a non-empty schedule [[env_steps, {unit}], ...]")
+    pairs = []
+    for i, pair in enumerate(value):
+        ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_number(pair[1])
+        step = pair[0] if ok else None
+        if not ok or isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise FieldProblem(f"{i}", f"schedule entries must be [env_steps (int >= 0), {unit}]", pair)
+        pairs.append((step, float(pair[1])))
+    if pairs[0][0] != 0:
+        raise FieldProblem("0", "schedule must start at env step 0", list(value[0]))
+    for i in range(1, len(pairs)):
+        if pairs[i][0] <= pairs[i - 1][0]:
+            raise FieldProblem(f"{i}", "schedule env steps must be strictly increasing", list(value[i]))
+    return pairs
 
 
 def _schedule_at(schedule: float | list[tuple[int, float]], env_steps: int) -> float:
