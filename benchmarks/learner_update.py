@@ -1,17 +1,22 @@
 """Seconds per PPO learner update of the hover recipe (`learner_update_timer`'s work: GAE, minibatches, epochs),
 with torch's thread count and the minibatch/epoch recipe varied, against the recipe's own numbers in the same run,
-and the lean gradient step (fused Adam, multi-tensor clipping: `policies/lean_gradients.py`) against RLlib's own.
+the lean gradient step (fused Adam, multi-tensor clipping: `policies/lean_gradients.py`) against RLlib's own, and the
+tensor minibatches (`rllib_internals.TensorMinibatchesMixin`) against RLlib's minibatch iterator.
 
-Re-run (about a minute):
+Re-run (a minute or two):
 
     .venv/bin/python benchmarks/learner_update.py
     .venv/bin/python benchmarks/learner_update.py --threads 1 2 --minibatch 512 1000 2000 --epochs 10 5
+    .venv/bin/python benchmarks/learner_update.py --threads 1 --gradients lean --repeats 15  # minibatches only
 
 What it measures: the learner `entropilot train configs/hover.yaml` builds (our EntropyControlledPPOLearner, its
 entropy control on), in this process without Ray, updating on the same train batch (sampled once by the bulk
 sampler: one batch of `train_batch_size` env steps) for each variant; variants interleave over `--repeats` rounds
-and the median is printed. `gradients`: `lean` is what training uses, `rllib` the same learner with RLlib's
-optimizer, clipping and gradient step (the numbers are equal, `tests/test_lean_gradients.py`), built alike.
+and the median is printed, of wall-clock seconds and of this process's CPU seconds (steadier on a shared machine).
+`gradients`: `lean` is what training uses, `rllib` the same learner with RLlib's optimizer, clipping and gradient
+step (the numbers are equal, `tests/test_lean_gradients.py`), built alike. `minibatches`: `tensor` is what training
+uses, `rllib` RLlib's `MiniBatchCyclicIterator` (the same minibatches and weights:
+`tests/test_lean_learner_iteration.py`).
 Threads: `torch.set_num_threads` (the driver's local learner gets `resources`' CPUs per
 learner; a Ray env-runner or learner actor gets its CPUs as OMP_NUM_THREADS). Minibatch and epochs change the
 learning recipe (item 5 of issue 10): seconds are only half the trade; whether it still learns is the training
@@ -29,15 +34,17 @@ import time
 from pathlib import Path
 
 import torch
-from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME, NUM_MODULE_STEPS_TRAINED
 
 from entropilot.platform.algorithm import algorithm_config, algorithm_settings
 from entropilot.platform.bulk_runner import BulkEnvRunner
 from entropilot.platform.config import load_config
 from entropilot.policies.lean_gradients import with_rllib_gradients
 from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
+from entropilot.rllib_internals import with_rllib_minibatches
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
+MODULE = "default_policy"
 
 
 def main() -> None:
@@ -48,28 +55,34 @@ def main() -> None:
     parser.add_argument("--minibatch", type=int, nargs="+", default=[a.minibatch_size])
     parser.add_argument("--epochs", type=int, nargs="+", default=[a.num_epochs])
     parser.add_argument("--gradients", nargs="+", choices=["lean", "rllib"], default=["lean", "rllib"])
+    parser.add_argument("--minibatches", nargs="+", choices=["tensor", "rllib"], default=["tensor", "rllib"])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     settings = algorithm_settings(cfg)
     config = algorithm_config(**settings)
     runner = BulkEnvRunner(config=config)
-    configs = {
-        "lean": config,
-        "rllib": algorithm_config(**settings, learner_class=with_rllib_gradients(EntropyControlledPPOLearner)),
+    rllib_gradients = {"lean": EntropyControlledPPOLearner, "rllib": with_rllib_gradients(EntropyControlledPPOLearner)}
+    rllib_minibatches = {"tensor": lambda learner_class: learner_class, "rllib": with_rllib_minibatches}
+    learners = {
+        (gradients, minibatches): algorithm_config(
+            **settings, learner_class=rllib_minibatches[minibatches](rllib_gradients[gradients])
+        ).build_learner(spaces=runner.get_spaces())
+        for gradients, minibatches in itertools.product(args.gradients, args.minibatches)
     }
-    learners = {name: configs[name].build_learner(spaces=runner.get_spaces()) for name in args.gradients}
     runner.sample(num_timesteps=a.train_batch_size)  # past the first episodes' starts
     episodes = runner.sample(num_timesteps=a.train_batch_size)
-    variants = list(itertools.product(args.gradients, args.threads, args.minibatch, args.epochs))
+    variants = list(itertools.product(args.gradients, args.minibatches, args.threads, args.minibatch, args.epochs))
     seconds = {variant: [] for variant in variants}
+    cpu_seconds = {variant: [] for variant in variants}
+    steps = {}  # minibatch steps per update, as the learner counts them (the batch holds an extra row per episode)
     for round_ in range(args.repeats + 1):  # round 0 warms up
         for variant in variants:
-            gradients, threads, minibatch, epochs = variant
+            gradients, minibatches, threads, minibatch, epochs = variant
             torch.set_num_threads(threads)
             batch = copy.deepcopy(episodes)  # the learner connector extends episodes in place
-            started = time.perf_counter()
-            learners[gradients].update(
+            started, cpu_started = time.perf_counter(), time.process_time()
+            result = learners[gradients, minibatches].update(
                 episodes=batch,
                 timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: a.train_batch_size * (round_ + 1)},
                 num_epochs=epochs,
@@ -78,6 +91,8 @@ def main() -> None:
             )
             if round_:
                 seconds[variant].append(time.perf_counter() - started)
+                cpu_seconds[variant].append(time.process_time() - cpu_started)
+                steps[variant] = round(result[MODULE][NUM_MODULE_STEPS_TRAINED].peek() / minibatch)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
@@ -85,23 +100,25 @@ def main() -> None:
         f"load {load:.1f}); median of {args.repeats}\n"
     )
     print(
-        "| gradients | torch threads | minibatch | epochs | minibatch steps | s / update | ms / minibatch step "
-        "| × recipe |"
+        "| gradients | minibatches | torch threads | minibatch | epochs | minibatch steps | s / update "
+        "| ms / minibatch step | × recipe | CPU s / update | × recipe (CPU) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    baseline = seconds.get((args.gradients[0], args.threads[0], a.minibatch_size, a.num_epochs))
-    recipe = statistics.median(baseline) if baseline else None
-    for (gradients, threads, minibatch, epochs), values in seconds.items():
-        median = statistics.median(values)
-        steps = epochs * max(1, a.train_batch_size // minibatch)
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    baseline = (args.gradients[0], args.minibatches[0], args.threads[0], a.minibatch_size, a.num_epochs)
+    recipe = statistics.median(seconds[baseline]) if baseline in seconds else None
+    recipe_cpu = statistics.median(cpu_seconds[baseline]) if baseline in seconds else None
+    for variant, values in seconds.items():
+        gradients, minibatches, threads, minibatch, epochs = variant
+        median, cpu = statistics.median(values), statistics.median(cpu_seconds[variant])
         ratio = f"{median / recipe:.2f}×" if recipe else "-"
+        cpu_ratio = f"{cpu / recipe_cpu:.2f}×" if recipe_cpu else "-"
         print(
-            f"| {gradients} | {threads} | {minibatch} | {epochs} | {steps} | {median:.3f} | "
-            f"{1000 * median / steps:.1f} | {ratio} |"
+            f"| {gradients} | {minibatches} | {threads} | {minibatch} | {epochs} | {steps[variant]} | {median:.3f} | "
+            f"{1000 * median / steps[variant]:.1f} | {ratio} | {cpu:.3f} | {cpu_ratio} |"
         )
     print(
-        f"\n× recipe: over {args.gradients[0]} gradients on {args.threads[0]} thread(s) with hover.yaml's minibatch "
-        "and epochs, in this run."
+        f"\n× recipe: over {args.gradients[0]} gradients and {args.minibatches[0]} minibatches on {args.threads[0]} "
+        "thread(s) with hover.yaml's minibatch and epochs, in this run."
     )
 
 

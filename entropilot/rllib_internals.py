@@ -3,18 +3,26 @@ and policies rooms, so it sits beside them."""
 
 # Read on a Ray upgrade, against this module: ray/rllib/env/single_agent_env_runner.py, env_runner.py,
 # env_runner_group.py, connectors/env_to_module/mean_std_filter.py, env/single_agent_episode.py,
-# core/learner/learner.py, core/rl_module/torch/torch_rl_module.py. tests/test_bulk_sampling.py compares the bulk
-# path with RLlib's own loop and fails where they part. `BulkEnvRunner._sample` overrides the runner's private
-# sampling loop (the one `sample()` calls) with its 2.60 signature.
+# core/learner/learner.py, core/rl_module/torch/torch_rl_module.py, utils/minibatch_utils.py,
+# core/learner/torch/torch_learner.py. tests/test_bulk_sampling.py compares the bulk path with RLlib's own loop and
+# tests/test_lean_learner_iteration.py the tensor minibatches with RLlib's iterator; each fails where they part.
+# `BulkEnvRunner._sample` overrides the runner's private sampling loop (the one `sample()` calls) with its 2.60
+# signature.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import numpy as np
+import torch
 from ray.rllib.connectors.env_to_module import MeanStdFilter
+from ray.rllib.core.learner.learner import Learner
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.filter import MeanStdFilter as RunningMeanStd
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 
 
 def request_seeded_reset(runner: SingleAgentEnvRunner) -> None:
@@ -99,3 +107,81 @@ def set_chunk_times(episode: SingleAgentEpisode, start: float, last_step: float)
     """Timestamps behind `get_duration_s()` (RLlib's `episode_duration_sec_mean`): the stock runner sets them step by
     step, from the reset (a new episode) or the first step (a continued chunk) to the last step."""
     episode._start_time, episode._last_step_time = start, last_step
+
+
+class TensorMinibatchesMixin(Learner):
+    """Cut a learner update's minibatches from the train batch's tensors: RLlib's `MiniBatchCyclicIterator` builds
+    each one as SampleBatch slices, concatenated: ~0.3 ms per minibatch step of the hover recipe, ~0.1 ms here
+    (`benchmarks/learner_update.py`). Same rows in the same order (it draws the same `np.random` permutations). Put
+    it before the learner class in the bases; `with_rllib_minibatches` is the reference it is tested and benchmarked
+    against.
+
+    Checked against Ray 2.60: overrides `Learner._create_iterator_if_necessary` and reads the stock iterator's
+    settings. Batches with a time rank (a stateful module, `seq_lens`) or non-tensor columns keep RLlib's iterator."""
+
+    def _create_iterator_if_necessary(self, **kwargs):
+        iterator = super()._create_iterator_if_necessary(**kwargs)
+        if type(iterator) is not MiniBatchCyclicIterator or not all(
+            len(module_batch) > 0
+            and not self.module[module_id].is_stateful()
+            and SampleBatch.SEQ_LENS not in module_batch
+            and all(isinstance(column, torch.Tensor) for column in module_batch.values())
+            for module_id, module_batch in iterator._batch.policy_batches.items()
+        ):
+            return iterator
+        return tensor_minibatches(
+            iterator._batch,
+            num_epochs=iterator._num_epochs,
+            minibatch_size=iterator._minibatch_size,
+            shuffle=iterator._shuffle_batch_per_epoch,
+            num_total_minibatches=iterator._num_total_minibatches,
+        )
+
+
+def tensor_minibatches(
+    batch: MultiAgentBatch, *, num_epochs: int, minibatch_size: int, shuffle: bool, num_total_minibatches: int = 0
+) -> Iterator[MultiAgentBatch]:
+    """`MiniBatchCyclicIterator(batch, ...)`'s minibatches, from tensor columns: each module's rows are read in
+    order, a minibatch that reaches the end goes on from the start after reshuffling them (`np.random.permutation`,
+    as `SampleBatch.shuffle`), until every module's rows were read `num_epochs` times (or `num_total_minibatches`).
+
+    Only the last minibatch keeps the `weights_seq_no` column: the learner logs the off-policyness it measures from
+    that column with window 1, so the earlier minibatches' values are never read."""
+    # Tensor columns only (`TensorMinibatchesMixin` checks).
+    columns: dict[str, dict[str, torch.Tensor]] = {
+        module_id: dict(module_batch) for module_id, module_batch in batch.policy_batches.items()
+    }
+    rows = {module_id: len(module_batch) for module_id, module_batch in batch.policy_batches.items()}
+    start = dict.fromkeys(columns, 0)
+    # An epoch counts as read when a minibatch reaches the last row: ceil(num_epochs * rows / minibatch_size).
+    count = num_total_minibatches or max(-(-num_epochs * n // minibatch_size) for n in rows.values())
+    for index in range(count):
+        minibatch = {}
+        for module_id, n in rows.items():
+            begin, needed, pieces = start[module_id], minibatch_size, []
+            while begin + needed >= n:
+                pieces.append({key: column[begin:] for key, column in columns[module_id].items()})
+                needed, begin = needed - (n - begin), 0
+                if shuffle:
+                    order = torch.from_numpy(np.random.permutation(n))
+                    columns[module_id] = {
+                        key: column.index_select(0, order.to(column.device))
+                        for key, column in columns[module_id].items()
+                    }
+            if needed > 0:
+                pieces.append({key: column[begin : begin + needed] for key, column in columns[module_id].items()})
+            start[module_id] = begin + needed
+            joined = pieces[0] if len(pieces) == 1 else {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}
+            if index < count - 1:
+                joined.pop(WEIGHTS_SEQ_NO, None)
+            minibatch[module_id] = SampleBatch(joined)
+        yield MultiAgentBatch(minibatch, batch.env_steps())
+
+
+def with_rllib_minibatches(learner_class: type) -> type:
+    """``learner_class`` with RLlib's own minibatch iterator in place of `TensorMinibatchesMixin`'s."""
+    return type(
+        f"RLlibMinibatches{learner_class.__name__}",
+        (learner_class,),
+        {"_create_iterator_if_necessary": Learner._create_iterator_if_necessary},
+    )

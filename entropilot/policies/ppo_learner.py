@@ -33,6 +33,7 @@ from entropilot.policies.learner_metrics import (
     dim_metric,
     entropy_metric,
 )
+from entropilot.rllib_internals import TensorMinibatchesMixin
 
 # Keys of `config.learners(learner_config_dict=...)` this learner reads.
 ENTROPY_CONTROL = "entropy_control"
@@ -62,7 +63,7 @@ class ControlledEntropyCoefficient:
         return self.controller.coefficient
 
 
-class EntropyControlledPPOLearner(LeanGradientsMixin, PPOTorchLearner):
+class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PPOTorchLearner):
     """PPO learner with entropy measurement, entropy control and optional Clip-Cov/KL-Cov.
 
     Configure through `config.learners(learner_config_dict={...})`:
