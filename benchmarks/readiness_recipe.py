@@ -33,6 +33,7 @@ HOVER_QUICK = [
     "checkpoint.keep_best=false",
     "env.kwargs.max_tilt_deg=80",
     "env.kwargs.crash_penalty=2",
+    "env.kwargs.replay_crash_starts=0",
 ]
 TASKS = {  # name: (config, the task's overrides, then the baseline's)
     "hover": (ROOT / "configs" / "hover.yaml", [], HOVER_QUICK),
@@ -56,6 +57,9 @@ LEVERS = {
     # A crash costs more than any approach can gain by rushing (a hover episode returns at most ~290, discounted
     # ~100): below it, PPO trades a few percent of crashes for a faster approach. 1000 stops learning (measured).
     "penalty": ["env.kwargs.crash_penalty=200"],
+    # A quarter of resets start where one of the last 256 crashed episodes started, so the rare starts the policy
+    # cannot fly yet are practised until it can.
+    "replay": ["env.kwargs.replay_crash_starts=0.25"],
     "randomized": [  # the readiness conditions inside the training distribution
         "env.kwargs.randomization={mass: 0.25, inertia: 0.1, kf: 0.2, km: 0.1, motor_time_constant: 0.5, "
         "noise: 0.9, action_delay_steps: 1, wind_speed: 1.5}",

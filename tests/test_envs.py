@@ -186,6 +186,7 @@ def test_render_rgb_array():
         ({"randomization": {"masss": 0.1}}, "masss"),
         ({"bogus": 1}, "bogus"),
         ({"start_low": [0, 0, 2], "start_high": [1, 1, 1]}, "start_low"),
+        ({"replay_crash_starts": 1.5}, "replay_crash_starts=1.5"),
     ],
 )
 def test_bad_options_name_the_value(kwargs, fragment):
@@ -282,6 +283,51 @@ def test_the_crash_penalty_is_an_option():
         assert info["crash"] == "ground_impact"
         env.close()
     assert rewards[10.0] == pytest.approx(rewards[2.0] - 8.0, abs=1e-12) and rewards[2.0] < -1.0
+
+
+def fall(env, seed=None) -> tuple[np.ndarray, str]:
+    """Reset (with ``seed``), then cut the thrust to the episode's end: (start position, crash reason or None)."""
+    obs, _ = env.reset(seed=seed)
+    start = np.array(env.unwrapped.sim.drones[0].position)
+    ended = False
+    while not ended:
+        _, _, terminated, truncated, info = env.step(np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32))
+        ended = terminated or truncated
+    return start, info.get("crash")
+
+
+def test_crashed_starts_are_replayed_in_training_only_where_asked():
+    replaying = gym.make(HOVER_ID, replay_crash_starts=1.0)
+    crashed_start, reason = fall(replaying, seed=0)
+    assert reason == "ground_impact"
+    for _ in range(3):  # every later reset starts where the crashed episode started, whatever it draws
+        start, _ = fall(replaying)
+        np.testing.assert_array_equal(start, crashed_start)
+    assert len(replaying.unwrapped.episode.rules.crash_starts) == 4
+    plain = gym.make(HOVER_ID)  # off by default: starts come from the start box, in the same random stream as ever
+    first, _ = fall(plain, seed=0)
+    np.testing.assert_array_equal(first, crashed_start)
+    assert not np.array_equal(fall(plain)[0], first) and plain.unwrapped.episode.rules.crash_starts == []
+    with pytest.raises(ValueError, match="replay_crash_starts"):
+        make_env(SWARM_ID, replay_crash_starts=0.5)
+
+
+def test_training_only_options_stay_out_of_evaluation_and_flight():
+    from entropilot.envs import flight_kwargs
+
+    kwargs = {"replay_crash_starts": 0.3, "max_tilt_deg": 45.0}
+    assert flight_kwargs(kwargs) == {"max_tilt_deg": 45.0} and kwargs["replay_crash_starts"] == 0.3
+
+
+def test_an_export_flies_the_env_a_checkpoint_trained_on_without_its_training_only_options(tmp_path):
+    import shutil
+
+    from entropilot.deploy.export import checkpoint_info
+    from entropilot.platform.train import CONFIG_FILE
+
+    shutil.copy("configs/hover.yaml", tmp_path / CONFIG_FILE)  # replays crashed starts, in a 45-degree envelope
+    env_kwargs = checkpoint_info(tmp_path).env_kwargs
+    assert "replay_crash_starts" not in env_kwargs and env_kwargs["max_tilt_deg"] == 45.0
 
 
 def test_randomized_wind_blows_from_any_direction_up_to_its_speed():

@@ -223,7 +223,7 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
     (a renamed training option), from the raw YAML's env section, validated by the envs room."""
     import yaml
 
-    from entropilot.envs import validate_env_kwargs
+    from entropilot.envs import flight_kwargs, validate_env_kwargs
     from entropilot.platform.config import ConfigError, EvaluationConfig, ExperimentConfig, ResourcesConfig, load_config
     from entropilot.platform.train import CONFIG_FILE
 
@@ -232,7 +232,7 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
         cfg = load_config(path)
         r, e = cfg.resources, cfg.evaluation
         seeds = _seed_ranges(cfg.seed, r.num_env_runners, r.envs_per_runner, e.seed, e.episodes)
-        return CheckpointInfo(cfg.env.id, dict(cfg.env.kwargs), e.seed, cfg.algorithm.name, seeds)
+        return CheckpointInfo(cfg.env.id, flight_kwargs(cfg.env.kwargs), e.seed, cfg.algorithm.name, seeds)
     except FileNotFoundError:
         raise ExportError(f"{checkpoint}: no {CONFIG_FILE} beside the checkpoint") from None
     except ConfigError as err:
@@ -251,7 +251,7 @@ def checkpoint_info(checkpoint: Path) -> CheckpointInfo:
             )
             info = CheckpointInfo(
                 env["id"],
-                dict(env.get("kwargs") or {}),
+                flight_kwargs(env.get("kwargs") or {}),
                 evaluation_seed,
                 str((raw.get("algorithm") or {}).get("name", "PPO")),
                 seeds,

@@ -97,6 +97,15 @@ def vehicle_env(env_id: str, kwargs: dict) -> tuple[str, dict]:
     return vehicle, {k: v for k, v in kwargs.items() if k in options}
 
 
+# Options that shape how a policy is trained, not the vehicle or its task: evaluation, export and flight drop them.
+TRAINING_ONLY_OPTIONS = ("replay_crash_starts",)
+
+
+def flight_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` of a training config as the env a trained policy is evaluated and flown in."""
+    return {k: v for k, v in kwargs.items() if k not in TRAINING_ONLY_OPTIONS}
+
+
 def make_env(env_id: str, **kwargs):
     """Build any entropilot env by id: a Gymnasium env, or for the swarm an RLlib MultiAgentEnv."""
     _known(env_id)
@@ -123,6 +132,8 @@ __all__ = [
     "DroneSettings",
     "ENVIRONMENTS",
     "action_space",
+    "TRAINING_ONLY_OPTIONS",
+    "flight_kwargs",
     "COMMAND_ENVS",
     "HOVER_DISCRETE_ID",
     "HOVER_ID",

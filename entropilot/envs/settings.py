@@ -269,9 +269,14 @@ class HoverSettings(DroneSettings):
     start_velocity: float = 0.2  # m/s, max per axis
     success_radius: float = 0.1  # m
     success_seconds: float = 2.0  # inside the radius for the last this-many seconds
+    # Training only: the share of resets that start again from where one of this env's last CRASH_STARTS crashed
+    # episodes started (position, attitude, velocity; the airframe is drawn anew). Crashes of a policy that flies
+    # most starts are rare, so their starts are rare in a batch; replaying them makes the policy practise there.
+    replay_crash_starts: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
+        _check(0 <= self.replay_crash_starts <= 1, "replay_crash_starts", self.replay_crash_starts, "in [0, 1]")
         for name in ("target", "start_low", "start_high"):
             object.__setattr__(self, name, _vec3(name, getattr(self, name)))
         _check(
@@ -382,3 +387,4 @@ class SwarmSettings(HoverSettings):
             f"> collision_distance={self.collision_distance}",
         )
         _check(self.collision_distance > 0, "collision_distance", self.collision_distance, "> 0")
+        _check(self.replay_crash_starts == 0, "replay_crash_starts", self.replay_crash_starts, "0 (single-drone tasks)")

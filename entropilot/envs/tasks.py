@@ -29,6 +29,7 @@ from entropilot.envs.simulator import attitude_bounds, uniform
 from entropilot.vehicle.layout import OBSERVATION_SIZE
 
 TWO_PI: cython.double = 2.0 * math.pi
+CRASH_STARTS: cython.Py_ssize_t = 256  # crashed episodes' starts a hover env keeps to replay (replay_crash_starts)
 
 
 @cython.ccall
@@ -81,6 +82,9 @@ class HoverRules:
     success_radius = cython.declare(cython.double, visibility="readonly")  # m
     required_steps = cython.declare(cython.Py_ssize_t, visibility="readonly")
     inside_steps = cython.declare(list, visibility="readonly")  # per drone: consecutive steps inside the radius
+    # The start states (9 floats each) of the last CRASH_STARTS crashed episodes of any drone, oldest first; kept only
+    # where the settings replay them.
+    crash_starts = cython.declare(list, visibility="readonly")
 
     def __init__(self, sim, settings: HoverSettings):
         self.floor = sim.airframe.collision_half_extents[2] + 0.01
@@ -90,6 +94,7 @@ class HoverRules:
         self.success_radius = settings.success_radius
         self.required_steps = int(round(settings.success_seconds * settings.control_hz))
         self.inside_steps = [0] * sim.num_drones
+        self.crash_starts = []
 
     def reset(self) -> None:
         """A new episode: no drone has been inside the success radius yet."""
@@ -112,6 +117,12 @@ class HoverRules:
         # NaN counts as outside
         self.inside_steps[i] = self.inside_steps[i] + 1 if distance <= self.success_radius else 0
         return reward, distance, self.crash_reason(position, velocity, tilt_cos)
+
+    @cython.ccall
+    def remember_crash_start(self, start: tuple) -> cython.void:
+        self.crash_starts.append(start)
+        if len(self.crash_starts) > CRASH_STARTS:
+            del self.crash_starts[0]
 
     @cython.ccall
     def crash_reason(self, position, velocity, tilt_cos: cython.double):
@@ -159,6 +170,8 @@ class HoverEpisode:
     _crash_penalty = cython.declare(cython.double)
     _start_low = cython.declare(tuple)
     _start_high = cython.declare(tuple)
+    _start = cython.declare(tuple)  # this episode's start state: position, roll/pitch/yaw, velocity
+    _replay = cython.declare(cython.double)  # settings.replay_crash_starts
     _prev_action = cython.declare(list)  # the action executed before the last step (the reward's change cost)
     _buffer = cython.declare(object)
     _view = cython.declare(cython.float[:])
@@ -179,6 +192,8 @@ class HoverEpisode:
         attitude_low, attitude_high = attitude_bounds(s.start_tilt_deg)
         self._start_low = (*s.start_low, *attitude_low, *(-s.start_velocity,) * 3)
         self._start_high = (*s.start_high, *attitude_high, *(s.start_velocity,) * 3)
+        self._start = ()
+        self._replay = s.replay_crash_starts
         self._prev_action = sim.drones[index].action
         # observe() fills this buffer and hands out a copy: acquiring a view of a new array would cost more.
         self._buffer = np.zeros(OBSERVATION_SIZE, dtype=np.float32)
@@ -193,7 +208,13 @@ class HoverEpisode:
         if r.noise > 0:
             self.noise = s.sensor_noise.scaled(1.0 + rng.uniform(-1, 1) * r.noise)
             self._noisy = self.noise.enabled
-        start = uniform(rng, self._start_low, self._start_high)
+        # Drawn only where replay is on, so every other configuration keeps its random stream.
+        crashed = self.rules.crash_starts
+        if self._replay > 0 and crashed and rng.random() < self._replay:
+            start = crashed[rng.integers(len(crashed))]
+        else:
+            start = uniform(rng, self._start_low, self._start_high)
+        self._start = tuple(start)
         attitude = p.getQuaternionFromEuler(start[3:6])
         sim.place_drone(i, rng, start[:3], attitude, start[6:], (0.0, 0.0, 0.0))
         self.reset_target(rng)
@@ -228,6 +249,8 @@ class HoverEpisode:
         self._truncated = not terminated and self.steps >= self._max_steps
         if terminated:
             reward -= self._crash_penalty
+            if self._replay > 0:
+                self.rules.remember_crash_start(self._start)
         return reward, distance, crash, terminated, self._truncated
 
     @cython.ccall

@@ -87,15 +87,16 @@ class Evaluation:
         self._vector_env = None
 
     def run(self, algo, record_frames: bool = False):
-        from entropilot.envs import make_env
+        from entropilot.envs import flight_kwargs, make_env
         from entropilot.envs.evaluate import lockstep_drones, run_episodes, run_swarm_episodes, run_vector_episodes
         from entropilot.platform.algorithm import is_multi_agent
 
         cfg, e = self.cfg, self.cfg.evaluation
         policy = GreedyPolicy.from_algo(algo)
+        kwargs = flight_kwargs(cfg.env.kwargs)  # held-out starts as they come, none replayed
         if is_multi_agent(cfg) or record_frames:
             run = run_swarm_episodes if is_multi_agent(cfg) else run_episodes
-            env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **cfg.env.kwargs)
+            env = make_env(cfg.env.id, render_mode="rgb_array" if record_frames else None, **kwargs)
             try:
                 return run(env, policy, e.episodes, e.seed, record_frames)
             finally:
@@ -106,7 +107,7 @@ class Evaluation:
             # The kind of vector env the runners sample with: batched (one world) or sync (single envs).
             mode = "vector_entry_point" if cfg.resources.vector_env == "batched" else "sync"
             drones = lockstep_drones(e.episodes, BATCH_SIZE)
-            self._vector_env = gym.make_vec(cfg.env.id, num_envs=drones, vectorization_mode=mode, **cfg.env.kwargs)
+            self._vector_env = gym.make_vec(cfg.env.id, num_envs=drones, vectorization_mode=mode, **kwargs)
         return run_vector_episodes(self._vector_env, policy, e.seed, e.episodes, record_paths=False)
 
     def close(self) -> None:
