@@ -170,7 +170,7 @@ class HoverEpisode:
     _crash_penalty = cython.declare(cython.double)
     _start_low = cython.declare(tuple)
     _start_high = cython.declare(tuple)
-    _start = cython.declare(tuple)  # this episode's start state: position, roll/pitch/yaw, velocity
+    _start = cython.declare(object)  # this episode's start state (9 floats): position, roll/pitch/yaw, velocity
     _replay = cython.declare(cython.double)  # settings.replay_crash_starts
     _prev_action = cython.declare(list)  # the action executed before the last step (the reward's change cost)
     _buffer = cython.declare(object)
@@ -214,7 +214,7 @@ class HoverEpisode:
             start = crashed[rng.integers(len(crashed))]
         else:
             start = uniform(rng, self._start_low, self._start_high)
-        self._start = tuple(start)
+        self._start = start
         attitude = p.getQuaternionFromEuler(start[3:6])
         sim.place_drone(i, rng, start[:3], attitude, start[6:], (0.0, 0.0, 0.0))
         self.reset_target(rng)
@@ -250,7 +250,7 @@ class HoverEpisode:
         if terminated:
             reward -= self._crash_penalty
             if self._replay > 0:
-                self.rules.remember_crash_start(self._start)
+                self.rules.remember_crash_start(tuple(self._start))
         return reward, distance, crash, terminated, self._truncated
 
     @cython.ccall
