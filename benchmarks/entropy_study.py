@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -76,6 +77,7 @@ class RunResult:
     mean_coef: float | None = None  # the entropy coefficient averaged over iterations (the fixed arm copies it)
     clipped_fraction: float | None = None  # mean share of sampled action components the env clipped
     entropy_slope: float | None = None  # nats per million env steps, least squares over the run
+    commit: str | None = None  # the code that ran it ("+dirty": with uncommitted changes); None before 2026-12-07
 
 
 def load_design(smoke: bool) -> dict:
@@ -153,7 +155,17 @@ def run_one(cfg, task: str, arm: str, seed: int, threshold: float, parent_run_id
         mean_coef=_mean_of(history, "entropy_coeff"),
         clipped_fraction=_mean_of(history, "clipped_fraction"),
         entropy_slope=_entropy_slope(history),
+        commit=_commit(),
     )
+
+
+def _commit() -> str | None:
+    """The checkout's commit, so a result can be traced to the code (and env rules) that produced it."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "entropilot"], capture_output=True)
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _mean_of(history: list[dict], key: str) -> float | None:

@@ -1,14 +1,16 @@
 """The entropy study's pipeline end to end in its smoke design: runs as MLflow child runs, resumable, and a report."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import entropy_study  # a script in benchmarks/, imported as a module
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import entropy_study  # noqa: E402  (a script in benchmarks/, imported as a module)
 
 pytestmark = pytest.mark.integration  # trains four tiny runs on Ray
 
@@ -20,6 +22,8 @@ def test_the_smoke_study_runs_resumes_and_reports(tmp_path, ray_session, isolate
     runs = sorted((r["arm"], r["seed"]) for r in results)
     assert runs == [("control", 0), ("control", 1), ("plain_ppo", 0), ("plain_ppo", 1)]
     assert all(r["env_steps"] >= 400 and r["wall_s"] > 0 for r in results)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    assert {r["commit"].removesuffix("+dirty") for r in results} == {head.strip()}  # which code produced each row
 
     # Every run is a child of the one parent run, which holds the report.
     client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")

@@ -157,6 +157,21 @@ def test_crash_terminates(action, reason):
     assert reward < 0  # the crash penalty outweighs the step reward
 
 
+def test_every_fall_with_rotors_off_is_a_ground_impact():
+    # Ground contact can stop a body inside one control period: from ~0.6 m (seeds 13 and 16) the speed read after
+    # the step is ~0 although the drone hit at ~3 m/s. The impact counts the speed at either end of the period.
+    env = gym.make(HOVER_ID)
+    off = np.array([-1.0, 0, 0, 0], dtype=np.float32)
+    reasons = []
+    for seed in range(40):
+        env.reset(seed=seed)
+        terminated = truncated = False
+        while not (terminated or truncated):
+            _, _, terminated, truncated, info = env.step(off)
+        reasons.append(info.get("crash"))
+    assert reasons == ["ground_impact"] * 40
+
+
 def test_truncates_at_episode_length():
     env = gym.make(HOVER_ID, episode_seconds=1.0, success_seconds=0.5, control_hz=48)
     obs, _ = env.reset(seed=0)

@@ -82,6 +82,9 @@ class HoverRules:
     success_radius = cython.declare(cython.double, visibility="readonly")  # m
     required_steps = cython.declare(cython.Py_ssize_t, visibility="readonly")
     inside_steps = cython.declare(list, visibility="readonly")  # per drone: consecutive steps inside the radius
+    # Per drone: its speed at the previous control step. Ground contact can stop a falling body inside one control
+    # period (five physics steps), so the speed read after the step may already be ~0 although it hit at ~3 m/s.
+    speeds = cython.declare(list, visibility="readonly")
     # The start states (9 floats each) of the last CRASH_STARTS crashed episodes of any drone, oldest first; kept only
     # where the settings replay them.
     crash_starts = cython.declare(list, visibility="readonly")
@@ -94,15 +97,23 @@ class HoverRules:
         self.success_radius = settings.success_radius
         self.required_steps = int(round(settings.success_seconds * settings.control_hz))
         self.inside_steps = [0] * sim.num_drones
+        self.speeds = [0.0] * sim.num_drones
         self.crash_starts = []
 
     def reset(self) -> None:
-        """A new episode: no drone has been inside the success radius yet."""
+        """A new episode: no drone has been inside the success radius yet, nor moved."""
         self.inside_steps = [0] * len(self.inside_steps)
+        self.speeds = [0.0] * len(self.speeds)
 
     @cython.ccall
     def reset_drone(self, i: cython.Py_ssize_t) -> cython.void:
-        """A new episode of drone ``i`` alone (or a new reference point it must reach and hold)."""
+        """A new episode of drone ``i`` alone."""
+        self.inside_steps[i] = 0
+        self.speeds[i] = 0.0
+
+    @cython.ccall
+    def restart_success(self, i: cython.Py_ssize_t) -> cython.void:
+        """Drone ``i`` has a new reference point to reach and hold: its time inside starts again."""
         self.inside_steps[i] = 0
 
     @cython.ccall
@@ -116,7 +127,12 @@ class HoverRules:
         reward = drone_hover_reward(pos_err, velocity, drone.body_rates, tilt_cos, drone.action, prev_action)
         # NaN counts as outside
         self.inside_steps[i] = self.inside_steps[i] + 1 if distance <= self.success_radius else 0
-        return reward, distance, self.crash_reason(position, velocity, tilt_cos)
+        speed: cython.double = norm3(velocity)
+        # It met the ground at least as fast as it moved at either end of the period (within the ~0.2 m/s that full
+        # thrust can take off in 1/48 s).
+        impact_speed: cython.double = max(speed, self.speeds[i])
+        self.speeds[i] = speed
+        return reward, distance, self.crash_reason(position, impact_speed, tilt_cos)
 
     @cython.ccall
     def remember_crash_start(self, start: tuple) -> cython.void:
@@ -125,13 +141,14 @@ class HoverRules:
             del self.crash_starts[0]
 
     @cython.ccall
-    def crash_reason(self, position, velocity, tilt_cos: cython.double):
-        """Why a drone at ``position`` with ``velocity`` and tilt cosine ``tilt_cos`` crashed (None = it did not)."""
+    def crash_reason(self, position, impact_speed: cython.double, tilt_cos: cython.double):
+        """Why a drone at ``position`` with tilt cosine ``tilt_cos``, which moved at up to ``impact_speed`` over the
+        last control period, crashed (None = it did not)."""
         x: cython.double = position[0]
         y: cython.double = position[1]
         z: cython.double = position[2]
         half: cython.double = self.arena_half_size
-        if z <= self.floor and norm3(velocity) > self.crash_speed:
+        if z <= self.floor and impact_speed > self.crash_speed:
             return "ground_impact"
         if tilt_cos < self.min_tilt_cos:
             return "tilt"
@@ -339,7 +356,7 @@ class WaypointEpisode(HoverEpisode):
         reached: cython.bint = norm3(position_error(position, self.target)) <= self._switch_radius
         if not self._circle and reached and self.waypoint_index < len(self._rows) - 1:
             self.waypoint_index += 1
-            self.rules.reset_drone(self.index)
+            self.rules.restart_success(self.index)
         self.target = self._reference(self.steps / self._control_hz)
 
     @cython.ccall
