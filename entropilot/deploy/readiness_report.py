@@ -114,6 +114,7 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     names = list(report["conditions"])
     y = np.arange(len(names))
@@ -149,6 +150,11 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     left.set_xlabel(f"success rate ({100 * report['confidence']:.0f} % {report['interval']} interval)")
     left.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, frameon=False)
     right.set_xscale("log")
+    # Labels at 1, 2 and 5 of each decade in plain numbers: matplotlib's own put crowded "4x10^-2"-style labels on
+    # every minor tick when the distances span less than a decade.
+    right.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    right.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.set_xlabel("final distance to target (m)")
     right.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False)
     gate = report["gate"]
