@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -204,7 +204,11 @@ class Study:
     def results(self) -> list[RunResult]:
         if not self.results_file.exists():
             return []
-        return [RunResult(**json.loads(line)) for line in self.results_file.read_text().splitlines() if line.strip()]
+        # Fields a later version added are skipped, so a study still running on older code reads rows newer runs
+        # appended (one that could not stopped the 2026-12-07 hard-hover run mid-study).
+        known = {f.name for f in fields(RunResult)}
+        rows = [json.loads(line) for line in self.results_file.read_text().splitlines() if line.strip()]
+        return [RunResult(**{k: v for k, v in row.items() if k in known}) for row in rows]
 
     def record(self, result: RunResult) -> None:
         with self.results_file.open("a") as f:

@@ -40,3 +40,11 @@ def test_the_smoke_study_runs_resumes_and_reports(tmp_path, ray_session, isolate
     # Run again: nothing left to run, the same results.
     assert entropy_study.main(["study", "--smoke", "--dir", str(folder)]) == 0
     assert len((folder / "results.jsonl").read_text().splitlines()) == 4
+
+
+def test_rows_with_fields_from_a_later_version_are_read(tmp_path):
+    row = {f.name: None for f in entropy_study.fields(entropy_study.RunResult)}
+    row.update(task="t", arm="a", seed=0, succeeded=True, env_steps=1, wall_s=1.0, run_id="r", added_later=1)
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    study = entropy_study.Study(tmp_path, "sqlite:///unused.db", entropy_study.SMOKE)
+    assert [(r.task, r.arm, r.seed) for r in study.results()] == [("t", "a", 0)]
