@@ -34,6 +34,7 @@ HOVER_QUICK = [
     "env.kwargs.max_tilt_deg=80",
     "env.kwargs.crash_penalty=2",
     "env.kwargs.replay_crash_starts=0",
+    "env.kwargs.randomization.action_delay_steps=0",
 ]
 TASKS = {  # name: (config, the task's overrides, then the baseline's)
     "hover": (ROOT / "configs" / "hover.yaml", [], HOVER_QUICK),
@@ -60,6 +61,8 @@ LEVERS = {
     # A quarter of resets start where one of the last 256 crashed episodes started, so the rare starts the policy
     # cannot fly yet are practised until it can.
     "replay": ["env.kwargs.replay_crash_starts=0.25"],
+    # Each episode draws 0 or 1 control period of extra latency: the policy cannot lean on commands landing at once.
+    "latency": ["env.kwargs.randomization.action_delay_steps=1"],
     "randomized": [  # the readiness conditions inside the training distribution
         "env.kwargs.randomization={mass: 0.25, inertia: 0.1, kf: 0.2, km: 0.1, motor_time_constant: 0.5, "
         "noise: 0.9, action_delay_steps: 1, wind_speed: 1.5}",
