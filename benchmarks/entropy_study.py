@@ -77,7 +77,7 @@ class RunResult:
     mean_coef: float | None = None  # the entropy coefficient averaged over iterations (the fixed arm copies it)
     clipped_fraction: float | None = None  # mean share of sampled action components the env clipped
     entropy_slope: float | None = None  # nats per million env steps, least squares over the run
-    commit: str | None = None  # the code that ran it ("+dirty": with uncommitted changes); None before 2026-12-07
+    commit: str | None = None  # the code that ran it ("+dirty": DEFINING_PATHS changed); None before 2026-12-07
 
 
 def load_design(smoke: bool) -> dict:
@@ -159,12 +159,17 @@ def run_one(cfg, task: str, arm: str, seed: int, threshold: float, parent_run_id
     )
 
 
+# What defines a run: the package (env rules included), the task configs and the study's design. Not the results
+# folder, which a running study changes with every run.
+DEFINING_PATHS = ("entropilot", "configs", "benchmarks/entropy_study.py", "benchmarks/entropy_study.yaml")
+
+
 def _commit() -> str | None:
     """The checkout's commit, so a result can be traced to the code (and env rules) that produced it."""
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "entropilot"], capture_output=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", *DEFINING_PATHS], capture_output=True)
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 

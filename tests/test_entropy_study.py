@@ -1,5 +1,6 @@
 """The entropy study's pipeline end to end in its smoke design: runs as MLflow child runs, resumable, and a report."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_the_smoke_study_runs_resumes_and_reports(tmp_path, ray_session, isolate
 
 
 def test_rows_with_fields_from_a_later_version_are_read(tmp_path):
-    row = {f.name: None for f in entropy_study.fields(entropy_study.RunResult)}
+    row = {f.name: None for f in dataclasses.fields(entropy_study.RunResult)}
     row.update(task="t", arm="a", seed=0, succeeded=True, env_steps=1, wall_s=1.0, run_id="r", added_later=1)
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     study = entropy_study.Study(tmp_path, "sqlite:///unused.db", entropy_study.SMOKE)
