@@ -7,6 +7,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -75,6 +77,15 @@ def init_ray(cfg: ExperimentConfig) -> None:
             log_to_driver=False,
             **({"object_store_memory": 10**9} if address == "local" else {}),
         )
+        if threading.current_thread() is threading.main_thread():
+            # Ray's core worker answers SIGTERM with a C++ failure handler that prints a stack trace before Ray's
+            # own handler exits. A stop request (`kill`, `ray job stop`, a scheduler) is not a failure: end as
+            # Ctrl-C does, through the run's cleanup, which marks the MLflow run KILLED and says how to resume.
+            signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def build_from_config(cfg: ExperimentConfig):
@@ -279,8 +290,15 @@ def train(
             stopped,
             history,
         )
-    except (KeyboardInterrupt, SystemExit):  # SystemExit: also how Ray Tune ends a trial it stops early
+    except (KeyboardInterrupt, SystemExit) as stop:  # SystemExit: also how Ray Tune ends a trial it stops early
         status = "KILLED"
+        if isinstance(stop, KeyboardInterrupt):
+            then = (
+                f"`entropilot train --resume {root}` continues from {checkpoint.name} into the same run"
+                if checkpoint is not None
+                else "no checkpoint was saved yet, so nothing to resume"
+            )
+            echo(f"\nstopped ({stop or 'interrupted'}): MLflow run {tracker.run_id} marked KILLED; {then}")
         raise
     finally:
         # Each step runs even when one before it raises: a tracker that cannot send must not leave Ray's actors up.
