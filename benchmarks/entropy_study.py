@@ -276,7 +276,7 @@ def screened_tasks(study: Study) -> list[str]:
 
 def report(study: Study, echo=print) -> Path:
     """Markdown tables and Kaplan-Meier plots of every task and arm in the results; logged to the parent run."""
-    from entropilot.platform.stats import detectable_failure_rate, fisher_exact, kaplan_meier, logrank
+    from entropilot.platform.stats import detectable_failure_rate, fisher_exact, kaplan_meier, logrank, mcnemar_exact
 
     results = study.results()
     lines = ["# Entropy study results", ""]
@@ -300,11 +300,11 @@ def report(study: Study, echo=print) -> Path:
             )
             lines.append("")
         lines.append(
-            "| arm | failures / seeds | p (Fisher vs plain) | median steps to success (KM) | p (log-rank vs plain) "
-            "| final success | tracking RMS (nats) | entropy slope (nats/M steps) | mean coef | clipped "
-            "| wall s / run |"
+            "| arm | failures / seeds | p (Fisher vs plain) | paired: fails where plain succeeds / succeeds where "
+            "plain fails (p, McNemar) | median steps to success (KM) | p (log-rank vs plain) | final success "
+            "| tracking RMS (nats) | entropy slope (nats/M steps) | mean coef | clipped | wall s / run |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         curves = {}
         for arm in dict.fromkeys(r.arm for r in rows):
             runs = [r for r in rows if r.arm == arm]
@@ -313,13 +313,21 @@ def report(study: Study, echo=print) -> Path:
             curves[arm] = kaplan_meier(times, events)
             failures = sum(not e for e in events)
             p_fisher = p_logrank = math.nan
+            paired = "-"
             if reference and arm != REFERENCE_ARM:
                 ref_fail = sum(not r.succeeded for r in reference)
                 p_fisher = fisher_exact(failures, len(runs), ref_fail, len(reference))
+                reference_failed = {r.seed: not r.succeeded for r in reference}
+                seeds = [r.seed for r in runs if r.seed in reference_failed]
+                worse, better, p_paired = mcnemar_exact(
+                    [not r.succeeded for r in runs if r.seed in reference_failed],
+                    [reference_failed[seed] for seed in seeds],
+                )
+                paired = f"{worse}/{better} ({_p(p_paired)}; {len(seeds)} pairs)"
                 ref_times = [r.env_steps_to_success if r.succeeded else r.env_steps for r in reference]
                 p_logrank = logrank(times, events, ref_times, [r.succeeded for r in reference])
             lines.append(
-                f"| {arm} | {failures}/{len(runs)} | {_p(p_fisher)} | {_steps(curves[arm].median())} | "
+                f"| {arm} | {failures}/{len(runs)} | {_p(p_fisher)} | {paired} | {_steps(curves[arm].median())} | "
                 f"{_p(p_logrank)} | {_mean([r.final_success for r in runs])} | "
                 f"{_mean([r.tracking_rms for r in runs])} | {_mean_sd([r.entropy_slope for r in runs])} | "
                 f"{_mean([r.mean_coef for r in runs], '.4f')} | {_mean([r.clipped_fraction for r in runs])} | "

@@ -37,6 +37,7 @@ def test_the_smoke_study_runs_resumes_and_reports(tmp_path, ray_session, isolate
     assert {a.path for a in client.list_artifacts(parent)} >= {"results.md", "results.jsonl", "survival_tiny_hover.png"}
     table = (folder / "results.md").read_text()
     assert "| plain_ppo | " in table and "| control | " in table and "Fisher" in table
+    assert "McNemar" in table and "; 2 pairs)" in table  # control against plain PPO on seeds 0 and 1
 
     # Run again: nothing left to run, the same results.
     assert entropy_study.main(["study", "--smoke", "--dir", str(folder)]) == 0

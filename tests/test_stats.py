@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from entropilot.platform.stats import detectable_failure_rate, fisher_exact, kaplan_meier, logrank, wilson_interval
+from entropilot.platform.stats import (
+    detectable_failure_rate,
+    fisher_exact,
+    kaplan_meier,
+    logrank,
+    mcnemar_exact,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_matches_the_formula_and_stays_inside_zero_one():
@@ -22,6 +29,20 @@ def test_fisher_exact_two_sided_by_hypergeometric_enumeration():
     # each with probability C(4,3) C(4,0) / C(8,3) = 4/56.
     assert fisher_exact(3, 4, 0, 4) == pytest.approx(8 / 56)
     assert fisher_exact(2, 4, 2, 4) == pytest.approx(1.0)
+
+
+def test_mcnemar_exact_counts_discordant_pairs_and_tests_them_binomially():
+    # Pairs (a failed, b failed): two where only a fails, five where only b fails, concordant ones ignored.
+    a = [True, True, False, False, False, False, False, True, False]
+    b = [False, False, True, True, True, True, True, True, False]
+    worse, better, p = mcnemar_exact(a, b)
+    assert (worse, better) == (2, 5)
+    # Two-sided binomial(7, 1/2) at 2: P(X <= 2) + P(X >= 5) = 2 * (1 + 7 + 21) / 128.
+    assert p == pytest.approx(58 / 128)
+    assert mcnemar_exact([True] * 6, [False] * 6)[2] == pytest.approx(2 / 64)  # six of six one way: p = 0.031
+    assert mcnemar_exact([True, False], [True, False]) == (0, 0, 1.0)
+    with pytest.raises(ValueError, match="equal lengths"):
+        mcnemar_exact([True], [True, False])
 
 
 def test_kaplan_meier_product_limit_with_censoring():

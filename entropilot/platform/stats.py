@@ -1,4 +1,5 @@
-"""The statistics our claims rest on: binomial confidence intervals, Fisher's exact test, Kaplan-Meier survival
+"""The statistics our claims rest on: binomial confidence intervals, Fisher's exact test, McNemar's exact test on
+paired seeds, Kaplan-Meier survival
 curves with right-censoring, the log-rank test, and the smallest effect a paired-seed design of n runs can detect.
 
 Plain numpy and scipy; each function says which textbook form it computes so a reader can check it by hand.
@@ -31,6 +32,20 @@ def fisher_exact(failures_a: int, n_a: int, failures_b: int, n_b: int) -> float:
     """Two-sided p-value of Fisher's exact test on the 2x2 table [[failures, successes] per arm]."""
     table = [[failures_a, n_a - failures_a], [failures_b, n_b - failures_b]]
     return float(_scipy.fisher_exact(table, alternative="two-sided").pvalue)
+
+
+def mcnemar_exact(failed_a: Sequence[bool], failed_b: Sequence[bool]) -> tuple[int, int, float]:
+    """McNemar's exact test on paired runs (seed i of arm a against seed i of arm b): (a fails where b succeeds,
+    a succeeds where b fails, two-sided p). Only the discordant pairs carry information; under the null each is
+    either way with odds 1/2, so p is the two-sided binomial test of the first count out of their sum (1 when
+    there is no discordant pair). Pairing removes the seed-to-seed spread Fisher's test has to overcome."""
+    if len(failed_a) != len(failed_b):
+        raise ValueError(f"paired runs need equal lengths; got {len(failed_a)} and {len(failed_b)}")
+    worse = sum(bool(a) and not b for a, b in zip(failed_a, failed_b))
+    better = sum(bool(b) and not a for a, b in zip(failed_a, failed_b))
+    if worse + better == 0:
+        return 0, 0, 1.0
+    return worse, better, float(_scipy.binomtest(worse, worse + better, 0.5).pvalue)
 
 
 @dataclass(frozen=True)
