@@ -68,6 +68,26 @@ def leveller(tmp_path):
 # ---- the matrix ------------------------------------------------------------------------------------------------------
 
 
+def test_the_shipped_gate_passes_a_good_policy_usually_and_a_poor_one_almost_never():
+    """The gate judged on the shipped number of episodes, as a statistical test: a crash-free policy that succeeds
+    99 % of the time passes most of the time, one at 95 % almost never (binomial odds over the successes the Wilson
+    bound accepts). On 100 episodes the first passed 37 % of the time: only 100/100 cleared the bound."""
+    from scipy.stats import binom
+
+    config = load_readiness_config()
+    gate = config.gate.model_dump()
+    n = config.episodes
+
+    def passes(successes: int) -> bool:
+        interval = list(wilson_interval(successes, n, config.confidence))
+        return judge({"crashes": 0, "success_interval": interval}, gate)["passed"]
+
+    fewest = min(k for k in range(n + 1) if passes(k))
+    assert all(passes(k) for k in range(fewest, n + 1))
+    assert binom.sf(fewest - 1, n, 0.99) > 0.8  # P(successes >= fewest) for a 99 % policy
+    assert binom.sf(fewest - 1, n, 0.95) < 0.01
+
+
 def test_the_shipped_matrix_holds_the_issue_conditions_and_flies_every_single_drone_env():
     config = load_readiness_config()
     assert config.episodes >= 100 and config.gate.condition == "nominal" and config.gate.max_crashes == 0

@@ -45,7 +45,7 @@ class GateConfig(_Section):
 
 
 class ReadinessConfig(_Section):
-    episodes: int = Field(100, ge=1, le=100_000)
+    episodes: int = Field(200, ge=1, le=100_000)
     seed: int = Field(2_000_000, ge=0, le=2**31 - 1)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     base: dict[str, Any] = Field(default_factory=dict)
