@@ -15,7 +15,7 @@ from entropilot.envs.pid import CascadedPID
 
 def _same(a, b) -> None:
     """The same episode: drone 0 of a vector world to the bit, others to ~1e-13 m (their frames' offsets)."""
-    for name in ("seed", "success", "length", "crash", "settling_time", "saturated_fraction"):
+    for name in ("seed", "success", "length", "crash", "settling_time", "saturated_fraction", "saturated_by_component"):
         assert getattr(a, name) == getattr(b, name), name
     for name in ("episode_return", "final_distance", "max_tilt_deg"):
         assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-9, abs=1e-9), name
@@ -85,6 +85,7 @@ def test_the_episode_statistics_mean_what_they_say():
         vector.close()
     for r in falling:
         assert r.crash == "ground_impact" and not r.success and r.saturated_fraction == 1.0
+        assert r.saturated_by_component == (1.0, 0.0, 0.0, 0.0)  # only the thrust command sits at its bound
         assert r.settling_time is None and r.positions is None and math.isfinite(r.max_tilt_deg)
 
 

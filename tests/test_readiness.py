@@ -323,7 +323,11 @@ def test_evaluate_prints_writes_and_stamps_and_exits_by_the_verdict(tmp_path, le
     assert "policy success" in header and "PID success" in header
     assert "gate: FAIL: nominal success 0/5" in result.output
     report = json.loads((out / "readiness.json").read_text())
-    assert (out / "readiness.png").stat().st_size > 10_000 and "| nominal | 0/5 |" in (out / "readiness.md").read_text()
+    markdown = (out / "readiness.md").read_text()
+    assert (out / "readiness.png").stat().st_size > 10_000 and "| nominal | 0/5 |" in markdown
+    shares = report["conditions"]["nominal"]["policy"]["saturated_by_component"]
+    assert "| condition | a0 | a1 | a2 | a3 |" in markdown
+    assert "| nominal | " + " | ".join(f"{100 * v:.1f} %" for v in shares) + " |" in markdown
     assert OnnxPolicy(leveller).metadata[READINESS_KEY] == report
     assert f"sealed again, sha256 {OnnxPolicy(leveller).sha256}" in result.output
 
@@ -349,3 +353,8 @@ def test_episode_statistics(leveller):
     assert stats["final_distance_m"]["max"] == max(r.final_distance for r in results)
     assert stats["max_tilt_deg"]["max"] == max(r.max_tilt_deg for r in results)
     assert 0.0 <= stats["saturated_fraction"] <= 1.0
+    steps = sum(r.length for r in results)
+    assert len(stats["saturated_by_component"]) == 4
+    for i, share in enumerate(stats["saturated_by_component"]):  # each component's share, weighted by episode length
+        assert share == pytest.approx(sum(r.saturated_by_component[i] * r.length for r in results) / steps)
+        assert share <= stats["saturated_fraction"] + 1e-12  # a step with any component at a bound counts once

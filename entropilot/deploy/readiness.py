@@ -35,7 +35,7 @@ Echo = Callable[[str], None]
 def episode_stats(results: list, confidence: float) -> dict[str, Any]:
     """What a condition's episodes (``EpisodeResult``s) say about a controller: success rate with its interval,
     crashes by reason, final-distance percentiles, settling times of the episodes that settled, max tilt
-    percentiles, the fraction of steps whose action saturated."""
+    percentiles, the fraction of steps whose action saturated (any component, and each)."""
     n = len(results)
     successes = sum(r.success for r in results)
     crashes = Counter(r.crash for r in results if r.crash)
@@ -56,6 +56,10 @@ def episode_stats(results: list, confidence: float) -> dict[str, Any]:
         "settling_time_s": _percentiles(settled, (50, 90)) if len(settled) else None,
         "max_tilt_deg": _percentiles(tilts, (50, 95)),
         "saturated_fraction": sum(r.saturated_fraction * r.length for r in results) / max(steps, 1),
+        "saturated_by_component": [
+            sum(r.saturated_by_component[i] * r.length for r in results) / max(steps, 1)
+            for i in range(min((len(r.saturated_by_component) for r in results), default=0))
+        ],
     }
 
 

@@ -101,9 +101,30 @@ def markdown(report: dict[str, Any], plot_name: str | None = "readiness.png") ->
         "",
         *[f"- `{name}`: `{json.dumps(c['options'], sort_keys=True)}`" for name, c in report["conditions"].items()],
     ]
+    lines += _saturation_by_component(report)
     if plot_name:
         lines += ["", f"![readiness]({plot_name})"]
     return "\n".join(lines) + "\n"
+
+
+def _saturation_by_component(report: dict[str, Any]) -> list[str]:
+    """Markdown: per condition, the share of steps each action component of the policy sat at a bound. A share near 1
+    on one component is a bang-bang channel (full and zero thrust in turn, say), which the any-component column hides
+    behind a single number. Reports written before the breakdown existed have none."""
+    shares = {name: c["policy"].get("saturated_by_component") for name, c in report["conditions"].items()}
+    if not all(shares.values()):
+        return []
+    width = max(len(v) for v in shares.values())
+    components = [f"a{i}" for i in range(width)]
+    return [
+        "",
+        "Steps with the policy's action component at a bound (a0 ... in the order of the ONNX file's "
+        "`entropilot.action_meaning`):",
+        "",
+        "| condition | " + " | ".join(components) + " |",
+        "|---|" + "---:|" * width,
+        *[f"| {name} | " + " | ".join(f"{100 * v:.1f} %" for v in values) + " |" for name, values in shares.items()],
+    ]
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:

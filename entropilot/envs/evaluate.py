@@ -38,6 +38,8 @@ class EpisodeResult:
     # Of the steps, those whose executed action (what the rotors were commanded: the policy's, clipped to [-1, 1], or
     # a command task's inner loop's) has a component at +-1.
     saturated_fraction: float = math.nan
+    # The same per action component: a policy that flies bang-bang on one channel shows here (thrust, rates, motors).
+    saturated_by_component: tuple[float, ...] = ()
 
 
 def run_episodes(
@@ -123,6 +125,7 @@ class _Recorder:
         self.targets = [target.copy()] if record_paths else None
         self.total, self.steps, self.info, self.saturated = 0.0, 0, {}, 0
         drone = sim.drones[index]
+        self.saturated_components = [0] * len(drone.action)
         self.min_tilt_cos = drone.rotation[8]
         start_distance = math.dist(drone.position, target)
         self.inside_since = 0 if start_distance <= self.radius else None  # the step since which it stays inside
@@ -134,7 +137,9 @@ class _Recorder:
         self.info = info
         drone = self.sim.drones[self.index]
         self.min_tilt_cos = min(self.min_tilt_cos, drone.rotation[8])
-        self.saturated += any(abs(a) >= 1.0 for a in drone.action)
+        at_bound = [abs(a) >= 1.0 for a in drone.action]
+        self.saturated += any(at_bound)
+        self.saturated_components = [n + hit for n, hit in zip(self.saturated_components, at_bound)]
         inside = info["distance"] <= self.radius
         self.inside_since = (self.inside_since if self.inside_since is not None else self.steps) if inside else None
         if self.positions is not None:
@@ -157,6 +162,7 @@ class _Recorder:
             math.degrees(math.acos(max(-1.0, min(1.0, self.min_tilt_cos)))),
             None if self.inside_since is None else self.inside_since * self.dt,
             self.saturated / max(self.steps, 1),
+            tuple(n / max(self.steps, 1) for n in self.saturated_components),
         )
 
 
