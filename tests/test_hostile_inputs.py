@@ -535,7 +535,7 @@ EVALUATE = [
     case(
         "evaluate-seeds-overlap",
         "evaluate {ws}/seeded.onnx --conditions {ws}/overlap.yaml",
-        "held-out seeds [1000000, 1000100) overlap",
+        "held-out seeds [1000000, 1000200) overlap",
         "evaluation seeds",
     ),
     case("evaluate-episodes-zero", "evaluate {policy} --episodes 0", "--episodes", "0", exit=2),
