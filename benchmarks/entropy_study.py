@@ -318,12 +318,9 @@ def report(study: Study, echo=print) -> Path:
                 ref_fail = sum(not r.succeeded for r in reference)
                 p_fisher = fisher_exact(failures, len(runs), ref_fail, len(reference))
                 reference_failed = {r.seed: not r.succeeded for r in reference}
-                seeds = [r.seed for r in runs if r.seed in reference_failed]
-                worse, better, p_paired = mcnemar_exact(
-                    [not r.succeeded for r in runs if r.seed in reference_failed],
-                    [reference_failed[seed] for seed in seeds],
-                )
-                paired = f"{worse}/{better} ({_p(p_paired)}; {len(seeds)} pairs)"
+                pairs = [(not r.succeeded, reference_failed[r.seed]) for r in runs if r.seed in reference_failed]
+                worse, better, p_paired = mcnemar_exact([arm for arm, _ in pairs], [ref for _, ref in pairs])
+                paired = f"{worse}/{better} ({_p(p_paired)}; {len(pairs)} pairs)"
                 ref_times = [_survival_time(r, budget) for r in reference]
                 p_logrank = logrank(times, events, ref_times, [r.succeeded for r in reference])
             lines.append(
