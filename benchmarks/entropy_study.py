@@ -1,6 +1,7 @@
 """The entropy study: does entropy-aware training make drone RL fail less? Paired seeds, every run in MLflow.
 
-Three steps, each resumable (a run already in `results.jsonl` is not run again):
+Three steps, each resumable (a run already in `results.jsonl` is not run again; `--rerun` runs it again, and the
+latest row of a task, arm and seed is the one the tables use):
 
     .venv/bin/python benchmarks/entropy_study.py screen    # plain PPO on every task: which ones fail sometimes?
     .venv/bin/python benchmarks/entropy_study.py study     # every arm x seed on the tasks the screen kept
@@ -21,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -78,6 +80,7 @@ class RunResult:
     clipped_fraction: float | None = None  # mean share of sampled action components the env clipped
     entropy_slope: float | None = None  # nats per million env steps, least squares over the run
     commit: str | None = None  # the code that ran it ("+dirty": DEFINING_PATHS changed); None before 2026-12-07
+    machine: str | None = None  # the CPU and torch's kernel set that ran it; None before 2026-12-07 (see `_machine`)
 
 
 def load_design(smoke: bool) -> dict:
@@ -108,13 +111,22 @@ def arm_overrides(design: dict, task: str, arm: str, results: list[RunResult]) -
 
 
 def config_for(
-    design: dict, task: str, arm: str, seed: int, study_dir: Path, tracking_uri: str, results: list[RunResult] = ()
+    design: dict,
+    task: str,
+    arm: str,
+    seed: int,
+    study_dir: Path,
+    tracking_uri: str,
+    results: list[RunResult] = (),
+    attempt: int = 0,
 ):
     """The experiment config of one run: the task's file, the common and task overrides, the arm's, then the seed,
-    budget and where it writes (validated before anything runs)."""
+    budget and where it writes (validated before anything runs). A re-run (`attempt` 1, 2, ...) writes its
+    checkpoints beside the first run's, not over them."""
     from entropilot.platform.config import load_config
 
     spec = design["tasks"][task]
+    folder = study_dir / "runs" / task / arm / (f"s{seed}-rerun{attempt}" if attempt else f"s{seed}")
     return load_config(
         ROOT / spec["config"],
         [
@@ -127,7 +139,7 @@ def config_for(
             f"name=study-{task}-{arm}-s{seed}",
             "mlflow.experiment=entropy-study",
             f"mlflow.tracking_uri={tracking_uri}",
-            f"checkpoint.dir={study_dir / 'runs' / task / arm / f's{seed}'}",
+            f"checkpoint.dir={folder}",
         ],
     )
 
@@ -156,6 +168,7 @@ def run_one(cfg, task: str, arm: str, seed: int, threshold: float, parent_run_id
         clipped_fraction=_mean_of(history, "clipped_fraction"),
         entropy_slope=_entropy_slope(history),
         commit=_commit(),
+        machine=_machine(),
     )
 
 
@@ -171,6 +184,25 @@ def _commit() -> str | None:
         return None
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", *DEFINING_PATHS], capture_output=True)
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _machine() -> str:
+    """The CPU model and the vector instruction set torch's kernels use. The same code, seed and config reproduce a run
+    bit for bit on one machine, not across machines: measured on 2026-12-07, plain PPO on waypoint_short seed 0 at
+    commit 864a891 succeeded at 300k env steps on the machine of the screen and failed, identically at 864a891 and at
+    d339695, on the next day's; float rounding differs in the last bits and training amplifies it."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return f"{model}; torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _mean_of(history: list[dict], key: str) -> float | None:
@@ -215,6 +247,18 @@ class Study:
         rows = [json.loads(line) for line in self.results_file.read_text().splitlines() if line.strip()]
         return [RunResult(**{k: v for k, v in row.items() if k in known}) for row in rows]
 
+    def current(self) -> list[RunResult]:
+        """One row per task, arm and seed: the latest (a re-run supersedes the row before it, which stays in the
+        file and in the report's list of re-runs)."""
+        latest = {(r.task, r.arm, r.seed): r for r in self.results()}
+        return list(latest.values())
+
+    def superseded(self) -> list[tuple[RunResult, RunResult]]:
+        """(earlier row, latest row) of every task, arm and seed that was run more than once."""
+        rows = self.results()
+        latest = {(r.task, r.arm, r.seed): r for r in rows}
+        return [(r, latest[(r.task, r.arm, r.seed)]) for r in rows if r is not latest[(r.task, r.arm, r.seed)]]
+
     def record(self, result: RunResult) -> None:
         with self.results_file.open("a") as f:
             f.write(json.dumps(asdict(result)) + "\n")
@@ -235,9 +279,9 @@ class Study:
         marker.write_text(json.dumps({"run_id": run.info.run_id}))
         return run.info.run_id
 
-    def run(self, plan: list[tuple[str, str, int]], echo=print) -> None:
-        done = {(r.task, r.arm, r.seed) for r in self.results()}
-        todo = [key for key in plan if key not in done]
+    def run(self, plan: list[tuple[str, str, int]], echo=print, rerun: bool = False) -> None:
+        done = Counter((r.task, r.arm, r.seed) for r in self.results())
+        todo = plan if rerun else [key for key in plan if key not in done]
         echo(f"{len(plan)} run(s) planned, {len(plan) - len(todo)} already done, {len(todo)} to run")
         if not todo:
             return
@@ -246,10 +290,10 @@ class Study:
         later = {key for key in todo if any("{mean_coef}" in o for o in self.design["arms"][key[1]])}
         for key in todo:
             if key not in later or self._has_source(key[0]):
-                config_for(self.design, *key, self.folder, self.tracking_uri, self.results())
+                config_for(self.design, *key, self.folder, self.tracking_uri, self.current(), done[key])
         parent = self.parent_run_id()
         for k, key in enumerate(todo, 1):
-            cfg = config_for(self.design, *key, self.folder, self.tracking_uri, self.results())
+            cfg = config_for(self.design, *key, self.folder, self.tracking_uri, self.current(), done[key])
             result = run_one(cfg, *key, self.design["success_threshold"], parent)
             self.record(result)
             outcome = f"success at {result.env_steps_to_success:.0f} steps" if result.succeeded else "FAILED"
@@ -265,7 +309,7 @@ def screened_tasks(study: Study) -> list[str]:
     low, high = study.design["keep_failure_rate"]
     kept = []
     for task in study.design["tasks"]:
-        runs = [r for r in study.results() if r.task == task and r.arm == REFERENCE_ARM]
+        runs = [r for r in study.current() if r.task == task and r.arm == REFERENCE_ARM]
         if runs and low <= sum(not r.succeeded for r in runs) / len(runs) <= high:
             kept.append(task)
     return kept
@@ -278,7 +322,7 @@ def report(study: Study, echo=print) -> Path:
     """Markdown tables and Kaplan-Meier plots of every task and arm in the results; logged to the parent run."""
     from entropilot.platform.stats import detectable_failure_rate, fisher_exact, kaplan_meier, logrank, mcnemar_exact
 
-    results = study.results()
+    results = study.current()
     lines = ["# Entropy study results", ""]
     plots = []
     for task in dict.fromkeys(r.task for r in results):
@@ -333,11 +377,34 @@ def report(study: Study, echo=print) -> Path:
         lines.append("")
         plots.append(_plot_survival(task, curves, budget, study.folder / f"survival_{task}.png"))
         lines += [f"![survival {task}](survival_{task}.png)", ""]
+    lines += _reruns(study.superseded())
     table = study.folder / "results.md"
     table.write_text("\n".join(lines))
     echo("\n".join(lines))
     _log_to_parent(study, [table, study.results_file, *plots])
     return table
+
+
+def _reruns(pairs: list[tuple[RunResult, RunResult]]) -> list[str]:
+    """The rows a re-run superseded, beside the row the tables use: nothing a study ran is dropped silently."""
+    if not pairs:
+        return []
+
+    def outcome(r: RunResult) -> str:
+        done = f"success at {r.env_steps_to_success:,.0f}" if r.succeeded else "failed"
+        return f"{done} ({r.commit or 'commit not recorded'}; {r.machine or 'machine not recorded'})"
+
+    lines = [
+        "## Re-runs",
+        "",
+        "Rows run again (`study --rerun`); the tables above use the latest. A run reproduces bit for bit on one "
+        "machine, not across machines (docs/entropy-study.md).",
+        "",
+        "| task | arm | seed | earlier | latest |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {a.task} | {a.arm} | {a.seed} | {outcome(a)} | {outcome(b)} |" for a, b in pairs]
+    return [*lines, ""]
 
 
 def _survival_time(result: RunResult, budget: float) -> float:
@@ -420,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=12, help="seeds per arm in the study step")
     parser.add_argument("--tasks", nargs="*", default=None, help="study these tasks [default: the screen's]")
     parser.add_argument("--arms", nargs="*", default=None, help="only these arms [default: all]")
+    parser.add_argument(
+        "--rerun", action="store_true", help="run the planned runs again even if done (the latest row counts)"
+    )
     args = parser.parse_args(argv)
 
     design = load_design(args.smoke)
@@ -428,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "screen":
         tasks = args.tasks or list(design["tasks"])
         plan = [(task, REFERENCE_ARM, s) for task in tasks for s in range(design["screen_seeds"])]
-        study.run(plan)
+        study.run(plan, rerun=args.rerun)
         print(f"kept for the study (plain PPO fails {design['keep_failure_rate']}): {screened_tasks(study)}")
     elif args.step == "study":
         tasks = args.tasks or screened_tasks(study) or (list(design["tasks"]) if args.smoke else [])
@@ -440,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         # copies another's time-averaged coefficient runs after it.
         arms.sort(key=lambda arm: any("{mean_coef}" in o for o in design["arms"][arm]))
         seeds = design["screen_seeds"] if args.smoke else args.seeds
-        study.run([(task, arm, s) for s in range(seeds) for task in tasks for arm in arms])
+        study.run([(task, arm, s) for s in range(seeds) for task in tasks for arm in arms], rerun=args.rerun)
         report(study)
     else:
         report(study)

@@ -42,6 +42,18 @@ def test_the_smoke_study_runs_resumes_and_reports(tmp_path, ray_session, isolate
     # Run again: nothing left to run, the same results.
     assert entropy_study.main(["study", "--smoke", "--dir", str(folder)]) == 0
     assert len((folder / "results.jsonl").read_text().splitlines()) == 4
+    assert all(r["machine"] for r in results)  # which machine: runs reproduce on one, not across
+
+    # --rerun runs a planned run again: the row is appended, the tables count the latest, the report lists both.
+    assert entropy_study.main(["study", "--smoke", "--dir", str(folder), "--arms", "plain_ppo", "--rerun"]) == 0
+    assert len((folder / "results.jsonl").read_text().splitlines()) == 6
+    table = (folder / "results.md").read_text()
+    assert "| plain_ppo | " in table and "/2 |" in table.split("| plain_ppo | ")[1].split("\n")[0]
+    assert (
+        "## Re-runs" in table
+        and "| tiny_hover | plain_ppo | 0 |" in table
+        and "| tiny_hover | plain_ppo | 1 |" in table
+    )
 
 
 def test_rows_with_fields_from_a_later_version_are_read(tmp_path):
@@ -50,3 +62,22 @@ def test_rows_with_fields_from_a_later_version_are_read(tmp_path):
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     study = entropy_study.Study(tmp_path, "sqlite:///unused.db", entropy_study.SMOKE)
     assert [(r.task, r.arm, r.seed) for r in study.results()] == [("t", "a", 0)]
+
+
+def _row(arm: str, seed: int, succeeded: bool, run_id: str) -> dict:
+    row = {f.name: None for f in dataclasses.fields(entropy_study.RunResult)}
+    row.update(task="t", arm=arm, seed=seed, succeeded=succeeded, env_steps=10, wall_s=1.0, run_id=run_id)
+    row["env_steps_to_success"] = 10 if succeeded else None
+    return row
+
+
+def test_a_rerun_supersedes_the_row_before_it_and_both_are_kept(tmp_path):
+    rows = [_row("plain_ppo", 0, True, "first"), _row("plain_ppo", 1, False, "x"), _row("plain_ppo", 0, False, "again")]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    study = entropy_study.Study(tmp_path, "sqlite:///unused.db", entropy_study.SMOKE)
+    assert len(study.results()) == 3
+    assert sorted((r.seed, r.run_id) for r in study.current()) == [(0, "again"), (1, "x")]
+    assert [(a.run_id, b.run_id) for a, b in study.superseded()] == [("first", "again")]
+    lines = entropy_study._reruns(study.superseded())
+    assert lines[0] == "## Re-runs"
+    assert any(line.startswith("| t | plain_ppo | 0 | success at 10") and "| failed (" in line for line in lines)
