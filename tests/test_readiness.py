@@ -34,8 +34,9 @@ from entropilot.deploy.readiness_config import (
     merge_options,
 )
 from entropilot.deploy.readiness_record import stamp_report
+from entropilot.deploy.readiness_report import crashed_flights
 from entropilot.envs import HOVER_ID, WAYPOINT_ID, make_env
-from entropilot.envs.evaluate import run_episodes
+from entropilot.envs.evaluate import EpisodeResult, run_episodes
 from entropilot.envs.pid import CascadedPID
 from entropilot.platform.stats import wilson_interval
 
@@ -358,3 +359,25 @@ def test_episode_statistics(leveller):
     for i, share in enumerate(stats["saturated_by_component"]):  # each component's share, weighted by episode length
         assert share == pytest.approx(sum(r.saturated_by_component[i] * r.length for r in results) / steps)
         assert share <= stats["saturated_fraction"] + 1e-12  # a step with any component at a bound counts once
+
+
+def test_the_report_names_the_seeds_whose_flights_crashed():
+    def flight(seed: int, crash: str | None) -> EpisodeResult:
+        return EpisodeResult(
+            seed, crash is None, 1.0, 10, 0.5, crash, None, None, max_tilt_deg=5.0, saturated_fraction=0.0
+        )
+
+    flown = [flight(7, "tilt"), flight(5, None), flight(6, "left_arena"), flight(9, "tilt")]
+    stats = episode_stats(flown, 0.95)
+    assert stats["crashed_seeds"] == [[6, "left_arena"], [7, "tilt"], [9, "tilt"]]  # by seed, each with its reason
+    assert episode_stats(flown[1:2], 0.95)["crashed_seeds"] == []
+    pid = episode_stats(flown[1:2], 0.95)
+    report = json.loads(json.dumps({"conditions": {"nominal": {"policy": stats, "pid": pid}}}))  # as in the .json
+    assert crashed_flights(report) == [
+        "",
+        "Crashed flights, by seed (a seed starts the same flight again):",
+        "",
+        "- `nominal`, policy: 6 (left_arena), 7 (tilt), 9 (tilt)",  # the PID did not crash: no line
+    ]
+    assert crashed_flights(report, most=1)[-1] == "- `nominal`, policy: 6 (left_arena) and 2 more"
+    assert crashed_flights({"conditions": {"nominal": {"policy": pid, "pid": pid}}}) == []

@@ -35,7 +35,8 @@ Echo = Callable[[str], None]
 def episode_stats(results: list, confidence: float) -> dict[str, Any]:
     """What a condition's episodes (``EpisodeResult``s) say about a controller: success rate with its interval,
     crashes by reason, final-distance percentiles, settling times of the episodes that settled, max tilt
-    percentiles, the fraction of steps whose action saturated (any component, and each)."""
+    percentiles, the fraction of steps whose action saturated (any component, and each), and the seeds that crashed
+    (so a crash can be flown again and looked at: the same seed starts the same flight)."""
     n = len(results)
     successes = sum(r.success for r in results)
     crashes = Counter(r.crash for r in results if r.crash)
@@ -51,6 +52,7 @@ def episode_stats(results: list, confidence: float) -> dict[str, Any]:
         "success_interval": [low, high],
         "crashes": sum(crashes.values()),
         "crash_reasons": dict(sorted(crashes.items())),
+        "crashed_seeds": [[r.seed, r.crash] for r in sorted(results, key=lambda r: r.seed) if r.crash],
         "final_distance_m": _percentiles(distances, (50, 90, 99)),
         "settled": len(settled),
         "settling_time_s": _percentiles(settled, (50, 90)) if len(settled) else None,

@@ -102,6 +102,7 @@ def markdown(report: dict[str, Any], plot_name: str | None = "readiness.png") ->
         *[f"- `{name}`: `{json.dumps(c['options'], sort_keys=True)}`" for name, c in report["conditions"].items()],
     ]
     lines += _saturation_by_component(report)
+    lines += crashed_flights(report)
     if plot_name:
         lines += ["", f"![readiness]({plot_name})"]
     return "\n".join(lines) + "\n"
@@ -125,6 +126,23 @@ def _saturation_by_component(report: dict[str, Any]) -> list[str]:
         "|---|" + "---:|" * width,
         *[f"| {name} | " + " | ".join(f"{100 * v:.1f} %" for v in values) + " |" for name, values in shares.items()],
     ]
+
+
+def crashed_flights(report: dict[str, Any], most: int = 20) -> list[str]:
+    """Markdown lines: per condition, the seeds whose flights crashed and why (the policy's, then the PID's), at most
+    ``most`` each. A seed starts the same flight again, so a crash named here can be flown and looked at. Reports
+    written before the seeds were kept have none."""
+    lines = []
+    for name, c in report["conditions"].items():
+        for who in ("policy", "pid"):
+            crashed = c[who].get("crashed_seeds")
+            if crashed:
+                listed = ", ".join(f"{seed} ({reason})" for seed, reason in crashed[:most])
+                more = f" and {len(crashed) - most} more" if len(crashed) > most else ""
+                lines.append(f"- `{name}`, {'policy' if who == 'policy' else 'PID'}: {listed}{more}")
+    if not lines:
+        return []
+    return ["", "Crashed flights, by seed (a seed starts the same flight again):", "", *lines]
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
