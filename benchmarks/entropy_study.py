@@ -282,7 +282,10 @@ class Study:
     def run(self, plan: list[tuple[str, str, int]], echo=print, rerun: bool = False) -> None:
         done = Counter((r.task, r.arm, r.seed) for r in self.results())
         todo = plan if rerun else [key for key in plan if key not in done]
-        echo(f"{len(plan)} run(s) planned, {len(plan) - len(todo)} already done, {len(todo)} to run")
+        if rerun:
+            echo(f"{len(plan)} run(s) planned, all to run again ({sum(key in done for key in plan)} done before)")
+        else:
+            echo(f"{len(plan)} run(s) planned, {len(plan) - len(todo)} already done, {len(todo)} to run")
         if not todo:
             return
         # Every config is checked before the first run; an arm that copies another's numbers is built when its
