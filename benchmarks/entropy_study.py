@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -87,25 +88,40 @@ def load_design(smoke: bool) -> dict:
     return SMOKE if smoke else yaml.safe_load(DESIGN.read_text())
 
 
+_MEAN_COEF = re.compile(r"\{mean_coef(?::(\w+))?\}")
+
+
+def copied_arm(design: dict, arm: str) -> str | None:
+    """The arm whose time-averaged coefficient ``arm`` holds fixed: ``{mean_coef:NAME}`` names it, a bare
+    ``{mean_coef}`` means the design's `fixed_coef_from`; None for an arm that copies nothing."""
+    for override in design["arms"][arm]:
+        match = _MEAN_COEF.search(override)
+        if match:
+            return match.group(1) or design.get("fixed_coef_from")
+    return None
+
+
 def arm_overrides(design: dict, task: str, arm: str, results: list[RunResult]) -> list[str]:
     """The arm's overrides with its placeholders filled: {median_threshold} from the task's spec (the median draw of
-    its init family, measured with benchmarks/entropy_init_sweep.py), {mean_coef} from the finished runs of the
-    task's `fixed_coef_from` arm (the time-averaged coefficient of the controller the fixed arm mirrors)."""
+    its init family, measured with benchmarks/entropy_init_sweep.py), {mean_coef} / {mean_coef:NAME} from the finished
+    runs of the arm it copies (`copied_arm`: the time-averaged coefficient of the controller a fixed arm mirrors)."""
     spec = design["tasks"][task]
-    values = {"median_threshold": spec.get("median_threshold")}
-    source = design.get("fixed_coef_from")
+    source = copied_arm(design, arm)
     coefs = [r.mean_coef for r in results if r.task == task and r.arm == source and r.mean_coef is not None]
-    values["mean_coef"] = f"{statistics.fmean(coefs):.6f}" if coefs else None
     filled = []
     for override in design["arms"][arm]:
-        for name, value in values.items():
-            if "{" + name + "}" in override:
-                if value is None:
-                    raise SystemExit(
-                        f"arm {arm} on task {task} needs {{{name}}}: "
-                        + ("set median_threshold in the task" if name == "median_threshold" else f"run {source} first")
-                    )
-                override = override.replace("{" + name + "}", str(value))
+        if "{median_threshold}" in override:
+            if spec.get("median_threshold") is None:
+                raise SystemExit(
+                    f"arm {arm} on task {task} needs {{median_threshold}}: set median_threshold in the task"
+                )
+            override = override.replace("{median_threshold}", str(spec["median_threshold"]))
+        if _MEAN_COEF.search(override):
+            if not coefs:
+                raise SystemExit(
+                    f"arm {arm} on task {task} copies the mean coefficient of {source}: run {source} first"
+                )
+            override = _MEAN_COEF.sub(f"{statistics.fmean(coefs):.6f}", override)
         filled.append(override)
     return filled
 
@@ -290,9 +306,9 @@ class Study:
             return
         # Every config is checked before the first run; an arm that copies another's numbers is built when its
         # turn comes (the plan puts it last), and checked up front only where those numbers exist already.
-        later = {key for key in todo if any("{mean_coef}" in o for o in self.design["arms"][key[1]])}
+        later = {key for key in todo if copied_arm(self.design, key[1])}
         for key in todo:
-            if key not in later or self._has_source(key[0]):
+            if key not in later or self._has_source(key[0], copied_arm(self.design, key[1])):
                 config_for(self.design, *key, self.folder, self.tracking_uri, self.current(), done[key])
         parent = self.parent_run_id()
         for k, key in enumerate(todo, 1):
@@ -302,8 +318,7 @@ class Study:
             outcome = f"success at {result.env_steps_to_success:.0f} steps" if result.succeeded else "FAILED"
             echo(f"[{k}/{len(todo)}] {key[0]} {key[1]} seed {key[2]}: {outcome} ({result.wall_s:.0f} s)")
 
-    def _has_source(self, task: str) -> bool:
-        source = self.design.get("fixed_coef_from")
+    def _has_source(self, task: str, source: str | None) -> bool:
         return any(r.task == task and r.arm == source for r in self.results())
 
 
@@ -511,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         arms = args.arms or list(design["arms"])
         # Seed by seed, so a study stopped early still holds paired seeds across every arm; within a seed the arm that
         # copies another's time-averaged coefficient runs after it.
-        arms.sort(key=lambda arm: any("{mean_coef}" in o for o in design["arms"][arm]))
+        arms.sort(key=lambda arm: copied_arm(design, arm) is not None)
         seeds = design["screen_seeds"] if args.smoke else args.seeds
         study.run([(task, arm, s) for s in range(seeds) for task in tasks for arm in arms], rerun=args.rerun)
         report(study)

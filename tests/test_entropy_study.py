@@ -81,3 +81,25 @@ def test_a_rerun_supersedes_the_row_before_it_and_both_are_kept(tmp_path):
     lines = entropy_study._reruns(study.superseded())
     assert lines[0] == "## Re-runs"
     assert any(line.startswith("| t | plain_ppo | 0 | success at 10") and "| failed (" in line for line in lines)
+
+
+def test_a_fixed_arm_copies_the_mean_coefficient_of_the_arm_it_names():
+    design = {
+        "fixed_coef_from": "lower_bound",
+        "tasks": {"t": {}},
+        "arms": {
+            "lower_bound": ["entropy.control.mode=lower_bound"],
+            "tracker": ["entropy.control.mode=track"],
+            "fixed_coef": ["entropy.control.coef={mean_coef}"],
+            "fixed_tracker_coef": ["entropy.control.coef={mean_coef:tracker}"],
+        },
+    }
+    rows = [_row("lower_bound", 0, True, "a"), _row("tracker", 0, True, "b"), _row("tracker", 1, True, "c")]
+    results = [entropy_study.RunResult(**r) for r in rows]
+    for result, coef in zip(results, (0.002, -0.04, -0.05)):
+        result.mean_coef = coef
+    assert [entropy_study.copied_arm(design, arm) for arm in design["arms"]] == [None, None, "lower_bound", "tracker"]
+    assert entropy_study.arm_overrides(design, "t", "fixed_coef", results) == ["entropy.control.coef=0.002000"]
+    assert entropy_study.arm_overrides(design, "t", "fixed_tracker_coef", results) == ["entropy.control.coef=-0.045000"]
+    with pytest.raises(SystemExit, match="copies the mean coefficient of tracker: run tracker first"):
+        entropy_study.arm_overrides(design, "t", "fixed_tracker_coef", results[:1])
