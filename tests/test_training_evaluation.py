@@ -91,6 +91,25 @@ def test_export_takes_the_best_checkpoint_resume_the_newest_and_a_damaged_best_f
     ]
 
 
+def test_keep_last_deletes_older_checkpoints_but_never_a_newer_damaged_one_or_the_best(tmp_path):
+    from test_hostile_inputs import write_checkpoint
+
+    from entropilot.platform.checkpoints import prune_checkpoints
+
+    config = parse_config({"env": {"id": HOVER_ID}}).model_dump(mode="json")
+    run = tmp_path / "run"
+    folders = [write_checkpoint(run / f"iter_{i:06d}", config) for i in range(1, 6)]
+    best = write_checkpoint(run / BEST_CHECKPOINT, config)
+    (folders[4] / STATE_FILE).unlink()  # the newest save cut short
+    (folders[1] / STATE_FILE).unlink()
+    assert prune_checkpoints(run, 2) == folders[:2]  # iter_4 and iter_3 are the newest intact two
+    assert sorted(p.name for p in run.iterdir()) == [BEST_CHECKPOINT, "iter_000003", "iter_000004", "iter_000005"]
+    assert best.exists() and prune_checkpoints(run, 2) == []
+    assert locate_checkpoint(str(run), "--resume", warn=lambda _: None) == folders[3]  # resume still finds one
+    with pytest.raises(ConfigError, match="keep_last"):
+        parse_config({"env": {"id": HOVER_ID}, "checkpoint": {"keep_last": 0}})
+
+
 @pytest.mark.integration
 def test_a_run_keeps_its_best_checkpoint_and_export_takes_it(tmp_path, ray_session, mlflow_server, isolated_mlflow_env):
     from entropilot.deploy.export import resolve_checkpoint
@@ -106,7 +125,7 @@ def test_a_run_keeps_its_best_checkpoint_and_export_takes_it(tmp_path, ray_sessi
             "mlflow": {"tracking_uri": mlflow_server, "experiment": "keep-best"},
             "stop": {"iterations": 3},
             "evaluation": {"interval": 1, "episodes": 6},
-            "checkpoint": {"interval": None, "dir": str(tmp_path / "run"), "keep_best": True},
+            "checkpoint": {"interval": 1, "dir": str(tmp_path / "run"), "keep_best": True, "keep_last": 1},
         }
     )
     lines = []
@@ -125,3 +144,4 @@ def test_a_run_keeps_its_best_checkpoint_and_export_takes_it(tmp_path, ray_sessi
     assert all("crashes)" in line for line in lines if line.startswith("iter "))
     assert resolve_checkpoint(tmp_path / "run") == (tmp_path / "run" / BEST_CHECKPOINT).resolve()
     assert result.checkpoint.name == "iter_000003"  # the last one is kept too (resume continues from it)
+    assert sorted(p.name for p in (tmp_path / "run").glob("iter_*")) == ["iter_000003"]  # keep_last: 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pickletools
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def checkpoint_problem(folder: Path) -> str | None:
 def iteration_folders(run_folder: Path) -> list[Path]:
     """The `iter_*` checkpoint folders of a run folder, oldest first."""
     return sorted(p for p in run_folder.glob("iter_*") if p.is_dir())
+
+
+def prune_checkpoints(run_folder: Path, keep: int) -> list[Path]:
+    """Delete the `iter_*` checkpoints older than the ``keep`` newest intact ones (`checkpoint.keep_last`) and return
+    them. Damaged ones do not count towards ``keep`` and newer ones are never deleted, so resuming still finds ``keep``
+    intact checkpoints; the best checkpoint is not an `iter_*` folder and stays."""
+    folders = iteration_folders(run_folder)
+    intact = [folder for folder in reversed(folders) if checkpoint_problem(folder) is None]
+    if len(intact) <= keep:
+        return []
+    oldest_kept = intact[keep - 1]
+    doomed = [folder for folder in folders if folder.name < oldest_kept.name]
+    for folder in doomed:
+        shutil.rmtree(folder)
+    return doomed
 
 
 def newest_intact(run_folder: Path, name: str, warn: Warn) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from entropilot.inputs import InputError
-from entropilot.platform.checkpoints import BEST_CHECKPOINT, CONFIG_FILE, STATE_FILE
+from entropilot.platform.checkpoints import BEST_CHECKPOINT, CONFIG_FILE, STATE_FILE, prune_checkpoints
 from entropilot.platform.config import ExperimentConfig, dump_config
 from entropilot.platform.names import (
     BEST_CHECKPOINT_TAG,
@@ -272,6 +272,8 @@ def train(
             if stopped or (cfg.checkpoint.interval and it % cfg.checkpoint.interval == 0):
                 with clock.measure("logging"):
                     checkpoint = _save(algo, cfg, {**state, "time_s": metrics[Metric.TIME_S]}, root)
+                    if cfg.checkpoint.keep_last:
+                        prune_checkpoints(root, cfg.checkpoint.keep_last)
                     for png in save_progress_plots(history, root / "plots", cfg.run_name):  # seen during the run too
                         tracker.log_artifact(png, "plots")
             if on_iteration is not None:

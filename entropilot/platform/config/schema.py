@@ -557,6 +557,10 @@ class CheckpointConfig(_Section):
     # Keep the checkpoint of the best evaluation so far in <dir>/best (higher success lower bound, then fewer crashes,
     # then a smaller final distance); `entropilot export <dir>` exports it rather than the last one.
     keep_best: bool = False
+    # Keep only the newest N intact iter_* checkpoints, deleting older ones after each save (None: keep every one, as
+    # RLlib does). A damaged one does not count, so `--resume` always has N intact ones to fall back on; the best
+    # checkpoint is never deleted.
+    keep_last: int | None = Field(None, ge=1)
 
 
 # --------------------------------------------------------------------------------------- experiment
