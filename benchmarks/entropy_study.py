@@ -266,14 +266,13 @@ class Study:
     def current(self) -> list[RunResult]:
         """One row per task, arm and seed: the latest (a re-run supersedes the row before it, which stays in the
         file and in the report's list of re-runs)."""
-        latest = {(r.task, r.arm, r.seed): r for r in self.results()}
-        return list(latest.values())
+        return list(_latest(self.results()).values())
 
     def superseded(self) -> list[tuple[RunResult, RunResult]]:
         """(earlier row, latest row) of every task, arm and seed that was run more than once."""
         rows = self.results()
-        latest = {(r.task, r.arm, r.seed): r for r in rows}
-        return [(r, latest[(r.task, r.arm, r.seed)]) for r in rows if r is not latest[(r.task, r.arm, r.seed)]]
+        latest = _latest(rows)
+        return [(r, latest[_key(r)]) for r in rows if r is not latest[_key(r)]]
 
     def record(self, result: RunResult) -> None:
         with self.results_file.open("a") as f:
@@ -296,7 +295,7 @@ class Study:
         return run.info.run_id
 
     def run(self, plan: list[tuple[str, str, int]], echo=print, rerun: bool = False) -> None:
-        done = Counter((r.task, r.arm, r.seed) for r in self.results())
+        done = Counter(_key(r) for r in self.results())
         todo = plan if rerun else [key for key in plan if key not in done]
         if rerun:
             echo(f"{len(plan)} run(s) planned, all to run again ({sum(key in done for key in plan)} done before)")
@@ -306,10 +305,11 @@ class Study:
             return
         # Every config is checked before the first run; an arm that copies another's numbers is built when its
         # turn comes (the plan puts it last), and checked up front only where those numbers exist already.
-        later = {key for key in todo if copied_arm(self.design, key[1])}
+        current = self.current()
         for key in todo:
-            if key not in later or self._has_source(key[0], copied_arm(self.design, key[1])):
-                config_for(self.design, *key, self.folder, self.tracking_uri, self.current(), done[key])
+            source = copied_arm(self.design, key[1])
+            if source is None or any(r.task == key[0] and r.arm == source for r in current):
+                config_for(self.design, *key, self.folder, self.tracking_uri, current, done[key])
         parent = self.parent_run_id()
         for k, key in enumerate(todo, 1):
             cfg = config_for(self.design, *key, self.folder, self.tracking_uri, self.current(), done[key])
@@ -318,8 +318,14 @@ class Study:
             outcome = f"success at {result.env_steps_to_success:.0f} steps" if result.succeeded else "FAILED"
             echo(f"[{k}/{len(todo)}] {key[0]} {key[1]} seed {key[2]}: {outcome} ({result.wall_s:.0f} s)")
 
-    def _has_source(self, task: str, source: str | None) -> bool:
-        return any(r.task == task and r.arm == source for r in self.results())
+
+def _key(result: RunResult) -> tuple[str, str, int]:
+    return result.task, result.arm, result.seed
+
+
+def _latest(rows: list[RunResult]) -> dict[tuple[str, str, int], RunResult]:
+    """Each task, arm and seed's last row in file order (a re-run's)."""
+    return {_key(r): r for r in rows}
 
 
 def screened_tasks(study: Study) -> list[str]:
