@@ -33,8 +33,8 @@ N = len(OBSERVATION_NAMES)
 
 def _every_op_file(path) -> None:
     """A policy-shaped graph through every op the generator knows, in the forms our exports and their variants take:
-    normalization with the constant first, MatMul + Add, Gemm both ways, each activation, runtime + runtime, a Split
-    into uneven parts, a Slice of one, a Concat, Identity, a Constant node and a one-sided Clip."""
+    normalization with the constant first, MatMul + Add, Gemm both ways, each activation, a Sqrt, runtime + runtime,
+    a Split into uneven parts, a Slice of one, a Concat, Identity, a Constant node and a one-sided Clip."""
     rng = np.random.default_rng(3)
 
     def w(*shape):
@@ -53,7 +53,8 @@ def _every_op_file(path) -> None:
         helper.make_node("Gemm", ["h2", "W3t", "b3"], ["g3"], transB=1),
         helper.make_node("LeakyRelu", ["g3"], ["l3"], alpha=0.1),
         helper.make_node("Sigmoid", ["l3"], ["s3"]),
-        helper.make_node("Mul", ["two", "s3"], ["m3"]),
+        helper.make_node("Sqrt", ["s3"], ["q3"]),
+        helper.make_node("Mul", ["two", "q3"], ["m3"]),
         helper.make_node("Add", ["m3", "h2"], ["r3"]),
         helper.make_node("Split", ["r3", "sizes"], ["part0", "part1"], axis=1),
         helper.make_node("Slice", ["part1", "starts", "ends", "axes"], ["sliced"]),

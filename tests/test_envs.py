@@ -202,6 +202,7 @@ def test_render_rgb_array():
         ({"bogus": 1}, "bogus"),
         ({"start_low": [0, 0, 2], "start_high": [1, 1, 1]}, "start_low"),
         ({"replay_crash_starts": 1.5}, "replay_crash_starts=1.5"),
+        ({"observation_frame": "body"}, "observation_frame='body'"),
     ],
 )
 def test_bad_options_name_the_value(kwargs, fragment):

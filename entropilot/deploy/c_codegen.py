@@ -332,6 +332,10 @@ class _Lowering:
         self.body.needs_math_h = True
         self.unary(node, lambda v: f"1.0f / (1.0f + expf(-{v}))")
 
+    def op_sqrt(self, node) -> None:
+        self.body.needs_math_h = True
+        self.unary(node, lambda v: f"sqrtf({v})")
+
     def op_clip(self, node) -> None:
         if self.opset < 11:
             low, high = self.attr(node, "min", None), self.attr(node, "max", None)
@@ -437,6 +441,7 @@ _OPS: dict[str, Callable[[_Lowering, object], None]] = {
     "LeakyRelu": _Lowering.op_leaky_relu,
     "Elu": _Lowering.op_elu,
     "Sigmoid": _Lowering.op_sigmoid,
+    "Sqrt": _Lowering.op_sqrt,
     "Clip": _Lowering.op_clip,
     "Identity": _Lowering.op_identity,
     "Constant": _Lowering.op_constant,

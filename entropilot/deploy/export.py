@@ -112,7 +112,8 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
     state = json.loads((checkpoint / STATE_FILE).read_text())
     module = load_rl_module(checkpoint, MODULE_ID)
     stats = observation_filter_stats(checkpoint)
-    graph = PolicyGraph(module, stats).eval()
+    heading_frame = info.env_kwargs.get("observation_frame") == "heading"
+    graph = PolicyGraph(module, stats, heading_frame=heading_frame).eval()
 
     env = make_env(info.env_id, **info.env_kwargs)
     try:
@@ -126,7 +127,9 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
             )
         # Parity's reference: the greedy policy training evaluates with, on the restored module and filter.
         reference = _greedy_policy(module, stats)
-        observations, reference_actions = _rollout(env, reference, parity_batch, seed=info.evaluation_seed)
+        observations, reference_actions = _rollout(
+            env, reference, parity_batch, seed=info.evaluation_seed, heading_frame=heading_frame
+        )
     finally:
         env.close()
 
@@ -178,6 +181,7 @@ def _export(checkpoint: Path, output: Path, parity_batch: int, tolerance: float)
     model.producer_name, model.producer_version = "entropilot", entropilot.__version__
     signature = f"{OUTPUT_NAME}[batch, {ACTION_SIZE}]"
     if command:
+        assert graph.categorical_sizes is not None  # a command env's policy is categorical (checked above)
         signature = f"{OUTPUT_NAME} int64[batch, {len(graph.categorical_sizes)}] (command indices)"
     model.doc_string = (
         f"entropilot policy for {info.env_id} ({settings.action_mode}, {settings.control_hz} Hz): "
@@ -288,9 +292,10 @@ def _greedy_policy(module, stats):
     return GreedyPolicy(module, stats)
 
 
-def _rollout(env, policy, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _rollout(env, policy, steps: int, seed: int, heading_frame: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``steps`` real observations (float32) met while flying ``policy`` in ``env``, and its actions for them
-    (float32, or a categorical policy's int64 indices)."""
+    (float32, or a categorical policy's int64 indices), then the out-of-range probes. An env observing in the heading
+    frame gets its probes turned into that frame, as it would emit them (a scaled observation is in no frame)."""
     met: list[np.ndarray] = []
     taken: list[np.ndarray] = []
     obs, _ = env.reset(seed=seed)
@@ -306,6 +311,11 @@ def _rollout(env, policy, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray
             obs, _ = env.reset(seed=seed + episode)
     observations = np.stack(met)
     probes = np.concatenate([observations[:1] * s for s in _PROBE_SCALES])
+    if heading_frame:
+        from entropilot.envs.observation import to_heading_frame
+
+        for probe in probes:
+            to_heading_frame(probe)
     actions = np.stack(taken)
     probe_actions = np.stack([policy(o) for o in probes]).astype(actions.dtype)
     return np.concatenate([observations, probes]), np.concatenate([actions, probe_actions])

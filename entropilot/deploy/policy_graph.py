@@ -25,6 +25,7 @@ from entropilot.deploy.contract import (
     SQUASHED_DETERMINISTIC_ACTION,
 )
 from entropilot.deploy.export_inputs import ExportError
+from entropilot.vehicle.layout import HEADING_NORM_MIN
 
 __all__ = [
     "PolicyGraph",
@@ -33,6 +34,7 @@ __all__ = [
     "deterministic_convention",
     "load_rl_module",
     "opset",
+    "to_heading_frame",
     "to_onnx",
 ]
 
@@ -98,7 +100,7 @@ class PolicyGraph(torch.nn.Module):
     ``forward_inference`` is checked on every export either way.
     """
 
-    def __init__(self, module, stats):
+    def __init__(self, module, stats, heading_frame: bool = False):
         from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
 
         from entropilot.policies.entropy_range import categorical_sizes
@@ -107,6 +109,7 @@ class PolicyGraph(torch.nn.Module):
         self.module = module
         self.convention = deterministic_convention(module)
         self.categorical_sizes = categorical_sizes(module.action_space)
+        self.heading_frame = heading_frame
         self.normalize = stats is not None
         if self.normalize:
             self.register_buffer("obs_mean", torch.as_tensor(np.asarray(stats.mean, dtype=np.float32)))
@@ -141,10 +144,30 @@ class PolicyGraph(torch.nn.Module):
         return self.module.forward_inference({Columns.OBS: self._normalized(obs)})[Columns.ACTION_DIST_INPUTS]
 
     def _normalized(self, obs):
+        if self.heading_frame:
+            obs = to_heading_frame(obs)
         if not self.normalize:
             return obs
         x = (obs - self.obs_mean) / self.obs_scale
         return x if self.clip is None else torch.clamp(x, -self.clip, self.clip)
+
+
+def to_heading_frame(obs):
+    """``entropilot.envs.observation.to_heading_frame`` on a batch of layout observations, as graph operations: the
+    policy of an env with ``observation_frame: heading`` takes the world-frame observation every link builds, and
+    one already in the heading frame passes unchanged (heading 0 turns nothing)."""
+    r11, r21 = obs[:, 3:4], obs[:, 6:7]
+    norm = torch.clamp(torch.sqrt(r11 * r11 + r21 * r21), min=HEADING_NORM_MIN)
+    c, s = r11 / norm, r21 / norm
+
+    def turn(x, y):
+        return c * x + s * y, c * y - s * x
+
+    ex, ey = turn(obs[:, 0:1], obs[:, 1:2])
+    row1, row2 = turn(obs[:, 3:6], obs[:, 6:9])
+    vx, vy = turn(obs[:, 12:13], obs[:, 13:14])
+    r21_zero = r21 * 0.0  # as the env writes it: exactly 0 (rounding here would pass the filter's epsilon scale)
+    return torch.cat([ex, ey, obs[:, 2:3], row1, r21_zero, row2[:, 1:], obs[:, 9:12], vx, vy, obs[:, 14:]], dim=-1)
 
 
 def to_onnx(graph: torch.nn.Module, example: torch.Tensor):

@@ -9,8 +9,13 @@ from __future__ import annotations
 import cython
 import numpy as np
 
+if cython.compiled:  # C's libm, not a Python call; the same function either way
+    from cython.cimports.libc.math import sqrt
+else:
+    from math import sqrt
+
 from entropilot.envs.settings import SensorNoise
-from entropilot.vehicle.layout import OBSERVATION_COLUMNS, OBSERVATION_SIZE
+from entropilot.vehicle.layout import HEADING_NORM_MIN, OBSERVATION_COLUMNS, OBSERVATION_SIZE
 
 assert [c.start for c in OBSERVATION_COLUMNS.values()] == [0, 3, 12, 15, 18], "the writers below fill these columns"
 
@@ -98,6 +103,35 @@ def write_noisy_observation(out: cython.float[:], drone, target, noise: SensorNo
     for i in range(4):
         value = action[i]
         out[18 + i] = value
+
+
+@cython.ccall
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def to_heading_frame(out: cython.float[:]) -> cython.void:
+    """Turn a written observation about z by minus the drone's heading (read from its rotation matrix): the
+    position error and velocity in the heading frame, and its rotation seen from there (heading 0), so the observation
+    is the same at every heading. Body rates and the previous action are body-frame already. The exported policy
+    graph does the same (``deploy.policy_graph.to_heading_frame``), so a vehicle link still sends the world frame."""
+    r11: cython.double = out[3]
+    r21: cython.double = out[6]
+    norm: cython.double = sqrt(r11 * r11 + r21 * r21)
+    if norm < HEADING_NORM_MIN:  # the body x axis vertical (a crash long before): as the graph's clamp does
+        norm = HEADING_NORM_MIN
+    c: cython.double = r11 / norm
+    s: cython.double = r21 / norm
+    i: cython.Py_ssize_t
+    x: cython.double
+    y: cython.double
+    # (x, y) pairs: the position error's and the velocity's horizontal components, then each column of the
+    # rotation's first two rows (Rz(-heading) R changes rows 1 and 2 only).
+    for i, stride in ((0, 1), (12, 1), (3, 3), (4, 3), (5, 3)):
+        x, y = out[i], out[i + stride]
+        out[i] = c * x + s * y
+        out[i + stride] = -s * x + c * y
+    # r21 is 0 by construction: exactly, so that rounding (float32 in the exported graph, double here) never reaches
+    # the policy through the observation filter, whose scale for a constant is its epsilon.
+    out[6] = 0.0
 
 
 def observe(sim, targets: np.ndarray, noise: SensorNoise, rng: np.random.Generator) -> np.ndarray:

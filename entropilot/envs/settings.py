@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from entropilot.vehicle.airframe import Airframe, get_airframe
 
 ACTION_MODES = ("ctbr", "motors")
+OBSERVATION_FRAMES = ("world", "heading")
 MAX_ACTION_DELAY = 10  # control periods
 
 
@@ -273,10 +274,20 @@ class HoverSettings(DroneSettings):
     # episodes started (position, attitude, velocity; the airframe is drawn anew). Crashes of a policy that flies
     # most starts are rare, so their starts are rare in a batch; replaying them makes the policy practise there.
     replay_crash_starts: float = 0.0
+    # The frame of the observation's horizontal quantities. "world": as the layout names them. "heading": position
+    # error, velocity and the rotation matrix turned about z by minus the drone's heading, so every heading looks
+    # the same to the policy (nothing in these tasks depends on heading) and no heading is preferred.
+    observation_frame: str = "world"
 
     def __post_init__(self):
         super().__post_init__()
         _check(0 <= self.replay_crash_starts <= 1, "replay_crash_starts", self.replay_crash_starts, "in [0, 1]")
+        _check(
+            self.observation_frame in OBSERVATION_FRAMES,
+            "observation_frame",
+            self.observation_frame,
+            f"one of {OBSERVATION_FRAMES}",
+        )
         for name in ("target", "start_low", "start_high"):
             object.__setattr__(self, name, _vec3(name, getattr(self, name)))
         _check(
@@ -314,6 +325,12 @@ class HoverDiscreteSettings(HoverSettings):
             "action_mode",
             self.action_mode,
             "'ctbr': the velocity loop commands collective thrust + body rates (what a vehicle's offboard mode takes)",
+        )
+        _check(
+            self.observation_frame == "world",
+            "observation_frame",
+            self.observation_frame,
+            "'world': the velocity commands and the loop that flies them are in the world frame",
         )
         levels = self.velocity_levels
         ok = isinstance(levels, (list, tuple)) and 2 <= len(levels) <= 15
@@ -388,3 +405,9 @@ class SwarmSettings(HoverSettings):
         )
         _check(self.collision_distance > 0, "collision_distance", self.collision_distance, "> 0")
         _check(self.replay_crash_starts == 0, "replay_crash_starts", self.replay_crash_starts, "0 (single-drone tasks)")
+        _check(
+            self.observation_frame == "world",
+            "observation_frame",
+            self.observation_frame,
+            "'world' (single-drone tasks)",
+        )

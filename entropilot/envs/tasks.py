@@ -17,12 +17,12 @@ import numpy as np
 import pybullet as p
 
 if cython.compiled:  # C's libm and observation.pxd's C functions, not Python calls; the same functions either way
-    from cython.cimports.entropilot.envs.observation import write_noisy_observation, write_observation
+    from cython.cimports.entropilot.envs.observation import to_heading_frame, write_noisy_observation, write_observation
     from cython.cimports.libc.math import cos, exp, sin, sqrt
 else:
     from math import cos, exp, sin, sqrt
 
-    from entropilot.envs.observation import write_noisy_observation, write_observation
+    from entropilot.envs.observation import to_heading_frame, write_noisy_observation, write_observation
 
 from entropilot.envs.settings import HoverSettings
 from entropilot.envs.simulator import attitude_bounds, uniform
@@ -181,6 +181,7 @@ class HoverEpisode:
     steps = cython.declare(cython.Py_ssize_t, visibility="readonly")  # control steps since the reset
     noise = cython.declare(object, visibility="readonly")  # this episode's SensorNoise
     _noisy = cython.declare(cython.bint)
+    _heading_frame = cython.declare(cython.bint)  # settings.observation_frame == "heading"
     _moving = cython.declare(cython.bint)  # whether advance_target moves the reference (hover's stays)
     _truncated = cython.declare(cython.bint)  # the last step ran out the episode's time
     _max_steps = cython.declare(cython.Py_ssize_t)
@@ -200,6 +201,7 @@ class HoverEpisode:
         self.steps = 0
         self.noise = s.sensor_noise
         self._noisy = self.noise.enabled
+        self._heading_frame = s.observation_frame == "heading"
         self._moving = False
         self._truncated = False
         self._max_steps = s.max_episode_steps
@@ -292,6 +294,8 @@ class HoverEpisode:
             write_noisy_observation(out, drone, self.target, self.noise, rng.standard_normal(12).tolist())
         else:
             write_observation(out, drone, self.target)
+        if self._heading_frame:
+            to_heading_frame(out)
 
     @cython.ccall
     def observe(self, rng):

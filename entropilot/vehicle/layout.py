@@ -13,6 +13,10 @@ OBSERVATION_GROUPS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("body_rates", ("rate_x", "rate_y", "rate_z"), "angular velocity, body frame (x forward, y left, z up), rad/s"),
     ("prev_action", ("prev_action_0", "prev_action_1", "prev_action_2", "prev_action_3"), "previous action in [-1, 1]"),
 )
+# A heading-frame observation (an env's ``observation_frame: heading``) turns the horizontal quantities about z by minus
+# the heading read from (r11, r21); below this length of (r11, r21) (the body x axis vertical) it divides by this.
+HEADING_NORM_MIN = 1e-9
+
 OBSERVATION_NAMES: tuple[str, ...] = tuple(name for _, names, _ in OBSERVATION_GROUPS for name in names)
 OBSERVATION_SIZE = len(OBSERVATION_NAMES)
 
