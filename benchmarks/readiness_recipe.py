@@ -35,6 +35,7 @@ HOVER_QUICK = [
     "env.kwargs.crash_penalty=2",
     "env.kwargs.replay_crash_starts=0",
     "env.kwargs.randomization.action_delay_steps=0",
+    "env.kwargs.observation_frame=world",
 ]
 TASKS = {  # name: (config, the task's overrides, then the baseline's)
     "hover": (ROOT / "configs" / "hover.yaml", [], HOVER_QUICK),
@@ -63,6 +64,9 @@ LEVERS = {
     "replay": ["env.kwargs.replay_crash_starts=0.25"],
     # Each episode draws 0 or 1 control period of extra latency: the policy cannot lean on commands landing at once.
     "latency": ["env.kwargs.randomization.action_delay_steps=1"],
+    # Position error, velocity and attitude seen from the drone's heading: no heading is preferred, so the policy
+    # stops slewing to one at full yaw rate from every start (configs/hover.yaml since 2026-12-07).
+    "heading": ["env.kwargs.observation_frame=heading"],
     "randomized": [  # the readiness conditions inside the training distribution
         "env.kwargs.randomization={mass: 0.25, inertia: 0.1, kf: 0.2, km: 0.1, motor_time_constant: 0.5, "
         "noise: 0.9, action_delay_steps: 1, wind_speed: 1.5}",
