@@ -101,6 +101,11 @@ def copied_arm(design: dict, arm: str) -> str | None:
     return None
 
 
+def applies(design: dict, task: str, arm: str) -> bool:
+    """Whether the study runs ``arm`` on ``task``: every arm but those the task lists under ``skip_arms``."""
+    return arm not in design["tasks"][task].get("skip_arms", ())
+
+
 def arm_overrides(design: dict, task: str, arm: str, results: list[RunResult]) -> list[str]:
     """The arm's overrides with its placeholders filled: {median_threshold} from the task's spec (the median draw of
     its init family, measured with benchmarks/entropy_init_sweep.py), {mean_coef} / {mean_coef:NAME} from the finished
@@ -534,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         # copies another's time-averaged coefficient runs after it.
         arms.sort(key=lambda arm: copied_arm(design, arm) is not None)
         seeds = design["screen_seeds"] if args.smoke else args.seeds
-        study.run([(task, arm, s) for s in range(seeds) for task in tasks for arm in arms], rerun=args.rerun)
+        plan = [(task, arm, s) for s in range(seeds) for task in tasks for arm in arms if applies(design, task, arm)]
+        study.run(plan, rerun=args.rerun)
         report(study)
     else:
         report(study)

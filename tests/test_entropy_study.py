@@ -103,3 +103,22 @@ def test_a_fixed_arm_copies_the_mean_coefficient_of_the_arm_it_names():
     assert entropy_study.arm_overrides(design, "t", "fixed_tracker_coef", results) == ["entropy.control.coef=-0.045000"]
     with pytest.raises(SystemExit, match="copies the mean coefficient of tracker: run tracker first"):
         entropy_study.arm_overrides(design, "t", "fixed_tracker_coef", results[:1])
+
+
+def test_every_task_and_arm_it_applies_to_makes_a_valid_config(tmp_path):
+    """The shipped design: each task's config with each arm it runs (a task skips the arms that cannot act on it,
+    e.g. entropy-aware init on the swarm) validates, so a study never stops at its up-front check."""
+    design = entropy_study.load_design(smoke=False)
+    coefs = [
+        entropy_study.RunResult(**{**_row(arm, 0, True, arm), "task": task, "mean_coef": 0.001})
+        for task in design["tasks"]
+        for arm in ("lower_bound", "tracker")
+    ]
+    assert not entropy_study.applies(design, "swarm", "init_median") and entropy_study.applies(
+        design, "swarm", "tracker"
+    )
+    for task in design["tasks"]:
+        for arm in design["arms"]:
+            if entropy_study.applies(design, task, arm):
+                cfg = entropy_study.config_for(design, task, arm, 0, tmp_path, f"sqlite:///{tmp_path}/m.db", coefs)
+                assert cfg.seed == 0 and cfg.stop.env_steps == design["tasks"][task]["budget_env_steps"]
