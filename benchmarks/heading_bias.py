@@ -49,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     headings, actions = first_commands(args.policy, args.starts, args.seed)
     thrust, yaw = actions[:, 0], actions[:, 3]
-    print(
-        "| start heading (deg) | starts | first thrust command, mean | thrust below -0.8 | yaw-rate command at its bound |"
-    )
+    print("| start heading (deg) | starts | first thrust, mean | thrust below -0.8 | yaw-rate command at its bound |")
     print("|---|---:|---:|---:|---:|")
     edges = np.linspace(-180.0, 180.0, BINS + 1)
     for low, high in zip(edges[:-1], edges[1:]):
