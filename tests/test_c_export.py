@@ -33,8 +33,8 @@ N = len(OBSERVATION_NAMES)
 
 def _every_op_file(path) -> None:
     """A policy-shaped graph through every op the generator knows, in the forms our exports and their variants take:
-    normalization with the constant first, MatMul + Add, Gemm both ways, each activation, a Sqrt, runtime + runtime,
-    a Split into uneven parts, a Slice of one, a Concat, Identity, a Constant node and a one-sided Clip."""
+    normalization with the constant first, MatMul + Add, Gemm both ways, each activation, a Sqrt, runtime + runtime
+    (one feature times many, too), a Split into uneven parts, a Slice of one, a Concat, Identity, a Constant node and a one-sided Clip."""
     rng = np.random.default_rng(3)
 
     def w(*shape):
@@ -55,7 +55,9 @@ def _every_op_file(path) -> None:
         helper.make_node("Sigmoid", ["l3"], ["s3"]),
         helper.make_node("Sqrt", ["s3"], ["q3"]),
         helper.make_node("Mul", ["two", "q3"], ["m3"]),
-        helper.make_node("Add", ["m3", "h2"], ["r3"]),
+        helper.make_node("Slice", ["m3", "zero", "one", "axes"], ["first"]),
+        helper.make_node("Mul", ["first", "m3"], ["m3b"]),
+        helper.make_node("Add", ["m3b", "h2"], ["r3"]),
         helper.make_node("Split", ["r3", "sizes"], ["part0", "part1"], axis=1),
         helper.make_node("Slice", ["part1", "starts", "ends", "axes"], ["sliced"]),
         helper.make_node("Concat", ["part0", "sliced"], ["joined"], axis=-1),
@@ -78,6 +80,8 @@ def _every_op_file(path) -> None:
         "b3": w(1, 12),
         "two": np.float32(2.0),
         "sizes": np.array([4, 8], dtype=i64),
+        "zero": np.array([0], dtype=i64),
+        "one": np.array([1], dtype=i64),
         "starts": np.array([2], dtype=i64),
         "ends": np.array([6], dtype=i64),
         "axes": np.array([1], dtype=i64),

@@ -160,3 +160,12 @@ def test_a_heading_frame_run_exports_and_flies_the_world_frame_sim_link(tmp_path
     link.close()
     assert abs(world[6]) > 0.01 and np.abs(_heading(world) - heading).max() < 1e-5  # the same state, two frames
     assert np.abs(policy(world) - policy(heading)).max() < 1e-5
+    # The C export generates the turn too (a cosine and a sine broadcast over the rotation's rows).
+    from entropilot.deploy.c_export import build_c_policy
+    from entropilot.deploy.c_toolchain import find_host_compiler
+
+    if find_host_compiler() is None:
+        pytest.skip("no host C compiler (cc, gcc or clang): the C export's half of this test")
+    flights = _world_observations()
+    c_policy = build_c_policy(result.path, tmp_path / "c")
+    assert np.abs(c_policy.batch(flights) - policy.batch(flights)).max() <= 1e-5

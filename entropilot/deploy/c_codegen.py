@@ -295,10 +295,13 @@ class _Lowering:
             raise CodegenError(f"{self.describe(node)}: both operands are constants (fold them before export)")
         if not a_const and not b_const:
             a, b = self.value(node, 0), self.value(node, 1)
-            if a.size != b.size:
+            if a.size != b.size and 1 not in (a.size, b.size):
                 raise CodegenError(f"{self.describe(node)}: operands of {a.size} and {b.size} features")
-            y = self.output(node, a.size, in_place=0)
-            self._loop(a.size, f"{y.at('i')} = {a.at('i')} {symbol} {b.at('i')};", self.describe(node))
+            # One feature against many broadcasts it (a heading-frame policy turns rows by one cosine and sine).
+            size = max(a.size, b.size)
+            a_at, b_at = (v.at("i") if v.size == size else v.at("0") for v in (a, b))
+            y = self.output(node, size, in_place=0 if a.size == size else 1)
+            self._loop(size, f"{y.at('i')} = {a_at} {symbol} {b_at};", self.describe(node))
             return
         x = self.value(node, 1 if a_const else 0)
         c = self.feature_const(node, 0 if a_const else 1, x.size)
