@@ -34,7 +34,8 @@ N = len(OBSERVATION_NAMES)
 def _every_op_file(path) -> None:
     """A policy-shaped graph through every op the generator knows, in the forms our exports and their variants take:
     normalization with the constant first, MatMul + Add, Gemm both ways, each activation, a Sqrt, runtime + runtime
-    (one feature times many, too), a Split into uneven parts, a Slice of one, a Concat, Identity, a Constant node and a one-sided Clip."""
+    (one feature times many, too), a Split into uneven parts, a Slice of one, a Concat, Identity, a Constant node and
+    a one-sided Clip."""
     rng = np.random.default_rng(3)
 
     def w(*shape):
