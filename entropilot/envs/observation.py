@@ -120,18 +120,29 @@ def to_heading_frame(out: cython.float[:]) -> cython.void:
         norm = HEADING_NORM_MIN
     c: cython.double = r11 / norm
     s: cython.double = r21 / norm
-    i: cython.Py_ssize_t
-    x: cython.double
-    y: cython.double
     # (x, y) pairs: the position error's and the velocity's horizontal components, then each column of the
     # rotation's first two rows (Rz(-heading) R changes rows 1 and 2 only).
-    for i, stride in ((0, 1), (12, 1), (3, 3), (4, 3), (5, 3)):
-        x, y = out[i], out[i + stride]
-        out[i] = c * x + s * y
-        out[i + stride] = -s * x + c * y
+    _turn(out, 0, 1, c, s)
+    _turn(out, 12, 13, c, s)
+    _turn(out, 3, 6, c, s)
+    _turn(out, 4, 7, c, s)
+    _turn(out, 5, 8, c, s)
     # r21 is 0 by construction: exactly, so that rounding (float32 in the exported graph, double here) never reaches
     # the policy through the observation filter, whose scale for a constant is its epsilon.
     out[6] = 0.0
+
+
+@cython.cfunc
+@cython.inline
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def _turn(
+    out: cython.float[:], i: cython.Py_ssize_t, j: cython.Py_ssize_t, c: cython.double, s: cython.double
+) -> cython.void:
+    x: cython.double = out[i]
+    y: cython.double = out[j]
+    out[i] = c * x + s * y
+    out[j] = -s * x + c * y
 
 
 def observe(sim, targets: np.ndarray, noise: SensorNoise, rng: np.random.Generator) -> np.ndarray:
