@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 from entropilot.vehicle.airframe import Airframe, get_airframe
 
@@ -278,15 +279,18 @@ class HoverSettings(DroneSettings):
     # error, velocity and the rotation matrix turned about z by minus the drone's heading, so every heading looks
     # the same to the policy (nothing in these tasks depends on heading) and no heading is preferred.
     observation_frame: str = "world"
+    # A task whose commands or controllers are in world axes observes in the world frame only; it says why here.
+    world_frame_only: ClassVar[str | None] = None
 
     def __post_init__(self):
         super().__post_init__()
         _check(0 <= self.replay_crash_starts <= 1, "replay_crash_starts", self.replay_crash_starts, "in [0, 1]")
+        frames = ("world",) if self.world_frame_only else OBSERVATION_FRAMES
         _check(
-            self.observation_frame in OBSERVATION_FRAMES,
+            self.observation_frame in frames,
             "observation_frame",
             self.observation_frame,
-            f"one of {OBSERVATION_FRAMES}",
+            f"'world': {self.world_frame_only}" if self.world_frame_only else f"one of {OBSERVATION_FRAMES}",
         )
         for name in ("target", "start_low", "start_high"):
             object.__setattr__(self, name, _vec3(name, getattr(self, name)))
@@ -316,6 +320,7 @@ class HoverDiscreteSettings(HoverSettings):
     """Hover with discrete velocity commands: per world axis, an index into ``velocity_levels`` (m/s)."""
 
     velocity_levels: tuple[float, ...] = (-0.5, -0.1, 0.0, 0.1, 0.5)
+    world_frame_only: ClassVar[str | None] = "the velocity commands and the loop that flies them are in the world frame"
     command_repeat: int = 1  # control periods each command is held: the policy decides at control_hz / this
 
     def __post_init__(self):
@@ -325,12 +330,6 @@ class HoverDiscreteSettings(HoverSettings):
             "action_mode",
             self.action_mode,
             "'ctbr': the velocity loop commands collective thrust + body rates (what a vehicle's offboard mode takes)",
-        )
-        _check(
-            self.observation_frame == "world",
-            "observation_frame",
-            self.observation_frame,
-            "'world': the velocity commands and the loop that flies them are in the world frame",
         )
         levels = self.velocity_levels
         ok = isinstance(levels, (list, tuple)) and 2 <= len(levels) <= 15
@@ -386,6 +385,7 @@ class SwarmSettings(HoverSettings):
 
     num_drones: int = 3
     spacing: float = 0.6  # m between neighbouring targets (a line along x)
+    world_frame_only: ClassVar[str | None] = "the swarm observes every drone in the world frame"
     collision_distance: float = 0.12  # m between centres
     downwash: bool = True
 
@@ -405,9 +405,3 @@ class SwarmSettings(HoverSettings):
         )
         _check(self.collision_distance > 0, "collision_distance", self.collision_distance, "> 0")
         _check(self.replay_crash_starts == 0, "replay_crash_starts", self.replay_crash_starts, "0 (single-drone tasks)")
-        _check(
-            self.observation_frame == "world",
-            "observation_frame",
-            self.observation_frame,
-            "'world' (single-drone tasks)",
-        )
