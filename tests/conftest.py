@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from entropilot.deploy.c_toolchain import find_host_compiler
+
 # The two test tiers. The unit tier (`-m "not integration"`) runs in about a minute without Ray or an MLflow server;
 # the integration tier is everything that starts one (or several processes, or a wheel build). A test joins the
 # integration tier by asking for one of these fixtures, or by the marker on itself or its module.
@@ -189,18 +191,20 @@ def isolated_mlflow_env():
 
 EXPORT_PARITY_BATCH = 256
 
+# For the tests that compile generated C with the host compiler.
+needs_cc = pytest.mark.skipif(find_host_compiler() is None, reason="no host C compiler (cc, gcc or clang)")
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory, mlflow_server) -> Path:
-    """One PPO iteration on a short hover task, tracked in the session's MLflow server (~10 s); shared by the export,
-    registry and link tests. Ray is shut down again before the tests use it (they need only the files)."""
+
+def train_tiny_hover(root: Path, tracking_uri: str, name: str, experiment: str, **env_kwargs) -> Path:
+    """One PPO iteration on a short hover task (``env_kwargs`` over it), run ``name`` tracked at ``tracking_uri`` in
+    ``experiment`` (~10 s); its checkpoint under ``root``. Ray is started for it if it is not running (and shut down
+    again), and MLflow's process-wide settings are put back afterwards."""
     import ray
 
     from entropilot.envs import HOVER_ID
     from entropilot.platform.config import parse_config
     from entropilot.platform.train import train
 
-    root = tmp_path_factory.mktemp("export")
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(**RAY_TEST_INIT)
@@ -208,22 +212,28 @@ def checkpoint(tmp_path_factory, mlflow_server) -> Path:
         with restored_mlflow_env():
             cfg = parse_config(
                 {
-                    "name": "tiny-export",
-                    "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
+                    "name": name,
+                    "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0, **env_kwargs}},
                     "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
                     "entropy": {"init": {"enabled": False}},
                     "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-                    "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-export"},
+                    "mlflow": {"tracking_uri": tracking_uri, "experiment": experiment},
                     "stop": {"iterations": 1},
                     "evaluation": {"interval": None},
                     "checkpoint": {"interval": None, "dir": str(root / "runs")},
                 }
             )
-            path = train(cfg, echo=lambda line: None).checkpoint
+            return train(cfg, echo=lambda line: None).checkpoint
     finally:
         if started_ray:
             ray.shutdown()
-    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, mlflow_server) -> Path:
+    """One PPO iteration on a short hover task, tracked in the session's MLflow server (~10 s); shared by the export,
+    registry and link tests. Ray is shut down again before the tests use it (they need only the files)."""
+    return train_tiny_hover(tmp_path_factory.mktemp("export"), mlflow_server, "tiny-export", "test-export")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import sealed_policy_file, write_linear_policy
+from conftest import needs_cc, sealed_policy_file, write_linear_policy
 from onnx import TensorProto, helper
 
 from entropilot.cli import main
@@ -27,7 +27,6 @@ from entropilot.deploy.contract import INPUT_NAME, OUTPUT_NAME, PolicyContractEr
 from entropilot.deploy.onnx_policy import NonFiniteError, OnnxPolicy
 from entropilot.envs import OBSERVATION_NAMES
 
-needs_cc = pytest.mark.skipif(find_host_compiler() is None, reason="no host C compiler (cc, gcc or clang)")
 N = len(OBSERVATION_NAMES)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import sealed_policy_file
+from conftest import needs_cc, sealed_policy_file
 from onnx import helper
 
 from entropilot.deploy.c_export import generate_c
@@ -30,7 +30,7 @@ from entropilot.envs import HOVER_ID, OBSERVATION_NAMES
 from entropilot.envs.pid import CascadedPID
 from entropilot.vehicle.frames import euler_from_rotation, quaternion_from_rotation, rotation_from_quaternion
 
-pytestmark = pytest.mark.skipif(find_host_compiler() is None, reason="no host C compiler (cc, gcc or clang)")
+pytestmark = needs_cc
 
 HOST = Path(__file__).parent / "data" / "crazyflie_host"
 N = len(OBSERVATION_NAMES)

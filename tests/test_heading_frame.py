@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import needs_cc, train_tiny_hover
 
 from entropilot.deploy.policy_graph import PolicyGraph, to_onnx
 from entropilot.deploy.policy_graph import to_heading_frame as graph_heading_frame
@@ -120,35 +121,23 @@ def test_an_exported_heading_frame_policy_takes_the_world_frame_a_link_sends():
     assert np.abs(plain_session.run(None, {"observation": world})[0] - from_world).max() > 1e-3  # it does turn
 
 
-@pytest.mark.integration
-def test_a_heading_frame_run_exports_and_flies_the_world_frame_sim_link(tmp_path, ray_session):
+@pytest.fixture(scope="module")
+def heading_export(tmp_path_factory, mlflow_server):
+    """A one-iteration heading-frame hover run, exported. Export's parity check covers the out-of-range probes too:
+    they are turned into the heading frame, as the env would emit them."""
     from entropilot.deploy.export import export_policy
+
+    root = tmp_path_factory.mktemp("heading")
+    checkpoint = train_tiny_hover(root, mlflow_server, "tiny-heading", "test-heading", observation_frame="heading")
+    return export_policy(checkpoint, root / "policy.onnx")
+
+
+def test_a_heading_frame_export_takes_the_world_frame_observation_a_link_sends(heading_export):
     from entropilot.deploy.links.base import observation_from_telemetry
     from entropilot.deploy.links.sim import SimLink
     from entropilot.deploy.onnx_policy import OnnxPolicy
-    from entropilot.platform.config import parse_config
-    from entropilot.platform.train import train
 
-    cfg = parse_config(
-        {
-            "name": "tiny-heading",
-            "env": {
-                "id": HOVER_ID,
-                "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0, "observation_frame": "heading"},
-            },
-            "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-            "entropy": {"init": {"enabled": False}},
-            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test-heading"},
-            "stop": {"iterations": 1},
-            "evaluation": {"interval": None},
-            "checkpoint": {"interval": None, "dir": str(tmp_path / "runs")},
-        }
-    )
-    checkpoint = train(cfg, echo=lambda line: None).checkpoint
-    # Parity covers the out-of-range probes too: they are turned into the heading frame, as the env would emit them.
-    result = export_policy(checkpoint, tmp_path / "policy.onnx")
-    policy = OnnxPolicy(result.path)
+    policy = OnnxPolicy(heading_export.path)
     assert policy.metadata["env_kwargs"]["observation_frame"] == "heading"
     # A vehicle link builds the world-frame observation; the env the policy trained in, the heading-frame one.
     link = SimLink.from_policy_metadata(policy.metadata, seed=3)
@@ -160,12 +149,14 @@ def test_a_heading_frame_run_exports_and_flies_the_world_frame_sim_link(tmp_path
     link.close()
     assert abs(world[6]) > 0.01 and np.abs(_heading(world) - heading).max() < 1e-5  # the same state, two frames
     assert np.abs(policy(world) - policy(heading)).max() < 1e-5
-    # The C export generates the turn too (a cosine and a sine broadcast over the rotation's rows).
-    from entropilot.deploy.c_export import build_c_policy
-    from entropilot.deploy.c_toolchain import find_host_compiler
 
-    if find_host_compiler() is None:
-        pytest.skip("no host C compiler (cc, gcc or clang): the C export's half of this test")
+
+@needs_cc
+def test_the_c_export_of_a_heading_frame_policy_matches_onnxruntime(heading_export, tmp_path):
+    # The turn in C: a cosine and a sine broadcast over the rotation's rows.
+    from entropilot.deploy.c_export import build_c_policy
+    from entropilot.deploy.onnx_policy import OnnxPolicy
+
     flights = _world_observations()
-    c_policy = build_c_policy(result.path, tmp_path / "c")
-    assert np.abs(c_policy.batch(flights) - policy.batch(flights)).max() <= 1e-5
+    c_policy = build_c_policy(heading_export.path, tmp_path / "c")
+    assert np.abs(c_policy.batch(flights) - OnnxPolicy(heading_export.path).batch(flights)).max() <= 1e-5
