@@ -40,7 +40,7 @@ from entropilot.platform.algorithm import algorithm_config, algorithm_settings
 from entropilot.platform.bulk_runner import BulkEnvRunner
 from entropilot.platform.config import load_config
 from entropilot.policies.lean_gradients import with_rllib_gradients
-from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
+from entropilot.policies.ppo_learner import EntropyControlledPPOLearner, with_rllib_loss
 from entropilot.rllib_internals import with_rllib_minibatches
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[a.num_epochs])
     parser.add_argument("--gradients", nargs="+", choices=["lean", "rllib"], default=["lean", "rllib"])
     parser.add_argument("--minibatches", nargs="+", choices=["tensor", "rllib"], default=["tensor", "rllib"])
+    parser.add_argument("--loss", nargs="+", choices=["lean", "rllib"], default=["lean", "rllib"])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
@@ -64,25 +65,28 @@ def main() -> None:
     runner = BulkEnvRunner(config=config)
     rllib_gradients = {"lean": EntropyControlledPPOLearner, "rllib": with_rllib_gradients(EntropyControlledPPOLearner)}
     rllib_minibatches = {"tensor": lambda learner_class: learner_class, "rllib": with_rllib_minibatches}
+    rllib_loss = {"lean": lambda learner_class: learner_class, "rllib": with_rllib_loss}
     learners = {
-        (gradients, minibatches): algorithm_config(
-            **settings, learner_class=rllib_minibatches[minibatches](rllib_gradients[gradients])
+        (gradients, minibatches, loss): algorithm_config(
+            **settings, learner_class=rllib_loss[loss](rllib_minibatches[minibatches](rllib_gradients[gradients]))
         ).build_learner(spaces=runner.get_spaces())
-        for gradients, minibatches in itertools.product(args.gradients, args.minibatches)
+        for gradients, minibatches, loss in itertools.product(args.gradients, args.minibatches, args.loss)
     }
     runner.sample(num_timesteps=a.train_batch_size)  # past the first episodes' starts
     episodes = runner.sample(num_timesteps=a.train_batch_size)
-    variants = list(itertools.product(args.gradients, args.minibatches, args.threads, args.minibatch, args.epochs))
+    variants = list(
+        itertools.product(args.gradients, args.minibatches, args.loss, args.threads, args.minibatch, args.epochs)
+    )
     seconds = {variant: [] for variant in variants}
     cpu_seconds = {variant: [] for variant in variants}
     steps = {}  # minibatch steps per update, as the learner counts them (the batch holds an extra row per episode)
     for round_ in range(args.repeats + 1):  # round 0 warms up
         for variant in variants:
-            gradients, minibatches, threads, minibatch, epochs = variant
+            gradients, minibatches, loss, threads, minibatch, epochs = variant
             torch.set_num_threads(threads)
             batch = copy.deepcopy(episodes)  # the learner connector extends episodes in place
             started, cpu_started = time.perf_counter(), time.process_time()
-            result = learners[gradients, minibatches].update(
+            result = learners[gradients, minibatches, loss].update(
                 episodes=batch,
                 timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: a.train_batch_size * (round_ + 1)},
                 num_epochs=epochs,
@@ -100,25 +104,25 @@ def main() -> None:
         f"load {load:.1f}); median of {args.repeats}\n"
     )
     print(
-        "| gradients | minibatches | torch threads | minibatch | epochs | minibatch steps | s / update "
+        "| gradients | minibatches | loss | torch threads | minibatch | epochs | minibatch steps | s / update "
         "| ms / minibatch step | × recipe | CPU s / update | × recipe (CPU) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    baseline = (args.gradients[0], args.minibatches[0], args.threads[0], a.minibatch_size, a.num_epochs)
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    baseline = (args.gradients[0], args.minibatches[0], args.loss[0], args.threads[0], a.minibatch_size, a.num_epochs)
     recipe = statistics.median(seconds[baseline]) if baseline in seconds else None
     recipe_cpu = statistics.median(cpu_seconds[baseline]) if baseline in seconds else None
     for variant, values in seconds.items():
-        gradients, minibatches, threads, minibatch, epochs = variant
+        gradients, minibatches, loss, threads, minibatch, epochs = variant
         median, cpu = statistics.median(values), statistics.median(cpu_seconds[variant])
         ratio = f"{median / recipe:.2f}×" if recipe else "-"
         cpu_ratio = f"{cpu / recipe_cpu:.2f}×" if recipe_cpu else "-"
         print(
-            f"| {gradients} | {minibatches} | {threads} | {minibatch} | {epochs} | {steps[variant]} | {median:.3f} | "
-            f"{1000 * median / steps[variant]:.1f} | {ratio} | {cpu:.3f} | {cpu_ratio} |"
+            f"| {gradients} | {minibatches} | {loss} | {threads} | {minibatch} | {epochs} | {steps[variant]} "
+            f"| {median:.3f} | {1000 * median / steps[variant]:.1f} | {ratio} | {cpu:.3f} | {cpu_ratio} |"
         )
     print(
-        f"\n× recipe: over {args.gradients[0]} gradients and {args.minibatches[0]} minibatches on {args.threads[0]} "
-        "thread(s) with hover.yaml's minibatch and epochs, in this run."
+        f"\n× recipe: over {args.gradients[0]} gradients, {args.minibatches[0]} minibatches and the {args.loss[0]} "
+        f"loss on {args.threads[0]} thread(s) with hover.yaml's minibatch and epochs, in this run."
     )
 
 

@@ -6,12 +6,19 @@ from typing import Any
 
 import gymnasium as gym
 import torch
+from ray.rllib.algorithms.ppo.ppo import (
+    LEARNER_RESULTS_KL_KEY,
+    LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY,
+    LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY,
+)
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.lambda_defaultdict import LambdaDefaultDict
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.torch_utils import explained_variance
 
 from entropilot.policies.covariance import (
     CovarianceSettings,
@@ -33,6 +40,7 @@ from entropilot.policies.learner_metrics import (
     dim_metric,
     entropy_metric,
 )
+from entropilot.policies.ppo_loss import PPOLoss, ppo_loss
 from entropilot.rllib_internals import TensorMinibatchesMixin
 
 # Keys of `config.learners(learner_config_dict=...)` this learner reads.
@@ -78,8 +86,12 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
       When present, PPO's `entropy_coeff` is ignored: one controller per module sets the coefficient.
       Absent: PPO's stock entropy scheduler runs unchanged; entropy is still measured and logged.
     - `"covariance_control"`: `CovarianceSettings` keywords (Clip-Cov / KL-Cov, see
-      `policies/covariance.py`). Its policy term replaces PPO's clipped surrogate (the value and KL
-      terms stay): the loss is PPO's plus (covariance term - PPO's surrogate term).
+      `policies/covariance.py`). Its policy term replaces PPO's clipped surrogate in the loss (the value,
+      entropy and KL terms stay); `policy_loss` still reports the surrogate.
+
+    The loss is `ppo_loss.ppo_loss`: RLlib's PPO loss, with the mask weighing rows instead of selecting them, and
+    its statistics (`policy_loss`, `vf_loss`, `vf_explained_var`, ...) logged once per update from the last
+    minibatch, which is all RLlib reports of them (window 1).
 
     Measurement: in every minibatch of an `update()` the loss already holds the current policy's
     `action_dist_inputs`; we keep them for the valid (unmasked) samples and, once the update is done, measure
@@ -143,23 +155,52 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
                 f"{self._action_space(others[0])} (use per_dimension=False)"
             )
         self._rows: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._last_loss: dict[str, tuple[PPOLoss, torch.Tensor, torch.Tensor]] = {}
 
     @override(PPOTorchLearner)
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
-        loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
-        if module_id not in self._measured_module_ids():
-            return loss
+        module = self.module[module_id].unwrapped()
         mask = batch.get(Columns.LOSS_MASK)
         dist_inputs = fwd_out[Columns.ACTION_DIST_INPUTS]
-        with torch.no_grad():
-            self._accumulate(module_id, dist_inputs, batch[Columns.ACTIONS], mask)
-        if self._cov is not None:
-            loss = loss + self._covariance_correction(module_id, config, batch, dist_inputs, mask)
-        return loss
+        dist = module.get_train_action_dist_cls().from_logits(dist_inputs)
+        actions, logp = batch[Columns.ACTIONS], dist.logp(batch[Columns.ACTIONS])
+        kl = None
+        if config.use_kl_loss:
+            old = module.get_exploration_action_dist_cls().from_logits(batch[Columns.ACTION_DIST_INPUTS])
+            kl = old.kl(dist)
+        values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS)) if config.use_critic else None
+        measured = module_id in self._measured_module_ids()
+        policy_term = None
+        if measured and self._cov is not None:
+            policy_term = self._covariance_term(module_id, config, batch, dist_inputs, logp, mask)
+        loss = ppo_loss(
+            logp=logp,
+            logp_old=batch[Columns.ACTION_LOGP],
+            advantages=batch[Postprocessing.ADVANTAGES],
+            entropy=dist.entropy(),
+            values=values,
+            value_targets=batch[Postprocessing.VALUE_TARGETS],
+            mask=mask,
+            clip_param=config.clip_param,
+            vf_clip_param=config.vf_clip_param,
+            vf_loss_coeff=config.vf_loss_coeff,
+            entropy_coeff=self.entropy_coeff_schedulers_per_module[module_id].get_current_value(),
+            kl=kl,
+            kl_coeff=self.curr_kl_coeffs_per_module[module_id] if kl is not None else 0.0,
+            policy_term=policy_term,
+        )
+        # RLlib logs these with window 1 (only the last minibatch's are reported): keep the last, log them once.
+        prediction = values.detach() if values is not None else torch.zeros_like(logp.detach())
+        self._last_loss[module_id] = (loss, batch[Postprocessing.VALUE_TARGETS], prediction)
+        if measured:
+            with torch.no_grad():
+                self._accumulate(module_id, dist_inputs, actions, mask)
+        return loss.total
 
     @override(PPOTorchLearner)
     def after_gradient_based_update(self, *, timesteps) -> None:
         env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
+        self._log_last_loss()
         for module_id, means in self._global_means().items():
             for name, per_dim in means.items():
                 key = CLIPPED_FRACTION if name == "clipped" else entropy_metric(name)
@@ -337,18 +378,35 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
                 means[module_id] = dict(zip(names, (total[:-1] / count).cpu().chunk(len(names))))
         return means
 
-    def _covariance_correction(self, module_id, config, batch, dist_inputs, mask):
-        """The covariance method's policy term minus PPO's clipped-surrogate term (recomputed as PPO does)."""
-        module = self.module[module_id].unwrapped()
+    def _log_last_loss(self) -> None:
+        """The last minibatch's loss statistics under RLlib's names (PPO's KL-coefficient update reads its KL)."""
+        last, self._last_loss = self._last_loss, {}
+        for module_id, (loss, targets, prediction) in last.items():
+            numbers = torch.stack(
+                [
+                    loss.policy,
+                    loss.vf,
+                    loss.vf_unclipped,
+                    explained_variance(targets, prediction),
+                    loss.entropy,
+                    loss.kl,
+                ]
+            ).tolist()
+            names = (
+                POLICY_LOSS_KEY,
+                VF_LOSS_KEY,
+                LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY,
+                LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY,
+                ENTROPY_KEY,
+                LEARNER_RESULTS_KL_KEY,
+            )
+            self.metrics.log_dict(dict(zip(names, numbers)), key=module_id, window=1)
+
+    def _covariance_term(self, module_id, config, batch, dist_inputs, logp, mask) -> torch.Tensor:
+        """The covariance method's policy term, which stands in for PPO's clipped surrogate in the loss."""
         actions, logp_old = batch[Columns.ACTIONS], batch[Columns.ACTION_LOGP]
         advantages = batch[Postprocessing.ADVANTAGES]
         valid = mask if mask is not None else torch.ones_like(logp_old, dtype=torch.bool)
-        logp = module.get_train_action_dist_cls().from_logits(dist_inputs).logp(actions)
-        ratio = torch.exp(logp - logp_old)
-        surrogate = torch.min(
-            advantages * ratio, advantages * torch.clamp(ratio, 1 - config.clip_param, 1 + config.clip_param)
-        )
-        ppo_term = -surrogate[valid].sum() / valid.sum()
         if self._cov.per_dimension:
             logp_dims, z = gaussian_logp_per_dim(*split_diag_gaussian_inputs(dist_inputs), actions)
             score = -0.5 * z.detach() ** 2
@@ -368,10 +426,33 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
         self.metrics.log_value((module_id, COV_NUM_SELECTED), int(result.selected.sum()), window=1)
         self.metrics.log_value((module_id, COV_NUM_CANDIDATES), result.num_candidates, window=1)
         self.metrics.log_value((module_id, COV_POLICY_LOSS), result.loss.item(), window=1)
-        return result.loss - ppo_term
+        return result.loss
 
 
 def _num_learner_processes() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return 1
+
+
+def with_rllib_loss(learner_class: type) -> type:
+    """``learner_class`` with RLlib's own PPO loss (its masked means and per-minibatch logging) in place of
+    `ppo_loss`, entropy measured alike: the reference the lean loss is tested and benchmarked against. Without
+    covariance control (RLlib has none)."""
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        if self._cov is not None:
+            raise ValueError("with_rllib_loss is PPO's loss alone: covariance control is off there")
+        loss = PPOTorchLearner.compute_loss_for_module(
+            self, module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
+        )
+        if module_id in self._measured_module_ids():
+            with torch.no_grad():
+                self._accumulate(
+                    module_id, fwd_out[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS], batch.get(Columns.LOSS_MASK)
+                )
+        return loss
+
+    return type(
+        f"RLlibLoss{learner_class.__name__}", (learner_class,), {"compute_loss_for_module": compute_loss_for_module}
+    )
