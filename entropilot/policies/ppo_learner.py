@@ -171,8 +171,10 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
         values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS)) if config.use_critic else None
         measured = module_id in self._measured_module_ids()
         policy_term = None
-        if measured and self._cov is not None:
-            policy_term = self._covariance_term(module_id, config, batch, dist_inputs, logp, mask)
+        if measured and self._cov is not None and self._cov_rng is not None:
+            policy_term = self._covariance_term(
+                module_id, self._cov, self._cov_rng, config, batch, dist_inputs, logp, mask
+            )
         loss = ppo_loss(
             logp=logp,
             logp_old=batch[Columns.ACTION_LOGP],
@@ -191,7 +193,11 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
         )
         # RLlib logs these with window 1 (only the last minibatch's are reported): keep the last, log them once.
         prediction = values.detach() if values is not None else torch.zeros_like(logp.detach())
-        self._last_loss[module_id] = (loss, batch[Postprocessing.VALUE_TARGETS], prediction)
+        self._last_loss[module_id] = (
+            loss._replace(total=loss.total.detach()),
+            batch[Postprocessing.VALUE_TARGETS],
+            prediction,
+        )
         if measured:
             with torch.no_grad():
                 self._accumulate(module_id, dist_inputs, actions, mask)
@@ -387,7 +393,7 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
                     loss.policy,
                     loss.vf,
                     loss.vf_unclipped,
-                    explained_variance(targets, prediction),
+                    torch.as_tensor(explained_variance(targets, prediction)),
                     loss.entropy,
                     loss.kl,
                 ]
@@ -402,27 +408,27 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
             )
             self.metrics.log_dict(dict(zip(names, numbers)), key=module_id, window=1)
 
-    def _covariance_term(self, module_id, config, batch, dist_inputs, logp, mask) -> torch.Tensor:
+    def _covariance_term(
+        self, module_id, cov: CovarianceSettings, rng: torch.Generator, config, batch, dist_inputs, logp, mask
+    ) -> torch.Tensor:
         """The covariance method's policy term, which stands in for PPO's clipped surrogate in the loss."""
         actions, logp_old = batch[Columns.ACTIONS], batch[Columns.ACTION_LOGP]
         advantages = batch[Postprocessing.ADVANTAGES]
         valid = mask if mask is not None else torch.ones_like(logp_old, dtype=torch.bool)
-        if self._cov.per_dimension:
+        if cov.per_dimension:
             logp_dims, z = gaussian_logp_per_dim(*split_diag_gaussian_inputs(dist_inputs), actions)
             score = -0.5 * z.detach() ** 2
-            if self._cov.mode == "clip_cov":
-                result = clip_cov_loss(
-                    logp_dims, logp_old, advantages, valid, self._cov, config.clip_param, self._cov_rng, score
-                )
+            if cov.mode == "clip_cov":
+                result = clip_cov_loss(logp_dims, logp_old, advantages, valid, cov, config.clip_param, rng, score)
             else:
                 old_dims, _ = gaussian_logp_per_dim(
                     *split_diag_gaussian_inputs(batch[Columns.ACTION_DIST_INPUTS]), actions
                 )
-                result = kl_cov_loss(logp_dims, old_dims, advantages, valid, self._cov, score)
-        elif self._cov.mode == "clip_cov":
-            result = clip_cov_loss(logp, logp_old, advantages, valid, self._cov, config.clip_param, self._cov_rng)
+                result = kl_cov_loss(logp_dims, old_dims, advantages, valid, cov, score)
+        elif cov.mode == "clip_cov":
+            result = clip_cov_loss(logp, logp_old, advantages, valid, cov, config.clip_param, rng)
         else:
-            result = kl_cov_loss(logp, logp_old, advantages, valid, self._cov)
+            result = kl_cov_loss(logp, logp_old, advantages, valid, cov)
         self.metrics.log_value((module_id, COV_NUM_SELECTED), int(result.selected.sum()), window=1)
         self.metrics.log_value((module_id, COV_NUM_CANDIDATES), result.num_candidates, window=1)
         self.metrics.log_value((module_id, COV_POLICY_LOSS), result.loss.item(), window=1)
