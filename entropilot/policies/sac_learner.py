@@ -14,7 +14,9 @@ from entropilot.rllib_internals import drop_sac_component_losses
 LOG_ALPHA_STATE = "curr_log_alpha"
 
 
-class ResumableSACLearner(LeanGradientsMixin, SACTorchLearner):
+# RLlib 2.60's SACTorchLearner inherits two remove_module signatures (SACLearner's, TorchLearner's) that mypy reads
+# as incompatible; naming TorchLearner again through the mixin makes mypy check them here.
+class ResumableSACLearner(LeanGradientsMixin, SACTorchLearner):  # type: ignore[misc]
     """Stock RLlib 2.60 keeps `curr_log_alpha` outside the RLModule and outside `get_state()`: the
     alpha optimizer's moments are checkpointed, the value they act on is not, and a restored run
     starts again from `initial_alpha`. We add it to the state and load it in place, because the
