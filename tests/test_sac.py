@@ -142,8 +142,10 @@ def test_hover_sac_trains_exports_as_tanh_of_the_mean_and_flies(tmp_path, mlflow
             "resources.num_cpus_per_env_runner=0.5",
         ],
     )
+    lines: list[str] = []
     with restored_mlflow_env():
-        result = train(cfg, echo=lambda line: None)
+        result = train(cfg, echo=lines.append)
+    assert not [line for line in lines if "live settings" in line]  # SAC has no live entropy settings to refuse
     last = result.history[-1]
     assert result.iterations == 3 and "success_rate" in last
     assert cfg.algorithm.target_entropy == "auto" and last["entropy_target"] == -4.0  # -(action dims)
