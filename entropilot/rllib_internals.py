@@ -7,7 +7,10 @@ and policies rooms, so it sits beside them."""
 # core/learner/torch/torch_learner.py. tests/test_bulk_sampling.py compares the bulk path with RLlib's own loop and
 # tests/test_lean_learner_iteration.py the tensor minibatches with RLlib's iterator; each fails where they part.
 # `BulkEnvRunner._sample` overrides the runner's private sampling loop (the one `sample()` calls) with its 2.60
-# signature.
+# signature. `FaultTolerantSAC.training_step` samples through `sample_episodes` (below) and hands the learner SAC's loss
+# columns itself (`platform/replay.py`); `ResumableSACLearner` backpropagates SAC's summed loss in one pass, clearing
+# the component losses RLlib's SAC learner keeps (algorithms/sac/torch/sac_torch_learner.py).
+# tests/test_sac_replay.py fails where RLlib's SAC reads other columns or its gradients differ.
 
 from __future__ import annotations
 
@@ -17,12 +20,26 @@ import numpy as np
 import torch
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core.learner.learner import Learner
+from ray.rllib.env.env_runner_group import EnvRunnerGroup
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.filter import MeanStdFilter as RunningMeanStd
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
+
+
+def sample_episodes(env_runner_group: EnvRunnerGroup, timeout_s: float | None) -> tuple[list, list]:
+    """(episode chunks, each runner's metrics) of one synchronous sample on every healthy runner (the driver's own
+    without remote ones), as RLlib's DQN/SAC training step draws them: the new-stack runners' flags are private."""
+    return synchronous_parallel_sample(
+        worker_set=env_runner_group,
+        concat=True,
+        sample_timeout_s=timeout_s,
+        _uses_new_env_runners=True,
+        _return_metrics=True,
+    )
 
 
 def request_seeded_reset(runner: SingleAgentEnvRunner) -> None:
@@ -57,6 +74,12 @@ def record_sampled(
         runner._ongoing_episodes_for_metrics[chunk.id_].append(chunk)
     runner._log_env_steps(metric=runner._metrics_num_env_steps_sampled, num_steps=env_steps)
     runner._increase_sampled_metrics(env_steps, len(done))
+
+
+def drop_sac_component_losses(learner) -> None:
+    """Forget the SAC learner's per-optimizer losses (actor, critics, temperature) that its `compute_gradients` pops
+    one backward pass at a time: a learner that backpropagates their sum instead must not keep their graphs."""
+    learner._temp_losses.clear()
 
 
 def weights_seq_no(runner: SingleAgentEnvRunner) -> int:

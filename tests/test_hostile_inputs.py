@@ -242,6 +242,12 @@ TRAIN = [
         "replay_capacity",
         "train_batch_size",
     ),
+    case(
+        "sac-no-updates",
+        "train {hover} " + SAC + " --set algorithm.updates_per_env_step=0",
+        "algorithm.updates_per_env_step",
+        "greater than 0",
+    ),
     case("neither-config-nor-resume", "train", "give a CONFIG file, or --resume", exit=2),
     case("config-and-resume", "train {hover} --resume {ws}/runs/done", "give a CONFIG file, or --resume", exit=2),
 ]

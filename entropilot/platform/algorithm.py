@@ -19,16 +19,28 @@ from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.filter import RunningStat
-from ray.rllib.utils.metrics import ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER, TIMERS
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    REPLAY_BUFFER_ADD_DATA_TIMER,
+    REPLAY_BUFFER_SAMPLE_TIMER,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TD_ERROR_KEY,
+    TIMERS,
+)
 from ray.rllib.utils.numpy import SMALL_NUMBER
 from ray.tune.registry import register_env
 
 from entropilot.platform.bulk_runner import BulkEnvRunner
 from entropilot.platform.config import ExperimentConfig
+from entropilot.platform.replay import TransitionBuffer
 from entropilot.platform.resources import local_gpu_learner_or_cpu, resolve_learner_resources
 from entropilot.policies.ppo_learner import COVARIANCE_CONTROL, ENTROPY_CONTROL, EntropyControlledPPOLearner
 from entropilot.policies.sac_learner import ResumableSACLearner
-from entropilot.rllib_internals import take_out_of_service, weights_seq_no
+from entropilot.rllib_internals import sample_episodes, take_out_of_service, weights_seq_no
 
 ALGORITHMS = ("PPO", "SAC")
 # How env runners sample: RLlib's own per-item loop, or `bulk_runner.BulkEnvRunner` (single-agent envs).
@@ -105,7 +117,55 @@ class FaultTolerantPPO(_TimesEachIteration, _RestoresSilentlyRestartedEnvRunners
 
 
 class FaultTolerantSAC(_TimesEachIteration, _RestoresSilentlyRestartedEnvRunners, SAC):
-    """RLlib's SAC whose restarted env runners always sample with the current policy."""
+    """RLlib's SAC whose restarted env runners always sample with the current policy, and whose training step replays
+    flat transitions (single-agent; a multi-agent env keeps RLlib's step).
+
+    RLlib's step spent ~45 ms of a 140 ms hover step drawing episodes from its prioritized buffer and ~20 ms turning
+    them into a batch (its learner connector): here each sample round's chunks go into a `replay.TransitionBuffer`,
+    and each gradient update draws `train_batch_size` transitions uniformly from it as the columns SAC's loss reads
+    (`benchmarks/sac_step.py`). Updates per env step: `training_intensity` / `train_batch_size` (RLlib's own
+    setting, so both steps learn alike), the fractions carried over rounds. Like RLlib's buffer (the new stack's
+    checkpoints hold none), the transitions are not checkpointed: a resumed run learns again once it has sampled
+    `num_steps_sampled_before_learning_starts` new env steps (RLlib's step went on at once, replaying the few it
+    had)."""
+
+    @override(SAC)
+    def setup(self, config):
+        super().setup(config)
+        self.transitions = TransitionBuffer(self.config.replay_buffer_config["capacity"], seed=self.config.seed)
+        self._updates_due = 0.0
+
+    @override(SAC)
+    def training_step(self) -> None:
+        if self.config.is_multi_agent:
+            return super().training_step()
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes, env_runner_results = sample_episodes(self.env_runner_group, self.config.sample_timeout_s)
+        self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+        with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
+            env_steps = self.transitions.add_episodes(episodes)
+        # Counted in the buffer, not over the run: a resumed run (whose buffer starts empty) refills it first too.
+        if self.transitions.size < min(self.config.num_steps_sampled_before_learning_starts, self.transitions.capacity):
+            return None
+        sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME))
+        self._updates_due += env_steps * self.config.training_intensity / self.config.total_train_batch_size
+        updates, self._updates_due = divmod(self._updates_due, 1.0)
+        for _ in range(int(updates)):
+            with self.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
+                batch = self.transitions.train_batch(self.config.total_train_batch_size, DEFAULT_MODULE_ID)
+            with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+                results = self.learner_group.update(batch=batch, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled})
+            for result in results:  # per-sample TD errors: RLlib's step keeps them for priorities, never logs them
+                result[DEFAULT_MODULE_ID].pop(TD_ERROR_KEY, None)
+            self.metrics.aggregate(results, key=LEARNER_RESULTS)
+        if updates:
+            with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+                self.env_runner_group.sync_weights(
+                    from_worker_or_learner_group=self.learner_group,
+                    policies={DEFAULT_MODULE_ID},
+                    inference_only=True,
+                )
+        return None
 
 
 def make_env_creator(env_id: str) -> Callable[[dict], Any]:
@@ -157,6 +217,7 @@ def algorithm_settings(cfg: ExperimentConfig) -> dict:
         target_entropy=a.target_entropy,
         replay_capacity=a.replay_capacity,
         learning_starts=a.learning_starts,
+        updates_per_env_step=a.updates_per_env_step,
         entropy_control=e.control.controller_settings(e.measure) if e.control.enabled else None,
         covariance_control=e.covariance.settings(seed=cfg.seed),
         num_env_runners=r.num_env_runners,
@@ -214,6 +275,7 @@ def algorithm_config(
     target_entropy: float | str,
     replay_capacity: int,
     learning_starts: int,
+    updates_per_env_step: float,
     entropy_control: dict | None,
     covariance_control: dict | None,
     num_env_runners: int,
@@ -239,8 +301,10 @@ def algorithm_config(
     PPO uses `EntropyControlledPPOLearner` (`entropy_control` / `covariance_control` go to it, see there; without a
     controller PPO's entropy coefficient is 0, and a fixed one is the controller's `fixed` mode); `train_batch_size`,
     `minibatch_size`, `num_epochs` are per learner. SAC uses `ResumableSACLearner`; `lr` sets the
-    actor, critic and temperature rates, `train_batch_size` the replay batch per learner, `replay_capacity` RLlib's
-    prioritized episode buffer (whose own default is 1e6); PPO's own settings do not reach SAC, nor SAC's PPO.
+    actor, critic and temperature rates, `train_batch_size` the replay batch per learner, `replay_capacity` the
+    transitions kept (`FaultTolerantSAC.transitions`, and RLlib's prioritized episode buffer, whose own default is
+    1e6, for a multi-agent env), `updates_per_env_step` RLlib's `training_intensity`; PPO's own settings do not reach
+    SAC, nor SAC's PPO.
     `gpu` and `num_learners` are resolved by `resolve_learner_resources`; remote learners take
     `num_cpus_per_learner` CPUs each. `sampler="bulk"` samples with `BulkEnvRunner` (one batched forward per vector
     step; single-agent only). `vector_env="batched"` builds each runner's envs through the env's vector entry point
@@ -334,6 +398,10 @@ def algorithm_config(
     )
     if multi_agent:
         config = config.multi_agent(policies={SHARED_POLICY_ID}, policy_mapping_fn=_map_to_shared_policy)
+    if algorithm == "SAC":
+        # RLlib's "training intensity" counts replayed transitions per sampled env step (set here, where the learner
+        # count behind the total batch is known).
+        config = config.training(training_intensity=updates_per_env_step * config.total_train_batch_size)
     return config
 
 

@@ -303,7 +303,9 @@ class LiveTuner:
                 f"live: {SECTION}.{field} {_text(old[field])} → {_text(new[field])} ({source}) at iteration {iteration}"
             )
         self._control, self._settings = control, settings
-        for field in settings:  # the tags show what is in force
+        # The tags show what is in force; a run without entropy control has nothing live (`initial_tags`), and tags
+        # written here would be refused at the next poll.
+        for field in settings if self._cfg.entropy.control.enabled else ():
             for name in [name for name in tag_names(field) if name in tags] or [live_tag(field)]:
                 if tags.get(name) != settings[field]:
                     tracker.set_tag(name, settings[field])

@@ -98,6 +98,9 @@ class AlgorithmConfig(_Section):
     target_entropy: Literal["auto"] | float = "auto"
     replay_capacity: int = Field(100_000, ge=1)
     learning_starts: int = Field(1000, ge=0)
+    # SAC only: gradient updates per env step sampled (each on train_batch_size replayed transitions). RLlib's own
+    # default is one update per sample round, i.e. 1 / (envs per runner x runners).
+    updates_per_env_step: float = Field(0.125, gt=0.0, le=64.0)
 
     @field_validator("lr", mode="before")
     @classmethod
