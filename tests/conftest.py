@@ -328,3 +328,15 @@ def write_linear_policy(path, *, action_mode: str = "ctbr", k_z: float = 0.5, k_
         "hi": np.float32(1.0),
     }
     return sealed_policy_file(path, nodes, constants, action_mode=action_mode, **metadata)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread, as a Ray env-runner actor and training's local learner have (`build_algorithm`): a thread
+    pool makes each tiny forward and minibatch step wait on a busy 2-core box."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -39,13 +39,8 @@ ENVS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread, as in a Ray env-runner actor: a thread pool makes each tiny forward wait on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread, as a Ray actor and training's local learner have (conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 STATS = (

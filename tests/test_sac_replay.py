@@ -33,13 +33,8 @@ SAC = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread, as training's local learner has: a pool makes tiny steps wait on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread, as a Ray actor and training's local learner have (conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sac_config(**settings):
