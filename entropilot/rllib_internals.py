@@ -126,6 +126,27 @@ def module_forward(module, explore: bool) -> Callable[..., dict]:
     return module._forward_exploration if explore else module._forward_inference
 
 
+def free_log_std_actor(module) -> tuple[list[torch.nn.Module], torch.Tensor] | None:
+    """The layers that turn an observation into a PPO module's Gaussian mean, in order (its actor encoder's MLP,
+    then its free-log-std head's), and the log std the head appends to every row (clamped as the head clamps it);
+    None for any other module. Checked against Ray 2.60's DefaultPPOTorchRLModule: `encoder.actor_encoder` a
+    TorchMLPEncoder, whose forward is `net.mlp(obs)`, and `pi` a TorchFreeLogStdMLPHead, whose forward is
+    `cat([net.mlp(x), clamp(log_std) per row])`. tests/test_bulk_sampling.py holds both readers (the bulk
+    sampler's policy step, the exported graph) to the module's own forward."""
+    from ray.rllib.core.models.torch.encoder import TorchMLPEncoder
+    from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
+
+    head = getattr(module, "pi", None)
+    encoder = getattr(getattr(module, "encoder", None), "actor_encoder", None)
+    if type(head) is not TorchFreeLogStdMLPHead or type(encoder) is not TorchMLPEncoder:
+        return None
+    layers = [*encoder.net.mlp, *head.net.mlp]
+    log_std = head.log_std
+    if head.clip_log_std:
+        log_std = torch.clamp(log_std, -head.log_std_clip_param_const, head.log_std_clip_param_const)
+    return layers, log_std
+
+
 def set_chunk_times(episode: SingleAgentEpisode, start: float, last_step: float) -> None:
     """Timestamps behind `get_duration_s()` (RLlib's `episode_duration_sec_mean`): the stock runner sets them step by
     step, from the reset (a new episode) or the first step (a continued chunk) to the last step."""

@@ -18,24 +18,27 @@ from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
 from entropilot.platform.algorithm import algorithm_config, make_env_creator
 from entropilot.platform.bulk_filter import filter_rows
+from entropilot.platform.bulk_policy import gaussian_mlp_step
 from entropilot.platform.bulk_runner import BulkEnvRunner
 from entropilot.platform.config import ConfigError, parse_config
-from entropilot.rllib_internals import learner_connector_batch
+from entropilot.rllib_internals import learner_connector_batch, module_forward
 
 # Short hover episodes (24 steps at 48 Hz), so fragments hold finished, continued and freshly reset episodes.
 SHORT = {"episode_seconds": 0.5, "success_seconds": 0.25}
 HOVER = (make_env_creator("entropilot/Hover-v0"), SHORT)
 # Runners and learner in this process, on the CPU.
 LOCAL = {"resources.num_env_runners": 0, "resources.gpu": "off"}
-# name -> (env, env_config, vector_env): the runners' vector env is Gymnasium's SyncVectorEnv, or for hover also
-# the batched DroneVectorEnv (all drones in one PyBullet world).
+# name -> (env, env_config, vector_env, free_log_std): the runners' vector env is Gymnasium's SyncVectorEnv, or for
+# hover also the batched DroneVectorEnv (all drones in one PyBullet world). A free log std (training's Gaussian
+# policy) takes the bulk sampler's written-out step (`bulk_policy`); the others call the module.
 ENVS = {
-    "hover": (*HOVER, "sync"),
-    "hover-batched": (*HOVER, "batched"),
-    "pendulum": ("Pendulum-v1", {"max_episode_steps": 40}, "sync"),  # Box(-2, 2): RLlib unsquashes; truncations
-    "cartpole": ("CartPole-v1", {}, "sync"),  # Discrete: a categorical head
+    "hover": (*HOVER, "sync", False),
+    "hover-batched": (*HOVER, "batched", False),
+    "hover-batched-free-log-std": (*HOVER, "batched", True),
+    "pendulum": ("Pendulum-v1", {"max_episode_steps": 40}, "sync", False),  # Box(-2, 2): RLlib unsquashes
+    "cartpole": ("CartPole-v1", {}, "sync", False),  # Discrete: a categorical head
     # MultiDiscrete velocity commands (a multi-categorical head) over the velocity loop; no batched world.
-    "hover-discrete": (make_env_creator("entropilot/HoverDiscrete-v0"), SHORT, "sync"),
+    "hover-discrete": (make_env_creator("entropilot/HoverDiscrete-v0"), SHORT, "sync", False),
 }
 
 
@@ -78,16 +81,17 @@ def test_filter_rows_is_meanstdfilter_row_by_row():
 
 
 def runner_pair(env: str | tuple, num_envs: int = 4) -> tuple:
-    """(config, stock runner, bulk runner) of one env (a key of ENVS, or (env, env_config, vector_env)) with the
-    same weights and env seeds."""
-    creator, env_config, vector_env = ENVS[env] if isinstance(env, str) else env
-    # free_log_std=False (a state-dependent log std, as these tests were written with): RLlib has a free log std for
-    # a Gaussian head only, and the schema, whose env is Hover here, would give one to the categorical envs too.
+    """(config, stock runner, bulk runner) of one env (a key of ENVS, or (env, env_config, vector_env,
+    free_log_std)) with the same weights and env seeds."""
+    creator, env_config, vector_env, free_log_std = ENVS[env] if isinstance(env, str) else env
+    # free_log_std False (a state-dependent log std, as these tests were first written with) where the actions are
+    # not a Box: RLlib has a free log std for a Gaussian head only, and the schema, whose env is Hover here, would
+    # give one to the categorical envs too.
     settings = rllib_settings(
         {**LOCAL, "resources.envs_per_runner": num_envs, "seed": 7, "resources.vector_env": vector_env},
         env=creator,
         env_config=env_config,
-        free_log_std=False,
+        free_log_std=free_log_std,
     )
     config = algorithm_config(**settings)
     stock, bulk = SingleAgentEnvRunner(config=config), BulkEnvRunner(config=config)
@@ -193,7 +197,7 @@ def test_chunks_at_every_kind_of_fragment_boundary(num_envs):
     # Many short calls over short episodes: episodes ending on a fragment's last step (their env resets on the next
     # fragment's first step), an env resetting on a fragment's last step (its new episode has only its first
     # observation, carried over), one-step fragments, and chunks continued over several calls.
-    _, stock, bulk = runner_pair((Countdown, {"longest": 4}, "sync"), num_envs=num_envs)
+    _, stock, bulk = runner_pair((Countdown, {"longest": 4}, "sync", False), num_envs=num_envs)
     ids: dict = {}
     for call in range(40):
         from_stock, from_bulk = sample_both(stock, bulk, call, num_timesteps=1 + call % 4)
@@ -250,6 +254,33 @@ def test_ppo_loss_inputs_equal_on_both_paths(env):
             recomputed = dist.logp(torch.as_tensor(_array(batch[Columns.ACTIONS]))).numpy()
             mask = _array(batch[Columns.LOSS_MASK])
             np.testing.assert_allclose(recomputed[mask], _array(batch[Columns.ACTION_LOGP])[mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_written_out_gaussian_step_is_the_modules_to_the_bit(activation):
+    settings = rllib_settings({**LOCAL, "model.activation": activation, "model.hidden": [32, 16]})
+    runner = BulkEnvRunner(config=algorithm_config(**settings))
+    module = runner.module
+    dist_class = module.get_exploration_action_dist_cls()
+    observations = np.random.default_rng(0).normal(size=(8, module.observation_space.shape[0])).astype(np.float32)
+    module.eval()
+    for log_std in (-1.3, 25.0):  # 25: beyond the head's clamp (20), which the step must apply too
+        with torch.no_grad():
+            module.pi.log_std.fill_(log_std)
+        torch.manual_seed(5)
+        actions, outputs = runner._act(module_forward(module, True), dist_class, True, observations, 0)
+        torch.manual_seed(5)
+        step = gaussian_mlp_step(module, dist_class)
+        assert step is not None
+        got_actions, got_outputs = step(observations)
+        assert got_actions.dtype == actions.dtype and np.array_equal(got_actions, actions)
+        assert got_outputs.keys() == outputs.keys()
+        for key, value in outputs.items():
+            assert got_outputs[key].dtype == value.dtype and np.array_equal(got_outputs[key], value), key
+    # Anything else calls the module: a state-dependent log std, a categorical head.
+    assert gaussian_mlp_step(runner_pair("hover")[2].module, dist_class) is None
+    cartpole = runner_pair("cartpole")[2].module
+    assert gaussian_mlp_step(cartpole, cartpole.get_exploration_action_dist_cls()) is None
 
 
 def _array(value) -> np.ndarray:

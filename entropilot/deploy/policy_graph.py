@@ -101,9 +101,8 @@ class PolicyGraph(torch.nn.Module):
     """
 
     def __init__(self, module, stats, heading_frame: bool = False):
-        from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
-
         from entropilot.policies.entropy_range import categorical_sizes
+        from entropilot.rllib_internals import free_log_std_actor
 
         super().__init__()
         self.module = module
@@ -115,22 +114,17 @@ class PolicyGraph(torch.nn.Module):
             self.register_buffer("obs_mean", torch.as_tensor(np.asarray(stats.mean, dtype=np.float32)))
             self.register_buffer("obs_scale", torch.as_tensor(np.asarray(stats.std + stats.epsilon, dtype=np.float32)))
             self.clip = None if stats.clip is None else float(stats.clip)
-        encoder = getattr(module, "encoder", None)
-        self.actor_path = (
-            isinstance(getattr(module, "pi", None), TorchFreeLogStdMLPHead)
-            and getattr(encoder, "actor_encoder", None) is not None
-        )
+        actor = free_log_std_actor(module)
+        self.actor_layers = None if actor is None else actor[0]  # the module's own layers, not registered twice
 
     def forward(self, obs):
         if self.categorical_sizes is not None:
             parts = self.logits(obs).split(list(self.categorical_sizes), dim=-1)
             return torch.stack([part.argmax(dim=-1) for part in parts], dim=-1)
-        from ray.rllib.core.columns import Columns
-        from ray.rllib.core.models.base import ENCODER_OUT
-
-        if self.actor_path:
-            x = {Columns.OBS: self._normalized(obs)}
-            mean = self.module.pi.net(self.module.encoder.actor_encoder(x)[ENCODER_OUT])
+        if self.actor_layers is not None:
+            mean = self._normalized(obs)
+            for layer in self.actor_layers:
+                mean = layer(mean)
         else:
             mean = self.logits(obs)[:, :ACTION_SIZE]
         if self.convention == SQUASHED_DETERMINISTIC_ACTION:

@@ -39,6 +39,7 @@ from entropilot import rllib_internals as internals
 from entropilot.envs.evaluate import vector_info
 from entropilot.platform.bulk_episodes import Fragment, OpenEpisode, build_chunks
 from entropilot.platform.bulk_filter import filter_rows
+from entropilot.platform.bulk_policy import gaussian_mlp_step
 
 _DEFAULT_ENV_TO_MODULE = (
     AddObservationsFromEpisodesToBatch,
@@ -64,7 +65,8 @@ class BulkEnvRunner(SingleAgentEnvRunner):
     Selected by `resources.sampler: bulk` (`algorithm_config(sampler="bulk")`). Per vector step: the observation
     filter on the (N, obs) array (`bulk_filter`: MeanStdFilter's arithmetic on the connector's own statistics), one
     `torch.inference_mode` forward of the module, actions drawn from the module's own action-distribution class
-    (Gaussian, categorical, ...) and mapped for the env as RLlib's `NormalizeAndClipActions` maps them (the episodes
+    (Gaussian, categorical, ...; for RLlib's MLP actor with a free log std, exploring, the same arithmetic written
+    out: `bulk_policy`) and mapped for the env as RLlib's `NormalizeAndClipActions` maps them (the episodes
     keep the module's actions), `action_logp` and the module's outputs (`action_dist_inputs`) kept as arrays. The
     episodes (`bulk_episodes`) keep RLlib's chunking, lookback and episode ids across `sample()` calls; steps,
     episodes and returns are counted by the stock runner's own metrics code.
@@ -144,12 +146,13 @@ class BulkEnvRunner(SingleAgentEnvRunner):
         fragment = Fragment(observations=[self._observations])
         resetting = np.array([episode is None for episode in self._open_episodes])
         forward = internals.module_forward(self.module, explore) if not random_actions else None
-        dist_class = None
+        dist_class, written_out = None, None
         if forward is not None:
             get_dist = (
                 self.module.get_exploration_action_dist_cls if explore else self.module.get_inference_action_dist_cls
             )
             dist_class = get_dist()
+            written_out = gaussian_mlp_step(self.module, dist_class) if explore else None
         runners = self.config.num_env_runners or 1
         steps_before = self.num_env_steps_sampled_lifetime // runners
         env_steps, inference_s, step_s = 0, 0.0, 0.0
@@ -158,6 +161,8 @@ class BulkEnvRunner(SingleAgentEnvRunner):
             started = time.perf_counter()
             if forward is None:
                 actions, outputs = env.action_space.sample(), {}
+            elif written_out is not None:
+                actions, outputs = written_out(observations)
             else:
                 # `t`: global env steps, as the stock loop passes it (exploration schedules read it).
                 actions, outputs = self._act(
