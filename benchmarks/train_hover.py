@@ -23,7 +23,8 @@ The arms run seed by seed, interleaved, so load from elsewhere that comes and go
   at that iteration (they add up to it).
 - sb3: Stable-Baselines3 PPO (`pip install '.[bench]'`) with the config's recipe: the same env and options, as
   many envs (DummyVecEnv) and steps per iteration, epochs, minibatch, lr, gamma, GAE lambda, clip, grad clip,
-  value coefficient, network (tanh MLP, state-independent log std starting at std 1), observation
+  value coefficient, network (tanh MLP, state-independent log std starting at the recipe's `model.initial_std`,
+  SB3's small policy head), observation
   normalization (VecNormalize, clip 10), no entropy bonus; evaluated as entropilot evaluates (greedy, the same
   held-out seeds, every `evaluation.interval` iterations, all episodes at once in a vector env). Its phases:
   start-up (model and envs), sampling (`collect_rollouts`), learning (`train`), evaluation, other. Torch runs
@@ -35,6 +36,7 @@ The arms run seed by seed, interleaved, so load from elsewhere that comes and go
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -145,7 +147,12 @@ def sb3_run(config: Path, seed: int, budget: float, overrides: list[str]) -> dic
         ent_coef=0.0,
         vf_coef=a.vf_loss_coeff,
         max_grad_norm=a.grad_clip,
-        policy_kwargs={"net_arch": list(cfg.model.hidden), "activation_fn": torch.nn.Tanh},
+        policy_kwargs={
+            "net_arch": list(cfg.model.hidden),
+            "activation_fn": torch.nn.Tanh,
+            # The recipe's initial std (SB3's own: 1); its policy head already starts small (gain 0.01), as ours.
+            **({"log_std_init": math.log(cfg.model.initial_std)} if cfg.model.initial_std is not None else {}),
+        },
         seed=seed,
         device="cpu",
     )

@@ -13,6 +13,7 @@ from ray.rllib.algorithms.ppo.ppo import (
 )
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
@@ -26,7 +27,12 @@ from entropilot.policies.covariance import (
     gaussian_logp_per_dim,
     kl_cov_loss,
 )
-from entropilot.policies.entropy import measured_entropies, policy_bounds, split_diag_gaussian_inputs
+from entropilot.policies.entropy import (
+    diag_gaussian_entropy,
+    measured_entropies,
+    policy_bounds,
+    split_diag_gaussian_inputs,
+)
 from entropilot.policies.entropy_control import CONTROL_MODES, EntropyCoefficientController, Schedule
 from entropilot.policies.entropy_range import CATEGORICAL, MEASURES, categorical_sizes, entropy_key
 from entropilot.policies.lean_gradients import LeanGradientsMixin
@@ -162,12 +168,21 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
         module = self.module[module_id].unwrapped()
         mask = batch.get(Columns.LOSS_MASK)
         dist_inputs = fwd_out[Columns.ACTION_DIST_INPUTS]
-        dist = module.get_train_action_dist_cls().from_logits(dist_inputs)
-        actions, logp = batch[Columns.ACTIONS], dist.logp(batch[Columns.ACTIONS])
+        dist_class = module.get_train_action_dist_cls()
+        actions = batch[Columns.ACTIONS]
+        if dist_class is TorchDiagGaussian:
+            # TorchDiagGaussian's log-density and entropy from their formulas: the same numbers up to rounding,
+            # without a torch Normal built and its arguments checked on every minibatch.
+            mean, log_std = split_diag_gaussian_inputs(dist_inputs)
+            logp = gaussian_logp_per_dim(mean, log_std, actions)[0].sum(-1)
+            entropy = diag_gaussian_entropy(log_std).total
+        else:
+            dist = dist_class.from_logits(dist_inputs)
+            logp, entropy = dist.logp(actions), dist.entropy()
         kl = None
         if config.use_kl_loss:
             old = module.get_exploration_action_dist_cls().from_logits(batch[Columns.ACTION_DIST_INPUTS])
-            kl = old.kl(dist)
+            kl = old.kl(dist_class.from_logits(dist_inputs))
         values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS)) if config.use_critic else None
         measured = module_id in self._measured_module_ids()
         policy_term = None
@@ -179,7 +194,7 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
             logp=logp,
             logp_old=batch[Columns.ACTION_LOGP],
             advantages=batch[Postprocessing.ADVANTAGES],
-            entropy=dist.entropy(),
+            entropy=entropy,
             values=values,
             value_targets=batch[Postprocessing.VALUE_TARGETS],
             mask=mask,
