@@ -16,7 +16,8 @@ and the median is printed, of wall-clock seconds and of this process's CPU secon
 `gradients`: `lean` is what training uses, `rllib` the same learner with RLlib's optimizer, clipping and gradient
 step (the numbers are equal, `tests/test_lean_gradients.py`), built alike. `minibatches`: `tensor` is what training
 uses, `rllib` RLlib's `MiniBatchCyclicIterator` (the same minibatches and weights:
-`tests/test_lean_learner_iteration.py`).
+`tests/test_lean_learner_iteration.py`). `bare torch (floor)`: the same update's minibatch steps without RLlib
+(`BareTorchPPO`), what torch itself costs for them on this machine.
 Threads: `torch.set_num_threads` (the driver's local learner gets `resources`' CPUs per
 learner; a Ray env-runner or learner actor gets its CPUs as OMP_NUM_THREADS). Minibatch and epochs change the
 learning recipe (item 5 of issue 10): seconds are only half the trade; whether it still learns is the training
@@ -28,12 +29,16 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import math
 import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME, NUM_MODULE_STEPS_TRAINED
 
 from entropilot.platform.algorithm import algorithm_config, algorithm_settings
@@ -41,7 +46,12 @@ from entropilot.platform.bulk_runner import BulkEnvRunner
 from entropilot.platform.config import load_config
 from entropilot.policies.lean_gradients import with_rllib_gradients
 from entropilot.policies.ppo_learner import EntropyControlledPPOLearner, with_rllib_loss
-from entropilot.rllib_internals import with_rllib_minibatches
+from entropilot.rllib_internals import (
+    free_log_std_actor,
+    learner_connector_batch,
+    tensor_minibatches,
+    with_rllib_minibatches,
+)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
 MODULE = "default_policy"
@@ -58,6 +68,7 @@ def main() -> None:
     parser.add_argument("--minibatches", nargs="+", choices=["tensor", "rllib"], default=["tensor", "rllib"])
     parser.add_argument("--loss", nargs="+", choices=["lean", "rllib"], default=["lean", "rllib"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the bare-torch floor")
     args = parser.parse_args()
 
     settings = algorithm_settings(cfg)
@@ -80,7 +91,21 @@ def main() -> None:
     seconds = {variant: [] for variant in variants}
     cpu_seconds = {variant: [] for variant in variants}
     steps = {}  # minibatch steps per update, as the learner counts them (the batch holds an extra row per episode)
+    first = next(iter(learners.values()))
+    floor = BareTorchPPO(first.module[MODULE], config) if args.floor else None
+    floor_variants = list(itertools.product(args.threads, args.minibatch, args.epochs)) if floor else []
+    floor_seconds = {variant: [] for variant in floor_variants}
+    floor_cpu = {variant: [] for variant in floor_variants}
     for round_ in range(args.repeats + 1):  # round 0 warms up
+        for variant in floor_variants:
+            threads, minibatch, epochs = variant
+            torch.set_num_threads(threads)
+            batch = learner_connector_batch(first, copy.deepcopy(episodes))[MODULE]
+            started, cpu_started = time.perf_counter(), time.process_time()
+            floor_steps = floor.update(batch, epochs, minibatch)
+            if round_:
+                floor_seconds[variant].append(time.perf_counter() - started)
+                floor_cpu[variant].append(time.process_time() - cpu_started)
         for variant in variants:
             gradients, minibatches, loss, threads, minibatch, epochs = variant
             torch.set_num_threads(threads)
@@ -120,10 +145,63 @@ def main() -> None:
             f"| {gradients} | {minibatches} | {loss} | {threads} | {minibatch} | {epochs} | {steps[variant]} "
             f"| {median:.3f} | {1000 * median / steps[variant]:.1f} | {ratio} | {cpu:.3f} | {cpu_ratio} |"
         )
+    for variant, values in floor_seconds.items():
+        threads, minibatch, epochs = variant
+        median, cpu = statistics.median(values), statistics.median(floor_cpu[variant])
+        ratio = f"{median / recipe:.2f}×" if recipe else "-"
+        cpu_ratio = f"{cpu / recipe_cpu:.2f}×" if recipe_cpu else "-"
+        print(
+            f"| bare torch (floor) | - | - | {threads} | {minibatch} | {epochs} | {floor_steps} | {median:.3f} "
+            f"| {1000 * median / floor_steps:.1f} | {ratio} | {cpu:.3f} | {cpu_ratio} |"
+        )
     print(
         f"\n× recipe: over {args.gradients[0]} gradients, {args.minibatches[0]} minibatches and the {args.loss[0]} "
         f"loss on {args.threads[0]} thread(s) with hover.yaml's minibatch and epochs, in this run."
     )
+
+
+class BareTorchPPO:
+    """The floor: PPO's update written out as CleanRL writes it, no RLlib, on a copy of the learner's two nets and the
+    learner connector's train batch (its advantages and value targets), cut into the same minibatches
+    (`rllib_internals.tensor_minibatches`): per minibatch the actor and critic forward, the clipped surrogate and the
+    value error (mask-weighted means; the recipe has no value clamp, no KL term, and its entropy coefficient starts
+    at 0), one backward pass, global-norm clipping, fused Adam. What it leaves out of a learner update: the learner
+    connector (GAE), the entropy measurement and the metrics."""
+
+    def __init__(self, module, config):
+        module = copy.deepcopy(module)
+        actor = free_log_std_actor(module)
+        if actor is None:
+            raise ValueError("the floor runs RLlib's MLP actor with a free log std (configs/hover.yaml's)")
+        self.actor = torch.nn.Sequential(*actor[0])
+        self.critic = torch.nn.Sequential(*module.encoder.critic_encoder.net.mlp, *module.vf.net.mlp)
+        self.log_std = module.pi.log_std
+        self.params = [*self.actor.parameters(), *self.critic.parameters(), self.log_std]
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=True)
+        self.config = config
+
+    def update(self, batch, epochs: int, minibatch_size: int) -> int:
+        """One update; returns its minibatch steps."""
+        c = self.config
+        whole = MultiAgentBatch({MODULE: SampleBatch(dict(batch))}, len(batch[Columns.OBS]))
+        steps = 0
+        for minibatch in tensor_minibatches(whole, num_epochs=epochs, minibatch_size=minibatch_size, shuffle=True):
+            b = minibatch.policy_batches[MODULE]
+            mean, values = self.actor(b[Columns.OBS]), self.critic(b[Columns.OBS]).squeeze(-1)
+            z = (b[Columns.ACTIONS] - mean) * torch.exp(-self.log_std)
+            logp = (-0.5 * z * z - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            ratio = torch.exp(logp - b[Columns.ACTION_LOGP])
+            advantages = b[Postprocessing.ADVANTAGES]
+            surrogate = torch.min(advantages * ratio, advantages * ratio.clamp(1 - c.clip_param, 1 + c.clip_param))
+            weights = b[Columns.LOSS_MASK].float() / b[Columns.LOSS_MASK].sum()
+            error = (values - b[Postprocessing.VALUE_TARGETS]) ** 2
+            loss = -(surrogate * weights).sum() + c.vf_loss_coeff * (error * weights).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip, foreach=True)
+            self.optimizer.step()
+            steps += 1
+        return steps
 
 
 if __name__ == "__main__":
