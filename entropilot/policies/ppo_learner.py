@@ -160,7 +160,7 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
                 f"covariance_control per_dimension scores a Gaussian's action dims; module {others[0]!r} acts on "
                 f"{self._action_space(others[0])} (use per_dimension=False)"
             )
-        self._rows: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._rows: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self._last_loss: dict[str, tuple[PPOLoss, torch.Tensor, torch.Tensor]] = {}
 
     @override(PPOTorchLearner)
@@ -358,18 +358,19 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
                 log_std.fill_(math.log(sigma))
 
     def _accumulate(self, module_id, dist_inputs, actions, mask) -> None:
-        """Keep this minibatch's valid rows; `_global_means` measures them all at once after the update (one
-        vectorized pass instead of one per minibatch: the same numbers, without the per-minibatch op overhead)."""
-        if mask is not None:
-            dist_inputs, actions = dist_inputs[mask], actions[mask]
-        self._rows.setdefault(module_id, []).append((dist_inputs.detach(), actions.detach()))
+        """Keep this minibatch's rows and which are valid; `_global_means` measures the valid ones all at once after
+        the update (one vectorized pass and one selection instead of one per minibatch: the same numbers, without the
+        per-minibatch op overhead)."""
+        valid = mask if mask is not None else torch.ones(len(actions), dtype=torch.bool, device=actions.device)
+        self._rows.setdefault(module_id, []).append((dist_inputs.detach(), actions.detach(), valid))
 
     def _sums(self) -> dict:
         """Per module, each stat's per-dim sum over this update's rows, and the row count last."""
         rows, self._rows = self._rows, {}
         sums = {}
         for module_id, parts in rows.items():
-            dist_inputs, actions = (torch.cat(column) for column in zip(*parts))
+            dist_inputs, actions, valid = (torch.cat(column) for column in zip(*parts))
+            dist_inputs, actions = dist_inputs[valid], actions[valid]
             action_space = self._action_space(module_id)
             stats = measured_entropies(dist_inputs, action_space, self.config.normalize_actions)
             if isinstance(action_space, gym.spaces.Box):

@@ -9,6 +9,7 @@ Here the mask weighs the rows instead of selecting them, the statistics are retu
 log once per update, and the value is the same: tests/test_ppo_loss.py holds it to RLlib's on the same minibatch.
 """
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -69,10 +70,16 @@ def ppo_loss(
         vf = vf_unclipped = torch.zeros((), dtype=logp.dtype, device=logp.device)
     else:
         error = (values - value_targets) ** 2
-        vf, vf_unclipped = mean(torch.clamp(error, 0, vf_clip_param)), mean(error)
-    mean_entropy = mean(entropy)
+        vf_unclipped = mean(error)
+        # No clamp (vf_clip_param inf: the recipe's) is the unclamped mean itself, one term less to backpropagate.
+        vf = mean(torch.clamp(error, 0, vf_clip_param)) if math.isfinite(vf_clip_param) else vf_unclipped
+    # A zero coefficient adds nothing to the gradient: its term is left out of the graph, the entropy still reported.
+    mean_entropy = mean(entropy if entropy_coeff else entropy.detach())
     mean_kl = mean(kl) if kl is not None else torch.zeros((), dtype=logp.dtype, device=logp.device)
-    total = (policy if policy_term is None else policy_term) + vf_loss_coeff * vf - entropy_coeff * mean_entropy
+    total = policy if policy_term is None else policy_term
+    total = total + vf_loss_coeff * vf
+    if entropy_coeff:
+        total = total - entropy_coeff * mean_entropy
     if kl is not None:
         total = total + kl_coeff * mean_kl
     return PPOLoss(total, policy.detach(), vf.detach(), vf_unclipped.detach(), mean_entropy.detach(), mean_kl.detach())
