@@ -867,7 +867,9 @@ def trained(tmp_path_factory, mlflow_server, ray_session):
         "env": {"kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
         "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
         "entropy": {"init": {"enabled": False}},
-        "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+        # Sampling in the driver: what these cases check needs no runner actor, whose start
+        # (~3.5 s on a busy 2-core box) was most of a tiny run's time.
+        "resources": {"num_env_runners": 0, "envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
         "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-hostile"},
         "stop": {"iterations": 2},
         "evaluation": {"interval": None},
@@ -962,7 +964,9 @@ def test_bad_live_tags_are_refused_in_the_run_while_training_goes_on(tmp_path, m
         "env": {"kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0}},
         "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
         "entropy": {"init": {"enabled": False}},
-        "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+        # Sampling in the driver: what these cases check needs no runner actor, whose start
+        # (~3.5 s on a busy 2-core box) was most of a tiny run's time.
+        "resources": {"num_env_runners": 0, "envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
         "mlflow": {"tracking_uri": mlflow_server, "experiment": "test-hostile-live"},
         "stop": {"iterations": len(LIVE_TAGS) + 1},
         "evaluation": {"interval": None},

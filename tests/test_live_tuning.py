@@ -381,7 +381,9 @@ def tiny_config(tmp_path, uri, iterations):
             # Far below a fresh policy's ~4.35 effective nats: the signed tracker steps the coefficient down at
             # max_step each iteration.
             "entropy": {"init": {"enabled": False}, "control": {"mode": "track", "target": 3.0}},
-            "resources": {"envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+            # Sampling in the driver: live tuning acts on the learner and needs no runner actor, whose start
+            # (~3.5 s on a busy 2-core box) was most of a tiny run's time.
+            "resources": {"num_env_runners": 0, "envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
             "mlflow": {"tracking_uri": uri, "experiment": "test-live-tuning", "video": False, "system_metrics": False},
             "stop": {"iterations": iterations},
             "evaluation": {"interval": None},
