@@ -277,10 +277,17 @@ def test_written_out_gaussian_step_is_the_modules_to_the_bit(activation):
         assert got_outputs.keys() == outputs.keys()
         for key, value in outputs.items():
             assert got_outputs[key].dtype == value.dtype and np.array_equal(got_outputs[key], value), key
-    # Anything else calls the module: a state-dependent log std, a categorical head.
-    assert gaussian_mlp_step(runner_pair("hover")[2].module, dist_class) is None
-    cartpole = runner_pair("cartpole")[2].module
-    assert gaussian_mlp_step(cartpole, cartpole.get_exploration_action_dist_cls()) is None
+
+
+@pytest.mark.parametrize("env", ["hover", "cartpole"])
+def test_other_policies_call_the_module(env):
+    # A state-dependent log std (hover here), a categorical head (cartpole): the runner calls the module for them.
+    creator, env_config, vector_env, free_log_std = ENVS[env]
+    settings = rllib_settings(
+        {**LOCAL, "resources.vector_env": vector_env}, env=creator, env_config=env_config, free_log_std=free_log_std
+    )
+    module = BulkEnvRunner(config=algorithm_config(**settings)).module
+    assert gaussian_mlp_step(module, module.get_exploration_action_dist_cls()) is None
 
 
 def _array(value) -> np.ndarray:
