@@ -30,10 +30,10 @@ HOVER = (make_env_creator("entropilot/Hover-v0"), SHORT)
 LOCAL = {"resources.num_env_runners": 0, "resources.gpu": "off"}
 # name -> (env, env_config, vector_env, free_log_std): the runners' vector env is Gymnasium's SyncVectorEnv, or for
 # hover also the batched DroneVectorEnv (all drones in one PyBullet world). A free log std (training's Gaussian
-# policy) takes the bulk sampler's written-out step (`bulk_policy`); the others call the module.
+# policy, here on the batched world as training runs it) takes the bulk sampler's written-out step (`bulk_policy`);
+# the others call the module.
 ENVS = {
     "hover": (*HOVER, "sync", False),
-    "hover-batched": (*HOVER, "batched", False),
     "hover-batched-free-log-std": (*HOVER, "batched", True),
     "pendulum": ("Pendulum-v1", {"max_episode_steps": 40}, "sync", False),  # Box(-2, 2): RLlib unsquashes
     "cartpole": ("CartPole-v1", {}, "sync", False),  # Discrete: a categorical head
