@@ -55,6 +55,7 @@ from entropilot.rllib_internals import (
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hover.yaml"
 MODULE = "default_policy"
+FLOOR = "bare torch (floor)"
 
 
 def main() -> None:
@@ -88,24 +89,26 @@ def main() -> None:
     variants = list(
         itertools.product(args.gradients, args.minibatches, args.loss, args.threads, args.minibatch, args.epochs)
     )
-    seconds = {variant: [] for variant in variants}
-    cpu_seconds = {variant: [] for variant in variants}
-    steps = {}  # minibatch steps per update, as the learner counts them (the batch holds an extra row per episode)
     first = next(iter(learners.values()))
     floor = BareTorchPPO(first.module[MODULE], config) if args.floor else None
-    floor_variants = list(itertools.product(args.threads, args.minibatch, args.epochs)) if floor else []
-    floor_seconds = {variant: [] for variant in floor_variants}
-    floor_cpu = {variant: [] for variant in floor_variants}
+    # A floor row has the table's columns too: its gradients, minibatches and loss are the floor's own.
+    floor_variants = [
+        (FLOOR, "-", "-", *shape) for shape in itertools.product(args.threads, args.minibatch, args.epochs) if floor
+    ]
+    seconds: dict[tuple, list[float]] = {variant: [] for variant in [*variants, *floor_variants]}
+    cpu_seconds: dict[tuple, list[float]] = {variant: [] for variant in seconds}
+    steps = {}  # minibatch steps per update, as the learner counts them (the batch holds an extra row per episode)
     for round_ in range(args.repeats + 1):  # round 0 warms up
         for variant in floor_variants:
-            threads, minibatch, epochs = variant
+            *_, threads, minibatch, epochs = variant
             torch.set_num_threads(threads)
             batch = learner_connector_batch(first, copy.deepcopy(episodes))[MODULE]
             started, cpu_started = time.perf_counter(), time.process_time()
             floor_steps = floor.update(batch, epochs, minibatch)
             if round_:
-                floor_seconds[variant].append(time.perf_counter() - started)
-                floor_cpu[variant].append(time.process_time() - cpu_started)
+                seconds[variant].append(time.perf_counter() - started)
+                cpu_seconds[variant].append(time.process_time() - cpu_started)
+                steps[variant] = floor_steps
         for variant in variants:
             gradients, minibatches, loss, threads, minibatch, epochs = variant
             torch.set_num_threads(threads)
@@ -144,15 +147,6 @@ def main() -> None:
         print(
             f"| {gradients} | {minibatches} | {loss} | {threads} | {minibatch} | {epochs} | {steps[variant]} "
             f"| {median:.3f} | {1000 * median / steps[variant]:.1f} | {ratio} | {cpu:.3f} | {cpu_ratio} |"
-        )
-    for variant, values in floor_seconds.items():
-        threads, minibatch, epochs = variant
-        median, cpu = statistics.median(values), statistics.median(floor_cpu[variant])
-        ratio = f"{median / recipe:.2f}×" if recipe else "-"
-        cpu_ratio = f"{cpu / recipe_cpu:.2f}×" if recipe_cpu else "-"
-        print(
-            f"| bare torch (floor) | - | - | {threads} | {minibatch} | {epochs} | {floor_steps} | {median:.3f} "
-            f"| {1000 * median / floor_steps:.1f} | {ratio} | {cpu:.3f} | {cpu_ratio} |"
         )
     print(
         f"\n× recipe: over {args.gradients[0]} gradients, {args.minibatches[0]} minibatches and the {args.loss[0]} "
