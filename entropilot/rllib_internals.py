@@ -131,8 +131,8 @@ def free_log_std_actor(module) -> tuple[list[torch.nn.Module], torch.Tensor] | N
     then its free-log-std head's), and the log std the head appends to every row (clamped as the head clamps it);
     None for any other module. Checked against Ray 2.60's DefaultPPOTorchRLModule: `encoder.actor_encoder` a
     TorchMLPEncoder, whose forward is `net.mlp(obs)`, and `pi` a TorchFreeLogStdMLPHead, whose forward is
-    `cat([net.mlp(x), clamp(log_std) per row])`. tests/test_bulk_sampling.py holds both readers (the bulk
-    sampler's policy step, the exported graph) to the module's own forward."""
+    `cat([net.mlp(x), clamp(log_std) per row])`. Its readers are held to the module's own forward: the bulk
+    sampler's policy step by tests/test_bulk_sampling.py, the exported graph by every export's parity check."""
     from ray.rllib.core.models.torch.encoder import TorchMLPEncoder
     from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
 

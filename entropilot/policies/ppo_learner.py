@@ -170,11 +170,13 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
         dist_inputs = fwd_out[Columns.ACTION_DIST_INPUTS]
         dist_class = module.get_train_action_dist_cls()
         actions = batch[Columns.ACTIONS]
+        dist, per_dim = None, None
         if dist_class is TorchDiagGaussian:
             # TorchDiagGaussian's log-density and entropy from their formulas: the same numbers up to rounding,
             # without a torch Normal built and its arguments checked on every minibatch.
             mean, log_std = split_diag_gaussian_inputs(dist_inputs)
-            logp = gaussian_logp_per_dim(mean, log_std, actions)[0].sum(-1)
+            per_dim = gaussian_logp_per_dim(mean, log_std, actions)
+            logp = per_dim[0].sum(-1)
             entropy = diag_gaussian_entropy(log_std).total
         else:
             dist = dist_class.from_logits(dist_inputs)
@@ -182,14 +184,12 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
         kl = None
         if config.use_kl_loss:
             old = module.get_exploration_action_dist_cls().from_logits(batch[Columns.ACTION_DIST_INPUTS])
-            kl = old.kl(dist_class.from_logits(dist_inputs))
+            kl = old.kl(dist if dist is not None else dist_class.from_logits(dist_inputs))
         values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS)) if config.use_critic else None
         measured = module_id in self._measured_module_ids()
         policy_term = None
         if measured and self._cov is not None and self._cov_rng is not None:
-            policy_term = self._covariance_term(
-                module_id, self._cov, self._cov_rng, config, batch, dist_inputs, logp, mask
-            )
+            policy_term = self._covariance_term(module_id, self._cov, self._cov_rng, config, batch, logp, per_dim, mask)
         loss = ppo_loss(
             logp=logp,
             logp_old=batch[Columns.ACTION_LOGP],
@@ -425,14 +425,16 @@ class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PP
             self.metrics.log_dict(dict(zip(names, numbers)), key=module_id, window=1)
 
     def _covariance_term(
-        self, module_id, cov: CovarianceSettings, rng: torch.Generator, config, batch, dist_inputs, logp, mask
+        self, module_id, cov: CovarianceSettings, rng: torch.Generator, config, batch, logp, per_dim, mask
     ) -> torch.Tensor:
-        """The covariance method's policy term, which stands in for PPO's clipped surrogate in the loss."""
+        """The covariance method's policy term, which stands in for PPO's clipped surrogate in the loss. ``per_dim``:
+        the Gaussian's per-dimension log-density and standardized action (`gaussian_logp_per_dim`) the loss computed,
+        None for a categorical policy (`build` refuses per-dimension scoring for one)."""
         actions, logp_old = batch[Columns.ACTIONS], batch[Columns.ACTION_LOGP]
         advantages = batch[Postprocessing.ADVANTAGES]
         valid = mask if mask is not None else torch.ones_like(logp_old, dtype=torch.bool)
         if cov.per_dimension:
-            logp_dims, z = gaussian_logp_per_dim(*split_diag_gaussian_inputs(dist_inputs), actions)
+            logp_dims, z = per_dim
             score = -0.5 * z.detach() ** 2
             if cov.mode == "clip_cov":
                 result = clip_cov_loss(logp_dims, logp_old, advantages, valid, cov, config.clip_param, rng, score)
