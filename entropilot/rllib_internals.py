@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import ray
+import ray.rllib.env.env_runner_group as env_runner_group_module
 import torch
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core.learner.learner import Learner
@@ -28,6 +30,24 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.filter import MeanStdFilter as RunningMeanStd
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
+
+
+class _RayOrThisProcess:
+    """`ray` as RLlib's EnvRunnerGroup sees it, but for `put`: while Ray is not running, the value stays in this
+    process. The group puts its config (once) and the module's weights (every iteration) in Ray's object store for
+    its remote runners even when it has none; nothing else on a run with no actor touches Ray."""
+
+    def __getattr__(self, name: str):
+        return getattr(ray, name)
+
+    @staticmethod
+    def put(value, **kwargs):
+        return ray.put(value, **kwargs) if ray.is_initialized() else value
+
+
+def allow_training_without_ray() -> None:
+    """Let an Algorithm with no remote runner or learner build and train with Ray not running (`train.needs_ray`)."""
+    env_runner_group_module.ray = _RayOrThisProcess()
 
 
 def sample_episodes(env_runner_group: EnvRunnerGroup, timeout_s: float | None) -> tuple[list, list]:

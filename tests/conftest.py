@@ -201,44 +201,35 @@ needs_cc = pytest.mark.skipif(find_host_compiler() is None, reason="no host C co
 
 def train_tiny_hover(root: Path, tracking_uri: str, name: str, experiment: str, **env_kwargs) -> Path:
     """One PPO iteration on a short hover task (``env_kwargs`` over it), run ``name`` tracked at ``tracking_uri`` in
-    ``experiment`` (~10 s); its checkpoint under ``root``. Ray is started for it if it is not running (and shut down
-    again), and MLflow's process-wide settings are put back afterwards."""
-    import ray
-
+    ``experiment`` (~5 s); its checkpoint under ``root``. It samples and learns in this process, without Ray (unless
+    Ray is up already), and MLflow's process-wide settings are put back afterwards."""
     from entropilot.envs import HOVER_ID
     from entropilot.platform.config import parse_config
     from entropilot.platform.train import train
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(**RAY_TEST_INIT)
-    try:
-        with restored_mlflow_env():
-            cfg = parse_config(
-                {
-                    "name": name,
-                    "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0, **env_kwargs}},
-                    "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
-                    "entropy": {"init": {"enabled": False}},
-                    # Sampling in the driver: a checkpoint to export needs no runner actor, whose start
-                    # (~3.5 s on a busy 2-core box) was most of a tiny run's time.
-                    "resources": {"num_env_runners": 0, "envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
-                    "mlflow": {"tracking_uri": tracking_uri, "experiment": experiment},
-                    "stop": {"iterations": 1},
-                    "evaluation": {"interval": None},
-                    "checkpoint": {"interval": None, "dir": str(root / "runs")},
-                }
-            )
-            return train(cfg, echo=lambda line: None).checkpoint
-    finally:
-        if started_ray:
-            ray.shutdown()
+    with restored_mlflow_env():
+        cfg = parse_config(
+            {
+                "name": name,
+                "env": {"id": HOVER_ID, "kwargs": {"episode_seconds": 2.0, "success_seconds": 1.0, **env_kwargs}},
+                "algorithm": {"train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1},
+                "entropy": {"init": {"enabled": False}},
+                # Sampling in the driver: a checkpoint to export needs no runner actor, whose start
+                # (~3.5 s on a busy 2-core box) was most of a tiny run's time.
+                "resources": {"num_env_runners": 0, "envs_per_runner": 1, "num_cpus_per_env_runner": 0.5},
+                "mlflow": {"tracking_uri": tracking_uri, "experiment": experiment},
+                "stop": {"iterations": 1},
+                "evaluation": {"interval": None},
+                "checkpoint": {"interval": None, "dir": str(root / "runs")},
+            }
+        )
+        return train(cfg, echo=lambda line: None).checkpoint
 
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, mlflow_server) -> Path:
-    """One PPO iteration on a short hover task, tracked in the session's MLflow server (~10 s); shared by the export,
-    registry and link tests. Ray is shut down again before the tests use it (they need only the files)."""
+    """One PPO iteration on a short hover task, tracked in the session's MLflow server (~5 s); shared by the export,
+    registry and link tests (they need only the files)."""
     return train_tiny_hover(tmp_path_factory.mktemp("export"), mlflow_server, "tiny-export", "test-export")
 
 

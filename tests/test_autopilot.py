@@ -397,8 +397,9 @@ def test_one_link_flies_several_flights_and_reports_them_like_episodes(tmp_path)
         link.seed = 5
         link.connect()
         result = link.flight_result(Autopilot(policy, link, link.target).run(duration_s=0.25, end="hold"))
-        # the start, 12 policy steps, and the hold command of the hand-over tick
-        assert (result.seed, result.length, len(result.frames), result.positions.shape) == (5, 12, 14, (14, 3))
+        # the start, 12 policy steps, and the hold command of the hand-over tick; frames at a GIF's 24 fps: the
+        # start's and every second step's
+        assert (result.seed, result.length, len(result.frames), result.positions.shape) == (5, 12, 7, (14, 3))
         assert not result.success  # shorter than success_seconds
 
         link.record_frames, link.seed = False, 6

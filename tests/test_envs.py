@@ -190,6 +190,25 @@ def test_render_rgb_array():
     assert frame.std() > 5  # a real picture, not a blank image
 
 
+@pytest.mark.parametrize("control_hz", [48, 30])
+def test_a_flights_gif_renders_the_frames_it_keeps_and_plays_in_real_time(tmp_path, control_hz):
+    from PIL import Image
+
+    from entropilot.envs.evaluate import run_episodes
+    from entropilot.envs.plots import save_gif
+
+    env = gym.make(HOVER_ID, render_mode="rgb_array", control_hz=control_hz, episode_seconds=0.5, success_seconds=0.25)
+    (result,) = run_episodes(env, CascadedPID.for_env(env), 1, seed=0, record_frames=True)
+    stride = 2 if control_hz == 48 else 1  # a GIF keeps at most 24 frames per second
+    assert len(result.frames) == 1 + result.length // stride
+    save_gif(result.frames, str(tmp_path / "flight.gif"), control_hz)
+    with Image.open(tmp_path / "flight.gif") as gif:
+        durations = [gif.seek(k) or gif.info["duration"] for k in range(gif.n_frames)]
+    assert gif.n_frames == len(result.frames)
+    # each frame shows for its control steps' time, to the GIF format's 1/100 s
+    assert all(abs(d / 1000 - stride / control_hz) < 0.01 for d in durations)
+
+
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [

@@ -855,7 +855,7 @@ def test_the_real_command_prints_one_line_and_no_traceback(workspace):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, mlflow_server, ray_session):
+def trained(tmp_path_factory, mlflow_server):
     """A real two-iteration run (checkpoints iter_000001 and iter_000002) tracked in the session's MLflow server."""
     from conftest import restored_mlflow_env
 
@@ -951,7 +951,7 @@ LIVE_TAGS = [
 ]
 
 
-def test_bad_live_tags_are_refused_in_the_run_while_training_goes_on(tmp_path, mlflow_server, ray_session):
+def test_bad_live_tags_are_refused_in_the_run_while_training_goes_on(tmp_path, mlflow_server):
     import mlflow
     from conftest import restored_mlflow_env
 

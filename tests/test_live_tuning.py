@@ -411,9 +411,7 @@ def after(iteration):
     return f"iter {iteration:4d} "
 
 
-def test_tags_set_during_training_retune_it_and_survive_resume(
-    tmp_path, mlflow_server_process, isolated_mlflow_env, ray_session
-):
+def test_tags_set_during_training_retune_it_and_survive_resume(tmp_path, mlflow_server_process, isolated_mlflow_env):
     client = mlflow.MlflowClient(mlflow_server_process.uri)
     cfg = tiny_config(tmp_path, mlflow_server_process.uri, iterations=3)
     seen = {}

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from entropilot.envs.plots import frame_stride
+
 
 @dataclass
 class EpisodeResult:
@@ -171,6 +173,7 @@ def _fly(
 ) -> list[EpisodeResult]:
     sim, agents = world.sim, world.agents
     index = {agent: i for i, agent in enumerate(agents)}
+    stride = frame_stride(world.env.unwrapped.settings.control_hz)
     results = []
     for k in range(episodes):
         obs = world.reset(seed + k)
@@ -178,13 +181,14 @@ def _fly(
             reset_controller()
         books = {a: _Recorder(seed + k, a, sim, index[a], world.target(index[a])) for a in agents}
         frames = [world.env.render()] if record_frames else []
-        live, done = [a for a in agents if a in obs], False
+        live, done, steps = [a for a in agents if a in obs], False, 0
         while not done:
             actions = {a: controller(obs[a]) for a in live}
             obs, rewards, dones, infos, done = world.step(actions)
+            steps += 1
             for a, reward in rewards.items():
                 books[a].step(reward, infos[a], world.target(index[a]))
-            if record_frames:
+            if record_frames and steps % stride == 0:
                 frames.append(world.env.render())
             live = [a for a in live if not dones.get(a, False)]
         results += [books[a].result(frames) for a in agents]
@@ -292,6 +296,6 @@ def report_flights(
     if video:
         from entropilot.envs.plots import save_gif
 
-        save_gif(results[0].frames, video, fps=control_hz)
+        save_gif(results[0].frames, video, control_hz)
         echo(f"video: {video}")
     return stats

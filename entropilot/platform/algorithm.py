@@ -40,7 +40,12 @@ from entropilot.platform.replay import TransitionBuffer
 from entropilot.platform.resources import local_gpu_learner_or_cpu, resolve_learner_resources
 from entropilot.policies.ppo_learner import COVARIANCE_CONTROL, ENTROPY_CONTROL, EntropyControlledPPOLearner
 from entropilot.policies.sac_learner import ResumableSACLearner
-from entropilot.rllib_internals import sample_episodes, take_out_of_service, weights_seq_no
+from entropilot.rllib_internals import (
+    allow_training_without_ray,
+    sample_episodes,
+    take_out_of_service,
+    weights_seq_no,
+)
 
 ALGORITHMS = ("PPO", "SAC")
 # How env runners sample: RLlib's own per-item loop, or `bulk_runner.BulkEnvRunner` (single-agent envs).
@@ -233,16 +238,19 @@ def algorithm_settings(cfg: ExperimentConfig) -> dict:
 
 
 def build_algorithm(**settings) -> Algorithm:
-    """Build and return the RLlib `Algorithm` of `algorithm_config(**settings)`; starts Ray (honouring
-    RAY_ADDRESS) if it isn't running.
+    """Build and return the RLlib `Algorithm` of `algorithm_config(**settings)`. If Ray isn't running, one with remote
+    env runners or learners starts it (honouring RAY_ADDRESS); one without trains in this process with no Ray.
 
     A CPU learner that trains in this process (`num_learners=0`) gets as many torch threads as CPUs per learner
     (1 for "auto"), as Ray gives a learner or env-runner actor (OMP_NUM_THREADS): torch's default, a thread per
     core, made each update 5-20x slower on a busy 2-core machine (`benchmarks/learner_update.py`). This sets
     torch's thread count for the whole calling process."""
-    if not ray.is_initialized():
-        ray.init()
     config = algorithm_config(**settings)
+    if not ray.is_initialized():
+        if config.num_env_runners or config.num_learners:
+            ray.init()
+        else:
+            allow_training_without_ray()
     if config.num_learners == 0 and not config.num_gpus_per_learner:
         import torch
 

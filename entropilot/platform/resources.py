@@ -22,8 +22,8 @@ class DoesNotFit(EntropilotError, ValueError):
 def run_bundles(cfg: ExperimentConfig) -> list[dict[str, float]]:
     """The Ray resource bundles one training run (a sweep's trial) takes, as RLlib's
     `Algorithm.default_resource_request` lays them out for our build: the driver (it is also the learner unless
-    there are remote learners), one bundle per env runner, one per remote learner. With resources.gpu auto/on, Ray
-    must be up (GPUs are counted in the cluster, as the run's own build will)."""
+    there are remote learners), one bundle per env runner, one per remote learner. GPUs are counted as the run's own
+    build counts them (`count_available_gpus`)."""
     r = cfg.resources
     learners = resolve_learner_resources(r.gpu, r.num_learners)
     gpus = learners["num_gpus_per_learner"]
@@ -82,15 +82,31 @@ def resolve_learner_resources(gpu: str, num_learners: int, available_gpus: int |
     if gpu == "off":
         return {"num_learners": num_learners, "num_gpus_per_learner": 0}
     if available_gpus is None:
-        import ray
-
-        available_gpus = int(ray.cluster_resources().get("GPU", 0))
+        available_gpus = count_available_gpus()
     if available_gpus == 0:
         if gpu == "on":
-            raise GpuUnavailable("resources.gpu 'on': the Ray cluster has no GPU; use gpu='auto' or 'off'")
+            raise GpuUnavailable(f"resources.gpu 'on': {_where()} has no GPU; use gpu='auto' or 'off'")
         return {"num_learners": num_learners, "num_gpus_per_learner": 0}
     gpu_learners = min(num_learners, available_gpus) if num_learners > 0 else available_gpus
     return {"num_learners": 0 if gpu_learners == 1 else gpu_learners, "num_gpus_per_learner": 1}
+
+
+def count_available_gpus() -> int:
+    """The GPUs a run can use: the Ray cluster's while Ray is up, else this process's (a run without Ray, see
+    `train.needs_ray`, learns in this process)."""
+    import ray
+
+    if ray.is_initialized():
+        return int(ray.cluster_resources().get("GPU", 0))
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _where() -> str:
+    import ray
+
+    return "the Ray cluster" if ray.is_initialized() else "this machine"
 
 
 def local_gpu_learner_or_cpu(learners: dict, gpu: str, visible_gpus: int | None = None) -> dict:

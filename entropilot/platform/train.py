@@ -66,6 +66,18 @@ def env_runner_nodes(algo) -> list[str]:
     )
 
 
+def needs_ray(cfg: ExperimentConfig) -> bool:
+    """Whether training ``cfg`` needs Ray: a cluster to join (resources.ray_address or RAY_ADDRESS) or actors to place
+    (remote env runners or learners). A run that samples and learns in this process, the laptop default, trains
+    without it: Ray's processes took ~5 s to start and ~1.5 s to stop on 2 cores, a seventh of a hover run."""
+    from entropilot.platform.resources import resolve_learner_resources
+
+    r = cfg.resources
+    if r.resolve_ray_address() != "local" or r.num_env_runners > 0:
+        return True
+    return resolve_learner_resources(r.gpu, r.num_learners)["num_learners"] > 0
+
+
 def init_ray(cfg: ExperimentConfig) -> None:
     """Connect to ``cfg``'s Ray cluster (resources.ray_address or RAY_ADDRESS), else start Ray in-process;
     nothing if Ray is up already (in a sweep's trial, a test)."""
@@ -74,8 +86,8 @@ def init_ray(cfg: ExperimentConfig) -> None:
     if not ray.is_initialized():
         address = cfg.resources.resolve_ray_address()
         # RLlib seeds torch with `torch.use_deterministic_algorithms`, whose first call imports torch._inductor (torch
-        # 2.13: ~2 s of imports, a quarter of a hover run's start-up). Import it while Ray's processes start, which
-        # the driver only waits for: measured on 2 cores, Ray's start plus the algorithm's build ~1 s sooner.
+        # 2.13: ~1.5 s of imports). Import it while Ray's processes start, which the driver only waits for: measured
+        # on 2 cores, Ray's start plus the algorithm's build ~1 s sooner.
         importing = threading.Thread(target=importlib.import_module, args=(_SEEDING_IMPORT,), daemon=True)
         importing.start()
         ray.init(
@@ -86,11 +98,16 @@ def init_ray(cfg: ExperimentConfig) -> None:
             **({"object_store_memory": 10**9} if address == "local" else {}),
         )
         importing.join()
-        if threading.current_thread() is threading.main_thread():
-            # Ray's core worker answers SIGTERM with a C++ failure handler that prints a stack trace before Ray's
-            # own handler exits. A stop request (`kill`, `ray job stop`, a scheduler) is not a failure: end as
-            # Ctrl-C does, through the run's cleanup, which marks the MLflow run KILLED and says how to resume.
-            signal.signal(signal.SIGTERM, _interrupt)
+        # Ray's core worker answers SIGTERM with a C++ failure handler that prints a stack trace before Ray's own
+        # handler exits; ours replaces it.
+        _stop_on_sigterm()
+
+
+def _stop_on_sigterm() -> None:
+    """A stop request (`kill`, `ray job stop`, a scheduler) is not a failure: end as Ctrl-C does, through the run's
+    cleanup, which marks the MLflow run KILLED and says how to resume."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum, frame) -> None:
@@ -98,18 +115,23 @@ def _interrupt(signum, frame) -> None:
 
 
 def build_from_config(cfg: ExperimentConfig):
-    """The RLlib Algorithm for ``cfg`` (starts Ray in-process unless an address is configured or in RAY_ADDRESS).
-    Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it waiting forever.
+    """The RLlib Algorithm for ``cfg``. Starts Ray in-process where the run needs it (`needs_ray`) unless an address
+    is configured or in RAY_ADDRESS; a run that needs no Ray trains without it, unless Ray is up already (a sweep's
+    trial, a test). Raises DoesNotFit, naming the numbers, if the cluster cannot hold the run: Ray would leave it
+    waiting forever.
     """
     import ray
 
     from entropilot.platform.algorithm import algorithm_settings, build_algorithm
     from entropilot.platform.resources import run_bundles, runs_that_fit
 
-    init_ray(cfg)
-    # [1:]: the driver bundle is a Tune trial's; outside Tune the driver (and a local learner) is this process,
-    # which Ray does not place. A sweep checked the whole run against the cluster already.
-    runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
+    if ray.is_initialized() or needs_ray(cfg):
+        init_ray(cfg)
+        # [1:]: the driver bundle is a Tune trial's; outside Tune the driver (and a local learner) is this process,
+        # which Ray does not place. A sweep checked the whole run against the cluster already.
+        runs_that_fit(run_bundles(cfg)[1:], ray.cluster_resources())
+    else:
+        _stop_on_sigterm()
     return build_algorithm(**algorithm_settings(cfg))
 
 
@@ -403,7 +425,7 @@ def _log_video(algo, cfg: ExperimentConfig, tracker, root: Path) -> None:
         record_frames=True,
     )[0]
     path = root / "plots" / "evaluation.gif"
-    save_gif(episode.frames, str(path), fps=int(cfg.env.kwargs.get("control_hz", 48)))
+    save_gif(episode.frames, str(path), int(cfg.env.kwargs.get("control_hz", 48)))
     tracker.log_artifact(path, "video")
 
 

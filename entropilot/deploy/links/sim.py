@@ -20,6 +20,7 @@ from entropilot.deploy.links.base import (
     observation_from_telemetry,
 )
 from entropilot.envs.pid import CascadedPID
+from entropilot.envs.plots import frame_stride
 
 __all__ = ["SimLink"]
 
@@ -265,7 +266,7 @@ class SimLink(VehicleLink):
         _, reward, _, _, info = self.env.step(np.asarray(action, dtype=np.float32))
         self._steps += 1
         self.trajectory.append(self.env.unwrapped.sim.position[0].copy())
-        if self.record_frames:
+        if self.record_frames and self._steps % frame_stride(self.control_hz) == 0:
             self.frames.append(self.env.render())
         crash = info.get("crash")
         if crash is not None and (not self.crashes or self.crashes[-1][1] != crash):
