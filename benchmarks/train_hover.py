@@ -18,27 +18,35 @@ The arms run seed by seed, interleaved, so load from elsewhere that comes and go
   entropilot's (`sampler=bulk`, `vector_env=batched`: one batched forward per step over all drones in one PyBullet
   world; an env without a batched world, the discrete-command task, keeps `vector_env=sync`); `plain`
   (optional) is stock without entropy-aware init, entropy control or the init family (RLlib's own init), plain
-  RLlib PPO. Time to 0.95 is wall time from the start of `train()`: Ray start-up, the algorithm's build,
+  RLlib PPO. Time to 0.95 is wall time from the command's start (below): imports, the algorithm's build,
   entropy-aware init and the periodic evaluations all count; the phases are the run's own `time_<phase>_s` metrics
-  at that iteration (they add up to it).
+  at that iteration (they add up to it), start-up with the imports before `train()`.
 - sb3: Stable-Baselines3 PPO (`pip install '.[bench]'`) with the config's recipe: the same env and options, as
   many envs (DummyVecEnv) and steps per iteration, epochs, minibatch, lr, gamma, GAE lambda, clip, grad clip,
   value coefficient, network (tanh MLP, state-independent log std starting at the recipe's `model.initial_std`,
   SB3's small policy head), observation
   normalization (VecNormalize, clip 10), no entropy bonus; evaluated as entropilot evaluates (greedy, the same
   held-out seeds, every `evaluation.interval` iterations, all episodes at once in a vector env). Its phases:
-  start-up (model and envs), sampling (`collect_rollouts`), learning (`train`), evaluation, other. Torch runs
-  with its default threads, as for a user who writes those lines.
+  start-up (imports, model and envs), sampling (`collect_rollouts`), learning (`train`), evaluation, other. Torch
+  runs with its default threads, as for a user who writes those lines.
   PPO configs only.
 --set overrides apply to every arm (sb3 reads the same recipe fields).
+
+`--start command` (the default): every run is a fresh Python process and its time counts from that process's
+start, as a person's `entropilot train` (or SB3 script) counts it: cold imports included. `--start train`: all runs
+in this process, from `train()` (the RLlib arms) or the script's first recipe line (sb3): warm imports, as earlier
+rounds measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,7 +85,11 @@ RLLIB_ARMS = {
 ARMS = (*RLLIB_ARMS, "sb3")
 
 
-def rllib_run(config: Path, arm: str, seed: int, budget: float, overrides: list[str], workdir: Path) -> dict:
+def rllib_run(
+    config: Path, arm: str, seed: int, budget: float, overrides: list[str], workdir: Path, started_at: float | None
+) -> dict:
+    """One run of an RLlib arm; ``started_at`` (a `time.time()`): the command's start, whose time to `train()` counts
+    as start-up."""
     arm_overrides = RLLIB_ARMS[arm]
     if arm == "bulk" and load_config(config, overrides).env.id not in VECTOR_ENTRY_POINTS:
         arm_overrides = ["resources.sampler=bulk", "resources.vector_env=sync"]  # no batched world for this env
@@ -95,22 +107,27 @@ def rllib_run(config: Path, arm: str, seed: int, budget: float, overrides: list[
             *arm_overrides,
         ],
     )
+    before_train = 0.0 if started_at is None else time.time() - started_at
     result = train(cfg, echo=lambda line: None)
-    ray.shutdown()  # each run starts from a fresh Ray, as a user's `entropilot train` does
+    ray.shutdown()  # a run that needed Ray (remote runners) starts a fresh one next time, as `entropilot train` does
     reached = next((h for h in result.history if h.get("success_rate", 0.0) >= TARGET), None)
     last = reached or result.history[-1]
+    phases = {phase: last.get(f"time_{phase}_s", 0.0) for phase in PHASES}
+    phases["startup"] += before_train
     return {
         "arm": arm,
         "seed": seed,
-        "time_s": reached["time_s"] if reached else None,
+        "time_s": before_train + reached["time_s"] if reached else None,
         "env_steps": int(last.get("env_steps", 0)),
         "iterations": result.history.index(last) + 1,
-        "phases": {phase: last.get(f"time_{phase}_s", 0.0) for phase in PHASES},
+        "phases": phases,
         "success": result.success_rate,
     }
 
 
-def sb3_run(config: Path, seed: int, budget: float, overrides: list[str]) -> dict:
+def sb3_run(config: Path, seed: int, budget: float, overrides: list[str], started_at: float | None) -> dict:
+    """One SB3 run; ``started_at`` (a `time.time()`): the command's start, from which its time counts."""
+    start = time.perf_counter() - (0.0 if started_at is None else time.time() - started_at)
     import gymnasium as gym
     import torch
     from stable_baselines3 import PPO
@@ -120,7 +137,6 @@ def sb3_run(config: Path, seed: int, budget: float, overrides: list[str]) -> dic
     from entropilot.envs import make_env
     from entropilot.envs.evaluate import run_vector_episodes
 
-    start = time.perf_counter()
     cfg = load_config(config, [f"seed={seed}", *SPEED_MEASURE, *overrides])
     a, e, n_envs = cfg.algorithm, cfg.evaluation, cfg.resources.envs_per_runner
     if a.name != "PPO":
@@ -215,6 +231,22 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.1f}-{max(values):.1f}" if values else "-"
 
 
+def one_run(args, arm: str, seed: int, workdir: Path, started_at: float | None) -> dict:
+    if arm == "sb3":
+        return sb3_run(args.config, seed, args.budget, args.overrides, started_at)
+    return rllib_run(args.config, arm, seed, args.budget, args.overrides, workdir, started_at)
+
+
+def run_in_fresh_process(args, arm: str, seed: int, workdir: Path) -> dict:
+    """`one_run` in a new Python process, timed from its spawn (the row is the child's last line, as JSON)."""
+    command = [sys.executable, __file__, "--config", str(args.config), "--budget", str(args.budget)]
+    command += [f"--set={o}" for o in args.overrides] + ["--child", arm, str(seed), str(workdir), repr(time.time())]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{arm} seed {seed} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=CONFIG, help="any hover-style experiment (hover_discrete.yaml)")
@@ -222,16 +254,27 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per training run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, every arm")
+    parser.add_argument(
+        "--start",
+        choices=["command", "train"],
+        default="command",
+        help="time from a fresh process's start (default) or, all runs in this process, from train()",
+    )
+    parser.add_argument("--child", nargs=4, metavar=("ARM", "SEED", "WORKDIR", "STARTED_AT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        arm, seed, workdir, started_at = args.child
+        print(json.dumps(one_run(args, arm, int(seed), Path(workdir), float(started_at))))
+        return
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for arm in args.arms:
-                if arm == "sb3":
-                    row = sb3_run(args.config, seed, args.budget, args.overrides)
+                if args.start == "command":
+                    row = run_in_fresh_process(args, arm, seed, Path(tmp))
                 else:
-                    row = rllib_run(args.config, arm, seed, args.budget, args.overrides, Path(tmp))
+                    row = one_run(args, arm, seed, Path(tmp), None)
                 rows.append(row)
                 reached = "not reached" if row["time_s"] is None else f"{row['time_s']:.1f} s"
                 parts = ", ".join(f"{p} {row['phases'][p]:.1f}" for p in PHASES)
@@ -243,9 +286,9 @@ def main() -> None:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"\n{args.config.name}: wall time to evaluation success {TARGET} ({len(args.seeds)} seeds, "
-        f"budget {args.budget:.0f} s, overrides {args.overrides or 'none'}, load {load:.1f}); phases: median "
-        "seconds over the seeds that reached it\n"
+        f"\n{args.config.name}: wall time from {args.start} start to evaluation success {TARGET} "
+        f"({len(args.seeds)} seeds, budget {args.budget:.0f} s, overrides {args.overrides or 'none'}, "
+        f"load {load:.1f}); phases: median seconds over the seeds that reached it\n"
     )
     print("| arm | seeds reaching | median time (s) | spread (s) | median env steps | " + " | ".join(PHASES) + " |")
     print("|---|---|---:|---:|---:|" + "---:|" * len(PHASES))

@@ -402,7 +402,9 @@ def algorithm_config(
         )
         .rl_module(model_config=model_config)
         .fault_tolerance(**FAULT_TOLERANCE)
-        .debugging(seed=seed)
+        # MLflow's system metrics record the machine; RLlib's own monitor thread (on by default) sampled it every 0.7 s
+        # and `algo.stop()` waited on it (~0.5 s a run).
+        .debugging(seed=seed, log_sys_usage=False)
     )
     if multi_agent:
         config = config.multi_agent(policies={SHARED_POLICY_ID}, policy_mapping_fn=_map_to_shared_policy)

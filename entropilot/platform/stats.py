@@ -2,7 +2,8 @@
 paired seeds, Kaplan-Meier survival
 curves with right-censoring, the log-rank test, and the smallest effect a paired-seed design of n runs can detect.
 
-Plain numpy and scipy; each function says which textbook form it computes so a reader can check it by hand.
+Plain numpy and scipy; each function says which textbook form it computes so a reader can check it by hand. scipy.stats
+is imported on first use (~1.2 s): a training run needs only `wilson_interval`, which the standard library serves.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy import stats as _scipy
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -20,7 +21,7 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     where flight success rates live). (nan, nan) for zero trials."""
     if trials == 0:
         return math.nan, math.nan
-    z = _scipy.norm.ppf(0.5 + confidence / 2)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p = successes / trials
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
@@ -31,7 +32,7 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
 def fisher_exact(failures_a: int, n_a: int, failures_b: int, n_b: int) -> float:
     """Two-sided p-value of Fisher's exact test on the 2x2 table [[failures, successes] per arm]."""
     table = [[failures_a, n_a - failures_a], [failures_b, n_b - failures_b]]
-    return float(_scipy.fisher_exact(table, alternative="two-sided").pvalue)
+    return float(_scipy().fisher_exact(table, alternative="two-sided").pvalue)
 
 
 def mcnemar_exact(failed_a: Sequence[bool], failed_b: Sequence[bool]) -> tuple[int, int, float]:
@@ -45,7 +46,7 @@ def mcnemar_exact(failed_a: Sequence[bool], failed_b: Sequence[bool]) -> tuple[i
     better = sum(bool(b) and not a for a, b in zip(failed_a, failed_b))
     if worse + better == 0:
         return 0, 0, 1.0
-    return worse, better, float(_scipy.binomtest(worse, worse + better, 0.5).pvalue)
+    return worse, better, float(_scipy().binomtest(worse, worse + better, 0.5).pvalue)
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,12 @@ def logrank(times_a: Sequence[float], events_a: Sequence[bool], times_b: Sequenc
     implementation; nan when neither arm has an event, where there is nothing to compare)."""
     if not (np.any(events_a) or np.any(events_b)):
         return math.nan
-    return float(_scipy.logrank(_censored(times_a, events_a), _censored(times_b, events_b)).pvalue)
+    return float(_scipy().logrank(_censored(times_a, events_a), _censored(times_b, events_b)).pvalue)
 
 
 def _censored(times: Sequence[float], events: Sequence[bool]):
     times, events = np.asarray(times, dtype=float), np.asarray(events, dtype=bool)
-    return _scipy.CensoredData(uncensored=times[events], right=times[~events])
+    return _scipy().CensoredData(uncensored=times[events], right=times[~events])
 
 
 def detectable_failure_rate(
@@ -108,9 +109,15 @@ def detectable_failure_rate(
     significant = np.array(
         [[fisher_exact(int(i), n_per_arm, int(j), n_per_arm) < alpha for j in outcomes] for i in outcomes]
     )
-    p_baseline = _scipy.binom.pmf(outcomes, n_per_arm, baseline_rate)
+    p_baseline = _scipy().binom.pmf(outcomes, n_per_arm, baseline_rate)
     for rate in np.linspace(baseline_rate, 0.0, 101)[1:]:
-        p_method = _scipy.binom.pmf(outcomes, n_per_arm, rate)
+        p_method = _scipy().binom.pmf(outcomes, n_per_arm, rate)
         if float(p_baseline @ significant @ p_method) >= power:
             return float(rate)
     return None
+
+
+def _scipy():
+    from scipy import stats
+
+    return stats
