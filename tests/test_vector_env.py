@@ -123,6 +123,7 @@ def test_same_batches_as_gymnasiums_sync_vector_env_of_single_envs(env_id):
     sync = gym.make_vec(env_id, num_envs=6, vectorization_mode="sync", **options(env_id))
     assert isinstance(vec, DroneVectorEnv) and isinstance(sync, gym.vector.SyncVectorEnv)
     (obs, info), (sync_obs, sync_info) = vec.reset(seed=3), sync.reset(seed=3)
+    vec.action_space.seed(3)
     ends = 0
     for step in range(400):
         assert_same_batch((obs, info), (sync_obs, sync_info), step)
@@ -140,7 +141,10 @@ def test_same_batches_as_gymnasiums_sync_vector_env_of_single_envs(env_id):
 def assert_same_batch(ours, theirs, step):
     (obs, info), (sync_obs, sync_info) = ours, theirs
     assert obs.dtype == sync_obs.dtype == np.float32 and obs.shape == sync_obs.shape
-    np.testing.assert_array_equal(obs, sync_obs, err_msg=f"step {step}")
+    # Drone 0 flies in the world's own frame: to the bit. The others fly in offset frames and agree to ~1e-13 m in
+    # float64, which can round to the neighbouring float32 (seen once in ~30 unseeded runs: 7.45e-9 at step 312).
+    np.testing.assert_array_equal(obs[0], sync_obs[0], err_msg=f"step {step}")
+    np.testing.assert_array_max_ulp(obs, sync_obs, maxulp=1)
     assert info.keys() == sync_info.keys(), step
     for key, value in info.items():
         assert value.dtype == sync_info[key].dtype, key
