@@ -51,8 +51,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
-
 from entropilot.envs import VECTOR_ENTRY_POINTS
 from entropilot.platform.config import load_config
 from entropilot.platform.phases import PHASES
@@ -109,7 +107,6 @@ def rllib_run(
     )
     before_train = 0.0 if started_at is None else time.time() - started_at
     result = train(cfg, echo=lambda line: None)
-    ray.shutdown()  # a run that needed Ray (remote runners) starts a fresh one next time, as `entropilot train` does
     reached = next((h for h in result.history if h.get("success_rate", 0.0) >= TARGET), None)
     last = reached or result.history[-1]
     phases = {phase: last.get(f"time_{phase}_s", 0.0) for phase in PHASES}

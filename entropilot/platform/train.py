@@ -209,7 +209,28 @@ def train(
     ``parent_run_id`` starts the MLflow run as a child of that run (a sweep's trial). ``on_iteration(iteration,
     metrics, stopped_because)`` is called after each iteration's checkpoint, ``stopped_because`` None until the
     last one (a sweep's trial reports to Ray Tune there).
+
+    Ray started for the run (remote runners, a cluster: `needs_ray`) stops with it, also when the run is refused
+    before it starts: a later run in the same process that needs no Ray then trains without it.
     """
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    try:
+        return _train(cfg, resume, echo, resumed_with, parent_run_id, on_iteration)
+    finally:
+        if not ray_was_up and ray.is_initialized():
+            ray.shutdown()
+
+
+def _train(
+    cfg: ExperimentConfig,
+    resume: Path | None,
+    echo: Callable[[str], None],
+    resumed_with: Mapping[str, Any] | None,
+    parent_run_id: str | None,
+    on_iteration: Callable[[int, dict, str | None], None] | None,
+) -> TrainResult:
     from entropilot.platform.evaluation import Evaluation, EvaluationSummary
     from entropilot.platform.live_tuning import LiveTuner
     from entropilot.platform.phases import PhaseClock
