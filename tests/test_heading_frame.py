@@ -116,9 +116,9 @@ def test_an_exported_heading_frame_policy_takes_the_world_frame_a_link_sends():
     from_world = act(world)
     assert np.abs(act(_heading(world)) - from_world).max() < 1e-5  # the env's heading frame: the graph turns nothing
     assert np.abs(act(_turned(world, 1.3)) - from_world).max() < 1e-4  # any heading flies alike
-    plain = to_onnx(PolicyGraph(module, stats).eval(), torch.as_tensor(world[:2]))
-    plain_session = ort.InferenceSession(plain.SerializeToString())
-    assert np.abs(plain_session.run(None, {"observation": world})[0] - from_world).max() > 1e-3  # it does turn
+    with torch.no_grad():  # the same graph without the turn acts otherwise on the world frame: the turn is in the file
+        plain = PolicyGraph(module, stats).eval()(torch.as_tensor(world)).numpy()
+    assert np.abs(plain - from_world).max() > 1e-3
 
 
 @pytest.fixture(scope="module")
