@@ -45,7 +45,10 @@ class GaussianMLPStep:
             actions = torch.normal(mean, self._scale.expand_as(mean))
             logp = (-((actions - mean) ** 2) / self._two_var - self._log_scale - _LOG_SQRT_2PI).sum(-1)
         mean_rows = mean.numpy()
-        dist_inputs = np.concatenate([mean_rows, np.broadcast_to(self._log_std, mean_rows.shape)], axis=1)
+        width = mean_rows.shape[1]
+        dist_inputs = np.empty((len(mean_rows), 2 * width), np.float32)
+        dist_inputs[:, :width] = mean_rows
+        dist_inputs[:, width:] = self._log_std  # broadcast by the assignment: np.broadcast_to costs ~10 µs a call
         return actions.numpy(), {Columns.ACTION_DIST_INPUTS: dist_inputs, Columns.ACTION_LOGP: logp.numpy()}
 
 
