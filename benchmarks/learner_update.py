@@ -1,13 +1,15 @@
 """Seconds per PPO learner update of the hover recipe (`learner_update_timer`'s work: GAE, minibatches, epochs),
 with torch's thread count and the minibatch/epoch recipe varied, against the recipe's own numbers in the same run,
 the lean gradient step (fused Adam, multi-tensor clipping: `policies/lean_gradients.py`) against RLlib's own, and the
-tensor minibatches (`rllib_internals.TensorMinibatchesMixin`) against RLlib's minibatch iterator.
+tensor minibatches (`rllib_internals.TensorMinibatchesMixin`) against RLlib's minibatch iterator, and the module's
+forward written out (`rllib_internals.LeanForwardMixin`) against the module's own `forward_train`.
 
 Re-run (a minute or two):
 
     .venv/bin/python benchmarks/learner_update.py
     .venv/bin/python benchmarks/learner_update.py --threads 1 2 --minibatch 512 1000 2000 --epochs 10 5
     .venv/bin/python benchmarks/learner_update.py --threads 1 --gradients lean --repeats 15  # minibatches only
+    .venv/bin/python benchmarks/learner_update.py --threads 1 --gradients lean --minibatches tensor --loss lean
 
 What it measures: the learner `entropilot train configs/hover.yaml` builds (our EntropyControlledPPOLearner, its
 entropy control on), in this process without Ray, updating on the same train batch (sampled once by the bulk
@@ -16,8 +18,9 @@ and the median is printed, of wall-clock seconds and of this process's CPU secon
 `gradients`: `lean` is what training uses, `rllib` the same learner with RLlib's optimizer, clipping and gradient
 step (the numbers are equal, `tests/test_lean_gradients.py`), built alike. `minibatches`: `tensor` is what training
 uses, `rllib` RLlib's `MiniBatchCyclicIterator` (the same minibatches and weights:
-`tests/test_lean_learner_iteration.py`). `bare torch (floor)`: the same update's minibatch steps without RLlib
-(`BareTorchPPO`), what torch itself costs for them on this machine.
+`tests/test_lean_learner_iteration.py`). `forward`: `lean` is what training uses, `rllib` the module's own
+`forward_train` (the same weights to the bit, the same test). `bare torch (floor)`: the same update's minibatch steps
+without RLlib (`BareTorchPPO`), what torch itself costs for them on this machine.
 Threads: `torch.set_num_threads` (the driver's local learner gets `resources`' CPUs per
 learner; a Ray env-runner or learner actor gets its CPUs as OMP_NUM_THREADS). Minibatch and epochs change the
 learning recipe (item 5 of issue 10): seconds are only half the trade; whether it still learns is the training
@@ -50,6 +53,7 @@ from entropilot.rllib_internals import (
     free_log_std_actor,
     learner_connector_batch,
     tensor_minibatches,
+    with_rllib_forward,
     with_rllib_minibatches,
 )
 
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--gradients", nargs="+", choices=["lean", "rllib"], default=["lean", "rllib"])
     parser.add_argument("--minibatches", nargs="+", choices=["tensor", "rllib"], default=["tensor", "rllib"])
     parser.add_argument("--loss", nargs="+", choices=["lean", "rllib"], default=["lean", "rllib"])
+    parser.add_argument("--forward", nargs="+", choices=["lean", "rllib"], default=["lean", "rllib"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the bare-torch floor")
     args = parser.parse_args()
@@ -78,22 +83,32 @@ def main() -> None:
     rllib_gradients = {"lean": EntropyControlledPPOLearner, "rllib": with_rllib_gradients(EntropyControlledPPOLearner)}
     rllib_minibatches = {"tensor": lambda learner_class: learner_class, "rllib": with_rllib_minibatches}
     rllib_loss = {"lean": lambda learner_class: learner_class, "rllib": with_rllib_loss}
+    rllib_forward = {"lean": lambda learner_class: learner_class, "rllib": with_rllib_forward}
     learners = {
-        (gradients, minibatches, loss): algorithm_config(
-            **settings, learner_class=rllib_loss[loss](rllib_minibatches[minibatches](rllib_gradients[gradients]))
+        (gradients, minibatches, loss, forward): algorithm_config(
+            **settings,
+            learner_class=rllib_forward[forward](
+                rllib_loss[loss](rllib_minibatches[minibatches](rllib_gradients[gradients]))
+            ),
         ).build_learner(spaces=runner.get_spaces())
-        for gradients, minibatches, loss in itertools.product(args.gradients, args.minibatches, args.loss)
+        for gradients, minibatches, loss, forward in itertools.product(
+            args.gradients, args.minibatches, args.loss, args.forward
+        )
     }
     runner.sample(num_timesteps=a.train_batch_size)  # past the first episodes' starts
     episodes = runner.sample(num_timesteps=a.train_batch_size)
     variants = list(
-        itertools.product(args.gradients, args.minibatches, args.loss, args.threads, args.minibatch, args.epochs)
+        itertools.product(
+            args.gradients, args.minibatches, args.loss, args.forward, args.threads, args.minibatch, args.epochs
+        )
     )
     first = next(iter(learners.values()))
     floor = BareTorchPPO(first.module[MODULE], config) if args.floor else None
-    # A floor row has the table's columns too: its gradients, minibatches and loss are the floor's own.
+    # A floor row has the table's columns too: its gradients, minibatches, loss and forward are the floor's own.
     floor_variants = [
-        (FLOOR, "-", "-", *shape) for shape in itertools.product(args.threads, args.minibatch, args.epochs) if floor
+        (FLOOR, "-", "-", "-", *shape)
+        for shape in itertools.product(args.threads, args.minibatch, args.epochs)
+        if floor
     ]
     seconds: dict[tuple, list[float]] = {variant: [] for variant in [*variants, *floor_variants]}
     cpu_seconds: dict[tuple, list[float]] = {variant: [] for variant in seconds}
@@ -110,11 +125,11 @@ def main() -> None:
                 cpu_seconds[variant].append(time.process_time() - cpu_started)
                 steps[variant] = floor_steps
         for variant in variants:
-            gradients, minibatches, loss, threads, minibatch, epochs = variant
+            gradients, minibatches, loss, forward, threads, minibatch, epochs = variant
             torch.set_num_threads(threads)
             batch = copy.deepcopy(episodes)  # the learner connector extends episodes in place
             started, cpu_started = time.perf_counter(), time.process_time()
-            result = learners[gradients, minibatches, loss].update(
+            result = learners[gradients, minibatches, loss, forward].update(
                 episodes=batch,
                 timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: a.train_batch_size * (round_ + 1)},
                 num_epochs=epochs,
@@ -132,25 +147,35 @@ def main() -> None:
         f"load {load:.1f}); median of {args.repeats}\n"
     )
     print(
-        "| gradients | minibatches | loss | torch threads | minibatch | epochs | minibatch steps | s / update "
-        "| ms / minibatch step | × recipe | CPU s / update | × recipe (CPU) |"
+        "| gradients | minibatches | loss | forward | torch threads | minibatch | epochs | minibatch steps "
+        "| s / update | ms / minibatch step | × recipe | CPU s / update | × recipe (CPU) |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    baseline = (args.gradients[0], args.minibatches[0], args.loss[0], args.threads[0], a.minibatch_size, a.num_epochs)
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    baseline = (
+        args.gradients[0],
+        args.minibatches[0],
+        args.loss[0],
+        args.forward[0],
+        args.threads[0],
+        a.minibatch_size,
+        a.num_epochs,
+    )
     recipe = statistics.median(seconds[baseline]) if baseline in seconds else None
     recipe_cpu = statistics.median(cpu_seconds[baseline]) if baseline in seconds else None
     for variant, values in seconds.items():
-        gradients, minibatches, loss, threads, minibatch, epochs = variant
+        gradients, minibatches, loss, forward, threads, minibatch, epochs = variant
         median, cpu = statistics.median(values), statistics.median(cpu_seconds[variant])
         ratio = f"{median / recipe:.2f}×" if recipe else "-"
         cpu_ratio = f"{cpu / recipe_cpu:.2f}×" if recipe_cpu else "-"
         print(
-            f"| {gradients} | {minibatches} | {loss} | {threads} | {minibatch} | {epochs} | {steps[variant]} "
-            f"| {median:.3f} | {1000 * median / steps[variant]:.1f} | {ratio} | {cpu:.3f} | {cpu_ratio} |"
+            f"| {gradients} | {minibatches} | {loss} | {forward} | {threads} | {minibatch} | {epochs} "
+            f"| {steps[variant]} | {median:.3f} | {1000 * median / steps[variant]:.1f} | {ratio} "
+            f"| {cpu:.3f} | {cpu_ratio} |"
         )
     print(
-        f"\n× recipe: over {args.gradients[0]} gradients, {args.minibatches[0]} minibatches and the {args.loss[0]} "
-        f"loss on {args.threads[0]} thread(s) with hover.yaml's minibatch and epochs, in this run."
+        f"\n× recipe: over {args.gradients[0]} gradients, {args.minibatches[0]} minibatches, the {args.loss[0]} loss "
+        f"and the {args.forward[0]} forward on {args.threads[0]} thread(s) with hover.yaml's minibatch and epochs, in "
+        "this run."
     )
 
 

@@ -12,6 +12,8 @@ and policies rooms, so it sits beside them."""
 # the component losses RLlib's SAC learner keeps (algorithms/sac/torch/sac_torch_learner.py).
 # tests/test_sac_replay.py fails where RLlib's SAC reads other columns or its gradients differ.
 # `ConnectorV2.__init__` is replaced on import (connectors/connector_v2.py; `_connector_init` below).
+# `LeanForwardMixin` overrides core/learner/torch/torch_learner.py's `_uncompiled_update` and reads the modules' layers
+# (core/models/torch/encoder.py, heads.py, algorithms/ppo/torch/default_ppo_torch_rl_module.py).
 
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ import ray.rllib.env.env_runner_group as env_runner_group_module
 import torch
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.connectors.env_to_module import MeanStdFilter
+from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import Learner
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.env.env_runner_group import EnvRunnerGroup
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
@@ -178,13 +182,8 @@ def module_forward(module, explore: bool) -> Callable[..., dict]:
     return module._forward_exploration if explore else module._forward_inference
 
 
-def free_log_std_actor(module) -> tuple[list[torch.nn.Module], torch.Tensor] | None:
-    """The layers that turn an observation into a PPO module's Gaussian mean, in order (its actor encoder's MLP,
-    then its free-log-std head's), and the log std the head appends to every row (clamped as the head clamps it);
-    None for any other module. Checked against Ray 2.60's DefaultPPOTorchRLModule: `encoder.actor_encoder` a
-    TorchMLPEncoder, whose forward is `net.mlp(obs)`, and `pi` a TorchFreeLogStdMLPHead, whose forward is
-    `cat([net.mlp(x), clamp(log_std) per row])`. Its readers are held to the module's own forward: the bulk
-    sampler's policy step by tests/test_bulk_sampling.py, the exported graph by every export's parity check."""
+def _free_log_std_mlp(module):
+    """(actor encoder, pi head) of RLlib's default PPO module with an MLP actor and a free-log-std head; else None."""
     from ray.rllib.core.models.torch.encoder import TorchMLPEncoder
     from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
 
@@ -192,11 +191,61 @@ def free_log_std_actor(module) -> tuple[list[torch.nn.Module], torch.Tensor] | N
     encoder = getattr(getattr(module, "encoder", None), "actor_encoder", None)
     if type(head) is not TorchFreeLogStdMLPHead or type(encoder) is not TorchMLPEncoder:
         return None
-    layers = [*encoder.net.mlp, *head.net.mlp]
-    log_std = head.log_std
+    return encoder, head
+
+
+def _clamped_log_std(head) -> torch.Tensor:
     if head.clip_log_std:
-        log_std = torch.clamp(log_std, -head.log_std_clip_param_const, head.log_std_clip_param_const)
-    return layers, log_std
+        return torch.clamp(head.log_std, -head.log_std_clip_param_const, head.log_std_clip_param_const)
+    return head.log_std
+
+
+def free_log_std_actor(module) -> tuple[list[torch.nn.Module], torch.Tensor] | None:
+    """The layers that turn an observation into a PPO module's Gaussian mean, in order (its actor encoder's MLP,
+    then its free-log-std head's), and the log std the head appends to every row (clamped as the head clamps it);
+    None for any other module. Checked against Ray 2.60's DefaultPPOTorchRLModule: `encoder.actor_encoder` a
+    TorchMLPEncoder, whose forward is `net.mlp(obs)`, and `pi` a TorchFreeLogStdMLPHead, whose forward is
+    `cat([net.mlp(x), clamp(log_std) per row])`. Its readers are held to the module's own forward: the bulk
+    sampler's policy step by tests/test_bulk_sampling.py, the exported graph by every export's parity check."""
+    parts = _free_log_std_mlp(module)
+    if parts is None:
+        return None
+    encoder, head = parts
+    return [*encoder.net.mlp, *head.net.mlp], _clamped_log_std(head)
+
+
+def ppo_mlp_train_forward(module) -> Callable[[dict], dict] | None:
+    """`forward_train` of RLlib's default PPO module with MLP encoders for actor and critic (not shared, not
+    stateful) and a free-log-std head, as its layers called one after another: the same ACTION_DIST_INPUTS and
+    EMBEDDINGS (the critic encoder's output, which the loss's `compute_values` turns into values). RLlib's own walks
+    `train()` over every submodule and builds the encoder's and heads' dicts on each call: ~0.3-0.5 ms of a 512-row
+    minibatch step on 2 cores. None for any other module. Checked against Ray 2.60's TorchActorCriticEncoder (actor
+    and critic encoders on the same observations) and the head above; held to the module's own forward by
+    tests/test_lean_learner_iteration.py."""
+    from ray.rllib.core.models.torch.encoder import TorchMLPEncoder
+
+    parts = _free_log_std_mlp(module)
+    if parts is None:
+        return None
+    critic_encoder = getattr(module.encoder, "critic_encoder", None)
+    if type(critic_encoder) is not TorchMLPEncoder or module.is_stateful():
+        return None
+    encoder, head = parts
+    actor, critic = [*encoder.net.mlp, *head.net.mlp], [*critic_encoder.net.mlp]
+
+    def forward_train(batch: dict) -> dict:
+        if not module.training:
+            module.train()
+        mean = embeddings = batch[Columns.OBS]
+        for layer in actor:
+            mean = layer(mean)
+        for layer in critic:
+            embeddings = layer(embeddings)
+        log_std = _clamped_log_std(head)
+        dist_inputs = torch.cat([mean, log_std.unsqueeze(0).repeat([len(mean), 1])], axis=1)
+        return {Columns.EMBEDDINGS: embeddings, Columns.ACTION_DIST_INPUTS: dist_inputs}
+
+    return forward_train
 
 
 def set_chunk_times(episode: SingleAgentEpisode, start: float, last_step: float) -> None:
@@ -232,6 +281,34 @@ class TensorMinibatchesMixin(Learner):
             shuffle=iterator._shuffle_batch_per_epoch,
             num_total_minibatches=iterator._num_total_minibatches,
         )
+
+
+class LeanForwardMixin(TorchLearner):
+    """Run a learner's minibatch step with the module's `forward_train` written out (`ppo_mlp_train_forward`) where
+    every module of the minibatch allows it; the same numbers (tests/test_lean_learner_iteration.py). Put it before
+    the learner class in the bases; `with_rllib_forward` is the reference it is tested against.
+
+    Checked against Ray 2.60: `TorchLearner._uncompiled_update` with `self.module.forward_train(batch)` replaced;
+    several learners (their modules wrapped for DistributedDataParallel, gradients synced in `no_sync`) keep RLlib's."""
+
+    def _uncompiled_update(self, batch: dict, **kwargs):
+        forwards = {module_id: ppo_mlp_train_forward(self.module[module_id].unwrapped()) for module_id in batch}
+        if kwargs or self.config.num_learners > 1 or None in forwards.values():
+            return super()._uncompiled_update(batch, **kwargs)
+        self._compute_off_policyness(batch)
+        fwd_out = {module_id: forwards[module_id](module_batch) for module_id, module_batch in batch.items()}
+        loss_per_module = self.compute_losses(fwd_out=fwd_out, batch=batch)
+        self.apply_gradients(self.postprocess_gradients(self.compute_gradients(loss_per_module)))
+        return fwd_out, loss_per_module, {}
+
+
+def with_rllib_forward(learner_class: type) -> type:
+    """``learner_class`` with RLlib's own module forward in place of `LeanForwardMixin`'s."""
+    return type(
+        f"RLlibForward{learner_class.__name__}",
+        (learner_class,),
+        {"_uncompiled_update": TorchLearner._uncompiled_update},
+    )
 
 
 def tensor_minibatches(

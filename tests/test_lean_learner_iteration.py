@@ -1,5 +1,6 @@
 """The tensor minibatches (`rllib_internals.TensorMinibatchesMixin`) are RLlib's: the same rows in the same order, and
-a whole multi-epoch PPO update ends in the same weights and metrics as with RLlib's iterator."""
+a whole multi-epoch PPO update ends in the same weights and metrics as with RLlib's iterator; the written-out module
+forward (`rllib_internals.LeanForwardMixin`) updates as the module's own `forward_train`, to the bit."""
 
 import copy
 
@@ -16,7 +17,12 @@ from entropilot.platform.algorithm import algorithm_config, algorithm_settings
 from entropilot.platform.config.loading import parse_config
 from entropilot.policies.lean_gradients import with_rllib_gradients
 from entropilot.policies.ppo_learner import EntropyControlledPPOLearner
-from entropilot.rllib_internals import tensor_minibatches, with_rllib_minibatches
+from entropilot.rllib_internals import (
+    ppo_mlp_train_forward,
+    tensor_minibatches,
+    with_rllib_forward,
+    with_rllib_minibatches,
+)
 
 MODULE = "default_policy"
 
@@ -131,3 +137,31 @@ def test_a_multi_epoch_ppo_update_equals_rllibs_iteration(monkeypatch):
     assert ours.keys() == all_rllib.keys()
     for key, value in all_rllib.items():
         assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_the_written_out_forward_updates_as_the_modules_own(monkeypatch):
+    lean = hover_learner(EntropyControlledPPOLearner)
+    stock = hover_learner(with_rllib_forward(EntropyControlledPPOLearner))
+    stock.module[MODULE].set_state(lean.module[MODULE].get_state())
+    batch = train_batch(500, lean.module[MODULE].observation_space.shape[0])
+    built = []
+    monkeypatch.setattr(
+        internals, "ppo_mlp_train_forward", lambda module: built.append(1) or ppo_mlp_train_forward(module)
+    )
+    ours = numbers(updates(lean, batch))
+    assert len(built) == 3 * 24  # the lean learner took the written-out forward on every minibatch step
+    theirs = numbers(updates(stock, batch))
+    assert len(built) == 3 * 24  # and RLlib's module forward there
+    for key, value in lean.module[MODULE].state_dict().items():
+        assert torch.equal(value, stock.module[MODULE].state_dict()[key]), key
+    assert ours == theirs
+
+
+def test_the_written_out_forward_is_the_modules_forward_train():
+    module = hover_learner(EntropyControlledPPOLearner).module[MODULE].unwrapped()
+    batch = {"obs": torch.randn(33, module.observation_space.shape[0], generator=torch.Generator().manual_seed(1))}
+    ours, theirs = ppo_mlp_train_forward(module)(batch), module.forward_train(batch)
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+    assert ppo_mlp_train_forward(torch.nn.Linear(2, 2)) is None  # anything else takes RLlib's path

@@ -47,7 +47,7 @@ from entropilot.policies.learner_metrics import (
     entropy_metric,
 )
 from entropilot.policies.ppo_loss import PPOLoss, ppo_loss
-from entropilot.rllib_internals import TensorMinibatchesMixin
+from entropilot.rllib_internals import LeanForwardMixin, TensorMinibatchesMixin
 
 # Keys of `config.learners(learner_config_dict=...)` this learner reads.
 ENTROPY_CONTROL = "entropy_control"
@@ -77,7 +77,7 @@ class ControlledEntropyCoefficient:
         return self.controller.coefficient
 
 
-class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanGradientsMixin, PPOTorchLearner):
+class EntropyControlledPPOLearner(TensorMinibatchesMixin, LeanForwardMixin, LeanGradientsMixin, PPOTorchLearner):
     """PPO learner with entropy measurement, entropy control and optional Clip-Cov/KL-Cov.
 
     Configure through `config.learners(learner_config_dict={...})`:
