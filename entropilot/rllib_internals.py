@@ -218,7 +218,7 @@ def ppo_mlp_train_forward(module) -> Callable[[dict], dict] | None:
     """`forward_train` of RLlib's default PPO module with MLP encoders for actor and critic (not shared, not
     stateful) and a free-log-std head, as its layers called one after another: the same ACTION_DIST_INPUTS and
     EMBEDDINGS (the critic encoder's output, which the loss's `compute_values` turns into values). RLlib's own walks
-    `train()` over every submodule and builds the encoder's and heads' dicts on each call: ~0.3-0.5 ms of a 512-row
+    `train()` over every submodule and builds the encoder's and heads' dicts on each call: ~0.3-0.7 ms of a 512-row
     minibatch step on 2 cores. None for any other module. Checked against Ray 2.60's TorchActorCriticEncoder (actor
     and critic encoders on the same observations) and the head above; held to the module's own forward by
     tests/test_lean_learner_iteration.py."""
